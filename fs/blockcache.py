@@ -1,0 +1,102 @@
+"""A bounded cache of block contents, with shared fetches and readahead.
+
+Blocks are immutable (a changed chunk gets a new block id), so a cached block can never be
+stale and needs no invalidation: other clients' changes reach us as new ids in the chunk map
+we fetch at open. Concurrent readers of one block share one fetch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+import trio
+
+from ringfs.fs.cluster import Cluster
+from ringfs.node.errors import NodeError, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+class _Fetch:
+    __slots__ = ("done", "data", "failure")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.data: bytes | None = None
+        self.failure: BaseException | None = None
+
+
+class BlockCache:
+    """LRU by bytes held; `get` fetches through the cluster, `prefetch` fetches ahead."""
+
+    def __init__(
+        self, cluster: Cluster, capacity: int, nursery: trio.Nursery, max_prefetch: int = 2
+    ) -> None:
+        self.cluster = cluster
+        self.capacity = capacity
+        self._nursery = nursery
+        self._blocks: OrderedDict[bytes, bytes] = OrderedDict()
+        self._held = 0
+        self._fetches: dict[bytes, _Fetch] = {}
+        self._prefetch_slots = trio.Semaphore(max_prefetch)
+
+    async def get(self, block_id: bytes, checksum: bytes) -> bytes:
+        """The block's bytes; raises `Unavailable` when no replica can serve it."""
+        data = self._blocks.get(block_id)
+        if data is not None:
+            self._blocks.move_to_end(block_id)
+            return data
+        fetch = self._fetches.get(block_id)
+        if fetch is None:
+            fetch = self._start(block_id)
+            await self._fetch(block_id, checksum, fetch)
+        else:
+            await fetch.done.wait()
+        if fetch.failure is not None:
+            raise fetch.failure
+        assert fetch.data is not None
+        return fetch.data
+
+    def prefetch(self, block_id: bytes, checksum: bytes) -> None:
+        """Fetch a block in the background if it is not cached and a prefetch slot is free."""
+        if block_id in self._blocks or block_id in self._fetches:
+            return
+        try:
+            self._prefetch_slots.acquire_nowait()
+        except trio.WouldBlock:
+            return
+        fetch = self._start(block_id)
+        self._nursery.start_soon(self._prefetch, block_id, checksum, fetch, name="readahead")
+
+    async def _prefetch(self, block_id: bytes, checksum: bytes, fetch: _Fetch) -> None:
+        try:
+            await self._fetch(block_id, checksum, fetch)
+        finally:
+            self._prefetch_slots.release()
+
+    def _start(self, block_id: bytes) -> _Fetch:
+        fetch = self._fetches[block_id] = _Fetch()
+        return fetch
+
+    async def _fetch(self, block_id: bytes, checksum: bytes, fetch: _Fetch) -> None:
+        try:
+            fetch.data = await self.cluster.get_block(block_id, checksum)
+            self._insert(block_id, fetch.data)
+        except (Unavailable, NodeError) as exc:
+            fetch.failure = exc
+        finally:
+            if fetch.data is None and fetch.failure is None:
+                # The fetching task was cancelled: readers sharing it must not wait forever.
+                fetch.failure = Unavailable(f"block {block_id.hex()} (fetch cancelled)")
+            del self._fetches[block_id]
+            fetch.done.set()
+
+    def _insert(self, block_id: bytes, data: bytes) -> None:
+        if len(data) > self.capacity:
+            return
+        self._blocks[block_id] = data
+        self._held += len(data)
+        while self._held > self.capacity:
+            _, evicted = self._blocks.popitem(last=False)
+            self._held -= len(evicted)

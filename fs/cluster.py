@@ -1,0 +1,245 @@
+"""The cluster client: placement, replicated block writes, reads with fallback, metadata calls.
+
+Everything the mount asks of the cluster goes through `Cluster`. It knows the cluster map, so it
+knows which nodes hold a block (the ring's preference list) and which node holds the metadata.
+It never returns half an answer: a call either succeeds, raises the node's `NodeError`, or raises
+`Unavailable` once no replica (or no metadata node) could answer within the deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from ringfs.node.client import ClientConfig, NodePool
+from ringfs.node.clustermap import ClusterMap, NodeInfo
+from ringfs.node.commands import Command, Query, decode_result
+from ringfs.node.errors import CORRUPT, NodeError, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    seeds: tuple[str, ...]
+    client: ClientConfig
+    # How long a metadata call keeps retrying an unreachable metadata node before EIO.
+    meta_deadline: float = 20.0
+    # Blocks being written at once (each holds its buffer until every replica answered).
+    blocks_in_flight: int = 8
+
+
+@dataclass(frozen=True)
+class StoredBlock:
+    """Where a block write landed."""
+
+    block_id: bytes
+    checksum: bytes
+    nodes: tuple[str, ...]
+
+
+class Cluster:
+    """Client-side view of one ringfs cluster."""
+
+    def __init__(
+        self, config: ClusterConfig, pool: NodePool, cmap: ClusterMap, nursery: trio.Nursery
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.map = cmap
+        self.client_id = os.urandom(16)
+        self._nursery = nursery
+        self._blocks_in_flight = trio.Semaphore(config.blocks_in_flight)
+        self._next_seq = 1
+        self._unacked: set[int] = set()
+
+    @classmethod
+    async def create(cls, config: ClusterConfig, *, nursery: trio.Nursery) -> Cluster:
+        """Connect to the first reachable seed and fetch the cluster map.
+
+        Raises `Unavailable` if no seed answers, `AuthenticationError` on a wrong secret.
+        """
+        pool = NodePool(config.client, nursery)
+        cmap = await _fetch_map(pool, config.seeds)
+        log.info("cluster map epoch %d: %s", cmap.epoch,
+                 ", ".join(f"{n.node_id}@{n.address}" for n in cmap.nodes))
+        return cls(config, pool, cmap, nursery)
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+
+    # -- blocks ------------------------------------------------------------------------------
+
+    async def put_block(self, block_id: bytes, data: memoryview, checksum: bytes) -> StoredBlock:
+        """Write a block to its replicas in parallel; return once a write quorum has it.
+
+        Preferred nodes that fail are replaced by the next nodes on the ring (hinted handoff).
+        The remaining replicas finish in the background. Raises `Unavailable` when fewer than
+        the write quorum could store it.
+        """
+        await self._blocks_in_flight.acquire()
+        write = _ReplicatedWrite(self, block_id, data, checksum)
+        self._nursery.start_soon(write.run, self._blocks_in_flight, name="block-put")
+        await write.quorum_reached.wait()
+        if len(write.stored) < write.quorum:
+            raise Unavailable(f"block {block_id.hex()}: stored on {len(write.stored)} of "
+                              f"{write.quorum} needed replicas", write.failed)
+        return StoredBlock(block_id, checksum, tuple(write.stored))
+
+    async def get_block(self, block_id: bytes, checksum: bytes) -> bytes:
+        """Read a block from one replica, falling back along the ring on any failure.
+
+        The node verifies the block's checksum before answering; a copy that fails it is
+        reported (logged) and the next replica is tried. Raises `Unavailable` if none answers.
+        """
+        tried: list[str] = []
+        for address in self.read_order(block_id):
+            tried.append(address)
+            try:
+                data, stored_checksum = await self.pool.call(address, "block.get", [block_id])
+            except Unavailable:
+                continue
+            except NodeError as exc:
+                if exc.name == CORRUPT:
+                    log.warning("node %s: block %s is corrupt, reading another replica",
+                                address, block_id.hex())
+                elif exc.name != "ENOENT":
+                    log.warning("node %s: block %s: %s", address, block_id.hex(), exc)
+                continue
+            if stored_checksum != checksum:
+                log.warning("node %s: block %s has checksum %s, expected %s", address,
+                            block_id.hex(), bytes(stored_checksum).hex(), checksum.hex())
+                continue
+            return bytes(data)
+        raise Unavailable(f"block {block_id.hex()}", tried)
+
+    def read_order(self, block_id: bytes) -> list[str]:
+        """Replicas first (healthy before suspect), then the rest of the ring (handoffs)."""
+        preferred = [node.address for node in self.map.placement(block_id)]
+        rest = [node.address for node in self.map.fallbacks(block_id)]
+        return self.pool.order(preferred) + self.pool.order(rest)
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    def meta_address(self) -> str:
+        return self.map.meta_nodes()[0].address
+
+    async def meta_apply(self, command: Command) -> Any:
+        """Apply one metadata command exactly once, retrying through node failures.
+
+        Each call carries (client id, sequence number), so a retry after a lost answer returns
+        the first outcome instead of applying twice. Raises `NodeError` for a failed command,
+        `Unavailable` after `meta_deadline` without an answer.
+        """
+        seq = self._next_seq
+        self._next_seq += 1
+        self._unacked.add(seq)
+        try:
+            wire = await self._meta_call(
+                "meta.apply", [self.client_id, seq, min(self._unacked), command.to_wire()]
+            )
+        finally:
+            self._unacked.discard(seq)
+        return decode_result(command, wire)
+
+    async def meta_query(self, query: Query) -> Any:
+        """Run a read-only metadata query on the metadata node; returns the decoded result."""
+        return decode_result(query, await self._meta_call("meta.query", [query.to_wire()]))
+
+    async def _meta_call(self, method: str, params: Sequence[Any]) -> Any:
+        delay = 0.1
+        with trio.move_on_after(self.config.meta_deadline):
+            while True:
+                address = self.meta_address()
+                try:
+                    return await self.pool.call(address, method, params)
+                except Unavailable as exc:
+                    log.warning("metadata node %s unavailable (%s), retrying", address, exc)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        raise Unavailable("metadata", [self.meta_address()])
+
+    # -- status ------------------------------------------------------------------------------
+
+    async def node_stats(self) -> list[tuple[NodeInfo, dict[str, Any] | None]]:
+        """Every node's `node.stats`, or None for nodes that do not answer."""
+        results: list[tuple[NodeInfo, dict[str, Any] | None]] = []
+
+        async def ask(node: NodeInfo) -> None:
+            try:
+                stats = await self.pool.call(node.address, "node.stats", [], timeout=3.0)
+            except (Unavailable, NodeError):
+                stats = None
+            results.append((node, stats))
+
+        async with trio.open_nursery() as nursery:
+            for node in self.map.nodes:
+                nursery.start_soon(ask, node)
+        order = {node.node_id: i for i, node in enumerate(self.map.nodes)}
+        return sorted(results, key=lambda pair: order[pair[0].node_id])
+
+
+class _ReplicatedWrite:
+    """One block on its way to R replicas; `quorum_reached` fires when the outcome is known."""
+
+    def __init__(
+        self, cluster: Cluster, block_id: bytes, data: memoryview, checksum: bytes
+    ) -> None:
+        self.cluster = cluster
+        self.block_id = block_id
+        self.data = data
+        self.checksum = checksum
+        cmap = cluster.map
+        self.targets = [node.address for node in cmap.placement(block_id)]
+        self.spares = [node.address for node in cmap.fallbacks(block_id)]
+        self.quorum = cmap.write_quorum()
+        self.stored: list[str] = []
+        self.failed: list[str] = []
+        self.quorum_reached = trio.Event()
+        self._active = len(self.targets)
+
+    async def run(self, slot: trio.Semaphore) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                for address in self.targets:
+                    nursery.start_soon(self._replicate, address, name="block-replica")
+        finally:
+            self.quorum_reached.set()
+            slot.release()
+
+    async def _replicate(self, address: str) -> None:
+        pool = self.cluster.pool
+        while True:
+            try:
+                await pool.call(address, "block.put", [self.block_id, self.checksum, self.data])
+            except (Unavailable, NodeError) as exc:
+                log.warning("node %s: block %s not stored (%s)", address, self.block_id.hex(), exc)
+                self.failed.append(address)
+                if self.spares:
+                    address = self.spares.pop(0)
+                    log.info("handing block %s off to %s", self.block_id.hex(), address)
+                    continue
+                self._active -= 1
+                if len(self.stored) + self._active < self.quorum:
+                    self.quorum_reached.set()
+                return
+            self.stored.append(address)
+            self._active -= 1
+            if len(self.stored) >= self.quorum:
+                self.quorum_reached.set()
+            return
+
+
+async def _fetch_map(pool: NodePool, seeds: Sequence[str]) -> ClusterMap:
+    failures: list[str] = []
+    for seed in seeds:
+        try:
+            return ClusterMap.from_wire(await pool.call(seed, "map.get", []))
+        except Unavailable as exc:
+            failures.append(str(exc))
+    raise Unavailable("cluster (no seed answered: " + "; ".join(failures) + ")", list(seeds))

@@ -1,0 +1,96 @@
+"""Mount a ringfs cluster: connect, mount, serve FUSE requests until unmounted, clean up.
+
+`run(config)` is what `ringfs mount` runs. It returns when the filesystem is unmounted from
+outside (`fusermount3 -u`); on SIGINT/SIGTERM it unmounts itself. Either way the kernel
+connection is closed and orphaned inodes are purged before it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from ringfs.fs.blockcache import BlockCache
+from ringfs.fs.cluster import Cluster, ClusterConfig
+from ringfs.fs.files import FileContext, WriteBudget
+from ringfs.fs.operations import CacheTimes, Operations
+from ringfs.node.commands import FsInfo, FsStats
+
+log = logging.getLogger(__name__)
+
+# Concurrent FUSE requests: enough to keep several block fetches and metadata calls in flight.
+MAX_FUSE_TASKS = 64
+# Time allowed at unmount for purging unlinked inodes before giving up on them.
+SHUTDOWN_GRACE = 10.0
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    cluster: ClusterConfig
+    mountpoint: Path
+    fuse_options: tuple[str, ...] = ()
+    times: CacheTimes = field(default_factory=CacheTimes)
+    # Chunk buffers (dirty or uploading) the whole mount may hold: bounds write-back memory.
+    write_buffers: int = 16
+    cache_bytes: int = 64 * 1024 * 1024
+
+
+def fuse_options(config: MountConfig) -> set[str]:
+    """The options passed to the kernel: ours first, then the user's `-o` options."""
+    options = set(pyfuse3.default_options)
+    options |= {"fsname=ringfs", "subtype=ringfs"}
+    options |= set(config.fuse_options)
+    return options
+
+
+async def run(config: MountConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+              ) -> None:
+    """Mount and serve until unmounted; reports readiness once the mount is in place.
+
+    Raises `Unavailable` if the cluster cannot be reached, `AuthenticationError` for a wrong
+    secret, RuntimeError if the kernel refuses the mount.
+    """
+    async with trio.open_nursery() as nursery:
+        cluster = await Cluster.create(config.cluster, nursery=nursery)
+        info: FsStats = await cluster.meta_query(FsInfo())
+        files = FileContext(
+            cluster=cluster,
+            cache=BlockCache(cluster, config.cache_bytes, nursery),
+            budget=WriteBudget(config.write_buffers),
+            chunk_size=info.chunk_size,
+            nursery=nursery,
+        )
+        operations = Operations(cluster, files, config.times)
+        pyfuse3.init(operations, str(config.mountpoint), fuse_options(config))
+        log.info("mounted %s (chunk size %d)", config.mountpoint, info.chunk_size)
+        task_status.started()
+        # The kernel connection ends either from outside (fusermount3 -u: already unmounted)
+        # or from us (signal, error: we unmount).
+        unmount = True
+        signalled = trio.Event()
+        try:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                nursery.start_soon(_stop_on_signal, signals, signalled, name="signals")
+                await pyfuse3.main(max_tasks=MAX_FUSE_TASKS)
+                unmount = signalled.is_set()
+        finally:
+            with trio.move_on_after(SHUTDOWN_GRACE) as scope:
+                scope.shield = True
+                await operations.purge_orphans()
+            pyfuse3.close(unmount=unmount)
+            log.info("unmounted %s", config.mountpoint)
+            await cluster.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signal(signals: trio.abc.ReceiveChannel[int], signalled: trio.Event) -> None:
+    async for signum in signals:
+        log.info("signal %d: unmounting", signum)
+        signalled.set()
+        pyfuse3.terminate()
+        return

@@ -1,0 +1,421 @@
+"""FUSE glue: each pyfuse3 handler becomes metadata commands, queries and file-state calls.
+
+No socket or msgpack code lives here. Every handler runs inside `fuse_errors`, the single
+failure-to-errno translation point. Permission checks are the kernel's (`default_permissions`):
+the attributes we return are what it checks against, as on ext4.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import pyfuse3
+from pyfuse3 import FileHandleT, FileNameT, InodeT
+
+from ringfs.fs.cluster import Cluster
+from ringfs.fs.errors import fuse_errors
+from ringfs.fs.files import FileContext, FileState
+from ringfs.node.commands import (
+    NAME_MAX,
+    Attr,
+    Command,
+    DirEntry,
+    FsInfo,
+    FsStats,
+    GetAttr,
+    GetXattr,
+    Link,
+    ListXattr,
+    Lookup,
+    Mkdir,
+    Mknod,
+    Purge,
+    Query,
+    ReadChunks,
+    ReadDir,
+    ReadLink,
+    RemoveXattr,
+    Rename,
+    Rmdir,
+    Setattr,
+    SetXattr,
+    Symlink,
+    Unlink,
+)
+from ringfs.node.errors import NodeError, Unavailable
+
+log = logging.getLogger(__name__)
+
+# Entries fetched per readdir round trip.
+READDIR_PAGE = 256
+# POSIX ACLs are not stored: the kernel would not enforce them (no FUSE_POSIX_ACL), so refusing
+# them tells tools like `cp -a` the truth instead of keeping rules nobody applies.
+ACL_PREFIX = b"system.posix_acl_"
+# st_blksize: the I/O size we ask tools like cp to use.
+PREFERRED_IO_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CacheTimes:
+    """How long the kernel may trust attributes and names (other clients change them)."""
+
+    attr_timeout: float = 1.0
+    entry_timeout: float = 1.0
+
+
+class Operations(pyfuse3.Operations):
+    """The ringfs mount."""
+
+    enable_writeback_cache = False
+
+    def __init__(self, cluster: Cluster, files: FileContext, times: CacheTimes) -> None:
+        super().__init__()
+        self.cluster = cluster
+        self.files = files
+        self.times = times
+        self._open: dict[int, FileState] = {}
+        self._handles: dict[int, FileState] = {}
+        self._next_fh = 1
+        self._lookups: dict[int, int] = {}
+        self._orphans: set[int] = set()
+        # Version of each file's data the kernel page cache last saw, to keep it across opens.
+        self._cached_versions: dict[int, int] = {}
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    async def _apply(self, command: Command) -> Any:
+        return await self.cluster.meta_apply(command)
+
+    async def _query(self, query: Query) -> Any:
+        return await self.cluster.meta_query(query)
+
+    def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        state = self._open.get(attr.ino)
+        if state is not None:
+            attr = state.overlay(attr)
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = cast(InodeT, attr.ino)
+        entry.generation = 0
+        entry.entry_timeout = self.times.entry_timeout
+        entry.attr_timeout = self.times.attr_timeout
+        entry.st_mode = attr.mode
+        entry.st_nlink = attr.nlink
+        entry.st_uid = attr.uid
+        entry.st_gid = attr.gid
+        entry.st_rdev = attr.rdev
+        entry.st_size = attr.size
+        entry.st_blksize = PREFERRED_IO_SIZE
+        entry.st_blocks = attr.blocks
+        entry.st_atime_ns = attr.atime_ns
+        entry.st_mtime_ns = attr.mtime_ns
+        entry.st_ctime_ns = attr.ctime_ns
+        return entry
+
+    def _remember(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        """An entry the kernel will hold a reference to (lookup count + 1)."""
+        self._lookups[attr.ino] = self._lookups.get(attr.ino, 0) + 1
+        return self._entry(attr)
+
+    async def _unlinked(self, attr: Attr | None) -> None:
+        """Note an inode that lost its last name; purge it once nothing here still uses it."""
+        if attr is None or attr.nlink > 0 or stat.S_ISDIR(attr.mode):
+            return
+        self._orphans.add(attr.ino)
+        if not self._lookups.get(attr.ino) and attr.ino not in self._open:
+            await self._purge(attr.ino)
+
+    async def _purge(self, ino: int) -> None:
+        self._orphans.discard(ino)
+        try:
+            await self._apply(Purge(ino))
+        except (NodeError, Unavailable) as exc:
+            log.warning("inode %d: purge failed (%s); it stays until a later purge", ino, exc)
+
+    async def purge_orphans(self) -> None:
+        """At unmount: the kernel forgets everything, so unlinked inodes can go."""
+        for ino in sorted(self._orphans):
+            await self._purge(ino)
+
+    # -- names -------------------------------------------------------------------------------
+
+    async def lookup(
+        self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        with fuse_errors("lookup"):
+            if len(name) > NAME_MAX:
+                raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+            return self._remember(await self._query(Lookup(parent_inode, name)))
+
+    async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
+        for ino, count in inode_list:
+            left = self._lookups.get(ino, 0) - count
+            if left > 0:
+                self._lookups[ino] = left
+                continue
+            self._lookups.pop(ino, None)
+            if ino in self._orphans and ino not in self._open:
+                await self._purge(ino)
+
+    async def getattr(
+        self, inode: InodeT, ctx: pyfuse3.RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
+        with fuse_errors("getattr"):
+            return self._entry(await self._query(GetAttr(inode)))
+
+    async def setattr(
+        self,
+        inode: InodeT,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: FileHandleT | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        with fuse_errors("setattr"):
+            state = self._open.get(inode)
+            if state is not None:
+                # Commit our writes first, so their commit cannot undo this size or mtime.
+                await state.flush()
+            command = Setattr(
+                inode,
+                attr.st_mode if fields.update_mode else None,
+                attr.st_uid if fields.update_uid else None,
+                attr.st_gid if fields.update_gid else None,
+                attr.st_size if fields.update_size else None,
+                attr.st_atime_ns if fields.update_atime else None,
+                attr.st_mtime_ns if fields.update_mtime else None,
+                0,
+            )
+            result: Attr = await self._apply(command)
+            if state is not None:
+                if fields.update_size:
+                    fresh, chunks = await self._query(ReadChunks(inode))
+                    state.reset(fresh, chunks)
+                else:
+                    state.attr = result
+            return self._entry(result)
+
+    async def readlink(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileNameT:
+        with fuse_errors("readlink"):
+            return cast(FileNameT, await self._query(ReadLink(inode)))
+
+    async def mknod(
+        self,
+        parent_inode: InodeT,
+        name: FileNameT,
+        mode: int,
+        rdev: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        with fuse_errors("mknod"):
+            attr = await self._apply(Mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid, 0))
+            return self._remember(attr)
+
+    async def mkdir(
+        self, parent_inode: InodeT, name: FileNameT, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        with fuse_errors("mkdir"):
+            attr = await self._apply(Mkdir(parent_inode, name, mode, ctx.uid, ctx.gid, 0))
+            return self._remember(attr)
+
+    async def symlink(
+        self,
+        parent_inode: InodeT,
+        name: FileNameT,
+        target: FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        with fuse_errors("symlink"):
+            attr = await self._apply(Symlink(parent_inode, name, target, ctx.uid, ctx.gid, 0))
+            return self._remember(attr)
+
+    async def link(
+        self,
+        inode: InodeT,
+        new_parent_inode: InodeT,
+        new_name: FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        with fuse_errors("link"):
+            attr: Attr = await self._apply(Link(inode, new_parent_inode, new_name, 0))
+            self._orphans.discard(attr.ino)
+            return self._remember(attr)
+
+    async def unlink(
+        self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        with fuse_errors("unlink"):
+            await self._unlinked(await self._apply(Unlink(parent_inode, name, 0)))
+
+    async def rmdir(
+        self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        with fuse_errors("rmdir"):
+            await self._apply(Rmdir(parent_inode, name, 0))
+
+    async def rename(
+        self,
+        parent_inode_old: InodeT,
+        name_old: FileNameT,
+        parent_inode_new: InodeT,
+        name_new: FileNameT,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        with fuse_errors("rename"):
+            command = Rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, 0)
+            await self._unlinked(await self._apply(command))
+
+    # -- directories -------------------------------------------------------------------------
+
+    async def opendir(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileHandleT:
+        return cast(FileHandleT, inode)
+
+    async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        with fuse_errors("readdir"):
+            after = start_id
+            while True:
+                page: list[DirEntry] = await self._query(ReadDir(fh, after, READDIR_PAGE))
+                for entry in page:
+                    if not pyfuse3.readdir_reply(
+                        token, cast(FileNameT, entry.name), self._entry(entry.attr), entry.cookie
+                    ):
+                        return
+                    self._lookups[entry.attr.ino] = self._lookups.get(entry.attr.ino, 0) + 1
+                if len(page) < READDIR_PAGE:
+                    return
+                after = page[-1].cookie
+
+    async def releasedir(self, fh: FileHandleT) -> None:
+        return None
+
+    async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
+        # Every metadata command is committed (and fsync'd) before it is answered.
+        return None
+
+    # -- files -------------------------------------------------------------------------------
+
+    async def _state(self, inode: int) -> FileState:
+        """This client's state of an open file, loading the committed chunk map if not open."""
+        state = self._open.get(inode)
+        if state is None:
+            attr, chunks = await self._query(ReadChunks(inode))
+            state = self._open.get(inode)
+            if state is None:
+                state = self._open[inode] = FileState(self.files, attr, chunks)
+        return state
+
+    def _new_handle(self, state: FileState) -> FileHandleT:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = state
+        state.open_count += 1
+        return cast(FileHandleT, fh)
+
+    async def open(
+        self, inode: InodeT, flags: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
+        with fuse_errors("open"):
+            was_open = inode in self._open
+            state = await self._state(inode)
+            # Close-to-open: keep the kernel's cached pages only if the data did not change.
+            keep = was_open or self._cached_versions.get(inode) == state.attr.version
+            return pyfuse3.FileInfo(fh=self._new_handle(state), keep_cache=keep)
+
+    async def create(
+        self,
+        parent_inode: InodeT,
+        name: FileNameT,
+        mode: int,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        with fuse_errors("create"):
+            mode = stat.S_IFREG | stat.S_IMODE(mode)
+            attr: Attr = await self._apply(
+                Mknod(parent_inode, name, mode, 0, ctx.uid, ctx.gid, 0)
+            )
+            state = self._open[attr.ino] = FileState(self.files, attr, [])
+            info = pyfuse3.FileInfo(fh=self._new_handle(state), keep_cache=True)
+            return info, self._remember(attr)
+
+    async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
+        with fuse_errors("read"):
+            return await self._handles[fh].read(off, size)
+
+    async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
+        with fuse_errors("write"):
+            return await self._handles[fh].write(off, buf)
+
+    async def _flush(self, state: FileState) -> None:
+        attr = await state.flush()
+        self._cached_versions[state.ino] = attr.version
+
+    async def flush(self, fh: FileHandleT) -> None:
+        with fuse_errors("flush"):
+            await self._flush(self._handles[fh])
+
+    async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
+        with fuse_errors("fsync"):
+            await self._flush(self._handles[fh])
+
+    async def release(self, fh: FileHandleT) -> None:
+        state = self._handles.pop(fh)
+        state.open_count -= 1
+        if state.open_count:
+            return
+        try:
+            await self._flush(state)
+        except (NodeError, Unavailable) as exc:
+            log.error("inode %d: data written since the last flush is lost: %s", state.ino, exc)
+        del self._open[state.ino]
+        if state.ino in self._orphans and not self._lookups.get(state.ino):
+            await self._purge(state.ino)
+
+    # -- filesystem --------------------------------------------------------------------------
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        with fuse_errors("statfs"):
+            info: FsStats = await self._query(FsInfo())
+            reachable = [s for _, s in await self.cluster.node_stats() if s is not None]
+            copies = max(1, self.cluster.map.replica_count())
+            block = 4096
+            result = pyfuse3.StatvfsData()
+            result.f_bsize = PREFERRED_IO_SIZE
+            result.f_frsize = block
+            result.f_blocks = sum(s["capacity"] for s in reachable) // copies // block
+            result.f_bfree = sum(s["free"] for s in reachable) // copies // block
+            result.f_bavail = result.f_bfree
+            result.f_files = info.inode_count + 2**32
+            result.f_ffree = 2**32
+            result.f_favail = result.f_ffree
+            result.f_namemax = NAME_MAX
+            return result
+
+    # -- extended attributes -----------------------------------------------------------------
+
+    async def setxattr(
+        self, inode: InodeT, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        with fuse_errors("setxattr"):
+            if name.startswith(ACL_PREFIX):
+                raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+            await self._apply(SetXattr(inode, name, value, 0, 0))
+
+    async def getxattr(self, inode: InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        with fuse_errors("getxattr"):
+            return cast(bytes, await self._query(GetXattr(inode, name)))
+
+    async def listxattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        with fuse_errors("listxattr"):
+            return cast(list[bytes], await self._query(ListXattr(inode)))
+
+    async def removexattr(
+        self, inode: InodeT, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        with fuse_errors("removexattr"):
+            await self._apply(RemoveXattr(inode, name, 0))

@@ -1,0 +1,600 @@
+"""Metadata commands and queries: the wire contract of the metadata state machine.
+
+Every change to the namespace is a *command*, a frozen dataclass carrying everything that is not
+a pure function of the state (timestamps, the caller's uid/gid), so applying it gives the same
+database on every replica. *Queries* only read. Both travel as ``[op_name, field1, field2, ...]``
+in dataclass field order. Decoding checks every type strictly, because the input comes off the
+network: anything malformed raises ``NodeError("EINVAL")``. Names, link targets, xattr names and
+values, block ids, checksums and client ids are ``bytes`` everywhere, never ``str``.
+
+Results have a wire form too, made by `encode_result` and read back by `decode_result`; each
+command or query class names the Python type of its result in ``RESULT``:
+
+========================  =============================================
+``RESULT``                wire form
+========================  =============================================
+``None``                  nil
+``Attr``                  ``Attr.to_wire()``: a list of 12 ints
+``Attr | None``           as ``Attr``, or nil
+``bytes``                 bin
+``list[bytes]``           array of bin
+``list[DirEntry]``        array of ``[cookie, name, attr_wire]``
+``tuple[Attr, list...]``  ``[attr_wire, [chunk_wire, ...]]``
+``FsStats``               ``[chunk_size, inode_count, stored_bytes]``
+========================  =============================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import Field, dataclass, fields
+from typing import Any, ClassVar, Self, cast
+
+from ringfs.node.errors import NodeError, ProtocolError
+
+#: Linux NAME_MAX: the longest directory entry name, in bytes.
+NAME_MAX = 255
+#: Linux PATH_MAX (4096) less the terminating NUL: the longest symlink target.
+SYMLINK_MAX = 4095
+#: Linux XATTR_NAME_MAX and XATTR_SIZE_MAX.
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 65536
+#: Block ids are random 128-bit values, chosen by the writer.
+BLOCK_ID_SIZE = 16
+#: Checksums are sha256 digests of the whole stored block.
+CHECKSUM_SIZE = 32
+#: The root directory's inode number (FUSE_ROOT_ID).
+ROOT_INO = 1
+#: renameat2(2) flags, Linux values.
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+#: setxattr(2) flags, Linux values.
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+
+# Integers are stored in SQLite INTEGER columns: signed 64 bits.
+_INT_MIN = -(2**63)
+_INT_MAX = 2**63 - 1
+
+
+class _Record:
+    """A frozen dataclass that travels as the list of its fields, in order."""
+
+    __slots__ = ()
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+
+    def to_wire(self) -> list[Any]:
+        """The msgpack-ready list of this record's fields."""
+        return [_encode(getattr(self, f.name)) for f in fields(self)]
+
+    @classmethod
+    def from_wire(cls, obj: object) -> Self:
+        """Decode and type-check a wire list; raises NodeError("EINVAL") when malformed."""
+        items = _as_list(obj)
+        specs = fields(cls)
+        if len(items) != len(specs):
+            raise NodeError("EINVAL", f"{cls.__name__} takes {len(specs)} fields, got {len(items)}")
+        values = [_DECODERS[str(f.type)](item) for f, item in zip(specs, items, strict=True)]
+        return cast(Callable[..., Self], cls)(*values)
+
+
+class _Message(_Record):
+    """A command or query: a record whose wire list starts with its operation name."""
+
+    __slots__ = ()
+    OP: ClassVar[str]
+    RESULT: ClassVar[str]
+
+    def to_wire(self) -> list[Any]:
+        """``[op_name, field1, field2, ...]``."""
+        return [self.OP, *super().to_wire()]
+
+
+# --- values -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Attr(_Record):
+    """An inode's attributes as stat(2) shows them, plus the data version for cache checks."""
+
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+    #: st_blocks: 512-byte units of stored chunk data (8 for a directory).
+    blocks: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    #: Bumped on every data change (commit or size change): clients keep their page cache only
+    #: while it is unchanged.
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk(_Record):
+    """One entry of a file's chunk map: chunk ``idx`` of the file lives in block ``block_id``.
+
+    ``length`` is the number of valid bytes in the block; it can be less than the block holds
+    after a truncation, and bytes beyond it read as zeros. ``checksum`` covers the whole block as
+    stored, so a replica can be verified without knowing the file.
+    """
+
+    idx: int
+    block_id: bytes
+    length: int
+    checksum: bytes
+
+    def __post_init__(self) -> None:
+        if self.idx < 0 or self.length < 0:
+            raise NodeError("EINVAL", "negative chunk index or length")
+        if len(self.block_id) != BLOCK_ID_SIZE or len(self.checksum) != CHECKSUM_SIZE:
+            raise NodeError("EINVAL", "bad block id or checksum size")
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry(_Record):
+    """A directory entry with its inode's attributes (readdirplus)."""
+
+    #: Position in the directory: > 0, fixed when the entry is created, larger for later ones.
+    cookie: int
+    name: bytes
+    attr: Attr
+
+
+@dataclass(frozen=True, slots=True)
+class FsStats(_Record):
+    """Filesystem-wide numbers for statfs."""
+
+    chunk_size: int
+    inode_count: int
+    stored_bytes: int
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Init(_Message):
+    """Create the root directory and fix the chunk size; does nothing once initialised."""
+
+    OP: ClassVar[str] = "init"
+    RESULT: ClassVar[str] = "None"
+    chunk_size: int
+    uid: int
+    gid: int
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Mknod(_Message):
+    """Create a regular file, fifo, socket or device node; mode carries the type bits."""
+
+    OP: ClassVar[str] = "mknod"
+    RESULT: ClassVar[str] = "Attr"
+    parent: int
+    name: bytes
+    mode: int
+    rdev: int
+    uid: int
+    gid: int
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Mkdir(_Message):
+    """Create a directory; mode is given without S_IFDIR."""
+
+    OP: ClassVar[str] = "mkdir"
+    RESULT: ClassVar[str] = "Attr"
+    parent: int
+    name: bytes
+    mode: int
+    uid: int
+    gid: int
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Symlink(_Message):
+    """Create a symbolic link to ``target``."""
+
+    OP: ClassVar[str] = "symlink"
+    RESULT: ClassVar[str] = "Attr"
+    parent: int
+    name: bytes
+    target: bytes
+    uid: int
+    gid: int
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Link(_Message):
+    """Add a hard link to a non-directory inode."""
+
+    OP: ClassVar[str] = "link"
+    RESULT: ClassVar[str] = "Attr"
+    ino: int
+    new_parent: int
+    new_name: bytes
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unlink(_Message):
+    """Remove a non-directory entry; the result's nlink 0 means the inode is now an orphan."""
+
+    OP: ClassVar[str] = "unlink"
+    RESULT: ClassVar[str] = "Attr"
+    parent: int
+    name: bytes
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rmdir(_Message):
+    """Remove an empty directory."""
+
+    OP: ClassVar[str] = "rmdir"
+    RESULT: ClassVar[str] = "None"
+    parent: int
+    name: bytes
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rename(_Message):
+    """rename(2)/renameat2(2); the result is the inode formerly at the target, if any."""
+
+    OP: ClassVar[str] = "rename"
+    RESULT: ClassVar[str] = "Attr | None"
+    parent: int
+    name: bytes
+    new_parent: int
+    new_name: bytes
+    flags: int
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Setattr(_Message):
+    """Change attributes; None leaves a field unchanged. A size change truncates or extends."""
+
+    OP: ClassVar[str] = "setattr"
+    RESULT: ClassVar[str] = "Attr"
+    ino: int
+    mode: int | None
+    uid: int | None
+    gid: int | None
+    size: int | None
+    atime_ns: int | None
+    mtime_ns: int | None
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommitChunks(_Message):
+    """Point chunks of a file at newly written blocks and grow the size to at least ``size``."""
+
+    OP: ClassVar[str] = "commit_chunks"
+    RESULT: ClassVar[str] = "Attr"
+    ino: int
+    chunks: tuple[Chunk, ...]
+    size: int
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetXattr(_Message):
+    """Set an extended attribute; flags are XATTR_CREATE / XATTR_REPLACE."""
+
+    OP: ClassVar[str] = "setxattr"
+    RESULT: ClassVar[str] = "None"
+    ino: int
+    name: bytes
+    value: bytes
+    flags: int
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveXattr(_Message):
+    """Remove an extended attribute."""
+
+    OP: ClassVar[str] = "removexattr"
+    RESULT: ClassVar[str] = "None"
+    ino: int
+    name: bytes
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Purge(_Message):
+    """Delete an orphan (nlink 0) once no client holds it open; its blocks become garbage."""
+
+    OP: ClassVar[str] = "purge"
+    RESULT: ClassVar[str] = "None"
+    ino: int
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetGarbage(_Message):
+    """Drop block ids from the garbage list once the collector deleted them."""
+
+    OP: ClassVar[str] = "forget_garbage"
+    RESULT: ClassVar[str] = "None"
+    block_ids: tuple[bytes, ...]
+
+
+# --- queries ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup(_Message):
+    """The attributes of the inode named ``name`` in ``parent``."""
+
+    OP: ClassVar[str] = "lookup"
+    RESULT: ClassVar[str] = "Attr"
+    parent: int
+    name: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GetAttr(_Message):
+    """An inode's attributes."""
+
+    OP: ClassVar[str] = "getattr"
+    RESULT: ClassVar[str] = "Attr"
+    ino: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadDir(_Message):
+    """Up to ``limit`` entries with cookie > ``after_cookie``; an empty list marks the end."""
+
+    OP: ClassVar[str] = "readdir"
+    RESULT: ClassVar[str] = "list[DirEntry]"
+    ino: int
+    after_cookie: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadLink(_Message):
+    """A symlink's target."""
+
+    OP: ClassVar[str] = "readlink"
+    RESULT: ClassVar[str] = "bytes"
+    ino: int
+
+
+@dataclass(frozen=True, slots=True)
+class GetXattr(_Message):
+    """One extended attribute's value."""
+
+    OP: ClassVar[str] = "getxattr"
+    RESULT: ClassVar[str] = "bytes"
+    ino: int
+    name: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ListXattr(_Message):
+    """The names of an inode's extended attributes, sorted."""
+
+    OP: ClassVar[str] = "listxattr"
+    RESULT: ClassVar[str] = "list[bytes]"
+    ino: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadChunks(_Message):
+    """A file's attributes and chunk map, sorted by chunk index."""
+
+    OP: ClassVar[str] = "read_chunks"
+    RESULT: ClassVar[str] = "tuple[Attr, list[Chunk]]"
+    ino: int
+
+
+@dataclass(frozen=True, slots=True)
+class FsInfo(_Message):
+    """Chunk size, inode count and stored bytes."""
+
+    OP: ClassVar[str] = "fsinfo"
+    RESULT: ClassVar[str] = "FsStats"
+
+
+@dataclass(frozen=True, slots=True)
+class Garbage(_Message):
+    """Up to ``limit`` block ids no file references any more, oldest first."""
+
+    OP: ClassVar[str] = "garbage"
+    RESULT: ClassVar[str] = "list[bytes]"
+    limit: int
+
+
+Command = (
+    Init
+    | Mknod
+    | Mkdir
+    | Symlink
+    | Link
+    | Unlink
+    | Rmdir
+    | Rename
+    | Setattr
+    | CommitChunks
+    | SetXattr
+    | RemoveXattr
+    | Purge
+    | ForgetGarbage
+)
+Query = Lookup | GetAttr | ReadDir | ReadLink | GetXattr | ListXattr | ReadChunks | FsInfo | Garbage
+
+COMMANDS: dict[str, type[_Message]] = {
+    c.OP: c
+    for c in (Init, Mknod, Mkdir, Symlink, Link, Unlink, Rmdir, Rename, Setattr, CommitChunks)
+    + (SetXattr, RemoveXattr, Purge, ForgetGarbage)
+}
+QUERIES: dict[str, type[_Message]] = {
+    c.OP: c
+    for c in (Lookup, GetAttr, ReadDir, ReadLink, GetXattr, ListXattr, ReadChunks, FsInfo, Garbage)
+}
+
+
+def command_from_wire(obj: object) -> Command:
+    """Decode a command; raises NodeError("EINVAL") for unknown ops or malformed fields."""
+    return cast(Command, _message_from_wire(obj, COMMANDS))
+
+
+def query_from_wire(obj: object) -> Query:
+    """Decode a query; raises NodeError("EINVAL") for unknown ops or malformed fields."""
+    return cast(Query, _message_from_wire(obj, QUERIES))
+
+
+def _message_from_wire(obj: object, registry: dict[str, type[_Message]]) -> _Message:
+    items = _as_list(obj)
+    if not items or not isinstance(items[0], str):
+        raise NodeError("EINVAL", "a message starts with its op name")
+    cls = registry.get(items[0])
+    if cls is None:
+        raise NodeError("EINVAL", f"unknown op {items[0]!r}")
+    return cls.from_wire(items[1:])
+
+
+# --- log entries and outcomes -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Entry(_Record):
+    """A command as it enters the log, with the client session that makes retries idempotent.
+
+    ``client_id``/``seq`` identify the request (both or neither); ``acked_below`` tells the
+    state machine the client has its answers for every seq below it, so those can be forgotten.
+    """
+
+    command: Command
+    client_id: bytes | None = None
+    seq: int | None = None
+    acked_below: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.client_id is None) != (self.seq is None):
+            raise NodeError("EINVAL", "client_id and seq go together")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome(_Record):
+    """What applying one command gave: a wire-form result, or an errno name."""
+
+    result: Any
+    error: str | None
+
+
+# --- results ------------------------------------------------------------------------------
+
+
+def encode_result(value: object) -> Any:
+    """The wire form of a command or query result (see the module docstring)."""
+    return _encode(value)
+
+
+def decode_result(request: Command | Query, wire: object) -> Any:
+    """Read back the result of ``request`` from its wire form.
+
+    Raises ProtocolError when the node's answer does not have the shape ``request`` promises.
+    """
+    try:
+        return _RESULT_DECODERS[request.RESULT](wire)
+    except NodeError as exc:
+        raise ProtocolError(f"malformed {request.OP} result: {exc}") from exc
+
+
+def _encode(value: object) -> Any:
+    if isinstance(value, _Record):
+        return value.to_wire()
+    if isinstance(value, list | tuple):
+        return [_encode(item) for item in value]
+    return value
+
+
+# --- strict decoders ----------------------------------------------------------------------
+
+
+def _as_list(obj: object) -> Sequence[object]:
+    if not isinstance(obj, list | tuple):
+        raise NodeError("EINVAL", f"expected an array, got {type(obj).__name__}")
+    return obj
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not _INT_MIN <= value <= _INT_MAX:
+        raise NodeError("EINVAL", f"expected a 64-bit integer, got {type(value).__name__}")
+    return value
+
+
+def _bytes(value: object) -> bytes:
+    if not isinstance(value, bytes):
+        raise NodeError("EINVAL", f"expected bytes, got {type(value).__name__}")
+    return value
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise NodeError("EINVAL", f"expected str, got {type(value).__name__}")
+    return value
+
+
+def _none(value: object) -> None:
+    if value is not None:
+        raise NodeError("EINVAL", f"expected nil, got {type(value).__name__}")
+
+
+def _optional(decode: Callable[[object], Any]) -> Callable[[object], Any]:
+    return lambda value: None if value is None else decode(value)
+
+
+def _list_of(decode: Callable[[object], Any]) -> Callable[[object], list[Any]]:
+    return lambda value: [decode(item) for item in _as_list(value)]
+
+
+def _tuple_of(decode: Callable[[object], Any]) -> Callable[[object], tuple[Any, ...]]:
+    return lambda value: tuple(decode(item) for item in _as_list(value))
+
+
+def _attr_and_chunks(value: object) -> tuple[Attr, list[Chunk]]:
+    items = _as_list(value)
+    if len(items) != 2:
+        raise NodeError("EINVAL", "expected [attr, chunks]")
+    return Attr.from_wire(items[0]), _list_of(Chunk.from_wire)(items[1])
+
+
+# Keyed by the annotation text of a field (this module uses postponed annotations).
+_DECODERS: dict[str, Callable[[object], Any]] = {
+    "int": _int,
+    "int | None": _optional(_int),
+    "bytes": _bytes,
+    "bytes | None": _optional(_bytes),
+    "str | None": _optional(_str),
+    "Any": lambda value: value,
+    "Attr": Attr.from_wire,
+    "Command": command_from_wire,
+    "tuple[Chunk, ...]": _tuple_of(Chunk.from_wire),
+    "tuple[bytes, ...]": _tuple_of(_bytes),
+}
+
+# Keyed by the RESULT of each command and query class.
+_RESULT_DECODERS: dict[str, Callable[[object], Any]] = {
+    "None": _none,
+    "Attr": Attr.from_wire,
+    "Attr | None": _optional(Attr.from_wire),
+    "bytes": _bytes,
+    "list[bytes]": _list_of(_bytes),
+    "list[DirEntry]": _list_of(DirEntry.from_wire),
+    "tuple[Attr, list[Chunk]]": _attr_and_chunks,
+    "FsStats": FsStats.from_wire,
+}

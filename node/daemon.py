@@ -1,0 +1,120 @@
+"""A storage node process: its data directory, its cluster map, its services.
+
+`run(config)` is what `ringfs node` runs. The data directory holds the block store, the
+node's copy of the cluster map and, on the node the ring picks for the key `meta`, the
+metadata database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import trio
+
+from ringfs.node.clustermap import ClusterMap, NodeInfo
+from ringfs.node.commands import Init
+from ringfs.node.meta import MetaState
+from ringfs.node.metaservice import MetaService
+from ringfs.node.server import RpcServer, ServerConfig
+from ringfs.node.service import NodeService
+from ringfs.node.store import BlockStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
+MAP_FILE = "cluster.json"
+META_FILE = "meta.db"
+
+
+class ConfigError(Exception):
+    """The node cannot start with this configuration (a user mistake, reported in one line)."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: str
+    data_dir: Path
+    secret: bytes
+    host: str = "127.0.0.1"
+    port: int = 0
+    # All members, given on the first start; later starts may omit them (the stored map is used).
+    members: tuple[NodeInfo, ...] | None = None
+    replicas: int = 3
+    # Used only when this node creates the filesystem (the chunk size is fixed at creation).
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    ssl_context: ssl.SSLContext | None = None
+
+
+def resolve_map(config: NodeConfig) -> ClusterMap:
+    """The cluster map this node starts with: stored, created, or stored with new addresses.
+
+    Raises `ConfigError` when the given members contradict the stored map or omit this node.
+    """
+    path = config.data_dir / MAP_FILE
+    stored = ClusterMap.load(path) if path.exists() else None
+    members = config.members
+    if members is None:
+        if stored is None:
+            raise ConfigError(f"{config.data_dir} holds no cluster map: give the members "
+                              "with --cluster on the first start")
+        cmap = stored
+    elif stored is None:
+        cmap = ClusterMap(epoch=1, nodes=members, replicas=config.replicas)
+    elif {n.node_id for n in stored.nodes} != {n.node_id for n in members}:
+        raise ConfigError(
+            "--cluster names other nodes than the map stored in "
+            f"{path} ({', '.join(sorted(n.node_id for n in stored.nodes))})"
+        )
+    elif {n.node_id: n.address for n in stored.nodes} != {n.node_id: n.address for n in members}:
+        moved = {n.node_id: n for n in members}
+        nodes = tuple(replace(n, host=moved[n.node_id].host, port=moved[n.node_id].port)
+                      for n in stored.nodes)
+        cmap = replace(stored, epoch=stored.epoch + 1, nodes=nodes)
+        log.info("node addresses changed: cluster map epoch %d", cmap.epoch)
+    else:
+        cmap = stored
+    if config.node_id not in {n.node_id for n in cmap.nodes}:
+        raise ConfigError(f"node {config.node_id!r} is not a member of the cluster map")
+    if cmap is not stored:
+        cmap.save(path)
+    return cmap
+
+
+async def run(config: NodeConfig, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+              ) -> None:
+    """Serve until cancelled; reports the bound port through `task_status`.
+
+    Raises `ConfigError` for an unusable configuration and OSError when the address cannot be
+    bound.
+    """
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    cmap = resolve_map(config)
+    store = BlockStore(config.data_dir / "store")
+    meta: MetaService | None = None
+    if cmap.meta_nodes()[0].node_id == config.node_id:
+        meta = MetaService(MetaState(config.data_dir / META_FILE))
+    service = NodeService(config.node_id, cmap, store, meta)
+    server = RpcServer(
+        ServerConfig(secret=config.secret, node_id=config.node_id, host=config.host,
+                     port=config.port, ssl_context=config.ssl_context),
+        service.handle,
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            if meta is not None:
+                await nursery.start(meta.run)
+                outcome = await meta.apply(
+                    Init(config.chunk_size, os.getuid(), os.getgid(), 0), None, None, None
+                )
+                if outcome.error is not None:
+                    raise ConfigError(f"cannot create the filesystem: {outcome.error}")
+                log.info("node %s holds the metadata", config.node_id)
+            port = await nursery.start(server.serve)
+            task_status.started(port)
+    finally:
+        if meta is not None:
+            meta.state.close()

@@ -1,0 +1,57 @@
+"""Domain errors shared by nodes and clients.
+
+Errors cross the wire as errno *names* ("ENOENT"), never numbers, because errno numbers differ
+between platforms. Every error a node can send is a `NodeError` carrying such a name; the client
+maps the name back to a local errno in exactly one place (`ringfs.fs.errors`).
+"""
+
+from __future__ import annotations
+
+import errno
+
+# Names a node may put in the error field of a response, beyond plain errno names.
+#: A block copy failed its checksum: the replica is bad, try another one.
+CORRUPT = "EBADMSG"
+#: A metadata call reached a node that does not hold the metadata; the detail names the one that does.
+NOT_META = "ENOTMETA"
+
+
+class NodeError(Exception):
+    """A failure with a wire name: raised by node logic, sent as an error reply, raised again
+    on the client by the RPC layer."""
+
+    def __init__(self, name: str, detail: str = "") -> None:
+        super().__init__(f"{name}: {detail}" if detail else name)
+        self.name = name
+        self.detail = detail
+
+    @property
+    def errno(self) -> int:
+        """The local errno for this name; EIO for names this platform does not know."""
+        return errno_for(self.name)
+
+
+def errno_for(name: str) -> int:
+    """Map a wire error name to this platform's errno number (EIO when unknown)."""
+    value = getattr(errno, name, None)
+    return value if isinstance(value, int) else errno.EIO
+
+
+class ProtocolError(Exception):
+    """The peer broke the wire protocol (malformed, oversized or unexpected message).
+
+    The connection it happened on is closed; nothing else is affected.
+    """
+
+
+class AuthenticationError(ProtocolError):
+    """The peer did not prove it holds the cluster secret, or speaks another version."""
+
+
+class Unavailable(Exception):
+    """No replica or node could answer in time: surfaces as EIO at the mount."""
+
+    def __init__(self, what: str, tried: list[str] | None = None) -> None:
+        super().__init__(f"{what} unavailable (tried: {', '.join(tried or []) or 'none'})")
+        self.what = what
+        self.tried = tried or []

@@ -1,0 +1,407 @@
+"""The ringfs wire protocol, sans-IO: bytes in, messages out; messages in, buffers out.
+
+A connection is a TCP stream of msgpack objects. It opens with a mutual challenge-response on the
+cluster secret (HMAC-SHA256) and then carries msgpack-RPC messages:
+
+    request       [0, msgid, method, params]
+    response      [1, msgid, error, result]     error is None or [name, detail]
+    notification  [2, method, params]
+
+Many requests are in flight at once, matched by msgid. This module owns every protocol rule:
+framing limits, message shapes, handshake order and proofs, msgid bookkeeping. The trio shells in
+`client.py` and `server.py` only move bytes. Nothing here imports trio.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import os
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from ringfs.node.errors import AuthenticationError, ProtocolError
+
+PROTOCOL_VERSION = 1
+MAGIC = "ringfs"
+REQUEST, RESPONSE, NOTIFICATION = 0, 1, 2
+NONCE_SIZE = 32
+# A buffer at least this long is sent as its own write instead of being copied into the packer.
+ZERO_COPY_MIN = 64 * 1024
+# msgids wrap at 2**32 so they always pack as a uint32.
+MSGID_MODULUS = 2**32
+
+Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every size a peer can make us hold in memory, made explicit."""
+
+    # One message: a 16 MiB block (the largest chunk size) plus envelope.
+    max_frame: int = 16 * 1024 * 1024 + 64 * 1024
+    max_bin_len: int = 16 * 1024 * 1024
+    # Names are at most 255 bytes and paths 4 KiB; strings are method names and details.
+    max_str_len: int = 64 * 1024
+    # A chunk commit or a directory page lists at most this many items.
+    max_array_len: int = 100_000
+    max_map_len: int = 1024
+    # Requests a server runs at once for one connection; it stops reading beyond that.
+    max_in_flight: int = 64
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class Request:
+    msgid: int
+    method: str
+    params: list[Any]
+
+
+@dataclass(frozen=True)
+class Response:
+    msgid: int
+    error: tuple[str, str] | None
+    result: Any
+
+
+@dataclass(frozen=True)
+class Notification:
+    method: str
+    params: list[Any]
+
+
+@dataclass(frozen=True)
+class HandshakeDone:
+    """Both sides proved they hold the secret; `peer_id` names the server (empty on the server)."""
+
+    peer_id: str
+
+
+Event = Request | Response | Notification | HandshakeDone
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class _State(enum.Enum):
+    # Client: sent hello, waits for the server's challenge and proof.
+    AWAIT_CHALLENGE = enum.auto()
+    # Client: sent its proof, waits for the welcome.
+    AWAIT_WELCOME = enum.auto()
+    # Server: waits for hello.
+    AWAIT_HELLO = enum.auto()
+    # Server: sent challenge, waits for the client's proof.
+    AWAIT_AUTH = enum.auto()
+    OPEN = enum.auto()
+    CLOSED = enum.auto()
+
+
+def proof(secret: bytes, label: bytes, first: bytes, second: bytes) -> bytes:
+    """HMAC-SHA256 over a role label and both nonces; labels stop reflecting a proof back."""
+    return hmac.new(secret, label + first + second, hashlib.sha256).digest()
+
+
+def _bin_header(length: int) -> bytes:
+    if length < 2**8:
+        return struct.pack(">BB", 0xC4, length)
+    if length < 2**16:
+        return struct.pack(">BH", 0xC5, length)
+    return struct.pack(">BI", 0xC6, length)
+
+
+def _array_header(length: int) -> bytes:
+    if length < 16:
+        return bytes([0x90 | length])
+    if length < 2**16:
+        return struct.pack(">BH", 0xDC, length)
+    return struct.pack(">BI", 0xDD, length)
+
+
+class _Encoder:
+    """Packs a message into a list of buffers, passing large binary payloads by reference.
+
+    Arrays are walked two levels deep (the envelope and the params or result); any large
+    `bytes`/`memoryview` found there becomes a bin header followed by the payload itself, so a
+    4 MiB block is never copied into the packer.
+    """
+
+    def __init__(self) -> None:
+        self._packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+        self.out: list[Buffer] = []
+        self._small = bytearray()
+
+    def add(self, obj: Any, depth: int) -> None:
+        if isinstance(obj, list | tuple) and depth > 0:
+            self._small += _array_header(len(obj))
+            for item in obj:
+                self.add(item, depth - 1)
+        elif isinstance(obj, bytes | bytearray | memoryview) and len(obj) >= ZERO_COPY_MIN:
+            view = memoryview(obj).cast("B")
+            self._small += _bin_header(len(view))
+            self._flush_small()
+            self.out.append(view)
+        else:
+            self._small += self._packer.pack(obj)
+
+    def _flush_small(self) -> None:
+        if self._small:
+            self.out.append(bytes(self._small))
+            self._small = bytearray()
+
+    def finish(self) -> list[Buffer]:
+        self._flush_small()
+        return self.out
+
+
+def encode(message: list[Any]) -> list[Buffer]:
+    """Encode one message to buffers to be written in order (large payloads not copied)."""
+    encoder = _Encoder()
+    encoder.add(message, depth=3)
+    return encoder.finish()
+
+
+def _check_msgid(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MSGID_MODULUS:
+        raise ProtocolError(f"bad msgid {value!r}")
+    return value
+
+
+def parse_message(obj: Any) -> Request | Response | Notification:
+    """Validate the shape of one decoded RPC message."""
+    if not isinstance(obj, list) or not obj:
+        raise ProtocolError("message is not a non-empty array")
+    kind = obj[0]
+    if kind == REQUEST and len(obj) == 4:
+        _, msgid, method, params = obj
+        if not isinstance(method, str) or not isinstance(params, list):
+            raise ProtocolError("request needs a method name and a params array")
+        return Request(_check_msgid(msgid), method, params)
+    if kind == RESPONSE and len(obj) == 4:
+        _, msgid, error, result = obj
+        if error is not None:
+            if not (
+                isinstance(error, list)
+                and len(error) == 2
+                and all(isinstance(part, str) for part in error)
+            ):
+                raise ProtocolError("response error must be None or [name, detail]")
+            return Response(_check_msgid(msgid), (error[0], error[1]), result)
+        return Response(_check_msgid(msgid), None, result)
+    if kind == NOTIFICATION and len(obj) == 3:
+        _, method, params = obj
+        if not isinstance(method, str) or not isinstance(params, list):
+            raise ProtocolError("notification needs a method name and a params array")
+        return Notification(method, params)
+    raise ProtocolError(f"unknown message kind or arity: {str(obj)[:80]}")
+
+
+class Connection:
+    """One end of a ringfs connection: handshake, framing and msgid bookkeeping.
+
+    Feed received bytes to `receive_data`; it returns the events they complete and queues any
+    handshake reply in `data_to_send()`. Raises `ProtocolError` (or `AuthenticationError`) when the
+    peer misbehaves; the connection is then dead and must be closed.
+    """
+
+    def __init__(
+        self,
+        role: Role,
+        secret: bytes,
+        *,
+        node_id: str = "",
+        limits: Limits = DEFAULT_LIMITS,
+        nonce: bytes | None = None,
+    ) -> None:
+        if not secret:
+            raise ValueError("the cluster secret must not be empty")
+        self.role = role
+        self.limits = limits
+        self.peer_id = ""
+        self._secret = secret
+        self._node_id = node_id
+        self._nonce = nonce if nonce is not None else os.urandom(NONCE_SIZE)
+        self._peer_nonce = b""
+        self._outgoing: list[Buffer] = []
+        self._next_msgid = 0
+        self._pending: set[int] = set()
+        self._abandoned: set[int] = set()
+        self._unanswered = 0
+        self._unpacker = msgpack.Unpacker(
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_buffer_size=limits.max_frame,
+            max_bin_len=limits.max_bin_len,
+            max_str_len=limits.max_str_len,
+            max_array_len=limits.max_array_len,
+            max_map_len=limits.max_map_len,
+            max_ext_len=0,
+        )
+        if role is Role.CLIENT:
+            self._state = _State.AWAIT_CHALLENGE
+            self._queue([MAGIC, PROTOCOL_VERSION, "hello", self._nonce])
+        else:
+            self._state = _State.AWAIT_HELLO
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._state is _State.OPEN
+
+    @property
+    def unanswered(self) -> int:
+        """Requests received by a server and not yet answered (for back-pressure)."""
+        return self._unanswered
+
+    def data_to_send(self) -> list[Buffer]:
+        """Handshake bytes queued by the state machine, to be written before anything else."""
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def _queue(self, message: list[Any]) -> None:
+        self._outgoing.extend(encode(message))
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes from the peer; return the events they complete."""
+        if self._state is _State.CLOSED:
+            raise ProtocolError("connection is closed")
+        try:
+            self._unpacker.feed(data)
+            objects = list(self._unpacker)
+        except (msgpack.UnpackException, ValueError, TypeError) as exc:
+            self._state = _State.CLOSED
+            raise ProtocolError(f"undecodable input: {type(exc).__name__}: {exc}") from exc
+        events: list[Event] = []
+        try:
+            for obj in objects:
+                event = self._receive_object(obj)
+                if event is not None:
+                    events.append(event)
+        except ProtocolError:
+            self._state = _State.CLOSED
+            raise
+        return events
+
+    def _receive_object(self, obj: Any) -> Event | None:
+        if self._state is not _State.OPEN:
+            return self._handshake(obj)
+        message = parse_message(obj)
+        if isinstance(message, Request):
+            if self.role is not Role.SERVER:
+                raise ProtocolError("a client does not serve requests")
+            self._unanswered += 1
+        elif isinstance(message, Response):
+            if message.msgid in self._abandoned:
+                self._abandoned.discard(message.msgid)
+                return None
+            if message.msgid not in self._pending:
+                raise ProtocolError(f"response to unknown msgid {message.msgid}")
+            self._pending.discard(message.msgid)
+        return message
+
+    def _expect(self, obj: Any, step: str, arity: int) -> list[Any]:
+        if not (isinstance(obj, list) and len(obj) == arity and obj[0] == MAGIC):
+            raise ProtocolError(f"expected handshake {step!r}")
+        if obj[1] != PROTOCOL_VERSION:
+            raise AuthenticationError(f"peer speaks protocol version {obj[1]!r}")
+        if obj[2] != step:
+            if obj[2] == "refused" and isinstance(obj[3], str):
+                raise AuthenticationError(f"refused by peer: {obj[3]}")
+            raise ProtocolError(f"expected handshake {step!r}, got {str(obj[2])[:40]!r}")
+        return obj
+
+    def _handshake(self, obj: Any) -> Event | None:
+        if self._state is _State.AWAIT_HELLO:
+            _, _, _, nonce = self._expect(obj, "hello", 4)
+            self._peer_nonce = self._check_nonce(nonce)
+            server_proof = proof(self._secret, b"server", self._peer_nonce, self._nonce)
+            self._queue([MAGIC, PROTOCOL_VERSION, "challenge", self._nonce, server_proof])
+            self._state = _State.AWAIT_AUTH
+            return None
+        if self._state is _State.AWAIT_CHALLENGE:
+            _, _, _, nonce, server_proof = self._expect(obj, "challenge", 5)
+            self._peer_nonce = self._check_nonce(nonce)
+            expected = proof(self._secret, b"server", self._nonce, self._peer_nonce)
+            if not isinstance(server_proof, bytes) or not hmac.compare_digest(
+                server_proof, expected
+            ):
+                raise AuthenticationError("server did not prove it holds the cluster secret")
+            client_proof = proof(self._secret, b"client", self._peer_nonce, self._nonce)
+            self._queue([MAGIC, PROTOCOL_VERSION, "auth", client_proof])
+            self._state = _State.AWAIT_WELCOME
+            return None
+        if self._state is _State.AWAIT_AUTH:
+            _, _, _, client_proof = self._expect(obj, "auth", 4)
+            expected = proof(self._secret, b"client", self._nonce, self._peer_nonce)
+            if not isinstance(client_proof, bytes) or not hmac.compare_digest(
+                client_proof, expected
+            ):
+                self._queue([MAGIC, PROTOCOL_VERSION, "refused", "wrong cluster secret"])
+                raise AuthenticationError("client did not prove it holds the cluster secret")
+            self._queue([MAGIC, PROTOCOL_VERSION, "welcome", self._node_id])
+            self._state = _State.OPEN
+            return HandshakeDone(peer_id="")
+        if self._state is _State.AWAIT_WELCOME:
+            _, _, _, node_id = self._expect(obj, "welcome", 4)
+            if not isinstance(node_id, str):
+                raise ProtocolError("welcome without a node id")
+            self.peer_id = node_id
+            self._state = _State.OPEN
+            return HandshakeDone(peer_id=node_id)
+        raise ProtocolError(f"unexpected message in state {self._state.name}")
+
+    @staticmethod
+    def _check_nonce(nonce: Any) -> bytes:
+        if not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
+            raise ProtocolError("handshake nonce must be 32 bytes")
+        return nonce
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _require_open(self) -> None:
+        if self._state is not _State.OPEN:
+            raise ProtocolError(f"connection not open ({self._state.name})")
+
+    def send_request(self, method: str, params: Iterable[Any]) -> tuple[int, list[Buffer]]:
+        """Allocate a msgid and encode a request; the caller writes the buffers in order."""
+        self._require_open()
+        msgid = self._next_msgid
+        self._next_msgid = (msgid + 1) % MSGID_MODULUS
+        self._pending.add(msgid)
+        return msgid, encode([REQUEST, msgid, method, list(params)])
+
+    def abandon(self, msgid: int) -> None:
+        """Forget a request whose caller gave up; its late response will be dropped quietly."""
+        if msgid in self._pending:
+            self._pending.discard(msgid)
+            self._abandoned.add(msgid)
+
+    def send_response(
+        self, msgid: int, error: tuple[str, str] | None, result: Any
+    ) -> list[Buffer]:
+        """Encode the answer to a request received earlier."""
+        self._require_open()
+        self._unanswered -= 1
+        wire_error = list(error) if error is not None else None
+        return encode([RESPONSE, msgid, wire_error, result])
+
+    def send_notification(self, method: str, params: Iterable[Any]) -> list[Buffer]:
+        self._require_open()
+        return encode([NOTIFICATION, method, list(params)])
+
+    def pending_msgids(self) -> set[int]:
+        """Requests sent and not yet answered (all fail when the connection drops)."""
+        return set(self._pending)

@@ -1,0 +1,170 @@
+"""Server side of the wire protocol on trio: accept, authenticate, dispatch, answer.
+
+Each connection is handshaken first (nothing is served before the peer proved it holds the
+secret), then every request runs as its own task so a slow block write never holds up a
+metadata call on the same connection. At most `Limits.max_in_flight` requests run per
+connection: beyond that the server simply stops reading, and TCP pushes back on the client.
+A protocol violation closes that one connection with a logged reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ringfs.node.client import RECEIVE_SIZE
+from ringfs.node.errors import AuthenticationError, NodeError, ProtocolError
+from ringfs.node.protocol import Connection, Limits, Notification, Request, Role
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, list[Any]], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    secret: bytes
+    node_id: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    handshake_timeout: float = 5.0
+    max_connections: int = 256
+    ssl_context: ssl.SSLContext | None = None
+    limits: Limits = field(default_factory=Limits)
+
+
+class RpcServer:
+    """Serves `handler(method, params)` to authenticated peers."""
+
+    def __init__(self, config: ServerConfig, handler: Handler) -> None:
+        self.config = config
+        self._handler = handler
+        self._connection_slots = trio.Semaphore(config.max_connections)
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until cancelled; reports the bound port through `task_status`.
+
+        Raises OSError if the address cannot be bound (port in use).
+        """
+        listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
+        port = listeners[0].socket.getsockname()[1]
+        log.info("node %s listening on %s:%d", self.config.node_id, self.config.host, port)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, self._handle_stream, listeners)
+            task_status.started(port)
+
+    async def _handle_stream(self, stream: trio.SocketStream) -> None:
+        peer = _peer_name(stream)
+        if self._connection_slots.value == 0:
+            log.warning("refusing connection from %s: %d connections open",
+                        peer, self.config.max_connections)
+            await trio.aclose_forcefully(stream)
+            return
+        async with self._connection_slots:
+            wrapped: trio.abc.Stream = stream
+            if self.config.ssl_context is not None:
+                wrapped = trio.SSLStream(stream, self.config.ssl_context, server_side=True)
+            try:
+                await _Session(self, wrapped, peer).run()
+            finally:
+                await trio.aclose_forcefully(wrapped)
+
+
+class _Session:
+    """One authenticated connection: read loop plus one task per request."""
+
+    def __init__(self, server: RpcServer, stream: trio.abc.Stream, peer: str) -> None:
+        self.server = server
+        self.stream = stream
+        self.peer = peer
+        config = server.config
+        self.conn = Connection(
+            Role.SERVER, config.secret, node_id=config.node_id, limits=config.limits
+        )
+        self.send_lock = trio.Lock()
+        self.room = trio.Semaphore(config.limits.max_in_flight)
+
+    async def run(self) -> None:
+        try:
+            with trio.fail_after(self.server.config.handshake_timeout):
+                while not self.conn.is_open:
+                    if not await self._receive():
+                        return
+            async with trio.open_nursery() as nursery:
+                while await self._receive(nursery):
+                    pass
+        except AuthenticationError as exc:
+            log.warning("connection from %s refused: %s", self.peer, exc)
+            await self._flush_handshake()
+        except ProtocolError as exc:
+            log.warning("closing connection from %s: %s", self.peer, exc)
+        except trio.TooSlowError:
+            log.warning("closing connection from %s: no handshake in time", self.peer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.debug("connection from %s dropped", self.peer)
+
+    async def _flush_handshake(self) -> None:
+        """Best effort: tell a refused peer why before closing."""
+        with trio.move_on_after(1):
+            try:
+                for buffer in self.conn.data_to_send():
+                    await self.stream.send_all(buffer)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    async def _receive(self, nursery: trio.Nursery | None = None) -> bool:
+        """Read once and act on what it completes; False when the peer closed."""
+        data = await self.stream.receive_some(RECEIVE_SIZE)
+        if not data:
+            return False
+        events = self.conn.receive_data(data)
+        await self._flush_handshake_bytes()
+        for event in events:
+            if isinstance(event, Request):
+                assert nursery is not None
+                await self.room.acquire()
+                nursery.start_soon(self._serve, event, name=f"rpc {event.method}")
+            elif isinstance(event, Notification):
+                log.debug("notification %s from %s ignored", event.method, self.peer)
+        return True
+
+    async def _flush_handshake_bytes(self) -> None:
+        for buffer in self.conn.data_to_send():
+            await self.stream.send_all(buffer)
+
+    async def _serve(self, request: Request) -> None:
+        try:
+            error: tuple[str, str] | None = None
+            result: Any = None
+            try:
+                result = await self.server._handler(request.method, request.params)
+            except NodeError as exc:
+                error = (exc.name, exc.detail)
+            except Exception:
+                # The edge of the node: a bug in one handler answers EIO and is logged loudly,
+                # instead of taking down every other connection with it.
+                log.exception("%s %s msgid=%d failed", self.peer, request.method, request.msgid)
+                error = ("EIO", "internal error")
+            log.debug("%s %s msgid=%d -> %s", self.peer, request.method, request.msgid,
+                      error[0] if error else "ok")
+            async with self.send_lock:
+                for buffer in self.conn.send_response(request.msgid, error, result):
+                    await self.stream.send_all(buffer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.debug("peer %s went away before msgid %d was answered", self.peer,
+                      request.msgid)
+        finally:
+            self.room.release()
+
+
+def _peer_name(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"

@@ -1,0 +1,145 @@
+"""What a storage node answers: the RPC methods, their parameter checks, and their errors.
+
+The methods are listed in `docs/protocol.md`. Every parameter comes off the network, so each
+handler checks types and arity and answers EINVAL for anything else; block ids are validated by
+the store, so no request can name a path outside it. Blocking disk and SQLite work runs in
+worker threads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from ringfs.node.clustermap import ClusterMap
+from ringfs.node.commands import command_from_wire, encode_result, query_from_wire
+from ringfs.node.errors import NOT_META, NodeError
+from ringfs.node.metaservice import MetaService
+from ringfs.node.protocol import PROTOCOL_VERSION
+from ringfs.node.store import BlockStore, validate_block_id
+
+log = logging.getLogger(__name__)
+
+Method = Callable[[list[Any]], Awaitable[Any]]
+
+
+def _arity(params: list[Any], count: int, method: str) -> list[Any]:
+    if len(params) != count:
+        raise NodeError("EINVAL", f"{method} takes {count} parameters, got {len(params)}")
+    return params
+
+
+def _bytes(value: Any, what: str) -> bytes:
+    if not isinstance(value, bytes):
+        raise NodeError("EINVAL", f"{what} must be binary")
+    return value
+
+
+def _optional_int(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise NodeError("EINVAL", f"{what} must be a non-negative integer")
+    return value
+
+
+class NodeService:
+    """Dispatches RPC methods to the block store and (on the metadata node) the metadata."""
+
+    def __init__(
+        self,
+        node_id: str,
+        cmap: ClusterMap,
+        store: BlockStore,
+        meta: MetaService | None,
+    ) -> None:
+        self.node_id = node_id
+        self.cmap = cmap
+        self.store = store
+        self.meta = meta
+        # Disk writes at once: more only queue in the kernel and stretch every fsync.
+        self._disk = trio.CapacityLimiter(4)
+        self._methods: dict[str, Method] = {
+            "node.info": self.node_info,
+            "node.stats": self.node_stats,
+            "map.get": self.map_get,
+            "block.put": self.block_put,
+            "block.get": self.block_get,
+            "block.delete": self.block_delete,
+            "meta.apply": self.meta_apply,
+            "meta.query": self.meta_query,
+        }
+
+    async def handle(self, method: str, params: list[Any]) -> Any:
+        """Run one request; raises `NodeError` (ENOSYS for an unknown method)."""
+        handler = self._methods.get(method)
+        if handler is None:
+            raise NodeError("ENOSYS", f"unknown method {method[:64]!r}")
+        return await handler(params)
+
+    async def node_info(self, params: list[Any]) -> dict[str, Any]:
+        _arity(params, 0, "node.info")
+        return {"node_id": self.node_id, "protocol": PROTOCOL_VERSION, "epoch": self.cmap.epoch}
+
+    async def node_stats(self, params: list[Any]) -> dict[str, Any]:
+        _arity(params, 0, "node.stats")
+        stats = await trio.to_thread.run_sync(self.store.stats)
+        return {
+            "node_id": self.node_id,
+            "blocks": stats.blocks,
+            "bytes": stats.bytes,
+            "capacity": stats.capacity_bytes,
+            "free": stats.free_bytes,
+            "meta": self.meta is not None,
+            "meta_stats": self.meta.stats() if self.meta is not None else None,
+        }
+
+    async def map_get(self, params: list[Any]) -> dict[str, Any]:
+        _arity(params, 0, "map.get")
+        return self.cmap.to_wire()
+
+    async def block_put(self, params: list[Any]) -> None:
+        block_id, checksum, data = _arity(params, 3, "block.put")
+        block_id = validate_block_id(block_id)
+        checksum = _bytes(checksum, "checksum")
+        data = _bytes(data, "data")
+        async with self._disk:
+            await trio.to_thread.run_sync(self.store.put, block_id, data, checksum)
+
+    async def block_get(self, params: list[Any]) -> list[bytes]:
+        (block_id,) = _arity(params, 1, "block.get")
+        block_id = validate_block_id(block_id)
+        async with self._disk:
+            data, checksum = await trio.to_thread.run_sync(self.store.get, block_id)
+        return [data, checksum]
+
+    async def block_delete(self, params: list[Any]) -> bool:
+        (block_id,) = _arity(params, 1, "block.delete")
+        block_id = validate_block_id(block_id)
+        return await trio.to_thread.run_sync(self.store.delete, block_id)
+
+    def _meta(self) -> MetaService:
+        if self.meta is None:
+            holder = self.cmap.meta_nodes()[0].node_id
+            raise NodeError(NOT_META, holder)
+        return self.meta
+
+    async def meta_apply(self, params: list[Any]) -> Any:
+        client_id, seq, acked_below, command = _arity(params, 4, "meta.apply")
+        meta = self._meta()
+        outcome = await meta.apply(
+            command_from_wire(command),
+            _bytes(client_id, "client id"),
+            _optional_int(seq, "seq"),
+            _optional_int(acked_below, "acked_below"),
+        )
+        if outcome.error is not None:
+            raise NodeError(outcome.error)
+        return outcome.result
+
+    async def meta_query(self, params: list[Any]) -> Any:
+        (query,) = _arity(params, 1, "meta.query")
+        return encode_result(await self._meta().query(query_from_wire(query)))

@@ -1,0 +1,151 @@
+"""The `ringfs` command: argument parsing, logging setup, and one-line errors.
+
+Each subcommand turns its arguments into a frozen config and runs the async `run(config)` of
+the package that does the work. User mistakes (a missing mountpoint, a port in use, a node
+that cannot be reached, a wrong secret) end as one line on stderr and exit status 1, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ringfs.node.errors import AuthenticationError, NodeError, Unavailable
+from ringfs.tools import background, commands
+
+log = logging.getLogger("ringfs")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one line."""
+
+
+def configure_logging(debug: bool, modules: Sequence[str] = ()) -> None:
+    """Leveled, structured-enough lines on stderr; only this module configures logging."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    if debug:
+        for name in modules or ["ringfs"]:
+            logging.getLogger(name).setLevel(logging.DEBUG)
+    logging.getLogger("ringfs").setLevel(logging.DEBUG if debug and not modules else logging.INFO)
+    logging.getLogger("pyfuse3").setLevel(logging.WARNING)
+
+
+def _size(text: str) -> int:
+    """'4M', '1GiB', '512k', '4096' -> bytes."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    value = text.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        if value and value[-1] in units:
+            return int(float(value[:-1]) * units[value[-1]])
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+
+
+def _mount_options(values: list[str] | None) -> tuple[str, ...]:
+    return tuple(opt for value in values or [] for opt in value.split(",") if opt)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ringfs", description="ringfs: a replicated distributed filesystem you mount."
+    )
+    parser.add_argument("--debug", action="store_true", help="log every request (DEBUG)")
+    parser.add_argument("--debug-modules", default="", metavar="LOGGERS",
+                        help="comma-separated loggers to put at DEBUG (e.g. ringfs.fs.cluster)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="start a local 3-node cluster and mount it (the default)",
+                        description="Start a local 3-node cluster on loopback and mount it. "
+                        "Returns once the mount is ready; `fusermount3 -u MOUNTPOINT` unmounts "
+                        "it and stops the nodes.")
+    up.add_argument("mountpoint", type=Path, help="an existing empty directory")
+    up.add_argument("--data", type=Path, help="data directory (default: ~/.local/share/ringfs)")
+    up.add_argument("-o", dest="options", action="append", metavar="OPT[,OPT...]",
+                    help="FUSE mount options, e.g. -o allow_other")
+    up.add_argument("-f", "--foreground", action="store_true",
+                    help="stay in the foreground until unmounted")
+    up.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+    node = sub.add_parser("node", help="run one storage node",
+                          description="Run one storage node in the foreground.")
+    node.add_argument("--name", required=True, help="this node's id in the cluster map")
+    node.add_argument("--data", type=Path, required=True, help="data directory")
+    node.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on")
+    node.add_argument("--cluster", metavar="ID=HOST:PORT,...",
+                      help="all members (required on the first start)")
+    node.add_argument("--secret-file", type=Path, required=True, help="the cluster secret")
+    node.add_argument("--replicas", type=int, default=3, help="copies of each block (default 3)")
+    node.add_argument("--chunk-size", type=_size, default=4 << 20,
+                      help="chunk size when this node creates the filesystem (default 4M)")
+
+    mount = sub.add_parser("mount", help="mount an existing cluster",
+                           description="Mount a running ringfs cluster.")
+    mount.add_argument("cluster", metavar="CLUSTER", help="HOST:PORT[,HOST:PORT...] of any nodes")
+    mount.add_argument("mountpoint", type=Path)
+    mount.add_argument("--secret-file", type=Path, required=True, help="the cluster secret")
+    mount.add_argument("-o", dest="options", action="append", metavar="OPT[,OPT...]",
+                       help="FUSE mount options, e.g. -o allow_other")
+    mount.add_argument("-f", "--foreground", action="store_true",
+                       help="stay in the foreground until unmounted")
+    mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+    status = sub.add_parser("status", help="show nodes, capacity and the metadata node",
+                            description="Show the cluster: nodes, reachability, blocks and "
+                            "bytes per node, the metadata node. Without --cluster, shows the "
+                            "local cluster of `ringfs up`.")
+    status.add_argument("--cluster", metavar="HOST:PORT[,...]")
+    status.add_argument("--secret-file", type=Path)
+    status.add_argument("--data", type=Path, help="data directory of `ringfs up`")
+
+    bench = sub.add_parser("bench", help="measure a mount against a local directory",
+                           description="Sequential write/read of one large file and creation "
+                           "of many small files, on the mount and on a local directory.")
+    bench.add_argument("mountpoint", type=Path)
+    bench.add_argument("--local", type=Path, help="local directory to compare with")
+    bench.add_argument("--size", type=_size, default=1 << 30, help="large file size (1G)")
+    bench.add_argument("--files", type=int, default=2000, help="small files to create (2000)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.debug, [m for m in args.debug_modules.split(",") if m])
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "up": commands.up,
+        "node": commands.node,
+        "mount": commands.mount,
+        "status": commands.status,
+        "bench": commands.bench,
+    }
+    ready_fd = getattr(args, "ready_fd", None)
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except (UserError, commands.UserError, background.StartError, ValueError) as exc:
+        return _fail(str(exc), ready_fd)
+    except AuthenticationError as exc:
+        return _fail(f"authentication failed: {exc} (is --secret-file the cluster's?)", ready_fd)
+    except Unavailable as exc:
+        return _fail(f"cannot reach the cluster: {exc}", ready_fd)
+    except NodeError as exc:
+        return _fail(f"the cluster refused: {exc}", ready_fd)
+    except OSError as exc:
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        return _fail(f"{reason or exc}", ready_fd)
+
+
+def _fail(message: str, ready_fd: int | None) -> int:
+    print(f"ringfs: {message}", file=sys.stderr)
+    background.report(ready_fd, f"error: {message}")
+    return 1
+
+

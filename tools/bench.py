@@ -1,0 +1,99 @@
+"""`ringfs bench`: sequential write and read of one large file, and many small-file creates,
+on a mount next to the same workload on a local directory.
+
+Numbers, not verdicts: it prints MB/s and files/s. The page cache is dropped before each read
+(as root), so reads come from the filesystem, not from memory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# Writes in 1 MiB pieces, like cp on a filesystem that reports a 1 MiB st_blksize.
+IO_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    mountpoint: Path
+    local: Path | None
+    size: int
+    files: int
+
+
+@dataclass(frozen=True)
+class Result:
+    write_mb_s: float
+    read_mb_s: float
+    files_per_s: float
+
+
+def _drop_caches() -> None:
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as control:
+            control.write("3\n")
+    except OSError:
+        pass
+
+
+def _write(path: Path, size: int) -> float:
+    piece = os.urandom(IO_SIZE)
+    start = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        written = 0
+        while written < size:
+            written += os.write(fd, piece[: min(IO_SIZE, size - written)])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return size / (time.perf_counter() - start) / 1e6
+
+
+def _read(path: Path) -> float:
+    _drop_caches()
+    start = time.perf_counter()
+    total = 0
+    with open(path, "rb", buffering=0) as source:
+        while chunk := source.read(IO_SIZE):
+            total += len(chunk)
+    return total / (time.perf_counter() - start) / 1e6
+
+
+def _create(directory: Path, count: int) -> float:
+    directory.mkdir()
+    start = time.perf_counter()
+    for i in range(count):
+        with open(directory / f"f{i:05d}", "wb") as small:
+            small.write(b"x" * 100)
+    return count / (time.perf_counter() - start)
+
+
+def measure(directory: Path, size: int, files: int, label: str) -> Result:
+    """Run the three workloads in a fresh subdirectory of `directory`, then remove it."""
+    work = Path(tempfile.mkdtemp(prefix="ringfs-bench-", dir=directory))
+    try:
+        print(f"[{label}] writing {size / 1e6:.0f} MB ...", flush=True)
+        write = _write(work / "big", size)
+        print(f"[{label}] reading it back ...", flush=True)
+        read = _read(work / "big")
+        print(f"[{label}] creating {files} small files ...", flush=True)
+        creates = _create(work / "small", files)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return Result(write, read, creates)
+
+
+def run(config: BenchConfig) -> None:
+    results = {"ringfs": measure(config.mountpoint, config.size, config.files, "ringfs")}
+    if config.local is not None:
+        results["local"] = measure(config.local, config.size, config.files, "local")
+    print(f"\n{'':<8} {'seq write MB/s':>15} {'seq read MB/s':>15} {'creates/s':>12}")
+    for label, result in results.items():
+        print(f"{label:<8} {result.write_mb_s:>15.1f} {result.read_mb_s:>15.1f} "
+              f"{result.files_per_s:>12.1f}")

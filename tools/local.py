@@ -1,0 +1,155 @@
+"""The embedded default: a local 3-node cluster on loopback, mounted, in one command.
+
+`ringfs up MOUNTPOINT` starts three `ringfs node` processes (data under the user's data
+directory, or `--data`), mounts them, and stays in the background until the filesystem is
+unmounted with `fusermount3 -u`; then it stops the nodes. Run again on the same data, it
+finds the same files: nodes are named n1..n3 and the ring places by name, so new ports on
+the next run change nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import secrets
+import select
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+HOST = "127.0.0.1"
+NODE_COUNT = 3
+STATE_FILE = "up.json"
+SECRET_FILE = "secret"
+# How long a node may take to open its store and bind its port.
+NODE_START_TIMEOUT = 30.0
+NODE_STOP_TIMEOUT = 15.0
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """Where an embedded cluster keeps its data, and how its nodes are reached."""
+
+    data_dir: Path
+
+    @property
+    def secret_file(self) -> Path:
+        return self.data_dir / SECRET_FILE
+
+    @property
+    def state_file(self) -> Path:
+        return self.data_dir / STATE_FILE
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "ringfs.log"
+
+    def members(self) -> str | None:
+        """The `--cluster` spec of the last run, if any (for `ringfs status`)."""
+        try:
+            return str(json.loads(self.state_file.read_text())["members"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ringfs"
+
+
+def ensure_secret(path: Path) -> bytes:
+    """The cluster secret stored at `path`, created (readable by the owner only) if missing."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32) + "\n")
+    return read_secret(path)
+
+
+def read_secret(path: Path) -> bytes:
+    """Read a secret file; raises ValueError naming the file if it is missing or empty."""
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from exc
+    if not secret:
+        raise ValueError(f"secret file {path} is empty")
+    return secret
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind((HOST, 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the supervisor dies, so no node outlives its cluster."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def running_nodes(cluster: LocalCluster, debug: bool = False) -> Iterator[str]:
+    """Start the local nodes, yield the `--cluster` spec once all listen, stop them after.
+
+    Raises RuntimeError if a node fails to start (its log says why).
+    """
+    ports = _free_ports(NODE_COUNT)
+    names = [f"n{i + 1}" for i in range(NODE_COUNT)]
+    spec = ",".join(f"{name}={HOST}:{port}" for name, port in zip(names, ports, strict=True))
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for name, port in zip(names, ports, strict=True):
+            argv = [sys.executable, "-m", "ringfs.tools", "node", "--name", name,
+                    "--data", str(cluster.data_dir / name), "--listen", f"{HOST}:{port}",
+                    "--cluster", spec, "--secret-file", str(cluster.secret_file)]
+            if debug:
+                argv.append("--debug")
+            processes.append(subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                preexec_fn=_die_with_parent,
+            ))
+        for name, process in zip(names, processes, strict=True):
+            _wait_ready(name, process)
+        cluster.state_file.write_text(json.dumps({"members": spec, "pid": os.getpid()}))
+        yield spec
+    finally:
+        _stop(processes)
+
+
+def _wait_ready(name: str, process: subprocess.Popen[bytes]) -> None:
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], NODE_START_TIMEOUT)
+    line = process.stdout.readline().decode(errors="replace") if ready else ""
+    if not line.startswith("ready"):
+        raise RuntimeError(f"node {name} did not start (exit status {process.poll()})")
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=NODE_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
