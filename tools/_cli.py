@@ -127,7 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     ready_fd = getattr(args, "ready_fd", None)
     try:
-        return handlers[args.command](args)
+        try:
+            return handlers[args.command](args)
+        except BaseExceptionGroup as group:
+            # Nurseries wrap a failure in a group; a single failure is reported as itself.
+            leaf = _only_leaf(group)
+            if leaf is None:
+                raise
+            raise leaf from None
     except KeyboardInterrupt:
         return 130
     except (UserError, commands.UserError, background.StartError, ValueError) as exc:
@@ -141,6 +148,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
         return _fail(f"{reason or exc}", ready_fd)
+
+
+def _only_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _fail(message: str, ready_fd: int | None) -> int:

@@ -1,0 +1,233 @@
+"""Real node processes and a real FUSE mount, started per test and always stopped.
+
+`nodes` starts a 3-node cluster as `ringfs node` subprocesses on free loopback ports;
+`mounted` mounts it with `ringfs mount -f` and yields the mountpoint. Teardown unmounts with
+`fusermount3 -u` and checks that every process exits 0; if a test failed half-way, it falls
+back to a lazy unmount, then terminate, then kill, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+HOST = "127.0.0.1"
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 20.0
+
+pytestmark = pytest.mark.fuse
+
+
+def fuse_available() -> str | None:
+    """Why FUSE tests cannot run here, or None if they can."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed (apt-get install fuse3)"
+    return None
+
+
+def ringfs_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ringfs.tools", *args]
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((HOST, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass
+class NodeProcess:
+    name: str
+    port: int
+    data: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+
+@dataclass
+class Cluster:
+    """A cluster of node subprocesses the test can kill and restart."""
+
+    root: Path
+    secret_file: Path
+    nodes: list[NodeProcess] = field(default_factory=list)
+
+    @property
+    def spec(self) -> str:
+        return ",".join(f"{n.name}={n.address}" for n in self.nodes)
+
+    @property
+    def seeds(self) -> str:
+        return ",".join(n.address for n in self.nodes)
+
+    def node(self, name: str) -> NodeProcess:
+        return next(n for n in self.nodes if n.name == name)
+
+    def start(self, node: NodeProcess) -> None:
+        log = open(self.root / f"{node.name}.log", "ab")  # noqa: SIM115 - closed with the process
+        node.process = subprocess.Popen(
+            ringfs_argv("node", "--name", node.name, "--data", str(node.data),
+                        "--listen", node.address, "--cluster", self.spec,
+                        "--secret-file", str(self.secret_file)),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+        )
+        log.close()
+        assert node.process.stdout is not None
+        ready, _, _ = select.select([node.process.stdout], [], [], START_TIMEOUT)
+        line = node.process.stdout.readline().decode() if ready else ""
+        assert line.startswith("ready"), f"node {node.name} did not start: {self.log(node)}"
+
+    def kill(self, node: NodeProcess) -> None:
+        """SIGKILL, as a crash would."""
+        assert node.process is not None
+        node.process.send_signal(signal.SIGKILL)
+        node.process.wait()
+        self._close(node)
+
+    def stop(self, node: NodeProcess) -> int | None:
+        """SIGTERM and wait; returns the exit status (None if it had to be killed)."""
+        process = node.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.terminate()
+        try:
+            status: int | None = process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            status = None
+        self._close(node)
+        return status
+
+    def _close(self, node: NodeProcess) -> None:
+        if node.process is not None and node.process.stdout is not None:
+            node.process.stdout.close()
+        node.process = None
+
+    def log(self, node: NodeProcess) -> str:
+        return (self.root / f"{node.name}.log").read_text(errors="replace")[-3000:]
+
+
+@pytest.fixture
+def fuse() -> None:
+    reason = fuse_available()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("test-cluster-secret\n")
+    secret_file.chmod(0o600)
+    ports = free_ports(3)
+    result = Cluster(tmp_path, secret_file, [
+        NodeProcess(f"n{i + 1}", port, tmp_path / f"n{i + 1}") for i, port in enumerate(ports)
+    ])
+    try:
+        for node in result.nodes:
+            result.start(node)
+        yield result
+    finally:
+        statuses = {node.name: result.stop(node) for node in result.nodes if node.process}
+    assert all(status == 0 for status in statuses.values()), f"node exit statuses: {statuses}"
+
+
+class Mount:
+    """A `ringfs mount -f` process and its mountpoint."""
+
+    def __init__(self, cluster: Cluster, path: Path, options: tuple[str, ...]) -> None:
+        self.cluster = cluster
+        self.path = path
+        self.log_path = cluster.root / f"mount-{path.name}.log"
+        path.mkdir(exist_ok=True)
+        argv = ringfs_argv("mount", cluster.seeds, str(path), "--secret-file",
+                           str(cluster.secret_file), "-f")
+        for option in options:
+            argv += ["-o", option]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=log)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not os.path.ismount(path):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.abort()
+                raise AssertionError(f"mount did not come up: {self.log()}")
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def unmount(self) -> int | None:
+        """fusermount3 -u, then wait for the mount process; returns its exit status."""
+        subprocess.run(["fusermount3", "-u", str(self.path)], check=False,
+                       capture_output=True)
+        try:
+            return self.process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.abort()
+            return None
+
+    def abort(self) -> None:
+        """Lazy unmount, terminate, kill: leave nothing behind whatever state we are in."""
+        if os.path.ismount(self.path):
+            subprocess.run(["fusermount3", "-uz", str(self.path)], check=False,
+                           capture_output=True)
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def mount_factory(
+    fuse: None, cluster: Cluster, tmp_path: Path
+) -> Iterator[Callable[..., Mount]]:
+    """Mount the cluster (again) at a new path; every mount is undone at teardown."""
+    mounts: list[Mount] = []
+
+    def make(name: str = "mnt", options: tuple[str, ...] = ("allow_other",)) -> Mount:
+        mount = Mount(cluster, tmp_path / name, options)
+        mounts.append(mount)
+        return mount
+
+    try:
+        yield make
+    finally:
+        statuses = []
+        for mount in mounts:
+            if mount.process.poll() is None or os.path.ismount(mount.path):
+                statuses.append((mount.path.name, mount.unmount(), mount.log()))
+    bad = [(name, status, log) for name, status, log in statuses if status != 0]
+    assert not bad, f"mount processes did not exit cleanly: {bad}"
+
+
+@pytest.fixture
+def mounted(mount_factory: Callable[..., Mount]) -> Path:
+    """The path of a fresh mount of a fresh 3-node cluster."""
+    return mount_factory().path

@@ -1,0 +1,163 @@
+"""The `ringfs` command as a user meets it: `up` twice on the same data, help, and one-line
+errors for the usual mistakes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Cluster, free_ports, ringfs_argv
+
+COMMANDS = ["up", "node", "mount", "status", "bench"]
+
+
+def ringfs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(ringfs_argv(*args), capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> None:
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("ringfs: ")]
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0], result.stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _processes_using(path: Path) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(path).encode() in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+class Up:
+    """`ringfs up` on one data directory; makes sure it is down again at the end."""
+
+    def __init__(self, data: Path, mountpoint: Path) -> None:
+        self.data = data
+        self.mountpoint = mountpoint
+
+    def start(self) -> None:
+        result = ringfs("up", str(self.mountpoint), "--data", str(self.data))
+        assert result.returncode == 0, result.stderr
+        assert os.path.ismount(self.mountpoint)
+
+    def stop(self) -> None:
+        pid = json.loads((self.data / "up.json").read_text())["pid"]
+        subprocess.run(["fusermount3", "-u", str(self.mountpoint)], check=True)
+        deadline = time.monotonic() + 30
+        while _alive(pid) or _processes_using(self.data):
+            assert time.monotonic() < deadline, "ringfs up did not stop its nodes"
+            time.sleep(0.1)
+
+    def abort(self) -> None:
+        if os.path.ismount(self.mountpoint):
+            subprocess.run(["fusermount3", "-uz", str(self.mountpoint)], check=False)
+        for pid in _processes_using(self.data):
+            os.kill(pid, 9)
+
+
+@pytest.fixture
+def up(fuse: None, tmp_path: Path) -> Iterator[Up]:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    instance = Up(tmp_path / "data", mountpoint)
+    try:
+        yield instance
+    finally:
+        instance.abort()
+
+
+@pytest.mark.fuse
+def test_up_again_finds_the_same_files(up: Up, tmp_path: Path) -> None:
+    up.start()
+    payload = os.urandom(5 * 1024 * 1024 + 3)
+    (up.mountpoint / "dir").mkdir()
+    (up.mountpoint / "dir" / "file").write_bytes(payload)
+    os.symlink("dir/file", up.mountpoint / "link")
+    status = ringfs("status", "--data", str(up.data))
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.count(" up ") == 3
+    up.stop()
+    assert not os.path.ismount(up.mountpoint)
+    assert os.listdir(up.mountpoint) == []
+
+    up.start()
+    assert (up.mountpoint / "dir" / "file").read_bytes() == payload
+    assert os.readlink(up.mountpoint / "link") == "dir/file"
+    up.stop()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help(command: str) -> None:
+    result = ringfs(command, "--help")
+    assert result.returncode == 0
+    assert "usage: ringfs" in result.stdout
+
+
+def test_missing_mountpoint(tmp_path: Path) -> None:
+    result = ringfs("up", str(tmp_path / "nowhere"), "--data", str(tmp_path / "data"))
+    assert_one_line_error(result, "does not exist")
+
+
+def test_port_in_use(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("s")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = ringfs("node", "--name", "n1", "--data", str(tmp_path / "n1"),
+                        "--listen", f"127.0.0.1:{port}", "--cluster", f"n1=127.0.0.1:{port}",
+                        "--secret-file", str(tmp_path / "secret"))
+    assert_one_line_error(result, "address already in use")
+
+
+def test_unreachable_cluster(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("s")
+    (tmp_path / "mnt").mkdir()
+    port = free_ports(1)[0]
+    result = ringfs("status", "--cluster", f"127.0.0.1:{port}", "--secret-file",
+                    str(tmp_path / "secret"))
+    assert_one_line_error(result, "cannot reach the cluster")
+    result = ringfs("mount", f"127.0.0.1:{port}", str(tmp_path / "mnt"), "--secret-file",
+                    str(tmp_path / "secret"))
+    assert_one_line_error(result, "cannot reach the cluster")
+
+
+def test_wrong_secret(cluster: Cluster, tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the secret")
+    (tmp_path / "mnt").mkdir()
+    result = ringfs("status", "--cluster", cluster.seeds, "--secret-file", str(wrong))
+    assert_one_line_error(result, "authentication failed")
+    result = ringfs("mount", cluster.seeds, str(tmp_path / "mnt"), "--secret-file", str(wrong))
+    assert_one_line_error(result, "authentication failed")
+    assert not os.path.ismount(tmp_path / "mnt")
+
+
+def test_missing_secret_file(tmp_path: Path) -> None:
+    result = ringfs("status", "--cluster", "127.0.0.1:1", "--secret-file",
+                    str(tmp_path / "nope"))
+    assert_one_line_error(result, "cannot read secret file")

@@ -1,0 +1,63 @@
+"""Faults under load: a storage node killed with SIGKILL while a large copy runs."""
+
+from __future__ import annotations
+
+import filecmp
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ringfs.node.clustermap import ClusterMap, parse_members
+from tests.e2e.conftest import Cluster, Mount, ringfs_argv
+from tests.e2e.test_tools import MiB, random_file
+
+pytestmark = pytest.mark.fuse
+
+
+def status(cluster: Cluster) -> str:
+    result = subprocess.run(
+        ringfs_argv("status", "--cluster", cluster.seeds, "--secret-file",
+                    str(cluster.secret_file)),
+        check=True, capture_output=True, text=True, timeout=30,
+    )
+    return result.stdout
+
+
+def test_copy_survives_sigkill_of_a_storage_node(
+    cluster: Cluster, mount_factory: Callable[..., Mount], tmp_path: Path
+) -> None:
+    mounted = mount_factory().path
+    meta = ClusterMap(1, parse_members(cluster.spec)).meta_nodes()[0].node_id
+    victim = next(node for node in cluster.nodes if node.name != meta)
+    source = random_file(tmp_path / "source.bin", 200 * MiB)
+    target = mounted / "copy.bin"
+
+    copy = subprocess.Popen(["cp", str(source), str(target)])
+    try:
+        # Kill the node once the copy is well under way.
+        deadline = time.monotonic() + 60
+        while (not target.exists() or target.stat().st_size < 40 * MiB) and copy.poll() is None:
+            assert time.monotonic() < deadline, "copy made no progress"
+            time.sleep(0.05)
+        assert copy.poll() is None, "the copy finished before the node could be killed"
+        cluster.kill(victim)
+        assert copy.wait(timeout=300) == 0
+    finally:
+        if copy.poll() is None:
+            copy.kill()
+            copy.wait()
+
+    assert filecmp.cmp(source, target, shallow=False)
+    lines = {line.split()[0]: line for line in status(cluster).splitlines()[2:]}
+    assert "unreachable" in lines[victim.name]
+
+    cluster.start(victim)
+    lines = {line.split()[0]: line for line in status(cluster).splitlines()[2:]}
+    assert "unreachable" not in lines[victim.name]
+    assert " up " in lines[victim.name]
+    # Still readable with every node back, through a second mount (no cached pages).
+    second = mount_factory("second").path
+    assert filecmp.cmp(source, second / "copy.bin", shallow=False)
