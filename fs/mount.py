@@ -48,6 +48,21 @@ def fuse_options(config: MountConfig) -> set[str]:
     return options
 
 
+async def create_operations(
+    cluster: Cluster, config: MountConfig, nursery: trio.Nursery
+) -> Operations:
+    """The FUSE handlers for `cluster`, with caches and buffers sized by `config`."""
+    info: FsStats = await cluster.meta_query(FsInfo())
+    files = FileContext(
+        cluster=cluster,
+        cache=BlockCache(cluster, config.cache_bytes, nursery),
+        budget=WriteBudget(config.write_buffers),
+        chunk_size=info.chunk_size,
+        nursery=nursery,
+    )
+    return Operations(cluster, files, config.times)
+
+
 async def run(config: MountConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
               ) -> None:
     """Mount and serve until unmounted; reports readiness once the mount is in place.
@@ -57,17 +72,9 @@ async def run(config: MountConfig, *, task_status: trio.TaskStatus[None] = trio.
     """
     async with trio.open_nursery() as nursery:
         cluster = await Cluster.create(config.cluster, nursery=nursery)
-        info: FsStats = await cluster.meta_query(FsInfo())
-        files = FileContext(
-            cluster=cluster,
-            cache=BlockCache(cluster, config.cache_bytes, nursery),
-            budget=WriteBudget(config.write_buffers),
-            chunk_size=info.chunk_size,
-            nursery=nursery,
-        )
-        operations = Operations(cluster, files, config.times)
+        operations = await create_operations(cluster, config, nursery)
         pyfuse3.init(operations, str(config.mountpoint), fuse_options(config))
-        log.info("mounted %s (chunk size %d)", config.mountpoint, info.chunk_size)
+        log.info("mounted %s (chunk size %d)", config.mountpoint, operations.files.chunk_size)
         task_status.started()
         # The kernel connection ends either from outside (fusermount3 -u: already unmounted)
         # or from us (signal, error: we unmount).

@@ -137,11 +137,14 @@ class RpcConnection:
         return slot.response.result
 
     async def _read_loop(self) -> None:
+        failure: BaseException = Unavailable(f"node {self.address}: closed", [self.address])
         try:
             while True:
                 data = await self._stream.receive_some(RECEIVE_SIZE)
                 if not data:
-                    raise Unavailable(f"node {self.address}: connection closed by peer")
+                    failure = Unavailable(f"node {self.address}: connection closed by peer",
+                                          [self.address])
+                    return
                 for event in self._conn.receive_data(data):
                     if isinstance(event, Response):
                         slot = self._slots.get(event.msgid)
@@ -150,11 +153,12 @@ class RpcConnection:
                             slot.done.set()
         except ProtocolError as exc:
             log.error("node %s: protocol error, closing: %s", self.address, exc)
-            await self._fail_all(Unavailable(f"node {self.address}: {exc}", [self.address]))
-        except (Unavailable, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            await self._fail_all(
-                exc if isinstance(exc, Unavailable) else Unavailable(str(exc), [self.address])
-            )
+            failure = Unavailable(f"node {self.address}: {exc}", [self.address])
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            failure = Unavailable(f"node {self.address}: {exc}", [self.address])
+        finally:
+            # Also on cancellation: the socket is closed and every waiting caller woken.
+            await self._fail_all(failure)
 
     async def _fail_all(self, failure: BaseException) -> None:
         """Mark the connection dead and wake every waiting caller with `failure`."""

@@ -1,0 +1,86 @@
+"""In-process clusters: real nodes as trio tasks on loopback ports, no kernel involved."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import trio
+
+from ringfs.fs.cluster import Cluster, ClusterConfig
+from ringfs.node import daemon
+from ringfs.node.client import ClientConfig
+from ringfs.node.clustermap import ClusterMap, parse_members
+
+SECRET = b"in-process-test-secret"
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass
+class LocalNodes:
+    """Nodes running in this process; each can be stopped (as if crashed) and started again."""
+
+    root: Path
+    nursery: trio.Nursery
+    configs: dict[str, daemon.NodeConfig] = field(default_factory=dict)
+    scopes: dict[str, trio.CancelScope] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> tuple[str, ...]:
+        return tuple(f"{c.host}:{c.port}" for c in self.configs.values())
+
+    @property
+    def map(self) -> ClusterMap:
+        first = next(iter(self.configs.values()))
+        assert first.members is not None
+        return ClusterMap(1, first.members)
+
+    async def start(self, name: str) -> None:
+        await self.nursery.start(self._run, self.configs[name])
+
+    async def _run(self, config: daemon.NodeConfig,
+                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            self.scopes[config.node_id] = scope
+            async with trio.open_nursery() as inner:
+                await inner.start(daemon.run, config)
+                task_status.started()
+
+    def stop(self, name: str) -> None:
+        """Cancel the node's tasks: its connections drop, as when the process dies."""
+        self.scopes.pop(name).cancel()
+
+    async def client(self, **overrides: float) -> Cluster:
+        config = ClusterConfig(self.seeds, ClientConfig(SECRET, **overrides))  # type: ignore[arg-type]
+        return await Cluster.create(config, nursery=self.nursery)
+
+
+async def start_nodes(root: Path, nursery: trio.Nursery, count: int = 3,
+                      chunk_size: int = daemon.DEFAULT_CHUNK_SIZE) -> LocalNodes:
+    ports = free_ports(count)
+    members = parse_members(",".join(f"n{i + 1}=127.0.0.1:{p}" for i, p in enumerate(ports)))
+    nodes = LocalNodes(root, nursery)
+    for member in members:
+        nodes.configs[member.node_id] = daemon.NodeConfig(
+            node_id=member.node_id, data_dir=root / member.node_id, secret=SECRET,
+            port=member.port, members=members, chunk_size=chunk_size,
+        )
+        await nodes.start(member.node_id)
+    return nodes
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path, nursery: trio.Nursery) -> LocalNodes:
+    return await start_nodes(tmp_path, nursery)

@@ -1,0 +1,182 @@
+"""The mount's handlers driven directly (no kernel) against in-process nodes: write-back
+buffers, reads of our own writes, close-to-open between two clients, truncation, failures."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import stat
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pyfuse3
+import pytest
+import trio
+
+from ringfs.fs.mount import MountConfig, create_operations
+from ringfs.fs.operations import Operations
+from ringfs.node.errors import NodeError
+from tests.cluster.conftest import LocalNodes, start_nodes
+
+CHUNK = 64 * 1024
+ROOT = pyfuse3.ROOT_INODE
+CTX: Any = SimpleNamespace(uid=os.getuid(), gid=os.getgid(), pid=os.getpid(), umask=0o022)
+
+
+async def mount_ops(nodes: LocalNodes, nursery: trio.Nursery, write_buffers: int = 16
+                    ) -> Operations:
+    cluster = await nodes.client()
+    config = MountConfig(cluster=cluster.config, mountpoint=Path("/unused"),
+                         write_buffers=write_buffers)
+    return await create_operations(cluster, config, nursery)
+
+
+async def create(ops: Operations, name: bytes) -> tuple[int, int]:
+    info, entry = await ops.create(ROOT, name, 0o644, os.O_WRONLY, CTX)
+    return info.fh, entry.st_ino
+
+
+@pytest.fixture
+async def small_chunks(tmp_path: Path, nursery: trio.Nursery) -> LocalNodes:
+    return await start_nodes(tmp_path, nursery, chunk_size=CHUNK)
+
+
+async def test_reads_see_own_writes_before_close_and_others_after(
+    small_chunks: LocalNodes, nursery: trio.Nursery
+) -> None:
+    writer = await mount_ops(small_chunks, nursery)
+    reader = await mount_ops(small_chunks, nursery)
+    fh, ino = await create(writer, b"f")
+    data = os.urandom(5 * CHUNK + 123)
+    for offset in range(0, len(data), 10_000):
+        await writer.write(fh, offset, data[offset:offset + 10_000])
+    assert await writer.read(fh, 0, len(data) + 10) == data
+    assert (await writer.getattr(ino, CTX)).st_size == len(data)
+
+    # Another client sees nothing of it until the writer flushes (close-to-open).
+    info = await reader.open(ino, os.O_RDONLY, CTX)
+    assert await reader.read(info.fh, 0, 100) == b""
+    await reader.release(info.fh)
+
+    await writer.flush(fh)
+    await writer.release(fh)
+    info = await reader.open(ino, os.O_RDONLY, CTX)
+    assert await reader.read(info.fh, 0, len(data)) == data
+    assert (await reader.getattr(ino, CTX)).st_size == len(data)
+    await reader.release(info.fh)
+
+
+async def test_overwrite_across_a_chunk_boundary_and_sparse_holes(
+    small_chunks: LocalNodes, nursery: trio.Nursery
+) -> None:
+    ops = await mount_ops(small_chunks, nursery)
+    fh, ino = await create(ops, b"sparse")
+    expected = bytearray(3 * CHUNK)
+    await ops.write(fh, 0, bytes(expected))
+    await ops.flush(fh)
+    patch = os.urandom(200)
+    await ops.write(fh, CHUNK - 100, patch)
+    expected[CHUNK - 100:CHUNK + 100] = patch
+    tail = b"tail"
+    await ops.write(fh, 10 * CHUNK + 5, tail)  # a hole of whole chunks, then data
+    expected += bytes(10 * CHUNK + 5 - len(expected)) + tail
+    await ops.flush(fh)
+    await ops.release(fh)
+
+    info = await ops.open(ino, os.O_RDONLY, CTX)
+    assert await ops.read(info.fh, 0, len(expected) + 1) == bytes(expected)
+    await ops.release(info.fh)
+
+
+async def test_truncate_into_a_chunk_then_extend_reads_zeros(
+    small_chunks: LocalNodes, nursery: trio.Nursery
+) -> None:
+    ops = await mount_ops(small_chunks, nursery)
+    fh, ino = await create(ops, b"t")
+    await ops.write(fh, 0, b"\xff" * (2 * CHUNK))
+    fields: Any = SimpleNamespace(**{f"update_{name}": name == "size" for name in
+                                     ("mode", "uid", "gid", "size", "atime", "mtime", "ctime")})
+    attr = pyfuse3.EntryAttributes()
+    attr.st_size = CHUNK + 10
+    await ops.setattr(ino, attr, fields, fh, CTX)
+    attr.st_size = 3 * CHUNK
+    await ops.setattr(ino, attr, fields, fh, CTX)
+    content = await ops.read(fh, 0, 4 * CHUNK)
+    assert content == b"\xff" * (CHUNK + 10) + bytes(2 * CHUNK - 10)
+    await ops.release(fh)
+
+
+async def test_write_budget_bounds_buffers_under_random_writes(
+    small_chunks: LocalNodes, nursery: trio.Nursery
+) -> None:
+    ops = await mount_ops(small_chunks, nursery, write_buffers=2)
+    fh, ino = await create(ops, b"random")
+    state = ops._open[ino]
+    expected = bytearray(8 * CHUNK)
+    size = 0
+    rng = random.Random(7)
+    for _ in range(60):
+        offset = rng.randrange(0, len(expected) - 1000)
+        piece = os.urandom(rng.randrange(1, 1000))
+        await ops.write(fh, offset, piece)
+        expected[offset:offset + len(piece)] = piece
+        size = max(size, offset + len(piece))
+        # Never more chunk buffers than the budget, however scattered the writes.
+        assert len(state._dirty) + len(state._uploading) <= 2
+    with trio.fail_after(30):  # evicting buffers to make room must never deadlock
+        await ops.flush(fh)
+    await ops.release(fh)
+    info = await ops.open(ino, os.O_RDONLY, CTX)
+    assert await ops.read(info.fh, 0, len(expected)) == bytes(expected[:size])
+    await ops.release(info.fh)
+
+
+async def test_flush_reports_eio_when_no_write_quorum(
+    nodes: LocalNodes, nursery: trio.Nursery
+) -> None:
+    ops = await mount_ops(nodes, nursery)
+    fh, ino = await create(ops, b"lost")
+    meta = nodes.map.meta_nodes()[0].node_id
+    for name in list(nodes.configs):
+        if name != meta:
+            nodes.stop(name)
+    await ops.write(fh, 0, b"data")
+    with pytest.raises(pyfuse3.FUSEError) as failure:
+        await ops.flush(fh)
+    assert failure.value.errno == errno.EIO
+    await ops.release(fh)
+
+
+async def test_unlinked_open_file_is_purged_after_release(
+    nodes: LocalNodes, nursery: trio.Nursery
+) -> None:
+    ops = await mount_ops(nodes, nursery)
+    fh, ino = await create(ops, b"orphan")
+    await ops.write(fh, 0, b"kept while open")
+    await ops.flush(fh)
+    await ops.unlink(ROOT, b"orphan", CTX)
+    assert (await ops.getattr(ino, CTX)).st_nlink == 0
+    assert await ops.read(fh, 0, 100) == b"kept while open"
+    await ops.release(fh)
+    await ops.forget([(ino, 1)])
+    with pytest.raises(pyfuse3.FUSEError) as gone:
+        await ops.getattr(ino, CTX)
+    assert gone.value.errno == errno.ENOENT
+
+
+async def test_retried_command_is_applied_once(nodes: LocalNodes) -> None:
+    cluster = await nodes.client()
+    from ringfs.node.commands import Mkdir
+
+    command = Mkdir(ROOT, b"once", 0o755, 0, 0, 0).to_wire()
+    address = cluster.meta_address()
+    params = [cluster.client_id, 41, 41, command]
+    first = await cluster.pool.call(address, "meta.apply", params)
+    again = await cluster.pool.call(address, "meta.apply", params)
+    assert first == again
+    with pytest.raises(NodeError) as exists:
+        await cluster.pool.call(address, "meta.apply", [cluster.client_id, 42, 42, command])
+    assert exists.value.name == "EEXIST"
+    assert stat.S_ISDIR(first[1])
