@@ -66,8 +66,11 @@ class Cluster:
         """
         pool = NodePool(config.client, nursery)
         cmap = await _fetch_map(pool, config.seeds)
-        log.info("cluster map epoch %d: %s", cmap.epoch,
-                 ", ".join(f"{n.node_id}@{n.address}" for n in cmap.nodes))
+        log.info(
+            "cluster map epoch %d: %s",
+            cmap.epoch,
+            ", ".join(f"{n.node_id}@{n.address}" for n in cmap.nodes),
+        )
         return cls(config, pool, cmap, nursery)
 
     async def aclose(self) -> None:
@@ -87,8 +90,11 @@ class Cluster:
         self._nursery.start_soon(write.run, self._blocks_in_flight, name="block-put")
         await write.quorum_reached.wait()
         if len(write.stored) < write.quorum:
-            raise Unavailable(f"block {block_id.hex()}: stored on {len(write.stored)} of "
-                              f"{write.quorum} needed replicas", write.failed)
+            raise Unavailable(
+                f"block {block_id.hex()}: stored on {len(write.stored)} of "
+                f"{write.quorum} needed replicas",
+                write.failed,
+            )
         return StoredBlock(block_id, checksum, tuple(write.stored))
 
     async def get_block(self, block_id: bytes, checksum: bytes) -> bytes:
@@ -106,14 +112,22 @@ class Cluster:
                 continue
             except NodeError as exc:
                 if exc.name == CORRUPT:
-                    log.warning("node %s: block %s is corrupt, reading another replica",
-                                address, block_id.hex())
+                    log.warning(
+                        "node %s: block %s is corrupt, reading another replica",
+                        address,
+                        block_id.hex(),
+                    )
                 elif exc.name != "ENOENT":
                     log.warning("node %s: block %s: %s", address, block_id.hex(), exc)
                 continue
             if stored_checksum != checksum:
-                log.warning("node %s: block %s has checksum %s, expected %s", address,
-                            block_id.hex(), bytes(stored_checksum).hex(), checksum.hex())
+                log.warning(
+                    "node %s: block %s has checksum %s, expected %s",
+                    address,
+                    block_id.hex(),
+                    bytes(stored_checksum).hex(),
+                    checksum.hex(),
+                )
                 continue
             return bytes(data)
         raise Unavailable(f"block {block_id.hex()}", tried)
@@ -172,7 +186,7 @@ class Cluster:
 
         async def ask(node: NodeInfo) -> None:
             try:
-                stats = await self.pool.call(node.address, "node.stats", [], timeout=3.0)
+                stats = await self.pool.call(node.address, "node.stats", [], time_limit=3.0)
             except (Unavailable, NodeError):
                 stats = None
             results.append((node, stats))

@@ -107,16 +107,18 @@ class FileState:
     @property
     def dirty(self) -> bool:
         """True while anything written is not yet committed."""
-        return bool(self._dirty or self._uploading or self._to_commit or
-                    self.size != self.attr.size)
+        return bool(
+            self._dirty or self._uploading or self._to_commit or self.size != self.attr.size
+        )
 
     def overlay(self, committed: Attr) -> Attr:
         """Attributes from the metadata with this client's unflushed size and mtime laid over."""
         if not self.dirty:
             return committed
         mtime = self.modified_ns or committed.mtime_ns
-        return replace(committed, size=self.size, mtime_ns=mtime,
-                       ctime_ns=max(mtime, committed.ctime_ns))
+        return replace(
+            committed, size=self.size, mtime_ns=mtime, ctime_ns=max(mtime, committed.ctime_ns)
+        )
 
     def reset(self, attr: Attr, chunks: list[Chunk]) -> None:
         """Adopt a fresh committed view (after a truncate); only valid when nothing is dirty."""
@@ -135,7 +137,7 @@ class FileState:
             idx, within = divmod(position, chunk_size)
             count = min(len(view), chunk_size - within)
             buffer = await self._buffer(idx)
-            buffer.data[within:within + count] = view[:count]
+            buffer.data[within : within + count] = view[:count]
             buffer.end = max(buffer.end, within + count)
             position += count
             self.size = max(self.size, position)
@@ -197,7 +199,7 @@ class FileState:
 
     async def _upload(self, idx: int, buffer: _Buffer, seq: int) -> None:
         try:
-            view = memoryview(buffer.data)[:buffer.end]
+            view = memoryview(buffer.data)[: buffer.end]
             block_id = os.urandom(BLOCK_ID_SIZE)
             digest = await trio.to_thread.run_sync(block_checksum, view)
             await self.ctx.cluster.put_block(block_id, view, digest)
@@ -233,8 +235,9 @@ class FileState:
                 return self.attr
             committing = sorted(self._to_commit)
             self._to_commit.clear()
-            command = CommitChunks(self.ino, tuple(self.chunks[i] for i in committing),
-                                   self.size, 0)
+            command = CommitChunks(
+                self.ino, tuple(self.chunks[i] for i in committing), self.size, 0
+            )
             try:
                 self.attr = await self.ctx.cluster.meta_apply(command)
             except BaseException:
@@ -260,7 +263,7 @@ class FileState:
     async def _read_chunk(self, idx: int, within: int, count: int) -> bytes:
         buffer = self._dirty.get(idx) or self._uploading.get(idx)
         if buffer is not None:
-            return bytes(buffer.data[within:within + count])
+            return bytes(buffer.data[within : within + count])
         chunk = self.chunks.get(idx)
         if chunk is None:
             return bytes(count)
@@ -268,7 +271,7 @@ class FileState:
         following = self.chunks.get(idx + 1)
         if following is not None:
             self.ctx.cache.prefetch(following.block_id, following.checksum)
-        piece = data[within:min(within + count, chunk.length)]
+        piece = data[within : min(within + count, chunk.length)]
         if len(piece) < count:
             return piece + bytes(count - len(piece))
         return piece

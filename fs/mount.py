@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,8 +64,9 @@ async def create_operations(
     return Operations(cluster, files, config.times)
 
 
-async def run(config: MountConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-              ) -> None:
+async def run(
+    config: MountConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Mount and serve until unmounted; reports readiness once the mount is in place.
 
     Raises `Unavailable` if the cluster cannot be reached, `AuthenticationError` for a wrong
@@ -95,7 +97,7 @@ async def run(config: MountConfig, *, task_status: trio.TaskStatus[None] = trio.
             nursery.cancel_scope.cancel()
 
 
-async def _stop_on_signal(signals: trio.abc.ReceiveChannel[int], signalled: trio.Event) -> None:
+async def _stop_on_signal(signals: AsyncIterator[int], signalled: trio.Event) -> None:
     async for signum in signals:
         log.info("signal %d: unmounting", signum)
         signalled.set()

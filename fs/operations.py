@@ -99,7 +99,7 @@ class Operations(pyfuse3.Operations):
         if state is not None:
             attr = state.overlay(attr)
         entry = pyfuse3.EntryAttributes()
-        entry.st_ino = cast(InodeT, attr.ino)
+        entry.st_ino = attr.ino
         entry.generation = 0
         entry.entry_timeout = self.times.entry_timeout
         entry.attr_timeout = self.times.attr_timeout
@@ -201,7 +201,8 @@ class Operations(pyfuse3.Operations):
 
     async def readlink(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileNameT:
         with fuse_errors("readlink"):
-            return cast(FileNameT, await self._query(ReadLink(inode)))
+            link: FileNameT = await self._query(ReadLink(inode))
+            return link
 
     async def mknod(
         self,
@@ -273,7 +274,7 @@ class Operations(pyfuse3.Operations):
     # -- directories -------------------------------------------------------------------------
 
     async def opendir(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileHandleT:
-        return cast(FileHandleT, inode)
+        return inode
 
     async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         with fuse_errors("readdir"):
@@ -282,7 +283,7 @@ class Operations(pyfuse3.Operations):
                 page: list[DirEntry] = await self._query(ReadDir(fh, after, READDIR_PAGE))
                 for entry in page:
                     if not pyfuse3.readdir_reply(
-                        token, cast(FileNameT, entry.name), self._entry(entry.attr), entry.cookie
+                        token, entry.name, self._entry(entry.attr), entry.cookie
                     ):
                         return
                     self._lookups[entry.attr.ino] = self._lookups.get(entry.attr.ino, 0) + 1
@@ -314,7 +315,7 @@ class Operations(pyfuse3.Operations):
         self._next_fh += 1
         self._handles[fh] = state
         state.open_count += 1
-        return cast(FileHandleT, fh)
+        return fh
 
     async def open(
         self, inode: InodeT, flags: int, ctx: pyfuse3.RequestContext
@@ -336,9 +337,7 @@ class Operations(pyfuse3.Operations):
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         with fuse_errors("create"):
             mode = stat.S_IFREG | stat.S_IMODE(mode)
-            attr: Attr = await self._apply(
-                Mknod(parent_inode, name, mode, 0, ctx.uid, ctx.gid, 0)
-            )
+            attr: Attr = await self._apply(Mknod(parent_inode, name, mode, 0, ctx.uid, ctx.gid, 0))
             state = self._open[attr.ino] = FileState(self.files, attr, [])
             info = pyfuse3.FileInfo(fh=self._new_handle(state), keep_cache=True)
             return info, self._remember(attr)
@@ -414,8 +413,6 @@ class Operations(pyfuse3.Operations):
         with fuse_errors("listxattr"):
             return cast(list[bytes], await self._query(ListXattr(inode)))
 
-    async def removexattr(
-        self, inode: InodeT, name: bytes, ctx: pyfuse3.RequestContext
-    ) -> None:
+    async def removexattr(self, inode: InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         with fuse_errors("removexattr"):
             await self._apply(RemoveXattr(inode, name, 0))

@@ -65,6 +65,7 @@ class RpcConnection:
         self._send_lock = trio.Lock()
         self._slots: dict[int, _Slot] = {}
         self._closed = False
+        self._last_receive = trio.current_time()
 
     @classmethod
     async def connect(
@@ -86,6 +87,9 @@ class RpcConnection:
                     stream = trio.SSLStream(stream, config.ssl_context, server_hostname=host)
                 conn = Connection(Role.CLIENT, config.secret, limits=config.limits)
                 await _handshake(stream, conn)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                await trio.aclose_forcefully(stream)
+                raise Unavailable(f"node {address}: handshake failed: {exc}", [address]) from exc
             except BaseException:
                 await trio.aclose_forcefully(stream)
                 raise
@@ -99,7 +103,7 @@ class RpcConnection:
     def closed(self) -> bool:
         return self._closed
 
-    async def call(self, method: str, params: Sequence[Any], timeout: float) -> Any:
+    async def call(self, method: str, params: Sequence[Any], time_limit: float) -> Any:
         """Send one request and wait for its answer.
 
         Raises `NodeError` for an error reply and `Unavailable` when the connection fails or the
@@ -109,8 +113,9 @@ class RpcConnection:
             raise Unavailable(f"node {self.address}: connection closed", [self.address])
         slot = _Slot()
         msgid = -1
+        sent_at = trio.current_time()
         try:
-            with trio.fail_after(timeout):
+            with trio.fail_after(time_limit):
                 async with self._send_lock:
                     msgid, buffers = self._conn.send_request(method, params)
                     self._slots[msgid] = slot
@@ -118,9 +123,17 @@ class RpcConnection:
                         await self._stream.send_all(buffer)
                 await slot.done.wait()
         except trio.TooSlowError:
-            log.warning("node %s: %s (msgid %d) timed out after %.1fs",
-                        self.address, method, msgid, timeout)
-            await self._fail_all(Unavailable(f"node {self.address}: timed out", [self.address]))
+            log.warning(
+                "node %s: %s (msgid %d) timed out after %.1fs",
+                self.address,
+                method,
+                msgid,
+                time_limit,
+            )
+            if self._last_receive < sent_at:
+                # Not a byte since this call went out: the peer or the path is gone, so every
+                # other call on this connection would wait out its deadline too.
+                await self._fail_all(Unavailable(f"node {self.address}: silent", [self.address]))
             raise Unavailable(f"node {self.address}: {method} timed out", [self.address]) from None
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             await self._fail_all(Unavailable(f"node {self.address}: {exc}", [self.address]))
@@ -141,9 +154,11 @@ class RpcConnection:
         try:
             while True:
                 data = await self._stream.receive_some(RECEIVE_SIZE)
+                self._last_receive = trio.current_time()
                 if not data:
-                    failure = Unavailable(f"node {self.address}: connection closed by peer",
-                                          [self.address])
+                    failure = Unavailable(
+                        f"node {self.address}: connection closed by peer", [self.address]
+                    )
                     return
                 for event in self._conn.receive_data(data):
                     if isinstance(event, Response):
@@ -183,14 +198,14 @@ async def _handshake(stream: trio.abc.Stream, conn: Connection) -> None:
             return
         data = await stream.receive_some(RECEIVE_SIZE)
         if not data:
-            raise Unavailable("peer closed the connection during the handshake")
+            raise trio.BrokenResourceError("peer closed the connection during the handshake")
         for event in conn.receive_data(data):
             if isinstance(event, HandshakeDone):
                 break
 
 
 def split_address(address: str) -> tuple[str, int]:
-    """"host:port" -> (host, port); raises ValueError with a readable message."""
+    """ "host:port" -> (host, port); raises ValueError with a readable message."""
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"not a host:port address: {address!r}")
@@ -252,12 +267,12 @@ class NodePool:
             done.set()
 
     async def call(
-        self, address: str, method: str, params: Sequence[Any], timeout: float | None = None
+        self, address: str, method: str, params: Sequence[Any], time_limit: float | None = None
     ) -> Any:
         """Call `method` on the node at `address`; failures mark the node suspect."""
         try:
             rpc = await self.connection(address)
-            result = await rpc.call(method, params, timeout or self.config.request_timeout)
+            result = await rpc.call(method, params, time_limit or self.config.request_timeout)
         except Unavailable:
             self._mark_down(address)
             raise

@@ -10,18 +10,18 @@ values, block ids, checksums and client ids are ``bytes`` everywhere, never ``st
 Results have a wire form too, made by `encode_result` and read back by `decode_result`; each
 command or query class names the Python type of its result in ``RESULT``:
 
-========================  =============================================
-``RESULT``                wire form
-========================  =============================================
-``None``                  nil
-``Attr``                  ``Attr.to_wire()``: a list of 12 ints
-``Attr | None``           as ``Attr``, or nil
-``bytes``                 bin
-``list[bytes]``           array of bin
-``list[DirEntry]``        array of ``[cookie, name, attr_wire]``
-``tuple[Attr, list...]``  ``[attr_wire, [chunk_wire, ...]]``
-``FsStats``               ``[chunk_size, inode_count, stored_bytes]``
-========================  =============================================
+==============================  ==========================================
+``RESULT``                      wire form
+==============================  ==========================================
+``None``                        nil
+``Attr``                        ``Attr.to_wire()``: a list of 12 ints
+``Attr | None``                 as ``Attr``, or nil
+``bytes``                       bin
+``list[bytes]``                 array of bin
+``list[DirEntry]``              array of ``[cookie, name, attr_wire]``
+``tuple[Attr, list[Chunk]]``    ``[attr_wire, [chunk_wire, ...]]``
+``FsStats``                     ``[chunk_size, inode_count, stored_bytes]``
+==============================  ==========================================
 """
 
 from __future__ import annotations
@@ -278,7 +278,11 @@ class Setattr(_Message):
 
 @dataclass(frozen=True, slots=True)
 class CommitChunks(_Message):
-    """Point chunks of a file at newly written blocks and grow the size to at least ``size``."""
+    """Point chunks of a file at newly written blocks and grow the size to at least ``size``.
+
+    Chunk bytes past the resulting size are cut off (a chunk wholly past it is dropped), so a
+    later extension still reads zeros there.
+    """
 
     OP: ClassVar[str] = "commit_chunks"
     RESULT: ClassVar[str] = "Attr"
@@ -473,8 +477,9 @@ def _message_from_wire(obj: object, registry: dict[str, type[_Message]]) -> _Mes
 class Entry(_Record):
     """A command as it enters the log, with the client session that makes retries idempotent.
 
-    ``client_id``/``seq`` identify the request (both or neither); ``acked_below`` tells the
-    state machine the client has its answers for every seq below it, so those can be forgotten.
+    A command with both ``client_id`` and ``seq`` is applied at most once: a retry gets the
+    first outcome back. ``acked_below`` tells the state machine the client has its answers for
+    every seq below it, so those can be forgotten.
     """
 
     command: Command
@@ -482,14 +487,13 @@ class Entry(_Record):
     seq: int | None = None
     acked_below: int | None = None
 
-    def __post_init__(self) -> None:
-        if (self.client_id is None) != (self.seq is None):
-            raise NodeError("EINVAL", "client_id and seq go together")
-
 
 @dataclass(frozen=True, slots=True)
 class Outcome(_Record):
-    """What applying one command gave: a wire-form result, or an errno name."""
+    """What applying one command gave: a wire-form result, or an errno name.
+
+    A late duplicate of a request the client already acknowledged gets "ESTALE" and is not run.
+    """
 
     result: Any
     error: str | None

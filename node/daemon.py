@@ -59,8 +59,10 @@ def resolve_map(config: NodeConfig) -> ClusterMap:
     members = config.members
     if members is None:
         if stored is None:
-            raise ConfigError(f"{config.data_dir} holds no cluster map: give the members "
-                              "with --cluster on the first start")
+            raise ConfigError(
+                f"{config.data_dir} holds no cluster map: give the members "
+                "with --cluster on the first start"
+            )
         cmap = stored
     elif stored is None:
         cmap = ClusterMap(epoch=1, nodes=members, replicas=config.replicas)
@@ -71,8 +73,9 @@ def resolve_map(config: NodeConfig) -> ClusterMap:
         )
     elif {n.node_id: n.address for n in stored.nodes} != {n.node_id: n.address for n in members}:
         moved = {n.node_id: n for n in members}
-        nodes = tuple(replace(n, host=moved[n.node_id].host, port=moved[n.node_id].port)
-                      for n in stored.nodes)
+        nodes = tuple(
+            replace(n, host=moved[n.node_id].host, port=moved[n.node_id].port) for n in stored.nodes
+        )
         cmap = replace(stored, epoch=stored.epoch + 1, nodes=nodes)
         log.info("node addresses changed: cluster map epoch %d", cmap.epoch)
     else:
@@ -84,8 +87,9 @@ def resolve_map(config: NodeConfig) -> ClusterMap:
     return cmap
 
 
-async def run(config: NodeConfig, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
-              ) -> None:
+async def run(
+    config: NodeConfig, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Serve until cancelled; reports the bound port through `task_status`.
 
     Raises `ConfigError` for an unusable configuration and OSError when the address cannot be
@@ -99,8 +103,13 @@ async def run(config: NodeConfig, *, task_status: trio.TaskStatus[int] = trio.TA
         meta = MetaService(MetaState(config.data_dir / META_FILE))
     service = NodeService(config.node_id, cmap, store, meta)
     server = RpcServer(
-        ServerConfig(secret=config.secret, node_id=config.node_id, host=config.host,
-                     port=config.port, ssl_context=config.ssl_context),
+        ServerConfig(
+            secret=config.secret,
+            node_id=config.node_id,
+            host=config.host,
+            port=config.port,
+            ssl_context=config.ssl_context,
+        ),
         service.handle,
     )
     try:

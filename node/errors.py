@@ -12,7 +12,7 @@ import errno
 # Names a node may put in the error field of a response, beyond plain errno names.
 #: A block copy failed its checksum: the replica is bad, try another one.
 CORRUPT = "EBADMSG"
-#: A metadata call reached a node that does not hold the metadata; the detail names the one that does.
+#: A metadata call reached a node without the metadata; the detail names the one that has it.
 NOT_META = "ENOTMETA"
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -27,7 +27,8 @@ MAX_QUEUED = 4096
 def stamp(command: Command, now_ns: int) -> Command:
     """Fill in the decision the state machine must not make itself: the current time."""
     if any(f.name == "now_ns" for f in dataclasses.fields(command)):
-        return dataclasses.replace(command, now_ns=now_ns)  # type: ignore[type-var]
+        stamped: Command = dataclasses.replace(cast(Any, command), now_ns=now_ns)
+        return stamped
     return command
 
 

@@ -35,6 +35,11 @@ NONCE_SIZE = 32
 ZERO_COPY_MIN = 64 * 1024
 # msgids wrap at 2**32 so they always pack as a uint32.
 MSGID_MODULUS = 2**32
+# Received bytes are fed to the unpacker in slices of this size, draining complete messages in
+# between, so the buffer limit bounds one message (plus one slice), not one read.
+FEED_SLICE = 64 * 1024
+# First bytes of a msgpack array header: every message, handshake included, is an array.
+_ARRAY_HEADERS = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}
 
 Buffer = bytes | bytearray | memoryview
 
@@ -236,11 +241,15 @@ class Connection:
         self._pending: set[int] = set()
         self._abandoned: set[int] = set()
         self._unanswered = 0
+        # Stream offsets: bytes fed to the unpacker, and the end of the last complete message
+        # (the unpacker's own tell() moves inside a message it has started).
+        self._fed = 0
+        self._boundary = 0
         self._unpacker = msgpack.Unpacker(
             raw=False,
             use_list=True,
             strict_map_key=True,
-            max_buffer_size=limits.max_frame,
+            max_buffer_size=limits.max_frame + FEED_SLICE,
             max_bin_len=limits.max_bin_len,
             max_str_len=limits.max_str_len,
             max_array_len=limits.max_array_len,
@@ -260,6 +269,11 @@ class Connection:
         return self._state is _State.OPEN
 
     @property
+    def partial_frame(self) -> bool:
+        """True while received bytes hold the start of a message not yet complete."""
+        return self._fed > self._boundary
+
+    @property
     def unanswered(self) -> int:
         """Requests received by a server and not yet answered (for back-pressure)."""
         return self._unanswered
@@ -274,16 +288,28 @@ class Connection:
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: Buffer) -> list[Event]:
         """Feed bytes from the peer; return the events they complete."""
         if self._state is _State.CLOSED:
             raise ProtocolError("connection is closed")
+        objects: list[Any] = []
+        view = memoryview(data)
         try:
-            self._unpacker.feed(data)
-            objects = list(self._unpacker)
+            for start in range(0, len(view), FEED_SLICE):
+                piece = view[start : start + FEED_SLICE]
+                base = self._fed
+                self._unpacker.feed(piece)
+                self._fed += len(piece)
+                for obj in self._unpacker:
+                    objects.append(obj)
+                    self._boundary = self._unpacker.tell()
+                self._check_frame_start(piece, base)
         except (msgpack.UnpackException, ValueError, TypeError) as exc:
             self._state = _State.CLOSED
             raise ProtocolError(f"undecodable input: {type(exc).__name__}: {exc}") from exc
+        except ProtocolError:
+            self._state = _State.CLOSED
+            raise
         events: list[Event] = []
         try:
             for obj in objects:
@@ -294,6 +320,14 @@ class Connection:
             self._state = _State.CLOSED
             raise
         return events
+
+    def _check_frame_start(self, piece: memoryview, base: int) -> None:
+        """Refuse a message that does not start as an array as soon as its first byte arrives."""
+        start = self._boundary
+        if base <= start < self._fed and piece[start - base] not in _ARRAY_HEADERS:
+            raise ProtocolError(
+                f"message starts with byte 0x{piece[start - base]:02x}, not an array"
+            )
 
     def _receive_object(self, obj: Any) -> Event | None:
         if self._state is not _State.OPEN:
@@ -313,13 +347,22 @@ class Connection:
         return message
 
     def _expect(self, obj: Any, step: str, arity: int) -> list[Any]:
-        if not (isinstance(obj, list) and len(obj) == arity and obj[0] == MAGIC):
+        if not (isinstance(obj, list) and len(obj) >= 3 and obj[0] == MAGIC):
             raise ProtocolError(f"expected handshake {step!r}")
+        if len(obj) == 4 and obj[2] == "refused" and isinstance(obj[3], str):
+            raise AuthenticationError(f"refused by peer: {obj[3][:200]}")
         if obj[1] != PROTOCOL_VERSION:
-            raise AuthenticationError(f"peer speaks protocol version {obj[1]!r}")
-        if obj[2] != step:
-            if obj[2] == "refused" and isinstance(obj[3], str):
-                raise AuthenticationError(f"refused by peer: {obj[3]}")
+            if self.role is Role.SERVER:
+                self._queue(
+                    [
+                        MAGIC,
+                        PROTOCOL_VERSION,
+                        "refused",
+                        f"protocol version {str(obj[1])[:20]} not supported",
+                    ]
+                )
+            raise AuthenticationError(f"peer speaks protocol version {str(obj[1])[:20]}")
+        if len(obj) != arity or obj[2] != step:
             raise ProtocolError(f"expected handshake {step!r}, got {str(obj[2])[:40]!r}")
         return obj
 
@@ -389,9 +432,7 @@ class Connection:
             self._pending.discard(msgid)
             self._abandoned.add(msgid)
 
-    def send_response(
-        self, msgid: int, error: tuple[str, str] | None, result: Any
-    ) -> list[Buffer]:
+    def send_response(self, msgid: int, error: tuple[str, str] | None, result: Any) -> list[Buffer]:
         """Encode the answer to a request received earlier."""
         self._require_open()
         self._unanswered -= 1

@@ -10,6 +10,7 @@ A protocol violation closes that one connection with a logged reason.
 from __future__ import annotations
 
 import logging
+import math
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 0
     handshake_timeout: float = 5.0
+    # Seconds a started message may take to arrive completely.
+    frame_timeout: float = 60.0
     max_connections: int = 256
     ssl_context: ssl.SSLContext | None = None
     limits: Limits = field(default_factory=Limits)
@@ -61,8 +64,11 @@ class RpcServer:
     async def _handle_stream(self, stream: trio.SocketStream) -> None:
         peer = _peer_name(stream)
         if self._connection_slots.value == 0:
-            log.warning("refusing connection from %s: %d connections open",
-                        peer, self.config.max_connections)
+            log.warning(
+                "refusing connection from %s: %d connections open",
+                peer,
+                self.config.max_connections,
+            )
             await trio.aclose_forcefully(stream)
             return
         async with self._connection_slots:
@@ -96,8 +102,10 @@ class _Session:
                     if not await self._receive():
                         return
             async with trio.open_nursery() as nursery:
-                while await self._receive(nursery):
-                    pass
+                # Errors are caught inside the nursery: a bad peer ends its own connection
+                # (and the requests it has running), never the node.
+                await self._serve_requests(nursery)
+                nursery.cancel_scope.cancel()
         except AuthenticationError as exc:
             log.warning("connection from %s refused: %s", self.peer, exc)
             await self._flush_handshake()
@@ -105,6 +113,26 @@ class _Session:
             log.warning("closing connection from %s: %s", self.peer, exc)
         except trio.TooSlowError:
             log.warning("closing connection from %s: no handshake in time", self.peer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.debug("connection from %s dropped", self.peer)
+
+    async def _serve_requests(self, nursery: trio.Nursery) -> None:
+        frame_timeout = self.server.config.frame_timeout
+        try:
+            while True:
+                # A message that has started must finish in time: a peer cannot park a
+                # half-sent frame in our buffer forever.
+                with trio.fail_after(frame_timeout if self.conn.partial_frame else math.inf):
+                    if not await self._receive(nursery):
+                        return
+        except ProtocolError as exc:
+            log.warning("closing connection from %s: %s", self.peer, exc)
+        except trio.TooSlowError:
+            log.warning(
+                "closing connection from %s: message unfinished after %.0fs",
+                self.peer,
+                frame_timeout,
+            )
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             log.debug("connection from %s dropped", self.peer)
 
@@ -150,14 +178,18 @@ class _Session:
                 # instead of taking down every other connection with it.
                 log.exception("%s %s msgid=%d failed", self.peer, request.method, request.msgid)
                 error = ("EIO", "internal error")
-            log.debug("%s %s msgid=%d -> %s", self.peer, request.method, request.msgid,
-                      error[0] if error else "ok")
+            log.debug(
+                "%s %s msgid=%d -> %s",
+                self.peer,
+                request.method,
+                request.msgid,
+                error[0] if error else "ok",
+            )
             async with self.send_lock:
                 for buffer in self.conn.send_response(request.msgid, error, result):
                     await self.stream.send_all(buffer)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            log.debug("peer %s went away before msgid %d was answered", self.peer,
-                      request.msgid)
+            log.debug("peer %s went away before msgid %d was answered", self.peer, request.msgid)
         finally:
             self.room.release()
 

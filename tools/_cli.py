@@ -58,56 +58,88 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ringfs", description="ringfs: a replicated distributed filesystem you mount."
     )
     parser.add_argument("--debug", action="store_true", help="log every request (DEBUG)")
-    parser.add_argument("--debug-modules", default="", metavar="LOGGERS",
-                        help="comma-separated loggers to put at DEBUG (e.g. ringfs.fs.cluster)")
+    parser.add_argument(
+        "--debug-modules",
+        default="",
+        metavar="LOGGERS",
+        help="comma-separated loggers to put at DEBUG (e.g. ringfs.fs.cluster)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", help="start a local 3-node cluster and mount it (the default)",
-                        description="Start a local 3-node cluster on loopback and mount it. "
-                        "Returns once the mount is ready; `fusermount3 -u MOUNTPOINT` unmounts "
-                        "it and stops the nodes.")
+    up = sub.add_parser(
+        "up",
+        help="start a local 3-node cluster and mount it (the default)",
+        description="Start a local 3-node cluster on loopback and mount it. "
+        "Returns once the mount is ready; `fusermount3 -u MOUNTPOINT` unmounts "
+        "it and stops the nodes.",
+    )
     up.add_argument("mountpoint", type=Path, help="an existing empty directory")
     up.add_argument("--data", type=Path, help="data directory (default: ~/.local/share/ringfs)")
-    up.add_argument("-o", dest="options", action="append", metavar="OPT[,OPT...]",
-                    help="FUSE mount options, e.g. -o allow_other")
-    up.add_argument("-f", "--foreground", action="store_true",
-                    help="stay in the foreground until unmounted")
+    up.add_argument(
+        "-o",
+        dest="options",
+        action="append",
+        metavar="OPT[,OPT...]",
+        help="FUSE mount options, e.g. -o allow_other",
+    )
+    up.add_argument(
+        "-f", "--foreground", action="store_true", help="stay in the foreground until unmounted"
+    )
     up.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
-    node = sub.add_parser("node", help="run one storage node",
-                          description="Run one storage node in the foreground.")
+    node = sub.add_parser(
+        "node", help="run one storage node", description="Run one storage node in the foreground."
+    )
     node.add_argument("--name", required=True, help="this node's id in the cluster map")
     node.add_argument("--data", type=Path, required=True, help="data directory")
     node.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on")
-    node.add_argument("--cluster", metavar="ID=HOST:PORT,...",
-                      help="all members (required on the first start)")
+    node.add_argument(
+        "--cluster", metavar="ID=HOST:PORT,...", help="all members (required on the first start)"
+    )
     node.add_argument("--secret-file", type=Path, required=True, help="the cluster secret")
     node.add_argument("--replicas", type=int, default=3, help="copies of each block (default 3)")
-    node.add_argument("--chunk-size", type=_size, default=4 << 20,
-                      help="chunk size when this node creates the filesystem (default 4M)")
+    node.add_argument(
+        "--chunk-size",
+        type=_size,
+        default=4 << 20,
+        help="chunk size when this node creates the filesystem (default 4M)",
+    )
 
-    mount = sub.add_parser("mount", help="mount an existing cluster",
-                           description="Mount a running ringfs cluster.")
+    mount = sub.add_parser(
+        "mount", help="mount an existing cluster", description="Mount a running ringfs cluster."
+    )
     mount.add_argument("cluster", metavar="CLUSTER", help="HOST:PORT[,HOST:PORT...] of any nodes")
     mount.add_argument("mountpoint", type=Path)
     mount.add_argument("--secret-file", type=Path, required=True, help="the cluster secret")
-    mount.add_argument("-o", dest="options", action="append", metavar="OPT[,OPT...]",
-                       help="FUSE mount options, e.g. -o allow_other")
-    mount.add_argument("-f", "--foreground", action="store_true",
-                       help="stay in the foreground until unmounted")
+    mount.add_argument(
+        "-o",
+        dest="options",
+        action="append",
+        metavar="OPT[,OPT...]",
+        help="FUSE mount options, e.g. -o allow_other",
+    )
+    mount.add_argument(
+        "-f", "--foreground", action="store_true", help="stay in the foreground until unmounted"
+    )
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
-    status = sub.add_parser("status", help="show nodes, capacity and the metadata node",
-                            description="Show the cluster: nodes, reachability, blocks and "
-                            "bytes per node, the metadata node. Without --cluster, shows the "
-                            "local cluster of `ringfs up`.")
+    status = sub.add_parser(
+        "status",
+        help="show nodes, capacity and the metadata node",
+        description="Show the cluster: nodes, reachability, blocks and "
+        "bytes per node, the metadata node. Without --cluster, shows the "
+        "local cluster of `ringfs up`.",
+    )
     status.add_argument("--cluster", metavar="HOST:PORT[,...]")
     status.add_argument("--secret-file", type=Path)
     status.add_argument("--data", type=Path, help="data directory of `ringfs up`")
 
-    bench = sub.add_parser("bench", help="measure a mount against a local directory",
-                           description="Sequential write/read of one large file and creation "
-                           "of many small files, on the mount and on a local directory.")
+    bench = sub.add_parser(
+        "bench",
+        help="measure a mount against a local directory",
+        description="Sequential write/read of one large file and creation "
+        "of many small files, on the mount and on a local directory.",
+    )
     bench.add_argument("mountpoint", type=Path)
     bench.add_argument("--local", type=Path, help="local directory to compare with")
     bench.add_argument("--size", type=_size, default=1 << 30, help="large file size (1G)")
@@ -163,5 +195,3 @@ def _fail(message: str, ready_fd: int | None) -> int:
     print(f"ringfs: {message}", file=sys.stderr)
     background.report(ready_fd, f"error: {message}")
     return 1
-
-

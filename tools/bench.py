@@ -95,5 +95,7 @@ def run(config: BenchConfig) -> None:
         results["local"] = measure(config.local, config.size, config.files, "local")
     print(f"\n{'':<8} {'seq write MB/s':>15} {'seq read MB/s':>15} {'creates/s':>12}")
     for label, result in results.items():
-        print(f"{label:<8} {result.write_mb_s:>15.1f} {result.read_mb_s:>15.1f} "
-              f"{result.files_per_s:>12.1f}")
+        print(
+            f"{label:<8} {result.write_mb_s:>15.1f} {result.read_mb_s:>15.1f} "
+            f"{result.files_per_s:>12.1f}"
+        )

@@ -15,8 +15,15 @@ from ringfs.fs.cluster import Cluster, ClusterConfig
 from ringfs.node import daemon
 from ringfs.node.client import ClientConfig, split_address
 from ringfs.node.clustermap import parse_members
-from ringfs.tools import background, bench as bench_tool
-from ringfs.tools.local import LocalCluster, default_data_dir, ensure_secret, read_secret, running_nodes
+from ringfs.tools import background
+from ringfs.tools import bench as bench_tool
+from ringfs.tools.local import (
+    LocalCluster,
+    default_data_dir,
+    ensure_secret,
+    read_secret,
+    running_nodes,
+)
 
 
 class UserError(Exception):
@@ -56,6 +63,7 @@ def _seeds(spec: str) -> tuple[str, ...]:
 
 # -- node ------------------------------------------------------------------------------------
 
+
 def node(args: argparse.Namespace) -> int:
     host, port = split_address(args.listen)
     config = daemon.NodeConfig(
@@ -88,14 +96,16 @@ async def _serve_node(config: daemon.NodeConfig) -> None:
 
 # -- mount / up ------------------------------------------------------------------------------
 
+
 async def _mount_and_report(config: fs_mount.MountConfig, ready_fd: int | None) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(fs_mount.run, config)
         background.report(ready_fd, background.READY)
 
 
-def _mount_config(seeds: tuple[str, ...], secret: bytes, mountpoint: Path,
-                  args: argparse.Namespace) -> fs_mount.MountConfig:
+def _mount_config(
+    seeds: tuple[str, ...], secret: bytes, mountpoint: Path, args: argparse.Namespace
+) -> fs_mount.MountConfig:
     return fs_mount.MountConfig(
         cluster=ClusterConfig(seeds=seeds, client=ClientConfig(secret=secret)),
         mountpoint=mountpoint,
@@ -108,9 +118,16 @@ def mount(args: argparse.Namespace) -> int:
     seeds = _seeds(args.cluster)
     secret = read_secret(args.secret_file)
     if not args.foreground:
-        argv = [*_passthrough(args), "mount", args.cluster, str(mountpoint),
-                "--secret-file", str(args.secret_file.absolute()), "-f",
-                *[f"-o{opt}" for opt in _options(args)]]
+        argv = [
+            *_passthrough(args),
+            "mount",
+            args.cluster,
+            str(mountpoint),
+            "--secret-file",
+            str(args.secret_file.absolute()),
+            "-f",
+            *[f"-o{opt}" for opt in _options(args)],
+        ]
         background.start(argv, default_data_dir() / f"mount-{mountpoint.name or 'root'}.log")
         return 0
     trio.run(_mount_and_report, _mount_config(seeds, secret, mountpoint, args), args.ready_fd)
@@ -122,11 +139,20 @@ def up(args: argparse.Namespace) -> int:
     mountpoint = _mountpoint(args.mountpoint)
     secret = ensure_secret(cluster.secret_file)
     if not args.foreground:
-        argv = [*_passthrough(args), "up", str(mountpoint), "--data", str(cluster.data_dir),
-                "-f", *[f"-o{opt}" for opt in _options(args)]]
+        argv = [
+            *_passthrough(args),
+            "up",
+            str(mountpoint),
+            "--data",
+            str(cluster.data_dir),
+            "-f",
+            *[f"-o{opt}" for opt in _options(args)],
+        ]
         background.start(argv, cluster.log_file)
-        print(f"ringfs is mounted on {mountpoint} (data in {cluster.data_dir}); "
-              f"unmount with: fusermount3 -u {mountpoint}")
+        print(
+            f"ringfs is mounted on {mountpoint} (data in {cluster.data_dir}); "
+            f"unmount with: fusermount3 -u {mountpoint}"
+        )
         return 0
     with running_nodes(cluster, debug=args.debug) as spec:
         config = _mount_config(_seeds(spec), secret, mountpoint, args)
@@ -135,6 +161,7 @@ def up(args: argparse.Namespace) -> int:
 
 
 # -- status ----------------------------------------------------------------------------------
+
 
 def status(args: argparse.Namespace) -> int:
     if args.cluster:
@@ -145,8 +172,10 @@ def status(args: argparse.Namespace) -> int:
         local = LocalCluster((args.data or default_data_dir()).absolute())
         spec = local.members()
         if spec is None:
-            raise UserError(f"no local cluster in {local.data_dir}; give --cluster and "
-                            "--secret-file for another one")
+            raise UserError(
+                f"no local cluster in {local.data_dir}; give --cluster and "
+                "--secret-file for another one"
+            )
         seeds, secret = _seeds(spec), read_secret(local.secret_file)
     print(trio.run(_status, seeds, secret))
     return 0
@@ -161,11 +190,13 @@ async def _status(seeds: tuple[str, ...], secret: bytes) -> str:
         nursery.cancel_scope.cancel()
     cmap = cluster.map
     meta = cmap.meta_nodes()[0].node_id
-    lines = [f"cluster map epoch {cmap.epoch}, {len(cmap.nodes)} nodes, "
-             f"replicas {cmap.replica_count()} (write quorum {cmap.write_quorum()}), "
-             f"metadata on {meta}",
-             f"{'NODE':<10} {'ADDRESS':<22} {'STATE':<12} {'BLOCKS':>8} {'DATA':>10} "
-             f"{'CAPACITY':>10} {'FREE':>10}  ROLE"]
+    lines = [
+        f"cluster map epoch {cmap.epoch}, {len(cmap.nodes)} nodes, "
+        f"replicas {cmap.replica_count()} (write quorum {cmap.write_quorum()}), "
+        f"metadata on {meta}",
+        f"{'NODE':<10} {'ADDRESS':<22} {'STATE':<12} {'BLOCKS':>8} {'DATA':>10} "
+        f"{'CAPACITY':>10} {'FREE':>10}  ROLE",
+    ]
     for info, node_stats in stats:
         role = "meta" if info.node_id == meta else ""
         lines.append(_status_line(info.node_id, info.address, node_stats, role))
@@ -175,9 +206,11 @@ async def _status(seeds: tuple[str, ...], secret: bytes) -> str:
 def _status_line(node_id: str, address: str, stats: dict[str, Any] | None, role: str) -> str:
     if stats is None:
         return f"{node_id:<10} {address:<22} {'unreachable':<12}"
-    return (f"{node_id:<10} {address:<22} {'up':<12} {stats['blocks']:>8} "
-            f"{_human(stats['bytes']):>10} {_human(stats['capacity']):>10} "
-            f"{_human(stats['free']):>10}  {role}")
+    return (
+        f"{node_id:<10} {address:<22} {'up':<12} {stats['blocks']:>8} "
+        f"{_human(stats['bytes']):>10} {_human(stats['capacity']):>10} "
+        f"{_human(stats['free']):>10}  {role}"
+    )
 
 
 def _human(count: int) -> str:
@@ -190,6 +223,7 @@ def _human(count: int) -> str:
 
 
 # -- bench -----------------------------------------------------------------------------------
+
 
 def bench(args: argparse.Namespace) -> int:
     if not args.mountpoint.is_dir():

@@ -116,15 +116,32 @@ def running_nodes(cluster: LocalCluster, debug: bool = False) -> Iterator[str]:
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for name, port in zip(names, ports, strict=True):
-            argv = [sys.executable, "-m", "ringfs.tools", "node", "--name", name,
-                    "--data", str(cluster.data_dir / name), "--listen", f"{HOST}:{port}",
-                    "--cluster", spec, "--secret-file", str(cluster.secret_file)]
+            argv = [
+                sys.executable,
+                "-m",
+                "ringfs.tools",
+                "node",
+                "--name",
+                name,
+                "--data",
+                str(cluster.data_dir / name),
+                "--listen",
+                f"{HOST}:{port}",
+                "--cluster",
+                spec,
+                "--secret-file",
+                str(cluster.secret_file),
+            ]
             if debug:
                 argv.append("--debug")
-            processes.append(subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                preexec_fn=_die_with_parent,
-            ))
+            processes.append(
+                subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    preexec_fn=_die_with_parent,
+                )
+            )
         for name, process in zip(names, processes, strict=True):
             _wait_ready(name, process)
         cluster.state_file.write_text(json.dumps({"members": spec, "pid": os.getpid()}))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,19 +12,9 @@ from ringfs.fs.cluster import Cluster, ClusterConfig
 from ringfs.node import daemon
 from ringfs.node.client import ClientConfig
 from ringfs.node.clustermap import ClusterMap, parse_members
+from tests.conftest import free_ports
 
 SECRET = b"in-process-test-secret"
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @dataclass
@@ -50,8 +39,11 @@ class LocalNodes:
     async def start(self, name: str) -> None:
         await self.nursery.start(self._run, self.configs[name])
 
-    async def _run(self, config: daemon.NodeConfig,
-                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _run(
+        self,
+        config: daemon.NodeConfig,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         with trio.CancelScope() as scope:
             self.scopes[config.node_id] = scope
             async with trio.open_nursery() as inner:
@@ -67,15 +59,20 @@ class LocalNodes:
         return await Cluster.create(config, nursery=self.nursery)
 
 
-async def start_nodes(root: Path, nursery: trio.Nursery, count: int = 3,
-                      chunk_size: int = daemon.DEFAULT_CHUNK_SIZE) -> LocalNodes:
+async def start_nodes(
+    root: Path, nursery: trio.Nursery, count: int = 3, chunk_size: int = daemon.DEFAULT_CHUNK_SIZE
+) -> LocalNodes:
     ports = free_ports(count)
     members = parse_members(",".join(f"n{i + 1}=127.0.0.1:{p}" for i, p in enumerate(ports)))
     nodes = LocalNodes(root, nursery)
     for member in members:
         nodes.configs[member.node_id] = daemon.NodeConfig(
-            node_id=member.node_id, data_dir=root / member.node_id, secret=SECRET,
-            port=member.port, members=members, chunk_size=chunk_size,
+            node_id=member.node_id,
+            data_dir=root / member.node_id,
+            secret=SECRET,
+            port=member.port,
+            members=members,
+            chunk_size=chunk_size,
         )
         await nodes.start(member.node_id)
     return nodes

@@ -25,11 +25,13 @@ ROOT = pyfuse3.ROOT_INODE
 CTX: Any = SimpleNamespace(uid=os.getuid(), gid=os.getgid(), pid=os.getpid(), umask=0o022)
 
 
-async def mount_ops(nodes: LocalNodes, nursery: trio.Nursery, write_buffers: int = 16
-                    ) -> Operations:
+async def mount_ops(
+    nodes: LocalNodes, nursery: trio.Nursery, write_buffers: int = 16
+) -> Operations:
     cluster = await nodes.client()
-    config = MountConfig(cluster=cluster.config, mountpoint=Path("/unused"),
-                         write_buffers=write_buffers)
+    config = MountConfig(
+        cluster=cluster.config, mountpoint=Path("/unused"), write_buffers=write_buffers
+    )
     return await create_operations(cluster, config, nursery)
 
 
@@ -51,7 +53,7 @@ async def test_reads_see_own_writes_before_close_and_others_after(
     fh, ino = await create(writer, b"f")
     data = os.urandom(5 * CHUNK + 123)
     for offset in range(0, len(data), 10_000):
-        await writer.write(fh, offset, data[offset:offset + 10_000])
+        await writer.write(fh, offset, data[offset : offset + 10_000])
     assert await writer.read(fh, 0, len(data) + 10) == data
     assert (await writer.getattr(ino, CTX)).st_size == len(data)
 
@@ -78,7 +80,7 @@ async def test_overwrite_across_a_chunk_boundary_and_sparse_holes(
     await ops.flush(fh)
     patch = os.urandom(200)
     await ops.write(fh, CHUNK - 100, patch)
-    expected[CHUNK - 100:CHUNK + 100] = patch
+    expected[CHUNK - 100 : CHUNK + 100] = patch
     tail = b"tail"
     await ops.write(fh, 10 * CHUNK + 5, tail)  # a hole of whole chunks, then data
     expected += bytes(10 * CHUNK + 5 - len(expected)) + tail
@@ -96,8 +98,12 @@ async def test_truncate_into_a_chunk_then_extend_reads_zeros(
     ops = await mount_ops(small_chunks, nursery)
     fh, ino = await create(ops, b"t")
     await ops.write(fh, 0, b"\xff" * (2 * CHUNK))
-    fields: Any = SimpleNamespace(**{f"update_{name}": name == "size" for name in
-                                     ("mode", "uid", "gid", "size", "atime", "mtime", "ctime")})
+    fields: Any = SimpleNamespace(
+        **{
+            f"update_{name}": name == "size"
+            for name in ("mode", "uid", "gid", "size", "atime", "mtime", "ctime")
+        }
+    )
     attr = pyfuse3.EntryAttributes()
     attr.st_size = CHUNK + 10
     await ops.setattr(ino, attr, fields, fh, CTX)
@@ -121,7 +127,7 @@ async def test_write_budget_bounds_buffers_under_random_writes(
         offset = rng.randrange(0, len(expected) - 1000)
         piece = os.urandom(rng.randrange(1, 1000))
         await ops.write(fh, offset, piece)
-        expected[offset:offset + len(piece)] = piece
+        expected[offset : offset + len(piece)] = piece
         size = max(size, offset + len(piece))
         # Never more chunk buffers than the budget, however scattered the writes.
         assert len(state._dirty) + len(state._uploading) <= 2
@@ -134,8 +140,9 @@ async def test_write_budget_bounds_buffers_under_random_writes(
 
 
 async def test_flush_reports_eio_when_no_write_quorum(
-    nodes: LocalNodes, nursery: trio.Nursery
+    nodes: LocalNodes, nursery: trio.Nursery, expected_logs: list[str]
 ) -> None:
+    expected_logs += ["not stored", "upload failed", "flush failed"]
     ops = await mount_ops(nodes, nursery)
     fh, ino = await create(ops, b"lost")
     meta = nodes.map.meta_nodes()[0].node_id

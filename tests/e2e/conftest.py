@@ -12,7 +12,6 @@ import os
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import free_ports
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
@@ -40,17 +41,6 @@ def fuse_available() -> str | None:
 
 def ringfs_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "ringfs.tools", *args]
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind((HOST, 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @dataclass
@@ -87,10 +77,22 @@ class Cluster:
     def start(self, node: NodeProcess) -> None:
         log = open(self.root / f"{node.name}.log", "ab")  # noqa: SIM115 - closed with the process
         node.process = subprocess.Popen(
-            ringfs_argv("node", "--name", node.name, "--data", str(node.data),
-                        "--listen", node.address, "--cluster", self.spec,
-                        "--secret-file", str(self.secret_file)),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+            ringfs_argv(
+                "node",
+                "--name",
+                node.name,
+                "--data",
+                str(node.data),
+                "--listen",
+                node.address,
+                "--cluster",
+                self.spec,
+                "--secret-file",
+                str(self.secret_file),
+            ),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
         )
         log.close()
         assert node.process.stdout is not None
@@ -143,9 +145,11 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     secret_file.write_text("test-cluster-secret\n")
     secret_file.chmod(0o600)
     ports = free_ports(3)
-    result = Cluster(tmp_path, secret_file, [
-        NodeProcess(f"n{i + 1}", port, tmp_path / f"n{i + 1}") for i, port in enumerate(ports)
-    ])
+    result = Cluster(
+        tmp_path,
+        secret_file,
+        [NodeProcess(f"n{i + 1}", port, tmp_path / f"n{i + 1}") for i, port in enumerate(ports)],
+    )
     try:
         for node in result.nodes:
             result.start(node)
@@ -163,13 +167,13 @@ class Mount:
         self.path = path
         self.log_path = cluster.root / f"mount-{path.name}.log"
         path.mkdir(exist_ok=True)
-        argv = ringfs_argv("mount", cluster.seeds, str(path), "--secret-file",
-                           str(cluster.secret_file), "-f")
+        argv = ringfs_argv(
+            "mount", cluster.seeds, str(path), "--secret-file", str(cluster.secret_file), "-f"
+        )
         for option in options:
             argv += ["-o", option]
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=log)
+            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + START_TIMEOUT
         while not os.path.ismount(path):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -182,8 +186,7 @@ class Mount:
 
     def unmount(self) -> int | None:
         """fusermount3 -u, then wait for the mount process; returns its exit status."""
-        subprocess.run(["fusermount3", "-u", str(self.path)], check=False,
-                       capture_output=True)
+        subprocess.run(["fusermount3", "-u", str(self.path)], check=False, capture_output=True)
         try:
             return self.process.wait(timeout=STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -193,8 +196,7 @@ class Mount:
     def abort(self) -> None:
         """Lazy unmount, terminate, kill: leave nothing behind whatever state we are in."""
         if os.path.ismount(self.path):
-            subprocess.run(["fusermount3", "-uz", str(self.path)], check=False,
-                           capture_output=True)
+            subprocess.run(["fusermount3", "-uz", str(self.path)], check=False, capture_output=True)
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -205,9 +207,7 @@ class Mount:
 
 
 @pytest.fixture
-def mount_factory(
-    fuse: None, cluster: Cluster, tmp_path: Path
-) -> Iterator[Callable[..., Mount]]:
+def mount_factory(fuse: None, cluster: Cluster, tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     """Mount the cluster (again) at a new path; every mount is undone at teardown."""
     mounts: list[Mount] = []
 

@@ -19,8 +19,13 @@ COMMANDS = ["up", "node", "mount", "status", "bench"]
 
 
 def ringfs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(ringfs_argv(*args), capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        ringfs_argv(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> None:
@@ -128,9 +133,19 @@ def test_port_in_use(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = ringfs("node", "--name", "n1", "--data", str(tmp_path / "n1"),
-                        "--listen", f"127.0.0.1:{port}", "--cluster", f"n1=127.0.0.1:{port}",
-                        "--secret-file", str(tmp_path / "secret"))
+        result = ringfs(
+            "node",
+            "--name",
+            "n1",
+            "--data",
+            str(tmp_path / "n1"),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--cluster",
+            f"n1=127.0.0.1:{port}",
+            "--secret-file",
+            str(tmp_path / "secret"),
+        )
     assert_one_line_error(result, "address already in use")
 
 
@@ -138,11 +153,17 @@ def test_unreachable_cluster(tmp_path: Path) -> None:
     (tmp_path / "secret").write_text("s")
     (tmp_path / "mnt").mkdir()
     port = free_ports(1)[0]
-    result = ringfs("status", "--cluster", f"127.0.0.1:{port}", "--secret-file",
-                    str(tmp_path / "secret"))
+    result = ringfs(
+        "status", "--cluster", f"127.0.0.1:{port}", "--secret-file", str(tmp_path / "secret")
+    )
     assert_one_line_error(result, "cannot reach the cluster")
-    result = ringfs("mount", f"127.0.0.1:{port}", str(tmp_path / "mnt"), "--secret-file",
-                    str(tmp_path / "secret"))
+    result = ringfs(
+        "mount",
+        f"127.0.0.1:{port}",
+        str(tmp_path / "mnt"),
+        "--secret-file",
+        str(tmp_path / "secret"),
+    )
     assert_one_line_error(result, "cannot reach the cluster")
 
 
@@ -158,6 +179,5 @@ def test_wrong_secret(cluster: Cluster, tmp_path: Path) -> None:
 
 
 def test_missing_secret_file(tmp_path: Path) -> None:
-    result = ringfs("status", "--cluster", "127.0.0.1:1", "--secret-file",
-                    str(tmp_path / "nope"))
+    result = ringfs("status", "--cluster", "127.0.0.1:1", "--secret-file", str(tmp_path / "nope"))
     assert_one_line_error(result, "cannot read secret file")

@@ -19,9 +19,13 @@ pytestmark = pytest.mark.fuse
 
 def status(cluster: Cluster) -> str:
     result = subprocess.run(
-        ringfs_argv("status", "--cluster", cluster.seeds, "--secret-file",
-                    str(cluster.secret_file)),
-        check=True, capture_output=True, text=True, timeout=30,
+        ringfs_argv(
+            "status", "--cluster", cluster.seeds, "--secret-file", str(cluster.secret_file)
+        ),
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     return result.stdout
 

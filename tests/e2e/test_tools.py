@@ -43,8 +43,11 @@ def test_ls_shows_sizes_and_modes(mounted: Path) -> None:
     os.chmod(mounted / "small", 0o640)
     (mounted / "dir").mkdir(mode=0o751)
     os.chmod(mounted / "dir", 0o751)
-    lines = {line.split()[-1]: line.split() for line in run("ls", "-l", str(mounted)).splitlines()
-             if not line.startswith("total")}
+    lines = {
+        line.split()[-1]: line.split()
+        for line in run("ls", "-l", str(mounted)).splitlines()
+        if not line.startswith("total")
+    }
     assert lines["small"][0] == "-rw-r-----"
     assert lines["small"][4] == "1234"
     assert lines["dir"][0] == "drwxr-x--x"
@@ -85,9 +88,8 @@ def test_tar_round_trip(mounted: Path, tmp_path: Path) -> None:
     out.mkdir()
     run("tar", "-xpf", str(tmp_path / "again.tar"), "-C", str(out))
     comparison = filecmp.dircmp(tree, out / "tree")
-    assert not comparison.diff_files and not comparison.left_only and not comparison.right_only
-    assert filecmp.cmp(tree / "sub" / "data.bin", out / "tree" / "sub" / "data.bin",
-                       shallow=False)
+    assert (comparison.diff_files, comparison.left_only, comparison.right_only) == ([], [], [])
+    assert filecmp.cmp(tree / "sub" / "data.bin", out / "tree" / "sub" / "data.bin", shallow=False)
 
 
 def test_symlinks_and_hard_links(mounted: Path) -> None:

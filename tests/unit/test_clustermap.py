@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from ringfs.node.clustermap import ClusterMap, NodeInfo, parse_members
 from ringfs.node.errors import NodeError
 

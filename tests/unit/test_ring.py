@@ -10,6 +10,7 @@ import sys
 from collections import Counter
 
 import pytest
+
 from ringfs.node.ring import Ring, RingNode, key_point
 
 KEY_COUNT = 100_000

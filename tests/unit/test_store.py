@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from ringfs.node.errors import CORRUPT, NodeError
 from ringfs.node.store import HEADER_SIZE, BlockStore, checksum, validate_block_id
 
@@ -94,8 +95,9 @@ def _corrupt(path: Path, offset: int) -> None:
     ],
 )
 def test_damaged_block_is_corrupt_and_quarantined(
-    store: BlockStore, caplog: pytest.LogCaptureFixture, damage: object
+    store: BlockStore, caplog: pytest.LogCaptureFixture, damage: object, expected_logs: list[str]
 ) -> None:
+    expected_logs.append("is corrupt")
     store.put(ID, DATA, checksum(DATA))
     path = _file(store, ID)
     assert callable(damage)
@@ -116,7 +118,10 @@ def test_damaged_block_is_corrupt_and_quarantined(
     assert store.get(ID)[0] == DATA
 
 
-def test_put_replaces_a_corrupt_copy(store: BlockStore, caplog: pytest.LogCaptureFixture) -> None:
+def test_put_replaces_a_corrupt_copy(
+    store: BlockStore, caplog: pytest.LogCaptureFixture, expected_logs: list[str]
+) -> None:
+    expected_logs.append("is corrupt")
     store.put(ID, DATA, checksum(DATA))
     _corrupt(_file(store, ID), HEADER_SIZE)
     store.put(ID, DATA, checksum(DATA))

@@ -1,0 +1,353 @@
+"""The RPC shells on real loopback sockets: `RpcServer` with a small test handler, called
+through `RpcConnection` and `NodePool`.
+
+Multiplexing (many calls, one connection, out of order), error replies, deadlines, connection
+failures, authentication, and the per-node connection and per-connection in-flight limits.
+Every test runs under `trio.fail_after`, so nothing can hang.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+import socket
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+
+from ringfs.node.client import ClientConfig, NodePool, RpcConnection
+from ringfs.node.errors import AuthenticationError, NodeError, Unavailable
+from ringfs.node.protocol import Limits
+from ringfs.node.server import RpcServer, ServerConfig
+
+SECRET = b"rpc test secret"
+NODE_ID = "test-node"
+DEADLINE = 10.0
+
+
+class Handler:
+    """echo, sleep, wait (until released), fail (NodeError), crash (a bug)."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.max_running = 0
+        self.started = 0
+        self.release = trio.Event()
+        # echo holds its first `gate_at` callers until that many run at once.
+        self.gate_at = 0
+        self.gate = trio.Event()
+        self._watchers: list[tuple[int, trio.Event]] = []
+
+    async def wait_running(self, count: int) -> None:
+        """Return once `count` handlers run at the same time."""
+        if self.running < count:
+            reached = trio.Event()
+            self._watchers.append((count, reached))
+            await reached.wait()
+
+    async def __call__(self, method: str, params: list[Any]) -> Any:
+        self.started += 1
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        for count, reached in self._watchers:
+            if self.running >= count:
+                reached.set()
+        try:
+            if method == "echo":
+                if self.running >= self.gate_at:
+                    self.gate.set()
+                await self.gate.wait()
+                await trio.sleep(params[1] if len(params) > 1 else 0)
+                return params[0]
+            if method == "sleep":
+                await trio.sleep(params[0])
+                return params[1]
+            if method == "wait":
+                await self.release.wait()
+                return params[0]
+            if method == "fail":
+                raise NodeError(params[0], params[1])
+            if method == "crash":
+                raise RuntimeError("handler bug: secret internals")
+            raise NodeError("ENOSYS", method)
+        finally:
+            self.running -= 1
+
+
+async def start_server(nursery: trio.Nursery, handler: Handler, **options: Any) -> str:
+    server = RpcServer(ServerConfig(secret=SECRET, node_id=NODE_ID, **options), handler)
+    port = await nursery.start(server.serve)
+    return f"127.0.0.1:{port}"
+
+
+def client_config(**options: Any) -> ClientConfig:
+    values: dict[str, Any] = {"secret": SECRET, "connect_timeout": 2.0, "request_timeout": 5.0}
+    values.update(options)
+    return ClientConfig(**values)
+
+
+@pytest.fixture
+def handler() -> Handler:
+    return Handler()
+
+
+class Clients:
+    """Makes pools and connections for a test and closes them all at its end."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        self._pools: list[NodePool] = []
+        self._connections: list[RpcConnection] = []
+
+    def pool(self, **options: Any) -> NodePool:
+        pool = NodePool(client_config(**options), self.nursery)
+        self._pools.append(pool)
+        return pool
+
+    async def connect(self, address: str, **options: Any) -> RpcConnection:
+        rpc = await RpcConnection.connect(address, client_config(**options), nursery=self.nursery)
+        self._connections.append(rpc)
+        return rpc
+
+    async def aclose(self) -> None:
+        for pool in self._pools:
+            await pool.aclose()
+        for rpc in self._connections:
+            await rpc.aclose()
+
+
+@pytest.fixture
+async def clients(nursery: trio.Nursery) -> AsyncIterator[Clients]:
+    made = Clients(nursery)
+    try:
+        yield made
+    finally:
+        with trio.CancelScope(shield=True):
+            await made.aclose()
+
+
+async def test_200_concurrent_calls_share_one_connection(
+    nursery: trio.Nursery, handler: Handler, clients: Clients
+) -> None:
+    # The server accepts ONE connection: a second one would be refused and its calls fail.
+    address = await start_server(nursery, handler, max_connections=1)
+    pool = clients.pool()
+    handler.gate_at = 20  # at least 20 requests must be running at once: not lock-step
+    delays = random.Random(5)
+    results: dict[int, Any] = {}
+
+    async def one(n: int) -> None:
+        value = [n, b"payload %d" % n, {"n": n}]
+        results[n] = await pool.call(address, "echo", [value, delays.random() * 0.02])
+        assert results[n] == value
+
+    with trio.fail_after(DEADLINE):
+        first = await pool.connection(address)
+        async with trio.open_nursery() as calls:
+            for n in range(200):
+                calls.start_soon(one, n)
+        assert await pool.connection(address) is first
+    assert sorted(results) == list(range(200))
+    assert first.peer_id == NODE_ID
+    assert not first.closed
+    assert handler.max_running >= 20
+    assert handler.max_running <= Limits().max_in_flight
+
+
+async def test_slow_call_does_not_block_fast_calls(
+    nursery: trio.Nursery, handler: Handler, clients: Clients
+) -> None:
+    address = await start_server(nursery, handler)
+    slow_result: list[Any] = []
+    slow_done = trio.Event()
+    with trio.fail_after(DEADLINE):
+        rpc = await clients.connect(address)
+
+        async def slow() -> None:
+            slow_result.append(await rpc.call("wait", ["slow"], time_limit=5))
+            slow_done.set()
+
+        nursery.start_soon(slow)
+        await handler.wait_running(1)
+        for n in range(20):
+            assert await rpc.call("echo", [n], time_limit=2) == n
+        assert slow_result == []  # still running, yet twenty fast calls came back
+        handler.release.set()
+        await slow_done.wait()
+    assert slow_result == ["slow"]
+
+
+async def test_error_reply_raises_node_error(
+    nursery: trio.Nursery, handler: Handler, clients: Clients
+) -> None:
+    address = await start_server(nursery, handler)
+    pool = clients.pool()
+    with trio.fail_after(DEADLINE):
+        with pytest.raises(NodeError) as caught:
+            await pool.call(address, "fail", ["ENOENT", "no such block"])
+        assert caught.value.name == "ENOENT"
+        assert caught.value.detail == "no such block"
+        assert caught.value.errno == errno.ENOENT
+        with pytest.raises(NodeError) as caught:
+            await pool.call(address, "nope", [])
+        assert caught.value.name == "ENOSYS"
+        # An error reply is an answer: the connection and the node stay healthy.
+        assert not pool.is_suspect(address)
+        assert await pool.call(address, "echo", ["still here"]) == "still here"
+
+
+async def test_handler_bug_is_eio_without_traceback(
+    nursery: trio.Nursery, handler: Handler, clients: Clients, expected_logs: list[str]
+) -> None:
+    expected_logs.append("crash msgid=")  # the node logs its own bug loudly (ERROR)
+    address = await start_server(nursery, handler)
+    pool = clients.pool()
+    with trio.fail_after(DEADLINE):
+        with pytest.raises(NodeError) as caught:
+            await pool.call(address, "crash", [])
+        assert caught.value.name == "EIO"
+        assert "Traceback" not in caught.value.detail
+        assert "secret internals" not in caught.value.detail
+        assert await pool.call(address, "echo", [1]) == 1
+
+
+async def test_call_timeout_raises_unavailable(
+    nursery: trio.Nursery, handler: Handler, clients: Clients, expected_logs: list[str]
+) -> None:
+    expected_logs.append("timed out")
+    address = await start_server(nursery, handler)
+    pool = clients.pool()
+    with trio.fail_after(DEADLINE):
+        start = trio.current_time()
+        with pytest.raises(Unavailable):
+            await pool.call(address, "sleep", [30, None], time_limit=0.2)
+        assert trio.current_time() - start < 2
+        assert pool.is_suspect(address)
+        # The node itself is fine: the next call gets through.
+        assert await pool.call(address, "echo", ["after"]) == "after"
+
+
+async def test_connecting_to_a_closed_port_is_unavailable_quickly(
+    nursery: trio.Nursery, clients: Clients
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    pool = clients.pool(connect_timeout=5.0)
+    with trio.fail_after(DEADLINE):
+        start = trio.current_time()
+        with pytest.raises(Unavailable):
+            await pool.call(address, "echo", [1])
+        with pytest.raises(Unavailable):
+            await clients.connect(address)
+        assert trio.current_time() - start < 1
+    assert pool.is_suspect(address)
+
+
+async def test_silent_peer_is_unavailable_after_connect_timeout(clients: Clients) -> None:
+    # Something listens on the port but never speaks the protocol.
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    try:
+        with trio.fail_after(DEADLINE):
+            start = trio.current_time()
+            with pytest.raises(Unavailable):
+                await clients.connect(f"127.0.0.1:{port}", connect_timeout=0.3)
+            assert trio.current_time() - start < 2
+    finally:
+        listener.close()
+
+
+async def test_reset_during_handshake_is_unavailable(
+    nursery: trio.Nursery, clients: Clients
+) -> None:
+    # A peer that accepts and then resets the connection (a crashing node, a full node
+    # dropping connections hard): the caller must see Unavailable like any unreachable node,
+    # not a raw trio exception the pool and the mount do not expect.
+    async def reset(stream: trio.SocketStream) -> None:
+        await stream.receive_some(1)  # the client's hello has arrived
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.socket.close()  # close with unread data and linger 0: RST
+
+    listeners = await nursery.start(trio.serve_tcp, reset, 0)
+    port = listeners[0].socket.getsockname()[1]
+    with trio.fail_after(DEADLINE):
+        with pytest.raises(Unavailable):
+            await clients.connect(f"127.0.0.1:{port}")
+        pool = clients.pool()
+        with pytest.raises(Unavailable):
+            await pool.call(f"127.0.0.1:{port}", "echo", [1])
+        assert pool.is_suspect(f"127.0.0.1:{port}")
+
+
+async def test_wrong_secret_raises_authentication_error(
+    nursery: trio.Nursery, handler: Handler, clients: Clients
+) -> None:
+    address = await start_server(nursery, handler)
+    with trio.fail_after(DEADLINE):
+        with pytest.raises(AuthenticationError):
+            await clients.connect(address, secret=b"guessed secret")
+        with pytest.raises(AuthenticationError):
+            await clients.pool(secret=b"guessed secret").call(address, "echo", [1])
+        # Nothing was served to the impostor, and honest clients are unaffected.
+        assert handler.started == 0
+        assert await clients.pool().call(address, "echo", [2]) == 2
+        assert handler.started == 1
+
+
+async def test_connection_limit_closes_the_extra_connection(
+    nursery: trio.Nursery, handler: Handler, clients: Clients, expected_logs: list[str]
+) -> None:
+    expected_logs.append("refusing connection")
+    address = await start_server(nursery, handler, max_connections=2)
+    with trio.fail_after(DEADLINE):
+        first = await clients.connect(address)
+        second = await clients.connect(address)
+        with pytest.raises(Unavailable):
+            await clients.connect(address)
+        # The two admitted connections keep working.
+        assert await first.call("echo", [1], time_limit=2) == 1
+        assert await second.call("echo", [2], time_limit=2) == 2
+        # Closing one frees its slot (once the server has seen it go).
+        await first.aclose()
+        while True:
+            try:
+                third = await clients.connect(address)
+                break
+            except Unavailable:
+                await trio.sleep(0.02)
+        assert await third.call("echo", [3], time_limit=2) == 3
+
+
+async def test_in_flight_limit_holds_back_requests_yet_all_complete(
+    nursery: trio.Nursery, handler: Handler, clients: Clients
+) -> None:
+    address = await start_server(nursery, handler, limits=Limits(max_in_flight=2))
+    results: list[int] = []
+    with trio.fail_after(DEADLINE):
+        rpc = await clients.connect(address)
+
+        async def one(n: int) -> None:
+            results.append(await rpc.call("wait", [n], time_limit=5))
+
+        async with trio.open_nursery() as calls:
+            for n in range(8):
+                calls.start_soon(one, n)
+            await handler.wait_running(2)
+            await trio.sleep(0.2)  # time enough for the server to (wrongly) start more
+            assert handler.started == 2
+            assert handler.running == 2
+            # The limit is per connection: another connection is served meanwhile.
+            other = await clients.connect(address)
+            handler.gate_at = 0
+            assert await other.call("echo", ["other"], time_limit=2) == "other"
+            handler.release.set()
+    assert sorted(results) == list(range(8))
+    assert handler.max_running <= 3  # two "wait" on the limited connection + the other echo
+    assert handler.started == 9

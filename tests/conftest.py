@@ -1,0 +1,38 @@
+"""Checks every test gets: an unexpected log record at WARNING or above fails it."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def expected_logs(caplog: pytest.LogCaptureFixture) -> Iterator[list[str]]:
+    """Any WARNING or worse fails the test unless its message contains an expected text.
+
+    A test that provokes a warning on purpose appends a piece of its message to this list.
+    """
+    expected: list[str] = []
+    yield expected
+    unexpected = [
+        f"{r.levelname} {r.name}: {r.getMessage()}"
+        for when in ("setup", "call", "teardown")
+        for r in caplog.get_records(when)  # type: ignore[arg-type]
+        if r.levelno >= logging.WARNING and not any(text in r.getMessage() for text in expected)
+    ]
+    assert unexpected == []
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports nobody listens on right now (bound and released: no fixed ports in tests)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
