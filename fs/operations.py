@@ -371,6 +371,8 @@ class Operations(pyfuse3.Operations):
             await self._flush(state)
         except (NodeError, Unavailable) as exc:
             log.error("inode %d: data written since the last flush is lost: %s", state.ino, exc)
+        if state.open_count:
+            return  # opened again while we flushed: the state lives on
         del self._open[state.ino]
         if state.ino in self._orphans and not self._lookups.get(state.ino):
             await self._purge(state.ino)

@@ -7,9 +7,12 @@ metadata database.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,8 +20,10 @@ import trio
 
 from ringfs.node.clustermap import ClusterMap, NodeInfo
 from ringfs.node.commands import Init
+from ringfs.node.errors import ConfigError
 from ringfs.node.meta import MetaState
 from ringfs.node.metaservice import MetaService
+from ringfs.node.protocol import DEFAULT_LIMITS
 from ringfs.node.server import RpcServer, ServerConfig
 from ringfs.node.service import NodeService
 from ringfs.node.store import BlockStore
@@ -26,12 +31,12 @@ from ringfs.node.store import BlockStore
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
+# A chunk travels as one block in one message, so the message limit bounds it.
+MIN_CHUNK_SIZE = 4096
+MAX_CHUNK_SIZE = DEFAULT_LIMITS.max_bin_len
+LOCK_FILE = "lock"
 MAP_FILE = "cluster.json"
 META_FILE = "meta.db"
-
-
-class ConfigError(Exception):
-    """The node cannot start with this configuration (a user mistake, reported in one line)."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,28 @@ async def run(
     Raises `ConfigError` for an unusable configuration and OSError when the address cannot be
     bound.
     """
+    if not MIN_CHUNK_SIZE <= config.chunk_size <= MAX_CHUNK_SIZE:
+        raise ConfigError(f"chunk size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}")
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(config.data_dir):
+        await _serve(config, task_status)
+
+
+@contextlib.contextmanager
+def _exclusive(data_dir: Path) -> Iterator[None]:
+    """Hold the data directory's lock: two nodes on one directory would corrupt it."""
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{data_dir} is in use by another node") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
     cmap = resolve_map(config)
     store = BlockStore(config.data_dir / "store")
     meta: MetaService | None = None

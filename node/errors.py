@@ -55,3 +55,7 @@ class Unavailable(Exception):
         super().__init__(f"{what} unavailable (tried: {', '.join(tried or []) or 'none'})")
         self.what = what
         self.tried = tried or []
+
+
+class ConfigError(Exception):
+    """A node or mount cannot start with this configuration: a user mistake, one line."""

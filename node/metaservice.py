@@ -67,7 +67,13 @@ class MetaService:
     async def _commit(self, batch: list[_Pending]) -> None:
         entries = [pending.entry for pending in batch]
         async with self._db_lock:
-            outcomes = await trio.to_thread.run_sync(self.state.apply_batch, entries)
+            try:
+                outcomes = await trio.to_thread.run_sync(self.state.apply_batch, entries)
+            except Exception:
+                # A bug in the state machine: the batch was rolled back whole. Answer EIO
+                # and keep serving rather than take the metadata down with one bad command.
+                log.exception("metadata batch of %d commands failed", len(batch))
+                outcomes = [Outcome(None, "EIO") for _ in batch]
         self.batches += 1
         self.commands += len(batch)
         log.debug("committed %d metadata commands in one batch", len(batch))

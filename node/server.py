@@ -123,8 +123,10 @@ class _Session:
                 # A message that has started must finish in time: a peer cannot park a
                 # half-sent frame in our buffer forever.
                 with trio.fail_after(frame_timeout if self.conn.partial_frame else math.inf):
-                    if not await self._receive(nursery):
-                        return
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    return
+                await self._dispatch(data, nursery)
         except ProtocolError as exc:
             log.warning("closing connection from %s: %s", self.peer, exc)
         except trio.TooSlowError:
@@ -145,21 +147,29 @@ class _Session:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
-    async def _receive(self, nursery: trio.Nursery | None = None) -> bool:
-        """Read once and act on what it completes; False when the peer closed."""
+    async def _receive(self) -> bool:
+        """Read once during the handshake and answer; False when the peer closed."""
         data = await self.stream.receive_some(RECEIVE_SIZE)
         if not data:
             return False
+        await self._dispatch(data, None)
+        return True
+
+    async def _dispatch(self, data: bytes | bytearray, nursery: trio.Nursery | None) -> None:
+        """Feed received bytes to the protocol and start a task per complete request.
+
+        Waits for a free request slot when `max_in_flight` requests are running: the
+        back-pressure that stops a client from flooding the node.
+        """
         events = self.conn.receive_data(data)
         await self._flush_handshake_bytes()
         for event in events:
             if isinstance(event, Request):
-                assert nursery is not None
+                assert nursery is not None, "requests arrive only after the handshake"
                 await self.room.acquire()
                 nursery.start_soon(self._serve, event, name=f"rpc {event.method}")
             elif isinstance(event, Notification):
                 log.debug("notification %s from %s ignored", event.method, self.peer)
-        return True
 
     async def _flush_handshake_bytes(self) -> None:
         for buffer in self.conn.data_to_send():

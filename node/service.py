@@ -38,11 +38,15 @@ def _bytes(value: Any, what: str) -> bytes:
     return value
 
 
-def _optional_int(value: Any, what: str) -> int | None:
+# Sequence numbers are stored as SQLite integers: signed 64 bits.
+_MAX_SEQ = 2**63 - 1
+
+
+def _optional_seq(value: Any, what: str) -> int | None:
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise NodeError("EINVAL", f"{what} must be a non-negative integer")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_SEQ:
+        raise NodeError("EINVAL", f"{what} must be an integer from 0 to 2**63-1")
     return value
 
 
@@ -133,8 +137,8 @@ class NodeService:
         outcome = await meta.apply(
             command_from_wire(command),
             _bytes(client_id, "client id"),
-            _optional_int(seq, "seq"),
-            _optional_int(acked_below, "acked_below"),
+            _optional_seq(seq, "seq"),
+            _optional_seq(acked_below, "acked_below"),
         )
         if outcome.error is not None:
             raise NodeError(outcome.error)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Iterator
 
 import pytest
+
+from ringfs.tools.local import free_ports
+
+__all__ = ["free_ports"]
 
 
 @pytest.fixture(autouse=True)
@@ -24,15 +27,3 @@ def expected_logs(caplog: pytest.LogCaptureFixture) -> Iterator[list[str]]:
         if r.levelno >= logging.WARNING and not any(text in r.getMessage() for text in expected)
     ]
     assert unexpected == []
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports nobody listens on right now (bound and released: no fixed ports in tests)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()

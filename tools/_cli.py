@@ -10,47 +10,39 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ringfs.node.errors import AuthenticationError, NodeError, Unavailable
-from ringfs.tools import background, commands
+from ringfs.node.errors import AuthenticationError, ConfigError, NodeError, Unavailable
+from ringfs.tools import background
+from ringfs.tools.args import UserError, size
 
 log = logging.getLogger("ringfs")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-
-class UserError(Exception):
-    """A mistake the user can fix; printed as one line."""
+# command -> (module in ringfs.tools, function taking the parsed arguments)
+HANDLERS = {
+    "up": ("mount", "up"),
+    "mount": ("mount", "mount"),
+    "node": ("serve", "node"),
+    "status": ("ctl", "status"),
+    "bench": ("bench", "main"),
+}
 
 
 def configure_logging(debug: bool, modules: Sequence[str] = ()) -> None:
-    """Leveled, structured-enough lines on stderr; only this module configures logging."""
+    """Leveled lines on stderr; only this module configures logging.
+
+    `--debug` puts all of ringfs at DEBUG; `--debug-modules` only the loggers it names.
+    """
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
-    if debug:
-        for name in modules or ["ringfs"]:
-            logging.getLogger(name).setLevel(logging.DEBUG)
-    logging.getLogger("ringfs").setLevel(logging.DEBUG if debug and not modules else logging.INFO)
     logging.getLogger("pyfuse3").setLevel(logging.WARNING)
-
-
-def _size(text: str) -> int:
-    """'4M', '1GiB', '512k', '4096' -> bytes."""
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    value = text.strip().lower().removesuffix("ib").removesuffix("b")
-    try:
-        if value and value[-1] in units:
-            return int(float(value[:-1]) * units[value[-1]])
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
-
-
-def _mount_options(values: list[str] | None) -> tuple[str, ...]:
-    return tuple(opt for value in values or [] for opt in value.split(",") if opt)
+    for name in [*modules, *(["ringfs"] if debug else [])]:
+        logging.getLogger(name).setLevel(logging.DEBUG)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--replicas", type=int, default=3, help="copies of each block (default 3)")
     node.add_argument(
         "--chunk-size",
-        type=_size,
+        type=size,
         default=4 << 20,
         help="chunk size when this node creates the filesystem (default 4M)",
     )
@@ -142,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("mountpoint", type=Path)
     bench.add_argument("--local", type=Path, help="local directory to compare with")
-    bench.add_argument("--size", type=_size, default=1 << 30, help="large file size (1G)")
+    bench.add_argument("--size", type=size, default=1 << 30, help="large file size (1G)")
     bench.add_argument("--files", type=int, default=2000, help="small files to create (2000)")
     return parser
 
@@ -150,17 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.debug, [m for m in args.debug_modules.split(",") if m])
-    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
-        "up": commands.up,
-        "node": commands.node,
-        "mount": commands.mount,
-        "status": commands.status,
-        "bench": commands.bench,
-    }
     ready_fd = getattr(args, "ready_fd", None)
     try:
         try:
-            return handlers[args.command](args)
+            module_name, function = HANDLERS[args.command]
+            # Imported on demand: `ringfs node` must not load the FUSE client (pyfuse3).
+            module = importlib.import_module(f"ringfs.tools.{module_name}")
+            handler: Callable[[argparse.Namespace], int] = getattr(module, function)
+            return handler(args)
         except BaseExceptionGroup as group:
             # Nurseries wrap a failure in a group; a single failure is reported as itself.
             leaf = _only_leaf(group)
@@ -169,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise leaf from None
     except KeyboardInterrupt:
         return 130
-    except (UserError, commands.UserError, background.StartError, ValueError) as exc:
+    except (UserError, ConfigError, background.StartError, ValueError) as exc:
         return _fail(str(exc), ready_fd)
     except AuthenticationError as exc:
         return _fail(f"authentication failed: {exc} (is --secret-file the cluster's?)", ready_fd)

@@ -1,18 +1,23 @@
 """`ringfs bench`: sequential write and read of one large file, and many small-file creates,
 on a mount next to the same workload on a local directory.
 
-Numbers, not verdicts: it prints MB/s and files/s. The page cache is dropped before each read
-(as root), so reads come from the filesystem, not from memory.
+Numbers, not verdicts: it prints MB/s and files/s, and the peak memory of the process serving
+the mount during the run. The page cache is dropped before each read (as root), so reads
+come from the filesystem, not from memory.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from ringfs.tools.args import UserError
 
 # Writes in 1 MiB pieces, like cp on a filesystem that reports a 1 MiB st_blksize.
 IO_SIZE = 1024 * 1024
@@ -89,8 +94,42 @@ def measure(directory: Path, size: int, files: int, label: str) -> Result:
     return Result(write, read, creates)
 
 
+def mount_process(mountpoint: Path) -> int | None:
+    """The pid of the `ringfs mount`/`ringfs up` process serving `mountpoint`, if found."""
+    wanted = str(mountpoint.absolute()).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"ringfs.tools" in argv and wanted in argv and (b"mount" in argv or b"up" in argv):
+            return int(entry.name)
+    return None
+
+
+def _reset_peak(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5\n")  # 5: reset the peak RSS
+
+
+def _peak_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def run(config: BenchConfig) -> None:
+    pid = mount_process(config.mountpoint)
+    if pid is not None:
+        _reset_peak(pid)
     results = {"ringfs": measure(config.mountpoint, config.size, config.files, "ringfs")}
+    peak = _peak_mib(pid) if pid is not None else None
     if config.local is not None:
         results["local"] = measure(config.local, config.size, config.files, "local")
     print(f"\n{'':<8} {'seq write MB/s':>15} {'seq read MB/s':>15} {'creates/s':>12}")
@@ -99,3 +138,13 @@ def run(config: BenchConfig) -> None:
             f"{label:<8} {result.write_mb_s:>15.1f} {result.read_mb_s:>15.1f} "
             f"{result.files_per_s:>12.1f}"
         )
+    if peak is not None:
+        print(f"\npeak memory (RSS) of the mount process {pid}: {peak:.0f} MiB")
+
+
+def main(args: argparse.Namespace) -> int:
+    """`ringfs bench` with parsed arguments."""
+    if not args.mountpoint.is_dir():
+        raise UserError(f"{args.mountpoint} is not a directory")
+    run(BenchConfig(args.mountpoint, args.local, args.size, args.files))
+    return 0

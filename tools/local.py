@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ringfs.tools.background import StartError
+
 HOST = "127.0.0.1"
 NODE_COUNT = 3
 STATE_FILE = "up.json"
@@ -85,7 +87,8 @@ def read_secret(path: Path) -> bytes:
     return secret
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
+    """Loopback ports nobody listens on right now (bound, then released)."""
     sockets = []
     try:
         for _ in range(count):
@@ -108,32 +111,18 @@ def _die_with_parent() -> None:
 def running_nodes(cluster: LocalCluster, debug: bool = False) -> Iterator[str]:
     """Start the local nodes, yield the `--cluster` spec once all listen, stop them after.
 
-    Raises RuntimeError if a node fails to start (its log says why).
+    Raises `StartError` if a node fails to start (its log says why).
     """
-    ports = _free_ports(NODE_COUNT)
+    ports = free_ports(NODE_COUNT)
     names = [f"n{i + 1}" for i in range(NODE_COUNT)]
     spec = ",".join(f"{name}={HOST}:{port}" for name, port in zip(names, ports, strict=True))
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for name, port in zip(names, ports, strict=True):
-            argv = [
-                sys.executable,
-                "-m",
-                "ringfs.tools",
-                "node",
-                "--name",
-                name,
-                "--data",
-                str(cluster.data_dir / name),
-                "--listen",
-                f"{HOST}:{port}",
-                "--cluster",
-                spec,
-                "--secret-file",
-                str(cluster.secret_file),
-            ]
-            if debug:
-                argv.append("--debug")
+            argv = [sys.executable, "-m", "ringfs.tools", *(["--debug"] if debug else []),
+                    "node", "--name", name, "--data", str(cluster.data_dir / name),
+                    "--listen", f"{HOST}:{port}", "--cluster", spec,
+                    "--secret-file", str(cluster.secret_file)]  # fmt: skip
             processes.append(
                 subprocess.Popen(
                     argv,
@@ -155,7 +144,10 @@ def _wait_ready(name: str, process: subprocess.Popen[bytes]) -> None:
     ready, _, _ = select.select([process.stdout], [], [], NODE_START_TIMEOUT)
     line = process.stdout.readline().decode(errors="replace") if ready else ""
     if not line.startswith("ready"):
-        raise RuntimeError(f"node {name} did not start (exit status {process.poll()})")
+        raise StartError(
+            f"node {name} did not start (exit status {process.poll()}); "
+            "see the log in the data directory"
+        )
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -181,3 +182,60 @@ def test_wrong_secret(cluster: Cluster, tmp_path: Path) -> None:
 def test_missing_secret_file(tmp_path: Path) -> None:
     result = ringfs("status", "--cluster", "127.0.0.1:1", "--secret-file", str(tmp_path / "nope"))
     assert_one_line_error(result, "cannot read secret file")
+
+
+def test_node_configuration_errors_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("s")
+    port = free_ports(1)[0]
+    common = ["--listen", f"127.0.0.1:{port}", "--secret-file", str(tmp_path / "secret")]
+    result = ringfs("node", "--name", "n1", "--data", str(tmp_path / "n1"), *common)
+    assert_one_line_error(result, "holds no cluster map")
+    result = ringfs(
+        "node",
+        "--name",
+        "n9",
+        "--data",
+        str(tmp_path / "n9"),
+        *common,
+        "--cluster",
+        f"n1=127.0.0.1:{port}",
+    )
+    assert_one_line_error(result, "not a member")
+    result = ringfs(
+        "node",
+        "--name",
+        "n1",
+        "--data",
+        str(tmp_path / "n1"),
+        *common,
+        "--cluster",
+        f"n1=127.0.0.1:{port}",
+        "--chunk-size",
+        "64M",
+    )
+    assert_one_line_error(result, "chunk size must be between")
+
+
+def test_two_nodes_cannot_share_a_data_directory(cluster: Cluster) -> None:
+    node = cluster.nodes[0]
+    port = free_ports(1)[0]
+    result = ringfs(
+        "node",
+        "--name",
+        node.name,
+        "--data",
+        str(node.data),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--secret-file",
+        str(cluster.secret_file),
+    )
+    assert_one_line_error(result, "is in use by another node")
+
+
+def test_a_storage_node_never_loads_the_fuse_client() -> None:
+    code = "import sys, ringfs.tools._cli, ringfs.tools.serve; print('pyfuse3' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"

@@ -1,0 +1,58 @@
+"""Checked values from command-line arguments, shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ringfs.node.client import split_address
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one line."""
+
+
+def mountpoint(path: Path) -> Path:
+    """An absolute, existing directory that is not mounted yet."""
+    path = path.absolute()
+    if not path.is_dir():
+        raise UserError(f"mountpoint {path} does not exist or is not a directory")
+    if os.path.ismount(path):
+        raise UserError(f"{path} is already a mount point")
+    return path
+
+
+def fuse_options(args: argparse.Namespace) -> list[str]:
+    """The `-o` options, split at commas as mount(8) does."""
+    return [opt for value in args.options or [] for opt in value.split(",") if opt]
+
+
+def passthrough(args: argparse.Namespace) -> list[str]:
+    """Global flags a background child must get again."""
+    flags = ["--debug"] if args.debug else []
+    if args.debug_modules:
+        flags += ["--debug-modules", args.debug_modules]
+    return flags
+
+
+def seeds(spec: str) -> tuple[str, ...]:
+    """Addresses from "HOST:PORT,..." or "ID=HOST:PORT,..."."""
+    addresses = tuple(part.split("=", 1)[-1].strip() for part in spec.split(",") if part.strip())
+    for address in addresses:
+        split_address(address)
+    if not addresses:
+        raise UserError("no node address given")
+    return addresses
+
+
+def size(text: str) -> int:
+    """'4M', '1GiB', '512k', '4096' -> bytes."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    value = text.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        if value and value[-1] in units:
+            return int(float(value[:-1]) * units[value[-1]])
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None

@@ -1,0 +1,75 @@
+"""`ringfs mount` and `ringfs up`: mount a cluster (an existing one, or a local one started
+for the purpose), in the background by default, returning once the mount is ready."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import trio
+
+from ringfs.fs import mount as fs_mount
+from ringfs.fs.cluster import ClusterConfig
+from ringfs.node.client import ClientConfig
+from ringfs.tools import args as checks
+from ringfs.tools import background
+from ringfs.tools.local import (
+    LocalCluster,
+    default_data_dir,
+    ensure_secret,
+    read_secret,
+    running_nodes,
+)
+
+
+async def _mount_and_report(config: fs_mount.MountConfig, ready_fd: int | None) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fs_mount.run, config)
+        background.report(ready_fd, background.READY)
+
+
+def _config(
+    seeds: tuple[str, ...], secret: bytes, mountpoint: Path, args: argparse.Namespace
+) -> fs_mount.MountConfig:
+    return fs_mount.MountConfig(
+        cluster=ClusterConfig(seeds=seeds, client=ClientConfig(secret=secret)),
+        mountpoint=mountpoint,
+        fuse_options=tuple(checks.fuse_options(args)),
+    )
+
+
+def _in_background(args: argparse.Namespace, argv: list[str], log: Path) -> None:
+    options = [f"-o{opt}" for opt in checks.fuse_options(args)]
+    background.start([*checks.passthrough(args), *argv, "-f", *options], log)
+
+
+def mount(args: argparse.Namespace) -> int:
+    mountpoint = checks.mountpoint(args.mountpoint)
+    seeds = checks.seeds(args.cluster)
+    secret = read_secret(args.secret_file)
+    if not args.foreground:
+        secret_file = str(args.secret_file.absolute())
+        log = default_data_dir() / f"mount-{mountpoint.name or 'root'}.log"
+        argv = ["mount", args.cluster, str(mountpoint), "--secret-file", secret_file]
+        _in_background(args, argv, log)
+        return 0
+    trio.run(_mount_and_report, _config(seeds, secret, mountpoint, args), args.ready_fd)
+    return 0
+
+
+def up(args: argparse.Namespace) -> int:
+    cluster = LocalCluster((args.data or default_data_dir()).absolute())
+    mountpoint = checks.mountpoint(args.mountpoint)
+    secret = ensure_secret(cluster.secret_file)
+    if not args.foreground:
+        _in_background(args, ["up", str(mountpoint), "--data", str(cluster.data_dir)],
+                       cluster.log_file)  # fmt: skip
+        print(
+            f"ringfs is mounted on {mountpoint} (data in {cluster.data_dir}); "
+            f"unmount with: fusermount3 -u {mountpoint}"
+        )
+        return 0
+    with running_nodes(cluster, debug=args.debug) as spec:
+        config = _config(checks.seeds(spec), secret, mountpoint, args)
+        trio.run(_mount_and_report, config, args.ready_fd)
+    return 0

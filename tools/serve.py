@@ -1,0 +1,43 @@
+"""`ringfs node`: run one storage node in the foreground until SIGTERM or SIGINT.
+
+Imports nothing from the FUSE client: a storage node never loads pyfuse3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+
+import trio
+
+from ringfs.node import daemon
+from ringfs.node.client import split_address
+from ringfs.node.clustermap import parse_members
+from ringfs.tools.local import read_secret
+
+
+def node(args: argparse.Namespace) -> int:
+    host, port = split_address(args.listen)
+    config = daemon.NodeConfig(
+        node_id=args.name,
+        data_dir=args.data.absolute(),
+        secret=read_secret(args.secret_file),
+        host=host,
+        port=port,
+        members=parse_members(args.cluster) if args.cluster else None,
+        replicas=args.replicas,
+        chunk_size=args.chunk_size,
+    )
+    trio.run(_serve, config)
+    return 0
+
+
+async def _serve(config: daemon.NodeConfig) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(daemon.run, config)
+            # The line supervisors and tests wait for: the node is serving.
+            print(f"ready {config.node_id} {config.host}:{port}", flush=True)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
