@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ READDIR_PAGE = 256
 # POSIX ACLs are not stored: the kernel would not enforce them (no FUSE_POSIX_ACL), so refusing
 # them tells tools like `cp -a` the truth instead of keeping rules nobody applies.
 ACL_PREFIX = b"system.posix_acl_"
+# The xattr namespaces Linux has; FUSE passes any name through, so refuse the others as ext4 does.
+XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.", ACL_PREFIX)
 # st_blksize: the I/O size we ask tools like cp to use.
 PREFERRED_IO_SIZE = 1024 * 1024
 
@@ -176,10 +179,6 @@ class Operations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         with fuse_errors("setattr"):
-            state = self._open.get(inode)
-            if state is not None:
-                # Commit our writes first, so their commit cannot undo this size or mtime.
-                await state.flush()
             command = Setattr(
                 inode,
                 attr.st_mode if fields.update_mode else None,
@@ -190,14 +189,22 @@ class Operations(pyfuse3.Operations):
                 attr.st_mtime_ns if fields.update_mtime else None,
                 0,
             )
-            result: Attr = await self._apply(command)
-            if state is not None:
-                if fields.update_size:
-                    fresh, chunks = await self._query(ReadChunks(inode))
-                    state.reset(fresh, chunks)
-                else:
-                    state.attr = result
-            return self._entry(result)
+            return self._entry(await self._setattr(command))
+
+    async def _setattr(self, command: Setattr) -> Attr:
+        """Apply a Setattr, keeping this client's state of the file (if open) consistent."""
+        state = self._open.get(command.ino)
+        if state is not None:
+            # Commit our writes first, so their commit cannot undo this size or mtime.
+            await state.flush()
+        result: Attr = await self._apply(command)
+        if state is not None:
+            if command.size is not None:
+                fresh, chunks = await self._query(ReadChunks(command.ino))
+                state.reset(fresh, chunks)
+            else:
+                state.attr = result
+        return result
 
     async def readlink(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileNameT:
         with fuse_errors("readlink"):
@@ -321,6 +328,9 @@ class Operations(pyfuse3.Operations):
         self, inode: InodeT, flags: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
         with fuse_errors("open"):
+            if flags & os.O_TRUNC:
+                # libfuse enables FUSE_ATOMIC_O_TRUNC: the kernel sends no setattr for O_TRUNC.
+                await self._setattr(Setattr(inode, None, None, None, 0, None, None, 0))
             was_open = inode in self._open
             state = await self._state(inode)
             # Close-to-open: keep the kernel's cached pages only if the data did not change.
@@ -403,12 +413,14 @@ class Operations(pyfuse3.Operations):
         self, inode: InodeT, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         with fuse_errors("setxattr"):
+            _check_xattr_namespace(name)
             if name.startswith(ACL_PREFIX):
                 raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
             await self._apply(SetXattr(inode, name, value, 0, 0))
 
     async def getxattr(self, inode: InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         with fuse_errors("getxattr"):
+            _check_xattr_namespace(name)
             return cast(bytes, await self._query(GetXattr(inode, name)))
 
     async def listxattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
@@ -417,4 +429,11 @@ class Operations(pyfuse3.Operations):
 
     async def removexattr(self, inode: InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         with fuse_errors("removexattr"):
+            _check_xattr_namespace(name)
             await self._apply(RemoveXattr(inode, name, 0))
+
+
+def _check_xattr_namespace(name: bytes) -> None:
+    """EOPNOTSUPP for a name outside the namespaces Linux knows, as ext4 answers."""
+    if not name.startswith(XATTR_NAMESPACES):
+        raise pyfuse3.FUSEError(errno.EOPNOTSUPP)

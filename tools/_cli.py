@@ -45,6 +45,21 @@ def configure_logging(debug: bool, modules: Sequence[str] = ()) -> None:
         logging.getLogger(name).setLevel(logging.DEBUG)
 
 
+def _add_mount_options(parser: argparse.ArgumentParser) -> None:
+    """The options every command that mounts takes, as mount(8) spells them."""
+    parser.add_argument(
+        "-o",
+        dest="options",
+        action="append",
+        metavar="OPT[,OPT...]",
+        help="FUSE mount options, e.g. -o allow_other",
+    )
+    parser.add_argument(
+        "-f", "--foreground", action="store_true", help="stay in the foreground until unmounted"
+    )
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ringfs", description="ringfs: a replicated distributed filesystem you mount."
@@ -67,17 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("mountpoint", type=Path, help="an existing empty directory")
     up.add_argument("--data", type=Path, help="data directory (default: ~/.local/share/ringfs)")
-    up.add_argument(
-        "-o",
-        dest="options",
-        action="append",
-        metavar="OPT[,OPT...]",
-        help="FUSE mount options, e.g. -o allow_other",
-    )
-    up.add_argument(
-        "-f", "--foreground", action="store_true", help="stay in the foreground until unmounted"
-    )
-    up.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    _add_mount_options(up)
 
     node = sub.add_parser(
         "node", help="run one storage node", description="Run one storage node in the foreground."
@@ -103,17 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("cluster", metavar="CLUSTER", help="HOST:PORT[,HOST:PORT...] of any nodes")
     mount.add_argument("mountpoint", type=Path)
     mount.add_argument("--secret-file", type=Path, required=True, help="the cluster secret")
-    mount.add_argument(
-        "-o",
-        dest="options",
-        action="append",
-        metavar="OPT[,OPT...]",
-        help="FUSE mount options, e.g. -o allow_other",
-    )
-    mount.add_argument(
-        "-f", "--foreground", action="store_true", help="stay in the foreground until unmounted"
-    )
-    mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    _add_mount_options(mount)
 
     status = sub.add_parser(
         "status",
