@@ -269,9 +269,12 @@ class Connection:
         return self._state is _State.OPEN
 
     @property
-    def partial_frame(self) -> bool:
-        """True while received bytes hold the start of a message not yet complete."""
-        return self._fed > self._boundary
+    def partial_frame(self) -> int | None:
+        """Stream offset where an incomplete received message starts, or None if there is none.
+
+        The offset tells one unfinished message from the next, for deadlines per message.
+        """
+        return self._boundary if self._fed > self._boundary else None
 
     @property
     def unanswered(self) -> int:

@@ -118,15 +118,20 @@ class _Session:
 
     async def _serve_requests(self, nursery: trio.Nursery) -> None:
         frame_timeout = self.server.config.frame_timeout
+        frame_started, frame = math.inf, None
         try:
             while True:
                 # A message that has started must finish in time: a peer cannot park a
-                # half-sent frame in our buffer forever.
-                with trio.fail_after(frame_timeout if self.conn.partial_frame else math.inf):
+                # half-sent frame in our buffer forever, however slowly it trickles in.
+                with trio.fail_at(frame_started + frame_timeout):
                     data = await self.stream.receive_some(RECEIVE_SIZE)
                 if not data:
                     return
                 await self._dispatch(data, nursery)
+                if self.conn.partial_frame is None:
+                    frame_started, frame = math.inf, None
+                elif self.conn.partial_frame != frame:
+                    frame_started, frame = trio.current_time(), self.conn.partial_frame
         except ProtocolError as exc:
             log.warning("closing connection from %s: %s", self.peer, exc)
         except trio.TooSlowError:

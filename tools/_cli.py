@@ -81,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
         "it and stops the nodes.",
     )
     up.add_argument("mountpoint", type=Path, help="an existing empty directory")
-    up.add_argument("--data", type=Path, help="data directory (default: ~/.local/share/ringfs)")
+    up.add_argument(
+        "--data",
+        type=Path,
+        help="data directory (default: $XDG_DATA_HOME/ringfs, or ~/.local/share/ringfs)",
+    )
     _add_mount_options(up)
 
     node = sub.add_parser(

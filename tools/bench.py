@@ -104,7 +104,8 @@ def mount_process(mountpoint: Path) -> int | None:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"ringfs.tools" in argv and wanted in argv and (b"mount" in argv or b"up" in argv):
+        ours = any(arg == b"ringfs.tools" or arg.endswith(b"/ringfs") for arg in argv[:3])
+        if ours and wanted in argv and (b"mount" in argv or b"up" in argv):
             return int(entry.name)
     return None
 

@@ -20,7 +20,7 @@ import trio
 
 from ringfs.node.client import ClientConfig, NodePool, RpcConnection
 from ringfs.node.errors import AuthenticationError, NodeError, Unavailable
-from ringfs.node.protocol import Limits
+from ringfs.node.protocol import Connection, Limits, Role
 from ringfs.node.server import RpcServer, ServerConfig
 
 SECRET = b"rpc test secret"
@@ -351,3 +351,34 @@ async def test_in_flight_limit_holds_back_requests_yet_all_complete(
     assert sorted(results) == list(range(8))
     assert handler.max_running <= 3  # two "wait" on the limited connection + the other echo
     assert handler.started == 9
+
+
+async def test_a_trickled_message_is_cut_off_at_the_frame_deadline(
+    nursery: trio.Nursery, handler: Handler, expected_logs: list[str]
+) -> None:
+    expected_logs.append("message unfinished")
+    address = await start_server(nursery, handler, frame_timeout=0.5)
+    host, port = address.rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    conn = Connection(Role.CLIENT, SECRET)
+    with trio.fail_after(DEADLINE):
+        while not conn.is_open:
+            for buffer in conn.data_to_send():
+                await stream.send_all(buffer)
+            if not conn.is_open:
+                conn.receive_data(await stream.receive_some(65536))
+        _, buffers = conn.send_request("echo", [b"x" * 1000])
+        message = b"".join(bytes(b) for b in buffers)
+        started = trio.current_time()
+        closed = False
+        # One byte every 0.1 s: each read is quick, the message never completes in time.
+        for i in range(len(message) - 1):
+            try:
+                await stream.send_all(message[i : i + 1])
+            except trio.BrokenResourceError:
+                closed = True
+                break
+            await trio.sleep(0.1)
+        await stream.aclose()
+    assert closed
+    assert trio.current_time() - started < 3
