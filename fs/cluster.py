@@ -66,7 +66,7 @@ class Cluster:
         """
         pool = NodePool(config.client, nursery)
         cmap = await _fetch_map(pool, config.seeds)
-        log.info(
+        log.debug(
             "cluster map epoch %d: %s",
             cmap.epoch,
             ", ".join(f"{n.node_id}@{n.address}" for n in cmap.nodes),

@@ -1,5 +1,6 @@
-"""`ringfs bench`: sequential write and read of one large file, and many small-file creates,
-on a mount next to the same workload on a local directory.
+"""`ringfs bench`: sequential write and read of one large file, small-file creation, and
+metadata operations (create + stat + unlink) from 1, 4 and 16 concurrent writers, on a mount
+next to the same workloads on a local directory.
 
 Numbers, not verdicts: it prints MB/s and files/s, and the peak memory of the process serving
 the mount during the run. The page cache is dropped before each read (as root), so reads
@@ -14,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,8 @@ from ringfs.tools.args import UserError
 
 # Writes in 1 MiB pieces, like cp on a filesystem that reports a 1 MiB st_blksize.
 IO_SIZE = 1024 * 1024
+# Concurrent writers for the metadata workload.
+WRITER_COUNTS = (1, 4, 16)
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,8 @@ class BenchConfig:
     local: Path | None
     size: int
     files: int
+    # create + stat + unlink rounds per metadata run (shared among the writers).
+    meta_rounds: int = 600
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,8 @@ class Result:
     write_mb_s: float
     read_mb_s: float
     files_per_s: float
+    # writers -> metadata operations per second
+    meta_ops_s: dict[int, float]
 
 
 def _drop_caches() -> None:
@@ -79,19 +87,48 @@ def _create(directory: Path, count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def measure(directory: Path, size: int, files: int, label: str) -> Result:
-    """Run the three workloads in a fresh subdirectory of `directory`, then remove it."""
+def _metadata_round(directory: Path, rounds: int) -> None:
+    directory.mkdir()
+    for i in range(rounds):
+        path = directory / f"f{i}"
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        os.stat(path)
+        os.unlink(path)
+
+
+def _metadata(directory: Path, writers: int, rounds: int) -> float:
+    """Operations per second (3 per round: create, stat, unlink), writers in threads.
+
+    Each writer has its own directory: the kernel serialises creates in one directory.
+    """
+    directory.mkdir()
+    per_writer = max(1, rounds // writers)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=writers) as pool:
+        for future in [
+            pool.submit(_metadata_round, directory / f"w{w}", per_writer) for w in range(writers)
+        ]:
+            future.result()
+    return 3 * per_writer * writers / (time.perf_counter() - start)
+
+
+def measure(directory: Path, config: BenchConfig, label: str) -> Result:
+    """Run the workloads in a fresh subdirectory of `directory`, then remove it."""
     work = Path(tempfile.mkdtemp(prefix="ringfs-bench-", dir=directory))
     try:
-        print(f"[{label}] writing {size / 1e6:.0f} MB ...", flush=True)
-        write = _write(work / "big", size)
+        print(f"[{label}] writing {config.size / 1e6:.0f} MB ...", flush=True)
+        write = _write(work / "big", config.size)
         print(f"[{label}] reading it back ...", flush=True)
         read = _read(work / "big")
-        print(f"[{label}] creating {files} small files ...", flush=True)
-        creates = _create(work / "small", files)
+        print(f"[{label}] creating {config.files} small files ...", flush=True)
+        creates = _create(work / "small", config.files)
+        meta = {}
+        for writers in WRITER_COUNTS:
+            print(f"[{label}] create+stat+unlink, {writers} writers ...", flush=True)
+            meta[writers] = _metadata(work / f"meta{writers}", writers, config.meta_rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return Result(write, read, creates)
+    return Result(write, read, creates, meta)
 
 
 def mount_process(mountpoint: Path) -> int | None:
@@ -129,15 +166,17 @@ def run(config: BenchConfig) -> None:
     pid = mount_process(config.mountpoint)
     if pid is not None:
         _reset_peak(pid)
-    results = {"ringfs": measure(config.mountpoint, config.size, config.files, "ringfs")}
+    results = {"ringfs": measure(config.mountpoint, config, "ringfs")}
     peak = _peak_mib(pid) if pid is not None else None
     if config.local is not None:
-        results["local"] = measure(config.local, config.size, config.files, "local")
-    print(f"\n{'':<8} {'seq write MB/s':>15} {'seq read MB/s':>15} {'creates/s':>12}")
+        results["local"] = measure(config.local, config, "local")
+    meta_columns = "".join(f"{f'meta ops/s x{n}':>16}" for n in WRITER_COUNTS)
+    print(f"\n{'':<8}{'seq write MB/s':>16}{'seq read MB/s':>16}{'creates/s':>12}{meta_columns}")
     for label, result in results.items():
+        meta = "".join(f"{result.meta_ops_s[n]:>16.0f}" for n in WRITER_COUNTS)
         print(
-            f"{label:<8} {result.write_mb_s:>15.1f} {result.read_mb_s:>15.1f} "
-            f"{result.files_per_s:>12.1f}"
+            f"{label:<8}{result.write_mb_s:>16.1f}{result.read_mb_s:>16.1f}"
+            f"{result.files_per_s:>12.1f}{meta}"
         )
     if peak is not None:
         print(f"\npeak memory (RSS) of the mount process {pid}: {peak:.0f} MiB")
