@@ -42,33 +42,51 @@ class _Buffer:
 
 
 class WriteBudget:
-    """Caps the chunk buffers held by the whole mount (dirty or being uploaded).
+    """Caps the chunk buffers held by the whole mount (being filled, dirty, or uploading).
 
-    When every slot is taken by a dirty buffer (nothing is uploading, so nothing will free a
-    slot by itself), the least recently written buffer is uploaded early to make room.
+    A writer that finds no free slot waits for one. If no upload is running, no slot will
+    free itself, so the least recently written dirty buffer is uploaded early to make room.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._slots = trio.Semaphore(limit)
+        self._free = limit
+        self._uploads = 0
         self._dirty: OrderedDict[tuple[int, int], FileState] = OrderedDict()
+        self._changed = trio.Event()
 
     async def acquire(self) -> None:
-        if self._slots.value == 0 and len(self._dirty) >= self.limit:
-            (_, idx), owner = next(iter(self._dirty.items()))
-            owner.start_upload(idx)
-        await self._slots.acquire()
+        """Take a slot, making room first if every slot sits in a dirty buffer."""
+        while self._free == 0:
+            if self._uploads == 0 and self._dirty:
+                (_, idx), owner = next(iter(self._dirty.items()))
+                owner.start_upload(idx)
+            await self._changed.wait()
+        self._free -= 1
 
     def release(self) -> None:
-        self._slots.release()
+        self._free += 1
+        self._notify()
 
     def touch(self, state: FileState, idx: int) -> None:
+        """Note a write to a dirty buffer (recently written buffers are evicted last)."""
         key = (state.ino, idx)
+        if key not in self._dirty:
+            self._notify()  # a waiter may now have a dirty buffer to evict
         self._dirty[key] = state
         self._dirty.move_to_end(key)
 
-    def forget(self, state: FileState, idx: int) -> None:
+    def upload_started(self, state: FileState, idx: int) -> None:
         self._dirty.pop((state.ino, idx), None)
+        self._uploads += 1
+
+    def upload_finished(self) -> None:
+        self._uploads -= 1
+        self.release()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
 
 @dataclass(frozen=True)
@@ -189,7 +207,7 @@ class FileState:
     def start_upload(self, idx: int) -> None:
         """Move chunk `idx` from dirty to uploading and upload it in the background."""
         buffer = self._dirty.pop(idx)
-        self.ctx.budget.forget(self, idx)
+        self.ctx.budget.upload_started(self, idx)
         seq = self._upload_seq.get(idx, 0) + 1
         self._upload_seq[idx] = seq
         self._uploading[idx] = buffer
@@ -212,7 +230,7 @@ class FileState:
         finally:
             if self._uploading.get(idx) is buffer:
                 del self._uploading[idx]
-            self.ctx.budget.release()
+            self.ctx.budget.upload_finished()
             self._uploads_active -= 1
             if self._uploads_active == 0:
                 self._uploads_idle.set()

@@ -9,6 +9,7 @@ A protocol violation closes that one connection with a logged reason.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import ssl
@@ -145,12 +146,11 @@ class _Session:
 
     async def _flush_handshake(self) -> None:
         """Best effort: tell a refused peer why before closing."""
-        with trio.move_on_after(1):
-            try:
-                for buffer in self.conn.data_to_send():
-                    await self.stream.send_all(buffer)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+        with (
+            trio.move_on_after(1),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            await self._flush_handshake_bytes()
 
     async def _receive(self) -> bool:
         """Read once during the handshake and answer; False when the peer closed."""

@@ -8,6 +8,7 @@ foreground in a new session, hands it the write end of a pipe, and waits for one
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -54,11 +55,9 @@ def report(ready_fd: int | None, message: str) -> None:
     """Tell the waiting parent (if any) how the start went; closes the pipe."""
     if ready_fd is None:
         return
-    try:
+    with contextlib.suppress(OSError):  # the parent gave up waiting: nobody to tell
         os.write(ready_fd, (message + "\n").encode())
         os.close(ready_fd)
-    except OSError:
-        pass
 
 
 def _tail(path: Path, lines: int = 10) -> str:

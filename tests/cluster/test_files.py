@@ -187,3 +187,25 @@ async def test_retried_command_is_applied_once(nodes: LocalNodes) -> None:
         await cluster.pool.call(address, "meta.apply", [cluster.client_id, 42, 42, command])
     assert exists.value.name == "EEXIST"
     assert stat.S_ISDIR(first[1])
+
+
+async def test_more_writers_than_buffers_do_not_deadlock(
+    small_chunks: LocalNodes, nursery: trio.Nursery
+) -> None:
+    ops = await mount_ops(small_chunks, nursery, write_buffers=2)
+    handles = [await create(ops, f"w{i}".encode()) for i in range(5)]
+
+    async def write(fh: int, i: int) -> None:
+        # Partial chunks: none fills up, so none starts uploading by itself.
+        await ops.write(fh, 0, bytes([i]) * 100)
+        await ops.write(fh, CHUNK + 7, bytes([i]) * 100)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as writers:
+            for i, (fh, _) in enumerate(handles):
+                writers.start_soon(write, fh, i)
+    for i, (fh, _) in enumerate(handles):
+        await ops.flush(fh)
+        expected = bytes([i]) * 100 + bytes(CHUNK + 7 - 100) + bytes([i]) * 100
+        assert await ops.read(fh, 0, 2 * CHUNK) == expected
+        await ops.release(fh)
