@@ -23,7 +23,6 @@ import sqlite3
 import stat
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,98 +32,27 @@ import msgpack
 from ringfs.node import commands as cmd
 from ringfs.node.commands import Attr, Chunk, DirEntry, Entry, FsStats, Outcome
 from ringfs.node.errors import NodeError
+from ringfs.node.metadb import (
+    DIR_SIZE,
+    INODE_COLUMNS,
+    TABLES,
+    Inode,
+    Tables,
+    check_name,
+    open_database,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Entry", "MetaState", "Outcome"]
-
-#: st_size and st_blocks of a directory, as ext4 reports a one-block directory.
-DIR_SIZE = 4096
-DIR_BLOCKS = 8
 #: ext4's EXT4_LINK_MAX: most hard links one file may have.
 LINK_MAX = 65000
 #: Most entries one ReadDir returns, whatever the limit asked: keeps replies far below the frame
 #: limit even with 255-byte names. Callers page until they get an empty list.
 READDIR_MAX = 1024
-#: Bumped when the schema changes incompatibly.
-SCHEMA_VERSION = 1
 #: uid_t and gid_t are 32 bits.
 _ID_MAX = 2**32 - 1
 #: Kinds of inode Mknod may create (0 means a regular file, as for mknod(2)).
 _MKNOD_KINDS = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
-
-_SCHEMA = """
-BEGIN;
-CREATE TABLE IF NOT EXISTS inodes (
-    ino INTEGER PRIMARY KEY, mode INTEGER NOT NULL, nlink INTEGER NOT NULL,
-    uid INTEGER NOT NULL, gid INTEGER NOT NULL, rdev INTEGER NOT NULL, size INTEGER NOT NULL,
-    atime_ns INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
-    version INTEGER NOT NULL, target BLOB);
-CREATE TABLE IF NOT EXISTS dentries (
-    parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL, cookie INTEGER NOT NULL,
-    PRIMARY KEY (parent, name)) WITHOUT ROWID;
-CREATE UNIQUE INDEX IF NOT EXISTS dentries_by_cookie ON dentries (parent, cookie);
-CREATE INDEX IF NOT EXISTS dentries_by_ino ON dentries (ino);
-CREATE TABLE IF NOT EXISTS xattrs (
-    ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,
-    PRIMARY KEY (ino, name)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS chunks (
-    ino INTEGER NOT NULL, idx INTEGER NOT NULL, block_id BLOB NOT NULL,
-    length INTEGER NOT NULL, checksum BLOB NOT NULL, PRIMARY KEY (ino, idx)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS chunks_by_block ON chunks (block_id);
-CREATE TABLE IF NOT EXISTS garbage (seq INTEGER PRIMARY KEY, block_id BLOB NOT NULL UNIQUE);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
-    WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS sessions (
-    client_id BLOB NOT NULL, seq INTEGER NOT NULL, outcome BLOB NOT NULL,
-    PRIMARY KEY (client_id, seq)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS clients (client_id BLOB PRIMARY KEY, acked_below INTEGER NOT NULL)
-    WITHOUT ROWID;
-INSERT OR IGNORE INTO counters VALUES
-    ('next_ino', 2), ('next_cookie', 1), ('chunk_size', 0), ('applied_index', 0);
-COMMIT;
-"""
-_TABLES = ("inodes", "dentries", "xattrs", "chunks", "garbage", "counters", "sessions", "clients")
-# The columns of an `_Inode`, from `inodes i`.
-_INODE_COLUMNS = (
-    "i.ino, i.mode, i.nlink, i.uid, i.gid, i.rdev, i.size, i.atime_ns, i.mtime_ns, i.ctime_ns, "
-    "i.version, i.target, (SELECT COALESCE(SUM(c.length), 0) FROM chunks c WHERE c.ino = i.ino)"
-)
-
-
-@dataclass(slots=True)
-class _Inode:
-    """A mutable copy of an inodes row: load, change, `_save`."""
-
-    ino: int
-    mode: int
-    nlink: int
-    uid: int
-    gid: int
-    rdev: int
-    size: int
-    atime_ns: int
-    mtime_ns: int
-    ctime_ns: int
-    version: int
-    target: bytes | None
-    #: Sum of the chunk lengths, for st_blocks; not a column of its own.
-    stored: int = 0
-
-    @property
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.mode)
-
-    def touch(self, now_ns: int) -> None:
-        """An entry was added or removed: a directory's mtime and ctime move."""
-        self.mtime_ns = self.ctime_ns = now_ns
-
-    def attr(self) -> Attr:
-        blocks = DIR_BLOCKS if self.is_dir else -(-self.stored // 512)
-        return Attr(
-            self.ino, self.mode, self.nlink, self.uid, self.gid, self.rdev, self.size, blocks,
-            self.atime_ns, self.mtime_ns, self.ctime_ns, self.version,
-        )  # fmt: skip
 
 
 class MetaState:
@@ -136,17 +64,8 @@ class MetaState:
 
     def __init__(self, path: Path | str) -> None:
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        # FULL: a batch acknowledged to Raft must survive power loss, and in WAL mode NORMAL
-        # skips the fsync on commit.
-        self._db.execute("PRAGMA synchronous = FULL")
-        version = self._one("PRAGMA user_version")
-        if version not in (0, SCHEMA_VERSION):
-            self._db.close()
-            raise NodeError("EINVAL", f"{path}: metadata schema {version}, need {SCHEMA_VERSION}")
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self._db = open_database(path)
+        self._rows = Tables(self._db)
         log.info("metadata database %s open at index %d", path, self.applied_index)
 
     def __enter__(self) -> MetaState:
@@ -166,7 +85,7 @@ class MetaState:
     def applied_index(self) -> int:
         """The log index of the last batch applied with ``last_index`` (0 if none)."""
         with self._lock:
-            return self._counter("applied_index")
+            return self._rows.counter("applied_index")
 
     # --- applying ---------------------------------------------------------------------------
 
@@ -182,7 +101,7 @@ class MetaState:
             try:
                 outcomes = [self._apply_entry(entry) for entry in entries]
                 if last_index is not None:
-                    self._set_counter("applied_index", last_index)
+                    self._rows.set_counter("applied_index", last_index)
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
@@ -199,12 +118,12 @@ class MetaState:
             outcome = self._apply_once(entry.command) if stored is None else stored
             if stored is None:
                 blob = msgpack.packb(outcome.to_wire(), use_bin_type=True)
-                self._run("INSERT INTO sessions VALUES (?, ?, ?)", client, seq, blob)
+                self._rows.run("INSERT INTO sessions VALUES (?, ?, ?)", client, seq, blob)
         if client is not None and entry.acked_below is not None:
-            self._run(
+            self._rows.run(
                 "DELETE FROM sessions WHERE client_id = ? AND seq < ?", client, entry.acked_below
             )
-            self._run(
+            self._rows.run(
                 "INSERT INTO clients VALUES (?, ?) ON CONFLICT (client_id) "
                 "DO UPDATE SET acked_below = max(acked_below, excluded.acked_below)",
                 client,
@@ -214,12 +133,12 @@ class MetaState:
 
     def _stored_outcome(self, client: bytes, seq: int) -> Outcome | None:
         """The outcome of an earlier copy of this request, if there was one."""
-        blob = self._one(
+        blob = self._rows.one(
             "SELECT outcome FROM sessions WHERE client_id = ? AND seq = ?", client, seq
         )
         if blob is not None:
             return Outcome.from_wire(msgpack.unpackb(blob, raw=False))
-        acked_below = self._one("SELECT acked_below FROM clients WHERE client_id = ?", client)
+        acked_below = self._rows.one("SELECT acked_below FROM clients WHERE client_id = ?", client)
         if acked_below is not None and seq < acked_below:
             # The client has its answer and let us forget it: this is a late duplicate that
             # must not run twice. Nobody waits for this reply.
@@ -243,15 +162,15 @@ class MetaState:
     # --- creating -----------------------------------------------------------------------------
 
     def _apply_init(self, c: cmd.Init) -> None:
-        if self._counter("chunk_size"):
+        if self._rows.counter("chunk_size"):
             return
         if c.chunk_size <= 0:
             raise NodeError("EINVAL", "chunk size must be positive")
         _check_ids(c.uid, c.gid)
         now, mode = c.now_ns, stat.S_IFDIR | 0o755
-        root = _Inode(cmd.ROOT_INO, mode, 2, c.uid, c.gid, 0, DIR_SIZE, now, now, now, 0, None)
-        self._insert(root)
-        self._set_counter("chunk_size", c.chunk_size)
+        root = Inode(cmd.ROOT_INO, mode, 2, c.uid, c.gid, 0, DIR_SIZE, now, now, now, 0, None)
+        self._rows.insert(root)
+        self._rows.set_counter("chunk_size", c.chunk_size)
 
     def _apply_mknod(self, c: cmd.Mknod) -> Attr:
         kind = stat.S_IFMT(c.mode) or stat.S_IFREG
@@ -283,9 +202,9 @@ class MetaState:
         target: bytes | None = None,
     ) -> Attr:
         """Make a new inode named ``c.name`` in ``c.parent``; the caller checked the mode."""
-        _check_name(c.name)
+        check_name(c.name)
         _check_ids(c.uid, c.gid)
-        directory = self._new_entry_dir(c.parent, c.name)
+        directory = self._rows.new_entry_dir(c.parent, c.name)
         gid = c.gid
         if directory.mode & stat.S_ISGID:
             gid = directory.gid
@@ -293,66 +212,66 @@ class MetaState:
                 mode |= stat.S_ISGID
         is_dir = stat.S_ISDIR(mode)
         size = DIR_SIZE if is_dir else len(target or b"")
-        ino, now, nlink = self._next("next_ino"), c.now_ns, 2 if is_dir else 1
-        node = _Inode(ino, mode, nlink, c.uid, gid, rdev, size, now, now, now, 0, target)
-        self._insert(node)
-        self._add_entry(c.parent, c.name, ino)
+        ino, now, nlink = self._rows.next("next_ino"), c.now_ns, 2 if is_dir else 1
+        node = Inode(ino, mode, nlink, c.uid, gid, rdev, size, now, now, now, 0, target)
+        self._rows.insert(node)
+        self._rows.add_entry(c.parent, c.name, ino)
         directory.nlink += is_dir
         directory.touch(now)
-        self._save(directory)
+        self._rows.save(directory)
         return node.attr()
 
     def _apply_link(self, c: cmd.Link) -> Attr:
-        node = self._get(c.ino)
-        _check_name(c.new_name)
-        directory = self._new_entry_dir(c.new_parent, c.new_name)
+        node = self._rows.get(c.ino)
+        check_name(c.new_name)
+        directory = self._rows.new_entry_dir(c.new_parent, c.new_name)
         if node.is_dir:
             raise NodeError("EPERM", "cannot hard-link a directory")
         if node.nlink == 0:
             raise NodeError("ENOENT", "cannot link an unlinked inode")
         if node.nlink >= LINK_MAX:
             raise NodeError("EMLINK", "too many links")
-        self._add_entry(c.new_parent, c.new_name, node.ino)
+        self._rows.add_entry(c.new_parent, c.new_name, node.ino)
         node.nlink += 1
         node.ctime_ns = c.now_ns
         directory.touch(c.now_ns)
-        self._save(node, directory)
+        self._rows.save(node, directory)
         return node.attr()
 
     # --- removing -----------------------------------------------------------------------------
 
     def _apply_unlink(self, c: cmd.Unlink) -> Attr:
-        directory, node = self._existing_entry(c.parent, c.name)
+        directory, node = self._rows.existing_entry(c.parent, c.name)
         if node.is_dir:
             raise NodeError("EISDIR", "unlink of a directory")
-        self._remove_entry(c.parent, c.name)
+        self._rows.remove_entry(c.parent, c.name)
         node.nlink -= 1
         node.ctime_ns = c.now_ns
         directory.touch(c.now_ns)
-        self._save(node, directory)
+        self._rows.save(node, directory)
         return node.attr()
 
     def _apply_rmdir(self, c: cmd.Rmdir) -> None:
-        directory, node = self._existing_entry(c.parent, c.name)
+        directory, node = self._rows.existing_entry(c.parent, c.name)
         if not node.is_dir:
             raise NodeError("ENOTDIR", "rmdir of a non-directory")
-        if self._has_entries(node.ino):
+        if self._rows.has_entries(node.ino):
             raise NodeError("ENOTEMPTY", "directory not empty")
-        self._remove_entry(c.parent, c.name)
+        self._rows.remove_entry(c.parent, c.name)
         self._destroy(node.ino)
         directory.nlink -= 1
         directory.touch(c.now_ns)
-        self._save(directory)
+        self._rows.save(directory)
 
     def _apply_purge(self, c: cmd.Purge) -> None:
-        if self._one("SELECT nlink FROM inodes WHERE ino = ?", c.ino) == 0:
+        if self._rows.one("SELECT nlink FROM inodes WHERE ino = ?", c.ino) == 0:
             self._destroy(c.ino)
 
     def _destroy(self, ino: int) -> None:
         """Delete an inode that no entry names, with its xattrs; its blocks become garbage."""
         self._drop_chunks(ino, 0)
-        self._run("DELETE FROM xattrs WHERE ino = ?", ino)
-        self._run("DELETE FROM inodes WHERE ino = ?", ino)
+        self._rows.run("DELETE FROM xattrs WHERE ino = ?", ino)
+        self._rows.run("DELETE FROM inodes WHERE ino = ?", ino)
 
     # --- rename -------------------------------------------------------------------------------
 
@@ -361,26 +280,26 @@ class MetaState:
         if c.flags not in (0, cmd.RENAME_NOREPLACE, cmd.RENAME_EXCHANGE):
             raise NodeError("EINVAL", f"bad rename flags {c.flags}")
         exchange = c.flags == cmd.RENAME_EXCHANGE
-        _check_name(c.name)
-        _check_name(c.new_name)
-        old_dir = self._dir(c.parent)
-        new_dir = old_dir if c.new_parent == c.parent else self._dir(c.new_parent)
-        src_ino = self._entry(c.parent, c.name)
+        check_name(c.name)
+        check_name(c.new_name)
+        old_dir = self._rows.dir(c.parent)
+        new_dir = old_dir if c.new_parent == c.parent else self._rows.dir(c.new_parent)
+        src_ino = self._rows.entry(c.parent, c.name)
         if src_ino is None:
             raise NodeError("ENOENT", "rename source does not exist")
-        dst_ino = self._entry(c.new_parent, c.new_name)
+        dst_ino = self._rows.entry(c.new_parent, c.new_name)
         if dst_ino is not None and c.flags == cmd.RENAME_NOREPLACE:
             raise NodeError("EEXIST", "rename target exists")
         if dst_ino is None and exchange:
             raise NodeError("ENOENT", "exchange target does not exist")
-        src = self._get(src_ino)
+        src = self._rows.get(src_ino)
         if src.is_dir and self._is_ancestor(src_ino, c.new_parent):
             raise NodeError("EINVAL", "cannot move a directory under itself")
         if dst_ino is not None and self._is_ancestor(dst_ino, c.parent):
             raise NodeError("EINVAL" if exchange else "ENOTEMPTY", "target contains the source")
         if src_ino == dst_ino:
             return None
-        dst = None if dst_ino is None else self._get(dst_ino)
+        dst = None if dst_ino is None else self._rows.get(dst_ino)
         if exchange and dst is not None:
             self._exchange(c, src, dst, old_dir, new_dir)
         else:
@@ -388,11 +307,11 @@ class MetaState:
         src.ctime_ns = c.now_ns
         old_dir.touch(c.now_ns)
         new_dir.touch(c.now_ns)
-        self._save(src, *((old_dir,) if old_dir is new_dir else (old_dir, new_dir)))
+        self._rows.save(src, *((old_dir,) if old_dir is new_dir else (old_dir, new_dir)))
         return None if dst is None else dst.attr()
 
     def _move(
-        self, c: cmd.Rename, src: _Inode, dst: _Inode | None, old_dir: _Inode, new_dir: _Inode
+        self, c: cmd.Rename, src: Inode, dst: Inode | None, old_dir: Inode, new_dir: Inode
     ) -> None:
         """Plain rename: drop whatever the target names, then move the source entry there."""
         if dst is not None:
@@ -400,9 +319,9 @@ class MetaState:
                 raise NodeError("ENOTDIR", "cannot replace a non-directory with a directory")
             if dst.is_dir and not src.is_dir:
                 raise NodeError("EISDIR", "cannot replace a directory with a non-directory")
-            if dst.is_dir and self._has_entries(dst.ino):
+            if dst.is_dir and self._rows.has_entries(dst.ino):
                 raise NodeError("ENOTEMPTY", "rename target directory not empty")
-            self._remove_entry(c.new_parent, c.new_name)
+            self._rows.remove_entry(c.new_parent, c.new_name)
             dst.ctime_ns = c.now_ns
             if dst.is_dir:
                 dst.nlink = 0
@@ -410,32 +329,32 @@ class MetaState:
                 new_dir.nlink -= 1
             else:
                 dst.nlink -= 1
-                self._save(dst)
-        self._remove_entry(c.parent, c.name)
-        self._add_entry(c.new_parent, c.new_name, src.ino)
+                self._rows.save(dst)
+        self._rows.remove_entry(c.parent, c.name)
+        self._rows.add_entry(c.new_parent, c.new_name, src.ino)
         if src.is_dir and old_dir is not new_dir:
             old_dir.nlink -= 1
             new_dir.nlink += 1
 
     def _exchange(
-        self, c: cmd.Rename, src: _Inode, dst: _Inode, old_dir: _Inode, new_dir: _Inode
+        self, c: cmd.Rename, src: Inode, dst: Inode, old_dir: Inode, new_dir: Inode
     ) -> None:
         """RENAME_EXCHANGE: both entries stay, naming each other's inode (with new cookies)."""
         for parent, name, ino in ((c.parent, c.name, dst.ino), (c.new_parent, c.new_name, src.ino)):
-            self._remove_entry(parent, name)
-            self._add_entry(parent, name, ino)
+            self._rows.remove_entry(parent, name)
+            self._rows.add_entry(parent, name, ino)
         if old_dir is not new_dir and src.is_dir != dst.is_dir:
             moved = 1 if src.is_dir else -1
             old_dir.nlink -= moved
             new_dir.nlink += moved
         dst.ctime_ns = c.now_ns
-        self._save(dst)
+        self._rows.save(dst)
 
     def _is_ancestor(self, ancestor: int, ino: int) -> bool:
         """Whether ``ancestor`` is directory ``ino`` or one of the directories above it."""
         while ino != ancestor:
             # A directory has exactly one entry, so its parent is well defined.
-            parent = self._one("SELECT parent FROM dentries WHERE ino = ?", ino)
+            parent = self._rows.one("SELECT parent FROM dentries WHERE ino = ?", ino)
             if parent is None:  # the root
                 return False
             ino = parent
@@ -444,7 +363,7 @@ class MetaState:
     # --- attributes and data ------------------------------------------------------------------
 
     def _apply_setattr(self, c: cmd.Setattr) -> Attr:
-        node = self._get(c.ino)
+        node = self._rows.get(c.ino)
         _check_ids(c.uid or 0, c.gid or 0)
         if c.size is not None:
             self._resize(node, c.size, c.now_ns)
@@ -455,17 +374,17 @@ class MetaState:
         node.atime_ns = node.atime_ns if c.atime_ns is None else c.atime_ns
         node.mtime_ns = node.mtime_ns if c.mtime_ns is None else c.mtime_ns
         node.ctime_ns = c.now_ns
-        self._save(node)
-        return self._get(node.ino).attr()
+        self._rows.save(node)
+        return self._rows.get(node.ino).attr()
 
-    def _resize(self, node: _Inode, size: int, now_ns: int) -> None:
+    def _resize(self, node: Inode, size: int, now_ns: int) -> None:
         """Truncate or extend a regular file: chunks past the end go, the last one shortens."""
         _check_regular(node, size)
-        chunk_size = self._counter("chunk_size")
+        chunk_size = self._rows.counter("chunk_size")
         self._drop_chunks(node.ino, -(-size // chunk_size))
         if size % chunk_size:
             last = size // chunk_size
-            self._run(
+            self._rows.run(
                 "UPDATE chunks SET length = min(length, ?) WHERE ino = ? AND idx = ?",
                 size - last * chunk_size,
                 node.ino,
@@ -477,9 +396,9 @@ class MetaState:
         node.mtime_ns = now_ns
 
     def _apply_commit_chunks(self, c: cmd.CommitChunks) -> Attr:
-        node = self._get(c.ino)
+        node = self._rows.get(c.ino)
         _check_regular(node, c.size)
-        size, chunk_size = max(node.size, c.size), self._counter("chunk_size")
+        size, chunk_size = max(node.size, c.size), self._rows.counter("chunk_size")
         _check_chunks(c.chunks, chunk_size)
         for chunk in c.chunks:
             # Bytes past the end of the file must read as zeros if it grows again: cut them off.
@@ -487,39 +406,39 @@ class MetaState:
             if length <= 0:
                 self._release_blocks([chunk.block_id])
                 continue
-            old = self._one(
+            old = self._rows.one(
                 "SELECT block_id FROM chunks WHERE ino = ? AND idx = ?", c.ino, chunk.idx
             )
-            self._run(
+            self._rows.run(
                 "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?)",
                 c.ino, chunk.idx, chunk.block_id, length, chunk.checksum,
             )  # fmt: skip
             # A block that was garbage is referenced again: the collector must not delete it.
-            self._run("DELETE FROM garbage WHERE block_id = ?", chunk.block_id)
+            self._rows.run("DELETE FROM garbage WHERE block_id = ?", chunk.block_id)
             if old is not None and old != chunk.block_id:
                 self._release_blocks([old])
         node.size = size
         node.mtime_ns = node.ctime_ns = c.now_ns
         node.version += 1
-        self._save(node)
-        return self._get(node.ino).attr()
+        self._rows.save(node)
+        return self._rows.get(node.ino).attr()
 
     def _drop_chunks(self, ino: int, first_idx: int) -> None:
         """Remove chunks from ``first_idx`` on; their blocks may become garbage."""
         sql = "SELECT block_id FROM chunks WHERE ino = ? AND idx >= ? ORDER BY idx"
-        blocks = [row[0] for row in self._run(sql, ino, first_idx)]
-        self._run("DELETE FROM chunks WHERE ino = ? AND idx >= ?", ino, first_idx)
+        blocks = [row[0] for row in self._rows.run(sql, ino, first_idx)]
+        self._rows.run("DELETE FROM chunks WHERE ino = ? AND idx >= ?", ino, first_idx)
         self._release_blocks(blocks)
 
     def _release_blocks(self, block_ids: list[bytes]) -> None:
         """Blocks dropped from a chunk map become garbage unless another chunk still uses them."""
         for block_id in block_ids:
-            if self._one("SELECT 1 FROM chunks WHERE block_id = ? LIMIT 1", block_id) is None:
-                self._run("INSERT OR IGNORE INTO garbage (block_id) VALUES (?)", block_id)
+            if self._rows.one("SELECT 1 FROM chunks WHERE block_id = ? LIMIT 1", block_id) is None:
+                self._rows.run("INSERT OR IGNORE INTO garbage (block_id) VALUES (?)", block_id)
 
     def _apply_forget_garbage(self, c: cmd.ForgetGarbage) -> None:
         for block_id in c.block_ids:
-            self._run("DELETE FROM garbage WHERE block_id = ?", block_id)
+            self._rows.run("DELETE FROM garbage WHERE block_id = ?", block_id)
 
     def _apply_setxattr(self, c: cmd.SetXattr) -> None:
         _check_xattr_name(c.name)
@@ -527,23 +446,25 @@ class MetaState:
             raise NodeError("E2BIG", "xattr value too large")
         if c.flags & ~(cmd.XATTR_CREATE | cmd.XATTR_REPLACE):
             raise NodeError("EINVAL", f"bad xattr flags {c.flags}")
-        node = self._get(c.ino)
-        present = self._xattr(c.ino, c.name) is not None
+        node = self._rows.get(c.ino)
+        present = self._rows.xattr(c.ino, c.name) is not None
         if present and c.flags & cmd.XATTR_CREATE:
             raise NodeError("EEXIST", "xattr exists")
         if not present and c.flags & cmd.XATTR_REPLACE:
             raise NodeError("ENODATA", "no such xattr")
-        self._run("INSERT OR REPLACE INTO xattrs VALUES (?, ?, ?)", c.ino, c.name, c.value)
+        self._rows.run("INSERT OR REPLACE INTO xattrs VALUES (?, ?, ?)", c.ino, c.name, c.value)
         node.ctime_ns = c.now_ns
-        self._save(node)
+        self._rows.save(node)
 
     def _apply_removexattr(self, c: cmd.RemoveXattr) -> None:
         _check_xattr_name(c.name)
-        node = self._get(c.ino)
-        if not self._run("DELETE FROM xattrs WHERE ino = ? AND name = ?", c.ino, c.name).rowcount:
+        node = self._rows.get(c.ino)
+        if not self._rows.run(
+            "DELETE FROM xattrs WHERE ino = ? AND name = ?", c.ino, c.name
+        ).rowcount:
             raise NodeError("ENODATA", "no such xattr")
         node.ctime_ns = c.now_ns
-        self._save(node)
+        self._rows.save(node)
 
     # --- queries ------------------------------------------------------------------------------
 
@@ -559,67 +480,67 @@ class MetaState:
     def _query_lookup(self, q: cmd.Lookup) -> Attr:
         if len(q.name) > cmd.NAME_MAX:
             raise NodeError("ENAMETOOLONG", "name too long")
-        self._dir(q.parent)
-        ino = self._entry(q.parent, q.name)
+        self._rows.dir(q.parent)
+        ino = self._rows.entry(q.parent, q.name)
         if ino is None:
             raise NodeError("ENOENT", "no such entry")
-        return self._get(ino).attr()
+        return self._rows.get(ino).attr()
 
     def _query_getattr(self, q: cmd.GetAttr) -> Attr:
-        return self._get(q.ino).attr()
+        return self._rows.get(q.ino).attr()
 
     def _query_readdir(self, q: cmd.ReadDir) -> list[DirEntry]:
-        self._dir(q.ino)
+        self._rows.dir(q.ino)
         if q.limit <= 0:
             raise NodeError("EINVAL", "limit must be positive")
-        rows = self._run(
-            f"SELECT d.cookie, d.name, {_INODE_COLUMNS} FROM dentries d "
+        rows = self._rows.run(
+            f"SELECT d.cookie, d.name, {INODE_COLUMNS} FROM dentries d "
             "JOIN inodes i ON i.ino = d.ino "
             "WHERE d.parent = ? AND d.cookie > ? ORDER BY d.cookie LIMIT ?",
             q.ino,
             q.after_cookie,
             min(q.limit, READDIR_MAX),
         )
-        return [DirEntry(row[0], row[1], _Inode(*row[2:]).attr()) for row in rows]
+        return [DirEntry(row[0], row[1], Inode(*row[2:]).attr()) for row in rows]
 
     def _query_readlink(self, q: cmd.ReadLink) -> bytes:
-        target = self._get(q.ino).target
+        target = self._rows.get(q.ino).target
         if target is None:
             raise NodeError("EINVAL", "not a symlink")
         return target
 
     def _query_getxattr(self, q: cmd.GetXattr) -> bytes:
         _check_xattr_name(q.name)
-        self._get(q.ino)
-        value = self._xattr(q.ino, q.name)
+        self._rows.get(q.ino)
+        value = self._rows.xattr(q.ino, q.name)
         if value is None:
             raise NodeError("ENODATA", "no such xattr")
         return value
 
     def _query_listxattr(self, q: cmd.ListXattr) -> list[bytes]:
-        self._get(q.ino)
+        self._rows.get(q.ino)
         return [
             row[0]
-            for row in self._run("SELECT name FROM xattrs WHERE ino = ? ORDER BY name", q.ino)
+            for row in self._rows.run("SELECT name FROM xattrs WHERE ino = ? ORDER BY name", q.ino)
         ]
 
     def _query_read_chunks(self, q: cmd.ReadChunks) -> tuple[Attr, list[Chunk]]:
-        node = self._get(q.ino)
+        node = self._rows.get(q.ino)
         if node.is_dir:
             raise NodeError("EISDIR", "a directory has no data")
         sql = "SELECT idx, block_id, length, checksum FROM chunks WHERE ino = ? ORDER BY idx"
-        return node.attr(), [Chunk(*row) for row in self._run(sql, q.ino)]
+        return node.attr(), [Chunk(*row) for row in self._rows.run(sql, q.ino)]
 
     def _query_fsinfo(self, q: cmd.FsInfo) -> FsStats:
-        inodes = self._one("SELECT COUNT(*) FROM inodes")
-        stored = self._one("SELECT COALESCE(SUM(length), 0) FROM chunks")
-        return FsStats(self._counter("chunk_size"), inodes, stored)
+        inodes = self._rows.one("SELECT COUNT(*) FROM inodes")
+        stored = self._rows.one("SELECT COALESCE(SUM(length), 0) FROM chunks")
+        return FsStats(self._rows.counter("chunk_size"), inodes, stored)
 
     def _query_garbage(self, q: cmd.Garbage) -> list[bytes]:
         if q.limit <= 0:
             raise NodeError("EINVAL", "limit must be positive")
         sql = "SELECT block_id FROM garbage ORDER BY seq LIMIT ?"
-        return [row[0] for row in self._run(sql, q.limit)]
+        return [row[0] for row in self._rows.run(sql, q.limit)]
 
     # --- snapshots and inspection -------------------------------------------------------------
 
@@ -635,99 +556,7 @@ class MetaState:
     def dump(self) -> list[Any]:
         """Every row of every table, sorted: equal dumps mean equal replicas."""
         with self._lock:
-            return [[table, sorted(self._run(f"SELECT * FROM {table}"))] for table in _TABLES]
-
-    # --- row helpers --------------------------------------------------------------------------
-
-    def _run(self, sql: str, *params: object) -> sqlite3.Cursor:
-        return self._db.execute(sql, params)
-
-    def _one(self, sql: str, *params: object) -> Any:
-        """The first column of the first row, or None when there is no row."""
-        row = self._db.execute(sql, params).fetchone()
-        return None if row is None else row[0]
-
-    def _counter(self, name: str) -> int:
-        return int(self._one("SELECT value FROM counters WHERE name = ?", name))
-
-    def _set_counter(self, name: str, value: int) -> None:
-        self._run("UPDATE counters SET value = ? WHERE name = ?", value, name)
-
-    def _next(self, name: str) -> int:
-        """Take the next value of a counter (inode numbers, cookies): never reused."""
-        value = self._counter(name)
-        self._set_counter(name, value + 1)
-        return value
-
-    def _get(self, ino: int) -> _Inode:
-        row = self._db.execute(f"SELECT {_INODE_COLUMNS} FROM inodes i WHERE i.ino = ?", (ino,))
-        row = row.fetchone()
-        if row is None:
-            raise NodeError("ENOENT", f"no inode {ino}")
-        return _Inode(*row)
-
-    def _dir(self, ino: int) -> _Inode:
-        node = self._get(ino)
-        if not node.is_dir:
-            raise NodeError("ENOTDIR", f"inode {ino} is not a directory")
-        return node
-
-    def _insert(self, node: _Inode) -> None:
-        self._run(
-            "INSERT INTO inodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            node.ino, node.mode, node.nlink, node.uid, node.gid, node.rdev, node.size,
-            node.atime_ns, node.mtime_ns, node.ctime_ns, node.version, node.target,
-        )  # fmt: skip
-
-    def _save(self, *nodes: _Inode) -> None:
-        for node in nodes:
-            self._run(
-                "UPDATE inodes SET mode = ?, nlink = ?, uid = ?, gid = ?, size = ?, "
-                "atime_ns = ?, mtime_ns = ?, ctime_ns = ?, version = ? WHERE ino = ?",
-                node.mode, node.nlink, node.uid, node.gid, node.size,
-                node.atime_ns, node.mtime_ns, node.ctime_ns, node.version, node.ino,
-            )  # fmt: skip
-
-    def _entry(self, parent: int, name: bytes) -> int | None:
-        ino = self._one("SELECT ino FROM dentries WHERE parent = ? AND name = ?", parent, name)
-        return None if ino is None else int(ino)
-
-    def _existing_entry(self, parent: int, name: bytes) -> tuple[_Inode, _Inode]:
-        """The directory and the inode of an entry that must exist."""
-        _check_name(name)
-        directory = self._dir(parent)
-        ino = self._entry(parent, name)
-        if ino is None:
-            raise NodeError("ENOENT", "no such entry")
-        return directory, self._get(ino)
-
-    def _new_entry_dir(self, parent: int, name: bytes) -> _Inode:
-        """The directory a new entry goes in; EEXIST if the name is taken."""
-        directory = self._dir(parent)
-        if self._entry(parent, name) is not None:
-            raise NodeError("EEXIST", "entry exists")
-        return directory
-
-    def _add_entry(self, parent: int, name: bytes, ino: int) -> None:
-        cookie = self._next("next_cookie")
-        self._run("INSERT INTO dentries VALUES (?, ?, ?, ?)", parent, name, ino, cookie)
-
-    def _remove_entry(self, parent: int, name: bytes) -> None:
-        self._run("DELETE FROM dentries WHERE parent = ? AND name = ?", parent, name)
-
-    def _has_entries(self, ino: int) -> bool:
-        return self._one("SELECT 1 FROM dentries WHERE parent = ? LIMIT 1", ino) is not None
-
-    def _xattr(self, ino: int, name: bytes) -> bytes | None:
-        value = self._one("SELECT value FROM xattrs WHERE ino = ? AND name = ?", ino, name)
-        return None if value is None else bytes(value)
-
-
-def _check_name(name: bytes) -> None:
-    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
-        raise NodeError("EINVAL", f"invalid entry name {name!r}")
-    if len(name) > cmd.NAME_MAX:
-        raise NodeError("ENAMETOOLONG", "entry name too long")
+            return [[table, sorted(self._rows.run(f"SELECT * FROM {table}"))] for table in TABLES]
 
 
 def _check_xattr_name(name: bytes) -> None:
@@ -742,7 +571,7 @@ def _check_ids(uid: int, gid: int) -> None:
         raise NodeError("EINVAL", "uid or gid out of range")
 
 
-def _check_regular(node: _Inode, size: int) -> None:
+def _check_regular(node: Inode, size: int) -> None:
     """Only regular files have data (and a size that can be set)."""
     if node.is_dir:
         raise NodeError("EISDIR", "a directory has no data")
