@@ -239,3 +239,34 @@ def test_a_storage_node_never_loads_the_fuse_client() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.fuse
+def test_mount_returns_once_mounted_and_unmounts_cleanly(
+    fuse: None, cluster: Cluster, tmp_path: Path
+) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}  # where the mount's log goes
+    try:
+        result = subprocess.run(
+            ringfs_argv("mount", cluster.seeds, str(mountpoint), "--secret-file",
+                        str(cluster.secret_file), "-o", "allow_other"),
+            capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert os.path.ismount(mountpoint)
+        (mountpoint / "hello").write_text("hello")
+        assert (mountpoint / "hello").read_text() == "hello"
+        pids = _processes_using(mountpoint)
+        assert pids, "no process serves the mount"
+        subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True)
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in pids):
+            assert time.monotonic() < deadline, "the mount process did not exit after unmount"
+            time.sleep(0.1)
+    finally:
+        if os.path.ismount(mountpoint):
+            subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
+        for pid in _processes_using(mountpoint):
+            os.kill(pid, 9)
