@@ -82,7 +82,7 @@ class BlockCache:
     async def _fetch(self, block_id: bytes, checksum: bytes, fetch: _Fetch) -> None:
         try:
             fetch.data = await self.cluster.get_block(block_id, checksum)
-            self._insert(block_id, fetch.data)
+            self.insert(block_id, fetch.data)
         except (Unavailable, NodeError) as exc:
             fetch.failure = exc
         finally:
@@ -92,7 +92,8 @@ class BlockCache:
             del self._fetches[block_id]
             fetch.done.set()
 
-    def _insert(self, block_id: bytes, data: bytes) -> None:
+    def insert(self, block_id: bytes, data: bytes) -> None:
+        """Keep a block's bytes (fetched, or just written by this client)."""
         if len(data) > self.capacity:
             return
         self._blocks[block_id] = data

@@ -19,7 +19,7 @@ import trio
 from ringfs.node.client import ClientConfig, NodePool
 from ringfs.node.clustermap import ClusterMap, NodeInfo
 from ringfs.node.commands import Command, Query, decode_result
-from ringfs.node.errors import CORRUPT, NodeError, Unavailable
+from ringfs.node.errors import CORRUPT, AuthenticationError, NodeError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,10 @@ class Cluster:
         self._nursery.start_soon(write.run, self._blocks_in_flight, name="block-put")
         await write.quorum_reached.wait()
         if len(write.stored) < write.quorum:
+            refusals = {exc.name for exc in write.errors if isinstance(exc, NodeError)}
+            if len(refusals) == 1 and all(isinstance(e, NodeError) for e in write.errors):
+                # Every replica said the same (ENOSPC: the disks are full): say it too.
+                raise NodeError(refusals.pop(), f"block {block_id.hex()}")
             raise Unavailable(
                 f"block {block_id.hex()}: stored on {len(write.stored)} of "
                 f"{write.quorum} needed replicas",
@@ -107,7 +111,7 @@ class Cluster:
         for address in self.read_order(block_id):
             tried.append(address)
             try:
-                data, stored_checksum = await self.pool.call(address, "block.get", [block_id])
+                reply = await self.pool.call(address, "block.get", [block_id])
             except Unavailable:
                 continue
             except NodeError as exc:
@@ -120,6 +124,15 @@ class Cluster:
                 elif exc.name != "ENOENT":
                     log.warning("node %s: block %s: %s", address, block_id.hex(), exc)
                 continue
+            if not (
+                isinstance(reply, list)
+                and len(reply) == 2
+                and all(isinstance(part, bytes) for part in reply)
+            ):
+                log.warning("node %s: malformed block.get reply for %s", address, block_id.hex())
+                continue
+            data: bytes = reply[0]
+            stored_checksum: bytes = reply[1]
             if stored_checksum != checksum:
                 log.warning(
                     "node %s: block %s has checksum %s, expected %s",
@@ -129,7 +142,7 @@ class Cluster:
                     checksum.hex(),
                 )
                 continue
-            return bytes(data)
+            return data
         raise Unavailable(f"block {block_id.hex()}", tried)
 
     def read_order(self, block_id: bytes) -> list[str]:
@@ -181,21 +194,27 @@ class Cluster:
     # -- status ------------------------------------------------------------------------------
 
     async def node_stats(self) -> list[tuple[NodeInfo, dict[str, Any] | None]]:
-        """Every node's `node.stats`, or None for nodes that do not answer."""
-        results: list[tuple[NodeInfo, dict[str, Any] | None]] = []
+        """Every node's `node.stats` (walks its store), or None for nodes that do not answer."""
+        return await self._ask_all("node.stats")
+
+    async def node_capacity(self) -> list[tuple[NodeInfo, dict[str, Any] | None]]:
+        """Every node's `node.capacity` (cheap: for statfs), or None if it does not answer."""
+        return await self._ask_all("node.capacity")
+
+    async def _ask_all(self, method: str) -> list[tuple[NodeInfo, dict[str, Any] | None]]:
+        answers: dict[str, dict[str, Any] | None] = {}
 
         async def ask(node: NodeInfo) -> None:
             try:
-                stats = await self.pool.call(node.address, "node.stats", [], time_limit=3.0)
+                answer = await self.pool.call(node.address, method, [], time_limit=3.0)
             except (Unavailable, NodeError):
-                stats = None
-            results.append((node, stats))
+                answer = None
+            answers[node.node_id] = answer if isinstance(answer, dict) else None
 
         async with trio.open_nursery() as nursery:
             for node in self.map.nodes:
                 nursery.start_soon(ask, node)
-        order = {node.node_id: i for i, node in enumerate(self.map.nodes)}
-        return sorted(results, key=lambda pair: order[pair[0].node_id])
+        return [(node, answers[node.node_id]) for node in self.map.nodes]
 
 
 class _ReplicatedWrite:
@@ -214,6 +233,7 @@ class _ReplicatedWrite:
         self.quorum = cmap.write_quorum()
         self.stored: list[str] = []
         self.failed: list[str] = []
+        self.errors: list[Exception] = []
         self.quorum_reached = trio.Event()
         self._active = len(self.targets)
 
@@ -234,6 +254,7 @@ class _ReplicatedWrite:
             except (Unavailable, NodeError) as exc:
                 log.warning("node %s: block %s not stored (%s)", address, self.block_id.hex(), exc)
                 self.failed.append(address)
+                self.errors.append(exc)
                 if self.spares:
                     address = self.spares.pop(0)
                     log.info("handing block %s off to %s", self.block_id.hex(), address)
@@ -250,10 +271,15 @@ class _ReplicatedWrite:
 
 
 async def _fetch_map(pool: NodePool, seeds: Sequence[str]) -> ClusterMap:
-    failures: list[str] = []
+    """The map from the first seed that answers; AuthenticationError if a seed refused us."""
+    failures: list[Unavailable] = []
     for seed in seeds:
         try:
             return ClusterMap.from_wire(await pool.call(seed, "map.get", []))
         except Unavailable as exc:
-            failures.append(str(exc))
-    raise Unavailable("cluster (no seed answered: " + "; ".join(failures) + ")", list(seeds))
+            failures.append(exc)
+    for failure in failures:
+        if isinstance(failure.__cause__, AuthenticationError):
+            raise failure.__cause__
+    reasons = "; ".join(str(failure) for failure in failures)
+    raise Unavailable(f"cluster (no seed answered: {reasons})", list(seeds))

@@ -12,10 +12,13 @@ Buffers are counted mount-wide by `WriteBudget`, so copying a file of any size h
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
 import trio
@@ -56,11 +59,20 @@ class WriteBudget:
         self._changed = trio.Event()
 
     async def acquire(self) -> None:
-        """Take a slot, making room first if every slot sits in a dirty buffer."""
+        """Take a slot, making room first if every slot sits in a dirty buffer.
+
+        Raises the upload failure if the buffer uploaded to make room could not be stored
+        (the cluster cannot take data now; waiting would hang the writer).
+        """
         while self._free == 0:
             if self._uploads == 0 and self._dirty:
                 (_, idx), owner = next(iter(self._dirty.items()))
                 owner.start_upload(idx)
+                while owner.is_uploading(idx):
+                    await self._changed.wait()
+                if idx in owner.failed:
+                    raise owner.failed[idx]
+                continue
             await self._changed.wait()
         self._free -= 1
 
@@ -84,6 +96,12 @@ class WriteBudget:
         self._uploads -= 1
         self.release()
 
+    def upload_failed(self, state: FileState, idx: int) -> None:
+        """The upload's buffer went back to dirty: it keeps its slot."""
+        self._uploads -= 1
+        self.touch(state, idx)
+        self._notify()
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
@@ -100,8 +118,27 @@ class FileContext:
     nursery: trio.Nursery
 
 
+class _Upload:
+    """One chunk buffer on its way to the replicas."""
+
+    __slots__ = ("idx", "seq", "buffer", "done")
+
+    def __init__(self, idx: int, seq: int, buffer: _Buffer) -> None:
+        self.idx = idx
+        self.seq = seq
+        self.buffer = buffer
+        self.done = trio.Event()
+
+
 class FileState:
-    """One inode open in this client, shared by all of its handles."""
+    """One inode open in this client, shared by all of its handles.
+
+    Every chunk being written is in exactly one place: `_dirty` (taking writes), `_uploads`
+    (its newest upload in flight; older uploads of the same chunk may still run, their
+    results are ignored), or `chunks` (stored, listed in `_to_commit` until committed). A
+    failed upload puts its buffer back in `_dirty` and notes the failure: nothing written is
+    dropped, and the next flush tries again and reports the failure if it persists.
+    """
 
     def __init__(self, ctx: FileContext, attr: Attr, chunks: list[Chunk]) -> None:
         self.ctx = ctx
@@ -112,22 +149,19 @@ class FileState:
         self.open_count = 0
         self.modified_ns: int | None = None
         self._dirty: dict[int, _Buffer] = {}
-        self._uploading: dict[int, _Buffer] = {}
+        self._uploads: dict[int, _Upload] = {}
         self._loading: dict[int, trio.Event] = {}
-        self._upload_seq: dict[int, int] = {}
+        self._seq = itertools.count(1)
+        self._newest: dict[int, int] = {}
         self._to_commit: set[int] = set()
-        self._uploads_active = 0
-        self._uploads_idle = trio.Event()
-        self._uploads_idle.set()
-        self._failure: BaseException | None = None
+        self.failed: dict[int, BaseException] = {}
         self._flush_lock = trio.Lock()
+        self._write_lock = trio.Lock()
 
     @property
     def dirty(self) -> bool:
         """True while anything written is not yet committed."""
-        return bool(
-            self._dirty or self._uploading or self._to_commit or self.size != self.attr.size
-        )
+        return bool(self._dirty or self._uploads or self._to_commit or self.size > self.attr.size)
 
     def overlay(self, committed: Attr) -> Attr:
         """Attributes from the metadata with this client's unflushed size and mtime laid over."""
@@ -135,11 +169,22 @@ class FileState:
             return committed
         mtime = self.modified_ns or committed.mtime_ns
         return replace(
-            committed, size=self.size, mtime_ns=mtime, ctime_ns=max(mtime, committed.ctime_ns)
+            committed,
+            size=max(self.size, committed.size),
+            mtime_ns=mtime,
+            ctime_ns=max(mtime, committed.ctime_ns),
         )
 
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold writes off (for a truncation: flush, change the size, `reset`)."""
+        async with self._write_lock:
+            yield
+
     def reset(self, attr: Attr, chunks: list[Chunk]) -> None:
-        """Adopt a fresh committed view (after a truncate); only valid when nothing is dirty."""
+        """Adopt a fresh committed view after a truncation, inside `exclusive` after a flush."""
+        if self._dirty or self._uploads or self._to_commit:
+            raise RuntimeError("reset of a file with uncommitted writes")
         self.attr = attr
         self.size = attr.size
         self.chunks = {chunk.idx: chunk for chunk in chunks}
@@ -151,18 +196,19 @@ class FileState:
         chunk_size = self.ctx.chunk_size
         view = memoryview(data)
         position = offset
-        while view:
-            idx, within = divmod(position, chunk_size)
-            count = min(len(view), chunk_size - within)
-            buffer = await self._buffer(idx)
-            buffer.data[within : within + count] = view[:count]
-            buffer.end = max(buffer.end, within + count)
-            position += count
-            self.size = max(self.size, position)
-            view = view[count:]
-            if buffer.end == chunk_size and within + count == chunk_size:
-                self.start_upload(idx)
-        self.modified_ns = time.time_ns()
+        async with self._write_lock:
+            while view:
+                idx, within = divmod(position, chunk_size)
+                count = min(len(view), chunk_size - within)
+                buffer = await self._buffer(idx)
+                buffer.data[within : within + count] = view[:count]
+                buffer.end = max(buffer.end, within + count)
+                position += count
+                self.size = max(self.size, position)
+                view = view[count:]
+                if buffer.end == chunk_size and within + count == chunk_size:
+                    self.start_upload(idx)
+            self.modified_ns = time.time_ns()
         return len(data)
 
     async def _buffer(self, idx: int) -> _Buffer:
@@ -192,9 +238,9 @@ class FileState:
 
     async def _base(self, idx: int) -> _Buffer:
         chunk_size = self.ctx.chunk_size
-        uploading = self._uploading.get(idx)
-        if uploading is not None:
-            return _Buffer(bytearray(uploading.data), uploading.end)
+        upload = self._uploads.get(idx)
+        if upload is not None:
+            return _Buffer(bytearray(upload.buffer.data), upload.buffer.end)
         data = bytearray(chunk_size)
         chunk = self.chunks.get(idx)
         if chunk is None:
@@ -204,64 +250,96 @@ class FileState:
         data[:length] = stored[:length]
         return _Buffer(data, length)
 
+    def is_uploading(self, idx: int) -> bool:
+        return idx in self._uploads
+
     def start_upload(self, idx: int) -> None:
         """Move chunk `idx` from dirty to uploading and upload it in the background."""
         buffer = self._dirty.pop(idx)
         self.ctx.budget.upload_started(self, idx)
-        seq = self._upload_seq.get(idx, 0) + 1
-        self._upload_seq[idx] = seq
-        self._uploading[idx] = buffer
-        self._uploads_active += 1
-        self._uploads_idle = trio.Event()
-        self.ctx.nursery.start_soon(self._upload, idx, buffer, seq, name=f"upload {self.ino}")
+        upload = self._uploads[idx] = _Upload(idx, next(self._seq), buffer)
+        self._newest[idx] = upload.seq
+        self.ctx.nursery.start_soon(self._upload, upload, name=f"upload {self.ino}")
 
-    async def _upload(self, idx: int, buffer: _Buffer, seq: int) -> None:
+    async def _upload(self, upload: _Upload) -> None:
+        idx, buffer = upload.idx, upload.buffer
+        kept = False
         try:
             view = memoryview(buffer.data)[: buffer.end]
             block_id = os.urandom(BLOCK_ID_SIZE)
             digest = await trio.to_thread.run_sync(block_checksum, view)
             await self.ctx.cluster.put_block(block_id, view, digest)
-            if self._upload_seq[idx] == seq:
+            if self._newest[idx] == upload.seq:
                 self.chunks[idx] = Chunk(idx, block_id, buffer.end, digest)
                 self._to_commit.add(idx)
+                self.failed.pop(idx, None)
+                if buffer.end < self.ctx.chunk_size:
+                    # A partial chunk is likely written again: spare that write a read-back.
+                    self.ctx.cache.insert(block_id, bytes(view))
         except (Unavailable, NodeError) as exc:
             log.error("inode %d chunk %d: upload failed: %s", self.ino, idx, exc)
-            self._failure = exc
+            if self._newest[idx] == upload.seq and idx not in self._dirty:
+                # Keep the bytes: the next flush tries again, and reports this if it persists.
+                self._dirty[idx] = buffer
+                self.failed[idx] = exc
+                kept = True
         finally:
-            if self._uploading.get(idx) is buffer:
-                del self._uploading[idx]
-            self.ctx.budget.upload_finished()
-            self._uploads_active -= 1
-            if self._uploads_active == 0:
-                self._uploads_idle.set()
+            if self._uploads.get(idx) is upload:
+                del self._uploads[idx]
+            if kept:
+                self.ctx.budget.upload_failed(self, idx)
+            else:
+                self.ctx.budget.upload_finished()
+            upload.done.set()
 
     async def flush(self) -> Attr:
-        """Upload everything written, then commit the chunk map; returns the committed attrs.
+        """Store everything written so far, then commit the chunk map; returns the new attrs.
 
-        Raises the upload failure (`Unavailable`/`NodeError`) if any chunk could not reach a
-        write quorum since the last flush; that data is lost and the error is reported once.
+        Waits only for the chunks written before the call (and their rewrites), not for
+        writes that go on meanwhile. Raises the upload failure (`Unavailable`/`NodeError`)
+        if a chunk written before the call could not reach a write quorum; its bytes stay
+        buffered for the next flush.
         """
         async with self._flush_lock:
+            size = self.size
+            pending = set(self._dirty) | set(self._uploads)
             for idx in sorted(self._dirty):
                 self.start_upload(idx)
-            while self._uploads_active:
-                await self._uploads_idle.wait()
-            if self._failure is not None:
-                failure, self._failure = self._failure, None
-                raise failure
-            if not self._to_commit and self.size == self.attr.size:
-                return self.attr
-            committing = sorted(self._to_commit)
-            self._to_commit.clear()
-            command = CommitChunks(
-                self.ino, tuple(self.chunks[i] for i in committing), self.size, 0
-            )
-            try:
-                self.attr = await self.ctx.cluster.meta_apply(command)
-            except BaseException:
-                self._to_commit.update(committing)
-                raise
+            await self._settle(pending)
+            for idx in sorted(pending):
+                if idx in self.failed:
+                    raise self.failed[idx]
+            return await self._commit(size)
+
+    async def _settle(self, indexes: set[int]) -> None:
+        """Wait until the newest bytes of each chunk in `indexes` are stored or have failed."""
+        for idx in sorted(indexes):
+            while True:
+                upload = self._uploads.get(idx)
+                if upload is not None:
+                    await upload.done.wait()
+                elif idx in self._dirty and idx not in self.failed:
+                    self.start_upload(idx)  # written again since: upload the newer bytes
+                else:
+                    break
+
+    async def _commit(self, size: int) -> Attr:
+        """Commit every stored chunk and a size covering them (never a size over unstored data)."""
+        committing = sorted(self._to_commit)
+        if not committing and size <= self.attr.size:
             return self.attr
+        chunk_size = self.ctx.chunk_size
+        chunks = tuple(self.chunks[i] for i in committing)
+        size = max([size, *(c.idx * chunk_size + c.length for c in chunks)])
+        self._to_commit.difference_update(committing)
+        try:
+            self.attr = await self.ctx.cluster.meta_apply(CommitChunks(self.ino, chunks, size, 0))
+        except BaseException:
+            self._to_commit.update(committing)
+            raise
+        # Another client may have made the file longer than we knew.
+        self.size = max(self.size, self.attr.size)
+        return self.attr
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -279,9 +357,11 @@ class FileState:
         return b"".join(parts)
 
     async def _read_chunk(self, idx: int, within: int, count: int) -> bytes:
-        buffer = self._dirty.get(idx) or self._uploading.get(idx)
+        buffer = self._dirty.get(idx)
+        if buffer is None and idx in self._uploads:
+            buffer = self._uploads[idx].buffer
         if buffer is not None:
-            return bytes(buffer.data[within : within + count])
+            return bytes(memoryview(buffer.data)[within : within + count])
         chunk = self.chunks.get(idx)
         if chunk is None:
             return bytes(count)

@@ -48,7 +48,7 @@ from ringfs.node.commands import (
     Symlink,
     Unlink,
 )
-from ringfs.node.errors import NodeError, Unavailable
+from ringfs.node.errors import NodeError, ProtocolError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +133,13 @@ class Operations(pyfuse3.Operations):
             await self._purge(attr.ino)
 
     async def _purge(self, ino: int) -> None:
-        self._orphans.discard(ino)
+        """Delete an unlinked inode nobody here uses; on failure it stays listed for unmount."""
         try:
             await self._apply(Purge(ino))
-        except (NodeError, Unavailable) as exc:
-            log.warning("inode %d: purge failed (%s); it stays until a later purge", ino, exc)
+        except (NodeError, Unavailable, ProtocolError) as exc:
+            log.warning("inode %d: purge failed (%s); retried at unmount", ino, exc)
+        else:
+            self._orphans.discard(ino)
 
     async def purge_orphans(self) -> None:
         """At unmount: the kernel forgets everything, so unlinked inodes can go."""
@@ -161,8 +163,11 @@ class Operations(pyfuse3.Operations):
                 self._lookups[ino] = left
                 continue
             self._lookups.pop(ino, None)
-            if ino in self._orphans and ino not in self._open:
-                await self._purge(ino)
+            if ino not in self._open:
+                # The kernel dropped the inode, and its page cache with it.
+                self._cached_versions.pop(ino, None)
+                if ino in self._orphans:
+                    await self._purge(ino)
 
     async def getattr(
         self, inode: InodeT, ctx: pyfuse3.RequestContext | None = None
@@ -192,18 +197,26 @@ class Operations(pyfuse3.Operations):
             return self._entry(await self._setattr(command))
 
     async def _setattr(self, command: Setattr) -> Attr:
-        """Apply a Setattr, keeping this client's state of the file (if open) consistent."""
+        """Apply a Setattr, keeping this client's state of the file (if open) consistent.
+
+        A size or time change first commits our own writes, so that their commit cannot undo
+        it; a truncation also holds writes off until the new size is in place.
+        """
         state = self._open.get(command.ino)
-        if state is not None:
-            # Commit our writes first, so their commit cannot undo this size or mtime.
-            await state.flush()
-        result: Attr = await self._apply(command)
-        if state is not None:
-            if command.size is not None:
+        if state is None:
+            result: Attr = await self._apply(command)
+            return result
+        if command.size is not None:
+            async with state.exclusive():
+                await state.flush()
+                result = await self._apply(command)
                 fresh, chunks = await self._query(ReadChunks(command.ino))
                 state.reset(fresh, chunks)
-            else:
-                state.attr = result
+            return result
+        if command.atime_ns is not None or command.mtime_ns is not None:
+            await state.flush()
+        result = await self._apply(command)
+        state.attr = result
         return result
 
     async def readlink(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileNameT:
@@ -379,7 +392,7 @@ class Operations(pyfuse3.Operations):
             return
         try:
             await self._flush(state)
-        except (NodeError, Unavailable) as exc:
+        except (NodeError, Unavailable, ProtocolError) as exc:
             log.error("inode %d: data written since the last flush is lost: %s", state.ino, exc)
         if state.open_count:
             return  # opened again while we flushed: the state lives on
@@ -392,7 +405,7 @@ class Operations(pyfuse3.Operations):
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         with fuse_errors("statfs"):
             info: FsStats = await self._query(FsInfo())
-            reachable = [s for _, s in await self.cluster.node_stats() if s is not None]
+            reachable = [s for _, s in await self.cluster.node_capacity() if s is not None]
             copies = max(1, self.cluster.map.replica_count())
             block = 4096
             result = pyfuse3.StatvfsData()

@@ -119,8 +119,15 @@ class RpcConnection:
                 async with self._send_lock:
                     msgid, buffers = self._conn.send_request(method, params)
                     self._slots[msgid] = slot
-                    for buffer in buffers:
-                        await self._stream.send_all(buffer)
+                    try:
+                        for buffer in buffers:
+                            await self._stream.send_all(buffer)
+                    except BaseException:
+                        # Half a message may be on the wire: nothing after it would parse.
+                        await self._fail_all(
+                            Unavailable(f"node {self.address}: send cut off", [self.address])
+                        )
+                        raise
                 await slot.done.wait()
         except trio.TooSlowError:
             log.warning(
@@ -276,6 +283,11 @@ class NodePool:
         except Unavailable:
             self._mark_down(address)
             raise
+        except ProtocolError as exc:
+            # A node that breaks the protocol (or fails the handshake: another version, a
+            # wrong secret, not a ringfs node) is as unusable as an unreachable one.
+            self._mark_down(address)
+            raise Unavailable(f"node {address}: {exc}", [address]) from exc
         self._mark_up(address)
         return result
 

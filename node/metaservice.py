@@ -70,16 +70,24 @@ class MetaService:
             try:
                 outcomes = await trio.to_thread.run_sync(self.state.apply_batch, entries)
             except Exception:
-                # A bug in the state machine: the batch was rolled back whole. Answer EIO
-                # and keep serving rather than take the metadata down with one bad command.
+                # A bug in the state machine: the batch was rolled back whole. Apply the
+                # commands one by one, so only the one at fault answers EIO and the node
+                # keeps serving.
                 log.exception("metadata batch of %d commands failed", len(batch))
-                outcomes = [Outcome(None, "EIO") for _ in batch]
+                outcomes = [await trio.to_thread.run_sync(self._apply_alone, e) for e in entries]
         self.batches += 1
         self.commands += len(batch)
         log.debug("committed %d metadata commands in one batch", len(batch))
         for pending, outcome in zip(batch, outcomes, strict=True):
             pending.outcome = outcome
             pending.done.set()
+
+    def _apply_alone(self, entry: Entry) -> Outcome:
+        try:
+            return self.state.apply_batch([entry])[0]
+        except Exception:
+            log.exception("metadata command %s failed", entry.command.OP)
+            return Outcome(None, "EIO")
 
     async def apply(
         self, command: Command, client_id: bytes | None, seq: int | None, acked_below: int | None

@@ -38,6 +38,8 @@ MSGID_MODULUS = 2**32
 # Received bytes are fed to the unpacker in slices of this size, draining complete messages in
 # between, so the buffer limit bounds one message (plus one slice), not one read.
 FEED_SLICE = 64 * 1024
+# The handshake messages are small; an unauthenticated peer may not make us buffer more.
+HANDSHAKE_MAX = 1024
 # First bytes of a msgpack array header: every message, handshake included, is an array.
 _ARRAY_HEADERS = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}
 
@@ -175,9 +177,18 @@ def encode(message: list[Any]) -> list[Buffer]:
     return encoder.finish()
 
 
+def _describe(value: Any) -> str:
+    """A short, safe description of a value from a peer (never the text of a huge value)."""
+    if isinstance(value, int | float | bool) or value is None:
+        return repr(value)[:20]
+    if isinstance(value, str) and len(value) <= 40:
+        return repr(value)
+    return f"<{type(value).__name__}>"
+
+
 def _check_msgid(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MSGID_MODULUS:
-        raise ProtocolError(f"bad msgid {value!r}")
+        raise ProtocolError(f"bad msgid {_describe(value)}")
     return value
 
 
@@ -207,7 +218,7 @@ def parse_message(obj: Any) -> Request | Response | Notification:
         if not isinstance(method, str) or not isinstance(params, list):
             raise ProtocolError("notification needs a method name and a params array")
         return Notification(method, params)
-    raise ProtocolError(f"unknown message kind or arity: {str(obj)[:80]}")
+    raise ProtocolError(f"unknown message kind {_describe(obj[0])} or arity {len(obj)}")
 
 
 class Connection:
@@ -307,6 +318,8 @@ class Connection:
                     objects.append(obj)
                     self._boundary = self._unpacker.tell()
                 self._check_frame_start(piece, base)
+                if self._state is not _State.OPEN and self._fed - self._boundary > HANDSHAKE_MAX:
+                    raise ProtocolError("handshake message too large")
         except (msgpack.UnpackException, ValueError, TypeError) as exc:
             self._state = _State.CLOSED
             raise ProtocolError(f"undecodable input: {type(exc).__name__}: {exc}") from exc
@@ -361,12 +374,12 @@ class Connection:
                         MAGIC,
                         PROTOCOL_VERSION,
                         "refused",
-                        f"protocol version {str(obj[1])[:20]} not supported",
+                        f"protocol version {_describe(obj[1])} not supported",
                     ]
                 )
-            raise AuthenticationError(f"peer speaks protocol version {str(obj[1])[:20]}")
+            raise AuthenticationError(f"peer speaks protocol version {_describe(obj[1])}")
         if len(obj) != arity or obj[2] != step:
-            raise ProtocolError(f"expected handshake {step!r}, got {str(obj[2])[:40]!r}")
+            raise ProtocolError(f"expected handshake {step!r}, got {_describe(obj[2])}")
         return obj
 
     def _handshake(self, obj: Any) -> Event | None:

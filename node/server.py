@@ -78,6 +78,10 @@ class RpcServer:
                 wrapped = trio.SSLStream(stream, self.config.ssl_context, server_side=True)
             try:
                 await _Session(self, wrapped, peer).run()
+            except Exception:
+                # The edge of the node: a bug met by one connection ends that connection,
+                # loudly, and not the node with every other client.
+                log.exception("connection from %s failed", peer)
             finally:
                 await trio.aclose_forcefully(wrapped)
 
@@ -95,6 +99,8 @@ class _Session:
         )
         self.send_lock = trio.Lock()
         self.room = trio.Semaphore(config.limits.max_in_flight)
+        # Requests that arrived in the same read as the end of the handshake.
+        self.early: list[Request] = []
 
     async def run(self) -> None:
         try:
@@ -121,6 +127,9 @@ class _Session:
         frame_timeout = self.server.config.frame_timeout
         frame_started, frame = math.inf, None
         try:
+            for request in self.early:
+                await self._start(request, nursery)
+            self.early.clear()
             while True:
                 # A message that has started must finish in time: a peer cannot park a
                 # half-sent frame in our buffer forever, however slowly it trickles in.
@@ -170,15 +179,20 @@ class _Session:
         await self._flush_handshake_bytes()
         for event in events:
             if isinstance(event, Request):
-                assert nursery is not None, "requests arrive only after the handshake"
-                await self.room.acquire()
-                nursery.start_soon(self._serve, event, name=f"rpc {event.method}")
+                if nursery is None:
+                    self.early.append(event)  # pipelined right behind the handshake
+                else:
+                    await self._start(event, nursery)
             elif isinstance(event, Notification):
                 log.debug("notification %s from %s ignored", event.method, self.peer)
 
     async def _flush_handshake_bytes(self) -> None:
         for buffer in self.conn.data_to_send():
             await self.stream.send_all(buffer)
+
+    async def _start(self, request: Request, nursery: trio.Nursery) -> None:
+        await self.room.acquire()
+        nursery.start_soon(self._serve, request, name=f"rpc {request.method}")
 
     async def _serve(self, request: Request) -> None:
         try:

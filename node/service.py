@@ -69,6 +69,7 @@ class NodeService:
         self._methods: dict[str, Method] = {
             "node.info": self.node_info,
             "node.stats": self.node_stats,
+            "node.capacity": self.node_capacity,
             "map.get": self.map_get,
             "block.put": self.block_put,
             "block.get": self.block_get,
@@ -100,6 +101,11 @@ class NodeService:
             "meta": self.meta is not None,
             "meta_stats": self.meta.stats() if self.meta is not None else None,
         }
+
+    async def node_capacity(self, params: list[Any]) -> dict[str, Any]:
+        _arity(params, 0, "node.capacity")
+        capacity, free = await trio.to_thread.run_sync(self.store.capacity)
+        return {"capacity": capacity, "free": free}
 
     async def map_get(self, params: list[Any]) -> dict[str, Any]:
         _arity(params, 0, "map.get")

@@ -14,9 +14,11 @@ from typing import Any
 import pyfuse3
 import pytest
 import trio
+import trio.lowlevel
 
 from ringfs.fs.mount import MountConfig, create_operations
 from ringfs.fs.operations import Operations
+from ringfs.node.client import NodePool
 from ringfs.node.errors import NodeError
 from tests.cluster.conftest import LocalNodes, start_nodes
 
@@ -130,7 +132,7 @@ async def test_write_budget_bounds_buffers_under_random_writes(
         expected[offset : offset + len(piece)] = piece
         size = max(size, offset + len(piece))
         # Never more chunk buffers than the budget, however scattered the writes.
-        assert len(state._dirty) + len(state._uploading) <= 2
+        assert len(state._dirty) + len(state._uploads) <= 2
     with trio.fail_after(30):  # evicting buffers to make room must never deadlock
         await ops.flush(fh)
     await ops.release(fh)
@@ -142,7 +144,7 @@ async def test_write_budget_bounds_buffers_under_random_writes(
 async def test_flush_reports_eio_when_no_write_quorum(
     nodes: LocalNodes, nursery: trio.Nursery, expected_logs: list[str]
 ) -> None:
-    expected_logs += ["not stored", "upload failed", "flush failed"]
+    expected_logs += ["not stored", "upload failed", "flush failed", "is lost"]
     ops = await mount_ops(nodes, nursery)
     fh, ino = await create(ops, b"lost")
     meta = nodes.map.meta_nodes()[0].node_id
@@ -209,3 +211,97 @@ async def test_more_writers_than_buffers_do_not_deadlock(
         expected = bytes([i]) * 100 + bytes(CHUNK + 7 - 100) + bytes([i]) * 100
         assert await ops.read(fh, 0, 2 * CHUNK) == expected
         await ops.release(fh)
+
+
+async def test_a_failed_upload_is_kept_and_stored_by_a_later_flush(
+    small_chunks: LocalNodes, nursery: trio.Nursery, expected_logs: list[str]
+) -> None:
+    expected_logs += ["not stored", "upload failed", "flush failed"]
+    writer = await mount_ops(small_chunks, nursery)
+    reader = await mount_ops(small_chunks, nursery)
+    fh, ino = await create(writer, b"kept")
+    meta = small_chunks.map.meta_nodes()[0].node_id
+    others = [name for name in small_chunks.configs if name != meta]
+    for name in others:
+        small_chunks.stop(name)
+    data = os.urandom(CHUNK)
+    await writer.write(fh, 0, data)  # a full chunk: its upload starts now, and fails
+    # A chmod has nothing to do with the data: it neither flushes nor fails.
+    mode: Any = SimpleNamespace(
+        **{f"update_{name}": name == "mode" for name in
+           ("mode", "uid", "gid", "size", "atime", "mtime", "ctime")}
+    )  # fmt: skip
+    attr = pyfuse3.EntryAttributes()
+    attr.st_mode = stat.S_IFREG | 0o600
+    await writer.setattr(ino, attr, mode, fh, CTX)
+    with pytest.raises(pyfuse3.FUSEError) as failure:
+        await writer.flush(fh)
+    assert failure.value.errno == errno.EIO
+    # The bytes were kept; once the nodes are back, the next flush stores and commits them.
+    for name in others:
+        await small_chunks.start(name)
+    await trio.sleep(NodePool.MAX_BACKOFF)  # let the pool's back-off on those nodes expire
+    await writer.flush(fh)
+    await writer.release(fh)
+    info = await reader.open(ino, os.O_RDONLY, CTX)
+    assert await reader.read(info.fh, 0, CHUNK) == data
+    await reader.release(info.fh)
+
+
+async def test_flush_finishes_while_another_handle_keeps_appending(
+    small_chunks: LocalNodes, nursery: trio.Nursery
+) -> None:
+    ops = await mount_ops(small_chunks, nursery)
+    appender, ino = await create(ops, b"log")
+    stop = trio.Event()
+
+    async def append() -> None:
+        offset = 0
+        while not stop.is_set():
+            await ops.write(appender, offset, b"x" * 10_000)
+            offset += 10_000
+            await trio.lowlevel.checkpoint()
+
+    nursery.start_soon(append)
+    for _ in range(20):
+        with trio.fail_after(20):  # each flush waits for what was written before it only
+            await ops.flush(appender)
+    stop.set()
+
+
+async def test_a_flush_never_commits_a_size_over_unstored_data(
+    small_chunks: LocalNodes, nursery: trio.Nursery
+) -> None:
+    writer = await mount_ops(small_chunks, nursery)
+    reader = await mount_ops(small_chunks, nursery)
+    fh, ino = await create(writer, b"grow")
+    await writer.write(fh, 0, b"a" * CHUNK)  # a full chunk, uploading now
+    async with trio.open_nursery() as inner:
+        inner.start_soon(writer.flush, fh)
+        await trio.lowlevel.checkpoint()
+        # Written while that flush waits: not its business, and never exposed as zeros.
+        await writer.write(fh, CHUNK, b"b" * 1000)
+    info = await reader.open(ino, os.O_RDONLY, CTX)
+    content = await reader.read(info.fh, 0, 3 * CHUNK)
+    assert content in (b"a" * CHUNK, b"a" * CHUNK + b"b" * 1000)
+    await reader.release(info.fh)
+    await writer.release(fh)
+
+
+async def test_a_file_grown_by_another_client_is_not_shrunk_or_recommitted(
+    small_chunks: LocalNodes, nursery: trio.Nursery
+) -> None:
+    mine = await mount_ops(small_chunks, nursery)
+    theirs = await mount_ops(small_chunks, nursery)
+    fh, ino = await create(mine, b"shared")
+    await mine.write(fh, 0, b"1" * 10)
+    await mine.flush(fh)
+    info = await theirs.open(ino, os.O_WRONLY, CTX)
+    await theirs.write(info.fh, 10, b"2" * 20)
+    await theirs.release(info.fh)
+    await mine.write(fh, 0, b"3")
+    attr = await mine._open[ino].flush()
+    assert attr.size == 30
+    assert (await mine.getattr(ino, CTX)).st_size == 30
+    assert not mine._open[ino].dirty
+    await mine.release(fh)

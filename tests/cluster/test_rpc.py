@@ -20,7 +20,7 @@ import trio
 
 from ringfs.node.client import ClientConfig, NodePool, RpcConnection
 from ringfs.node.errors import AuthenticationError, NodeError, Unavailable
-from ringfs.node.protocol import Connection, Limits, Role
+from ringfs.node.protocol import Connection, Limits, Role, encode
 from ringfs.node.server import RpcServer, ServerConfig
 
 SECRET = b"rpc test secret"
@@ -293,8 +293,10 @@ async def test_wrong_secret_raises_authentication_error(
     with trio.fail_after(DEADLINE):
         with pytest.raises(AuthenticationError):
             await clients.connect(address, secret=b"guessed secret")
-        with pytest.raises(AuthenticationError):
+        # Through a pool, the node is unusable like an unreachable one; the cause is kept.
+        with pytest.raises(Unavailable) as refused:
             await clients.pool(secret=b"guessed secret").call(address, "echo", [1])
+        assert isinstance(refused.value.__cause__, AuthenticationError)
         # Nothing was served to the impostor, and honest clients are unaffected.
         assert handler.started == 0
         assert await clients.pool().call(address, "echo", [2]) == 2
@@ -382,3 +384,28 @@ async def test_a_trickled_message_is_cut_off_at_the_frame_deadline(
         await stream.aclose()
     assert closed
     assert trio.current_time() - started < 3
+
+
+async def test_a_request_pipelined_behind_the_handshake_is_served(
+    nursery: trio.Nursery, handler: Handler
+) -> None:
+    address = await start_server(nursery, handler)
+    host, port = address.rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    conn = Connection(Role.CLIENT, SECRET)
+    with trio.fail_after(DEADLINE):
+        for buffer in conn.data_to_send():
+            await stream.send_all(buffer)
+        conn.receive_data(await stream.receive_some(65536))  # the challenge
+        auth = b"".join(bytes(b) for b in conn.data_to_send())
+        # The client's proof and its first request in one segment, before the welcome.
+        request = b"".join(bytes(b) for b in encode([0, 7, "echo", ["early"]]))
+        await stream.send_all(auth + request)
+        received = b""
+        while b"early" not in received:
+            data = await stream.receive_some(65536)
+            assert data, "the node closed the connection"
+            received += data
+    await stream.aclose()
+    # The node is still serving everyone else.
+    assert await NodePool(client_config(), nursery).call(address, "echo", [1]) == 1
