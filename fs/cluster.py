@@ -19,7 +19,14 @@ import trio
 from ringfs.node.client import ClientConfig, NodePool
 from ringfs.node.clustermap import ClusterMap, NodeInfo
 from ringfs.node.commands import Command, Query, decode_result
-from ringfs.node.errors import CORRUPT, AuthenticationError, NodeError, Unavailable
+from ringfs.node.errors import (
+    CORRUPT,
+    NOT_LEADER,
+    NOT_META,
+    AuthenticationError,
+    NodeError,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +64,7 @@ class Cluster:
         self._blocks_in_flight = trio.Semaphore(config.blocks_in_flight)
         self._next_seq = 1
         self._unacked: set[int] = set()
+        self._meta_leader: str | None = None
 
     @classmethod
     async def create(cls, config: ClusterConfig, *, nursery: trio.Nursery) -> Cluster:
@@ -153,8 +161,13 @@ class Cluster:
 
     # -- metadata ----------------------------------------------------------------------------
 
-    def meta_address(self) -> str:
-        return self.map.meta_nodes()[0].address
+    def _meta_candidates(self) -> list[str]:
+        """Meta-group members to try: the last leader we heard of first."""
+        members = [node.address for node in self.map.meta_nodes()]
+        if self._meta_leader in members:
+            members.remove(self._meta_leader)
+            members.insert(0, self._meta_leader)
+        return members
 
     async def meta_apply(self, command: Command) -> Any:
         """Apply one metadata command exactly once, retrying through node failures.
@@ -179,17 +192,40 @@ class Cluster:
         return decode_result(query, await self._meta_call("meta.query", [query.to_wire()]))
 
     async def _meta_call(self, method: str, params: Sequence[Any]) -> Any:
-        delay = 0.1
+        """Call the meta-group leader, following redirects and riding out elections.
+
+        A member that does not lead answers NOT_LEADER naming the leader it knows of; an
+        unreachable member is skipped. Retries (with the same parameters, so a command is
+        still applied once) until `meta_deadline`.
+        """
+        delay = 0.05
+        tried: list[str] = []
         with trio.move_on_after(self.config.meta_deadline):
             while True:
-                address = self.meta_address()
-                try:
-                    return await self.pool.call(address, method, params)
-                except Unavailable as exc:
-                    log.warning("metadata node %s unavailable (%s), retrying", address, exc)
+                for address in self._meta_candidates():
+                    tried.append(address)
+                    try:
+                        result = await self.pool.call(address, method, params)
+                    except Unavailable as exc:
+                        log.warning("metadata node %s unavailable (%s)", address, exc)
+                        continue
+                    except NodeError as exc:
+                        if exc.name not in (NOT_LEADER, NOT_META):
+                            raise
+                        self._follow(exc.detail)
+                        if self._meta_leader is not None and self._meta_leader != address:
+                            break  # go straight to the leader it named
+                        continue
+                    self._meta_leader = address
+                    return result
                 await trio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        raise Unavailable("metadata", [self.meta_address()])
+                delay = min(delay * 2, 1.0)
+        raise Unavailable("metadata (no meta-group leader answered)", sorted(set(tried)))
+
+    def _follow(self, leader_id: str) -> None:
+        """Remember the leader a member named (if it is a member we know)."""
+        members = {node.node_id: node.address for node in self.map.meta_nodes()}
+        self._meta_leader = members.get(leader_id)
 
     # -- status ------------------------------------------------------------------------------
 
@@ -201,7 +237,14 @@ class Cluster:
         """Every node's `node.capacity` (cheap: for statfs), or None if it does not answer."""
         return await self._ask_all("node.capacity")
 
-    async def _ask_all(self, method: str) -> list[tuple[NodeInfo, dict[str, Any] | None]]:
+    async def meta_status(self) -> list[tuple[NodeInfo, dict[str, Any] | None]]:
+        """Each meta-group member's Raft status, or None if it does not answer."""
+        return await self._ask_all("meta.status", self.map.meta_nodes())
+
+    async def _ask_all(
+        self, method: str, nodes: Sequence[NodeInfo] | None = None
+    ) -> list[tuple[NodeInfo, dict[str, Any] | None]]:
+        nodes = self.map.nodes if nodes is None else nodes
         answers: dict[str, dict[str, Any] | None] = {}
 
         async def ask(node: NodeInfo) -> None:
@@ -212,9 +255,9 @@ class Cluster:
             answers[node.node_id] = answer if isinstance(answer, dict) else None
 
         async with trio.open_nursery() as nursery:
-            for node in self.map.nodes:
+            for node in nodes:
                 nursery.start_soon(ask, node)
-        return [(node, answers[node.node_id]) for node in self.map.nodes]
+        return [(node, answers[node.node_id]) for node in nodes]
 
 
 class _ReplicatedWrite:

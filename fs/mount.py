@@ -21,6 +21,7 @@ from ringfs.fs.cluster import Cluster, ClusterConfig
 from ringfs.fs.files import FileContext, WriteBudget
 from ringfs.fs.operations import CacheTimes, Operations
 from ringfs.node.commands import FsInfo, FsStats
+from ringfs.node.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,12 @@ def fuse_options(config: MountConfig) -> set[str]:
 async def create_operations(
     cluster: Cluster, config: MountConfig, nursery: trio.Nursery
 ) -> Operations:
-    """The FUSE handlers for `cluster`, with caches and buffers sized by `config`."""
-    info: FsStats = await cluster.meta_query(FsInfo())
+    """The FUSE handlers for `cluster`, with caches and buffers sized by `config`.
+
+    Waits for the filesystem to exist (a new cluster creates it once its meta group elected
+    a leader); raises `Unavailable` if it does not within the metadata deadline.
+    """
+    info = await _filesystem(cluster)
     files = FileContext(
         cluster=cluster,
         cache=BlockCache(cluster, config.cache_bytes, nursery),
@@ -62,6 +67,16 @@ async def create_operations(
         nursery=nursery,
     )
     return Operations(cluster, files, config.times)
+
+
+async def _filesystem(cluster: Cluster) -> FsStats:
+    with trio.move_on_after(cluster.config.meta_deadline):
+        while True:
+            info: FsStats = await cluster.meta_query(FsInfo())
+            if info.chunk_size:
+                return info
+            await trio.sleep(0.1)
+    raise Unavailable("metadata (the filesystem was not created in time)")
 
 
 async def run(

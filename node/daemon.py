@@ -18,12 +18,12 @@ from pathlib import Path
 
 import trio
 
+from ringfs.node.client import ClientConfig, NodePool
 from ringfs.node.clustermap import ClusterMap, NodeInfo
-from ringfs.node.commands import Init
 from ringfs.node.errors import ConfigError
-from ringfs.node.meta import MetaState
-from ringfs.node.metaservice import MetaService
+from ringfs.node.metareplica import ReplicatedMeta
 from ringfs.node.protocol import DEFAULT_LIMITS
+from ringfs.node.raftrpc import RpcTransport
 from ringfs.node.server import RpcServer, ServerConfig
 from ringfs.node.service import NodeService
 from ringfs.node.store import BlockStore
@@ -36,7 +36,6 @@ MIN_CHUNK_SIZE = 4096
 MAX_CHUNK_SIZE = DEFAULT_LIMITS.max_bin_len
 LOCK_FILE = "lock"
 MAP_FILE = "cluster.json"
-META_FILE = "meta.db"
 
 
 @dataclass(frozen=True)
@@ -124,32 +123,24 @@ def _exclusive(data_dir: Path) -> Iterator[None]:
 async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
     cmap = resolve_map(config)
     store = BlockStore(config.data_dir / "store")
-    meta: MetaService | None = None
-    if cmap.meta_nodes()[0].node_id == config.node_id:
-        meta = MetaService(MetaState(config.data_dir / META_FILE))
-    service = NodeService(config.node_id, cmap, store, meta)
-    server = RpcServer(
-        ServerConfig(
-            secret=config.secret,
-            node_id=config.node_id,
-            host=config.host,
-            port=config.port,
-            ssl_context=config.ssl_context,
-        ),
-        service.handle,
+    server_config = ServerConfig(
+        secret=config.secret,
+        node_id=config.node_id,
+        host=config.host,
+        port=config.port,
+        ssl_context=config.ssl_context,
     )
-    try:
-        async with trio.open_nursery() as nursery:
-            if meta is not None:
-                await nursery.start(meta.run)
-                outcome = await meta.apply(
-                    Init(config.chunk_size, os.getuid(), os.getgid(), 0), None, None, None
-                )
-                if outcome.error is not None:
-                    raise ConfigError(f"cannot create the filesystem: {outcome.error}")
-                log.info("node %s holds the metadata", config.node_id)
-            port = await nursery.start(server.serve)
-            task_status.started(port)
-    finally:
-        if meta is not None:
-            meta.state.close()
+    meta_group = tuple(node.node_id for node in cmap.meta_nodes())
+    async with trio.open_nursery() as nursery:
+        meta: ReplicatedMeta | None = None
+        if config.node_id in meta_group:
+            peers = NodePool(ClientConfig(config.secret, ssl_context=config.ssl_context), nursery)
+            transport = RpcTransport(cmap, peers, nursery)
+            meta = ReplicatedMeta(
+                config.node_id, meta_group, config.data_dir, transport, config.chunk_size
+            )
+            await nursery.start(meta.run)
+            log.info("node %s is in the meta group %s", config.node_id, ", ".join(meta_group))
+        service = NodeService(config.node_id, cmap, store, meta)
+        port = await nursery.start(RpcServer(server_config, service.handle).serve)
+        task_status.started(port)

@@ -14,6 +14,9 @@ import errno
 CORRUPT = "EBADMSG"
 #: A metadata call reached a node without the metadata; the detail names the one that has it.
 NOT_META = "ENOTMETA"
+#: A meta-group member that does not lead (or lost the lead mid-call); the detail names the
+#: leader it knows of, or is empty during an election. Retrying the same call is safe.
+NOT_LEADER = "ENOTLEADER"
 
 
 class NodeError(Exception):

@@ -17,8 +17,9 @@ import trio
 from ringfs.node.clustermap import ClusterMap
 from ringfs.node.commands import command_from_wire, encode_result, query_from_wire
 from ringfs.node.errors import NOT_META, NodeError
-from ringfs.node.metaservice import MetaService
+from ringfs.node.metareplica import ReplicatedMeta
 from ringfs.node.protocol import PROTOCOL_VERSION
+from ringfs.node.raft import message_from_wire
 from ringfs.node.store import BlockStore, validate_block_id
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class NodeService:
         node_id: str,
         cmap: ClusterMap,
         store: BlockStore,
-        meta: MetaService | None,
+        meta: ReplicatedMeta | None,
     ) -> None:
         self.node_id = node_id
         self.cmap = cmap
@@ -76,6 +77,8 @@ class NodeService:
             "block.delete": self.block_delete,
             "meta.apply": self.meta_apply,
             "meta.query": self.meta_query,
+            "meta.status": self.meta_status,
+            "raft.message": self.raft_message,
         }
 
     async def handle(self, method: str, params: list[Any]) -> Any:
@@ -131,7 +134,7 @@ class NodeService:
         block_id = validate_block_id(block_id)
         return await trio.to_thread.run_sync(self.store.delete, block_id)
 
-    def _meta(self) -> MetaService:
+    def _meta(self) -> ReplicatedMeta:
         if self.meta is None:
             holder = self.cmap.meta_nodes()[0].node_id
             raise NodeError(NOT_META, holder)
@@ -153,3 +156,19 @@ class NodeService:
     async def meta_query(self, params: list[Any]) -> Any:
         (query,) = _arity(params, 1, "meta.query")
         return encode_result(await self._meta().query(query_from_wire(query)))
+
+    async def meta_status(self, params: list[Any]) -> dict[str, Any]:
+        _arity(params, 0, "meta.status")
+        return self._meta().stats()
+
+    async def raft_message(self, params: list[Any]) -> None:
+        wire, snapshot = _arity(params, 2, "raft.message")
+        if snapshot is not None:
+            snapshot = _bytes(snapshot, "snapshot")
+        try:
+            message = message_from_wire(wire)
+        except ValueError as exc:
+            raise NodeError("EINVAL", f"bad raft message: {exc}") from None
+        if message.dst != self.node_id:
+            raise NodeError("EINVAL", f"raft message for {message.dst[:64]!r}")
+        self._meta().raft.deliver(message, snapshot)

@@ -9,6 +9,7 @@ import trio
 
 from ringfs.fs.cluster import Cluster, ClusterConfig
 from ringfs.node.client import ClientConfig
+from ringfs.node.clustermap import NodeInfo
 from ringfs.tools import args as checks
 from ringfs.tools.local import LocalCluster, default_data_dir, read_secret
 
@@ -36,24 +37,25 @@ async def _status(seeds: tuple[str, ...], secret: bytes) -> str:
     async with trio.open_nursery() as nursery:
         cluster = await Cluster.create(config, nursery=nursery)
         stats = await cluster.node_stats()
+        members = await cluster.meta_status()
         await cluster.aclose()
         nursery.cancel_scope.cancel()
     cmap = cluster.map
-    meta = cmap.meta_nodes()[0].node_id
+    roles = {info.node_id: f"meta {s['role']}" if s else "meta" for info, s in members}
     lines = [
         f"cluster map epoch {cmap.epoch}, {len(cmap.nodes)} nodes, "
-        f"replicas {cmap.replica_count()} (write quorum {cmap.write_quorum()}), "
-        f"metadata on {meta}",
+        f"replicas {cmap.replica_count()} (write quorum {cmap.write_quorum()})",
         f"{'NODE':<10} {'ADDRESS':<22} {'STATE':<12} {'BLOCKS':>8} {'DATA':>10} "
         f"{'CAPACITY':>10} {'FREE':>10}  ROLE",
     ]
     for info, node_stats in stats:
-        role = "meta" if info.node_id == meta else ""
-        lines.append(_status_line(info.node_id, info.address, node_stats, role))
-    return "\n".join(lines)
+        lines.append(
+            _node_line(info.node_id, info.address, node_stats, roles.get(info.node_id, ""))
+        )
+    return "\n".join([*lines, "", *_meta_lines(members)])
 
 
-def _status_line(node_id: str, address: str, stats: dict[str, Any] | None, role: str) -> str:
+def _node_line(node_id: str, address: str, stats: dict[str, Any] | None, role: str) -> str:
     if stats is None:
         return f"{node_id:<10} {address:<22} {'unreachable':<12}"
     return (
@@ -61,6 +63,28 @@ def _status_line(node_id: str, address: str, stats: dict[str, Any] | None, role:
         f"{_human(stats['bytes']):>10} {_human(stats['capacity']):>10} "
         f"{_human(stats['free']):>10}  {role}"
     )
+
+
+def _meta_lines(members: list[tuple[NodeInfo, dict[str, Any] | None]]) -> list[str]:
+    """The meta group: leader, term, and each member's log position, lag and snapshot."""
+    answering = [s for _, s in members if s is not None]
+    leader = next((s for s in answering if s["role"] == "leader"), None)
+    term = max((s["term"] for s in answering), default=0)
+    head = f"meta group: leader {leader['node_id'] if leader else 'none (election)'}, term {term}"
+    if leader is not None:
+        head += f", commit index {leader['commit_index']}"
+    lines = [head, f"{'MEMBER':<10} {'ROLE':<14} {'LOG INDEX':>10} {'APPLIED':>9} "
+                   f"{'LAG':>6} {'SNAPSHOT':>9}"]  # fmt: skip
+    for info, member in members:
+        if member is None:
+            lines.append(f"{info.node_id:<10} {'unreachable':<14}")
+            continue
+        lag = leader["last_index"] - member["last_index"] if leader is not None else 0
+        lines.append(
+            f"{info.node_id:<10} {member['role']:<14} {member['last_index']:>10} "
+            f"{member['applied_index']:>9} {max(lag, 0):>6} {member['snapshot_index']:>9}"
+        )
+    return lines
 
 
 def _human(count: int) -> str:

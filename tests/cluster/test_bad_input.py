@@ -28,6 +28,7 @@ from ringfs.node import daemon
 from ringfs.node.client import ClientConfig, NodePool
 from ringfs.node.clustermap import parse_members
 from ringfs.node.commands import FsInfo, FsStats, decode_result
+from ringfs.node.errors import NodeError
 from ringfs.node.protocol import (
     MAGIC,
     NONCE_SIZE,
@@ -90,12 +91,27 @@ async def node(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Node]:
         pool = NodePool(client_config(), nursery)
         running = Node(port, config.data_dir, tmp_path, pool, nursery)
         info = await pool.call(running.address, "node.info", [])
+        await wait_for_filesystem(pool, running.address)
     assert info["node_id"] == NODE_ID
     try:
         yield running
     finally:
         with trio.CancelScope(shield=True):
             await pool.aclose()
+
+
+async def wait_for_filesystem(pool: NodePool, address: str) -> None:
+    """Until the node's single-member meta group elected itself and created the filesystem."""
+    while True:
+        try:
+            wire = await pool.call(address, "meta.query", [FsInfo().to_wire()])
+        except NodeError as exc:
+            if exc.name != "ENOTLEADER":
+                raise
+        else:
+            if decode_result(FsInfo(), wire).chunk_size:
+                return
+        await trio.sleep(0.05)
 
 
 async def assert_healthy(node: Node) -> None:

@@ -18,8 +18,8 @@ import trio.lowlevel
 
 from ringfs.fs.mount import MountConfig, create_operations
 from ringfs.fs.operations import Operations
-from ringfs.node.client import NodePool
 from ringfs.node.errors import NodeError
+from ringfs.node.store import BlockStore
 from tests.cluster.conftest import LocalNodes, start_nodes
 
 CHUNK = 64 * 1024
@@ -141,16 +141,25 @@ async def test_write_budget_bounds_buffers_under_random_writes(
     await ops.release(info.fh)
 
 
-async def test_flush_reports_eio_when_no_write_quorum(
-    nodes: LocalNodes, nursery: trio.Nursery, expected_logs: list[str]
+def refuse_block_writes(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Every in-process node's disk refuses block writes with errno `name`."""
+
+    def refuse(self: BlockStore, block_id: bytes, data: object, checksum: bytes) -> None:
+        raise NodeError(name, "refused by the test")
+
+    monkeypatch.setattr(BlockStore, "put", refuse)
+
+
+async def test_flush_reports_the_error_when_no_replica_stores_the_block(
+    nodes: LocalNodes,
+    nursery: trio.Nursery,
+    expected_logs: list[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     expected_logs += ["not stored", "upload failed", "flush failed", "is lost"]
     ops = await mount_ops(nodes, nursery)
     fh, ino = await create(ops, b"lost")
-    meta = nodes.map.meta_nodes()[0].node_id
-    for name in list(nodes.configs):
-        if name != meta:
-            nodes.stop(name)
+    refuse_block_writes(monkeypatch, "EIO")
     await ops.write(fh, 0, b"data")
     with pytest.raises(pyfuse3.FUSEError) as failure:
         await ops.flush(fh)
@@ -180,13 +189,12 @@ async def test_retried_command_is_applied_once(nodes: LocalNodes) -> None:
     from ringfs.node.commands import Mkdir
 
     command = Mkdir(ROOT, b"once", 0o755, 0, 0, 0).to_wire()
-    address = cluster.meta_address()
     params = [cluster.client_id, 41, 41, command]
-    first = await cluster.pool.call(address, "meta.apply", params)
-    again = await cluster.pool.call(address, "meta.apply", params)
+    first = await cluster._meta_call("meta.apply", params)
+    again = await cluster._meta_call("meta.apply", params)
     assert first == again
     with pytest.raises(NodeError) as exists:
-        await cluster.pool.call(address, "meta.apply", [cluster.client_id, 42, 42, command])
+        await cluster._meta_call("meta.apply", [cluster.client_id, 42, 42, command])
     assert exists.value.name == "EEXIST"
     assert stat.S_ISDIR(first[1])
 
@@ -214,16 +222,16 @@ async def test_more_writers_than_buffers_do_not_deadlock(
 
 
 async def test_a_failed_upload_is_kept_and_stored_by_a_later_flush(
-    small_chunks: LocalNodes, nursery: trio.Nursery, expected_logs: list[str]
+    small_chunks: LocalNodes,
+    nursery: trio.Nursery,
+    expected_logs: list[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     expected_logs += ["not stored", "upload failed", "flush failed"]
     writer = await mount_ops(small_chunks, nursery)
     reader = await mount_ops(small_chunks, nursery)
     fh, ino = await create(writer, b"kept")
-    meta = small_chunks.map.meta_nodes()[0].node_id
-    others = [name for name in small_chunks.configs if name != meta]
-    for name in others:
-        small_chunks.stop(name)
+    refuse_block_writes(monkeypatch, "ENOSPC")
     data = os.urandom(CHUNK)
     await writer.write(fh, 0, data)  # a full chunk: its upload starts now, and fails
     # A chmod has nothing to do with the data: it neither flushes nor fails.
@@ -236,11 +244,9 @@ async def test_a_failed_upload_is_kept_and_stored_by_a_later_flush(
     await writer.setattr(ino, attr, mode, fh, CTX)
     with pytest.raises(pyfuse3.FUSEError) as failure:
         await writer.flush(fh)
-    assert failure.value.errno == errno.EIO
-    # The bytes were kept; once the nodes are back, the next flush stores and commits them.
-    for name in others:
-        await small_chunks.start(name)
-    await trio.sleep(NodePool.MAX_BACKOFF)  # let the pool's back-off on those nodes expire
+    assert failure.value.errno == errno.ENOSPC  # what every disk said
+    # The bytes were kept; once the disks take data again, the next flush stores them.
+    monkeypatch.undo()
     await writer.flush(fh)
     await writer.release(fh)
     info = await reader.open(ino, os.O_RDONLY, CTX)

@@ -49,10 +49,13 @@ class NodeProcess:
     port: int
     data: Path
     process: subprocess.Popen[bytes] | None = None
+    host: str = HOST
+    # Run the node through this (e.g. `ip netns exec NS`) to put it on another test host.
+    prefix: tuple[str, ...] = ()
 
     @property
     def address(self) -> str:
-        return f"{HOST}:{self.port}"
+        return f"{self.host}:{self.port}"
 
 
 @dataclass
@@ -77,19 +80,22 @@ class Cluster:
     def start(self, node: NodeProcess) -> None:
         log = open(self.root / f"{node.name}.log", "ab")  # noqa: SIM115 - closed with the process
         node.process = subprocess.Popen(
-            ringfs_argv(
-                "node",
-                "--name",
-                node.name,
-                "--data",
-                str(node.data),
-                "--listen",
-                node.address,
-                "--cluster",
-                self.spec,
-                "--secret-file",
-                str(self.secret_file),
-            ),
+            [
+                *node.prefix,
+                *ringfs_argv(
+                    "node",
+                    "--name",
+                    node.name,
+                    "--data",
+                    str(node.data),
+                    "--listen",
+                    node.address,
+                    "--cluster",
+                    self.spec,
+                    "--secret-file",
+                    str(self.secret_file),
+                ),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log,

@@ -1,0 +1,330 @@
+"""The trio shell around the Raft core: time, persistence, messages, applying, waiting.
+
+`RaftNode` owns one `Raft` core. Its loop turns ticks and received messages into core calls
+and processes what they return in the order Raft requires: persist (term, vote, entries:
+one fsync for everything gathered since the last round, which is the group commit), then
+send, then apply committed entries to the state machine, then answer reads. Callers
+`apply` commands and `read` state; both wait for the outcome. The storage, the state machine
+and the transport are interfaces, so the same shell runs in a node process and in the
+deterministic simulation.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import trio
+
+from ringfs.node.raft import (
+    Entry,
+    HardState,
+    Message,
+    NotLeader,
+    Raft,
+    Ready,
+    SnapshotMeta,
+    SnapshotRequest,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+__all__ = ["LeadershipLost", "NotLeader", "RaftNode"]
+
+
+class LeadershipLost(Exception):
+    """This node stopped leading before the outcome was known: the command may or may not
+    be applied (a retry with the same client id and seq is safe)."""
+
+
+class RaftStorage(Protocol):
+    """Durable Raft state: whatever `save` or `compact` got survives a crash."""
+
+    def load(self) -> tuple[HardState, SnapshotMeta | None, list[Entry]]: ...
+
+    def save(
+        self, hard_state: HardState | None, truncate_from: int | None, append: Sequence[Entry]
+    ) -> None: ...
+
+    def compact(self, meta: SnapshotMeta) -> None: ...
+
+
+class StateMachine(Protocol):
+    """What Raft replicates. Durable: `apply` records the applied index with its effects."""
+
+    def apply(self, entries: Sequence[Entry]) -> list[Any]:
+        """Apply committed entries in order (NOOP and CONFIG ones only advance the applied
+        index); one result per entry."""
+        ...
+
+    def applied_index(self) -> int: ...
+
+    def snapshot(self) -> tuple[int, bytes]:
+        """(applied index, a consistent image of the state at that index)."""
+        ...
+
+    def restore(self, meta: SnapshotMeta, image: bytes) -> None: ...
+
+
+class Transport(Protocol):
+    def send(self, message: Message, snapshot: bytes | None = None) -> None:
+        """Best effort, never blocks, never raises for a network failure."""
+        ...
+
+
+@dataclass
+class _Waiter:
+    term: int
+    done: trio.Event
+    result: Any = None
+    failure: BaseException | None = None
+
+    def finish(self, result: Any = None, failure: BaseException | None = None) -> None:
+        self.result, self.failure = result, failure
+        self.done.set()
+
+
+class RaftNode:
+    """One member of a Raft group, on trio."""
+
+    def __init__(
+        self,
+        node_id: str,
+        voters: tuple[str, ...],
+        storage: RaftStorage,
+        machine: StateMachine,
+        transport: Transport,
+        *,
+        rng: random.Random,
+        tick_interval: float = 0.05,
+        snapshot_threshold: int = 1000,
+        blocking_io: bool = True,
+    ) -> None:
+        """`blocking_io=False` runs storage and state machine calls inline (the simulation,
+        whose fakes never block: worker threads would break its deterministic clock)."""
+        hard_state, snapshot, entries = storage.load()
+        self.raft = Raft(
+            node_id, voters, hard_state=hard_state, snapshot=snapshot, entries=entries, rng=rng
+        )
+        self.node_id = node_id
+        self.storage = storage
+        self.machine = machine
+        self.transport = transport
+        self.tick_interval = tick_interval
+        self.snapshot_threshold = snapshot_threshold
+        self._blocking_io = blocking_io
+        self._pending = Ready()
+        self._inbox: deque[tuple[Message, bytes | None]] = deque()
+        self._ticks = 0
+        self._wakeup = trio.Event()
+        self._proposals: dict[int, _Waiter] = {}
+        self._reads: dict[int, _Waiter] = {}
+        self._read_after: list[tuple[int, int]] = []
+        self._next_read = 1
+        self._applied = machine.applied_index()
+        self._snapshot_index = snapshot.last_index if snapshot else 0
+        self._was_leader = False
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Tick and process until cancelled. Cancellation fails every waiting caller."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._ticker, name=f"raft-ticker {self.node_id}")
+                task_status.started()
+                await self._loop()
+        finally:
+            self._fail_waiters(LeadershipLost(f"node {self.node_id} stopped"))
+
+    async def _ticker(self) -> None:
+        while True:
+            await trio.sleep(self.tick_interval)
+            self._ticks += 1
+            self._wakeup.set()
+
+    def deliver(self, message: Message, snapshot: bytes | None = None) -> None:
+        """Queue a message that arrived (called by the transport; never blocks)."""
+        if isinstance(message, SnapshotRequest) and snapshot is None:
+            log.warning("node %s: snapshot from %s came without its image", self.node_id,
+                        message.src)  # fmt: skip
+            return
+        self._inbox.append((message, snapshot))
+        self._wakeup.set()
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            ticks, self._ticks = self._ticks, 0
+            for _ in range(ticks):
+                self._pending = self._pending.merge(self.raft.tick())
+            while self._inbox:
+                message, image = self._inbox.popleft()
+                ready = self.raft.step(message)
+                if ready.install_snapshot is not None:
+                    # Everything before it first; nothing after it may apply before the image.
+                    await self._process_pending()
+                    await self._process(ready, image)
+                else:
+                    self._pending = self._pending.merge(ready)
+            await self._process_pending()
+
+    def _submit(self, ready: Ready) -> None:
+        self._pending = self._pending.merge(ready)
+        self._wakeup.set()
+
+    async def _process_pending(self) -> None:
+        ready, self._pending = self._pending, Ready()
+        await self._process(ready, None)
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._blocking_io:
+            return await trio.to_thread.run_sync(fn, *args)
+        return fn(*args)
+
+    async def _process(self, ready: Ready, image: bytes | None) -> None:
+        """Persist, send, install, apply, answer: in the order Raft's safety needs."""
+        await self._io(self.storage.save, ready.hard_state, ready.truncate_from, ready.append)
+        if ready.install_snapshot is not None and image is not None:
+            await self._install(ready.install_snapshot, image)
+        for message in ready.messages:
+            self.transport.send(message)
+        for follower in ready.send_snapshot:
+            await self._send_snapshot(follower)
+        if ready.committed:
+            await self._apply(ready.committed)
+        self._answer_reads(ready)
+        self._check_leadership()
+        if self._applied - self._snapshot_index >= self.snapshot_threshold:
+            await self._take_snapshot()
+
+    # -- applying ----------------------------------------------------------------------------
+
+    async def _apply(self, committed: Sequence[Entry]) -> None:
+        fresh = [entry for entry in committed if entry.index > self._applied]
+        if not fresh:
+            return
+        results = await self._io(self.machine.apply, fresh)
+        for entry, result in zip(fresh, results, strict=True):
+            self._applied = entry.index
+            waiter = self._proposals.pop(entry.index, None)
+            if waiter is None:
+                continue
+            if waiter.term == entry.term:
+                waiter.finish(result)
+            else:
+                waiter.finish(failure=LeadershipLost("another leader's entry took its place"))
+        self._release_reads()
+
+    def _answer_reads(self, ready: Ready) -> None:
+        for read_id, index in ready.reads:
+            self._read_after.append((index, read_id))
+        for read_id in ready.failed_reads:
+            waiter = self._reads.pop(read_id, None)
+            if waiter is not None:
+                waiter.finish(failure=NotLeader(self.raft.leader))
+        self._release_reads()
+
+    def _release_reads(self) -> None:
+        waiting = []
+        for index, read_id in self._read_after:
+            if index <= self._applied:
+                waiter = self._reads.pop(read_id, None)
+                if waiter is not None:
+                    waiter.finish()
+            else:
+                waiting.append((index, read_id))
+        self._read_after = waiting
+
+    def _check_leadership(self) -> None:
+        leading = self.raft.role == "leader"
+        if self._was_leader and not leading:
+            log.info("node %s is no longer the leader (term %d)", self.node_id, self.raft.term)
+            self._fail_waiters(LeadershipLost(f"node {self.node_id} lost the leadership"))
+        elif leading and not self._was_leader:
+            log.info("node %s leads term %d", self.node_id, self.raft.term)
+        self._was_leader = leading
+
+    def _fail_waiters(self, failure: BaseException) -> None:
+        for waiter in [*self._proposals.values(), *self._reads.values()]:
+            waiter.finish(failure=failure)
+        self._proposals.clear()
+        self._reads.clear()
+        self._read_after.clear()
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    async def _take_snapshot(self) -> tuple[SnapshotMeta, bytes]:
+        """Snapshot the state machine at its applied index and compact the log up to it."""
+        index, image = await self._io(self.machine.snapshot)
+        meta = self.raft.snapshot_meta(index)
+        self.raft.compact(meta)
+        await self._io(self.storage.compact, meta)
+        self._snapshot_index = index
+        log.info("node %s: snapshot at index %d, log compacted", self.node_id, index)
+        return meta, image
+
+    async def _send_snapshot(self, follower: str) -> None:
+        meta, image = await self._take_snapshot()
+        log.info("node %s: sending the snapshot at %d to %s", self.node_id, meta.last_index,
+                 follower)  # fmt: skip
+        self.transport.send(SnapshotRequest(self.node_id, follower, self.raft.term, meta), image)
+
+    async def _install(self, meta: SnapshotMeta, image: bytes) -> None:
+        await self._io(self.machine.restore, meta, image)
+        await self._io(self.storage.compact, meta)
+        if self.raft.last_index == meta.last_index:
+            # The core dropped its whole log for the snapshot: so does the storage.
+            await self._io(self.storage.save, None, meta.last_index + 1, ())
+        self._applied = meta.last_index
+        self._snapshot_index = meta.last_index
+        log.info("node %s: installed a snapshot at index %d", self.node_id, meta.last_index)
+
+    # -- callers -----------------------------------------------------------------------------
+
+    async def apply(self, data: bytes) -> Any:
+        """Replicate a command and return the state machine's result for it.
+
+        Raises NotLeader (with the leader it knows of) on a follower, LeadershipLost if
+        leadership ended before the outcome was known. Cancellation abandons the wait, not
+        the command.
+        """
+        index, ready = self.raft.propose(data)
+        waiter = self._proposals[index] = _Waiter(self.raft.term, trio.Event())
+        self._submit(ready)
+        await waiter.done.wait()
+        if waiter.failure is not None:
+            raise waiter.failure
+        return waiter.result
+
+    async def read(self, query: Callable[[StateMachine], T]) -> T:
+        """Run `query` on state at least as new as any command committed before the call.
+
+        ReadIndex: the leader confirms it still leads with a heartbeat round, then waits for
+        its state machine to reach the commit index of the moment of the call. Raises
+        NotLeader or LeadershipLost like `apply`.
+        """
+        read_id = self._next_read
+        self._next_read += 1
+        waiter = self._reads[read_id] = _Waiter(self.raft.term, trio.Event())
+        self._submit(self.raft.read_index(read_id))
+        await waiter.done.wait()
+        if waiter.failure is not None:
+            raise waiter.failure
+        if self._blocking_io:
+            return await trio.to_thread.run_sync(query, self.machine)
+        return query(self.machine)
+
+    def status(self) -> dict[str, Any]:
+        status = dict(self.raft.status())
+        status.update(
+            node_id=self.node_id, applied_index=self._applied, snapshot_index=self._snapshot_index
+        )
+        return status
