@@ -62,9 +62,10 @@ class MetaState:
     (``trio.to_thread``), one call at a time.
     """
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, synchronous: bool = True) -> None:
+        """`synchronous=False`: commits are not fsync'd (see `open_database`)."""
         self._lock = threading.Lock()
-        self._db = open_database(path)
+        self._db = open_database(path, synchronous=synchronous)
         self._rows = Tables(self._db)
         log.info("metadata database %s open at index %d", path, self.applied_index)
 
@@ -543,6 +544,11 @@ class MetaState:
         return [row[0] for row in self._rows.run(sql, q.limit)]
 
     # --- snapshots and inspection -------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Make every committed batch durable in the database file (fsync)."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(FULL)")
 
     def snapshot_to(self, path: Path | str) -> None:
         """Write a consistent copy of the whole database to ``path`` (a new file)."""

@@ -97,13 +97,16 @@ class Inode:
         )  # fmt: skip
 
 
-def open_database(path: Path | str) -> sqlite3.Connection:
-    """Open (creating if need be) a namespace database; NodeError for a foreign schema."""
+def open_database(path: Path | str, *, synchronous: bool = True) -> sqlite3.Connection:
+    """Open (creating if need be) a namespace database; NodeError for a foreign schema.
+
+    `synchronous=False` skips the fsync at each commit (WAL, synchronous=NORMAL): for a
+    replica whose commands are durable in the Raft log, which replays whatever a power loss
+    took back; `checkpoint` makes everything durable before the log is compacted.
+    """
     db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode = WAL")
-    # FULL: a batch acknowledged to Raft must survive power loss, and in WAL mode NORMAL
-    # skips the fsync on commit.
-    db.execute("PRAGMA synchronous = FULL")
+    db.execute(f"PRAGMA synchronous = {'FULL' if synchronous else 'NORMAL'}")
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version not in (0, SCHEMA_VERSION):
         db.close()

@@ -49,7 +49,8 @@ class MetaMachine:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.state = MetaState(path)
+        # Not fsync'd per batch: the Raft log holds the commands durably and replays them.
+        self.state = MetaState(path, synchronous=False)
         self.batches = 0
         self.commands = 0
 
@@ -86,8 +87,11 @@ class MetaMachine:
         return self.state.applied_index
 
     def snapshot(self) -> tuple[int, bytes]:
+        """The image at the applied index, made durable here first: the Raft log up to it is
+        compacted away next, and must not be needed to replay anything after a power loss."""
         image = self.path.with_suffix(".snapshot")
         image.unlink(missing_ok=True)
+        self.state.checkpoint()
         index = self.state.applied_index
         self.state.snapshot_to(image)
         try:
@@ -104,7 +108,7 @@ class MetaMachine:
         for suffix in ("-wal", "-shm"):
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
         os.replace(incoming, self.path)
-        self.state = MetaState(self.path)
+        self.state = MetaState(self.path, synchronous=False)
         if self.state.applied_index != meta.last_index:
             raise RuntimeError(
                 f"snapshot image is at index {self.state.applied_index}, not {meta.last_index}"

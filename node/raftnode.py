@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 import trio
 
 from ringfs.node.raft import (
+    AppendRequest,
     Entry,
     HardState,
     Message,
@@ -191,11 +192,16 @@ class RaftNode:
 
     async def _process(self, ready: Ready, image: bytes | None) -> None:
         """Persist, send, install, apply, answer: in the order Raft's safety needs."""
+        early = _early_messages(ready)
+        for message in early:
+            self.transport.send(message)
         await self._io(self.storage.save, ready.hard_state, ready.truncate_from, ready.append)
         if ready.install_snapshot is not None and image is not None:
             await self._install(ready.install_snapshot, image)
+        sent = {id(message) for message in early}
         for message in ready.messages:
-            self.transport.send(message)
+            if id(message) not in sent:
+                self.transport.send(message)
         for follower in ready.send_snapshot:
             await self._send_snapshot(follower)
         if ready.committed:
@@ -328,3 +334,13 @@ class RaftNode:
             node_id=self.node_id, applied_index=self._applied, snapshot_index=self._snapshot_index
         )
         return status
+
+
+def _early_messages(ready: Ready) -> list[Message]:
+    """A leader's AppendRequests may go out while its own log is being written (thesis
+    §10.2.1): the answers are stepped only after the write completed, so the leader never
+    counts itself for an entry not yet on its disk. Nothing else may precede the write, and
+    nothing at all when the term or vote changed."""
+    if ready.hard_state is not None:
+        return []
+    return [m for m in ready.messages if isinstance(m, AppendRequest)]
