@@ -50,6 +50,8 @@ class NodeConfig:
     replicas: int = 3
     # Used only when this node creates the filesystem (the chunk size is fixed at creation).
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    # Applied metadata entries between Raft snapshots (log compaction).
+    snapshot_threshold: int = 1000
     ssl_context: ssl.SSLContext | None = None
 
 
@@ -137,7 +139,12 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
             peers = NodePool(ClientConfig(config.secret, ssl_context=config.ssl_context), nursery)
             transport = RpcTransport(cmap, peers, nursery)
             meta = ReplicatedMeta(
-                config.node_id, meta_group, config.data_dir, transport, config.chunk_size
+                config.node_id,
+                meta_group,
+                config.data_dir,
+                transport,
+                config.chunk_size,
+                config.snapshot_threshold,
             )
             await nursery.start(meta.run)
             log.info("node %s is in the meta group %s", config.node_id, ", ".join(meta_group))

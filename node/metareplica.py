@@ -129,11 +129,18 @@ class ReplicatedMeta:
         data_dir: Path,
         transport: Transport,
         chunk_size: int,
+        snapshot_threshold: int,
     ) -> None:
         self.machine = MetaMachine(data_dir / "meta.db")
         self.storage = RaftLog(data_dir / "raft.db")
         self.raft = RaftNode(
-            node_id, voters, self.storage, self.machine, transport, rng=random.Random()
+            node_id,
+            voters,
+            self.storage,
+            self.machine,
+            transport,
+            rng=random.Random(),
+            snapshot_threshold=snapshot_threshold,
         )
         self.chunk_size = chunk_size
 

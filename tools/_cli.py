@@ -105,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=4 << 20,
         help="chunk size when this node creates the filesystem (default 4M)",
     )
+    node.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="snapshot the metadata and compact the Raft log every N entries (default 1000)",
+    )
 
     mount = sub.add_parser(
         "mount", help="mount an existing cluster", description="Mount a running ringfs cluster."

@@ -27,6 +27,7 @@ def node(args: argparse.Namespace) -> int:
         members=parse_members(args.cluster) if args.cluster else None,
         replicas=args.replicas,
         chunk_size=args.chunk_size,
+        snapshot_threshold=args.snapshot_every,
     )
     trio.run(_serve, config)
     return 0

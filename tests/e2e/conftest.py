@@ -65,6 +65,8 @@ class Cluster:
     root: Path
     secret_file: Path
     nodes: list[NodeProcess] = field(default_factory=list)
+    # More `ringfs node` options for every node (e.g. a small --snapshot-every).
+    node_args: tuple[str, ...] = ()
 
     @property
     def spec(self) -> str:
@@ -94,6 +96,7 @@ class Cluster:
                     self.spec,
                     "--secret-file",
                     str(self.secret_file),
+                    *self.node_args,
                 ),
             ],
             stdin=subprocess.DEVNULL,

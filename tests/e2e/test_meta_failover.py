@@ -125,6 +125,16 @@ class Workload:
             assert (root / final).read_bytes() == data, f"{final} has the wrong content"
 
 
+@pytest.fixture
+def cluster(cluster: Cluster) -> Cluster:
+    """Compact the Raft log often, so the restarted node must catch up by snapshot."""
+    cluster.node_args = ("--snapshot-every", "50")
+    for node in cluster.nodes:
+        cluster.stop(node)
+        cluster.start(node)
+    return cluster
+
+
 def test_killing_the_meta_leader_loses_nothing_acknowledged(
     cluster: Cluster, mount_factory: Callable[..., Mount]
 ) -> None:
@@ -151,5 +161,7 @@ def test_killing_the_meta_leader_loses_nothing_acknowledged(
         return leader is not None and mine is not None and mine[2] >= leader[2]
 
     wait_for(caught_up, f"{victim.name} to catch up")
+    # It was away for more than a snapshot's worth of entries: it caught up from one.
+    assert "installed a snapshot" in cluster.log(victim)
     # Through a fresh mount: everything acknowledged is there.
     workload.verify(mount_factory("second").path / "work")
