@@ -1,9 +1,10 @@
 """The cluster client: placement, replicated block writes, reads with fallback, metadata calls.
 
 Everything the mount asks of the cluster goes through `Cluster`. It knows the cluster map, so it
-knows which nodes hold a block (the ring's preference list) and which node holds the metadata.
+knows which nodes hold a block (the ring's preference list) and which nodes replicate the
+metadata (the meta group, whose Raft leader answers metadata calls).
 It never returns half an answer: a call either succeeds, raises the node's `NodeError`, or raises
-`Unavailable` once no replica (or no metadata node) could answer within the deadline.
+`Unavailable` once no replica (or no meta-group leader) could answer within the deadline.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 class ClusterConfig:
     seeds: tuple[str, ...]
     client: ClientConfig
-    # How long a metadata call keeps retrying an unreachable metadata node before EIO.
+    # How long a metadata call keeps retrying (elections, unreachable members) before EIO.
     meta_deadline: float = 20.0
     # Blocks being written at once (each holds its buffer until every replica answered).
     blocks_in_flight: int = 8
@@ -188,7 +189,7 @@ class Cluster:
         return decode_result(command, wire)
 
     async def meta_query(self, query: Query) -> Any:
-        """Run a read-only metadata query on the metadata node; returns the decoded result."""
+        """Run a linearizable read-only metadata query on the leader; returns the result."""
         return decode_result(query, await self._meta_call("meta.query", [query.to_wire()]))
 
     async def _meta_call(self, method: str, params: Sequence[Any]) -> Any:

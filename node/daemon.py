@@ -1,8 +1,8 @@
 """A storage node process: its data directory, its cluster map, its services.
 
 `run(config)` is what `ringfs node` runs. The data directory holds the block store, the
-node's copy of the cluster map and, on the node the ring picks for the key `meta`, the
-metadata database.
+node's copy of the cluster map and, on the three nodes the ring picks for the key `meta` (the
+meta group), a replica of the metadata with its Raft log.
 """
 
 from __future__ import annotations
@@ -101,6 +101,8 @@ async def run(
     Raises `ConfigError` for an unusable configuration and OSError when the address cannot be
     bound.
     """
+    if config.snapshot_threshold < 1:
+        raise ConfigError("--snapshot-every must be at least 1")
     if not MIN_CHUNK_SIZE <= config.chunk_size <= MAX_CHUNK_SIZE:
         raise ConfigError(f"chunk size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}")
     config.data_dir.mkdir(parents=True, exist_ok=True)

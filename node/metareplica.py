@@ -29,6 +29,7 @@ from ringfs.node.raft import Entry as LogEntry
 from ringfs.node.raft import EntryKind, NotLeader, SnapshotMeta
 from ringfs.node.raftlog import RaftLog
 from ringfs.node.raftnode import LeadershipLost, RaftNode, StateMachine, Transport
+from ringfs.node.store import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class MetaMachine:
         for suffix in ("-wal", "-shm"):
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
         os.replace(incoming, self.path)
+        fsync_dir(self.path.parent)  # the log is compacted next: the new file must stay
         self.state = MetaState(self.path, synchronous=False)
         if self.state.applied_index != meta.last_index:
             raise RuntimeError(

@@ -267,10 +267,20 @@ class RaftNode:
 
     # -- snapshots ---------------------------------------------------------------------------
 
-    async def _take_snapshot(self) -> tuple[SnapshotMeta, bytes]:
-        """Snapshot the state machine at its applied index and compact the log up to it."""
+    async def _take_snapshot(self) -> tuple[SnapshotMeta, bytes] | None:
+        """Snapshot the state machine at its applied index and compact the log up to it.
+
+        None when the log does not hold that index (a crash in the middle of installing a
+        snapshot left the state machine ahead of the log): the log catches up and the next
+        snapshot succeeds.
+        """
         index, image = await self._io(self.machine.snapshot)
-        meta = self.raft.snapshot_meta(index)
+        try:
+            meta = self.raft.snapshot_meta(index)
+        except ValueError:
+            log.warning("node %s: no snapshot at %d until the log holds it", self.node_id, index)
+            self._snapshot_index = index
+            return None
         self.raft.compact(meta)
         await self._io(self.storage.compact, meta)
         self._snapshot_index = index
@@ -278,7 +288,10 @@ class RaftNode:
         return meta, image
 
     async def _send_snapshot(self, follower: str) -> None:
-        meta, image = await self._take_snapshot()
+        taken = await self._take_snapshot()
+        if taken is None:
+            return
+        meta, image = taken
         log.info("node %s: sending the snapshot at %d to %s", self.node_id, meta.last_index,
                  follower)  # fmt: skip
         self.transport.send(SnapshotRequest(self.node_id, follower, self.raft.term, meta), image)

@@ -1,0 +1,123 @@
+"""A simulation's configuration and fault schedule, all drawn from its seed."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+from tests.sim.network import Faults
+
+__all__ = ["Config", "FaultEvent", "draw_config"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultEvent:
+    """One scheduled fault. ``node`` may be "leader": whoever leads at that moment."""
+
+    at: float
+    action: str  # "faults", "isolate", "split", "crash"
+    node: str | None = None
+    groups: tuple[tuple[str, ...], ...] = ()
+    faults: Faults | None = None
+    length: float = 0.0  # how long a partition or a crash lasts
+
+    def __str__(self) -> str:
+        what = {
+            "faults": f"network {self.faults}",
+            "isolate": f"isolate {self.node} for {self.length:.2f}s",
+            "split": f"partition {' | '.join(','.join(g) for g in self.groups)} "
+            f"for {self.length:.2f}s",
+            "crash": f"crash {self.node}, restart after {self.length:.2f}s",
+        }[self.action]
+        return f"t={self.at:7.3f} {what}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a run is made of, drawn from its seed."""
+
+    seed: int
+    nodes: tuple[str, ...]
+    keys: tuple[str, ...]
+    clients: int
+    ops: int  # issued before healing (at most)
+    post_heal_ops: int  # per client, after healing
+    fault_time: float
+    op_timeout: float
+    snapshot_threshold: int
+    durable_apply: bool
+    wire: bool  # messages go through the wire encoding and msgpack
+    schedule: tuple[FaultEvent, ...]
+
+    def describe(self) -> str:
+        lines = [
+            f"seed {self.seed}: nodes {','.join(self.nodes)}, {self.clients} clients, "
+            f"{self.ops} ops on keys {','.join(self.keys)} + {self.post_heal_ops}/client after "
+            f"healing, faults for {self.fault_time:.1f}s, op timeout {self.op_timeout:.1f}s, "
+            f"snapshot every {self.snapshot_threshold}, "
+            f"durable apply {self.durable_apply}, wire {self.wire}",
+            "fault schedule:",
+        ]
+        lines += [f"  {event}" for event in self.schedule]
+        lines.append(f"  t={self.fault_time:7.3f} heal everything, restart crashed nodes")
+        return "\n".join(lines)
+
+
+def _draw_faults(rng: random.Random) -> Faults:
+    lo = rng.uniform(0.001, 0.01)
+    hi = lo + rng.choice([0.005, 0.02, 0.08, 0.3])
+    return Faults(
+        drop=rng.choice([0.0, rng.uniform(0, 0.2)]),
+        duplicate=rng.choice([0.0, rng.uniform(0, 0.1)]),
+        delay=(round(lo, 4), round(hi, 4)),
+    )
+
+
+def _draw_schedule(
+    rng: random.Random, nodes: tuple[str, ...], duration: float
+) -> tuple[FaultEvent, ...]:
+    events = [FaultEvent(0.0, "faults", faults=_draw_faults(rng))]
+    t = 0.0
+    while True:
+        t += rng.expovariate(1 / 1.5)
+        if t >= duration:
+            break
+        at, length = round(t, 3), round(rng.uniform(0.2, 4.0), 3)
+        kind = rng.random()
+        if kind < 0.25:
+            events.append(
+                FaultEvent(at, "isolate", node=rng.choice([*nodes, "leader"]), length=length)
+            )
+        elif kind < 0.45:
+            shuffled = list(nodes)
+            rng.shuffle(shuffled)
+            cut = rng.randrange(1, len(nodes))
+            groups = (tuple(sorted(shuffled[:cut])), tuple(sorted(shuffled[cut:])))
+            events.append(FaultEvent(at, "split", groups=groups, length=length))
+        elif kind < 0.75:
+            target = rng.choice([*nodes, "leader", "leader"])
+            events.append(FaultEvent(at, "crash", node=target, length=length))
+        elif kind < 0.9:
+            events.append(FaultEvent(at, "faults", faults=_draw_faults(rng)))
+    return tuple(events)
+
+
+def draw_config(seed: int) -> Config:
+    """The run of ``seed``: group, workload and fault schedule."""
+    rng = random.Random(f"config-{seed}")
+    nodes = tuple(f"n{i}" for i in range(5 if rng.random() < 0.25 else 3))
+    fault_time = round(rng.uniform(5.0, 20.0), 1)
+    return Config(
+        seed=seed,
+        nodes=nodes,
+        keys=tuple(f"k{i}" for i in range(rng.randint(1, 3))),
+        clients=rng.randint(2, 4),
+        ops=rng.randint(50, 200),
+        post_heal_ops=2,
+        fault_time=fault_time,
+        op_timeout=rng.choice([1.0, 2.0, 3.0]),
+        snapshot_threshold=rng.choice([5, 20, 100, 1000]),
+        durable_apply=rng.random() < 0.5,
+        wire=rng.random() < 0.3,
+        schedule=_draw_schedule(rng, nodes, fault_time),
+    )
