@@ -133,7 +133,11 @@ class Raft:
         max_entries_per_message: int = 64,
         pre_vote: bool = True,
         check_quorum: bool = True,
+        lease_margin: int | None = 3,
     ) -> None:
+        """`lease_margin`: reads are served without a heartbeat round for `lo - lease_margin`
+        ticks after the start of a round a majority acknowledged (None: never). Safe while
+        clocks run at rates within that margin of each other (see `_leased`)."""
         lo, hi = election_ticks
         if not 1 <= heartbeat_ticks < lo < hi or max_entries_per_message < 1:
             raise ValueError("need 1 <= heartbeat_ticks < lo < hi and max_entries_per_message >= 1")
@@ -141,6 +145,10 @@ class Raft:
         self._rng, self._lo, self._hi = rng, lo, hi
         self._heartbeat_ticks, self._max_entries = heartbeat_ticks, max_entries_per_message
         self._pre_vote, self._check_quorum = pre_vote, check_quorum
+        # A lease needs followers that refuse votes while they hear a leader (check-quorum).
+        lease = lo - lease_margin if lease_margin is not None and check_quorum else 0
+        self._lease_ticks = max(lease, 0)
+        self._round_ticks: dict[int, int] = {}
         self._term, self._voted_for = hard_state.term, hard_state.voted_for
         self._reported = hard_state
         initial = decode_voters(encode_voters(tuple(sorted(voters))))
@@ -282,6 +290,10 @@ class Raft:
         if self._role != LEADER:
             self._emit(Ready(failed_reads=(read_id,)))
             return self._take()
+        if self._commit >= self._term_start and self._leased():
+            # No other leader can exist yet: the state at commit is the latest there is.
+            self._emit(Ready(reads=((read_id, self._commit),)))
+            return self._take()
         # Everything committed is at most the term's first entry when that is not committed yet.
         index = max(self._commit, self._term_start)
         self._reads.append(_PendingRead(read_id, index, self._probe + 1))
@@ -411,6 +423,7 @@ class Raft:
             return
         self._role, self._leader = LEADER, self._id
         self._heartbeat_elapsed = 0
+        self._round_ticks.clear()
         self._sync_progress()
         self._term_start = self._append_local(EntryKind.NOOP, b"")
         self._start_round()
@@ -542,6 +555,7 @@ class Raft:
     def _start_round(self) -> None:
         """A heartbeat round: every follower hears from us, tagged with a new probe."""
         self._probe += 1
+        self._round_ticks[self._probe] = self._now
         self._replicate_all(_Why.HEARTBEAT)
 
     def _replicate_all(self, why: _Why) -> None:
@@ -653,6 +667,19 @@ class Raft:
             read = self._reads.popleft()
             served.append((read.read_id, read.index))
         self._emit(Ready(reads=tuple(served)))
+
+    def _leased(self) -> bool:
+        """Leader lease (thesis §6.4.1): a majority acknowledged a round started at tick t, and
+        each of them refuses to vote until it has not heard from us for `lo` of its own ticks.
+        So no other leader can be elected before t + lo, and until t + lo - margin (in our
+        ticks, allowing for clocks that run at slightly different rates) we still lead."""
+        if not self._lease_ticks:
+            return False
+        acked = self._acked_round()
+        for probe in [p for p in self._round_ticks if p < acked]:
+            del self._round_ticks[probe]
+        started = self._round_ticks.get(acked)
+        return started is not None and self._now < started + self._lease_ticks
 
     def _acked_round(self) -> int:
         return self._peers.acked_round(self.voters, self._probe)

@@ -122,7 +122,10 @@ class RaftNode:
         self._blocking_io = blocking_io
         self._pending = Ready()
         self._inbox: deque[tuple[Message, bytes | None]] = deque()
-        self._ticks = 0
+        # Ticks are counted from the clock, not from wake-ups, so a stall is not time that
+        # never passed (the leader lease relies on it).
+        self._clock_start: float | None = None
+        self._ticks_done = 0
         self._wakeup = trio.Event()
         self._proposals: dict[int, _Waiter] = {}
         self._reads: dict[int, _Waiter] = {}
@@ -136,6 +139,7 @@ class RaftNode:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Tick and process until cancelled. Cancellation fails every waiting caller."""
+        self._clock_start = trio.current_time()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._ticker, name=f"raft-ticker {self.node_id}")
@@ -147,8 +151,16 @@ class RaftNode:
     async def _ticker(self) -> None:
         while True:
             await trio.sleep(self.tick_interval)
-            self._ticks += 1
             self._wakeup.set()
+
+    def _advance_clock(self) -> None:
+        """Give the core every tick that is due by now (several after a stall)."""
+        if self._clock_start is None:
+            return
+        due = int((trio.current_time() - self._clock_start) / self.tick_interval)
+        while self._ticks_done < due:
+            self._ticks_done += 1
+            self._pending = self._pending.merge(self.raft.tick())
 
     def deliver(self, message: Message, snapshot: bytes | None = None) -> None:
         """Queue a message that arrived (called by the transport; never blocks)."""
@@ -163,9 +175,7 @@ class RaftNode:
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
-            ticks, self._ticks = self._ticks, 0
-            for _ in range(ticks):
-                self._pending = self._pending.merge(self.raft.tick())
+            self._advance_clock()
             while self._inbox:
                 message, image = self._inbox.popleft()
                 ready = self.raft.step(message)
@@ -332,6 +342,7 @@ class RaftNode:
         """
         read_id = self._next_read
         self._next_read += 1
+        self._advance_clock()  # the lease is judged by the time now, not at the last wake-up
         waiter = self._reads[read_id] = _Waiter(self.raft.term, trio.Event())
         self._submit(self.raft.read_index(read_id))
         await waiter.done.wait()
