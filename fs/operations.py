@@ -124,13 +124,20 @@ class Operations(pyfuse3.Operations):
         self._lookups[attr.ino] = self._lookups.get(attr.ino, 0) + 1
         return self._entry(attr)
 
-    async def _unlinked(self, attr: Attr | None) -> None:
-        """Note an inode that lost its last name; purge it once nothing here still uses it."""
+    def _unlinked(self, attr: Attr | None) -> None:
+        """Note an inode that lost its last name; purge it once no handle here has it open.
+
+        The purge runs in the background: the unlink that caused it has already succeeded,
+        and a purge that fails is retried at unmount.
+        """
         if attr is None or attr.nlink > 0 or stat.S_ISDIR(attr.mode):
             return
         self._orphans.add(attr.ino)
-        if not self._lookups.get(attr.ino) and attr.ino not in self._open:
-            await self._purge(attr.ino)
+        if attr.ino not in self._open:
+            self._purge_soon(attr.ino)
+
+    def _purge_soon(self, ino: int) -> None:
+        self.files.nursery.start_soon(self._purge, ino, name=f"purge {ino}")
 
     async def _purge(self, ino: int) -> None:
         """Delete an unlinked inode nobody here uses; on failure it stays listed for unmount."""
@@ -166,8 +173,6 @@ class Operations(pyfuse3.Operations):
             if ino not in self._open:
                 # The kernel dropped the inode, and its page cache with it.
                 self._cached_versions.pop(ino, None)
-                if ino in self._orphans:
-                    await self._purge(ino)
 
     async def getattr(
         self, inode: InodeT, ctx: pyfuse3.RequestContext | None = None
@@ -270,7 +275,7 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
     ) -> None:
         with fuse_errors("unlink"):
-            await self._unlinked(await self._apply(Unlink(parent_inode, name, 0)))
+            self._unlinked(await self._apply(Unlink(parent_inode, name, 0)))
 
     async def rmdir(
         self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
@@ -289,7 +294,7 @@ class Operations(pyfuse3.Operations):
     ) -> None:
         with fuse_errors("rename"):
             command = Rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, 0)
-            await self._unlinked(await self._apply(command))
+            self._unlinked(await self._apply(command))
 
     # -- directories -------------------------------------------------------------------------
 
@@ -397,8 +402,8 @@ class Operations(pyfuse3.Operations):
         if state.open_count:
             return  # opened again while we flushed: the state lives on
         del self._open[state.ino]
-        if state.ino in self._orphans and not self._lookups.get(state.ino):
-            await self._purge(state.ino)
+        if state.ino in self._orphans:
+            self._purge_soon(state.ino)
 
     # -- filesystem --------------------------------------------------------------------------
 

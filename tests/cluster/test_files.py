@@ -167,6 +167,15 @@ async def test_flush_reports_the_error_when_no_replica_stores_the_block(
     await ops.release(fh)
 
 
+async def wait_purged(ops: Operations, ino: int) -> None:
+    """Until the background purge of `ino` went through (10 s at most)."""
+    for _ in range(1000):
+        if ino not in ops._orphans:
+            return
+        await trio.sleep(0.01)
+    raise AssertionError(f"inode {ino} was not purged")
+
+
 async def test_unlinked_open_file_is_purged_after_release(
     nodes: LocalNodes, nursery: trio.Nursery
 ) -> None:
@@ -177,8 +186,24 @@ async def test_unlinked_open_file_is_purged_after_release(
     await ops.unlink(ROOT, b"orphan", CTX)
     assert (await ops.getattr(ino, CTX)).st_nlink == 0
     assert await ops.read(fh, 0, 100) == b"kept while open"
+    # Still there while open; purged (in the background) once the last handle is released.
+    await trio.sleep(0.2)
+    assert (await ops.getattr(ino, CTX)).st_nlink == 0
     await ops.release(fh)
-    await ops.forget([(ino, 1)])
+    await wait_purged(ops, ino)
+    with pytest.raises(pyfuse3.FUSEError) as gone:
+        await ops.getattr(ino, CTX)
+    assert gone.value.errno == errno.ENOENT
+
+
+async def test_an_unlinked_file_that_is_not_open_is_purged_at_once(
+    nodes: LocalNodes, nursery: trio.Nursery
+) -> None:
+    ops = await mount_ops(nodes, nursery)
+    fh, ino = await create(ops, b"gone")
+    await ops.release(fh)
+    await ops.unlink(ROOT, b"gone", CTX)  # the kernel still holds a lookup: no matter
+    await wait_purged(ops, ino)
     with pytest.raises(pyfuse3.FUSEError) as gone:
         await ops.getattr(ino, CTX)
     assert gone.value.errno == errno.ENOENT
