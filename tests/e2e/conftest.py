@@ -43,6 +43,14 @@ def ringfs_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "ringfs.tools", *args]
 
 
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 40) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
 @dataclass
 class NodeProcess:
     name: str
@@ -136,6 +144,14 @@ class Cluster:
         if node.process is not None and node.process.stdout is not None:
             node.process.stdout.close()
         node.process = None
+
+    def status(self) -> str:
+        """What `ringfs status` prints for this cluster."""
+        result = subprocess.run(
+            ringfs_argv("status", "--cluster", self.seeds, "--secret-file", str(self.secret_file)),
+            check=True, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        return result.stdout
 
     def log(self, node: NodeProcess) -> str:
         return (self.root / f"{node.name}.log").read_text(errors="replace")[-3000:]

@@ -11,23 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cluster, Mount, ringfs_argv
+from tests.e2e.conftest import Cluster, Mount
 from tests.e2e.test_tools import MiB, random_file
 
 pytestmark = pytest.mark.fuse
-
-
-def status(cluster: Cluster) -> str:
-    result = subprocess.run(
-        ringfs_argv(
-            "status", "--cluster", cluster.seeds, "--secret-file", str(cluster.secret_file)
-        ),
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    return result.stdout
 
 
 def node_lines(text: str) -> dict[str, str]:
@@ -41,7 +28,7 @@ def test_copy_survives_sigkill_of_a_storage_node(
 ) -> None:
     mounted = mount_factory().path
     # Not the meta leader (killing that one is the metadata failover test's business).
-    leader = re.search(r"meta group: leader (n\d+)", status(cluster))
+    leader = re.search(r"meta group: leader (n\d+)", cluster.status())
     victim = next(node for node in cluster.nodes if not leader or node.name != leader.group(1))
     source = random_file(tmp_path / "source.bin", 200 * MiB)
     target = mounted / "copy.bin"
@@ -62,11 +49,11 @@ def test_copy_survives_sigkill_of_a_storage_node(
             copy.wait()
 
     assert filecmp.cmp(source, target, shallow=False)
-    lines = node_lines(status(cluster))
+    lines = node_lines(cluster.status())
     assert "unreachable" in lines[victim.name]
 
     cluster.start(victim)
-    lines = node_lines(status(cluster))
+    lines = node_lines(cluster.status())
     assert "unreachable" not in lines[victim.name]
     assert " up " in lines[victim.name]
     # Still readable with every node back, through a second mount (no cached pages).

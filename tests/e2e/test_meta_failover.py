@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -17,18 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cluster, Mount, ringfs_argv
+from tests.e2e.conftest import Cluster, Mount, wait_for
 
 pytestmark = pytest.mark.fuse
-
-
-def status(cluster: Cluster) -> str:
-    result = subprocess.run(
-        ringfs_argv("status", "--cluster", cluster.seeds, "--secret-file",
-                    str(cluster.secret_file)),
-        check=True, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    return result.stdout
 
 
 def meta_members(text: str) -> dict[str, tuple[str, int, int]]:
@@ -42,18 +32,11 @@ def meta_members(text: str) -> dict[str, tuple[str, int, int]]:
     return members
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 def leader_of(cluster: Cluster) -> str:
     found: list[str] = []
 
     def elected() -> bool:
-        match = re.search(r"meta group: leader (n\d+)", status(cluster))
+        match = re.search(r"meta group: leader (n\d+)", cluster.status())
         found[:] = [match.group(1)] if match else []
         return bool(found)
 
@@ -155,7 +138,7 @@ def test_killing_the_meta_leader_loses_nothing_acknowledged(
     cluster.start(victim)
 
     def caught_up() -> bool:
-        members = meta_members(status(cluster))
+        members = meta_members(cluster.status())
         leader = next((m for m in members.values() if m[0] == "leader"), None)
         mine = members.get(victim.name)
         return leader is not None and mine is not None and mine[2] >= leader[2]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.e2e import netns
-from tests.e2e.conftest import Cluster, Mount, NodeProcess
+from tests.e2e.conftest import Cluster, Mount, NodeProcess, wait_for
 
 pytestmark = pytest.mark.fuse
 
@@ -86,13 +85,6 @@ def probe(host: netns.Host, node: NodeProcess, secret: Path, name: str = "") -> 
     )  # fmt: skip
     answer: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return answer
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 40) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
 
 
 def test_a_cut_off_leader_commits_nothing_and_the_group_converges(
