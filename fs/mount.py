@@ -58,7 +58,7 @@ async def create_operations(
     Waits for the filesystem to exist (a new cluster creates it once its meta group elected
     a leader); raises `Unavailable` if it does not within the metadata deadline.
     """
-    info = await _filesystem(cluster)
+    info = await wait_for_filesystem(cluster)
     files = FileContext(
         cluster=cluster,
         cache=BlockCache(cluster, config.cache_bytes, nursery),
@@ -69,7 +69,9 @@ async def create_operations(
     return Operations(cluster, files, config.times)
 
 
-async def _filesystem(cluster: Cluster) -> FsStats:
+async def wait_for_filesystem(cluster: Cluster) -> FsStats:
+    """The filesystem's parameters, once its meta group created it; Unavailable if it does
+    not within the metadata deadline."""
     with trio.move_on_after(cluster.config.meta_deadline):
         while True:
             info: FsStats = await cluster.meta_query(FsInfo())

@@ -16,8 +16,9 @@ import pytest
 import trio
 import trio.lowlevel
 
-from ringfs.fs.mount import MountConfig, create_operations
+from ringfs.fs.mount import MountConfig, create_operations, wait_for_filesystem
 from ringfs.fs.operations import Operations
+from ringfs.node.commands import Mkdir
 from ringfs.node.errors import NodeError
 from ringfs.node.store import BlockStore
 from tests.cluster.conftest import LocalNodes, start_nodes
@@ -211,8 +212,7 @@ async def test_an_unlinked_file_that_is_not_open_is_purged_at_once(
 
 async def test_retried_command_is_applied_once(nodes: LocalNodes) -> None:
     cluster = await nodes.client()
-    from ringfs.node.commands import Mkdir
-
+    await wait_for_filesystem(cluster)
     command = Mkdir(ROOT, b"once", 0o755, 0, 0, 0).to_wire()
     params = [cluster.client_id, 41, 41, command]
     first = await cluster._meta_call("meta.apply", params)
