@@ -576,7 +576,7 @@ class Raft:
             return
         if why is _Why.NEW_ENTRIES and p.probing:
             return
-        entries = self._log.slice(p.next, p.next + self._max_entries)
+        entries = _within_bytes(self._log.slice(p.next, p.next + self._max_entries))
         if entries or why is not _Why.NEW_ENTRIES:
             self._send_append(peer, p.next - 1, entries)
         if entries and not p.probing:
@@ -701,3 +701,17 @@ class Raft:
         self._applied = self._commit
         ready, self._out = self._out.merge(Ready(hard_state=changed, committed=committed)), Ready()
         return ready
+
+
+# Entry data one AppendRequest carries at most (at least one entry always goes): keeps a batch of
+# large commands under the 16 MiB message limit of the transport.
+MAX_BYTES_PER_MESSAGE = 4 * 1024 * 1024
+
+
+def _within_bytes(entries: tuple[Entry, ...]) -> tuple[Entry, ...]:
+    total = 0
+    for count, entry in enumerate(entries):
+        total += len(entry.data)
+        if total > MAX_BYTES_PER_MESSAGE and count:
+            return entries[:count]
+    return entries

@@ -1302,3 +1302,27 @@ def test_no_lease_without_check_quorum() -> None:
     net.tick(leader, times=2)
     net.deliver()
     assert raft.read_index(1).reads == ()
+
+
+def test_an_append_request_carries_at_most_a_few_mib_of_entries() -> None:
+    net, leader = settled_net()
+    raft = net.nodes[leader]
+    behind = next(n for n in IDS3 if n != leader)
+    net.crash(behind)
+    for _ in range(3):
+        net.propose(leader, b"x" * (3 * 1024 * 1024))
+    net.deliver()
+    net.restart(behind)
+    sizes: list[int] = []
+
+    def measure(message: Message) -> bool:
+        if isinstance(message, AppendRequest) and message.dst == behind and message.entries:
+            sizes.append(sum(len(e.data) for e in message.entries))
+        return True
+
+    for _ in range(20):
+        net.handle(leader, raft.tick())
+        net.deliver(measure)
+    assert sizes, "the follower that was behind got no entries"
+    assert max(sizes) <= 4 * 1024 * 1024
+    assert net.nodes[behind].last_index == raft.last_index  # it caught up all the same
