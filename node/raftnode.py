@@ -209,7 +209,8 @@ class RaftNode:
         early = _early_messages(ready)
         for message in early:
             self.transport.send(message)
-        await self._io(self.storage.save, ready.hard_state, ready.truncate_from, ready.append)
+        if ready.hard_state is not None or ready.truncate_from is not None or ready.append:
+            await self._io(self.storage.save, ready.hard_state, ready.truncate_from, ready.append)
         if ready.install_snapshot is not None and image is not None:
             await self._install(ready.install_snapshot, image)
         sent = {id(message) for message in early}
