@@ -258,13 +258,17 @@ class Raft:
                 self._on_snapshot_response(message)
         return self._take()
 
-    def propose(self, data: bytes) -> tuple[int, Ready]:
-        """Append a COMMAND entry and start replicating it; returns its index.
+    def propose(self, *commands: bytes) -> tuple[int, Ready]:
+        """Append COMMAND entries, one per command, and start replicating them; returns the
+        first one's index (the others follow it in order).
 
-        Raises NotLeader on any other role. The entry may still be lost if leadership is.
+        Commands proposed together travel in the same AppendRequests and share one log write.
+        Raises NotLeader on any other role. The entries may still be lost if leadership is.
         """
         self._require_leader()
-        return self._propose(EntryKind.COMMAND, data)
+        if not commands:
+            raise ValueError("nothing to propose")
+        return self._propose(EntryKind.COMMAND, commands)
 
     def propose_config(self, voters: tuple[NodeId, ...]) -> tuple[int, Ready]:
         """Append a CONFIG entry adding or removing exactly one voter; returns its index.
@@ -281,7 +285,7 @@ class Raft:
             raise ConfigChangePending(f"configuration change {self._log.config_index} uncommitted")
         if self._commit < self._term_start:
             raise ConfigChangePending("this leader has not committed an entry of its term yet")
-        return self._propose(EntryKind.CONFIG, encode_voters(new))
+        return self._propose(EntryKind.CONFIG, (encode_voters(new),))
 
     def read_index(self, read_id: int) -> Ready:
         """Start a linearizable read (ReadIndex); it comes back in `Ready.reads` with the index
@@ -328,11 +332,14 @@ class Raft:
 
     # --- log -----------------------------------------------------------------------------------
 
-    def _propose(self, kind: EntryKind, data: bytes) -> tuple[int, Ready]:
-        index = self._append_local(kind, data)
+    def _propose(self, kind: EntryKind, payloads: Sequence[bytes]) -> tuple[int, Ready]:
+        first = self.last_index + 1
+        self._append(
+            tuple(Entry(self._term, first + i, kind, data) for i, data in enumerate(payloads))
+        )
         self._replicate_all(_Why.NEW_ENTRIES)
         self._maybe_commit()
-        return index, self._take()
+        return first, self._take()
 
     def _append_local(self, kind: EntryKind, data: bytes) -> int:
         entry = Entry(self._term, self.last_index + 1, kind, data)

@@ -85,8 +85,9 @@ class Transport(Protocol):
 
 @dataclass
 class _Waiter:
-    term: int
     done: trio.Event
+    # The term a proposal was made in: an entry of another term in its place is not it.
+    term: int = 0
     result: Any = None
     failure: BaseException | None = None
 
@@ -131,6 +132,8 @@ class RaftNode:
         self._clock_start: float | None = None
         self._ticks_done = 0
         self._wakeup = trio.Event()
+        # Commands waiting for the loop to propose them together (one AppendRequest each).
+        self._queued: list[tuple[bytes, _Waiter]] = []
         self._proposals: dict[int, _Waiter] = {}
         self._reads: dict[int, _Waiter] = {}
         self._read_after: list[tuple[int, int]] = []
@@ -189,11 +192,29 @@ class RaftNode:
                     await self._process(ready, image)
                 else:
                     self._pending = self._pending.merge(ready)
+            self._propose_queued()
             await self._process_pending()
 
     def _submit(self, ready: Ready) -> None:
         self._pending = self._pending.merge(ready)
         self._wakeup.set()
+
+    def _propose_queued(self) -> None:
+        """Propose every command that arrived since the last round as one batch: however many
+        callers wait, a round costs one log write and one AppendRequest per follower."""
+        if not self._queued:
+            return
+        queued, self._queued = self._queued, []
+        try:
+            first, ready = self.raft.propose(*(data for data, _ in queued))
+        except NotLeader as exc:
+            for _, waiter in queued:
+                waiter.finish(failure=exc)
+            return
+        for index, (_, waiter) in enumerate(queued, start=first):
+            waiter.term = self.raft.term
+            self._proposals[index] = waiter
+        self._pending = self._pending.merge(ready)
 
     async def _process_pending(self) -> None:
         ready, self._pending = self._pending, Ready()
@@ -276,8 +297,10 @@ class RaftNode:
         self._was_leader = leading
 
     def _fail_waiters(self, failure: BaseException) -> None:
-        for waiter in [*self._proposals.values(), *self._reads.values()]:
+        queued = [waiter for _, waiter in self._queued]
+        for waiter in [*queued, *self._proposals.values(), *self._reads.values()]:
             waiter.finish(failure=failure)
+        self._queued.clear()
         self._proposals.clear()
         self._reads.clear()
         self._read_after.clear()
@@ -332,9 +355,11 @@ class RaftNode:
         leadership ended before the outcome was known. Cancellation abandons the wait, not
         the command.
         """
-        index, ready = self.raft.propose(data)
-        waiter = self._proposals[index] = _Waiter(self.raft.term, trio.Event())
-        self._submit(ready)
+        if self.raft.role != "leader":
+            raise NotLeader(self.raft.leader)
+        waiter = _Waiter(trio.Event())
+        self._queued.append((data, waiter))
+        self._wakeup.set()
         await waiter.done.wait()
         if waiter.failure is not None:
             raise waiter.failure
@@ -350,7 +375,7 @@ class RaftNode:
         read_id = self._next_read
         self._next_read += 1
         self._advance_clock()  # the lease is judged by the time now, not at the last wake-up
-        waiter = self._reads[read_id] = _Waiter(self.raft.term, trio.Event())
+        waiter = self._reads[read_id] = _Waiter(trio.Event())
         self._submit(self.raft.read_index(read_id))
         await waiter.done.wait()
         if waiter.failure is not None:

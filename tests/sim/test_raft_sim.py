@@ -150,5 +150,6 @@ def test_catches_a_vote_forgotten_in_a_crash(monkeypatch: pytest.MonkeyPatch) ->
         save(self, None, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(MemoryStorage, "save", forgetful)
-    result = _first_failure(range(40))
+    # Rare by nature (a crash right after a vote in a contested election): about 1 seed in 40.
+    result = _first_failure(range(100))
     assert result.violations or not result.verdict.ok

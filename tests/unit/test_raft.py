@@ -366,6 +366,21 @@ def test_log_replication_and_commit() -> None:
     assert all(machine == expected for machine in net.machines.values())
 
 
+def test_commands_proposed_together_share_one_write_and_one_message_per_follower() -> None:
+    net, leader = settled_net()
+    first, ready = net.nodes[leader].propose(b"a", b"b", b"c")
+    assert [e.index for e in ready.append] == [first, first + 1, first + 2]
+    assert [e.data for e in ready.append] == [b"a", b"b", b"c"]
+    appends = replies(ready, AppendRequest)
+    assert sorted(m.dst for m in appends) == sorted(set(IDS3) - {leader})
+    assert all([e.data for e in m.entries] == [b"a", b"b", b"c"] for m in appends)
+    net.handle(leader, ready)
+    net.deliver()
+    assert net.applied[leader] == first + 2
+    with pytest.raises(ValueError, match="nothing to propose"):
+        net.nodes[leader].propose()
+
+
 def test_no_commit_without_a_majority() -> None:
     net, leader = settled_net()
     followers = [n for n in IDS3 if n != leader]
