@@ -11,14 +11,15 @@ from __future__ import annotations
 import logging
 import math
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from ringfs.node.errors import NodeError, ProtocolError, Unavailable
 from ringfs.node.protocol import (
+    Buffer,
     Connection,
     HandshakeDone,
     Limits,
@@ -27,6 +28,8 @@ from ringfs.node.protocol import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # How many bytes to ask the kernel for at once: big enough that a 4 MiB block takes few loops.
 RECEIVE_SIZE = 1024 * 1024
@@ -119,15 +122,7 @@ class RpcConnection:
                 async with self._send_lock:
                     msgid, buffers = self._conn.send_request(method, params)
                     self._slots[msgid] = slot
-                    try:
-                        for buffer in buffers:
-                            await self._stream.send_all(buffer)
-                    except BaseException:
-                        # Half a message may be on the wire: nothing after it would parse.
-                        await self._fail_all(
-                            Unavailable(f"node {self.address}: send cut off", [self.address])
-                        )
-                        raise
+                    await self._write(buffers)
                 await slot.done.wait()
         except trio.TooSlowError:
             log.warning(
@@ -155,6 +150,40 @@ class RpcConnection:
             name, detail = slot.response.error
             raise NodeError(name, detail)
         return slot.response.result
+
+    async def notify(self, method: str, batch: Sequence[Sequence[Any]], time_limit: float) -> None:
+        """Send one-way calls (msgpack-RPC notifications, never answered), in order, in one
+        write.
+
+        Raises `Unavailable` when the connection fails or the time limit passes. Returning
+        means the bytes are with the kernel, not that the peer handled them.
+        """
+        if self._closed:
+            raise Unavailable(f"node {self.address}: connection closed", [self.address])
+        payload = b"".join(
+            buffer for params in batch for buffer in self._conn.send_notification(method, params)
+        )
+        try:
+            with trio.fail_after(time_limit):
+                async with self._send_lock:
+                    await self._write([payload])
+        except trio.TooSlowError:
+            raise Unavailable(
+                f"node {self.address}: {method} not sent in time", [self.address]
+            ) from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            await self._fail_all(Unavailable(f"node {self.address}: {exc}", [self.address]))
+            raise Unavailable(f"node {self.address}: connection lost", [self.address]) from exc
+
+    async def _write(self, buffers: Sequence[Buffer]) -> None:
+        """Write whole messages (the caller holds the send lock)."""
+        try:
+            for buffer in buffers:
+                await self._stream.send_all(buffer)
+        except BaseException:
+            # Half a message may be on the wire: nothing after it would parse.
+            await self._fail_all(Unavailable(f"node {self.address}: send cut off", [self.address]))
+            raise
 
     async def _read_loop(self) -> None:
         failure: BaseException = Unavailable(f"node {self.address}: closed", [self.address])
@@ -277,9 +306,20 @@ class NodePool:
         self, address: str, method: str, params: Sequence[Any], time_limit: float | None = None
     ) -> Any:
         """Call `method` on the node at `address`; failures mark the node suspect."""
+        limit = time_limit or self.config.request_timeout
+        return await self._through(address, lambda rpc: rpc.call(method, params, limit))
+
+    async def notify(
+        self, address: str, method: str, batch: Sequence[Sequence[Any]], time_limit: float
+    ) -> None:
+        """Send one-way calls of `method` to the node at `address` (see `RpcConnection.notify`);
+        failures mark the node suspect."""
+        await self._through(address, lambda rpc: rpc.notify(method, batch, time_limit))
+
+    async def _through(self, address: str, action: Callable[[RpcConnection], Awaitable[T]]) -> T:
+        """Run `action` on the connection to `address`, keeping the node's health record."""
         try:
-            rpc = await self.connection(address)
-            result = await rpc.call(method, params, time_limit or self.config.request_timeout)
+            result = await action(await self.connection(address))
         except Unavailable:
             self._mark_down(address)
             raise

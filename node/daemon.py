@@ -151,5 +151,5 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
             await nursery.start(meta.run)
             log.info("node %s is in the meta group %s", config.node_id, ", ".join(meta_group))
         service = NodeService(config.node_id, cmap, store, meta)
-        port = await nursery.start(RpcServer(server_config, service.handle).serve)
+        port = await nursery.start(RpcServer(server_config, service.handle, service.notified).serve)
         task_status.started(port)

@@ -26,6 +26,8 @@ from ringfs.node.protocol import Connection, Limits, Notification, Request, Role
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, list[Any]], Awaitable[Any]]
+# Handles a notification (a one-way call) on the connection's reading task: it must not block.
+NotificationHandler = Callable[[str, list[Any]], None]
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,12 @@ class ServerConfig:
 class RpcServer:
     """Serves `handler(method, params)` to authenticated peers."""
 
-    def __init__(self, config: ServerConfig, handler: Handler) -> None:
+    def __init__(
+        self, config: ServerConfig, handler: Handler, notified: NotificationHandler | None = None
+    ) -> None:
         self.config = config
         self._handler = handler
+        self._notified = notified
         self._connection_slots = trio.Semaphore(config.max_connections)
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -184,7 +189,22 @@ class _Session:
                 else:
                     await self._start(event, nursery)
             elif isinstance(event, Notification):
-                log.debug("notification %s from %s ignored", event.method, self.peer)
+                self._notified(event)
+
+    def _notified(self, notification: Notification) -> None:
+        """Hand a notification to the server's handler, in arrival order. Nobody waits for an
+        answer, so a refusal is only logged."""
+        handler = self.server._notified
+        if handler is None:
+            log.debug("notification %s from %s ignored", notification.method, self.peer)
+            return
+        try:
+            handler(notification.method, notification.params)
+        except NodeError as exc:
+            log.warning("notification %s from %s refused: %s", notification.method[:64],
+                        self.peer, exc)  # fmt: skip
+        except Exception:
+            log.exception("notification %s from %s failed", notification.method[:64], self.peer)
 
     async def _flush_handshake_bytes(self) -> None:
         for buffer in self.conn.data_to_send():

@@ -78,6 +78,8 @@ class NodeService:
             "meta.apply": self.meta_apply,
             "meta.query": self.meta_query,
             "meta.status": self.meta_status,
+        }
+        self._notifications: dict[str, Callable[[list[Any]], None]] = {
             "raft.message": self.raft_message,
         }
 
@@ -87,6 +89,13 @@ class NodeService:
         if handler is None:
             raise NodeError("ENOSYS", f"unknown method {method[:64]!r}")
         return await handler(params)
+
+    def notified(self, method: str, params: list[Any]) -> None:
+        """Take one notification (a one-way call); raises `NodeError` to have it refused."""
+        handler = self._notifications.get(method)
+        if handler is None:
+            raise NodeError("ENOSYS", f"unknown notification {method[:64]!r}")
+        handler(params)
 
     async def node_info(self, params: list[Any]) -> dict[str, Any]:
         _arity(params, 0, "node.info")
@@ -161,7 +170,7 @@ class NodeService:
         _arity(params, 0, "meta.status")
         return self._meta().stats()
 
-    async def raft_message(self, params: list[Any]) -> None:
+    def raft_message(self, params: list[Any]) -> None:
         wire, snapshot = _arity(params, 2, "raft.message")
         if snapshot is not None:
             snapshot = _bytes(snapshot, "snapshot")

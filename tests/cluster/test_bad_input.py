@@ -2,7 +2,8 @@
 
 Raw TCP clients send a wrong secret, oversized frames, truncated frames, garbage, and
 well-framed requests with bad parameters. A malformed or oversized message must close only that
-connection, with a logged reason; a bad parameter must be an error reply. After each one, a
+connection, with a logged reason; a bad parameter must be an error reply, and a bad one-way call
+(notification) a logged refusal. After each one, a
 well-behaved client (one connected before, and a fresh one) still stores and reads blocks and
 queries the metadata.
 """
@@ -463,3 +464,46 @@ async def test_bad_request_gets_an_error_reply(
     before = files_outside_store(node)
     await expect_error(node, method, params, name)
     assert files_outside_store(node) == before
+
+
+# -- one-way calls: refused with a logged reason, and the connection stays -----------------
+
+VOTE_FROM_N2 = [1, "n2", NODE_ID, 5, 0, 0, False]
+BAD_NOTIFICATIONS = {
+    "unknown method": ("no.such.method", [], "unknown notification"),
+    "raft.message wrong arity": ("raft.message", [VOTE_FROM_N2], "takes 2 parameters"),
+    "raft.message garbage": ("raft.message", [[99, "x"], None], "bad raft message"),
+    "raft.message snapshot as str": ("raft.message", [VOTE_FROM_N2, "image"], "binary"),
+    "raft.message for another node": (
+        "raft.message",
+        [[1, "n2", "n3", 5, 0, 0, False], None],
+        "raft message for 'n3'",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "reason"), BAD_NOTIFICATIONS.values(), ids=BAD_NOTIFICATIONS.keys()
+)
+async def test_bad_notification_is_refused_and_logged(
+    node: Node,
+    method: str,
+    params: list[Any],
+    reason: str,
+    caplog: pytest.LogCaptureFixture,
+    expected_logs: list[str],
+) -> None:
+    expected_logs.append("refused")
+    with trio.fail_after(DEADLINE):
+        stream, conn = await raw_handshake(node)
+        for buffer in conn.send_notification(method, params):
+            await stream.send_all(buffer)
+        # Handled in order, so once this is answered the notification was refused.
+        assert (await raw_call(stream, conn, "node.info", [])).error is None
+        await stream.aclose()
+    assert any(f"notification {method} from" in w and reason in w for w in server_warnings(caplog))
+    await assert_healthy(node)
+
+
+async def test_raft_message_as_a_request_is_enosys(node: Node) -> None:
+    await expect_error(node, "raft.message", [VOTE_FROM_N2, None], "ENOSYS")

@@ -21,7 +21,7 @@ import trio
 from ringfs.node.client import ClientConfig, NodePool, RpcConnection
 from ringfs.node.errors import AuthenticationError, NodeError, Unavailable
 from ringfs.node.protocol import Connection, Limits, Role, encode
-from ringfs.node.server import RpcServer, ServerConfig
+from ringfs.node.server import NotificationHandler, RpcServer, ServerConfig
 
 SECRET = b"rpc test secret"
 NODE_ID = "test-node"
@@ -77,8 +77,14 @@ class Handler:
             self.running -= 1
 
 
-async def start_server(nursery: trio.Nursery, handler: Handler, **options: Any) -> str:
-    server = RpcServer(ServerConfig(secret=SECRET, node_id=NODE_ID, **options), handler)
+async def start_server(
+    nursery: trio.Nursery,
+    handler: Handler,
+    notified: NotificationHandler | None = None,
+    **options: Any,
+) -> str:
+    config = ServerConfig(secret=SECRET, node_id=NODE_ID, **options)
+    server = RpcServer(config, handler, notified)
     port = await nursery.start(server.serve)
     return f"127.0.0.1:{port}"
 
@@ -212,6 +218,61 @@ async def test_handler_bug_is_eio_without_traceback(
         assert "Traceback" not in caught.value.detail
         assert "secret internals" not in caught.value.detail
         assert await pool.call(address, "echo", [1]) == 1
+
+
+async def test_notifications_arrive_in_order_and_get_no_answer(
+    nursery: trio.Nursery, handler: Handler, clients: Clients
+) -> None:
+    received: list[tuple[str, list[Any]]] = []
+    address = await start_server(nursery, handler, lambda m, p: received.append((m, p)))
+    pool = clients.pool()
+    with trio.fail_after(DEADLINE):
+        await pool.notify(address, "note", [[1], [2, b"two"], [3]], time_limit=2)
+        await pool.notify(address, "other", [[4]], time_limit=2)
+        # Notifications are handled as they are read, so a call sent after them is answered
+        # after they were handled.
+        assert await pool.call(address, "echo", ["after"]) == "after"
+    assert received == [("note", [1]), ("note", [2, b"two"]), ("note", [3]), ("other", [4])]
+    assert handler.started == 1  # the request handler saw only the call
+
+
+async def test_a_refused_notification_is_logged_and_the_connection_stays(
+    nursery: trio.Nursery,
+    handler: Handler,
+    clients: Clients,
+    expected_logs: list[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    expected_logs += ["notification bad from", "notification buggy from"]
+
+    def notified(method: str, params: list[Any]) -> None:
+        if method == "bad":
+            raise NodeError("EINVAL", "malformed")
+        if method == "buggy":
+            raise RuntimeError("handler bug")
+
+    address = await start_server(nursery, handler, notified)
+    with trio.fail_after(DEADLINE):
+        rpc = await clients.connect(address)
+        await rpc.notify("bad", [[]], time_limit=2)
+        await rpc.notify("buggy", [[]], time_limit=2)
+        assert await rpc.call("echo", [1], time_limit=2) == 1
+    assert not rpc.closed
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("notification bad from" in m and "malformed" in m for m in logged)
+    assert any("notification buggy from" in m for m in logged)
+
+
+async def test_notify_to_a_closed_port_is_unavailable(
+    nursery: trio.Nursery, clients: Clients
+) -> None:
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{placeholder.getsockname()[1]}"
+        pool = clients.pool()
+        with trio.fail_after(DEADLINE), pytest.raises(Unavailable):
+            await pool.notify(address, "note", [[1]], time_limit=2)
+        assert pool.is_suspect(address)
 
 
 async def test_call_timeout_raises_unavailable(
