@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# A follower applies committed entries on each tick, or sooner once this many wait.
+FOLLOWER_APPLY_BATCH = 256
+
 __all__ = ["LeadershipLost", "NotLeader", "RaftNode"]
 
 
@@ -131,6 +134,9 @@ class RaftNode:
         # never passed (the leader lease relies on it).
         self._clock_start: float | None = None
         self._ticks_done = 0
+        # Committed entries a follower has yet to apply, and the tick it last applied at.
+        self._unapplied: list[Entry] = []
+        self._applied_at_tick = 0
         self._wakeup = trio.Event()
         # Commands waiting for the loop to propose them together (one AppendRequest each).
         self._queued: list[tuple[bytes, _Waiter]] = []
@@ -240,8 +246,9 @@ class RaftNode:
                 self.transport.send(message)
         for follower in ready.send_snapshot:
             await self._send_snapshot(follower)
-        if ready.committed:
-            await self._apply(ready.committed)
+        self._unapplied.extend(ready.committed)
+        if self._apply_due():
+            await self._apply()
         self._answer_reads(ready)
         self._check_leadership()
         if self._applied - self._snapshot_index >= self.snapshot_threshold:
@@ -249,7 +256,22 @@ class RaftNode:
 
     # -- applying ----------------------------------------------------------------------------
 
-    async def _apply(self, committed: Sequence[Entry]) -> None:
+    def _apply_due(self) -> bool:
+        """A leader applies at once: callers wait for the results. A follower applies once a
+        tick, or once many entries wait: off the path of its acknowledgements, which the
+        leader is waiting for, and in bigger (cheaper) batches."""
+        if not self._unapplied:
+            return False
+        return (
+            self._was_leader
+            or self.raft.role == "leader"
+            or self._ticks_done > self._applied_at_tick
+            or len(self._unapplied) >= FOLLOWER_APPLY_BATCH
+        )
+
+    async def _apply(self) -> None:
+        committed, self._unapplied = self._unapplied, []
+        self._applied_at_tick = self._ticks_done
         fresh = [entry for entry in committed if entry.index > self._applied]
         if not fresh:
             return
@@ -344,6 +366,7 @@ class RaftNode:
             await self._io(self.storage.save, None, meta.last_index + 1, ())
         self._applied = meta.last_index
         self._snapshot_index = meta.last_index
+        self._unapplied = [entry for entry in self._unapplied if entry.index > meta.last_index]
         log.info("node %s: installed a snapshot at index %d", self.node_id, meta.last_index)
 
     # -- callers -----------------------------------------------------------------------------

@@ -1,0 +1,104 @@
+"""The trio shell's own rules, one follower driven by hand under a mock clock.
+
+A follower acknowledges an append as soon as it is persisted, and applies committed entries
+later (on the next tick, or once many wait), off the path the leader waits on.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from ringfs.node.raft import AppendRequest, AppendResponse, Entry, EntryKind, Message, SnapshotMeta
+from ringfs.node.raftnode import FOLLOWER_APPLY_BATCH, RaftNode
+from tests.sim.durable import MemoryStorage
+
+TICK = 0.05
+
+
+@dataclass
+class Recorder:
+    """Transport and state machine at once: what was sent, and what was applied."""
+
+    sent: list[Message] = field(default_factory=list)
+    applied: list[int] = field(default_factory=list)
+
+    def send(self, message: Message, snapshot: bytes | None = None) -> None:
+        self.sent.append(message)
+
+    def apply(self, entries: Sequence[Entry]) -> list[Any]:
+        self.applied.extend(entry.index for entry in entries)
+        return [None] * len(entries)
+
+    def applied_index(self) -> int:
+        return self.applied[-1] if self.applied else 0
+
+    def snapshot(self) -> tuple[int, bytes]:
+        return self.applied_index(), b""
+
+    def restore(self, meta: SnapshotMeta, image: bytes) -> None:
+        raise AssertionError("no snapshot in these tests")
+
+
+@pytest.fixture
+async def follower(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> AsyncIterator[tuple[RaftNode, Recorder]]:
+    recorder = Recorder()
+    node = RaftNode(
+        "n2",
+        ("n1", "n2", "n3"),
+        MemoryStorage(),
+        recorder,
+        recorder,
+        rng=random.Random(1),
+        tick_interval=TICK,
+        blocking_io=False,
+    )
+    await nursery.start(node.run)
+    yield node, recorder
+    nursery.cancel_scope.cancel()
+
+
+def append(prev: int, count: int, commit: int) -> AppendRequest:
+    entries = tuple(
+        Entry(1, index, EntryKind.COMMAND, b"c%d" % index)
+        for index in range(prev + 1, prev + 1 + count)
+    )
+    return AppendRequest("n1", "n2", 1, prev, 1 if prev else 0, entries, commit, 1)
+
+
+async def delivered(node: RaftNode, message: Message) -> None:
+    node.deliver(message)
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_a_follower_acknowledges_first_and_applies_on_the_next_tick(
+    follower: tuple[RaftNode, Recorder], mock_clock: trio.testing.MockClock
+) -> None:
+    node, recorder = follower
+    await delivered(node, append(0, 2, 0))
+    await delivered(node, append(2, 1, 2))  # commits the first two
+    acks = [m for m in recorder.sent if isinstance(m, AppendResponse)]
+    assert [(m.success, m.match_index) for m in acks] == [(True, 2), (True, 3)]
+    assert node.raft.commit_index == 2
+    assert recorder.applied == []  # acknowledged, not yet applied
+    mock_clock.jump(TICK)
+    await trio.testing.wait_all_tasks_blocked()
+    assert recorder.applied == [1, 2]
+    assert node.status()["applied_index"] == 2
+
+
+async def test_a_follower_applies_at_once_when_many_entries_wait(
+    follower: tuple[RaftNode, Recorder],
+) -> None:
+    node, recorder = follower
+    await delivered(node, append(0, FOLLOWER_APPLY_BATCH, 0))
+    await delivered(node, append(FOLLOWER_APPLY_BATCH, 1, FOLLOWER_APPLY_BATCH))
+    assert recorder.applied == list(range(1, FOLLOWER_APPLY_BATCH + 1))
