@@ -318,11 +318,11 @@ class RemoveXattr(_Message):
 
 @dataclass(frozen=True, slots=True)
 class Purge(_Message):
-    """Delete an orphan (nlink 0) once no client holds it open; its blocks become garbage."""
+    """Delete orphans (nlink 0) no client holds open any more; their blocks become garbage."""
 
     OP: ClassVar[str] = "purge"
     RESULT: ClassVar[str] = "None"
-    ino: int
+    inos: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -589,6 +589,7 @@ _DECODERS: dict[str, Callable[[object], Any]] = {
     "Command": command_from_wire,
     "tuple[Chunk, ...]": _tuple_of(Chunk.from_wire),
     "tuple[bytes, ...]": _tuple_of(_bytes),
+    "tuple[int, ...]": _tuple_of(_int),
 }
 
 # Keyed by the RESULT of each command and query class.

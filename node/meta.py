@@ -265,8 +265,9 @@ class MetaState:
         self._rows.save(directory)
 
     def _apply_purge(self, c: cmd.Purge) -> None:
-        if self._rows.one("SELECT nlink FROM inodes WHERE ino = ?", c.ino) == 0:
-            self._destroy(c.ino)
+        for ino in c.inos:
+            if self._rows.one("SELECT nlink FROM inodes WHERE ino = ?", ino) == 0:
+                self._destroy(ino)
 
     def _destroy(self, ino: int) -> None:
         """Delete an inode that no entry names, with its xattrs; its blocks become garbage."""

@@ -18,7 +18,7 @@ import trio.lowlevel
 
 from ringfs.fs.mount import MountConfig, create_operations, wait_for_filesystem
 from ringfs.fs.operations import Operations
-from ringfs.node.commands import Mkdir
+from ringfs.node.commands import Command, Mkdir, Purge
 from ringfs.node.errors import NodeError
 from ringfs.node.store import BlockStore
 from tests.cluster.conftest import LocalNodes, start_nodes
@@ -208,6 +208,36 @@ async def test_an_unlinked_file_that_is_not_open_is_purged_at_once(
     with pytest.raises(pyfuse3.FUSEError) as gone:
         await ops.getattr(ino, CTX)
     assert gone.value.errno == errno.ENOENT
+
+
+async def test_orphans_removed_together_share_one_purge(
+    nodes: LocalNodes, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ops = await mount_ops(nodes, nursery)
+    inos = []
+    for n in range(20):
+        fh, ino = await create(ops, b"f%d" % n)
+        await ops.release(fh)
+        inos.append(ino)
+    purges: list[Purge] = []
+    apply = ops.cluster.meta_apply
+
+    async def counting(command: Command) -> object:
+        if isinstance(command, Purge):
+            purges.append(command)
+        return await apply(command)
+
+    monkeypatch.setattr(ops.cluster, "meta_apply", counting)
+    for n in range(20):
+        await ops.unlink(ROOT, b"f%d" % n, CTX)
+    for ino in inos:
+        await wait_purged(ops, ino)
+    assert sorted(ino for purge in purges for ino in purge.inos) == sorted(inos)
+    assert len(purges) < 5  # 20 unlinks well within the purge delay of each other
+    for ino in inos:
+        with pytest.raises(pyfuse3.FUSEError) as gone:
+            await ops.getattr(ino, CTX)
+        assert gone.value.errno == errno.ENOENT
 
 
 async def test_retried_command_is_applied_once(nodes: LocalNodes) -> None:

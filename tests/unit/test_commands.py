@@ -64,7 +64,7 @@ COMMAND_SAMPLES = [
     CommitChunks(2, (CHUNK, Chunk(4, BLOCK, 1, SUM)), 20000, 11),
     SetXattr(2, b"user.x", b"\x00value", 1, 12),
     RemoveXattr(2, b"user.x", 13),
-    Purge(2),
+    Purge((2, 7)),
     ForgetGarbage((BLOCK, bytes(16))),
 ]
 QUERY_SAMPLES = [
@@ -185,10 +185,10 @@ def test_values_round_trip_and_reject_bad_shapes() -> None:
 
 
 def test_entry_and_outcome_round_trip() -> None:
-    for entry in (Entry(Unlink(1, b"f", 6)), Entry(Purge(3), b"client", 7, 5)):
+    for entry in (Entry(Unlink(1, b"f", 6)), Entry(Purge((3,)), b"client", 7, 5)):
         packed = msgpack.packb(entry.to_wire(), use_bin_type=True)
         assert Entry.from_wire(msgpack.unpackb(packed, raw=False)) == entry
-    assert Entry(Purge(3), b"c", 7, 5).to_wire() == [["purge", 3], b"c", 7, 5]
+    assert Entry(Purge((3,)), b"c", 7, 5).to_wire() == [["purge", [3]], b"c", 7, 5]
     _einval(Entry.from_wire, [["purge", 3], "client", 7, 5])
     _einval(Entry.from_wire, [["getattr", 3], None, None, None])
     outcome = Outcome([1, b"x"], None)

@@ -292,7 +292,7 @@ def test_unlink_keeps_orphan_until_purge(meta: MetaState) -> None:
     ok(meta, CommitChunks(f, (chunk(0, 1, 10),), 10, T0))
     ok(meta, SetXattr(f, b"user.a", b"1", 0, T0))
     before = meta.dump()
-    ok(meta, Purge(f))  # nlink 2: nothing to do
+    ok(meta, Purge((f,)))  # nlink 2: nothing to do
     assert meta.dump() == before
     assert ok(meta, Unlink(ROOT_INO, b"f", T0 + 3)).nlink == 1
     gone: Attr = ok(meta, Unlink(ROOT_INO, b"g", T0 + 4))
@@ -303,15 +303,26 @@ def test_unlink_keeps_orphan_until_purge(meta: MetaState) -> None:
     assert attr(meta, f).size == 10
     assert meta.query(ReadChunks(f))[1] == [chunk(0, 1, 10)]
     assert meta.query(Garbage(10)) == []
-    ok(meta, Purge(f))
+    ok(meta, Purge((f,)))
     query_fails(meta, GetAttr(f), "ENOENT")
     query_fails(meta, ListXattr(f), "ENOENT")
     assert meta.query(Garbage(10)) == [block(1)]
     assert meta.query(FsInfo()) == FsStats(CS, 1, 0)
     before = meta.dump()
-    ok(meta, Purge(f))  # already gone
-    ok(meta, Purge(ROOT_INO))  # has links
+    ok(meta, Purge((f,)))  # already gone
+    ok(meta, Purge((ROOT_INO,)))  # has links
     assert meta.dump() == before
+
+
+def test_one_purge_deletes_every_orphan_it_names_and_nothing_else(meta: MetaState) -> None:
+    a, b, kept = (mkfile(meta, ROOT_INO, name) for name in (b"a", b"b", b"kept"))
+    for name in (b"a", b"b"):
+        ok(meta, Unlink(ROOT_INO, name, T0))
+    ok(meta, Purge((a, kept, b, 999)))
+    query_fails(meta, GetAttr(a), "ENOENT")
+    query_fails(meta, GetAttr(b), "ENOENT")
+    assert attr(meta, kept).nlink == 1
+    assert names(meta, ROOT_INO) == [b"kept"]
 
 
 def test_unlink_errors(meta: MetaState) -> None:
@@ -735,7 +746,7 @@ def test_failure_after_a_write_rolls_back_only_that_command(
     outcomes = meta.apply_batch(
         [
             Entry(Unlink(ROOT_INO, b"f", T0)),
-            Entry(Purge(f)),
+            Entry(Purge((f,))),
             Entry(Mkdir(ROOT_INO, b"d", 0, 0, 0, T0)),
         ]
     )
@@ -753,7 +764,7 @@ def test_bug_in_a_command_rolls_back_the_whole_batch(
     monkeypatch.setattr(MetaState, "_apply_purge", broken)
     before = meta.dump()
     with pytest.raises(RuntimeError):
-        meta.apply_batch([Entry(Mkdir(ROOT_INO, b"d", 0, 0, 0, T0)), Entry(Purge(5))], 9)
+        meta.apply_batch([Entry(Mkdir(ROOT_INO, b"d", 0, 0, 0, T0)), Entry(Purge((5,)))], 9)
     assert meta.dump() == before
     assert meta.applied_index == 0
     mkdir(meta, ROOT_INO, b"d")  # still usable
@@ -908,7 +919,7 @@ def _command(draw: st.DrawFn, dump: list[Any]) -> Command:
             return RemoveXattr(draw(inos), draw(_NAMES), now)
         case _:
             if draw(st.booleans()):
-                return Purge(draw(inos))
+                return Purge((draw(inos),))
             return ForgetGarbage((draw(block_ids),))
 
 
