@@ -19,7 +19,8 @@ from ringfs.node.commands import command_from_wire, encode_result, query_from_wi
 from ringfs.node.errors import NOT_META, NodeError
 from ringfs.node.metareplica import ReplicatedMeta
 from ringfs.node.protocol import PROTOCOL_VERSION
-from ringfs.node.raft import message_from_wire
+from ringfs.node.raft import SnapshotRequest, message_from_wire
+from ringfs.node.raftrpc import SnapshotAssembler
 from ringfs.node.store import BlockStore, validate_block_id
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,9 @@ class NodeService:
         }
         self._notifications: dict[str, Callable[[list[Any]], None]] = {
             "raft.message": self.raft_message,
+            "raft.snapshot_part": self.raft_snapshot_part,
         }
+        self._snapshots = SnapshotAssembler()
 
     async def handle(self, method: str, params: list[Any]) -> Any:
         """Run one request; raises `NodeError` (ENOSYS for an unknown method)."""
@@ -171,13 +174,23 @@ class NodeService:
         return self._meta().stats()
 
     def raft_message(self, params: list[Any]) -> None:
-        wire, snapshot = _arity(params, 2, "raft.message")
-        if snapshot is not None:
-            snapshot = _bytes(snapshot, "snapshot")
+        (wire,) = _arity(params, 1, "raft.message")
         try:
             message = message_from_wire(wire)
         except ValueError as exc:
             raise NodeError("EINVAL", f"bad raft message: {exc}") from None
         if message.dst != self.node_id:
             raise NodeError("EINVAL", f"raft message for {message.dst[:64]!r}")
-        self._meta().raft.deliver(message, snapshot)
+        meta = self._meta()
+        image = self._snapshots.take(message) if isinstance(message, SnapshotRequest) else None
+        meta.raft.deliver(message, image)
+
+    def raft_snapshot_part(self, params: list[Any]) -> None:
+        src, term, last_index, offset, data = _arity(params, 5, "raft.snapshot_part")
+        if not isinstance(src, str):
+            raise NodeError("EINVAL", "snapshot part: src must be a string")
+        numbers = [_optional_seq(n, "snapshot part position") for n in (term, last_index, offset)]
+        if None in numbers:
+            raise NodeError("EINVAL", "snapshot part: term, index and offset are required")
+        self._meta()
+        self._snapshots.add_part(src, term, last_index, offset, _bytes(data, "snapshot part"))

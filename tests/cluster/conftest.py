@@ -60,7 +60,11 @@ class LocalNodes:
 
 
 async def start_nodes(
-    root: Path, nursery: trio.Nursery, count: int = 3, chunk_size: int = daemon.DEFAULT_CHUNK_SIZE
+    root: Path,
+    nursery: trio.Nursery,
+    count: int = 3,
+    chunk_size: int = daemon.DEFAULT_CHUNK_SIZE,
+    snapshot_threshold: int = daemon.NodeConfig.snapshot_threshold,
 ) -> LocalNodes:
     ports = free_ports(count)
     members = parse_members(",".join(f"n{i + 1}=127.0.0.1:{p}" for i, p in enumerate(ports)))
@@ -73,6 +77,7 @@ async def start_nodes(
             port=member.port,
             members=members,
             chunk_size=chunk_size,
+            snapshot_threshold=snapshot_threshold,
         )
         await nodes.start(member.node_id)
     return nodes

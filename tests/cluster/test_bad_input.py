@@ -471,13 +471,19 @@ async def test_bad_request_gets_an_error_reply(
 VOTE_FROM_N2 = [1, "n2", NODE_ID, 5, 0, 0, False]
 BAD_NOTIFICATIONS = {
     "unknown method": ("no.such.method", [], "unknown notification"),
-    "raft.message wrong arity": ("raft.message", [VOTE_FROM_N2], "takes 2 parameters"),
-    "raft.message garbage": ("raft.message", [[99, "x"], None], "bad raft message"),
-    "raft.message snapshot as str": ("raft.message", [VOTE_FROM_N2, "image"], "binary"),
+    "raft.message wrong arity": ("raft.message", [VOTE_FROM_N2, None], "takes 1 parameters"),
+    "raft.message garbage": ("raft.message", [[99, "x"]], "bad raft message"),
     "raft.message for another node": (
         "raft.message",
-        [[1, "n2", "n3", 5, 0, 0, False], None],
+        [[1, "n2", "n3", 5, 0, 0, False]],
         "raft message for 'n3'",
+    ),
+    "snapshot part as str": ("raft.snapshot_part", ["n2", 5, 9, 0, "image"], "binary"),
+    "snapshot part, negative offset": ("raft.snapshot_part", ["n2", 5, 9, -1, b"x"], "integer"),
+    "snapshot part out of sequence": (
+        "raft.snapshot_part",
+        ["n2", 5, 9, 4096, b"x"],
+        "out of sequence",
     ),
 }
 
@@ -506,4 +512,4 @@ async def test_bad_notification_is_refused_and_logged(
 
 
 async def test_raft_message_as_a_request_is_enosys(node: Node) -> None:
-    await expect_error(node, "raft.message", [VOTE_FROM_N2, None], "ENOSYS")
+    await expect_error(node, "raft.message", [VOTE_FROM_N2], "ENOSYS")
