@@ -62,3 +62,9 @@ class Unavailable(Exception):
 
 class ConfigError(Exception):
     """A node or mount cannot start with this configuration: a user mistake, one line."""
+
+
+class StorageFailure(Exception):
+    """This node's own metadata storage failed (a full disk, an I/O error). The node stops
+    rather than answer from a state its peers do not share; its Raft log replays the rest
+    when it restarts."""

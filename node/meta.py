@@ -53,6 +53,30 @@ READDIR_MAX = 1024
 _ID_MAX = 2**32 - 1
 #: Kinds of inode Mknod may create (0 means a regular file, as for mknod(2)).
 _MKNOD_KINDS = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
+# SQLite result codes that say the database or its disk failed, not the command's logic.
+_STORAGE_FAILURES = frozenset(
+    {
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_NOTADB,
+    }
+)
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """Whether `exc` is the database failing (its disk full, unreadable, ...): something one
+    replica meets and the others do not, so no answer may be derived from it."""
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in _STORAGE_FAILURES
 
 
 class MetaState:
@@ -94,8 +118,11 @@ class MetaState:
         """Apply ``entries`` in order in one transaction; return one Outcome per entry.
 
         A command failing with NodeError gives an Outcome with that errno name and leaves the
-        state as if it never ran; its neighbours are unaffected. Any other exception is a bug:
-        the whole batch is rolled back and the exception propagates.
+        state as if it never ran; its neighbours are unaffected. So does a bug in a command's
+        handler (any other exception), answered EIO: deterministic, so every replica does the
+        same, and in the same transaction, so a crash cannot leave half a batch applied. Only a
+        failure of the database itself (`is_storage_failure`: a full disk, an I/O error), which
+        replicas would not share, rolls back the whole batch and propagates.
         """
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -155,6 +182,12 @@ class MetaState:
             self._db.execute("ROLLBACK TO command")
             log.debug("%s failed: %s", command.OP, exc)
             outcome = Outcome(None, exc.name)
+        except Exception as exc:
+            if is_storage_failure(exc):
+                raise
+            self._db.execute("ROLLBACK TO command")
+            log.exception("metadata command %s failed", command.OP)
+            outcome = Outcome(None, "EIO")
         else:
             outcome = Outcome(cmd.encode_result(result), None)
         self._db.execute("RELEASE command")

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import random
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,8 +24,8 @@ import msgpack
 import trio
 
 from ringfs.node.commands import Command, Entry, Init, Outcome, Query, encode_result
-from ringfs.node.errors import NOT_LEADER, NodeError
-from ringfs.node.meta import MetaState
+from ringfs.node.errors import NOT_LEADER, NodeError, StorageFailure
+from ringfs.node.meta import MetaState, is_storage_failure
 from ringfs.node.raft import Entry as LogEntry
 from ringfs.node.raft import EntryKind, NotLeader, SnapshotMeta
 from ringfs.node.raftlog import RaftLog
@@ -61,28 +62,18 @@ class MetaMachine:
             for e in entries
             if e.kind is EntryKind.COMMAND
         ]
-        outcomes = iter(self._apply_batch(commands, entries[-1].index))
+        # One transaction with the applied index: a bug in a command answers EIO for that
+        # command alone; a failing database stops this node instead (the log replays).
+        try:
+            results = self.state.apply_batch(commands, last_index=entries[-1].index)
+        except sqlite3.Error as exc:
+            if not is_storage_failure(exc):
+                raise
+            raise StorageFailure(f"metadata database {self.path}: {exc}") from exc
+        outcomes = iter(results)
         self.batches += 1
         self.commands += len(commands)
         return [next(outcomes) if e.kind is EntryKind.COMMAND else None for e in entries]
-
-    def _apply_batch(self, commands: list[Entry], last_index: int) -> list[Outcome]:
-        try:
-            return self.state.apply_batch(commands, last_index=last_index)
-        except Exception:
-            # A bug in the state machine: the batch rolled back whole. Apply the commands one
-            # by one so only the one at fault answers EIO. Every replica does the same.
-            log.exception("metadata batch of %d commands failed", len(commands))
-            outcomes = [self._apply_alone(command) for command in commands]
-            self.state.apply_batch([], last_index=last_index)
-            return outcomes
-
-    def _apply_alone(self, command: Entry) -> Outcome:
-        try:
-            return self.state.apply_batch([command])[0]
-        except Exception:
-            log.exception("metadata command %s failed", command.command.OP)
-            return Outcome(None, "EIO")
 
     def applied_index(self) -> int:
         return self.state.applied_index

@@ -8,11 +8,13 @@ to be on disk before the node answers or sends anything that depends on it.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from ringfs.node.errors import StorageFailure
 from ringfs.node.raft import Entry, EntryKind, HardState, SnapshotMeta, decode_voters, encode_voters
 
 _SCHEMA = """
@@ -33,6 +35,7 @@ class RaftLog:
     """`RaftStorage` on SQLite. Blocking: the shell calls it from a worker thread."""
 
     def __init__(self, path: Path | str) -> None:
+        self._path = path
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode = WAL")
@@ -90,18 +93,17 @@ class RaftLog:
                 (meta.last_index, meta.last_term, encode_voters(meta.voters)),
             )
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT (or ROLLBACK on error)."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind: object, exc: object, tb: object) -> None:
-        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT (or ROLLBACK on error). A database error is the disk
+        failing: Raft cannot go on without its log, so it becomes `StorageFailure`."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StorageFailure(f"raft log {self._path}: {exc}") from exc

@@ -16,7 +16,13 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ringfs.node.errors import AuthenticationError, ConfigError, NodeError, Unavailable
+from ringfs.node.errors import (
+    AuthenticationError,
+    ConfigError,
+    NodeError,
+    StorageFailure,
+    Unavailable,
+)
 from ringfs.tools import background
 from ringfs.tools.args import UserError, size
 
@@ -172,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"cannot reach the cluster: {exc}", ready_fd)
     except NodeError as exc:
         return _fail(f"the cluster refused: {exc}", ready_fd)
+    except StorageFailure as exc:
+        return _fail(f"stopped: {exc}", ready_fd)
     except OSError as exc:
         reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
         return _fail(f"{reason or exc}", ready_fd)

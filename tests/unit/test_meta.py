@@ -755,19 +755,44 @@ def test_failure_after_a_write_rolls_back_only_that_command(
     assert names(meta, ROOT_INO) == [b"d"]
 
 
-def test_bug_in_a_command_rolls_back_the_whole_batch(
-    meta: MetaState, monkeypatch: pytest.MonkeyPatch
+def test_a_bug_in_one_command_answers_eio_for_it_alone(
+    meta: MetaState, monkeypatch: pytest.MonkeyPatch, expected_logs: list[str]
 ) -> None:
+    expected_logs.append("metadata command purge failed")
+
     def broken(self: MetaState, command: Purge) -> None:
+        self._rows.run("DELETE FROM inodes WHERE ino = ?", ROOT_INO)  # half done, then:
         raise RuntimeError("bug")
 
     monkeypatch.setattr(MetaState, "_apply_purge", broken)
+    outcomes = meta.apply_batch(
+        [
+            Entry(Mkdir(ROOT_INO, b"d", 0, 0, 0, T0)),
+            Entry(Purge((5,))),
+            Entry(Mkdir(ROOT_INO, b"e", 0, 0, 0, T0)),
+        ],
+        9,
+    )
+    assert [o.error for o in outcomes] == [None, "EIO", None]
+    assert names(meta, ROOT_INO) == [b"d", b"e"]  # the bug's half-done work was undone
+    assert meta.applied_index == 9  # one transaction: no crash can split the batch
+
+
+def fill_the_disk(meta: MetaState) -> None:
+    """SQLite answers SQLITE_FULL from now on for anything that needs a new page."""
+    (pages,) = meta._db.execute("PRAGMA page_count").fetchone()
+    meta._db.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def test_a_full_disk_rolls_back_the_whole_batch_and_propagates(meta: MetaState) -> None:
+    fill_the_disk(meta)
     before = meta.dump()
-    with pytest.raises(RuntimeError):
-        meta.apply_batch([Entry(Mkdir(ROOT_INO, b"d", 0, 0, 0, T0)), Entry(Purge((5,)))], 9)
+    batch = [Entry(Mkdir(ROOT_INO, b"d%04d" % i + b"x" * 200, 0, 0, 0, T0)) for i in range(200)]
+    with pytest.raises(sqlite3.OperationalError) as full:
+        meta.apply_batch(batch, 9)
+    assert meta_module.is_storage_failure(full.value)
     assert meta.dump() == before
     assert meta.applied_index == 0
-    mkdir(meta, ROOT_INO, b"d")  # still usable
 
 
 def test_same_request_applies_once(meta: MetaState) -> None:
