@@ -44,12 +44,14 @@ def _bytes(value: Any, what: str) -> bytes:
 _MAX_SEQ = 2**63 - 1
 
 
-def _optional_seq(value: Any, what: str) -> int | None:
-    if value is None:
-        return None
+def _seq(value: Any, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_SEQ:
         raise NodeError("EINVAL", f"{what} must be an integer from 0 to 2**63-1")
     return value
+
+
+def _optional_seq(value: Any, what: str) -> int | None:
+    return None if value is None else _seq(value, what)
 
 
 class NodeService:
@@ -189,8 +191,7 @@ class NodeService:
         src, term, last_index, offset, data = _arity(params, 5, "raft.snapshot_part")
         if not isinstance(src, str):
             raise NodeError("EINVAL", "snapshot part: src must be a string")
-        numbers = [_optional_seq(n, "snapshot part position") for n in (term, last_index, offset)]
-        if None in numbers:
-            raise NodeError("EINVAL", "snapshot part: term, index and offset are required")
+        term, last_index = _seq(term, "term"), _seq(last_index, "last index")
+        offset, data = _seq(offset, "offset"), _bytes(data, "snapshot part")
         self._meta()
-        self._snapshots.add_part(src, term, last_index, offset, _bytes(data, "snapshot part"))
+        self._snapshots.add_part(src, term, last_index, offset, data)
