@@ -251,7 +251,7 @@ class RaftNode:
             await self._apply()
         self._answer_reads(ready)
         self._check_leadership()
-        if self._applied - self._snapshot_index >= self.snapshot_threshold:
+        if self._snapshot_due():
             await self._take_snapshot()
 
     # -- applying ----------------------------------------------------------------------------
@@ -328,6 +328,14 @@ class RaftNode:
         self._read_after.clear()
 
     # -- snapshots ---------------------------------------------------------------------------
+
+    def _snapshot_due(self) -> bool:
+        """Enough applied since the last snapshot; but not while a snapshot this node received
+        is about to replace the state machine (the core already dropped the log for it)."""
+        received = self.raft.snapshot
+        if received is not None and received.last_index > self._applied:
+            return False
+        return self._applied - self._snapshot_index >= self.snapshot_threshold
 
     async def _take_snapshot(self) -> tuple[SnapshotMeta, bytes] | None:
         """Snapshot the state machine at its applied index and compact the log up to it.
