@@ -71,12 +71,18 @@ _STORAGE_FAILURES = frozenset(
 
 
 def is_storage_failure(exc: BaseException) -> bool:
-    """Whether `exc` is the database failing (its disk full, unreadable, ...): something one
-    replica meets and the others do not, so no answer may be derived from it."""
-    if not isinstance(exc, sqlite3.Error):
-        return False
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code is not None and (code & 0xFF) in _STORAGE_FAILURES
+    """Whether `exc` is, or was caused by, the database or the machine failing (a full disk,
+    an I/O error, no memory): something one replica meets and the others do not, so no
+    answer may be derived from it."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, MemoryError):
+            return True
+        code = getattr(seen, "sqlite_errorcode", None) if isinstance(seen, sqlite3.Error) else None
+        if code is not None and (code & 0xFF) in _STORAGE_FAILURES:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class MetaState:
@@ -121,8 +127,9 @@ class MetaState:
         state as if it never ran; its neighbours are unaffected. So does a bug in a command's
         handler (any other exception), answered EIO: deterministic, so every replica does the
         same, and in the same transaction, so a crash cannot leave half a batch applied. Only a
-        failure of the database itself (`is_storage_failure`: a full disk, an I/O error), which
-        replicas would not share, rolls back the whole batch and propagates.
+        failure of the database or the machine (`is_storage_failure`: a full disk, an I/O
+        error, no memory), which replicas would not share, rolls back the whole batch and
+        propagates.
         """
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -138,6 +145,23 @@ class MetaState:
         return outcomes
 
     def _apply_entry(self, entry: Entry) -> Outcome:
+        """Apply one entry inside its own SAVEPOINT. A bug anywhere in it (the command's
+        handler, its result's encoding, the session bookkeeping) undoes the entry alone and
+        answers EIO, the same on every replica; nothing is stored for its session, so a retry
+        runs it again."""
+        self._db.execute("SAVEPOINT entry")
+        try:
+            outcome = self._apply_in_session(entry)
+        except Exception as exc:
+            if is_storage_failure(exc) or not self._db.in_transaction:
+                raise  # the database failed, or SQLite rolled the whole transaction back
+            self._db.execute("ROLLBACK TO entry")
+            log.exception("metadata command %s failed", entry.command.OP)
+            outcome = Outcome(None, "EIO")
+        self._db.execute("RELEASE entry")
+        return outcome
+
+    def _apply_in_session(self, entry: Entry) -> Outcome:
         client, seq = entry.client_id, entry.seq
         if client is None or seq is None:
             outcome = self._apply_once(entry.command)
@@ -174,22 +198,16 @@ class MetaState:
         return None
 
     def _apply_once(self, command: cmd.Command) -> Outcome:
+        """Run the command's handler; a NodeError undoes it and becomes its outcome."""
         self._db.execute("SAVEPOINT command")
         try:
             # Each command class has its handler `_apply_<OP>`.
             result = getattr(self, f"_apply_{command.OP}")(command)
+            outcome = Outcome(cmd.encode_result(result), None)
         except NodeError as exc:
             self._db.execute("ROLLBACK TO command")
             log.debug("%s failed: %s", command.OP, exc)
             outcome = Outcome(None, exc.name)
-        except Exception as exc:
-            if is_storage_failure(exc):
-                raise
-            self._db.execute("ROLLBACK TO command")
-            log.exception("metadata command %s failed", command.OP)
-            outcome = Outcome(None, "EIO")
-        else:
-            outcome = Outcome(cmd.encode_result(result), None)
         self._db.execute("RELEASE command")
         return outcome
 

@@ -778,6 +778,42 @@ def test_a_bug_in_one_command_answers_eio_for_it_alone(
     assert meta.applied_index == 9  # one transaction: no crash can split the batch
 
 
+def test_a_bug_after_the_handler_fails_the_entry_alone_and_a_retry_runs_it_again(
+    meta: MetaState, monkeypatch: pytest.MonkeyPatch, expected_logs: list[str]
+) -> None:
+    expected_logs.append("metadata command mkdir failed")
+    mkdir_d = Entry(Mkdir(ROOT_INO, b"d", 0o755, UID, GID, T0), b"client-1", 1)
+    handler = MetaState._apply_mkdir
+    monkeypatch.setattr(MetaState, "_apply_mkdir", lambda self, c: object())  # unencodable
+    file_e = Entry(Mknod(ROOT_INO, b"e", stat.S_IFREG | 0o644, 0, 0, 0, T0))
+    failed, _ = meta.apply_batch([mkdir_d, file_e])
+    assert failed == Outcome(None, "EIO")
+    assert names(meta, ROOT_INO) == [b"e"]
+    monkeypatch.setattr(MetaState, "_apply_mkdir", handler)
+    [retried] = meta.apply_batch([mkdir_d])  # the EIO was not kept for the session
+    assert retried.error is None
+    assert sorted(names(meta, ROOT_INO)) == [b"d", b"e"]
+
+
+def test_storage_failures_are_told_from_bugs() -> None:
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+    logic = sqlite3.OperationalError("no such column: x")
+    logic.sqlite_errorcode = sqlite3.SQLITE_ERROR  # type: ignore[attr-defined]
+    try:
+        try:
+            raise full
+        except sqlite3.Error:
+            raise RuntimeError("raised while handling it")  # noqa: B904
+    except RuntimeError as during:
+        chained = during
+    assert meta_module.is_storage_failure(full)
+    assert meta_module.is_storage_failure(chained)
+    assert meta_module.is_storage_failure(MemoryError())
+    assert not meta_module.is_storage_failure(logic)
+    assert not meta_module.is_storage_failure(RuntimeError("bug"))
+
+
 def fill_the_disk(meta: MetaState) -> None:
     """SQLite answers SQLITE_FULL from now on for anything that needs a new page."""
     (pages,) = meta._db.execute("PRAGMA page_count").fetchone()
