@@ -93,6 +93,8 @@ class Operations(pyfuse3.Operations):
         # Orphans waiting for the next Purge, and whether one is scheduled.
         self._to_purge: set[int] = set()
         self._purge_scheduled = False
+        # Inodes whose open is loading their chunk map (not in `_open` yet), and how many.
+        self._opening: dict[int, int] = {}
         # Version of each file's data the kernel page cache last saw, to keep it across opens.
         self._cached_versions: dict[int, int] = {}
 
@@ -154,8 +156,9 @@ class Operations(pyfuse3.Operations):
     async def _purge_later(self) -> None:
         await trio.sleep(PURGE_DELAY)
         self._purge_scheduled = False
-        # One opened again meanwhile (through /proc/PID/fd) is purged at its last release.
-        inos = sorted(self._to_purge - self._open.keys())
+        # One opened again meanwhile (through /proc/PID/fd), or being opened, is purged at its
+        # last release.
+        inos = sorted(self._to_purge - self._open.keys() - self._opening.keys())
         self._to_purge.clear()
         await self._purge(inos)
 
@@ -350,7 +353,14 @@ class Operations(pyfuse3.Operations):
         """This client's state of an open file, loading the committed chunk map if not open."""
         state = self._open.get(inode)
         if state is None:
-            attr, chunks = await self._query(ReadChunks(inode))
+            self._opening[inode] = self._opening.get(inode, 0) + 1
+            try:
+                attr, chunks = await self._query(ReadChunks(inode))
+            finally:
+                if self._opening[inode] == 1:
+                    del self._opening[inode]
+                else:
+                    self._opening[inode] -= 1
             state = self._open.get(inode)
             if state is None:
                 state = self._open[inode] = FileState(self.files, attr, chunks)

@@ -17,8 +17,8 @@ import trio
 import trio.lowlevel
 
 from ringfs.fs.mount import MountConfig, create_operations, wait_for_filesystem
-from ringfs.fs.operations import Operations
-from ringfs.node.commands import Command, Mkdir, Purge
+from ringfs.fs.operations import PURGE_DELAY, Operations
+from ringfs.node.commands import Command, Mkdir, Purge, Query, ReadChunks
 from ringfs.node.errors import NodeError
 from ringfs.node.store import BlockStore
 from tests.cluster.conftest import LocalNodes, start_nodes
@@ -238,6 +238,31 @@ async def test_orphans_removed_together_share_one_purge(
         with pytest.raises(pyfuse3.FUSEError) as gone:
             await ops.getattr(ino, CTX)
         assert gone.value.errno == errno.ENOENT
+
+
+async def test_an_orphan_being_opened_again_waits_for_its_release(
+    nodes: LocalNodes, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ops = await mount_ops(nodes, nursery)
+    fh, ino = await create(ops, b"reopened")
+    await ops.release(fh)
+    query = ops.cluster.meta_query
+
+    async def slow_chunk_maps(request: Query) -> object:
+        if isinstance(request, ReadChunks):
+            await trio.sleep(3 * PURGE_DELAY)  # the purge comes due meanwhile
+        return await query(request)
+
+    monkeypatch.setattr(ops.cluster, "meta_query", slow_chunk_maps)
+    await ops.unlink(ROOT, b"reopened", CTX)  # no handle: its purge is scheduled
+    info = await ops.open(ino, os.O_RDWR, CTX)  # as through /proc/PID/fd, racing the purge
+    await trio.sleep(2 * PURGE_DELAY)
+    assert ino in ops._orphans
+    await ops.write(info.fh, 0, b"still here")
+    await ops.flush(info.fh)
+    assert await ops.read(info.fh, 0, 100) == b"still here"
+    await ops.release(info.fh)
+    await wait_purged(ops, ino)
 
 
 async def test_retried_command_is_applied_once(nodes: LocalNodes) -> None:
