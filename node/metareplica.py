@@ -10,6 +10,7 @@ are linearizable reads (ReadIndex) on the leader.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -25,7 +26,7 @@ import trio
 
 from ringfs.node.commands import Command, Entry, Init, Outcome, Query, encode_result
 from ringfs.node.errors import NOT_LEADER, NodeError, StorageFailure
-from ringfs.node.meta import MetaState, is_storage_failure
+from ringfs.node.meta import MetaState
 from ringfs.node.raft import Entry as LogEntry
 from ringfs.node.raft import EntryKind, NotLeader, SnapshotMeta
 from ringfs.node.raftlog import RaftLog
@@ -46,6 +47,15 @@ def stamp(command: Command, now_ns: int) -> Command:
     return command
 
 
+def is_whole_database(path: Path) -> bool:
+    """Whether `path` is an SQLite database that passes its own quick check."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return bool(db.execute("PRAGMA quick_check").fetchone() == ("ok",))
+    except sqlite3.DatabaseError:
+        return False
+
+
 class MetaMachine:
     """`StateMachine` over the metadata database (blocking: called from worker threads)."""
 
@@ -62,13 +72,12 @@ class MetaMachine:
             for e in entries
             if e.kind is EntryKind.COMMAND
         ]
-        # One transaction with the applied index: a bug in a command answers EIO for that
-        # command alone; a failing database stops this node instead (the log replays).
+        # One transaction with the applied index. A bug in a command answers EIO for that
+        # command alone, inside it; whatever escapes is this node's own failure (its disk,
+        # its memory), so it stops rather than differ from its peers (the log replays).
         try:
             results = self.state.apply_batch(commands, last_index=entries[-1].index)
-        except sqlite3.Error as exc:
-            if not is_storage_failure(exc):
-                raise
+        except Exception as exc:
             raise StorageFailure(f"metadata database {self.path}: {exc}") from exc
         outcomes = iter(results)
         self.batches += 1
@@ -96,6 +105,10 @@ class MetaMachine:
         incoming.write_bytes(image)
         with open(incoming, "rb+") as file:
             os.fsync(file.fileno())
+        if not is_whole_database(incoming):
+            incoming.unlink()
+            # The core has dropped its log for this snapshot: stop, and restart from disk.
+            raise StorageFailure(f"snapshot image at index {meta.last_index} is damaged")
         self.state.close()
         for suffix in ("-wal", "-shm"):
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)

@@ -145,6 +145,9 @@ class RaftNode:
         self._read_after: list[tuple[int, int]] = []
         self._next_read = 1
         self._applied = machine.applied_index()
+        # The snapshot image this leader last offered, offered again (not taken again) while
+        # it is the newest and a follower still needs it.
+        self._offered: tuple[SnapshotMeta, bytes] | None = None
         self._snapshot_index = snapshot.last_index if snapshot else 0
         self._was_leader = False
 
@@ -181,6 +184,9 @@ class RaftNode:
             log.warning("node %s: snapshot from %s came without its image", self.node_id,
                         message.src)  # fmt: skip
             return
+        if isinstance(message, SnapshotRequest):
+            # An image can be large, and a newer one makes one still waiting pointless.
+            self._inbox = deque(m for m in self._inbox if not isinstance(m[0], SnapshotRequest))
         self._inbox.append((message, snapshot))
         self._wakeup.set()
 
@@ -251,6 +257,7 @@ class RaftNode:
             await self._apply()
         self._answer_reads(ready)
         self._check_leadership()
+        self._forget_offered()
         if self._snapshot_due():
             await self._take_snapshot()
 
@@ -329,6 +336,14 @@ class RaftNode:
 
     # -- snapshots ---------------------------------------------------------------------------
 
+    def _forget_offered(self) -> None:
+        """Drop the offered image once no follower can need it (or this node stopped leading)."""
+        if self._offered is None:
+            return
+        needed = self._offered[0].last_index
+        if not self._was_leader or all(m >= needed for m in self.raft.match_index.values()):
+            self._offered = None
+
     def _snapshot_due(self) -> bool:
         """Enough applied since the last snapshot; but not while a snapshot this node received
         is about to replace the state machine (the core already dropped the log for it)."""
@@ -358,10 +373,16 @@ class RaftNode:
         return meta, image
 
     async def _send_snapshot(self, follower: str) -> None:
-        taken = await self._take_snapshot()
-        if taken is None:
-            return
-        meta, image = taken
+        """Offer `follower` the newest snapshot, taking one only if none was offered since the
+        last compaction: the core re-offers every few ticks while an answer is due, and a large
+        image may take longer than that to arrive."""
+        offered = self._offered
+        if offered is None or offered[0].last_index != self._snapshot_index:
+            offered = await self._take_snapshot()
+            if offered is None:
+                return
+            self._offered = offered
+        meta, image = offered
         log.info("node %s: sending the snapshot at %d to %s", self.node_id, meta.last_index,
                  follower)  # fmt: skip
         self.transport.send(SnapshotRequest(self.node_id, follower, self.raft.term, meta), image)

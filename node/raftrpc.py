@@ -65,8 +65,9 @@ class _Outbox:
         self._address = address
         self._pool = pool
         self._queue: deque[list[Any]] = deque()
-        # At most one image waits: a newer snapshot makes an older one pointless.
+        # At most one image waits or travels; another offered meanwhile is dropped.
         self._snapshot: tuple[SnapshotRequest, bytes] | None = None
+        self._sending_snapshot = False
         self._ready = trio.Event()
 
     def put(self, message: Message) -> None:
@@ -77,6 +78,10 @@ class _Outbox:
         self._ready.set()
 
     def put_snapshot(self, request: SnapshotRequest, image: bytes) -> None:
+        if self._sending_snapshot:
+            # The image on its way makes this one pointless; if it fails, Raft offers again.
+            log.debug("snapshot for %s dropped: one is on its way", self._address)
+            return
         self._snapshot = (request, image)
         self._ready.set()
 
@@ -88,7 +93,11 @@ class _Outbox:
             if self._snapshot is not None:
                 request, image = self._snapshot
                 self._snapshot = None
-                await self._send_snapshot(request, image)
+                self._sending_snapshot = True
+                try:
+                    await self._send_snapshot(request, image)
+                finally:
+                    self._sending_snapshot = False
 
     async def _send_queued(self) -> bool:
         batch = list(self._queue)
@@ -99,7 +108,7 @@ class _Outbox:
         """The parts in order, then the request; messages queued meanwhile go in between, so
         a long transfer does not hold back heartbeats. A failed part ends the transfer: the
         leader offers a new snapshot later."""
-        header = [request.src, request.term, request.meta.last_index]
+        header = [request.src, request.term, request.meta.last_index, len(image)]
         for offset in range(0, max(len(image), 1), SNAPSHOT_PART):
             part = image[offset : offset + SNAPSHOT_PART]
             if not await self._send("raft.snapshot_part", [[*header, offset, part]]):
@@ -119,43 +128,53 @@ class _Outbox:
 
 @dataclass
 class _Incoming:
+    src: str
     term: int
     last_index: int
+    size: int
     image: bytearray
 
 
 class SnapshotAssembler:
-    """The receiving side: joins the parts of each sender's snapshot image, in order."""
+    """The receiving side: joins the parts of one snapshot image at a time, in order. A new
+    image (offset 0) replaces an unfinished one, whoever sent it, so at most one image's
+    worth of memory is ever held."""
 
     def __init__(self, max_bytes: int = MAX_SNAPSHOT_BYTES) -> None:
         self._max_bytes = max_bytes
-        self._incoming: dict[str, _Incoming] = {}
+        self._incoming: _Incoming | None = None
 
-    def add_part(self, src: str, term: int, last_index: int, offset: int, data: bytes) -> None:
-        """Add the part at `offset` of `src`'s image of (term, last index); offset 0 starts a
-        new image. Raises NodeError, dropping what came before, for a part that does not
-        continue the image (one was lost) or that would make it too large."""
+    def add_part(
+        self, src: str, term: int, last_index: int, size: int, offset: int, data: bytes
+    ) -> None:
+        """Add the part at `offset` of `src`'s image of (term, last index), `size` bytes in
+        all. Raises NodeError, dropping the unfinished image, for a part that does not
+        continue it (one was lost) or an image over the limit."""
+        if size > self._max_bytes:
+            self._incoming = None
+            raise NodeError("EFBIG", f"snapshot image of {size} bytes, over {self._max_bytes}")
         if offset == 0:
-            self._incoming[src] = _Incoming(term, last_index, bytearray())
-        incoming = self._incoming.get(src)
-        if incoming is None or (incoming.term, incoming.last_index, len(incoming.image)) != (
-            term,
-            last_index,
-            offset,
+            self._incoming = _Incoming(src, term, last_index, size, bytearray())
+        incoming = self._incoming
+        if (
+            incoming is None
+            or (incoming.src, incoming.term, incoming.last_index, incoming.size)
+            != (src, term, last_index, size)
+            or len(incoming.image) != offset
+            or offset + len(data) > size
         ):
-            self._incoming.pop(src, None)
+            self._incoming = None
             raise NodeError("EINVAL", f"snapshot part at offset {offset} out of sequence")
-        if offset + len(data) > self._max_bytes:
-            del self._incoming[src]
-            raise NodeError("EFBIG", f"snapshot image over {self._max_bytes} bytes")
         incoming.image += data
 
     def take(self, request: SnapshotRequest) -> bytes | None:
-        """The whole image for `request`, or None if its parts did not all arrive."""
-        incoming = self._incoming.pop(request.src, None)
-        if incoming is None or (incoming.term, incoming.last_index) != (
-            request.term,
-            request.meta.last_index,
-        ):
+        """The whole image for `request`, or None if it did not all arrive."""
+        incoming = self._incoming
+        if incoming is None or incoming.src != request.src:
+            return None
+        self._incoming = None
+        if (incoming.term, incoming.last_index) != (request.term, request.meta.last_index):
+            return None
+        if len(incoming.image) != incoming.size:
             return None
         return bytes(incoming.image)

@@ -188,10 +188,11 @@ class NodeService:
         meta.raft.deliver(message, image)
 
     def raft_snapshot_part(self, params: list[Any]) -> None:
-        src, term, last_index, offset, data = _arity(params, 5, "raft.snapshot_part")
-        if not isinstance(src, str):
-            raise NodeError("EINVAL", "snapshot part: src must be a string")
+        src, term, last_index, size, offset, data = _arity(params, 6, "raft.snapshot_part")
         term, last_index = _seq(term, "term"), _seq(last_index, "last index")
-        offset, data = _seq(offset, "offset"), _bytes(data, "snapshot part")
-        self._meta()
-        self._snapshots.add_part(src, term, last_index, offset, data)
+        size, offset = _seq(size, "size"), _seq(offset, "offset")
+        data = _bytes(data, "snapshot part")
+        meta = self._meta()
+        if src not in meta.raft.raft.voters:
+            raise NodeError("EINVAL", "snapshot part from a node outside the meta group")
+        self._snapshots.add_part(src, term, last_index, size, offset, data)

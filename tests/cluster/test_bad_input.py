@@ -478,13 +478,23 @@ BAD_NOTIFICATIONS = {
         [[1, "n2", "n3", 5, 0, 0, False]],
         "raft message for 'n3'",
     ),
-    "snapshot part as str": ("raft.snapshot_part", ["n2", 5, 9, 0, "image"], "binary"),
-    "snapshot part, negative offset": ("raft.snapshot_part", ["n2", 5, 9, -1, b"x"], "integer"),
+    "snapshot part as str": ("raft.snapshot_part", ["n1", 5, 9, 5, 0, "image"], "binary"),
+    "snapshot part, negative offset": (
+        "raft.snapshot_part",
+        ["n1", 5, 9, 5, -1, b"x"],
+        "integer",
+    ),
     "snapshot part out of sequence": (
         "raft.snapshot_part",
-        ["n2", 5, 9, 4096, b"x"],
+        ["n1", 5, 9, 8192, 4096, b"x"],
         "out of sequence",
     ),
+    "snapshot part from outside the group": (
+        "raft.snapshot_part",
+        ["n9", 5, 9, 1, 0, b"x"],
+        "outside the meta group",
+    ),
+    "snapshot over 1 GiB": ("raft.snapshot_part", ["n1", 5, 9, 2**31, 0, b"x"], "over"),
 }
 
 

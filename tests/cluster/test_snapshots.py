@@ -54,7 +54,7 @@ async def test_a_member_that_was_away_catches_up_from_a_snapshot_in_parts(
     receive = NodeService.raft_snapshot_part
 
     def counting(self: NodeService, params: list[Any]) -> None:
-        parts.append(params[3])
+        parts.append(params[4])  # the offset
         receive(self, params)
 
     monkeypatch.setattr(NodeService, "raft_snapshot_part", counting)

@@ -15,7 +15,15 @@ import pytest
 import trio
 import trio.testing
 
-from ringfs.node.raft import AppendRequest, AppendResponse, Entry, EntryKind, Message, SnapshotMeta
+from ringfs.node.raft import (
+    AppendRequest,
+    AppendResponse,
+    Entry,
+    EntryKind,
+    Message,
+    SnapshotMeta,
+    SnapshotRequest,
+)
 from ringfs.node.raftnode import FOLLOWER_APPLY_BATCH, RaftNode
 from tests.sim.durable import MemoryStorage
 
@@ -28,6 +36,7 @@ class Recorder:
 
     sent: list[Message] = field(default_factory=list)
     applied: list[int] = field(default_factory=list)
+    restored: list[int] = field(default_factory=list)
 
     def send(self, message: Message, snapshot: bytes | None = None) -> None:
         self.sent.append(message)
@@ -37,13 +46,13 @@ class Recorder:
         return [None] * len(entries)
 
     def applied_index(self) -> int:
-        return self.applied[-1] if self.applied else 0
+        return max([0, *self.applied, *self.restored])
 
     def snapshot(self) -> tuple[int, bytes]:
         return self.applied_index(), b""
 
     def restore(self, meta: SnapshotMeta, image: bytes) -> None:
-        raise AssertionError("no snapshot in these tests")
+        self.restored.append(meta.last_index)
 
 
 @pytest.fixture
@@ -102,3 +111,15 @@ async def test_a_follower_applies_at_once_when_many_entries_wait(
     await delivered(node, append(0, FOLLOWER_APPLY_BATCH, 0))
     await delivered(node, append(FOLLOWER_APPLY_BATCH, 1, FOLLOWER_APPLY_BATCH))
     assert recorder.applied == list(range(1, FOLLOWER_APPLY_BATCH + 1))
+
+
+async def test_a_newer_snapshot_replaces_one_still_waiting(
+    follower: tuple[RaftNode, Recorder],
+) -> None:
+    node, recorder = follower
+    for index in (10, 20):
+        meta = SnapshotMeta(index, 1, ("n1", "n2", "n3"))
+        node.deliver(SnapshotRequest("n1", "n2", 1, meta), b"image %d" % index)
+    await trio.testing.wait_all_tasks_blocked()
+    assert recorder.restored == [20]
+    assert node.status()["applied_index"] == 20

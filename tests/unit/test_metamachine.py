@@ -12,7 +12,7 @@ from ringfs.node.commands import ROOT_INO, Entry, Init, Mkdir, Outcome
 from ringfs.node.errors import StorageFailure
 from ringfs.node.metareplica import MetaMachine
 from ringfs.node.raft import Entry as LogEntry
-from ringfs.node.raft import EntryKind
+from ringfs.node.raft import EntryKind, SnapshotMeta
 
 
 def command(index: int, entry: Entry) -> LogEntry:
@@ -49,3 +49,11 @@ def test_a_full_disk_stops_the_member_with_nothing_applied(machine: MetaMachine)
     with pytest.raises(StorageFailure, match="meta.db"):
         machine.apply(batch)
     assert machine.applied_index() == 1
+
+
+def test_a_damaged_snapshot_image_is_refused_and_the_database_kept(machine: MetaMachine) -> None:
+    machine.apply([mkdir(2, b"kept")])
+    with pytest.raises(StorageFailure, match="damaged"):
+        machine.restore(SnapshotMeta(9, 1, ("n1",)), b"SQLite format 3\0" + b"x" * 5000)
+    assert machine.applied_index() == 2
+    assert not machine.path.with_suffix(".incoming").exists()

@@ -225,7 +225,14 @@ def test_client_reports_refusal_instead_of_challenge() -> None:
     # A server that refuses right after hello (e.g. the version) answers "refused" where the
     # client expects the challenge; the client must surface the reason, not a shape error.
     client = Connection(Role.CLIENT, SECRET, nonce=CLIENT_NONCE)
-    refusal = pack([MAGIC, PROTOCOL_VERSION, "refused", "protocol version 2 not supported"])
+    refusal = pack(
+        [
+            MAGIC,
+            PROTOCOL_VERSION,
+            "refused",
+            f"protocol version {PROTOCOL_VERSION + 1} not supported",
+        ]
+    )
     with pytest.raises(AuthenticationError, match="not supported"):
         client.receive_data(refusal)
     assert_dead(client)
