@@ -35,11 +35,14 @@ class Recorder:
     """Transport and state machine at once: what was sent, and what was applied."""
 
     sent: list[Message] = field(default_factory=list)
+    images: list[bytes | None] = field(default_factory=list)
     applied: list[int] = field(default_factory=list)
     restored: list[int] = field(default_factory=list)
+    snapshots_taken: int = 0
 
     def send(self, message: Message, snapshot: bytes | None = None) -> None:
         self.sent.append(message)
+        self.images.append(snapshot)
 
     def apply(self, entries: Sequence[Entry]) -> list[Any]:
         self.applied.extend(entry.index for entry in entries)
@@ -49,7 +52,8 @@ class Recorder:
         return max([0, *self.applied, *self.restored])
 
     def snapshot(self) -> tuple[int, bytes]:
-        return self.applied_index(), b""
+        self.snapshots_taken += 1
+        return self.applied_index(), b"image %d" % self.snapshots_taken
 
     def restore(self, meta: SnapshotMeta, image: bytes) -> None:
         self.restored.append(meta.last_index)
@@ -123,3 +127,27 @@ async def test_a_newer_snapshot_replaces_one_still_waiting(
     await trio.testing.wait_all_tasks_blocked()
     assert recorder.restored == [20]
     assert node.status()["applied_index"] == 20
+
+
+async def test_a_leader_offers_the_same_image_again_instead_of_taking_another(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    recorder = Recorder()
+    node = RaftNode(
+        "n1", ("n1",), MemoryStorage(), recorder, recorder, rng=random.Random(1),
+        tick_interval=TICK, blocking_io=False,
+    )  # fmt: skip
+    await nursery.start(node.run)
+    for _ in range(50):  # a lone voter leads once its election timeout passes
+        mock_clock.jump(TICK)
+        await trio.testing.wait_all_tasks_blocked()
+        if node.raft.role == "leader":
+            break
+    assert node.raft.role == "leader"
+    await node._send_snapshot("n2")
+    await node._send_snapshot("n2")  # the core's re-offer while the first is on its way
+    sent = zip(recorder.sent, recorder.images, strict=True)
+    offers = [image for message, image in sent if isinstance(message, SnapshotRequest)]
+    assert offers == [b"image 1", b"image 1"]
+    assert recorder.snapshots_taken == 1
+    nursery.cancel_scope.cancel()
