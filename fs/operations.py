@@ -90,9 +90,8 @@ class Operations(pyfuse3.Operations):
         self._next_fh = 1
         self._lookups: dict[int, int] = {}
         self._orphans: set[int] = set()
-        # Orphans waiting for the next Purge, and whether one is scheduled.
+        # Orphans waiting for the next Purge (one is scheduled while this is not empty).
         self._to_purge: set[int] = set()
-        self._purge_scheduled = False
         # Inodes whose open is loading their chunk map (not in `_open` yet), and how many.
         self._opening: dict[int, int] = {}
         # Version of each file's data the kernel page cache last saw, to keep it across opens.
@@ -148,14 +147,12 @@ class Operations(pyfuse3.Operations):
     def _purge_soon(self, ino: int) -> None:
         """Purge `ino` within `PURGE_DELAY`, together with every other orphan by then: `rm -r`
         of many files costs one replicated command per file, not two."""
-        self._to_purge.add(ino)
-        if not self._purge_scheduled:
-            self._purge_scheduled = True
+        if not self._to_purge:
             self.files.nursery.start_soon(self._purge_later, name="purge")
+        self._to_purge.add(ino)
 
     async def _purge_later(self) -> None:
         await trio.sleep(PURGE_DELAY)
-        self._purge_scheduled = False
         # One opened again meanwhile (through /proc/PID/fd), or being opened, is purged at its
         # last release.
         inos = sorted(self._to_purge - self._open.keys() - self._opening.keys())

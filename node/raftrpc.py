@@ -109,8 +109,9 @@ class _Outbox:
         a long transfer does not hold back heartbeats. A failed part ends the transfer: the
         leader offers a new snapshot later."""
         header = [request.src, request.term, request.meta.last_index, len(image)]
+        whole = memoryview(image)  # parts are views: no copy before the write's own
         for offset in range(0, max(len(image), 1), SNAPSHOT_PART):
-            part = image[offset : offset + SNAPSHOT_PART]
+            part = whole[offset : offset + SNAPSHOT_PART]
             if not await self._send("raft.snapshot_part", [[*header, offset, part]]):
                 return
             if not await self._send_queued():
