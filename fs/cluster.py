@@ -17,9 +17,7 @@ from typing import Any
 
 import trio
 
-from ringfs.node.client import ClientConfig, NodePool
-from ringfs.node.clustermap import ClusterMap, NodeInfo
-from ringfs.node.commands import Command, Query, decode_result
+from ringfs.node.cluster.map import ClusterMap, NodeInfo
 from ringfs.node.errors import (
     CORRUPT,
     NOT_LEADER,
@@ -28,6 +26,8 @@ from ringfs.node.errors import (
     NodeError,
     Unavailable,
 )
+from ringfs.node.meta.commands import Command, Query, decode_result
+from ringfs.node.rpc.client import ClientConfig, NodePool
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ import trio
 
 from ringfs.fs.blockcache import BlockCache
 from ringfs.fs.cluster import Cluster
-from ringfs.node.commands import Attr, Chunk, CommitChunks
+from ringfs.node.blocks.store import checksum as block_checksum
 from ringfs.node.errors import NodeError, Unavailable
-from ringfs.node.store import checksum as block_checksum
+from ringfs.node.meta.commands import Attr, Chunk, CommitChunks
 
 log = logging.getLogger(__name__)
 

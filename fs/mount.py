@@ -20,8 +20,8 @@ from ringfs.fs.blockcache import BlockCache
 from ringfs.fs.cluster import Cluster, ClusterConfig
 from ringfs.fs.files import FileContext, WriteBudget
 from ringfs.fs.operations import CacheTimes, Operations
-from ringfs.node.commands import FsInfo, FsStats
 from ringfs.node.errors import Unavailable
+from ringfs.node.meta.commands import FsInfo, FsStats
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from pyfuse3 import FileHandleT, FileNameT, InodeT
 from ringfs.fs.cluster import Cluster
 from ringfs.fs.errors import fuse_errors
 from ringfs.fs.files import FileContext, FileState
-from ringfs.node.commands import (
+from ringfs.node.errors import NodeError, ProtocolError, Unavailable
+from ringfs.node.meta.commands import (
     NAME_MAX,
     Attr,
     Command,
@@ -49,7 +50,6 @@ from ringfs.node.commands import (
     Symlink,
     Unlink,
 )
-from ringfs.node.errors import NodeError, ProtocolError, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -18,15 +18,15 @@ from pathlib import Path
 
 import trio
 
-from ringfs.node.client import ClientConfig, NodePool
-from ringfs.node.clustermap import ClusterMap, NodeInfo
+from ringfs.node.blocks.store import BlockStore
+from ringfs.node.cluster.map import ClusterMap, NodeInfo
 from ringfs.node.errors import ConfigError
-from ringfs.node.metareplica import ReplicatedMeta
-from ringfs.node.protocol import DEFAULT_LIMITS
-from ringfs.node.raftrpc import RpcTransport
-from ringfs.node.server import RpcServer, ServerConfig
+from ringfs.node.meta.replica import ReplicatedMeta
+from ringfs.node.raft.transport import RpcTransport
+from ringfs.node.rpc.client import ClientConfig, NodePool
+from ringfs.node.rpc.protocol import DEFAULT_LIMITS
+from ringfs.node.rpc.server import RpcServer, ServerConfig
 from ringfs.node.service import NodeService
-from ringfs.node.store import BlockStore
 
 log = logging.getLogger(__name__)
 

@@ -14,14 +14,14 @@ from typing import Any
 
 import trio
 
-from ringfs.node.clustermap import ClusterMap
-from ringfs.node.commands import command_from_wire, encode_result, query_from_wire
+from ringfs.node.blocks.store import BlockStore, validate_block_id
+from ringfs.node.cluster.map import ClusterMap
 from ringfs.node.errors import NOT_META, NodeError
-from ringfs.node.metareplica import ReplicatedMeta
-from ringfs.node.protocol import PROTOCOL_VERSION
-from ringfs.node.raft import SnapshotRequest, message_from_wire
-from ringfs.node.raftrpc import SnapshotAssembler
-from ringfs.node.store import BlockStore, validate_block_id
+from ringfs.node.meta.commands import command_from_wire, encode_result, query_from_wire
+from ringfs.node.meta.replica import ReplicatedMeta
+from ringfs.node.raft.core import SnapshotRequest, message_from_wire
+from ringfs.node.raft.transport import SnapshotAssembler
+from ringfs.node.rpc.protocol import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
 

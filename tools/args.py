@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ringfs.node.client import split_address
+from ringfs.node.rpc.client import split_address
 
 
 class UserError(Exception):

@@ -8,8 +8,8 @@ from typing import Any
 import trio
 
 from ringfs.fs.cluster import Cluster, ClusterConfig
-from ringfs.node.client import ClientConfig
-from ringfs.node.clustermap import NodeInfo
+from ringfs.node.cluster.map import NodeInfo
+from ringfs.node.rpc.client import ClientConfig
 from ringfs.tools import args as checks
 from ringfs.tools.local import LocalCluster, default_data_dir, read_secret
 

@@ -10,7 +10,7 @@ import trio
 
 from ringfs.fs import mount as fs_mount
 from ringfs.fs.cluster import ClusterConfig
-from ringfs.node.client import ClientConfig
+from ringfs.node.rpc.client import ClientConfig
 from ringfs.tools import args as checks
 from ringfs.tools import background
 from ringfs.tools.local import (

@@ -11,8 +11,8 @@ import signal
 import trio
 
 from ringfs.node import daemon
-from ringfs.node.client import split_address
-from ringfs.node.clustermap import parse_members
+from ringfs.node.cluster.map import parse_members
+from ringfs.node.rpc.client import split_address
 from ringfs.tools.local import read_secret
 
 

@@ -10,8 +10,8 @@ import trio
 
 from ringfs.fs.cluster import Cluster, ClusterConfig
 from ringfs.node import daemon
-from ringfs.node.client import ClientConfig
-from ringfs.node.clustermap import ClusterMap, parse_members
+from ringfs.node.cluster.map import ClusterMap, parse_members
+from ringfs.node.rpc.client import ClientConfig
 from tests.conftest import free_ports
 
 SECRET = b"in-process-test-secret"

@@ -26,11 +26,11 @@ import pytest
 import trio
 
 from ringfs.node import daemon
-from ringfs.node.client import ClientConfig, NodePool
-from ringfs.node.clustermap import parse_members
-from ringfs.node.commands import FsInfo, FsStats, decode_result
+from ringfs.node.cluster.map import parse_members
 from ringfs.node.errors import NodeError
-from ringfs.node.protocol import (
+from ringfs.node.meta.commands import FsInfo, FsStats, decode_result
+from ringfs.node.rpc.client import ClientConfig, NodePool
+from ringfs.node.rpc.protocol import (
     MAGIC,
     NONCE_SIZE,
     PROTOCOL_VERSION,
@@ -200,7 +200,7 @@ def server_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.get_records("call")
-        if r.name == "ringfs.node.server" and r.levelno == logging.WARNING
+        if r.name == "ringfs.node.rpc.server" and r.levelno == logging.WARNING
     ]
 
 

@@ -18,9 +18,9 @@ import trio.lowlevel
 
 from ringfs.fs.mount import MountConfig, create_operations, wait_for_filesystem
 from ringfs.fs.operations import PURGE_DELAY, Operations
-from ringfs.node.commands import Command, Mkdir, Purge, Query, ReadChunks
+from ringfs.node.blocks.store import BlockStore
 from ringfs.node.errors import NodeError
-from ringfs.node.store import BlockStore
+from ringfs.node.meta.commands import Command, Mkdir, Purge, Query, ReadChunks
 from tests.cluster.conftest import LocalNodes, start_nodes
 
 CHUNK = 64 * 1024

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import trio
 
-from ringfs.node.client import ClientConfig, NodePool, RpcConnection
 from ringfs.node.errors import AuthenticationError, NodeError, Unavailable
-from ringfs.node.protocol import Connection, Limits, Role, encode
-from ringfs.node.server import NotificationHandler, RpcServer, ServerConfig
+from ringfs.node.rpc.client import ClientConfig, NodePool, RpcConnection
+from ringfs.node.rpc.protocol import Connection, Limits, Role, encode
+from ringfs.node.rpc.server import NotificationHandler, RpcServer, ServerConfig
 
 SECRET = b"rpc test secret"
 NODE_ID = "test-node"

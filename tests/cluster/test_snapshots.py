@@ -12,8 +12,8 @@ import trio
 
 from ringfs.fs.cluster import Cluster
 from ringfs.fs.mount import wait_for_filesystem
-from ringfs.node import raftrpc
-from ringfs.node.commands import ROOT_INO, Mkdir
+from ringfs.node.meta.commands import ROOT_INO, Mkdir
+from ringfs.node.raft import transport
 from ringfs.node.service import NodeService
 from tests.cluster.conftest import LocalNodes, start_nodes
 
@@ -48,8 +48,8 @@ async def test_a_member_that_was_away_catches_up_from_a_snapshot_in_parts(
     expected_logs: list[str],
 ) -> None:
     expected_logs.append("unavailable")  # the client meets the stopped member
-    caplog.set_level(logging.INFO, logger="ringfs.node.raftnode")
-    monkeypatch.setattr(raftrpc, "SNAPSHOT_PART", PART)
+    caplog.set_level(logging.INFO, logger="ringfs.node.raft.shell")
+    monkeypatch.setattr(transport, "SNAPSHOT_PART", PART)
     parts: list[int] = []
     receive = NodeService.raft_snapshot_part
 

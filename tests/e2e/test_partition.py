@@ -26,8 +26,8 @@ PORT = 7070
 PROBE = """
 import json, sys, trio
 from ringfs.fs.cluster import Cluster, ClusterConfig
-from ringfs.node.client import ClientConfig
-from ringfs.node.commands import Mkdir
+from ringfs.node.rpc.client import ClientConfig
+from ringfs.node.meta.commands import Mkdir
 from ringfs.node.errors import NodeError, Unavailable
 
 async def main(address, secret, name):

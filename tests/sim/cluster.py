@@ -32,7 +32,7 @@ import trio
 import trio._core._run as _trio_run
 import trio.testing
 
-from ringfs.node.raft import (
+from ringfs.node.raft.core import (
     LEADER,
     Entry,
     Message,
@@ -40,7 +40,7 @@ from ringfs.node.raft import (
     message_from_wire,
     message_to_wire,
 )
-from ringfs.node.raftnode import LeadershipLost, RaftNode
+from ringfs.node.raft.shell import LeadershipLost, RaftNode
 from tests.sim.durable import Disk, KVMachine, MemoryStorage
 from tests.sim.invariants import Monitor
 from tests.sim.linearizability import Op, Verdict, check

@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ringfs.node.raft import INITIAL_HARD_STATE, Entry, EntryKind, HardState, SnapshotMeta
+from ringfs.node.raft.core import INITIAL_HARD_STATE, Entry, EntryKind, HardState, SnapshotMeta
 from tests.sim.invariants import Monitor
 
 __all__ = ["Disk", "KVMachine", "MemoryStorage"]

@@ -23,7 +23,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ringfs.node.raft import LEADER, Entry, EntryKind, Raft, SnapshotMeta
+from ringfs.node.raft.core import LEADER, Entry, EntryKind, Raft, SnapshotMeta
 
 __all__ = ["Monitor"]
 

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from typing import Any
 
-from ringfs.node.raft import LEADER, Entry, EntryKind, SnapshotMeta
+from ringfs.node.raft.core import LEADER, Entry, EntryKind, SnapshotMeta
 from tests.sim.invariants import Monitor
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from ringfs.node.raft import HardState, Message, VoteResponse
-from ringfs.node.raftnode import RaftNode
+from ringfs.node.raft.core import HardState, Message, VoteResponse
+from ringfs.node.raft.shell import RaftNode
 from tests.sim.cluster import SimResult, draw_config, simulate
 from tests.sim.durable import MemoryStorage
 

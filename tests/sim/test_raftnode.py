@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from ringfs.node.raft import (
+from ringfs.node.raft.core import (
     AppendRequest,
     AppendResponse,
     Entry,
@@ -24,7 +24,7 @@ from ringfs.node.raft import (
     SnapshotMeta,
     SnapshotRequest,
 )
-from ringfs.node.raftnode import FOLLOWER_APPLY_BATCH, RaftNode
+from ringfs.node.raft.shell import FOLLOWER_APPLY_BATCH, RaftNode
 from tests.sim.durable import MemoryStorage
 
 TICK = 0.05

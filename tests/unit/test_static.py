@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import subprocess
 import sys
@@ -56,3 +57,39 @@ def test_ruff() -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Which rooms of node/ each room may import (besides the shared errors and durable modules).
+ROOM_IMPORTS = {
+    "rpc": set(),
+    "cluster": set(),
+    "blocks": set(),
+    "raft": {"rpc", "cluster"},
+    "meta": {"raft"},
+}
+SHARED = {"errors", "durable"}
+
+
+def _node_imports(path: Path) -> set[str]:
+    """The first component under ringfs.node of every module `path` imports."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[:2] == ["ringfs", "node"] and len(parts) > 2:
+                found.add(parts[2])
+            if parts[:2] in (["ringfs", "fs"], ["ringfs", "tools"]):
+                found.add("/".join(parts[:2]))
+    return found
+
+
+@pytest.mark.parametrize("room", sorted(ROOM_IMPORTS))
+def test_node_rooms_import_only_downwards(room: str) -> None:
+    for path in sorted((ROOT / "node" / room).glob("*.py")):
+        imported = _node_imports(path) - SHARED - {room}
+        assert imported <= ROOM_IMPORTS[room], f"{path.name} imports {sorted(imported)}"

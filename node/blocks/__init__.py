@@ -1,0 +1,1 @@
+"""Blocks on a node's disk: the checksummed, immutable block store."""

@@ -1,0 +1,295 @@
+"""The node's block store: one checksummed file per immutable block.
+
+Plain blocking functions with no sockets and no trio: the server runs them in worker threads
+(`trio.to_thread.run_sync`), so they must be safe to call concurrently. A block is written to
+a temp file, fsync'd, renamed into place and its directory fsync'd, so after a crash a block
+is either whole or absent. A store root belongs to one node process.
+
+File layout: `root/blocks/<2 hex>/<2 hex>/<32 hex>` holding a header (magic, data length,
+sha256 of the data) followed by the data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import itertools
+import logging
+import os
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ringfs.node.durable import fsync_dir
+from ringfs.node.errors import CORRUPT, NodeError
+
+log = logging.getLogger(__name__)
+
+#: Block ids are 16 random bytes, stored as 32 hex characters.
+BLOCK_ID_SIZE = 16
+
+#: Identifies a block file and its format version.
+MAGIC = b"RFB1"
+
+#: magic, data length (unsigned 64-bit big-endian), sha256 of the data.
+_HEADER = struct.Struct(">4sQ32s")
+HEADER_SIZE = _HEADER.size
+
+#: sha256 digest length.
+CHECKSUM_SIZE = 32
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """Usage of a store: what it holds and what its filesystem has left."""
+
+    blocks: int
+    bytes: int  # data bytes, headers not counted
+    capacity_bytes: int
+    free_bytes: int
+
+
+def checksum(data: bytes | memoryview) -> bytes:
+    """The checksum stored with a block (sha256 digest); clients compute the same."""
+    return hashlib.sha256(data).digest()
+
+
+def validate_block_id(obj: object) -> bytes:
+    """Return `obj` if it is a block id (16 raw bytes); else raise NodeError("EINVAL").
+
+    Only raw bytes of a fixed length are accepted, so a request can never name a path
+    outside the store (no "..", no separators).
+    """
+    if not isinstance(obj, bytes) or len(obj) != BLOCK_ID_SIZE:
+        raise NodeError("EINVAL", f"bad block id {obj!r:.60}")
+    return obj
+
+
+def _os_error(exc: OSError, what: str) -> NodeError:
+    """The NodeError carrying this OSError's errno name (EIO if it has none)."""
+    name = errno.errorcode.get(exc.errno or errno.EIO, "EIO")
+    return NodeError(name, f"{what}: {exc.strerror or exc}")
+
+
+class BlockStore:
+    """Blocks on a local filesystem under `root`."""
+
+    def __init__(self, root: Path) -> None:
+        """Create the directories and remove temp files left by a crash.
+
+        Raises OSError if the root cannot be created or read.
+        """
+        self.root = root
+        self._blocks = root / "blocks"
+        self._tmp = root / "tmp"
+        self._quarantine = root / "quarantine"
+        # Unique temp names: one process per root, and next() on a count is thread-safe.
+        self._tmp_seq = itertools.count()
+        for path in (self._blocks, self._tmp, self._quarantine):
+            path.mkdir(parents=True, exist_ok=True)
+        self._clean_tmp()
+
+    def _clean_tmp(self) -> None:
+        # A temp file is never renamed after a restart: it is a write that died mid-way.
+        stale = list(self._tmp.iterdir())
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            log.info("removed %d stale temp files from %s", len(stale), self._tmp)
+
+    def _path(self, block_id: bytes) -> Path:
+        name = validate_block_id(block_id).hex()
+        return self._blocks / name[:2] / name[2:4] / name
+
+    def put(self, block_id: bytes, data: bytes | memoryview, checksum: bytes) -> None:
+        """Store a block durably once its data matches `checksum`.
+
+        Idempotent: a valid copy with the same checksum is left as is; a corrupt copy is
+        quarantined and replaced. Raises NodeError: EINVAL for a bad id or checksum,
+        CORRUPT if the data does not match, EEXIST if a valid block with another checksum
+        has this id, or the errno name of a failed write (ENOSPC, ...), in which case
+        nothing is left behind.
+        """
+        path = self._path(block_id)
+        view = memoryview(data).cast("B")
+        _verify(block_id, view, checksum)
+        if self._holds(block_id, path, checksum):
+            return
+        self._write(path, _HEADER.pack(MAGIC, len(view), checksum), view)
+        log.debug("stored block %s (%d bytes)", block_id.hex(), len(view))
+
+    def _holds(self, block_id: bytes, path: Path, wanted: bytes) -> bool:
+        """Whether a valid copy with checksum `wanted` is already stored.
+
+        A corrupt copy is quarantined by the read, so the caller replaces it.
+        """
+        try:
+            _, stored = self._read(block_id, path)
+        except NodeError as exc:
+            if exc.name in ("ENOENT", CORRUPT):
+                return False
+            raise
+        if stored != wanted:
+            raise NodeError("EEXIST", f"block {block_id.hex()}: stored with another checksum")
+        return True
+
+    def _write(self, path: Path, header: bytes, data: memoryview) -> None:
+        tmp = self._tmp / f"{path.name}.{next(self._tmp_seq)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                _write_all(fd, header)
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._make_dirs(path.parent)
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _os_error(exc, f"writing block {path.name}") from exc
+
+    def _make_dirs(self, directory: Path) -> None:
+        """Create the fan-out directories, fsyncing the parent of each new one so the
+        block's path survives a crash too."""
+        if directory.is_dir():
+            return
+        self._make_dirs(directory.parent)
+        # Another thread may have just made it but not yet fsync'd its parent: fsync anyway.
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir()
+        fsync_dir(directory.parent)
+
+    def get(self, block_id: bytes) -> tuple[bytes, bytes]:
+        """Return (data, checksum) of a stored block, verified.
+
+        Raises NodeError: EINVAL for a bad id, ENOENT if absent, CORRUPT if the copy fails
+        verification (the file is then moved to quarantine), or the errno name of a failed
+        read.
+        """
+        return self._read(block_id, self._path(block_id))
+
+    def _read(self, block_id: bytes, path: Path) -> tuple[bytes, bytes]:
+        try:
+            with path.open("rb") as file:
+                size = os.fstat(file.fileno()).st_size
+                header = file.read(HEADER_SIZE)
+                problem = _header_problem(header, size)
+                if problem is None:
+                    _, length, stored = _HEADER.unpack(header)
+                    data = file.read(length)
+                    if checksum(data) != stored:
+                        problem = "checksum mismatch"
+        except FileNotFoundError as exc:
+            raise NodeError("ENOENT", f"block {block_id.hex()}") from exc
+        except OSError as exc:
+            raise _os_error(exc, f"reading block {block_id.hex()}") from exc
+        if problem is not None:
+            self._quarantine_file(block_id, path, problem)
+            raise NodeError(CORRUPT, f"block {block_id.hex()}: {problem}")
+        return data, stored
+
+    def _quarantine_file(self, block_id: bytes, path: Path, problem: str) -> None:
+        """Move a bad copy aside (kept for inspection) so it is never served again."""
+        target = self._quarantine / f"{path.name}.{time.time_ns()}"
+        try:
+            os.replace(path, target)
+        except FileNotFoundError:
+            return  # a concurrent reader already moved it
+        log.warning("block %s is corrupt (%s): quarantined as %s", block_id.hex(), problem, target)
+
+    def delete(self, block_id: bytes) -> bool:
+        """Remove a block; False if it was not there. Raises NodeError (EINVAL, errno name).
+
+        The directory is not fsync'd: a delete lost in a crash is redone by garbage
+        collection, which finds the block still unreferenced.
+        """
+        try:
+            self._path(block_id).unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise _os_error(exc, f"deleting block {block_id.hex()}") from exc
+        log.debug("deleted block %s", block_id.hex())
+        return True
+
+    def exists(self, block_id: bytes) -> bool:
+        """Whether a copy is stored (not verified). Raises NodeError("EINVAL") for a bad id."""
+        return self._path(block_id).is_file()
+
+    def ids(self) -> Iterator[bytes]:
+        """Every stored block id, in no particular order; ignores foreign files."""
+        for entry in self._files():
+            yield bytes.fromhex(entry.name)
+
+    def _files(self) -> Iterator[os.DirEntry[str]]:
+        for top in os.scandir(self._blocks):
+            if not _is_hex_dir(top):
+                continue
+            for mid in os.scandir(top.path):
+                if not _is_hex_dir(mid):
+                    continue
+                for entry in os.scandir(mid.path):
+                    if _is_block_name(entry.name) and entry.is_file():
+                        yield entry
+
+    def capacity(self) -> tuple[int, int]:
+        """(total, free) bytes of the filesystem holding the store: cheap, unlike `stats`."""
+        fs = os.statvfs(self.root)
+        return fs.f_blocks * fs.f_frsize, fs.f_bavail * fs.f_frsize
+
+    def stats(self) -> StoreStats:
+        """Count blocks and data bytes (walks the store: O(blocks)) and read free space."""
+        blocks = data_bytes = 0
+        for entry in self._files():
+            try:
+                size = entry.stat().st_size
+            except FileNotFoundError:
+                continue  # deleted or quarantined while we walked
+            blocks += 1
+            data_bytes += max(0, size - HEADER_SIZE)
+        capacity, free = self.capacity()
+        return StoreStats(blocks=blocks, bytes=data_bytes, capacity_bytes=capacity, free_bytes=free)
+
+
+def _verify(block_id: bytes, data: memoryview, expected: object) -> None:
+    """Raise NodeError: EINVAL if `expected` is no checksum, CORRUPT if the data differs."""
+    if not isinstance(expected, bytes) or len(expected) != CHECKSUM_SIZE:
+        raise NodeError("EINVAL", f"block {block_id.hex()}: bad checksum {expected!r:.80}")
+    if checksum(data) != expected:
+        raise NodeError(CORRUPT, f"block {block_id.hex()}: data does not match checksum")
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _header_problem(header: bytes, size: int) -> str | None:
+    """Why a block file with this header and total size is bad, or None if it is plausible."""
+    if len(header) < HEADER_SIZE:
+        return "truncated header"
+    magic, length, _ = _HEADER.unpack(header)
+    if magic != MAGIC:
+        return f"bad magic {magic!r}"
+    if size != HEADER_SIZE + length:
+        return f"size {size} does not match length {length}"
+    return None
+
+
+def _is_hex_dir(entry: os.DirEntry[str]) -> bool:
+    return len(entry.name) == 2 and _is_hex(entry.name) and entry.is_dir()
+
+
+def _is_block_name(name: str) -> bool:
+    return len(name) == 2 * BLOCK_ID_SIZE and _is_hex(name)
+
+
+def _is_hex(name: str) -> bool:
+    # Lower case only, as written by bytes.hex(); int(name, 16) would accept "0x", "_", " ".
+    return all(char in "0123456789abcdef" for char in name)

@@ -1,0 +1,1 @@
+"""Placement: the consistent-hash ring and the cluster map built on it."""

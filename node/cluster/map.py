@@ -1,0 +1,270 @@
+"""The cluster map: members, replication settings and an epoch that only grows.
+
+Pure standard library. Placement questions (where does a block live, who is in the meta
+group) are answered here from the map alone, so every holder of the same epoch agrees.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from ringfs.node.cluster.ring import Ring, RingNode
+from ringfs.node.durable import fsync_dir
+from ringfs.node.errors import NodeError
+
+log = logging.getLogger(__name__)
+
+#: Node states: "up" takes new placements; "draining" is still a member (it serves and hands
+#: its blocks off) but gets nothing new; "removed" is kept only so its id is not reused.
+STATES = frozenset({"up", "draining", "removed"})
+
+#: Default replication factor R (see design "Data").
+DEFAULT_REPLICAS = 3
+
+#: Size of the Raft group for the metadata (design "Metadata").
+META_GROUP_SIZE = 3
+
+#: The ring key whose preference list is the meta group.
+META_KEY = b"meta"
+
+_NODE_KEYS = frozenset({"id", "host", "port", "weight", "zone", "state"})
+_MAP_KEYS = frozenset({"epoch", "replicas", "nodes"})
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One member of the cluster as the map records it."""
+
+    node_id: str
+    host: str
+    port: int
+    weight: float = 1.0
+    zone: str = ""
+    state: str = "up"
+
+    def __post_init__(self) -> None:
+        """Raises ValueError for an empty id or host, a bad port, weight or state."""
+        if not self.node_id:
+            raise ValueError("node id must not be empty")
+        if not self.host:
+            raise ValueError(f"node {self.node_id!r}: host must not be empty")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"node {self.node_id!r}: port {self.port} is out of range")
+        if not (math.isfinite(self.weight) and self.weight > 0):
+            raise ValueError(f"node {self.node_id!r}: weight must be positive")
+        if self.state not in STATES:
+            raise ValueError(f"node {self.node_id!r}: unknown state {self.state!r}")
+
+    @property
+    def address(self) -> str:
+        """The address to dial: "host:port", with an IPv6 host in brackets."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ClusterMap:
+    """A version of the membership; a change makes a new map with a higher epoch."""
+
+    epoch: int
+    nodes: tuple[NodeInfo, ...]
+    replicas: int = DEFAULT_REPLICAS
+
+    def __post_init__(self) -> None:
+        """Raises ValueError for a negative epoch, replicas < 1 or duplicate node ids."""
+        if self.epoch < 0:
+            raise ValueError(f"epoch must not be negative, not {self.epoch}")
+        if self.replicas < 1:
+            raise ValueError(f"replicas must be at least 1, not {self.replicas}")
+        ids = [node.node_id for node in self.nodes]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"duplicate node ids in {ids}")
+
+    @cached_property
+    def _ring(self) -> Ring:
+        # Draining nodes keep serving what they hold but take no new placements.
+        return Ring(
+            RingNode(node.node_id, node.weight, node.zone)
+            for node in self.nodes
+            if node.state == "up"
+        )
+
+    @cached_property
+    def _by_id(self) -> dict[str, NodeInfo]:
+        return {node.node_id: node for node in self.nodes}
+
+    def ring(self) -> Ring:
+        """The ring over the "up" nodes (built once per map)."""
+        return self._ring
+
+    def node(self, node_id: str) -> NodeInfo:
+        """The member with this id; raises KeyError if the map has none."""
+        return self._by_id[node_id]
+
+    def replica_count(self) -> int:
+        """R: the configured replicas, fewer when fewer nodes are up."""
+        return min(self.replicas, len(self._ring))
+
+    def write_quorum(self) -> int:
+        """W: a majority of R replicas must have a block on disk before a write succeeds."""
+        return self.replica_count() // 2 + 1
+
+    def placement(self, block_id: bytes) -> list[NodeInfo]:
+        """The R nodes that should hold the block, in preference order."""
+        return self._infos(self._ring.preference(block_id, self.replica_count()))
+
+    def fallbacks(self, block_id: bytes) -> list[NodeInfo]:
+        """The other up nodes in ring order after the placement: where hinted copies go and
+        where reads look next."""
+        order = self._ring.preference(block_id, len(self._ring))
+        return self._infos(order[self.replica_count() :])
+
+    def meta_nodes(self) -> list[NodeInfo]:
+        """The meta group: the first min(3, n) nodes the ring picks for the key b"meta"."""
+        return self._infos(self._ring.preference(META_KEY, META_GROUP_SIZE))
+
+    def _infos(self, node_ids: list[str]) -> list[NodeInfo]:
+        return [self._by_id[node_id] for node_id in node_ids]
+
+    def to_wire(self) -> dict[str, Any]:
+        """A plain dict (str keys, ints, floats, strs, lists) for msgpack and JSON."""
+        return {
+            "epoch": self.epoch,
+            "replicas": self.replicas,
+            "nodes": [
+                {
+                    "id": node.node_id,
+                    "host": node.host,
+                    "port": node.port,
+                    "weight": node.weight,
+                    "zone": node.zone,
+                    "state": node.state,
+                }
+                for node in self.nodes
+            ],
+        }
+
+    @classmethod
+    def from_wire(cls, obj: object) -> ClusterMap:
+        """Rebuild a map from `to_wire` output; raises NodeError("EINVAL") if it is malformed
+        in any way (missing or unknown keys, wrong types, invalid values)."""
+        try:
+            fields = _exact_keys(obj, _MAP_KEYS, "cluster map")
+            raw_nodes = fields["nodes"]
+            if not isinstance(raw_nodes, list):
+                raise ValueError("nodes must be a list")
+            return cls(
+                epoch=_int(fields["epoch"], "epoch"),
+                nodes=tuple(_node_from_wire(raw) for raw in raw_nodes),
+                replicas=_int(fields["replicas"], "replicas"),
+            )
+        except ValueError as exc:
+            raise NodeError("EINVAL", f"malformed cluster map: {exc}") from exc
+
+    def save(self, path: Path) -> None:
+        """Write the map as JSON atomically: a crash leaves the old file or the new one.
+
+        Raises OSError if the file cannot be written.
+        """
+        text = json.dumps(self.to_wire(), indent=2, sort_keys=True) + "\n"
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                file.write(text)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
+        log.debug("saved cluster map epoch %d to %s", self.epoch, path)
+
+    @classmethod
+    def load(cls, path: Path) -> ClusterMap:
+        """Read a map written by `save`.
+
+        Raises OSError if the file cannot be read, NodeError("EINVAL") if it is not a map.
+        """
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise NodeError("EINVAL", f"{path}: not JSON: {exc}") from exc
+        return cls.from_wire(obj)
+
+
+def parse_members(spec: str) -> tuple[NodeInfo, ...]:
+    """Parse "n1=127.0.0.1:7001,n2=[::1]:7002" into up nodes of weight 1.
+
+    Raises ValueError naming the offending entry: empty spec or entry, missing '=', missing
+    or bad port, duplicate id.
+    """
+    nodes: list[NodeInfo] = []
+    seen: set[str] = set()
+    for entry in spec.split(","):
+        entry = entry.strip()
+        node_id, sep, address = entry.partition("=")
+        node_id = node_id.strip()
+        if not sep or not node_id:
+            raise ValueError(f"member {entry!r}: expected ID=HOST:PORT")
+        host, port = _parse_address(entry, address.strip())
+        if node_id in seen:
+            raise ValueError(f"member {entry!r}: duplicate node id {node_id!r}")
+        seen.add(node_id)
+        nodes.append(NodeInfo(node_id, host, port))
+    return tuple(nodes)
+
+
+def _parse_address(entry: str, address: str) -> tuple[str, int]:
+    host, sep, port_text = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host:
+        raise ValueError(f"member {entry!r}: expected HOST:PORT after '='")
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
+        raise ValueError(f"member {entry!r}: bad port {port_text!r}")
+    return host, int(port_text)
+
+
+def _exact_keys(obj: object, keys: frozenset[str], what: str) -> dict[str, object]:
+    if not isinstance(obj, dict):
+        raise ValueError(f"{what} must be a map, not {type(obj).__name__}")
+    if set(obj) != keys:
+        raise ValueError(f"{what} keys {sorted(map(str, obj))} != {sorted(keys)}")
+    return obj
+
+
+def _int(value: object, what: str) -> int:
+    # bool is an int subclass; a map with "epoch": true is malformed, not epoch 1.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{what} must be an integer")
+    return value
+
+
+def _str(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string")
+    return value
+
+
+def _node_from_wire(raw: object) -> NodeInfo:
+    fields = _exact_keys(raw, _NODE_KEYS, "node")
+    weight = fields["weight"]
+    if not isinstance(weight, int | float) or isinstance(weight, bool):
+        raise ValueError("node weight must be a number")
+    return NodeInfo(
+        node_id=_str(fields["id"], "node id"),
+        host=_str(fields["host"], "node host"),
+        port=_int(fields["port"], "node port"),
+        weight=float(weight),
+        zone=_str(fields["zone"], "node zone"),
+        state=_str(fields["state"], "node state"),
+    )

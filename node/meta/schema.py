@@ -1,0 +1,213 @@
+"""The namespace database: its schema and row-level access, for the state machine in `meta`.
+
+Everything here reads or writes rows inside the transaction `MetaState.apply_batch` opened; none
+of it decides anything about POSIX semantics. Inode numbers and directory cookies come from
+counters in the database, never reused, so replicas stay identical.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ringfs.node.errors import NodeError
+from ringfs.node.meta import commands as cmd
+from ringfs.node.meta.commands import Attr
+
+#: st_size and st_blocks of a directory, as ext4 reports a one-block directory.
+DIR_SIZE = 4096
+DIR_BLOCKS = 8
+#: Bumped when the schema changes incompatibly.
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+BEGIN;
+CREATE TABLE IF NOT EXISTS inodes (
+    ino INTEGER PRIMARY KEY, mode INTEGER NOT NULL, nlink INTEGER NOT NULL,
+    uid INTEGER NOT NULL, gid INTEGER NOT NULL, rdev INTEGER NOT NULL, size INTEGER NOT NULL,
+    atime_ns INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+    version INTEGER NOT NULL, target BLOB);
+CREATE TABLE IF NOT EXISTS dentries (
+    parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL, cookie INTEGER NOT NULL,
+    PRIMARY KEY (parent, name)) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS dentries_by_cookie ON dentries (parent, cookie);
+CREATE INDEX IF NOT EXISTS dentries_by_ino ON dentries (ino);
+CREATE TABLE IF NOT EXISTS xattrs (
+    ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY (ino, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chunks (
+    ino INTEGER NOT NULL, idx INTEGER NOT NULL, block_id BLOB NOT NULL,
+    length INTEGER NOT NULL, checksum BLOB NOT NULL, PRIMARY KEY (ino, idx)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chunks_by_block ON chunks (block_id);
+CREATE TABLE IF NOT EXISTS garbage (seq INTEGER PRIMARY KEY, block_id BLOB NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sessions (
+    client_id BLOB NOT NULL, seq INTEGER NOT NULL, outcome BLOB NOT NULL,
+    PRIMARY KEY (client_id, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS clients (client_id BLOB PRIMARY KEY, acked_below INTEGER NOT NULL)
+    WITHOUT ROWID;
+INSERT OR IGNORE INTO counters VALUES
+    ('next_ino', 2), ('next_cookie', 1), ('chunk_size', 0), ('applied_index', 0);
+COMMIT;
+"""
+TABLES = ("inodes", "dentries", "xattrs", "chunks", "garbage", "counters", "sessions", "clients")
+# The columns of an `_Inode`, from `inodes i`.
+INODE_COLUMNS = (
+    "i.ino, i.mode, i.nlink, i.uid, i.gid, i.rdev, i.size, i.atime_ns, i.mtime_ns, i.ctime_ns, "
+    "i.version, i.target, (SELECT COALESCE(SUM(c.length), 0) FROM chunks c WHERE c.ino = i.ino)"
+)
+
+
+@dataclass(slots=True)
+class Inode:
+    """A mutable copy of an inodes row: load, change, `Tables.save`."""
+
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    version: int
+    target: bytes | None
+    #: Sum of the chunk lengths, for st_blocks; not a column of its own.
+    stored: int = 0
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    def touch(self, now_ns: int) -> None:
+        """An entry was added or removed: a directory's mtime and ctime move."""
+        self.mtime_ns = self.ctime_ns = now_ns
+
+    def attr(self) -> Attr:
+        blocks = DIR_BLOCKS if self.is_dir else -(-self.stored // 512)
+        return Attr(
+            self.ino, self.mode, self.nlink, self.uid, self.gid, self.rdev, self.size, blocks,
+            self.atime_ns, self.mtime_ns, self.ctime_ns, self.version,
+        )  # fmt: skip
+
+
+def open_database(path: Path | str, *, synchronous: bool = True) -> sqlite3.Connection:
+    """Open (creating if need be) a namespace database; NodeError for a foreign schema.
+
+    `synchronous=False` skips the fsync at each commit (WAL, synchronous=NORMAL): for a
+    replica whose commands are durable in the Raft log, which replays whatever a power loss
+    took back; `checkpoint` makes everything durable before the log is compacted.
+    """
+    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute(f"PRAGMA synchronous = {'FULL' if synchronous else 'NORMAL'}")
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version not in (0, SCHEMA_VERSION):
+        db.close()
+        raise NodeError("EINVAL", f"{path}: metadata schema {version}, need {SCHEMA_VERSION}")
+    db.executescript(SCHEMA)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    return db
+
+
+class Tables:
+    """Row access to inodes, entries, counters and xattrs of one database connection."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def run(self, sql: str, *params: object) -> sqlite3.Cursor:
+        return self.db.execute(sql, params)
+
+    def one(self, sql: str, *params: object) -> Any:
+        """The first column of the first row, or None when there is no row."""
+        row = self.db.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    def counter(self, name: str) -> int:
+        return int(self.one("SELECT value FROM counters WHERE name = ?", name))
+
+    def set_counter(self, name: str, value: int) -> None:
+        self.run("UPDATE counters SET value = ? WHERE name = ?", value, name)
+
+    def next(self, name: str) -> int:
+        """Take the next value of a counter (inode numbers, cookies): never reused."""
+        value = self.counter(name)
+        self.set_counter(name, value + 1)
+        return value
+
+    def get(self, ino: int) -> Inode:
+        row = self.db.execute(f"SELECT {INODE_COLUMNS} FROM inodes i WHERE i.ino = ?", (ino,))
+        row = row.fetchone()
+        if row is None:
+            raise NodeError("ENOENT", f"no inode {ino}")
+        return Inode(*row)
+
+    def dir(self, ino: int) -> Inode:
+        node = self.get(ino)
+        if not node.is_dir:
+            raise NodeError("ENOTDIR", f"inode {ino} is not a directory")
+        return node
+
+    def insert(self, node: Inode) -> None:
+        self.run(
+            "INSERT INTO inodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            node.ino, node.mode, node.nlink, node.uid, node.gid, node.rdev, node.size,
+            node.atime_ns, node.mtime_ns, node.ctime_ns, node.version, node.target,
+        )  # fmt: skip
+
+    def save(self, *nodes: Inode) -> None:
+        for node in nodes:
+            self.run(
+                "UPDATE inodes SET mode = ?, nlink = ?, uid = ?, gid = ?, size = ?, "
+                "atime_ns = ?, mtime_ns = ?, ctime_ns = ?, version = ? WHERE ino = ?",
+                node.mode, node.nlink, node.uid, node.gid, node.size,
+                node.atime_ns, node.mtime_ns, node.ctime_ns, node.version, node.ino,
+            )  # fmt: skip
+
+    def entry(self, parent: int, name: bytes) -> int | None:
+        ino = self.one("SELECT ino FROM dentries WHERE parent = ? AND name = ?", parent, name)
+        return None if ino is None else int(ino)
+
+    def existing_entry(self, parent: int, name: bytes) -> tuple[Inode, Inode]:
+        """The directory and the inode of an entry that must exist."""
+        check_name(name)
+        directory = self.dir(parent)
+        ino = self.entry(parent, name)
+        if ino is None:
+            raise NodeError("ENOENT", "no such entry")
+        return directory, self.get(ino)
+
+    def new_entry_dir(self, parent: int, name: bytes) -> Inode:
+        """The directory a new entry goes in; EEXIST if the name is taken."""
+        directory = self.dir(parent)
+        if self.entry(parent, name) is not None:
+            raise NodeError("EEXIST", "entry exists")
+        return directory
+
+    def add_entry(self, parent: int, name: bytes, ino: int) -> None:
+        cookie = self.next("next_cookie")
+        self.run("INSERT INTO dentries VALUES (?, ?, ?, ?)", parent, name, ino, cookie)
+
+    def remove_entry(self, parent: int, name: bytes) -> None:
+        self.run("DELETE FROM dentries WHERE parent = ? AND name = ?", parent, name)
+
+    def has_entries(self, ino: int) -> bool:
+        return self.one("SELECT 1 FROM dentries WHERE parent = ? LIMIT 1", ino) is not None
+
+    def xattr(self, ino: int, name: bytes) -> bytes | None:
+        value = self.one("SELECT value FROM xattrs WHERE ino = ? AND name = ?", ino, name)
+        return None if value is None else bytes(value)
+
+
+def check_name(name: bytes) -> None:
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+        raise NodeError("EINVAL", f"invalid entry name {name!r}")
+    if len(name) > cmd.NAME_MAX:
+        raise NodeError("ENAMETOOLONG", "entry name too long")

@@ -1,0 +1,650 @@
+"""The metadata state machine: the namespace as a deterministic function of its command log.
+
+`MetaState` keeps inodes, directory entries, xattrs, chunk maps, the garbage list and the
+client sessions in one SQLite database. Applying the same commands in the same order gives the
+same database everywhere, so replicas only need to agree on the log. To keep it that way,
+nothing inside `apply_batch` reads the clock, draws random numbers or iterates an unordered
+collection: timestamps and ids come in the commands, counters live in the database, and every
+multi-row read that affects the state has an ORDER BY.
+
+A batch is one SQLite transaction (one fsync: group commit) with one SAVEPOINT per command,
+so a failing command rolls back only itself. Commands that carry (client id, seq) are applied
+at most once: a retry gets the stored outcome back.
+
+Directories are deleted as soon as they are removed (they hold no data an open handle could
+still need); a regular file whose last link goes stays as an orphan with nlink 0 until a
+`Purge` says no client has it open any more.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import stat
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import msgpack
+
+from ringfs.node.errors import NodeError
+from ringfs.node.meta import commands as cmd
+from ringfs.node.meta.commands import Attr, Chunk, DirEntry, Entry, FsStats, Outcome
+from ringfs.node.meta.schema import (
+    DIR_SIZE,
+    INODE_COLUMNS,
+    TABLES,
+    Inode,
+    Tables,
+    check_name,
+    open_database,
+)
+
+log = logging.getLogger(__name__)
+
+#: ext4's EXT4_LINK_MAX: most hard links one file may have.
+LINK_MAX = 65000
+#: Most entries one ReadDir returns, whatever the limit asked: keeps replies far below the frame
+#: limit even with 255-byte names. Callers page until they get an empty list.
+READDIR_MAX = 1024
+#: uid_t and gid_t are 32 bits.
+_ID_MAX = 2**32 - 1
+#: Kinds of inode Mknod may create (0 means a regular file, as for mknod(2)).
+_MKNOD_KINDS = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
+# SQLite result codes that say the database or its disk failed, not the command's logic.
+_STORAGE_FAILURES = frozenset(
+    {
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_NOTADB,
+    }
+)
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """Whether `exc` is, or was caused by, the database or the machine failing (a full disk,
+    an I/O error, no memory): something one replica meets and the others do not, so no
+    answer may be derived from it."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, MemoryError):
+            return True
+        code = getattr(seen, "sqlite_errorcode", None) if isinstance(seen, sqlite3.Error) else None
+        if code is not None and (code & 0xFF) in _STORAGE_FAILURES:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class MetaState:
+    """The namespace database of one replica.
+
+    Calls are serialised on an internal lock, so the object may be used from worker threads
+    (``trio.to_thread``), one call at a time.
+    """
+
+    def __init__(self, path: Path | str, *, synchronous: bool = True) -> None:
+        """`synchronous=False`: commits are not fsync'd (see `open_database`)."""
+        self._lock = threading.Lock()
+        self._db = open_database(path, synchronous=synchronous)
+        self._rows = Tables(self._db)
+        log.info("metadata database %s open at index %d", path, self.applied_index)
+
+    def __enter__(self) -> MetaState:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the database; the object is unusable afterwards."""
+        with self._lock:
+            self._db.close()
+
+    @property
+    def applied_index(self) -> int:
+        """The log index of the last batch applied with ``last_index`` (0 if none)."""
+        with self._lock:
+            return self._rows.counter("applied_index")
+
+    # --- applying ---------------------------------------------------------------------------
+
+    def apply_batch(self, entries: Sequence[Entry], last_index: int | None = None) -> list[Outcome]:
+        """Apply ``entries`` in order in one transaction; return one Outcome per entry.
+
+        A command failing with NodeError gives an Outcome with that errno name and leaves the
+        state as if it never ran; its neighbours are unaffected. So does a bug in a command's
+        handler (any other exception), answered EIO: deterministic, so every replica does the
+        same, and in the same transaction, so a crash cannot leave half a batch applied. Only a
+        failure of the database or the machine (`is_storage_failure`: a full disk, an I/O
+        error, no memory), which replicas would not share, rolls back the whole batch and
+        propagates.
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                outcomes = [self._apply_entry(entry) for entry in entries]
+                if last_index is not None:
+                    self._rows.set_counter("applied_index", last_index)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        return outcomes
+
+    def _apply_entry(self, entry: Entry) -> Outcome:
+        """Apply one entry inside its own SAVEPOINT. A bug anywhere in it (the command's
+        handler, its result's encoding, the session bookkeeping) undoes the entry alone and
+        answers EIO, the same on every replica; nothing is stored for its session, so a retry
+        runs it again."""
+        self._db.execute("SAVEPOINT entry")
+        try:
+            outcome = self._apply_in_session(entry)
+        except Exception as exc:
+            if is_storage_failure(exc) or not self._db.in_transaction:
+                raise  # the database failed, or SQLite rolled the whole transaction back
+            self._db.execute("ROLLBACK TO entry")
+            log.exception("metadata command %s failed", entry.command.OP)
+            outcome = Outcome(None, "EIO")
+        self._db.execute("RELEASE entry")
+        return outcome
+
+    def _apply_in_session(self, entry: Entry) -> Outcome:
+        client, seq = entry.client_id, entry.seq
+        if client is None or seq is None:
+            outcome = self._apply_once(entry.command)
+        else:
+            stored = self._stored_outcome(client, seq)
+            outcome = self._apply_once(entry.command) if stored is None else stored
+            if stored is None:
+                blob = msgpack.packb(outcome.to_wire(), use_bin_type=True)
+                self._rows.run("INSERT INTO sessions VALUES (?, ?, ?)", client, seq, blob)
+        if client is not None and entry.acked_below is not None:
+            self._rows.run(
+                "DELETE FROM sessions WHERE client_id = ? AND seq < ?", client, entry.acked_below
+            )
+            self._rows.run(
+                "INSERT INTO clients VALUES (?, ?) ON CONFLICT (client_id) "
+                "DO UPDATE SET acked_below = max(acked_below, excluded.acked_below)",
+                client,
+                entry.acked_below,
+            )
+        return outcome
+
+    def _stored_outcome(self, client: bytes, seq: int) -> Outcome | None:
+        """The outcome of an earlier copy of this request, if there was one."""
+        blob = self._rows.one(
+            "SELECT outcome FROM sessions WHERE client_id = ? AND seq = ?", client, seq
+        )
+        if blob is not None:
+            return Outcome.from_wire(msgpack.unpackb(blob, raw=False))
+        acked_below = self._rows.one("SELECT acked_below FROM clients WHERE client_id = ?", client)
+        if acked_below is not None and seq < acked_below:
+            # The client has its answer and let us forget it: this is a late duplicate that
+            # must not run twice. Nobody waits for this reply.
+            return Outcome(None, "ESTALE")
+        return None
+
+    def _apply_once(self, command: cmd.Command) -> Outcome:
+        """Run the command's handler; a NodeError undoes it and becomes its outcome."""
+        self._db.execute("SAVEPOINT command")
+        try:
+            # Each command class has its handler `_apply_<OP>`.
+            result = getattr(self, f"_apply_{command.OP}")(command)
+            outcome = Outcome(cmd.encode_result(result), None)
+        except NodeError as exc:
+            self._db.execute("ROLLBACK TO command")
+            log.debug("%s failed: %s", command.OP, exc)
+            outcome = Outcome(None, exc.name)
+        self._db.execute("RELEASE command")
+        return outcome
+
+    # --- creating -----------------------------------------------------------------------------
+
+    def _apply_init(self, c: cmd.Init) -> None:
+        if self._rows.counter("chunk_size"):
+            return
+        if c.chunk_size <= 0:
+            raise NodeError("EINVAL", "chunk size must be positive")
+        _check_ids(c.uid, c.gid)
+        now, mode = c.now_ns, stat.S_IFDIR | 0o755
+        root = Inode(cmd.ROOT_INO, mode, 2, c.uid, c.gid, 0, DIR_SIZE, now, now, now, 0, None)
+        self._rows.insert(root)
+        self._rows.set_counter("chunk_size", c.chunk_size)
+
+    def _apply_mknod(self, c: cmd.Mknod) -> Attr:
+        kind = stat.S_IFMT(c.mode) or stat.S_IFREG
+        if kind == stat.S_IFDIR:
+            raise NodeError("EPERM", "mknod cannot make directories")
+        if kind not in _MKNOD_KINDS:
+            raise NodeError("EINVAL", f"mknod cannot make file type {kind:o}")
+        rdev = c.rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
+        return self._create(c, kind | stat.S_IMODE(c.mode), rdev=rdev)
+
+    def _apply_mkdir(self, c: cmd.Mkdir) -> Attr:
+        # As vfs_mkdir: set-id bits in the mode are ignored; S_ISGID comes only by inheritance.
+        return self._create(c, stat.S_IFDIR | (c.mode & 0o1777))
+
+    def _apply_symlink(self, c: cmd.Symlink) -> Attr:
+        if not c.target:
+            raise NodeError("ENOENT", "empty symlink target")
+        if len(c.target) > cmd.SYMLINK_MAX:
+            raise NodeError("ENAMETOOLONG", "symlink target too long")
+        if b"\0" in c.target:
+            raise NodeError("EINVAL", "NUL in symlink target")
+        return self._create(c, stat.S_IFLNK | 0o777, target=c.target)
+
+    def _create(
+        self,
+        c: cmd.Mknod | cmd.Mkdir | cmd.Symlink,
+        mode: int,
+        rdev: int = 0,
+        target: bytes | None = None,
+    ) -> Attr:
+        """Make a new inode named ``c.name`` in ``c.parent``; the caller checked the mode."""
+        check_name(c.name)
+        _check_ids(c.uid, c.gid)
+        directory = self._rows.new_entry_dir(c.parent, c.name)
+        gid = c.gid
+        if directory.mode & stat.S_ISGID:
+            gid = directory.gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        is_dir = stat.S_ISDIR(mode)
+        size = DIR_SIZE if is_dir else len(target or b"")
+        ino, now, nlink = self._rows.next("next_ino"), c.now_ns, 2 if is_dir else 1
+        node = Inode(ino, mode, nlink, c.uid, gid, rdev, size, now, now, now, 0, target)
+        self._rows.insert(node)
+        self._rows.add_entry(c.parent, c.name, ino)
+        directory.nlink += is_dir
+        directory.touch(now)
+        self._rows.save(directory)
+        return node.attr()
+
+    def _apply_link(self, c: cmd.Link) -> Attr:
+        node = self._rows.get(c.ino)
+        check_name(c.new_name)
+        directory = self._rows.new_entry_dir(c.new_parent, c.new_name)
+        if node.is_dir:
+            raise NodeError("EPERM", "cannot hard-link a directory")
+        if node.nlink == 0:
+            raise NodeError("ENOENT", "cannot link an unlinked inode")
+        if node.nlink >= LINK_MAX:
+            raise NodeError("EMLINK", "too many links")
+        self._rows.add_entry(c.new_parent, c.new_name, node.ino)
+        node.nlink += 1
+        node.ctime_ns = c.now_ns
+        directory.touch(c.now_ns)
+        self._rows.save(node, directory)
+        return node.attr()
+
+    # --- removing -----------------------------------------------------------------------------
+
+    def _apply_unlink(self, c: cmd.Unlink) -> Attr:
+        directory, node = self._rows.existing_entry(c.parent, c.name)
+        if node.is_dir:
+            raise NodeError("EISDIR", "unlink of a directory")
+        self._rows.remove_entry(c.parent, c.name)
+        node.nlink -= 1
+        node.ctime_ns = c.now_ns
+        directory.touch(c.now_ns)
+        self._rows.save(node, directory)
+        return node.attr()
+
+    def _apply_rmdir(self, c: cmd.Rmdir) -> None:
+        directory, node = self._rows.existing_entry(c.parent, c.name)
+        if not node.is_dir:
+            raise NodeError("ENOTDIR", "rmdir of a non-directory")
+        if self._rows.has_entries(node.ino):
+            raise NodeError("ENOTEMPTY", "directory not empty")
+        self._rows.remove_entry(c.parent, c.name)
+        self._destroy(node.ino)
+        directory.nlink -= 1
+        directory.touch(c.now_ns)
+        self._rows.save(directory)
+
+    def _apply_purge(self, c: cmd.Purge) -> None:
+        for ino in c.inos:
+            if self._rows.one("SELECT nlink FROM inodes WHERE ino = ?", ino) == 0:
+                self._destroy(ino)
+
+    def _destroy(self, ino: int) -> None:
+        """Delete an inode that no entry names, with its xattrs; its blocks become garbage."""
+        self._drop_chunks(ino, 0)
+        self._rows.run("DELETE FROM xattrs WHERE ino = ?", ino)
+        self._rows.run("DELETE FROM inodes WHERE ino = ?", ino)
+
+    # --- rename -------------------------------------------------------------------------------
+
+    def _apply_rename(self, c: cmd.Rename) -> Attr | None:
+        """rename(2) and renameat2(2), with Linux's checks in Linux's order."""
+        if c.flags not in (0, cmd.RENAME_NOREPLACE, cmd.RENAME_EXCHANGE):
+            raise NodeError("EINVAL", f"bad rename flags {c.flags}")
+        exchange = c.flags == cmd.RENAME_EXCHANGE
+        check_name(c.name)
+        check_name(c.new_name)
+        old_dir = self._rows.dir(c.parent)
+        new_dir = old_dir if c.new_parent == c.parent else self._rows.dir(c.new_parent)
+        src_ino = self._rows.entry(c.parent, c.name)
+        if src_ino is None:
+            raise NodeError("ENOENT", "rename source does not exist")
+        dst_ino = self._rows.entry(c.new_parent, c.new_name)
+        if dst_ino is not None and c.flags == cmd.RENAME_NOREPLACE:
+            raise NodeError("EEXIST", "rename target exists")
+        if dst_ino is None and exchange:
+            raise NodeError("ENOENT", "exchange target does not exist")
+        src = self._rows.get(src_ino)
+        if src.is_dir and self._is_ancestor(src_ino, c.new_parent):
+            raise NodeError("EINVAL", "cannot move a directory under itself")
+        if dst_ino is not None and self._is_ancestor(dst_ino, c.parent):
+            raise NodeError("EINVAL" if exchange else "ENOTEMPTY", "target contains the source")
+        if src_ino == dst_ino:
+            return None
+        dst = None if dst_ino is None else self._rows.get(dst_ino)
+        if exchange and dst is not None:
+            self._exchange(c, src, dst, old_dir, new_dir)
+        else:
+            self._move(c, src, dst, old_dir, new_dir)
+        src.ctime_ns = c.now_ns
+        old_dir.touch(c.now_ns)
+        new_dir.touch(c.now_ns)
+        self._rows.save(src, *((old_dir,) if old_dir is new_dir else (old_dir, new_dir)))
+        return None if dst is None else dst.attr()
+
+    def _move(
+        self, c: cmd.Rename, src: Inode, dst: Inode | None, old_dir: Inode, new_dir: Inode
+    ) -> None:
+        """Plain rename: drop whatever the target names, then move the source entry there."""
+        if dst is not None:
+            if src.is_dir and not dst.is_dir:
+                raise NodeError("ENOTDIR", "cannot replace a non-directory with a directory")
+            if dst.is_dir and not src.is_dir:
+                raise NodeError("EISDIR", "cannot replace a directory with a non-directory")
+            if dst.is_dir and self._rows.has_entries(dst.ino):
+                raise NodeError("ENOTEMPTY", "rename target directory not empty")
+            self._rows.remove_entry(c.new_parent, c.new_name)
+            dst.ctime_ns = c.now_ns
+            if dst.is_dir:
+                dst.nlink = 0
+                self._destroy(dst.ino)
+                new_dir.nlink -= 1
+            else:
+                dst.nlink -= 1
+                self._rows.save(dst)
+        self._rows.remove_entry(c.parent, c.name)
+        self._rows.add_entry(c.new_parent, c.new_name, src.ino)
+        if src.is_dir and old_dir is not new_dir:
+            old_dir.nlink -= 1
+            new_dir.nlink += 1
+
+    def _exchange(
+        self, c: cmd.Rename, src: Inode, dst: Inode, old_dir: Inode, new_dir: Inode
+    ) -> None:
+        """RENAME_EXCHANGE: both entries stay, naming each other's inode (with new cookies)."""
+        for parent, name, ino in ((c.parent, c.name, dst.ino), (c.new_parent, c.new_name, src.ino)):
+            self._rows.remove_entry(parent, name)
+            self._rows.add_entry(parent, name, ino)
+        if old_dir is not new_dir and src.is_dir != dst.is_dir:
+            moved = 1 if src.is_dir else -1
+            old_dir.nlink -= moved
+            new_dir.nlink += moved
+        dst.ctime_ns = c.now_ns
+        self._rows.save(dst)
+
+    def _is_ancestor(self, ancestor: int, ino: int) -> bool:
+        """Whether ``ancestor`` is directory ``ino`` or one of the directories above it."""
+        while ino != ancestor:
+            # A directory has exactly one entry, so its parent is well defined.
+            parent = self._rows.one("SELECT parent FROM dentries WHERE ino = ?", ino)
+            if parent is None:  # the root
+                return False
+            ino = parent
+        return True
+
+    # --- attributes and data ------------------------------------------------------------------
+
+    def _apply_setattr(self, c: cmd.Setattr) -> Attr:
+        node = self._rows.get(c.ino)
+        _check_ids(c.uid or 0, c.gid or 0)
+        if c.size is not None:
+            self._resize(node, c.size, c.now_ns)
+        if c.mode is not None:
+            node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(c.mode)
+        node.uid = node.uid if c.uid is None else c.uid
+        node.gid = node.gid if c.gid is None else c.gid
+        node.atime_ns = node.atime_ns if c.atime_ns is None else c.atime_ns
+        node.mtime_ns = node.mtime_ns if c.mtime_ns is None else c.mtime_ns
+        node.ctime_ns = c.now_ns
+        self._rows.save(node)
+        return self._rows.get(node.ino).attr()
+
+    def _resize(self, node: Inode, size: int, now_ns: int) -> None:
+        """Truncate or extend a regular file: chunks past the end go, the last one shortens."""
+        _check_regular(node, size)
+        chunk_size = self._rows.counter("chunk_size")
+        self._drop_chunks(node.ino, -(-size // chunk_size))
+        if size % chunk_size:
+            last = size // chunk_size
+            self._rows.run(
+                "UPDATE chunks SET length = min(length, ?) WHERE ino = ? AND idx = ?",
+                size - last * chunk_size,
+                node.ino,
+                last,
+            )
+        if size != node.size:
+            node.version += 1
+            node.size = size
+        node.mtime_ns = now_ns
+
+    def _apply_commit_chunks(self, c: cmd.CommitChunks) -> Attr:
+        node = self._rows.get(c.ino)
+        _check_regular(node, c.size)
+        size, chunk_size = max(node.size, c.size), self._rows.counter("chunk_size")
+        _check_chunks(c.chunks, chunk_size)
+        for chunk in c.chunks:
+            # Bytes past the end of the file must read as zeros if it grows again: cut them off.
+            length = min(chunk.length, size - chunk.idx * chunk_size)
+            if length <= 0:
+                self._release_blocks([chunk.block_id])
+                continue
+            old = self._rows.one(
+                "SELECT block_id FROM chunks WHERE ino = ? AND idx = ?", c.ino, chunk.idx
+            )
+            self._rows.run(
+                "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?)",
+                c.ino, chunk.idx, chunk.block_id, length, chunk.checksum,
+            )  # fmt: skip
+            # A block that was garbage is referenced again: the collector must not delete it.
+            self._rows.run("DELETE FROM garbage WHERE block_id = ?", chunk.block_id)
+            if old is not None and old != chunk.block_id:
+                self._release_blocks([old])
+        node.size = size
+        node.mtime_ns = node.ctime_ns = c.now_ns
+        node.version += 1
+        self._rows.save(node)
+        return self._rows.get(node.ino).attr()
+
+    def _drop_chunks(self, ino: int, first_idx: int) -> None:
+        """Remove chunks from ``first_idx`` on; their blocks may become garbage."""
+        sql = "SELECT block_id FROM chunks WHERE ino = ? AND idx >= ? ORDER BY idx"
+        blocks = [row[0] for row in self._rows.run(sql, ino, first_idx)]
+        self._rows.run("DELETE FROM chunks WHERE ino = ? AND idx >= ?", ino, first_idx)
+        self._release_blocks(blocks)
+
+    def _release_blocks(self, block_ids: list[bytes]) -> None:
+        """Blocks dropped from a chunk map become garbage unless another chunk still uses them."""
+        for block_id in block_ids:
+            if self._rows.one("SELECT 1 FROM chunks WHERE block_id = ? LIMIT 1", block_id) is None:
+                self._rows.run("INSERT OR IGNORE INTO garbage (block_id) VALUES (?)", block_id)
+
+    def _apply_forget_garbage(self, c: cmd.ForgetGarbage) -> None:
+        for block_id in c.block_ids:
+            self._rows.run("DELETE FROM garbage WHERE block_id = ?", block_id)
+
+    def _apply_setxattr(self, c: cmd.SetXattr) -> None:
+        _check_xattr_name(c.name)
+        if len(c.value) > cmd.XATTR_SIZE_MAX:
+            raise NodeError("E2BIG", "xattr value too large")
+        if c.flags & ~(cmd.XATTR_CREATE | cmd.XATTR_REPLACE):
+            raise NodeError("EINVAL", f"bad xattr flags {c.flags}")
+        node = self._rows.get(c.ino)
+        present = self._rows.xattr(c.ino, c.name) is not None
+        if present and c.flags & cmd.XATTR_CREATE:
+            raise NodeError("EEXIST", "xattr exists")
+        if not present and c.flags & cmd.XATTR_REPLACE:
+            raise NodeError("ENODATA", "no such xattr")
+        self._rows.run("INSERT OR REPLACE INTO xattrs VALUES (?, ?, ?)", c.ino, c.name, c.value)
+        node.ctime_ns = c.now_ns
+        self._rows.save(node)
+
+    def _apply_removexattr(self, c: cmd.RemoveXattr) -> None:
+        _check_xattr_name(c.name)
+        node = self._rows.get(c.ino)
+        if not self._rows.run(
+            "DELETE FROM xattrs WHERE ino = ? AND name = ?", c.ino, c.name
+        ).rowcount:
+            raise NodeError("ENODATA", "no such xattr")
+        node.ctime_ns = c.now_ns
+        self._rows.save(node)
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def query(self, q: cmd.Query) -> Any:
+        """Answer a read-only query; `ringfs.node.meta.commands` gives each one's result type.
+
+        Raises NodeError with the errno name a local filesystem would give.
+        """
+        with self._lock:
+            # Each query class has its handler `_query_<OP>`.
+            return getattr(self, f"_query_{q.OP}")(q)
+
+    def _query_lookup(self, q: cmd.Lookup) -> Attr:
+        if len(q.name) > cmd.NAME_MAX:
+            raise NodeError("ENAMETOOLONG", "name too long")
+        self._rows.dir(q.parent)
+        ino = self._rows.entry(q.parent, q.name)
+        if ino is None:
+            raise NodeError("ENOENT", "no such entry")
+        return self._rows.get(ino).attr()
+
+    def _query_getattr(self, q: cmd.GetAttr) -> Attr:
+        return self._rows.get(q.ino).attr()
+
+    def _query_readdir(self, q: cmd.ReadDir) -> list[DirEntry]:
+        self._rows.dir(q.ino)
+        if q.limit <= 0:
+            raise NodeError("EINVAL", "limit must be positive")
+        rows = self._rows.run(
+            f"SELECT d.cookie, d.name, {INODE_COLUMNS} FROM dentries d "
+            "JOIN inodes i ON i.ino = d.ino "
+            "WHERE d.parent = ? AND d.cookie > ? ORDER BY d.cookie LIMIT ?",
+            q.ino,
+            q.after_cookie,
+            min(q.limit, READDIR_MAX),
+        )
+        return [DirEntry(row[0], row[1], Inode(*row[2:]).attr()) for row in rows]
+
+    def _query_readlink(self, q: cmd.ReadLink) -> bytes:
+        target = self._rows.get(q.ino).target
+        if target is None:
+            raise NodeError("EINVAL", "not a symlink")
+        return target
+
+    def _query_getxattr(self, q: cmd.GetXattr) -> bytes:
+        _check_xattr_name(q.name)
+        self._rows.get(q.ino)
+        value = self._rows.xattr(q.ino, q.name)
+        if value is None:
+            raise NodeError("ENODATA", "no such xattr")
+        return value
+
+    def _query_listxattr(self, q: cmd.ListXattr) -> list[bytes]:
+        self._rows.get(q.ino)
+        return [
+            row[0]
+            for row in self._rows.run("SELECT name FROM xattrs WHERE ino = ? ORDER BY name", q.ino)
+        ]
+
+    def _query_read_chunks(self, q: cmd.ReadChunks) -> tuple[Attr, list[Chunk]]:
+        node = self._rows.get(q.ino)
+        if node.is_dir:
+            raise NodeError("EISDIR", "a directory has no data")
+        sql = "SELECT idx, block_id, length, checksum FROM chunks WHERE ino = ? ORDER BY idx"
+        return node.attr(), [Chunk(*row) for row in self._rows.run(sql, q.ino)]
+
+    def _query_fsinfo(self, q: cmd.FsInfo) -> FsStats:
+        inodes = self._rows.one("SELECT COUNT(*) FROM inodes")
+        stored = self._rows.one("SELECT COALESCE(SUM(length), 0) FROM chunks")
+        return FsStats(self._rows.counter("chunk_size"), inodes, stored)
+
+    def _query_garbage(self, q: cmd.Garbage) -> list[bytes]:
+        if q.limit <= 0:
+            raise NodeError("EINVAL", "limit must be positive")
+        sql = "SELECT block_id FROM garbage ORDER BY seq LIMIT ?"
+        return [row[0] for row in self._rows.run(sql, q.limit)]
+
+    # --- snapshots and inspection -------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Make every committed batch durable in the database file (fsync)."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(FULL)")
+
+    def snapshot_to(self, path: Path | str) -> None:
+        """Write a consistent copy of the whole database to ``path`` (a new file)."""
+        with self._lock:
+            target = sqlite3.connect(str(path))
+            try:
+                self._db.backup(target)
+            finally:
+                target.close()
+
+    def dump(self) -> list[Any]:
+        """Every row of every table, sorted: equal dumps mean equal replicas."""
+        with self._lock:
+            return [[table, sorted(self._rows.run(f"SELECT * FROM {table}"))] for table in TABLES]
+
+
+def _check_xattr_name(name: bytes) -> None:
+    if not name:
+        raise NodeError("EINVAL", "empty xattr name")
+    if len(name) > cmd.XATTR_NAME_MAX:
+        raise NodeError("ERANGE", "xattr name too long")
+
+
+def _check_ids(uid: int, gid: int) -> None:
+    if not (0 <= uid <= _ID_MAX and 0 <= gid <= _ID_MAX):
+        raise NodeError("EINVAL", "uid or gid out of range")
+
+
+def _check_regular(node: Inode, size: int) -> None:
+    """Only regular files have data (and a size that can be set)."""
+    if node.is_dir:
+        raise NodeError("EISDIR", "a directory has no data")
+    if not stat.S_ISREG(node.mode):
+        raise NodeError("EINVAL", "not a regular file")
+    if size < 0:
+        raise NodeError("EINVAL", "negative size")
+
+
+def _check_chunks(chunks: Sequence[Chunk], chunk_size: int) -> None:
+    """Chunks must fit their slot and name each index once."""
+    seen: set[int] = set()
+    for chunk in chunks:
+        if chunk.length > chunk_size:
+            raise NodeError("EINVAL", f"chunk {chunk.idx} is longer than a chunk")
+        if chunk.idx in seen:
+            raise NodeError("EINVAL", f"chunk {chunk.idx} given twice")
+        seen.add(chunk.idx)

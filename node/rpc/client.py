@@ -1,0 +1,337 @@
+"""Client side of the wire protocol on trio: one multiplexed connection per node.
+
+`RpcConnection` wraps a `protocol.Connection`: a reader task feeds it bytes and wakes the caller
+whose msgid was answered; callers send under a lock so frames never interleave. `NodePool` keeps
+one connection per node address, reconnects lazily and remembers which nodes failed recently so
+callers can try healthy replicas first.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import trio
+
+from ringfs.node.errors import NodeError, ProtocolError, Unavailable
+from ringfs.node.rpc.protocol import (
+    Buffer,
+    Connection,
+    HandshakeDone,
+    Limits,
+    Response,
+    Role,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# How many bytes to ask the kernel for at once: big enough that a 4 MiB block takes few loops.
+RECEIVE_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """How a client talks to nodes."""
+
+    secret: bytes
+    connect_timeout: float = 3.0
+    request_timeout: float = 15.0
+    ssl_context: ssl.SSLContext | None = None
+    limits: Limits = field(default_factory=Limits)
+
+
+class _Slot:
+    """Where the reader task leaves the answer for one waiting caller."""
+
+    __slots__ = ("done", "response", "failure")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.response: Response | None = None
+        self.failure: BaseException | None = None
+
+
+class RpcConnection:
+    """A handshaken, multiplexed connection to one node."""
+
+    def __init__(self, address: str, stream: trio.abc.Stream, conn: Connection) -> None:
+        self.address = address
+        self.peer_id = conn.peer_id
+        self._stream = stream
+        self._conn = conn
+        self._send_lock = trio.Lock()
+        self._slots: dict[int, _Slot] = {}
+        self._closed = False
+        self._last_receive = trio.current_time()
+
+    @classmethod
+    async def connect(
+        cls, address: str, config: ClientConfig, *, nursery: trio.Nursery
+    ) -> RpcConnection:
+        """Open, authenticate and start the reader task.
+
+        Raises `Unavailable` if the node cannot be reached in time, `AuthenticationError` if
+        either side fails the challenge. Cancellation closes the half-open stream.
+        """
+        host, port = split_address(address)
+        with trio.move_on_after(config.connect_timeout) as scope:
+            try:
+                stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+            except OSError as exc:
+                raise Unavailable(f"node {address}: {exc.strerror or exc}", [address]) from exc
+            try:
+                if config.ssl_context is not None:
+                    stream = trio.SSLStream(stream, config.ssl_context, server_hostname=host)
+                conn = Connection(Role.CLIENT, config.secret, limits=config.limits)
+                await _handshake(stream, conn)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                await trio.aclose_forcefully(stream)
+                raise Unavailable(f"node {address}: handshake failed: {exc}", [address]) from exc
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+        if scope.cancelled_caught:
+            raise Unavailable(f"node {address}: connect timed out", [address])
+        rpc = cls(address, stream, conn)
+        nursery.start_soon(rpc._read_loop, name=f"rpc-reader {address}")
+        return rpc
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def call(self, method: str, params: Sequence[Any], time_limit: float) -> Any:
+        """Send one request and wait for its answer.
+
+        Raises `NodeError` for an error reply and `Unavailable` when the connection fails or the
+        deadline passes. Cancellation abandons the request; its late answer is dropped.
+        """
+        if self._closed:
+            raise Unavailable(f"node {self.address}: connection closed", [self.address])
+        slot = _Slot()
+        msgid = -1
+        sent_at = trio.current_time()
+        try:
+            with trio.fail_after(time_limit):
+                async with self._send_lock:
+                    msgid, buffers = self._conn.send_request(method, params)
+                    self._slots[msgid] = slot
+                    await self._write(buffers)
+                await slot.done.wait()
+        except trio.TooSlowError:
+            log.warning(
+                "node %s: %s (msgid %d) timed out after %.1fs",
+                self.address,
+                method,
+                msgid,
+                time_limit,
+            )
+            if self._last_receive < sent_at:
+                # Not a byte since this call went out: the peer or the path is gone, so every
+                # other call on this connection would wait out its deadline too.
+                await self._fail_all(Unavailable(f"node {self.address}: silent", [self.address]))
+            raise Unavailable(f"node {self.address}: {method} timed out", [self.address]) from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            await self._fail_all(Unavailable(f"node {self.address}: {exc}", [self.address]))
+            raise Unavailable(f"node {self.address}: connection lost", [self.address]) from exc
+        finally:
+            if self._slots.pop(msgid, None) is not None and not slot.done.is_set():
+                self._conn.abandon(msgid)
+        if slot.failure is not None:
+            raise slot.failure
+        assert slot.response is not None
+        if slot.response.error is not None:
+            name, detail = slot.response.error
+            raise NodeError(name, detail)
+        return slot.response.result
+
+    async def notify(self, method: str, batch: Sequence[Sequence[Any]], time_limit: float) -> None:
+        """Send one-way calls (msgpack-RPC notifications, never answered), in order, in one
+        write.
+
+        Raises `Unavailable` when the connection fails or the time limit passes. Returning
+        means the bytes are with the kernel, not that the peer handled them.
+        """
+        if self._closed:
+            raise Unavailable(f"node {self.address}: connection closed", [self.address])
+        payload = b"".join(
+            buffer for params in batch for buffer in self._conn.send_notification(method, params)
+        )
+        try:
+            with trio.fail_after(time_limit):
+                async with self._send_lock:
+                    await self._write([payload])
+        except trio.TooSlowError:
+            raise Unavailable(
+                f"node {self.address}: {method} not sent in time", [self.address]
+            ) from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            await self._fail_all(Unavailable(f"node {self.address}: {exc}", [self.address]))
+            raise Unavailable(f"node {self.address}: connection lost", [self.address]) from exc
+
+    async def _write(self, buffers: Sequence[Buffer]) -> None:
+        """Write whole messages (the caller holds the send lock)."""
+        try:
+            for buffer in buffers:
+                await self._stream.send_all(buffer)
+        except BaseException:
+            # Half a message may be on the wire: nothing after it would parse.
+            await self._fail_all(Unavailable(f"node {self.address}: send cut off", [self.address]))
+            raise
+
+    async def _read_loop(self) -> None:
+        failure: BaseException = Unavailable(f"node {self.address}: closed", [self.address])
+        try:
+            while True:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+                self._last_receive = trio.current_time()
+                if not data:
+                    failure = Unavailable(
+                        f"node {self.address}: connection closed by peer", [self.address]
+                    )
+                    return
+                for event in self._conn.receive_data(data):
+                    if isinstance(event, Response):
+                        slot = self._slots.get(event.msgid)
+                        if slot is not None:
+                            slot.response = event
+                            slot.done.set()
+        except ProtocolError as exc:
+            log.error("node %s: protocol error, closing: %s", self.address, exc)
+            failure = Unavailable(f"node {self.address}: {exc}", [self.address])
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            failure = Unavailable(f"node {self.address}: {exc}", [self.address])
+        finally:
+            # Also on cancellation: the socket is closed and every waiting caller woken.
+            await self._fail_all(failure)
+
+    async def _fail_all(self, failure: BaseException) -> None:
+        """Mark the connection dead and wake every waiting caller with `failure`."""
+        if not self._closed:
+            self._closed = True
+            await trio.aclose_forcefully(self._stream)
+        for slot in self._slots.values():
+            if not slot.done.is_set():
+                slot.failure = failure
+                slot.done.set()
+
+    async def aclose(self) -> None:
+        await self._fail_all(Unavailable(f"node {self.address}: closed", [self.address]))
+
+
+async def _handshake(stream: trio.abc.Stream, conn: Connection) -> None:
+    """Drive the challenge-response until the connection is open."""
+    while True:
+        for buffer in conn.data_to_send():
+            await stream.send_all(buffer)
+        if conn.is_open:
+            return
+        data = await stream.receive_some(RECEIVE_SIZE)
+        if not data:
+            raise trio.BrokenResourceError("peer closed the connection during the handshake")
+        for event in conn.receive_data(data):
+            if isinstance(event, HandshakeDone):
+                break
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """ "host:port" -> (host, port); raises ValueError with a readable message."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"not a host:port address: {address!r}")
+    return host.strip("[]"), int(port)
+
+
+class NodePool:
+    """One connection per node address, opened on first use and re-opened after failure.
+
+    Tracks recent failures per node so callers can order replicas healthy-first; a failed node
+    is retried after a back-off that doubles up to `MAX_BACKOFF`.
+    """
+
+    INITIAL_BACKOFF = 0.5
+    MAX_BACKOFF = 8.0
+
+    def __init__(self, config: ClientConfig, nursery: trio.Nursery) -> None:
+        self.config = config
+        self._nursery = nursery
+        self._connections: dict[str, RpcConnection] = {}
+        self._connecting: dict[str, trio.Event] = {}
+        self._down_until: dict[str, float] = {}
+        self._backoff: dict[str, float] = {}
+
+    def is_suspect(self, address: str) -> bool:
+        """True while a node is inside its back-off window after a failure."""
+        return self._down_until.get(address, -math.inf) > trio.current_time()
+
+    def order(self, addresses: Sequence[str]) -> list[str]:
+        """The same addresses, healthy ones first, keeping ring order within each group."""
+        return sorted(addresses, key=self.is_suspect)
+
+    def _mark_down(self, address: str) -> None:
+        backoff = min(self._backoff.get(address, self.INITIAL_BACKOFF / 2) * 2, self.MAX_BACKOFF)
+        self._backoff[address] = backoff
+        self._down_until[address] = trio.current_time() + backoff
+
+    def _mark_up(self, address: str) -> None:
+        self._backoff.pop(address, None)
+        self._down_until.pop(address, None)
+
+    async def connection(self, address: str) -> RpcConnection:
+        """The open connection to `address`, connecting (once, shared) if needed."""
+        while True:
+            rpc = self._connections.get(address)
+            if rpc is not None and not rpc.closed:
+                return rpc
+            pending = self._connecting.get(address)
+            if pending is None:
+                break
+            await pending.wait()
+        done = self._connecting[address] = trio.Event()
+        try:
+            rpc = await RpcConnection.connect(address, self.config, nursery=self._nursery)
+            self._connections[address] = rpc
+            return rpc
+        finally:
+            del self._connecting[address]
+            done.set()
+
+    async def call(
+        self, address: str, method: str, params: Sequence[Any], time_limit: float | None = None
+    ) -> Any:
+        """Call `method` on the node at `address`; failures mark the node suspect."""
+        limit = time_limit or self.config.request_timeout
+        return await self._through(address, lambda rpc: rpc.call(method, params, limit))
+
+    async def notify(
+        self, address: str, method: str, batch: Sequence[Sequence[Any]], time_limit: float
+    ) -> None:
+        """Send one-way calls of `method` to the node at `address` (see `RpcConnection.notify`);
+        failures mark the node suspect."""
+        await self._through(address, lambda rpc: rpc.notify(method, batch, time_limit))
+
+    async def _through(self, address: str, action: Callable[[RpcConnection], Awaitable[T]]) -> T:
+        """Run `action` on the connection to `address`, keeping the node's health record."""
+        try:
+            result = await action(await self.connection(address))
+        except Unavailable:
+            self._mark_down(address)
+            raise
+        except ProtocolError as exc:
+            # A node that breaks the protocol (or fails the handshake: another version, a
+            # wrong secret, not a ringfs node) is as unusable as an unreachable one.
+            self._mark_down(address)
+            raise Unavailable(f"node {address}: {exc}", [address]) from exc
+        self._mark_up(address)
+        return result
+
+    async def aclose(self) -> None:
+        for rpc in list(self._connections.values()):
+            await rpc.aclose()
+        self._connections.clear()

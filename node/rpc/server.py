@@ -1,0 +1,251 @@
+"""Server side of the wire protocol on trio: accept, authenticate, dispatch, answer.
+
+Each connection is handshaken first (nothing is served before the peer proved it holds the
+secret), then every request runs as its own task so a slow block write never holds up a
+metadata call on the same connection. At most `Limits.max_in_flight` requests run per
+connection: beyond that the server simply stops reading, and TCP pushes back on the client.
+A protocol violation closes that one connection with a logged reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ringfs.node.errors import AuthenticationError, NodeError, ProtocolError
+from ringfs.node.rpc.client import RECEIVE_SIZE
+from ringfs.node.rpc.protocol import Connection, Limits, Notification, Request, Role
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, list[Any]], Awaitable[Any]]
+# Handles a notification (a one-way call) on the connection's reading task: it must not block.
+NotificationHandler = Callable[[str, list[Any]], None]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    secret: bytes
+    node_id: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    handshake_timeout: float = 5.0
+    # Seconds a started message may take to arrive completely.
+    frame_timeout: float = 60.0
+    max_connections: int = 256
+    ssl_context: ssl.SSLContext | None = None
+    limits: Limits = field(default_factory=Limits)
+
+
+class RpcServer:
+    """Serves `handler(method, params)` to authenticated peers."""
+
+    def __init__(
+        self, config: ServerConfig, handler: Handler, notified: NotificationHandler | None = None
+    ) -> None:
+        self.config = config
+        self._handler = handler
+        self._notified = notified
+        self._connection_slots = trio.Semaphore(config.max_connections)
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until cancelled; reports the bound port through `task_status`.
+
+        Raises OSError if the address cannot be bound (port in use).
+        """
+        listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
+        port = listeners[0].socket.getsockname()[1]
+        log.info("node %s listening on %s:%d", self.config.node_id, self.config.host, port)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, self._handle_stream, listeners)
+            task_status.started(port)
+
+    async def _handle_stream(self, stream: trio.SocketStream) -> None:
+        peer = _peer_name(stream)
+        if self._connection_slots.value == 0:
+            log.warning(
+                "refusing connection from %s: %d connections open",
+                peer,
+                self.config.max_connections,
+            )
+            await trio.aclose_forcefully(stream)
+            return
+        async with self._connection_slots:
+            wrapped: trio.abc.Stream = stream
+            if self.config.ssl_context is not None:
+                wrapped = trio.SSLStream(stream, self.config.ssl_context, server_side=True)
+            try:
+                await _Session(self, wrapped, peer).run()
+            except Exception:
+                # The edge of the node: a bug met by one connection ends that connection,
+                # loudly, and not the node with every other client.
+                log.exception("connection from %s failed", peer)
+            finally:
+                await trio.aclose_forcefully(wrapped)
+
+
+class _Session:
+    """One authenticated connection: read loop plus one task per request."""
+
+    def __init__(self, server: RpcServer, stream: trio.abc.Stream, peer: str) -> None:
+        self.server = server
+        self.stream = stream
+        self.peer = peer
+        config = server.config
+        self.conn = Connection(
+            Role.SERVER, config.secret, node_id=config.node_id, limits=config.limits
+        )
+        self.send_lock = trio.Lock()
+        self.room = trio.Semaphore(config.limits.max_in_flight)
+        # Requests that arrived in the same read as the end of the handshake.
+        self.early: list[Request] = []
+
+    async def run(self) -> None:
+        try:
+            with trio.fail_after(self.server.config.handshake_timeout):
+                while not self.conn.is_open:
+                    if not await self._receive():
+                        return
+            async with trio.open_nursery() as nursery:
+                # Errors are caught inside the nursery: a bad peer ends its own connection
+                # (and the requests it has running), never the node.
+                await self._serve_requests(nursery)
+                nursery.cancel_scope.cancel()
+        except AuthenticationError as exc:
+            log.warning("connection from %s refused: %s", self.peer, exc)
+            await self._flush_handshake()
+        except ProtocolError as exc:
+            log.warning("closing connection from %s: %s", self.peer, exc)
+        except trio.TooSlowError:
+            log.warning("closing connection from %s: no handshake in time", self.peer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.debug("connection from %s dropped", self.peer)
+
+    async def _serve_requests(self, nursery: trio.Nursery) -> None:
+        frame_timeout = self.server.config.frame_timeout
+        frame_started, frame = math.inf, None
+        try:
+            for request in self.early:
+                await self._start(request, nursery)
+            self.early.clear()
+            while True:
+                # A message that has started must finish in time: a peer cannot park a
+                # half-sent frame in our buffer forever, however slowly it trickles in.
+                with trio.fail_at(frame_started + frame_timeout):
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    return
+                await self._dispatch(data, nursery)
+                if self.conn.partial_frame is None:
+                    frame_started, frame = math.inf, None
+                elif self.conn.partial_frame != frame:
+                    frame_started, frame = trio.current_time(), self.conn.partial_frame
+        except ProtocolError as exc:
+            log.warning("closing connection from %s: %s", self.peer, exc)
+        except trio.TooSlowError:
+            log.warning(
+                "closing connection from %s: message unfinished after %.0fs",
+                self.peer,
+                frame_timeout,
+            )
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.debug("connection from %s dropped", self.peer)
+
+    async def _flush_handshake(self) -> None:
+        """Best effort: tell a refused peer why before closing."""
+        with (
+            trio.move_on_after(1),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            await self._flush_handshake_bytes()
+
+    async def _receive(self) -> bool:
+        """Read once during the handshake and answer; False when the peer closed."""
+        data = await self.stream.receive_some(RECEIVE_SIZE)
+        if not data:
+            return False
+        await self._dispatch(data, None)
+        return True
+
+    async def _dispatch(self, data: bytes | bytearray, nursery: trio.Nursery | None) -> None:
+        """Feed received bytes to the protocol and start a task per complete request.
+
+        Waits for a free request slot when `max_in_flight` requests are running: the
+        back-pressure that stops a client from flooding the node.
+        """
+        events = self.conn.receive_data(data)
+        await self._flush_handshake_bytes()
+        for event in events:
+            if isinstance(event, Request):
+                if nursery is None:
+                    self.early.append(event)  # pipelined right behind the handshake
+                else:
+                    await self._start(event, nursery)
+            elif isinstance(event, Notification):
+                self._notified(event)
+
+    def _notified(self, notification: Notification) -> None:
+        """Hand a notification to the server's handler, in arrival order. Nobody waits for an
+        answer, so a refusal is only logged."""
+        handler = self.server._notified
+        if handler is None:
+            log.debug("notification %s from %s ignored", notification.method, self.peer)
+            return
+        try:
+            handler(notification.method, notification.params)
+        except NodeError as exc:
+            log.warning("notification %s from %s refused: %s", notification.method[:64],
+                        self.peer, exc)  # fmt: skip
+        except Exception:
+            log.exception("notification %s from %s failed", notification.method[:64], self.peer)
+
+    async def _flush_handshake_bytes(self) -> None:
+        for buffer in self.conn.data_to_send():
+            await self.stream.send_all(buffer)
+
+    async def _start(self, request: Request, nursery: trio.Nursery) -> None:
+        await self.room.acquire()
+        nursery.start_soon(self._serve, request, name=f"rpc {request.method}")
+
+    async def _serve(self, request: Request) -> None:
+        try:
+            error: tuple[str, str] | None = None
+            result: Any = None
+            try:
+                result = await self.server._handler(request.method, request.params)
+            except NodeError as exc:
+                error = (exc.name, exc.detail)
+            except Exception:
+                # The edge of the node: a bug in one handler answers EIO and is logged loudly,
+                # instead of taking down every other connection with it.
+                log.exception("%s %s msgid=%d failed", self.peer, request.method, request.msgid)
+                error = ("EIO", "internal error")
+            log.debug(
+                "%s %s msgid=%d -> %s",
+                self.peer,
+                request.method,
+                request.msgid,
+                error[0] if error else "ok",
+            )
+            async with self.send_lock:
+                for buffer in self.conn.send_response(request.msgid, error, result):
+                    await self.stream.send_all(buffer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.debug("peer %s went away before msgid %d was answered", self.peer, request.msgid)
+        finally:
+            self.room.release()
+
+
+def _peer_name(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"

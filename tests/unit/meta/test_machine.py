@@ -1,0 +1,59 @@
+"""`MetaMachine`, the state machine Raft drives: log entries in, outcomes out, the applied
+index stored with them; a failing database stops the member instead of answering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from ringfs.node.errors import StorageFailure
+from ringfs.node.meta.commands import ROOT_INO, Entry, Init, Mkdir, Outcome
+from ringfs.node.meta.replica import MetaMachine
+from ringfs.node.raft.core import Entry as LogEntry
+from ringfs.node.raft.core import EntryKind, SnapshotMeta
+
+
+def command(index: int, entry: Entry) -> LogEntry:
+    data = msgpack.packb(entry.to_wire(), use_bin_type=True)
+    return LogEntry(1, index, EntryKind.COMMAND, data)
+
+
+def mkdir(index: int, name: bytes) -> LogEntry:
+    return command(index, Entry(Mkdir(ROOT_INO, name, 0o755, 0, 0, 1)))
+
+
+@pytest.fixture
+def machine(tmp_path: Path) -> MetaMachine:
+    machine = MetaMachine(tmp_path / "meta.db")
+    machine.apply([command(1, Entry(Init(4096, 0, 0, 1)))])
+    return machine
+
+
+def test_entries_apply_in_one_batch_with_their_index(machine: MetaMachine) -> None:
+    noop = LogEntry(1, 3, EntryKind.NOOP, b"")
+    results = machine.apply([mkdir(2, b"a"), noop, mkdir(4, b"a")])
+    assert results[1] is None
+    assert isinstance(results[0], Outcome)
+    assert results[0].error is None
+    assert results[2] == Outcome(None, "EEXIST")
+    assert machine.applied_index() == 4
+
+
+def test_a_full_disk_stops_the_member_with_nothing_applied(machine: MetaMachine) -> None:
+    db = machine.state._db
+    (pages,) = db.execute("PRAGMA page_count").fetchone()
+    db.execute(f"PRAGMA max_page_count = {pages}")
+    batch = [mkdir(i, b"d%04d" % i + b"x" * 200) for i in range(2, 200)]
+    with pytest.raises(StorageFailure, match="meta.db"):
+        machine.apply(batch)
+    assert machine.applied_index() == 1
+
+
+def test_a_damaged_snapshot_image_is_refused_and_the_database_kept(machine: MetaMachine) -> None:
+    machine.apply([mkdir(2, b"kept")])
+    with pytest.raises(StorageFailure, match="damaged"):
+        machine.restore(SnapshotMeta(9, 1, ("n1",)), b"SQLite format 3\0" + b"x" * 5000)
+    assert machine.applied_index() == 2
+    assert not machine.path.with_suffix(".incoming").exists()

@@ -1,0 +1,67 @@
+"""`RpcTransport`'s outboxes, over a fake pool: order, batching, and one snapshot at a time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+import trio.testing
+
+from ringfs.node.cluster.map import ClusterMap, parse_members
+from ringfs.node.raft.core import SnapshotMeta, SnapshotRequest, VoteRequest, message_from_wire
+from ringfs.node.raft.transport import RpcTransport
+
+MEMBERS = parse_members("n1=127.0.0.1:7001,n2=127.0.0.1:7002")
+
+
+class Pool:
+    """Records what is notified; snapshot parts wait for `release` while `hold` is set."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[list[Any]]]] = []
+        self.hold = False
+        self.release = trio.Event()
+
+    async def notify(
+        self, address: str, method: str, batch: list[list[Any]], time_limit: float
+    ) -> None:
+        self.calls.append((method, batch))
+        if method == "raft.snapshot_part" and self.hold:
+            await self.release.wait()
+
+
+def request(index: int) -> SnapshotRequest:
+    return SnapshotRequest("n1", "n2", 2, SnapshotMeta(index, 1, ("n1", "n2")))
+
+
+def vote(term: int) -> VoteRequest:
+    return VoteRequest("n1", "n2", term, 0, 0, False)
+
+
+async def test_messages_queued_together_leave_in_one_write_in_order(
+    nursery: trio.Nursery,
+) -> None:
+    pool = Pool()
+    transport = RpcTransport(ClusterMap(1, MEMBERS), pool, nursery)  # type: ignore[arg-type]
+    for term in (1, 2, 3):
+        transport.send(vote(term))
+    await trio.testing.wait_all_tasks_blocked()
+    assert [(m, [message_from_wire(p[0]) for p in b]) for m, b in pool.calls] == [
+        ("raft.message", [vote(1), vote(2), vote(3)])
+    ]
+
+
+async def test_a_snapshot_offered_while_one_travels_is_dropped(nursery: trio.Nursery) -> None:
+    pool = Pool()
+    pool.hold = True
+    transport = RpcTransport(ClusterMap(1, MEMBERS), pool, nursery)  # type: ignore[arg-type]
+    transport.send(request(10), b"first image")
+    await trio.testing.wait_all_tasks_blocked()  # its first part is on its way
+    transport.send(request(20), b"second image")
+    transport.send(vote(5))
+    pool.release.set()
+    await trio.testing.wait_all_tasks_blocked()
+    parts = [b[0] for m, b in pool.calls if m == "raft.snapshot_part"]
+    assert parts == [["n1", 2, 10, len(b"first image"), 0, b"first image"]]
+    messages = [message_from_wire(p[0]) for m, b in pool.calls if m == "raft.message" for p in b]
+    assert messages == [vote(5), request(10)]  # the vote went between the part and the request
