@@ -513,7 +513,12 @@ class Raft:
         if ours != prev_term:
             self._reject_append(m, prev_index, ours)
             return
-        self._merge(entries)
+        conflict = self._first_conflict(entries)
+        if conflict is not None and conflict.index <= self._commit:
+            # No leader contradicts a committed entry: this request is not a leader's.
+            self._warn(f"dropped an AppendRequest from {m.src} rewriting entry {conflict.index}")
+            return
+        self._merge(entries, conflict)
         last_new = prev_index + len(entries)
         self._commit = max(self._commit, min(m.commit, last_new))
         self._send(AppendResponse(self._id, m.src, self._term, True, last_new, 0, 0, m.probe))
@@ -525,17 +530,23 @@ class Raft:
         index = self._log.first_index_of_term(term) if term else self.last_index + 1
         self._send(AppendResponse(self._id, m.src, self._term, False, 0, index, term, m.probe))
 
-    def _merge(self, entries: Sequence[Entry]) -> None:
+    def _first_conflict(self, entries: Sequence[Entry]) -> Entry | None:
+        """The first of `entries` whose term differs from ours at its index."""
+        for entry in entries:
+            if entry.index > self.last_index:
+                return None
+            if self._log.term_at(entry.index) != entry.term:
+                return entry
+        return None
+
+    def _merge(self, entries: Sequence[Entry], conflict: Entry | None) -> None:
         """Append what is new; truncate only from the first entry that conflicts (a stale or
         duplicated request must not erase entries that came after it)."""
-        for i, entry in enumerate(entries):
-            if entry.index > self.last_index:
-                self._append(entries[i:])
-                return
-            if self._log.term_at(entry.index) != entry.term:
-                self._truncate(entry.index)
-                self._append(entries[i:])
-                return
+        if conflict is not None:
+            self._truncate(conflict.index)
+        new = [entry for entry in entries if entry.index > self.last_index]
+        if new:
+            self._append(new)
 
     def _on_snapshot_request(self, m: SnapshotRequest) -> None:
         if m.term < self._term:
@@ -695,6 +706,9 @@ class Raft:
 
     def _send(self, message: Message) -> None:
         self._emit(Ready(messages=(message,)))
+
+    def _warn(self, text: str) -> None:
+        self._emit(Ready(warnings=(f"node {self._id}: {text}",)))
 
     def _emit(self, ready: Ready) -> None:
         self._out = self._out.merge(ready)

@@ -9,7 +9,9 @@ tag:
     meta      [last_index, last_term, [voter, ...]]
 
 `message_from_wire` checks every type, range and invariant, because its input comes off the
-network: anything malformed raises ValueError, never another exception.
+network: anything malformed raises ValueError, never another exception. `refusal` then says
+whether a well-formed message may reach this member's core at all (a known sender, this node,
+a term within reach).
 """
 
 from __future__ import annotations
@@ -23,8 +25,20 @@ NodeId = str
 
 #: Node ids are short names; a newline would break the CONFIG entry encoding.
 NODE_ID_MAX = 255
-# Every integer on the wire is a non-negative int64: msgpack packs it compactly everywhere.
-_INT_MAX = 2**63 - 1
+#: Every integer on the wire (terms, indexes, rounds) is at most this: far beyond any term or
+#: index a group reaches (an election or an entry per microsecond for 146,000 years), while
+#: whatever a member computes from one (term + 1, index + a message's entries) still fits the
+#: signed 64 bits of msgpack and SQLite.
+MAX_WIRE_INT = 2**62
+#: A member takes no message whose term is more than this above its own. A member falls that
+#: far behind only after 4 billion elections (136 years at one per second), while one message
+#: with a wild term can no longer move a group to where the terms it needs next are refused:
+#: a group could take 2**30 such messages before its terms neared `MAX_WIRE_INT`.
+MAX_TERM_LEAP = 2**32
+#: Entries one AppendRequest may carry (a leader sends at most 64).
+MAX_ENTRIES_PER_MESSAGE = 1024
+#: Voters a configuration may name.
+MAX_VOTERS = 64
 
 
 class EntryKind(enum.IntEnum):
@@ -230,8 +244,8 @@ def _as_list(obj: object) -> list[object]:
 
 def _int(obj: object) -> int:
     # bool is an int subclass: refuse it explicitly.
-    if type(obj) is not int or not 0 <= obj <= _INT_MAX:
-        raise ValueError(f"expected a non-negative int64, got {obj!r}")
+    if type(obj) is not int or not 0 <= obj <= MAX_WIRE_INT:
+        raise ValueError(f"expected an integer from 0 to 2**62, got {obj!r:.40}")
     return obj
 
 
@@ -256,14 +270,20 @@ def _entry(obj: object) -> Entry:
 
 
 def _entries(obj: object) -> tuple[Entry, ...]:
-    return tuple(_entry(item) for item in _as_list(obj))
+    items = _as_list(obj)
+    if len(items) > MAX_ENTRIES_PER_MESSAGE:
+        raise ValueError(f"{len(items)} entries in one message")
+    return tuple(_entry(item) for item in items)
 
 
 def _meta(obj: object) -> SnapshotMeta:
     items = _as_list(obj)
     if len(items) != 3:
         raise ValueError("snapshot meta has 3 fields")
-    voters = tuple(check_node_id(voter) for voter in _as_list(items[2]))
+    listed = _as_list(items[2])
+    if not 1 <= len(listed) <= MAX_VOTERS:
+        raise ValueError(f"{len(listed)} snapshot voters")
+    voters = tuple(check_node_id(voter) for voter in listed)
     if voters != tuple(sorted(set(voters))):
         raise ValueError("snapshot voters are not sorted and unique")
     return SnapshotMeta(_int(items[0]), _int(items[1]), voters)
@@ -289,6 +309,19 @@ def _check_append(m: AppendRequest) -> None:
         term = entry.term
 
 
+def refusal(message: Message, node_id: NodeId, members: frozenset[NodeId], term: int) -> str | None:
+    """Why a well-formed `message` must not reach the core of member `node_id`, whose term is
+    `term` and whose group is `members`; None if it may. The core answers every message it
+    steps, so one from outside the group would send to a node nobody can reach."""
+    if message.dst != node_id:
+        return f"addressed to {message.dst!r}"
+    if message.src == node_id or message.src not in members:
+        return f"from {message.src!r}, not another member of the group"
+    if message.term > term + MAX_TERM_LEAP:
+        return f"term {message.term} leaps more than 2**32 above {term}"
+    return None
+
+
 # --- Ready ------------------------------------------------------------------------------------
 
 
@@ -304,6 +337,9 @@ class Ready:
     4. Apply `committed` in order (skipping NOOP and CONFIG entries).
     5. Answer each read in `reads` once the state machine has applied its index; fail the
        reads in `failed_reads`.
+
+    `warnings` are conditions worth an operator's attention (a message dropped as impossible, a
+    follower that lost entries it had acknowledged): the caller logs them.
     """
 
     hard_state: HardState | None = None
@@ -315,6 +351,7 @@ class Ready:
     failed_reads: tuple[int, ...] = ()
     install_snapshot: SnapshotMeta | None = None
     send_snapshot: tuple[NodeId, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     def merge(self, other: Ready) -> Ready:
         """One Ready with the effect of acting on `self` and then on `other`."""
@@ -336,4 +373,5 @@ class Ready:
             failed_reads=self.failed_reads + other.failed_reads,
             install_snapshot=other.install_snapshot or self.install_snapshot,
             send_snapshot=self.send_snapshot + extra,
+            warnings=self.warnings + other.warnings,
         )

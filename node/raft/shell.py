@@ -31,6 +31,7 @@ from ringfs.node.raft.core import (
     SnapshotMeta,
     SnapshotRequest,
 )
+from ringfs.node.raft.messages import refusal
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,8 @@ class RaftNode:
         self._offered: tuple[SnapshotMeta, bytes] | None = None
         self._snapshot_index = snapshot.last_index if snapshot else 0
         self._was_leader = False
+        self._members = frozenset(voters)
+        self._warned: set[str] = set()
 
     # -- running -----------------------------------------------------------------------------
 
@@ -179,9 +182,14 @@ class RaftNode:
             self._pending = self._pending.merge(self.raft.tick())
 
     def deliver(self, message: Message, snapshot: bytes | None = None) -> None:
-        """Queue a message that arrived (called by the transport; never blocks)."""
+        """Queue a message that arrived (called by the transport; never blocks). One that
+        this member must not take (see `refusal`) is dropped, with a WARNING once per cause."""
+        reason = refusal(message, self.node_id, self._members, self.raft.term)
+        if reason is not None:
+            self._warn_once(reason.split(" ", 1)[0], "raft message dropped: %s", reason)
+            return
         if isinstance(message, SnapshotRequest) and snapshot is None:
-            log.warning("node %s: snapshot from %s came without its image", self.node_id,
+            log.warning("node %s: snapshot from %s came without its image: dropped", self.node_id,
                         message.src)  # fmt: skip
             return
         if isinstance(message, SnapshotRequest):
@@ -232,6 +240,13 @@ class RaftNode:
         ready, self._pending = self._pending, Ready()
         await self._process(ready, None)
 
+    def _warn_once(self, cause: str, text: str, *args: Any) -> None:
+        """A WARNING the first time for `cause`, DEBUG after: a peer repeating a bad message
+        must not flood the log."""
+        level = logging.DEBUG if cause in self._warned else logging.WARNING
+        self._warned.add(cause)
+        log.log(level, "node %s: " + text, self.node_id, *args)
+
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         if self._blocking_io:
             return await trio.to_thread.run_sync(fn, *args)
@@ -239,6 +254,8 @@ class RaftNode:
 
     async def _process(self, ready: Ready, image: bytes | None) -> None:
         """Persist, send, install, apply, answer: in the order Raft's safety needs."""
+        for warning in ready.warnings:
+            log.warning("%s", warning)
         early = _early_messages(ready)
         for message in early:
             self.transport.send(message)

@@ -47,7 +47,11 @@ class RpcTransport:
         self._outboxes: dict[str, _Outbox] = {}
 
     def send(self, message: Message, snapshot: bytes | None = None) -> None:
-        address = self._cmap.node(message.dst).address
+        try:
+            address = self._cmap.node(message.dst).address
+        except KeyError:
+            log.warning("raft message to %r dropped: not in the cluster map", message.dst[:64])
+            return
         outbox = self._outboxes.get(address)
         if outbox is None:
             outbox = self._outboxes[address] = _Outbox(address, self._pool)

@@ -65,3 +65,15 @@ async def test_a_snapshot_offered_while_one_travels_is_dropped(nursery: trio.Nur
     assert parts == [["n1", 2, 10, len(b"first image"), 0, b"first image"]]
     messages = [message_from_wire(p[0]) for m, b in pool.calls if m == "raft.message" for p in b]
     assert messages == [vote(5), request(10)]  # the vote went between the part and the request
+
+
+async def test_a_message_for_a_node_outside_the_map_is_dropped(
+    nursery: trio.Nursery, expected_logs: list[str]
+) -> None:
+    expected_logs.append("not in the cluster map")
+    pool = Pool()
+    transport = RpcTransport(ClusterMap(1, MEMBERS), pool, nursery)  # type: ignore[arg-type]
+    transport.send(VoteRequest("n1", "n9", 2, 0, 0, False))
+    transport.send(vote(3))
+    await trio.testing.wait_all_tasks_blocked()
+    assert [message_from_wire(p[0]) for _, b in pool.calls for p in b] == [vote(3)]
