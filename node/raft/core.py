@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from ringfs.node.raft.memlog import InMemoryLog
 from ringfs.node.raft.messages import (
+    NEW_MEMBER,
     AppendRequest,
     AppendResponse,
     Entry,
@@ -50,6 +51,7 @@ __all__ = [
     "CANDIDATE",
     "FOLLOWER",
     "INITIAL_HARD_STATE",
+    "NEW_MEMBER",
     "LEADER",
     "PRE_CANDIDATE",
     "AppendRequest",
@@ -134,10 +136,18 @@ class Raft:
         pre_vote: bool = True,
         check_quorum: bool = True,
         lease_margin: int | None = 3,
+        incarnation: int = 1,
+        boot_quiet: bool = True,
     ) -> None:
         """`lease_margin`: reads are served without a heartbeat round for `lo - lease_margin`
         ticks after the start of a round a majority acknowledged (None: never). Safe while
-        clocks run at rates within that margin of each other (see `_leased`)."""
+        clocks run at rates within that margin of each other (see `_leased`).
+
+        `incarnation` tells this start of the member from its others: it must be higher than
+        any it had before (a leader ignores answers from a lower one). `boot_quiet`: refuse
+        every vote for `lo` ticks, as if a leader had just been heard: the member may have
+        lost state, and a leader's lease counts on its silence (see `_on_vote_request`).
+        """
         lo, hi = election_ticks
         if not 1 <= heartbeat_ticks < lo < hi or max_entries_per_message < 1:
             raise ValueError("need 1 <= heartbeat_ticks < lo < hi and max_entries_per_message >= 1")
@@ -150,7 +160,11 @@ class Raft:
         self._lease_ticks = max(lease, 0)
         self._round_ticks: dict[int, int] = {}
         self._term, self._voted_for = hard_state.term, hard_state.voted_for
+        self._recovering = hard_state.recovering
         self._reported = hard_state
+        self._incarnation = incarnation
+        # Ticks left in which this member, just started, grants no vote.
+        self._booting = lo if boot_quiet else 0
         initial = decode_voters(encode_voters(tuple(sorted(voters))))
         self._log = InMemoryLog(initial, snapshot, entries)
         self._commit = self._applied = self._log.base
@@ -224,6 +238,7 @@ class Raft:
             "last_index": self.last_index,
             "snapshot_index": self._log.base,
             "match_index": self.match_index,
+            "recovering": self._recovering,
         }
 
     # --- calls ---------------------------------------------------------------------------------
@@ -235,6 +250,7 @@ class Raft:
         else:
             self._elapsed += 1
             self._since_leader += 1
+            self._booting = max(0, self._booting - 1)
             if self._elapsed >= self._timeout:
                 self._campaign()
         return self._take()
@@ -396,7 +412,9 @@ class Raft:
     def _campaign(self) -> None:
         self._reset_timer()
         self._leader = None
-        if self._id not in self.voters:
+        if self._id not in self.voters or (self._careful() and self.last_index):
+            # A member that may lack committed entries must not lead (it could win the votes
+            # of members as far behind as it is).
             return
         if self._pre_vote:
             self._role, self._votes = PRE_CANDIDATE, {self._id: True}
@@ -428,7 +446,8 @@ class Raft:
         if self._role == PRE_CANDIDATE:
             self._become_candidate()
             return
-        self._role, self._leader = LEADER, self._id
+        # Only a group that never committed anything elects a recovering member (see _careful).
+        self._role, self._leader, self._recovering = LEADER, self._id, False
         self._heartbeat_elapsed = 0
         self._round_ticks.clear()
         self._sync_progress()
@@ -456,6 +475,10 @@ class Raft:
     # --- elections -------------------------------------------------------------------------------
 
     def _on_vote_request(self, m: VoteRequest) -> None:
+        if self._booting:
+            # Just started: whatever it granted before may be lost, and a leader's lease
+            # relies on no vote coming from it within `lo` ticks of its last heartbeat.
+            return
         heard = self._heard_from_leader()
         if self._check_quorum and heard and (m.pre_vote or m.term > self._term):
             return  # leader stickiness: not even the term moves
@@ -469,13 +492,26 @@ class Raft:
         if granted:
             self._voted_for = m.src
             self._reset_timer()
+            if self._recovering and not m.last_log_index:
+                # Two empty logs: a new group electing its first leader (a member loses its
+                # storage only while the others hold entries). It has nothing to recover.
+                self._recovering = False
         self._send(VoteResponse(self._id, m.src, self._term, granted, False))
 
     def _would_vote(self, m: VoteRequest) -> bool:
         """Would a vote at `m.term` go to `m.src`: one vote per term, for an up-to-date log."""
         free = m.term > self._term or self._voted_for in (None, m.src)
         up_to_date = self._log.is_up_to_date(m.last_log_index, m.last_log_term)
+        if self._careful() and (m.last_log_index or self.last_index):
+            # It may have acknowledged entries, now lost, that made a commit: only a group
+            # that never committed anything (every log empty) gets its vote.
+            return False
         return m.term >= self._term and free and up_to_date
+
+    def _careful(self) -> bool:
+        """Recovering, in a group where its vote could elect a leader lacking a committed
+        entry. With one or two voters, every commit is on every voter that could win."""
+        return self._recovering and len(self.voters) > 2
 
     def _on_vote_response(self, m: VoteResponse) -> None:
         if m.pre_vote and m.granted:
@@ -496,12 +532,16 @@ class Raft:
 
     def _follow(self, term: int, leader: NodeId) -> None:
         self._become_follower(term, leader)
+        if self._voted_for is None:
+            # This term has its leader: never vote for another in it, even if a vote cast in
+            # it was lost with this member's storage.
+            self._voted_for = leader
         self._reset_timer()
         self._since_leader = 0
 
     def _on_append_request(self, m: AppendRequest) -> None:
         if m.term < self._term:
-            self._send(AppendResponse(self._id, m.src, self._term, False, 0, 0, 0, m.probe))
+            self._answer_append(m, False, 0, 0, 0)
             return
         self._follow(m.term, m.src)
         prev_index, prev_term, entries = m.prev_index, m.prev_term, m.entries
@@ -521,14 +561,40 @@ class Raft:
         self._merge(entries, conflict)
         last_new = prev_index + len(entries)
         self._commit = max(self._commit, min(m.commit, last_new))
-        self._send(AppendResponse(self._id, m.src, self._term, True, last_new, 0, 0, m.probe))
+        if self._recovering and m.incarnation == self._incarnation and self._caught_up(m):
+            self._recovering = False
+        self._answer_append(m, True, last_new, 0, 0)
+
+    def _caught_up(self, m: AppendRequest) -> bool:
+        """It holds the leader's log up to the leader's commit index, and that entry is of the
+        leader's term. The leader knows this incarnation (it counts no acknowledgement from an
+        earlier one), so it committed everything it counted from those before it sent `m`;
+        and an entry of its own term is committed only after everything of earlier terms."""
+        return self._commit >= m.commit and self._log.term_at(m.commit) == m.term
+
+    def _answer_append(
+        self, m: AppendRequest, success: bool, match: int, conflict_index: int, conflict_term: int
+    ) -> None:
+        self._send(
+            AppendResponse(
+                self._id,
+                m.src,
+                self._term,
+                success,
+                match,
+                conflict_index,
+                conflict_term,
+                m.probe,
+                self._incarnation,
+            )
+        )
 
     def _reject_append(self, m: AppendRequest, prev_index: int, ours: int | None) -> None:
         """Hints for the leader: our term at prev_index and where that term starts, or the end
         of our log if it is shorter."""
         term = ours or 0
         index = self._log.first_index_of_term(term) if term else self.last_index + 1
-        self._send(AppendResponse(self._id, m.src, self._term, False, 0, index, term, m.probe))
+        self._answer_append(m, False, 0, index, term)
 
     def _first_conflict(self, entries: Sequence[Entry]) -> Entry | None:
         """The first of `entries` whose term differs from ours at its index."""
@@ -550,7 +616,7 @@ class Raft:
 
     def _on_snapshot_request(self, m: SnapshotRequest) -> None:
         if m.term < self._term:
-            self._send(SnapshotResponse(self._id, m.src, self._term, self._commit))
+            self._answer_snapshot(m)
             return
         self._follow(m.term, m.src)
         meta = m.meta
@@ -566,7 +632,10 @@ class Raft:
             self._log.reset(meta)
             self._commit = self._applied = meta.last_index
             self._emit(Ready(install_snapshot=meta))
-        self._send(SnapshotResponse(self._id, m.src, self._term, self._commit))
+        self._answer_snapshot(m)
+
+    def _answer_snapshot(self, m: SnapshotRequest) -> None:
+        self._send(SnapshotResponse(self._id, m.src, self._term, self._commit, self._incarnation))
 
     # --- replication: leader side ------------------------------------------------------------
 
@@ -604,8 +673,19 @@ class Raft:
         prev_term = self._log.term_at(prev_index)
         assert prev_term is not None
         commit, probe = self._commit, self._probe
+        incarnation = self._peers.progress[peer].incarnation
         self._send(
-            AppendRequest(self._id, peer, self._term, prev_index, prev_term, entries, commit, probe)
+            AppendRequest(
+                self._id,
+                peer,
+                self._term,
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+                probe,
+                incarnation,
+            )
         )
 
     def _on_append_response(self, m: AppendResponse) -> None:
@@ -614,11 +694,11 @@ class Raft:
             return
         p.acked_probe = max(p.acked_probe, m.probe)
         if m.success:
+            if m.match_index >= p.acknowledged:
+                p.acknowledged = 0
             self._matched(m.src, p, m.match_index)
         else:
-            p.probing = True
-            p.next = self._back_off(p, m)
-            self._replicate(m.src, _Why.RETRY)
+            self._rejected(m.src, p, m)
         self._maybe_commit()
         self._serve_reads()
 
@@ -644,17 +724,41 @@ class Raft:
         p = self._peers.progress.get(m.src)
         if self._role != LEADER or m.term < self._term or p is None:
             return None
+        if m.incarnation < p.incarnation:
+            return None  # from an earlier life of the follower: its state may be gone
+        if m.incarnation > p.incarnation:
+            if p.incarnation:
+                # It restarted, maybe without its storage: count nothing from before.
+                p.restarted(self.last_index + 1)
+            p.incarnation = m.incarnation
         p.heard = self._now
         return p
 
-    def _back_off(self, p: Progress, m: AppendResponse) -> int:
+    def _rejected(self, peer: NodeId, p: Progress, m: AppendResponse) -> None:
+        """Probe again from where the hints say the logs may match, and send at once."""
+        hint = self._back_off(m)
+        if not p.match < hint < p.next:
+            # Nothing to go back to. Below the match, it answers a request older than one it
+            # acknowledged since (the network reorders; a follower keeps what it acknowledged
+            # within one incarnation); at or past `next`, the next heartbeat probes anyway.
+            return
+        if hint <= p.acknowledged:
+            self._warn(
+                f"{peer} restarted without entries it had acknowledged (up to "
+                f"{p.acknowledged}; it matches at most up to {hint - 1}): bringing it back"
+            )
+            p.acknowledged = 0
+        p.probing, p.next = True, hint
+        self._replicate(peer, _Why.RETRY)
+
+    def _back_off(self, m: AppendResponse) -> int:
         """Skip a whole conflicting term per round trip (§5.3, the optimization it sketches)."""
         hint = m.conflict_index
         if m.conflict_term:
             last = self._log.last_index_of_term(m.conflict_term)
             if last is not None:
                 hint = last + 1
-        return max(p.match + 1, min(hint, self.last_index + 1))
+        return max(1, min(hint, self.last_index + 1))
 
     def _maybe_commit(self) -> None:
         """§5.4.2: commit the highest index a majority holds, if it is of the current term."""
@@ -715,7 +819,7 @@ class Raft:
 
     def _take(self) -> Ready:
         """Everything this call produced, plus the changed hard state and new commits."""
-        state = HardState(self._term, self._voted_for)
+        state = HardState(self._term, self._voted_for, self._recovering)
         changed = state if state != self._reported else None
         self._reported = state
         committed = self._log.slice(self._applied + 1, self._commit + 1)

@@ -59,10 +59,21 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class HardState:
-    """What must survive a crash besides the log: a node votes at most once per term."""
+    """What must survive a crash besides the log: a node votes at most once per term.
+
+    `recovering`: this member may lack entries it once acknowledged (it started with nothing:
+    new, or its storage was lost): it votes for no log but an empty one, and campaigns only
+    with an empty log, until a leader has brought it up to date.
+    """
 
     term: int
     voted_for: NodeId | None
+    recovering: bool = False
+
+
+#: The state of a member that has never been brought up to date by a leader: a new member, or
+#: one whose storage was lost (the two look alike, so both are treated as the second).
+NEW_MEMBER = HardState(0, None, recovering=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +156,9 @@ class AppendRequest:
     commit: int
     #: The leader's heartbeat round when it sent this; echoed back, it proves leadership (reads).
     probe: int
+    #: The incarnation of `dst` the leader knows (0: none yet). Carrying the follower's current
+    #: one, the request says the leader counts nothing from the follower's earlier lives.
+    incarnation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +171,8 @@ class AppendResponse:
     conflict_index: int
     conflict_term: int
     probe: int
+    #: The sender's incarnation: a new one each time it starts (see `Raft`).
+    incarnation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +191,7 @@ class SnapshotResponse:
     dst: NodeId
     term: int
     last_index: int
+    incarnation: int = 0
 
 
 Message = (
@@ -187,10 +204,10 @@ _HEAD: tuple[_Kind, ...] = ("node", "node", "int")
 _SCHEMAS: dict[int, tuple[Callable[..., Message], tuple[_Kind, ...]]] = {
     1: (VoteRequest, (*_HEAD, "int", "int", "bool")),
     2: (VoteResponse, (*_HEAD, "bool", "bool")),
-    3: (AppendRequest, (*_HEAD, "int", "int", "entries", "int", "int")),
-    4: (AppendResponse, (*_HEAD, "bool", "int", "int", "int", "int")),
+    3: (AppendRequest, (*_HEAD, "int", "int", "entries", "int", "int", "int")),
+    4: (AppendResponse, (*_HEAD, "bool", "int", "int", "int", "int", "int")),
     5: (SnapshotRequest, (*_HEAD, "meta")),
-    6: (SnapshotResponse, (*_HEAD, "int")),
+    6: (SnapshotResponse, (*_HEAD, "int", "int")),
 }
 _TAGS: dict[object, int] = {cls: tag for tag, (cls, _) in _SCHEMAS.items()}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -115,12 +116,21 @@ class RaftNode:
         tick_interval: float = 0.05,
         snapshot_threshold: int = 1000,
         blocking_io: bool = True,
+        incarnation: Callable[[], int] = time.time_ns,
     ) -> None:
         """`blocking_io=False` runs storage and state machine calls inline (the simulation,
-        whose fakes never block: worker threads would break its deterministic clock)."""
+        whose fakes never block: worker threads would break its deterministic clock).
+        `incarnation` numbers each start of the core, higher each time (see `Raft`): the
+        wall clock's nanoseconds, which a restart does not take back."""
         hard_state, snapshot, entries = storage.load()
         self.raft = Raft(
-            node_id, voters, hard_state=hard_state, snapshot=snapshot, entries=entries, rng=rng
+            node_id,
+            voters,
+            hard_state=hard_state,
+            snapshot=snapshot,
+            entries=entries,
+            rng=rng,
+            incarnation=incarnation(),
         )
         self.node_id = node_id
         self.storage = storage
@@ -186,7 +196,8 @@ class RaftNode:
         this member must not take (see `refusal`) is dropped, with a WARNING once per cause."""
         reason = refusal(message, self.node_id, self._members, self.raft.term)
         if reason is not None:
-            self._warn_once(reason.split(" ", 1)[0], "raft message dropped: %s", reason)
+            cause = reason.split(" ", 1)[0]
+            self._warn_once(cause, "node %s: raft message dropped: %s", self.node_id, reason)
             return
         if isinstance(message, SnapshotRequest) and snapshot is None:
             log.warning("node %s: snapshot from %s came without its image: dropped", self.node_id,
@@ -245,7 +256,7 @@ class RaftNode:
         must not flood the log."""
         level = logging.DEBUG if cause in self._warned else logging.WARNING
         self._warned.add(cause)
-        log.log(level, "node %s: " + text, self.node_id, *args)
+        log.log(level, text, *args)
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         if self._blocking_io:
@@ -255,7 +266,7 @@ class RaftNode:
     async def _process(self, ready: Ready, image: bytes | None) -> None:
         """Persist, send, install, apply, answer: in the order Raft's safety needs."""
         for warning in ready.warnings:
-            log.warning("%s", warning)
+            self._warn_once(warning, "%s", warning)
         early = _early_messages(ready)
         for message in early:
             self.transport.send(message)

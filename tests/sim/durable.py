@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ringfs.node.raft.core import INITIAL_HARD_STATE, Entry, EntryKind, HardState, SnapshotMeta
+from ringfs.node.raft.core import NEW_MEMBER, Entry, EntryKind, HardState, SnapshotMeta
 from tests.sim.invariants import Monitor
 
 __all__ = ["Disk", "KVMachine", "MemoryStorage"]
@@ -23,7 +23,7 @@ class MemoryStorage:
     """`RaftStorage` in memory with `RaftLog`'s semantics; it survives the node's crashes."""
 
     def __init__(self) -> None:
-        self.hard_state: HardState = INITIAL_HARD_STATE
+        self.hard_state: HardState = NEW_MEMBER
         self.snapshot: SnapshotMeta | None = None
         self.log: dict[int, Entry] = {}
         self.on_save: Callable[[tuple[Entry, ...]], None] | None = None
@@ -49,6 +49,12 @@ class MemoryStorage:
             del self.log[index]
         self.snapshot = meta
 
+    def copy(self) -> MemoryStorage:
+        """What it holds now, apart: a backup to restore later."""
+        copy = MemoryStorage()
+        copy.hard_state, copy.snapshot, copy.log = self.hard_state, self.snapshot, dict(self.log)
+        return copy
+
 
 @dataclasses.dataclass
 class Disk:
@@ -56,6 +62,14 @@ class Disk:
 
     storage: MemoryStorage
     image: tuple[int, bytes] | None = None
+
+    def copy(self) -> Disk:
+        return Disk(self.storage.copy(), self.image)
+
+    @property
+    def empty(self) -> bool:
+        """Nothing in the log, no snapshot: a new member, or one whose storage was lost."""
+        return not self.storage.log and self.storage.snapshot is None
 
 
 class KVMachine:

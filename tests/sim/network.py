@@ -93,6 +93,10 @@ class SimNetwork:
     def heal(self) -> None:
         self._group = {}
 
+    @property
+    def partitioned(self) -> bool:
+        return bool(self._group)
+
     def connected(self, a: str, b: str) -> bool:
         return not self._group or self._group[a] == self._group[b]
 
