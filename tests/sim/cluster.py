@@ -30,8 +30,10 @@ import dataclasses
 import itertools
 import json
 import random
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import hypothesis  # noqa: F401  (its trio plugin makes the scheduler deterministic)
@@ -45,10 +47,11 @@ from ringfs.node.raft.core import (
     Entry,
     Message,
     NotLeader,
+    Raft,
     message_from_wire,
     message_to_wire,
 )
-from ringfs.node.raft.shell import LeadershipLost, RaftNode
+from ringfs.node.raft.shell import LeadershipLost, Loaded, RaftNode
 from tests.sim.durable import Disk, KVMachine, MemoryStorage
 from tests.sim.invariants import Monitor
 from tests.sim.linearizability import Op, Verdict, check
@@ -116,15 +119,29 @@ class SimResult:
         return "\n".join(lines)
 
 
-class _Cluster:
-    """The group under test: live nodes, their disks, the network, the fault schedule."""
+class _SimNode(RaftNode):
+    """A `RaftNode` that shows each new core (a storage failure makes one) to `observe`."""
 
-    def __init__(self, config: Config) -> None:
+    observe: Callable[[Raft], None] | None = None
+
+    def _open(self, loaded: Loaded, applied: int) -> None:
+        super()._open(loaded, applied)
+        if self.observe is not None:
+            self.observe(self.raft)
+
+
+class _Cluster:
+    """The group under test: live nodes, their disks, the network, the fault schedule.
+    Snapshot images are files under `files`."""
+
+    def __init__(self, config: Config, files: Path) -> None:
         self.config = config
+        self.files = files
+        self._file_names = itertools.count()
         master = random.Random(f"run-{config.seed}")
         self.rng = random.Random(master.getrandbits(64))
         self.monitor = Monitor(trio.current_time)
-        self.network = SimNetwork(random.Random(master.getrandbits(64)), config.nodes, CALM)
+        self.network = SimNetwork(random.Random(master.getrandbits(64)), config.nodes, CALM, files)
         self.client_rngs = [random.Random(master.getrandbits(64)) for _ in range(config.clients)]
         self.disks = {n: Disk(MemoryStorage()) for n in config.nodes}
         # (time, copy) of every disk, every COPY_EVERY seconds: what a rewind restores.
@@ -155,8 +172,8 @@ class _Cluster:
         assert self._nursery is not None
         assert node_id not in self.live
         disk = self.disks[node_id]
-        machine = KVMachine(node_id, disk, self.monitor, self.config.durable_apply)
-        node = RaftNode(
+        machine = KVMachine(node_id, disk, self.monitor, self.config.durable_apply, self._new_file)
+        node = _SimNode(
             node_id,
             self.config.nodes,
             disk.storage,
@@ -174,32 +191,39 @@ class _Cluster:
         self.live[node_id] = node
         self.network.attach(node_id, self._receiver(node))
 
-    def _receiver(self, node: RaftNode) -> Callable[[Any, bytes | None], None]:
+    def _new_file(self) -> Path:
+        return self.files / f"image-{next(self._file_names)}"
+
+    def _receiver(self, node: RaftNode) -> Callable[[Any, Path | None], None]:
         if not self.config.wire:
             return node.deliver
 
-        def deliver(message: Message, snapshot: bytes | None) -> None:
+        def deliver(message: Message, snapshot: Path | None) -> None:
             packed = msgpack.packb(message_to_wire(message), use_bin_type=True)
             node.deliver(message_from_wire(msgpack.unpackb(packed, raw=False)), snapshot)
 
         return deliver
 
-    def _instrument(self, node_id: str, node: RaftNode) -> None:
-        raft, monitor, storage = node.raft, self.monitor, self.disks[node_id].storage
-        for name in ("tick", "step", "propose", "read_index"):
-            call = getattr(raft, name)
+    def _instrument(self, node_id: str, node: _SimNode) -> None:
+        monitor, storage = self.monitor, self.disks[node_id].storage
 
-            def observed(*args: Any, _call: Any = call) -> Any:
-                try:
-                    return _call(*args)
-                finally:
-                    monitor.observe_role(node_id, raft)
+        def observe(raft: Raft) -> None:
+            for name in ("tick", "step", "propose", "read_index"):
+                call = getattr(raft, name)
 
-            setattr(raft, name, observed)
+                def observed(*args: Any, _call: Any = call) -> Any:
+                    try:
+                        return _call(*args)
+                    finally:
+                        monitor.observe_role(node_id, raft)
+
+                setattr(raft, name, observed)
 
         def saved(appended: tuple[Entry, ...]) -> None:
-            monitor.after_save(node_id, raft, storage.snapshot, storage.log, appended)
+            monitor.after_save(node_id, node.raft, storage.snapshot, storage.log, appended)
 
+        node.observe = observe
+        observe(node.raft)
         storage.on_save = saved
 
     async def _run_node(
@@ -269,6 +293,8 @@ class _Cluster:
                 self._nursery.start_soon(self._restart_later, target, event.length)
             elif event.action in ("wipe", "rewind"):
                 self._nursery.start_soon(self._lose_storage, event)
+            elif event.action == "full":
+                self._nursery.start_soon(self._fail_storage, event)
 
     async def _heal_later(self, after: float, generation: int) -> None:
         await trio.sleep(after)
@@ -280,6 +306,19 @@ class _Cluster:
         await trio.sleep(after)
         if self.healed_at == 0.0:
             await self.restart(node_id)
+
+    async def _fail_storage(self, event: FaultEvent) -> None:
+        """The node's storage raises StorageFailure for a while (a full disk)."""
+        target = self._resolve(event.node)
+        if target is None:
+            self.monitor.note("full disk on the leader: there is none")
+            return
+        storage = self.disks[target].storage
+        storage.failing = True
+        self.monitor.note(f"the disk of {target} fails")
+        await trio.sleep(event.length)
+        storage.failing = False
+        self.monitor.note(f"the disk of {target} works again")
 
     # -- lost storage ------------------------------------------------------------------------
 
@@ -377,9 +416,12 @@ class _Cluster:
         leader = self.leader()
         assert leader not in (None, node_id)
         target = None
-        deadline = trio.current_time() + LEARN_RESTART
+        start = trio.current_time()
         while target is None or self.live[node_id].raft.commit_index < target:
             await trio.sleep(0.05)
+            if trio.current_time() > start + SETTLE_LIMIT:
+                self.monitor.violation(f"{node_id} did not catch up with {leader} in time")
+                return
             if self.leader() != leader or node_id not in self.live:
                 self.monitor.violation(
                     f"fault model: {leader} stopped leading before {node_id} caught up"
@@ -387,7 +429,7 @@ class _Cluster:
                 return
             raft = self.live[leader].raft
             in_term = raft.snapshot_meta(raft.commit_index).last_term == raft.term
-            if target is None and in_term and trio.current_time() >= deadline:
+            if target is None and in_term and trio.current_time() >= start + LEARN_RESTART:
                 target = raft.commit_index
         self.monitor.note(f"{node_id} caught up with {leader} to {target}")
 
@@ -396,6 +438,8 @@ class _Cluster:
         self._partition_generation += 1
         self.network.heal()
         self.network.faults = CALM
+        for disk in self.disks.values():
+            disk.storage.failing = False
         self.monitor.note("heal everything")
         for node_id in self.config.nodes:
             await self.restart(node_id)
@@ -529,8 +573,8 @@ def simulate(config: Config) -> SimResult:
     error: BaseException | None = None
     progress: list[str] = []
 
-    async def main() -> None:
-        cluster = _Cluster(config)
+    async def main(files: Path) -> None:
+        cluster = _Cluster(config, files)
         cluster_box.append(cluster)
         clients = [_Client(i, cluster, rng) for i, rng in enumerate(cluster.client_rngs)]
         async with trio.open_nursery() as nursery:
@@ -564,7 +608,8 @@ def simulate(config: Config) -> SimResult:
             nursery.cancel_scope.cancel()
 
     try:
-        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+        with tempfile.TemporaryDirectory(prefix="ringfs-sim-") as files:
+            trio.run(main, Path(files), clock=trio.testing.MockClock(autojump_threshold=0))
     except Exception as exc:  # the report carries it, with the seed and the schedule
         error = exc
     cluster = cluster_box[0]

@@ -15,7 +15,7 @@ class FaultEvent:
     """One scheduled fault. ``node`` may be "leader": whoever leads at that moment."""
 
     at: float
-    action: str  # "faults", "isolate", "split", "crash", "wipe", "rewind"
+    action: str  # "faults", "isolate", "split", "crash", "wipe", "rewind", "full"
     node: str | None = None
     groups: tuple[tuple[str, ...], ...] = ()
     faults: Faults | None = None
@@ -30,6 +30,7 @@ class FaultEvent:
             f"for {self.length:.2f}s",
             "crash": f"crash {self.node}, restart after {self.length:.2f}s",
             "wipe": f"crash {self.node}, restart after {self.length:.2f}s with nothing",
+            "full": f"the disk of {self.node} fails for {self.length:.2f}s",
             "rewind": f"crash {self.node}, restart after {self.length:.2f}s with its storage "
             f"as it was {self.age:.2f}s before",
         }[self.action]
@@ -106,13 +107,15 @@ def _draw_schedule(
     return tuple(events)
 
 
-def _draw_storage_losses(
+def _draw_storage_faults(
     rng: random.Random, nodes: tuple[str, ...], duration: float
 ) -> list[FaultEvent]:
     """At least one restart with nothing and one with an older copy of the storage in every
-    run, sometimes more, each on any node (the leader included)."""
+    run, sometimes more, and in half the runs a disk that fails for a while; each on any node
+    (the leader included)."""
     events = []
-    for action in ("wipe", "rewind") * rng.choice([1, 1, 2]):
+    actions = ("wipe", "rewind") * rng.choice([1, 1, 2]) + ("full",) * rng.choice([0, 1])
+    for action in actions:
         at = round(rng.uniform(0.1, 0.8) * duration, 3)
         target = rng.choice([*nodes, "leader"])
         length = round(rng.uniform(0.2, 2.0), 3)
@@ -127,7 +130,7 @@ def draw_config(seed: int) -> Config:
     nodes = tuple(f"n{i}" for i in range(5 if rng.random() < 0.25 else 3))
     fault_time = round(rng.uniform(5.0, 20.0), 1)
     # Drawn apart, so that adding them left every other fault of a seed as it was.
-    losses = _draw_storage_losses(random.Random(f"storage-{seed}"), nodes, fault_time)
+    losses = _draw_storage_faults(random.Random(f"storage-{seed}"), nodes, fault_time)
     return Config(
         seed=seed,
         nodes=nodes,

@@ -64,9 +64,10 @@ def _check(seed: int, test: str) -> None:
 
 
 @pytest.fixture(autouse=True)
-def lost_entries_reported(expected_logs: list[str]) -> None:
-    """Every run restarts a node with nothing, which its leader reports."""
-    expected_logs.append("restarted without entries it had acknowledged")
+def storage_faults_reported(expected_logs: list[str]) -> None:
+    """Every run restarts a node with nothing, which its leader reports, and many fill a
+    node's disk for a while, which that node reports."""
+    expected_logs += ["restarted without entries it had acknowledged", "storage failed"]
 
 
 @pytest.mark.parametrize("seed", _seeds(DEFAULT_SEEDS))

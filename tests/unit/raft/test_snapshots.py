@@ -1,0 +1,137 @@
+"""`Snapshots`: a member's own snapshots, taken beside the loop, compacted, offered once."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+
+from ringfs.node.raft.core import Message, Raft, SnapshotMeta, SnapshotRequest
+from ringfs.node.raft.snapshots import Snapshots
+
+
+class Fakes:
+    """Storage, state machine and transport at once; the machine's copy waits for `release`."""
+
+    def __init__(self, files: Path) -> None:
+        self.files = files
+        self.applied = 0
+        self.taken = 0
+        self.compacted: list[int] = []
+        self.sent: list[tuple[Message, Path | None]] = []
+        self.release = trio.Event()
+        self.copying = False
+
+    def compact(self, meta: SnapshotMeta) -> None:
+        self.compacted.append(meta.last_index)
+
+    def snapshot(self) -> tuple[int, Path]:
+        self.taken += 1
+        path = self.files / f"image-{self.taken}"
+        path.write_bytes(b"state at %d" % self.applied)
+        return self.applied, path
+
+    def send(self, message: Message, snapshot: Path | None = None) -> None:
+        self.sent.append((message, snapshot))
+
+    async def io(self, fn: Any, *args: Any) -> Any:
+        if fn == self.snapshot:
+            self.copying = True
+            await self.release.wait()  # a long copy, while the loop goes on
+            self.copying = False
+        return fn(*args)
+
+
+def leader() -> Raft:
+    raft = Raft("n1", ("n1",), rng=random.Random(1))
+    raft.tick()  # a lone voter leads at its first tick
+    for _ in range(3):
+        raft.propose(b"x")
+    return raft
+
+
+async def test_a_snapshot_is_taken_beside_the_loop_then_compacted_and_sent(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    fakes = Fakes(tmp_path)
+    snapshots = Snapshots("n1", fakes, fakes, fakes, threshold=3, io=fakes.io)
+    raft = leader()
+    fakes.applied = raft.commit_index
+    woken = trio.Event()
+    assert snapshots.due(fakes.applied, raft)
+    assert not snapshots.offer(raft, "n2")  # nothing to offer yet: it waits for one
+    snapshots.start(nursery, woken.set)
+    await trio.testing.wait_all_tasks_blocked()
+    assert fakes.copying
+    assert not snapshots.due(fakes.applied, raft)  # one at a time
+    snapshots.start(nursery, woken.set)
+    await snapshots.finish(raft)  # nothing taken yet: the loop goes on
+    assert (fakes.compacted, fakes.sent) == ([], [])
+    fakes.release.set()
+    await woken.wait()
+    await snapshots.finish(raft)
+    assert fakes.taken == 1
+    assert fakes.compacted == [fakes.applied]
+    assert raft.snapshot is not None
+    assert raft.snapshot.last_index == fakes.applied
+    ((request, image),) = fakes.sent
+    assert isinstance(request, SnapshotRequest)
+    assert (request.dst, request.meta.last_index) == ("n2", fakes.applied)
+    assert image == tmp_path / "image-1"
+
+
+async def test_an_offered_image_is_offered_again_not_taken_again(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    fakes = Fakes(tmp_path)
+    fakes.release.set()
+    snapshots = Snapshots("n1", fakes, fakes, fakes, threshold=1, io=fakes.io)
+    raft = leader()
+    fakes.applied = raft.commit_index
+    woken = trio.Event()
+    snapshots.start(nursery, woken.set)
+    await woken.wait()
+    await snapshots.finish(raft)
+    assert snapshots.offer(raft, "n2")
+    assert snapshots.offer(raft, "n2")  # the core's re-offer while the first is on its way
+    assert [image for _, image in fakes.sent] == [tmp_path / "image-1"] * 2
+    assert fakes.taken == 1
+    snapshots.forget(True, {"n2": fakes.applied})  # every follower is past it
+    assert not snapshots.offer(raft, "n2")
+
+
+async def test_a_snapshot_older_than_one_installed_meanwhile_is_dropped(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    fakes = Fakes(tmp_path)
+    snapshots = Snapshots("n1", fakes, fakes, fakes, threshold=1, io=fakes.io)
+    raft = leader()
+    fakes.applied = 2
+    woken = trio.Event()
+    snapshots.start(nursery, woken.set)
+    await trio.testing.wait_all_tasks_blocked()
+    snapshots.installed(10)  # a snapshot received from a leader replaced the state machine
+    fakes.release.set()
+    await woken.wait()
+    await snapshots.finish(raft)
+    assert (fakes.compacted, snapshots.index) == ([], 10)
+
+
+async def test_a_copy_begun_for_an_earlier_core_is_dropped(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    fakes = Fakes(tmp_path)
+    snapshots = Snapshots("n1", fakes, fakes, fakes, threshold=1, io=fakes.io)
+    raft = leader()
+    fakes.applied = raft.commit_index
+    woken = trio.Event()
+    snapshots.start(nursery, woken.set)
+    await trio.testing.wait_all_tasks_blocked()
+    snapshots.reset(0)  # the member reopened its storage after a failure
+    fakes.release.set()
+    await woken.wait()
+    await snapshots.finish(raft)
+    assert fakes.compacted == []
