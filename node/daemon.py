@@ -18,6 +18,7 @@ from pathlib import Path
 
 import trio
 
+from ringfs.node.blocks.space import Reserve
 from ringfs.node.blocks.store import BlockStore
 from ringfs.node.cluster.map import ClusterMap, NodeInfo
 from ringfs.node.errors import ConfigError
@@ -52,6 +53,8 @@ class NodeConfig:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     # Applied metadata entries between Raft snapshots (log compaction).
     snapshot_threshold: int = 1000
+    # Free space block writes leave for the Raft log and the metadata database.
+    reserve: Reserve = Reserve()
     ssl_context: ssl.SSLContext | None = None
 
 
@@ -126,7 +129,7 @@ def _exclusive(data_dir: Path) -> Iterator[None]:
 
 async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
     cmap = resolve_map(config)
-    store = BlockStore(config.data_dir / "store")
+    store = BlockStore(config.data_dir / "store", config.reserve)
     server_config = ServerConfig(
         secret=config.secret,
         node_id=config.node_id,

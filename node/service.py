@@ -14,6 +14,7 @@ from typing import Any
 
 import trio
 
+from ringfs.node.blocks.space import Capacity
 from ringfs.node.blocks.store import BlockStore, validate_block_id
 from ringfs.node.cluster.map import ClusterMap
 from ringfs.node.errors import NOT_META, NodeError
@@ -52,6 +53,10 @@ def _seq(value: Any, what: str) -> int:
 
 def _optional_seq(value: Any, what: str) -> int | None:
     return None if value is None else _seq(value, what)
+
+
+def _capacity(space: Capacity) -> dict[str, int]:
+    return {"capacity": space.capacity, "free": space.free, "reserve": space.reserve}
 
 
 class NodeService:
@@ -113,16 +118,14 @@ class NodeService:
             "node_id": self.node_id,
             "blocks": stats.blocks,
             "bytes": stats.bytes,
-            "capacity": stats.capacity_bytes,
-            "free": stats.free_bytes,
+            **_capacity(stats.space),
             "meta": self.meta is not None,
             "meta_stats": self.meta.stats() if self.meta is not None else None,
         }
 
     async def node_capacity(self, params: list[Any]) -> dict[str, Any]:
         _arity(params, 0, "node.capacity")
-        capacity, free = await trio.to_thread.run_sync(self.store.capacity)
-        return {"capacity": capacity, "free": free}
+        return _capacity(await trio.to_thread.run_sync(self.store.capacity))
 
     async def map_get(self, params: list[Any]) -> dict[str, Any]:
         _arity(params, 0, "map.get")

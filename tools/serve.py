@@ -28,6 +28,7 @@ def node(args: argparse.Namespace) -> int:
         replicas=args.replicas,
         chunk_size=args.chunk_size,
         snapshot_threshold=args.snapshot_every,
+        reserve=args.reserve,
     )
     trio.run(_serve, config)
     return 0
