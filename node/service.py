@@ -17,6 +17,7 @@ import trio
 from ringfs.node.blocks.space import Capacity
 from ringfs.node.blocks.store import BlockStore, validate_block_id
 from ringfs.node.cluster.map import ClusterMap
+from ringfs.node.collector import Collector
 from ringfs.node.errors import NOT_META, NodeError
 from ringfs.node.meta.commands import command_from_wire, encode_result, query_from_wire
 from ringfs.node.meta.replica import ReplicatedMeta
@@ -68,11 +69,13 @@ class NodeService:
         cmap: ClusterMap,
         store: BlockStore,
         meta: ReplicatedMeta | None,
+        collector: Collector | None = None,
     ) -> None:
         self.node_id = node_id
         self.cmap = cmap
         self.store = store
         self.meta = meta
+        self.collector = collector
         # Disk writes at once: more only queue in the kernel and stretch every fsync.
         self._disk = trio.CapacityLimiter(4)
         self._methods: dict[str, Method] = {
@@ -121,6 +124,7 @@ class NodeService:
             **_capacity(stats.space),
             "meta": self.meta is not None,
             "meta_stats": self.meta.stats() if self.meta is not None else None,
+            "gc": self.collector.stats() if self.collector is not None else None,
         }
 
     async def node_capacity(self, params: list[Any]) -> dict[str, Any]:

@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="free space block writes leave for the metadata, e.g. 1G or 5%% (default: 2%% of "
         "the disk, at least 64M, at most 4G, at most half the disk)",
     )
+    node.add_argument(
+        "--gc-grace",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds unreferenced blocks are kept before they are deleted (default 60)",
+    )
 
     mount = sub.add_parser(
         "mount", help="mount an existing cluster", description="Mount a running ringfs cluster."
