@@ -1,0 +1,197 @@
+"""Full disks: four nodes on small loop-mounted ext4 filesystems, a real mount, real tools.
+
+Each node's disk is first filled with other data (a filler file) down to a little more than
+the block store's reserve, so ringfs blocks fill it quickly. What must hold: a full disk never
+stops a node, writers get ENOSPC promptly, the metadata keeps working, deleting files makes
+room again, and nothing acknowledged is lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_ports
+from tests.e2e import loopfs
+from tests.e2e.conftest import Cluster, Mount, NodeProcess, wait_for
+from tests.e2e.test_faults import node_lines
+from tests.e2e.test_meta_failover import leader_of
+from tests.e2e.test_tools import MiB, random_file
+
+pytestmark = pytest.mark.fuse
+
+DISK_SIZE = 320 * MiB
+# The block store's default reserve on a disk this small: its 64 MiB floor.
+RESERVE = 64 * MiB
+# One file is one 4 MiB chunk, so one block.
+FILE_SIZE = 4 * MiB
+# How long a writer may wait for ENOSPC: far below the 20 s metadata deadline, after which a
+# lost quorum would have given EIO instead.
+PROMPT = 10.0
+
+
+@pytest.fixture
+def disks(tmp_path: Path) -> Iterator[list[loopfs.Disk]]:
+    reason = loopfs.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    with ExitStack() as stack:
+        yield [
+            stack.enter_context(
+                loopfs.disk(tmp_path / f"disk{i}.img", tmp_path / f"disk{i}", DISK_SIZE)
+            )
+            for i in range(1, 5)
+        ]
+
+
+@pytest.fixture
+def cluster(disks: list[loopfs.Disk], cluster: Cluster) -> Cluster:
+    """Four nodes, each with its data directory on its own small disk.
+
+    `disks` comes first in the arguments, so it is set up first and taken down last: after
+    the cluster fixture has stopped every node.
+    """
+    for node in cluster.nodes:
+        cluster.stop(node)
+    taken = {node.port for node in cluster.nodes}
+    port = next(port for port in free_ports(4) if port not in taken)
+    cluster.nodes.append(NodeProcess("n4", port, Path()))
+    for node, disk in zip(cluster.nodes, disks, strict=True):
+        node.data = disk.path / "data"
+    # Garbage becomes collectable after 1 s instead of a minute.
+    cluster.node_args = ("--gc-grace", "1")
+    for node in cluster.nodes:
+        cluster.start(node)
+    return cluster
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_all_running(cluster: Cluster) -> None:
+    exited = {n.name: n.process.poll() for n in cluster.nodes if n.process is not None}
+    assert all(status is None for status in exited.values()), f"nodes exited: {exited}"
+    lines = node_lines(cluster.status())
+    assert all(" up " in lines[n.name] for n in cluster.nodes), lines
+
+
+def fill_until_enospc(mounted: Path, source: Path) -> tuple[dict[str, str], str, float]:
+    """cp files in until one fails: (name -> sha256 of those written, cp's error, its time)."""
+    written: dict[str, str] = {}
+    for i in range(200):
+        random_file(source, FILE_SIZE)
+        start = time.monotonic()
+        copy = subprocess.run(
+            ["cp", str(source), str(mounted / f"f{i}")], capture_output=True, text=True
+        )
+        if copy.returncode != 0:
+            return written, copy.stderr, time.monotonic() - start
+        written[f"f{i}"] = sha256(source)
+    raise AssertionError("the disks never filled")
+
+
+def assert_reads_back(mounted: Path, written: dict[str, str]) -> None:
+    for name, digest in written.items():
+        assert sha256(mounted / name) == digest, f"{name} reads back wrong"
+
+
+def test_one_full_disk_hands_off_and_its_node_keeps_serving(
+    cluster: Cluster,
+    disks: list[loopfs.Disk],
+    mount_factory: Callable[..., Mount],
+    tmp_path: Path,
+) -> None:
+    mounted = mount_factory().path
+    # The meta leader's disk: the Raft log and the metadata database live there too.
+    full = [n.name for n in cluster.nodes].index(leader_of(cluster))
+    disks[full].fill(leave=RESERVE + 8 * MiB)
+    files = 30
+
+    written = {}
+    for i in range(files):
+        source = random_file(tmp_path / "source", FILE_SIZE)
+        subprocess.run(["cp", str(source), str(mounted / f"f{i}")], check=True)
+        written[f"f{i}"] = sha256(source)
+
+    assert_all_running(cluster)
+    # The full node kept its reserve; every block still got three copies (handoff).
+    assert disks[full].free() > RESERVE - 4 * MiB
+
+    def copies() -> int:
+        return sum(int(line.split()[3]) for line in node_lines(cluster.status()).values())
+
+    wait_for(lambda: copies() == 3 * files, f"{3 * files} block copies")
+    # The metadata works: the full node's Raft log and database still have room.
+    (mounted / "dir").mkdir()
+    (mounted / "f0").rename(mounted / "dir" / "f0")
+    written["dir/f0"] = written.pop("f0")
+    (mounted / "f1").unlink()
+    del written["f1"]
+    assert_all_running(cluster)
+    assert_reads_back(mount_factory("second").path, written)
+
+
+def test_all_disks_full_gives_enospc_promptly_and_the_metadata_goes_on(
+    cluster: Cluster,
+    disks: list[loopfs.Disk],
+    mount_factory: Callable[..., Mount],
+    tmp_path: Path,
+) -> None:
+    mounted = mount_factory().path
+    for disk in disks:
+        disk.fill(leave=RESERVE + 12 * MiB)
+
+    written, error, elapsed = fill_until_enospc(mounted, tmp_path / "source")
+
+    assert "No space left on device" in error
+    assert elapsed < PROMPT, f"ENOSPC took {elapsed:.1f}s"
+    assert len(written) >= 2, "the disks filled before any file fit"
+    # Namespace operations need no block space.
+    (mounted / "dir").mkdir()
+    for i in range(100):
+        (mounted / "dir" / f"sub{i}").mkdir()
+    (mounted / "f0").rename(mounted / "dir" / "f0")
+    written["dir/f0"] = written.pop("f0")
+    (mounted / "f1").unlink()
+    del written["f1"]
+    assert len(list((mounted / "dir").iterdir())) == 101
+    assert_all_running(cluster)
+    # Everything written and closed before the disks filled reads back, from a fresh mount.
+    assert_reads_back(mount_factory("second").path, written)
+
+
+def test_deleting_files_makes_room_again(
+    cluster: Cluster,
+    disks: list[loopfs.Disk],
+    mount_factory: Callable[..., Mount],
+    tmp_path: Path,
+) -> None:
+    mounted = mount_factory().path
+    for disk in disks:
+        disk.fill(leave=RESERVE + 12 * MiB)
+    written, error, _ = fill_until_enospc(mounted, tmp_path / "source")
+    assert "No space left on device" in error
+
+    subprocess.run(["rm", "-r", *(str(mounted / name) for name in written)], check=True)
+    source = random_file(tmp_path / "source", FILE_SIZE)
+    again = mounted / "again"
+
+    def fits() -> bool:
+        copy = subprocess.run(["cp", str(source), str(again)], capture_output=True, text=True)
+        assert copy.returncode == 0 or "No space left" in copy.stderr, copy.stderr
+        return copy.returncode == 0
+
+    # The collector deletes the removed files' blocks once their 1 s grace period is over.
+    wait_for(fits, "room for a new file after deleting the others", timeout=60)
+    assert sha256(again) == sha256(source)
+    assert_all_running(cluster)
+    status = cluster.status()
+    assert re.search(r"garbage: \d+ blocks? waiting, [1-9]\d* collected", status), status
