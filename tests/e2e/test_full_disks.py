@@ -9,6 +9,7 @@ room again, and nothing acknowledged is lost.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
 import time
@@ -154,6 +155,10 @@ def test_all_disks_full_gives_enospc_promptly_and_the_metadata_goes_on(
     assert "No space left on device" in error
     assert elapsed < PROMPT, f"ENOSPC took {elapsed:.1f}s"
     assert len(written) >= 2, "the disks filled before any file fit"
+    # df counts what blocks may still use: every node has less than a block left above its
+    # reserve, and each byte stored takes three copies.
+    fs = os.statvfs(mounted)
+    assert fs.f_bavail * fs.f_frsize < 2 * FILE_SIZE
     # Namespace operations need no block space.
     (mounted / "dir").mkdir()
     for i in range(100):
