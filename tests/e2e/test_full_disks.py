@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -84,8 +85,22 @@ def assert_all_running(cluster: Cluster) -> None:
     assert all(" up " in lines[n.name] for n in cluster.nodes), lines
 
 
-def fill_until_enospc(mounted: Path, source: Path) -> tuple[dict[str, str], str, float]:
-    """cp files in until one fails: (name -> sha256 of those written, cp's error, its time)."""
+@dataclass
+class Filled:
+    """The mount after cp filled every disk: the files written, and the cp that failed."""
+
+    mounted: Path
+    written: dict[str, str]  # name -> sha256
+    error: str
+    elapsed: float
+
+
+@pytest.fixture
+def filled(disks: list[loopfs.Disk], mounted: Path, tmp_path: Path) -> Filled:
+    """Every disk filled to a little above its reserve, then cp files in until one fails."""
+    for disk in disks:
+        disk.fill(leave=RESERVE + 12 * MiB)
+    source = tmp_path / "source"
     written: dict[str, str] = {}
     for i in range(200):
         random_file(source, FILE_SIZE)
@@ -94,9 +109,21 @@ def fill_until_enospc(mounted: Path, source: Path) -> tuple[dict[str, str], str,
             ["cp", str(source), str(mounted / f"f{i}")], capture_output=True, text=True
         )
         if copy.returncode != 0:
-            return written, copy.stderr, time.monotonic() - start
+            return Filled(mounted, written, copy.stderr, time.monotonic() - start)
         written[f"f{i}"] = sha256(source)
     raise AssertionError("the disks never filled")
+
+
+def change_the_namespace(mounted: Path, written: dict[str, str], dirs: int) -> None:
+    """mkdir, mv and rm: none needs block space. Keeps `written` true."""
+    (mounted / "dir").mkdir()
+    for i in range(dirs):
+        (mounted / "dir" / f"sub{i}").mkdir()
+    (mounted / "f0").rename(mounted / "dir" / "f0")
+    written["dir/f0"] = written.pop("f0")
+    (mounted / "f1").unlink()
+    del written["f1"]
+    assert len(list((mounted / "dir").iterdir())) == dirs + 1
 
 
 def assert_reads_back(mounted: Path, written: dict[str, str]) -> None:
@@ -105,10 +132,7 @@ def assert_reads_back(mounted: Path, written: dict[str, str]) -> None:
 
 
 def test_one_full_disk_hands_off_and_its_node_keeps_serving(
-    cluster: Cluster,
-    disks: list[loopfs.Disk],
-    mount_factory: Callable[..., Mount],
-    tmp_path: Path,
+    cluster: Cluster, disks: list[loopfs.Disk], mount_factory: Callable[..., Mount], tmp_path: Path
 ) -> None:
     mounted = mount_factory().path
     # The meta leader's disk: the Raft log and the metadata database live there too.
@@ -131,63 +155,33 @@ def test_one_full_disk_hands_off_and_its_node_keeps_serving(
 
     wait_for(lambda: copies() == 3 * files, f"{3 * files} block copies")
     # The metadata works: the full node's Raft log and database still have room.
-    (mounted / "dir").mkdir()
-    (mounted / "f0").rename(mounted / "dir" / "f0")
-    written["dir/f0"] = written.pop("f0")
-    (mounted / "f1").unlink()
-    del written["f1"]
+    change_the_namespace(mounted, written, dirs=0)
     assert_all_running(cluster)
     assert_reads_back(mount_factory("second").path, written)
 
 
 def test_all_disks_full_gives_enospc_promptly_and_the_metadata_goes_on(
-    cluster: Cluster,
-    disks: list[loopfs.Disk],
-    mount_factory: Callable[..., Mount],
-    tmp_path: Path,
+    cluster: Cluster, filled: Filled, mount_factory: Callable[..., Mount]
 ) -> None:
-    mounted = mount_factory().path
-    for disk in disks:
-        disk.fill(leave=RESERVE + 12 * MiB)
-
-    written, error, elapsed = fill_until_enospc(mounted, tmp_path / "source")
-
-    assert "No space left on device" in error
-    assert elapsed < PROMPT, f"ENOSPC took {elapsed:.1f}s"
-    assert len(written) >= 2, "the disks filled before any file fit"
+    assert "No space left on device" in filled.error
+    assert filled.elapsed < PROMPT, f"ENOSPC took {filled.elapsed:.1f}s"
+    assert len(filled.written) >= 2, "the disks filled before any file fit"
     # df counts what blocks may still use: every node has less than a block left above its
     # reserve, and each byte stored takes three copies.
-    fs = os.statvfs(mounted)
+    fs = os.statvfs(filled.mounted)
     assert fs.f_bavail * fs.f_frsize < 2 * FILE_SIZE
-    # Namespace operations need no block space.
-    (mounted / "dir").mkdir()
-    for i in range(100):
-        (mounted / "dir" / f"sub{i}").mkdir()
-    (mounted / "f0").rename(mounted / "dir" / "f0")
-    written["dir/f0"] = written.pop("f0")
-    (mounted / "f1").unlink()
-    del written["f1"]
-    assert len(list((mounted / "dir").iterdir())) == 101
+    change_the_namespace(filled.mounted, filled.written, dirs=100)
     assert_all_running(cluster)
     # Everything written and closed before the disks filled reads back, from a fresh mount.
-    assert_reads_back(mount_factory("second").path, written)
+    assert_reads_back(mount_factory("second").path, filled.written)
 
 
-def test_deleting_files_makes_room_again(
-    cluster: Cluster,
-    disks: list[loopfs.Disk],
-    mount_factory: Callable[..., Mount],
-    tmp_path: Path,
-) -> None:
-    mounted = mount_factory().path
-    for disk in disks:
-        disk.fill(leave=RESERVE + 12 * MiB)
-    written, error, _ = fill_until_enospc(mounted, tmp_path / "source")
-    assert "No space left on device" in error
-
-    subprocess.run(["rm", "-r", *(str(mounted / name) for name in written)], check=True)
+def test_deleting_files_makes_room_again(cluster: Cluster, filled: Filled, tmp_path: Path) -> None:
+    assert "No space left on device" in filled.error
+    names = [str(filled.mounted / name) for name in filled.written]
+    subprocess.run(["rm", "-r", *names], check=True)
     source = random_file(tmp_path / "source", FILE_SIZE)
-    again = mounted / "again"
+    again = filled.mounted / "again"
 
     def fits() -> bool:
         copy = subprocess.run(["cp", str(source), str(again)], capture_output=True, text=True)
