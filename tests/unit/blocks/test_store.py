@@ -193,7 +193,7 @@ def test_stats(store: BlockStore) -> None:
     assert (stats.blocks, stats.bytes) == (2, len(DATA) + 3)
 
 
-@pytest.mark.parametrize("target", ["os.write", "os.fsync", "os.replace"])
+@pytest.mark.parametrize("target", ["os.write", "os.fsync", "os.mkdir", "os.replace"])
 def test_enospc_leaves_nothing(
     store: BlockStore, monkeypatch: pytest.MonkeyPatch, target: str
 ) -> None:
