@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a local 3-node cluster and mount it (the default)",
         description="Start a local 3-node cluster on loopback and mount it. "
         "Returns once the mount is ready; `fusermount3 -u MOUNTPOINT` unmounts "
-        "it and stops the nodes.",
+        "it and stops the nodes. Run as root, it mounts with -o allow_other, so "
+        "other local users can use the mount; the kernel checks their permissions "
+        "against each file's owner and mode, as on ext4.",
     )
     up.add_argument("mountpoint", type=Path, help="an existing empty directory")
     up.add_argument(

@@ -4,6 +4,7 @@ for the purpose), in the background by default, returning once the mount is read
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import trio
@@ -58,6 +59,10 @@ def mount(args: argparse.Namespace) -> int:
 
 
 def up(args: argparse.Namespace) -> int:
+    if os.geteuid() == 0:
+        # Root mounts for the whole machine, as JuiceFS does: other users get in, and the
+        # kernel holds each of them to the modes (default_permissions is always on).
+        args.options = [*(args.options or []), "allow_other"]
     cluster = LocalCluster((args.data or default_data_dir()).absolute())
     mountpoint = checks.mountpoint(args.mountpoint)
     secret = ensure_secret(cluster.secret_file)

@@ -256,3 +256,41 @@ def mount_factory(fuse: None, cluster: Cluster, tmp_path: Path) -> Iterator[Call
 def mounted(mount_factory: Callable[..., Mount]) -> Path:
     """The path of a fresh mount of a fresh 3-node cluster."""
     return mount_factory().path
+
+
+# -- other users -------------------------------------------------------------------------------
+
+NOBODY = 65534
+
+
+def drop_to_nobody() -> list[str] | None:
+    """The command prefix that runs a program as nobody, or None if there is none here."""
+    if shutil.which("setpriv"):
+        return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    if shutil.which("runuser"):
+        return ["runuser", "-u", "nobody", "--"]
+    return None
+
+
+def child_python() -> str:
+    # The test's interpreter may live under a directory nobody cannot enter (e.g. /root).
+    return shutil.which("python3", path="/usr/bin:/bin:/usr/local/bin") or sys.executable
+
+
+@pytest.fixture
+def nobody() -> list[str]:
+    prefix = drop_to_nobody()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to nobody")
+    if prefix is None:
+        pytest.skip("neither setpriv nor runuser is installed")
+    probe = subprocess.run(
+        [*prefix, child_python(), "-I", "-S", "-c", "import os; print(os.getuid())"],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0 or probe.stdout.strip() != str(NOBODY):
+        pytest.skip(f"cannot run a program as nobody: {probe.stderr.strip()[-300:]}")
+    return prefix
