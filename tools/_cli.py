@@ -24,7 +24,7 @@ from ringfs.node.errors import (
     Unavailable,
 )
 from ringfs.tools import background
-from ringfs.tools.args import UserError, size
+from ringfs.tools.args import UserError, seconds, size
 
 log = logging.getLogger("ringfs")
 
@@ -62,6 +62,14 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "-f", "--foreground", action="store_true", help="stay in the foreground until unmounted"
+    )
+    parser.add_argument(
+        "--meta-deadline",
+        type=seconds,
+        default=20.0,
+        metavar="SECONDS",
+        help="how long a metadata call looks for a meta-group leader before it fails with EIO "
+        "(default 20); a change a leader may have taken waits until its outcome is known",
     )
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 

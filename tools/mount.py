@@ -33,7 +33,9 @@ def _config(
     seeds: tuple[str, ...], secret: bytes, mountpoint: Path, args: argparse.Namespace
 ) -> fs_mount.MountConfig:
     return fs_mount.MountConfig(
-        cluster=ClusterConfig(seeds=seeds, client=ClientConfig(secret=secret)),
+        cluster=ClusterConfig(
+            seeds=seeds, client=ClientConfig(secret=secret), meta_deadline=args.meta_deadline
+        ),
         mountpoint=mountpoint,
         fuse_options=tuple(checks.fuse_options(args)),
     )
@@ -41,7 +43,8 @@ def _config(
 
 def _in_background(args: argparse.Namespace, argv: list[str], log: Path) -> None:
     options = [f"-o{opt}" for opt in checks.fuse_options(args)]
-    background.start([*checks.passthrough(args), *argv, "-f", *options], log)
+    deadline = ["--meta-deadline", str(args.meta_deadline)]
+    background.start([*checks.passthrough(args), *argv, "-f", *deadline, *options], log)
 
 
 def mount(args: argparse.Namespace) -> int:

@@ -187,7 +187,9 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 class Mount:
     """A `ringfs mount -f` process and its mountpoint."""
 
-    def __init__(self, cluster: Cluster, path: Path, options: tuple[str, ...]) -> None:
+    def __init__(
+        self, cluster: Cluster, path: Path, options: tuple[str, ...], args: tuple[str, ...] = ()
+    ) -> None:
         self.cluster = cluster
         self.path = path
         self.log_path = cluster.root / f"mount-{path.name}.log"
@@ -197,6 +199,7 @@ class Mount:
         )
         for option in options:
             argv += ["-o", option]
+        argv += args
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + START_TIMEOUT
@@ -236,8 +239,13 @@ def mount_factory(fuse: None, cluster: Cluster, tmp_path: Path) -> Iterator[Call
     """Mount the cluster (again) at a new path; every mount is undone at teardown."""
     mounts: list[Mount] = []
 
-    def make(name: str = "mnt", options: tuple[str, ...] = ("allow_other",)) -> Mount:
-        mount = Mount(cluster, tmp_path / name, options)
+    def make(
+        name: str = "mnt",
+        options: tuple[str, ...] = ("allow_other",),
+        args: tuple[str, ...] = (),
+    ) -> Mount:
+        """`args`: more `ringfs mount` options (e.g. a short --meta-deadline)."""
+        mount = Mount(cluster, tmp_path / name, options, args)
         mounts.append(mount)
         return mount
 
