@@ -20,10 +20,12 @@ import trio
 from ringfs.node.cluster.map import ClusterMap, NodeInfo
 from ringfs.node.errors import (
     CORRUPT,
+    IN_DOUBT,
     NOT_LEADER,
     NOT_META,
     AuthenticationError,
     NodeError,
+    NoReply,
     Unavailable,
 )
 from ringfs.node.meta.commands import Command, Query, decode_result
@@ -36,7 +38,8 @@ log = logging.getLogger(__name__)
 class ClusterConfig:
     seeds: tuple[str, ...]
     client: ClientConfig
-    # How long a metadata call keeps retrying (elections, unreachable members) before EIO.
+    # How long a metadata call keeps retrying (elections, unreachable members) before EIO; a
+    # command in doubt (a leader may have taken it) retries until its outcome is known.
     meta_deadline: float = 20.0
     # Blocks being written at once (each holds its buffer until every replica answered).
     blocks_in_flight: int = 8
@@ -175,14 +178,18 @@ class Cluster:
 
         Each call carries (client id, sequence number), so a retry after a lost answer returns
         the first outcome instead of applying twice. Raises `NodeError` for a failed command,
-        `Unavailable` after `meta_deadline` without an answer.
+        `Unavailable` after `meta_deadline` if no leader took it. A command a leader may have
+        taken is retried until its outcome is known (see `_meta_call`): reporting a failure
+        for it could not stop a later leader from committing it.
         """
         seq = self._next_seq
         self._next_seq += 1
         self._unacked.add(seq)
         try:
             wire = await self._meta_call(
-                "meta.apply", [self.client_id, seq, min(self._unacked), command.to_wire()]
+                "meta.apply",
+                [self.client_id, seq, min(self._unacked), command.to_wire()],
+                command=command.OP,
             )
         finally:
             self._unacked.discard(seq)
@@ -192,35 +199,54 @@ class Cluster:
         """Run a linearizable read-only metadata query on the leader; returns the result."""
         return decode_result(query, await self._meta_call("meta.query", [query.to_wire()]))
 
-    async def _meta_call(self, method: str, params: Sequence[Any]) -> Any:
+    async def _meta_call(self, method: str, params: Sequence[Any], command: str = "") -> Any:
         """Call the meta-group leader, following redirects and riding out elections.
 
         A member that does not lead answers NOT_LEADER naming the leader it knows of; an
-        unreachable member is skipped. Retries (with the same parameters, so a command is
-        still applied once) until `meta_deadline`.
+        unreachable member is skipped. Retries with the same parameters (so a command is still
+        applied once) until `meta_deadline`, then raises `Unavailable`. For a `command`, once an
+        answer says a leader proposed it and lost the lead (IN_DOUBT), or a request went out
+        and no answer came back, it is in doubt: the retries go on past the deadline, until a
+        leader answers with its outcome.
         """
         delay = 0.05
         tried: list[str] = []
-        with trio.move_on_after(self.config.meta_deadline):
-            while True:
-                for address in self._meta_candidates():
-                    tried.append(address)
-                    try:
-                        result = await self.pool.call(address, method, params)
-                    except Unavailable as exc:
-                        log.warning("metadata node %s unavailable (%s)", address, exc)
-                        continue
-                    except NodeError as exc:
-                        if exc.name not in (NOT_LEADER, NOT_META):
-                            raise
-                        self._follow(exc.detail)
-                        if self._meta_leader is not None and self._meta_leader != address:
-                            break  # go straight to the leader it named
-                        continue
-                    self._meta_leader = address
-                    return result
-                await trio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        deadline = trio.current_time() + self.config.meta_deadline
+        in_doubt = False
+        while True:
+            for address in self._meta_candidates():
+                left = deadline - trio.current_time()
+                if left <= 0 and not in_doubt:
+                    break
+                tried.append(address)
+                limit = None if in_doubt else min(self.config.client.request_timeout, left)
+                try:
+                    result = await self.pool.call(address, method, params, time_limit=limit)
+                except NoReply as exc:
+                    in_doubt = in_doubt or bool(command)
+                    log.warning("metadata node %s did not answer (%s)", address, exc)
+                    continue
+                except Unavailable as exc:
+                    log.warning("metadata node %s unavailable (%s)", address, exc)
+                    continue
+                except NodeError as exc:
+                    if exc.name not in (NOT_LEADER, NOT_META, IN_DOUBT):
+                        raise
+                    in_doubt = in_doubt or exc.name == IN_DOUBT
+                    self._follow(exc.detail)
+                    if self._meta_leader is not None and self._meta_leader != address:
+                        break  # go straight to the leader it named
+                    continue
+                self._meta_leader = address
+                return result
+            now = trio.current_time()
+            if now >= deadline and not in_doubt:
+                break
+            if in_doubt and now >= deadline:
+                log.warning("metadata command %s: outcome unknown, retrying until it is", command)
+                deadline = now + self.config.meta_deadline  # the next warning
+            await trio.sleep(delay)
+            delay = min(delay * 2, 1.0)
         raise Unavailable("metadata (no meta-group leader answered)", sorted(set(tried)))
 
     def _follow(self, leader_id: str) -> None:

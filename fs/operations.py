@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 # Entries fetched per readdir round trip.
 READDIR_PAGE = 256
+# readdirplus links no inode for these (fuse_direntplus_link skips them): no lookup to count.
+DOTS = (b".", b"..")
 # POSIX ACLs are not stored: the kernel would not enforce them (no FUSE_POSIX_ACL), so refusing
 # them tells tools like `cp -a` the truth instead of keeping rules nobody applies.
 ACL_PREFIX = b"system.posix_acl_"
@@ -329,13 +331,15 @@ class Operations(pyfuse3.Operations):
                 page: list[DirEntry] = await self._query(ReadDir(fh, after, READDIR_PAGE))
                 for entry in page:
                     if not pyfuse3.readdir_reply(
-                        token, entry.name, self._entry(entry.attr), entry.cookie
+                        token, entry.name, self._entry(entry.attr), entry.offset
                     ):
                         return
-                    self._lookups[entry.attr.ino] = self._lookups.get(entry.attr.ino, 0) + 1
+                    if entry.name not in DOTS:
+                        # The kernel keeps (and later forgets) an inode for every other entry.
+                        self._lookups[entry.attr.ino] = self._lookups.get(entry.attr.ino, 0) + 1
                 if len(page) < READDIR_PAGE:
                     return
-                after = page[-1].cookie
+                after = page[-1].offset
 
     async def releasedir(self, fh: FileHandleT) -> None:
         return None

@@ -111,8 +111,8 @@ async def run(
     """
     if config.snapshot_threshold < 1:
         raise ConfigError("--snapshot-every must be at least 1")
-    if not 0 <= config.gc_grace < math.inf:
-        raise ConfigError("--gc-grace must be a number of seconds, 0 or more")
+    if not 0 < config.gc_grace < math.inf:
+        raise ConfigError("--gc-grace must be a positive number of seconds")
     if not MIN_CHUNK_SIZE <= config.chunk_size <= MAX_CHUNK_SIZE:
         raise ConfigError(f"chunk size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}")
     config.data_dir.mkdir(parents=True, exist_ok=True)

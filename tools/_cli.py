@@ -25,7 +25,7 @@ from ringfs.node.errors import (
     Unavailable,
 )
 from ringfs.tools import background
-from ringfs.tools.args import UserError, reserve, size
+from ringfs.tools.args import UserError, reserve, seconds, size
 
 log = logging.getLogger("ringfs")
 
@@ -64,6 +64,14 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-f", "--foreground", action="store_true", help="stay in the foreground until unmounted"
     )
+    parser.add_argument(
+        "--meta-deadline",
+        type=seconds,
+        default=20.0,
+        metavar="SECONDS",
+        help="how long a metadata call looks for a meta-group leader before it fails with EIO "
+        "(default 20); a change a leader may have taken waits until its outcome is known",
+    )
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
 
@@ -85,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a local 3-node cluster and mount it (the default)",
         description="Start a local 3-node cluster on loopback and mount it. "
         "Returns once the mount is ready; `fusermount3 -u MOUNTPOINT` unmounts "
-        "it and stops the nodes.",
+        "it and stops the nodes. Run as root, it mounts with -o allow_other, so "
+        "other local users can use the mount; the kernel checks their permissions "
+        "against each file's owner and mode, as on ext4.",
     )
     up.add_argument("mountpoint", type=Path, help="an existing empty directory")
     up.add_argument(
@@ -129,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     node.add_argument(
         "--gc-grace",
-        type=float,
+        type=seconds,
         default=60.0,
         metavar="SECONDS",
         help="seconds unreferenced blocks are kept before they are deleted (default 60)",

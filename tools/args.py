@@ -67,3 +67,14 @@ def reserve(text: str) -> Reserve:
         return Reserve(size=size(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not a reserve: {text!r} ({exc})") from None
+
+
+def seconds(text: str) -> float:
+    """'2.5' -> 2.5: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value

@@ -18,7 +18,7 @@ command or query class names the Python type of its result in ``RESULT``:
 ``Attr | None``                 as ``Attr``, or nil
 ``bytes``                       bin
 ``list[bytes]``                 array of bin
-``list[DirEntry]``              array of ``[cookie, name, attr_wire]``
+``list[DirEntry]``              array of ``[offset, name, attr_wire]``
 ``tuple[Attr, list[Chunk]]``    ``[attr_wire, [chunk_wire, ...]]``
 ``FsStats``                     ``[chunk_size, inode_count, stored_bytes]``
 ==============================  ==========================================
@@ -139,8 +139,9 @@ class Chunk(_Record):
 class DirEntry(_Record):
     """A directory entry with its inode's attributes (readdirplus)."""
 
-    #: Position in the directory: > 0, fixed when the entry is created, larger for later ones.
-    cookie: int
+    #: Position in the directory, > 0: 1 for ``.``, 2 for ``..``, then for each entry a value
+    #: fixed when it was created, larger for later ones (a readdir resumes after it).
+    offset: int
     name: bytes
     attr: Attr
 
@@ -358,12 +359,13 @@ class GetAttr(_Message):
 
 @dataclass(frozen=True, slots=True)
 class ReadDir(_Message):
-    """Up to ``limit`` entries with cookie > ``after_cookie``; an empty list marks the end."""
+    """Up to ``limit`` entries with offset > ``after``, ``.`` and ``..`` first, as ext4 lists
+    them; an empty list marks the end."""
 
     OP: ClassVar[str] = "readdir"
     RESULT: ClassVar[str] = "list[DirEntry]"
     ino: int
-    after_cookie: int
+    after: int
     limit: int
 
 

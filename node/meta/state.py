@@ -49,6 +49,8 @@ LINK_MAX = 65000
 #: Most entries one ReadDir returns, whatever the limit asked: keeps replies far below the frame
 #: limit even with 255-byte names. Callers page until they get an empty list.
 READDIR_MAX = 1024
+#: `.` and `..` take the first two offsets of every directory; entries follow their cookies.
+DOT_ENTRIES = 2
 #: uid_t and gid_t are 32 bits.
 _ID_MAX = 2**32 - 1
 #: Kinds of inode Mknod may create (0 means a regular file, as for mknod(2)).
@@ -543,18 +545,27 @@ class MetaState:
         return self._rows.get(q.ino).attr()
 
     def _query_readdir(self, q: cmd.ReadDir) -> list[DirEntry]:
-        self._rows.dir(q.ino)
+        directory = self._rows.dir(q.ino)
         if q.limit <= 0:
             raise NodeError("EINVAL", "limit must be positive")
+        limit = min(q.limit, READDIR_MAX)
+        dots = []
+        if q.after < DOT_ENTRIES:
+            # The root is its own parent; any other directory has exactly one entry naming it.
+            parent = self._rows.one("SELECT parent FROM dentries WHERE ino = ?", q.ino)
+            above = directory if parent is None else self._rows.get(parent)
+            dots = [DirEntry(1, b".", directory.attr()), DirEntry(2, b"..", above.attr())]
+            dots = dots[q.after : q.after + limit]
         rows = self._rows.run(
             f"SELECT d.cookie, d.name, {INODE_COLUMNS} FROM dentries d "
             "JOIN inodes i ON i.ino = d.ino "
             "WHERE d.parent = ? AND d.cookie > ? ORDER BY d.cookie LIMIT ?",
             q.ino,
-            q.after_cookie,
-            min(q.limit, READDIR_MAX),
+            max(q.after - DOT_ENTRIES, 0),
+            limit - len(dots),
         )
-        return [DirEntry(row[0], row[1], Inode(*row[2:]).attr()) for row in rows]
+        entries = [DirEntry(row[0] + DOT_ENTRIES, row[1], Inode(*row[2:]).attr()) for row in rows]
+        return dots + entries
 
     def _query_readlink(self, q: cmd.ReadLink) -> bytes:
         target = self._rows.get(q.ino).target

@@ -58,5 +58,5 @@ def test_only_ids_every_node_confirmed_are_forgotten() -> None:
 
 def test_interval_follows_the_grace_period_within_bounds() -> None:
     assert interval(1) == 0.5
-    assert interval(0) == 0.2
+    assert interval(0.1) == 0.2
     assert interval(60) == 10.0

@@ -26,6 +26,7 @@ from ringfs.node.meta.commands import (
     Chunk,
     Command,
     CommitChunks,
+    DirEntry,
     Entry,
     ForgetGarbage,
     FsInfo,
@@ -53,7 +54,7 @@ from ringfs.node.meta.commands import (
     Unlink,
     decode_result,
 )
-from ringfs.node.meta.state import READDIR_MAX, MetaState
+from ringfs.node.meta.state import DOT_ENTRIES, MetaState
 
 CS = 4096  # chunk size of every test filesystem
 T0 = 1_000  # the Init time; later commands use larger times
@@ -116,8 +117,16 @@ def attr(meta: MetaState, ino: int) -> Attr:
     return result
 
 
+def listing(
+    meta: MetaState, ino: int, after: int = DOT_ENTRIES, limit: int = 1000
+) -> list[DirEntry]:
+    """A directory's entries without `.` and `..` (which come first, at offsets 1 and 2)."""
+    result: list[DirEntry] = meta.query(ReadDir(ino, after, limit))
+    return result
+
+
 def names(meta: MetaState, ino: int) -> list[bytes]:
-    return [entry.name for entry in meta.query(ReadDir(ino, 0, 1000))]
+    return [entry.name for entry in listing(meta, ino)]
 
 
 def lookup_ino(meta: MetaState, parent: int, name: bytes) -> int:
@@ -362,11 +371,11 @@ def test_rmdir(meta: MetaState) -> None:
 def test_rename_file_within_directory(meta: MetaState) -> None:
     f = mkfile(meta, ROOT_INO, b"a")
     mkfile(meta, ROOT_INO, b"b")
-    [old] = [e for e in meta.query(ReadDir(ROOT_INO, 0, 10)) if e.name == b"a"]
+    [old] = [e for e in listing(meta, ROOT_INO) if e.name == b"a"]
     assert ok(meta, Rename(ROOT_INO, b"a", ROOT_INO, b"c", 0, T0 + 2)) is None
     assert names(meta, ROOT_INO) == [b"b", b"c"]
-    [new] = [e for e in meta.query(ReadDir(ROOT_INO, 0, 10)) if e.name == b"c"]
-    assert new.cookie > old.cookie
+    [new] = [e for e in listing(meta, ROOT_INO) if e.name == b"c"]
+    assert new.offset > old.offset
     assert (new.attr.ino, new.attr.ctime_ns, new.attr.mtime_ns) == (f, T0 + 2, T0)
     root = attr(meta, ROOT_INO)
     assert (root.nlink, root.mtime_ns, root.ctime_ns) == (2, T0 + 2, T0 + 2)
@@ -486,11 +495,11 @@ def test_exchange_two_directories(meta: MetaState) -> None:
     assert (lookup_ino(meta, a, b"x"), lookup_ino(meta, b, b"y")) == (y, x)
     assert (attr(meta, a).nlink, attr(meta, b).nlink) == (3, 3)
     # Same directory: both names stay, swapped, with new cookies.
-    cookies = [e.cookie for e in meta.query(ReadDir(ROOT_INO, 0, 10))]
+    offsets = [e.offset for e in listing(meta, ROOT_INO)]
     ok(meta, Rename(ROOT_INO, b"a", ROOT_INO, b"b", RENAME_EXCHANGE, T0))
-    entries = meta.query(ReadDir(ROOT_INO, 0, 10))
+    entries = listing(meta, ROOT_INO)
     assert [(e.name, e.attr.ino) for e in entries] == [(b"a", b), (b"b", a)]
-    assert min(e.cookie for e in entries) > max(cookies)
+    assert min(e.offset for e in entries) > max(offsets)
     assert attr(meta, ROOT_INO).nlink == 4
 
 
@@ -662,56 +671,58 @@ def test_xattr_limits(meta: MetaState) -> None:
 # --- readdir ----------------------------------------------------------------------------------
 
 
-def test_readdir_cookies_are_stable(meta: MetaState) -> None:
+def test_readdir_offsets_are_stable(meta: MetaState) -> None:
     d = mkdir(meta, ROOT_INO, b"d")
     for name in (b"z", b"a", b"m"):
         mkfile(meta, d, name)
-    first = meta.query(ReadDir(d, 0, 100))
+    first = listing(meta, d)
     assert [e.name for e in first] == [b"z", b"a", b"m"]  # creation order, not name order
-    assert all(e.cookie > 0 for e in first)
+    assert all(e.offset > DOT_ENTRIES for e in first)
     ok(meta, Unlink(d, b"a", T0))
     mkdir(meta, d, b"b")
     mkfile(meta, ROOT_INO, b"elsewhere")
     mkfile(meta, d, b"c")
-    second = meta.query(ReadDir(d, 0, 100))
-    assert [(e.name, e.cookie) for e in second[:2]] == [
-        (b"z", first[0].cookie),
-        (b"m", first[2].cookie),
+    second = listing(meta, d)
+    assert [(e.name, e.offset) for e in second[:2]] == [
+        (b"z", first[0].offset),
+        (b"m", first[2].offset),
     ]
     assert [e.name for e in second] == [b"z", b"m", b"b", b"c"]
     assert second[2].attr.mode & stat.S_IFDIR
-    cookies = [e.cookie for e in second]
-    assert cookies == sorted(cookies)
-    # Paging goes on from a cookie whose entry has been removed since.
-    page = meta.query(ReadDir(d, 0, 1))
+    offsets = [e.offset for e in second]
+    assert offsets == sorted(offsets)
+    # Paging goes on from an offset whose entry has been removed since.
+    page = listing(meta, d, limit=1)
     ok(meta, Unlink(d, b"z", T0))
-    assert [e.name for e in meta.query(ReadDir(d, page[-1].cookie, 100))] == [b"m", b"b", b"c"]
-    assert meta.query(ReadDir(d, cookies[-1], 100)) == []
+    assert [e.name for e in listing(meta, d, page[-1].offset)] == [b"m", b"b", b"c"]
+    assert listing(meta, d, offsets[-1]) == []
 
 
-def test_readdir_paging(meta: MetaState) -> None:
+def test_readdir_starts_with_dot_and_dotdot(meta: MetaState) -> None:
     d = mkdir(meta, ROOT_INO, b"d")
-    meta.apply_batch(
-        [Entry(Mknod(d, b"f%04d" % i, REG, 0, UID, GID, T0)) for i in range(READDIR_MAX + 30)]
-    )
-    seen: list[bytes] = []
-    after = 0
-    while page := meta.query(ReadDir(d, after, 7)):
-        assert len(page) <= 7
+    sub = mkdir(meta, d, b"sub")
+    mkfile(meta, sub, b"f")
+    whole = meta.query(ReadDir(sub, 0, 100))
+    assert [(e.offset, e.name) for e in whole[:2]] == [(1, b"."), (2, b"..")]
+    assert (whole[0].attr, whole[1].attr) == (attr(meta, sub), attr(meta, d))
+    assert [e.name for e in whole[2:]] == [b"f"]
+    # The root is its own parent, as on ext4.
+    root = meta.query(ReadDir(ROOT_INO, 0, 2))
+    assert [(e.name, e.attr.ino) for e in root] == [(b".", ROOT_INO), (b"..", ROOT_INO)]
+    # Paged one at a time from any offset, every entry comes exactly once.
+    seen, after = [], 0
+    while page := meta.query(ReadDir(sub, after, 1)):
         seen += [e.name for e in page]
-        after = page[-1].cookie
-    assert seen == [b"f%04d" % i for i in range(READDIR_MAX + 30)]
-    assert len(meta.query(ReadDir(d, 0, 10**6))) == READDIR_MAX
-    query_fails(meta, ReadDir(d, 0, 0), "EINVAL")
-    query_fails(meta, ReadDir(lookup_ino(meta, d, b"f0000"), 0, 5), "ENOTDIR")
-    query_fails(meta, ReadDir(10**6, 0, 5), "ENOENT")
+        after = page[-1].offset
+    assert seen == [b".", b"..", b"f"]
+    assert [e.name for e in meta.query(ReadDir(sub, 1, 100))] == [b"..", b"f"]
 
 
 def test_readdir_attrs_match_getattr(meta: MetaState) -> None:
     f = _file_with_three_chunks(meta)
     ok(meta, Symlink(ROOT_INO, b"l", b"target", UID, GID, T0))
     mkdir(meta, ROOT_INO, b"d")
-    for entry in meta.query(ReadDir(ROOT_INO, 0, 10)):
+    for entry in listing(meta, ROOT_INO):
         assert entry.attr == attr(meta, entry.attr.ino)
     assert attr(meta, f).blocks > 0
 
