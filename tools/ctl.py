@@ -53,7 +53,7 @@ async def _status(seeds: tuple[str, ...], secret: bytes) -> str:
         lines.append(
             _node_line(info.node_id, info.address, node_stats, roles.get(info.node_id, ""))
         )
-    return "\n".join([*lines, "", *_meta_lines(members), _garbage_line(stats)])
+    return "\n".join([*lines, "", _garbage_line(stats), "", *_meta_lines(members)])
 
 
 def _node_line(node_id: str, address: str, stats: dict[str, Any] | None, role: str) -> str:
