@@ -336,9 +336,18 @@ class FileState:
                     if exc.name != CHANGED:
                         raise
                 log.debug("inode %d changed in another client: rebasing our writes", self.ino)
-                async with self._write_lock:
+                async with self._writes_held():
                     await self._store_all(set(self._dirty) | set(self._uploads))
                     await self._rebase(*await self.ctx.cluster.read_chunks(self.ino))
+
+    @contextlib.asynccontextmanager
+    async def _writes_held(self) -> AsyncIterator[None]:
+        """Hold writes off, unless this task does already (a truncation's flush)."""
+        if self._write_lock.statistics().owner is trio.lowlevel.current_task():
+            yield
+            return
+        async with self._write_lock:
+            yield
 
     async def _store_all(self, indexes: set[int]) -> None:
         """Upload every dirty buffer and wait until the newest bytes of each chunk in `indexes`
@@ -385,9 +394,12 @@ class FileState:
         # Another client may have made the file longer than we knew.
         self.size = max(self.size, attr.size)
         if self._append_from is not None:
-            more = self.size > attr.size
-            self._append_from = attr.size if more else None
+            # What is left of the appended bytes goes after the file as this commit left it.
             self._append_base = attr.size
+            if attr.size >= self.size:
+                self._append_from = None
+            elif attr.size > self._append_from:
+                self._append_from = attr.size
 
     def _committed(self, idx: int, chunk: Chunk, upto: int) -> None:
         """Chunk `idx` as of write `upto` is committed: newer writes now build on it."""

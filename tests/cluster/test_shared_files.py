@@ -82,6 +82,24 @@ async def test_a_stale_flush_never_undoes_a_truncation(
     assert await content(a, ino) == b"A" * 50 + b"B" * 10 + b"A" * 40
 
 
+async def test_a_truncation_over_another_clients_commit_rebases_first(
+    small_chunks: LocalNodes, nursery: trio.Nursery
+) -> None:
+    a, b = await two_clients(small_chunks, nursery)
+    fh, ino = await create(a, b"f")
+    await a.write(fh, 0, b"." * 300)
+    await a.flush(fh)
+    theirs = await reopen(b, ino)
+    await b.write(theirs, 0, b"B" * 100)
+    await a.write(fh, 200, b"A" * 100)
+    await b.flush(theirs)
+    # a's truncation flushes first, holding writes off: its commit is laid over b's.
+    await setattr_size(a, ino, 250, fh)
+    assert await content(a, ino) == b"B" * 100 + b"." * 100 + b"A" * 50
+    await a.release(fh)
+    await b.release(theirs)
+
+
 async def test_overlapping_flushes_end_as_one_of_them_whole(
     small_chunks: LocalNodes, nursery: trio.Nursery
 ) -> None:
