@@ -18,6 +18,10 @@ NOT_META = "ENOTMETA"
 #: leader it knows of, or is empty during an election. The member did not propose the command,
 #: so it is not in any log: retrying the same call is safe, giving up is too.
 NOT_LEADER = "ENOTLEADER"
+#: A chunk commit whose expectations no longer hold: another client changed the chunks (or, for
+#: an append, the size) since this one read them. Nothing was changed; the client reads the file
+#: again, lays its own writes over what it finds, and commits again.
+CHANGED = "ECHANGED"
 #: The leader proposed the command but lost the lead before it knew the outcome: it may still be
 #: committed by a later leader. Only a retry with the same (client id, seq) tells, so a caller
 #: must not report a failure for it. The detail names the leader it knows of, as NOT_LEADER.

@@ -2,8 +2,8 @@
 
 The methods are listed in `docs/protocol.md`. Every parameter comes off the network, so each
 handler checks types and arity and answers EINVAL for anything else; block ids are validated by
-the store, so no request can name a path outside it. Blocking disk and SQLite work runs in
-worker threads.
+the store, so no request can name a path outside it. Block reads and writes run in worker
+threads; the metadata is applied and queried on the event loop (see `ringfs.node.raft.shell`).
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ def is_whole_database(path: Path) -> bool:
 
 
 class MetaMachine:
-    """`StateMachine` over the metadata database (blocking: called from worker threads)."""
+    """`StateMachine` over the metadata database: batches are applied on the event loop (no
+    fsync: the Raft log is the durable copy), snapshots taken and restored in worker threads."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -281,7 +281,8 @@ class NodePool:
         """The same addresses, healthy ones first, keeping ring order within each group."""
         return sorted(addresses, key=self.is_suspect)
 
-    def _mark_down(self, address: str) -> None:
+    def mark_down(self, address: str) -> None:
+        """Note a failure of `address`: it is suspect for a back-off that doubles each time."""
         backoff = min(self._backoff.get(address, self.INITIAL_BACKOFF / 2) * 2, self.MAX_BACKOFF)
         self._backoff[address] = backoff
         self._down_until[address] = trio.current_time() + backoff
@@ -328,12 +329,12 @@ class NodePool:
         try:
             result = await action(await self.connection(address))
         except Unavailable:
-            self._mark_down(address)
+            self.mark_down(address)
             raise
         except ProtocolError as exc:
             # A node that breaks the protocol (or fails the handshake: another version, a
             # wrong secret, not a ringfs node) is as unusable as an unreachable one.
-            self._mark_down(address)
+            self.mark_down(address)
             raise Unavailable(f"node {address}: {exc}", [address]) from exc
         self._mark_up(address)
         return result

@@ -88,3 +88,12 @@ async def start_nodes(
 @pytest.fixture
 async def nodes(tmp_path: Path, nursery: trio.Nursery) -> LocalNodes:
     return await start_nodes(tmp_path, nursery)
+
+
+#: The chunk size of `small_chunks`: files of a few chunks stay small.
+SMALL_CHUNK = 64 * 1024
+
+
+@pytest.fixture
+async def small_chunks(tmp_path: Path, nursery: trio.Nursery) -> LocalNodes:
+    return await start_nodes(tmp_path, nursery, chunk_size=SMALL_CHUNK)
