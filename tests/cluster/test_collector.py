@@ -9,10 +9,10 @@ from pathlib import Path
 
 import trio
 
-from ringfs.fs.cluster import Cluster, StoredBlock
+from ringfs.fs.cluster import Cluster
 from ringfs.fs.mount import wait_for_filesystem
 from ringfs.node.blocks.store import checksum
-from ringfs.node.meta.commands import Attr, Chunk, CommitChunks, Garbage, Mknod
+from ringfs.node.meta.commands import Attr, Chunk, ChunkUpdate, CommitChunks, Garbage, Mknod
 from tests.cluster.conftest import LocalNodes, start_nodes
 
 GRACE = 0.3
@@ -34,11 +34,13 @@ def holders(nodes: LocalNodes, block_id: bytes) -> set[str]:
     }
 
 
-async def write_chunk(cluster: Cluster, ino: int, data: bytes) -> StoredBlock:
+async def write_chunk(cluster: Cluster, ino: int, data: bytes, base: Chunk | None = None) -> Chunk:
+    """Chunk 0 of the file, written anew over `base`."""
     stored = await cluster.put_block(os.urandom(16), memoryview(data), checksum(data))
     chunk = Chunk(0, stored.block_id, len(data), stored.checksum)
-    await cluster.meta_apply(CommitChunks(ino, (chunk,), len(data), 0))
-    return stored
+    update = ChunkUpdate(chunk, base.block_id if base else b"", base.length if base else 0)
+    await cluster.meta_apply(CommitChunks(ino, (update,), len(data), None, 0))
+    return chunk
 
 
 async def test_replaced_blocks_are_deleted_everywhere_after_the_grace_period(
@@ -69,7 +71,7 @@ async def test_replaced_blocks_are_deleted_everywhere_after_the_grace_period(
     outsider = next(name for name in nodes.configs if name not in meta)
     nodes.stop(outsider)
     expected_logs += [f"garbage collection: node {outsider} failed", "not stored"]
-    new = await write_chunk(cluster, attr.ino, b"new contents")
+    new = await write_chunk(cluster, attr.ino, b"new contents", base=old)
     assert await garbage() == [old.block_id]
     started = trio.current_time()
     await wait_until(lambda: copies_only_on({outsider}))
