@@ -38,7 +38,9 @@ NODES_IN_FLIGHT = 16
 class Collector:
     """The garbage collector of one meta-group member."""
 
-    def __init__(self, meta: ReplicatedMeta, pool: NodePool, cmap: ClusterMap, grace: float):
+    def __init__(
+        self, meta: ReplicatedMeta, pool: NodePool, cmap: ClusterMap, grace: float
+    ) -> None:
         self.meta = meta
         self.pool = pool
         self.cmap = cmap

@@ -65,13 +65,6 @@ class Reserve:
         default = min(max(RESERVE_FLOOR, int(total * RESERVE_PERCENT / 100)), RESERVE_CAP)
         return min(default, total // 2)
 
-    def __str__(self) -> str:
-        if self.size is not None:
-            return f"{self.size} bytes"
-        if self.percent is not None:
-            return f"{self.percent:g}%"
-        return "the default"
-
 
 @dataclass(frozen=True)
 class Space:
