@@ -44,14 +44,20 @@ async def two_clients(nodes: LocalNodes, nursery: trio.Nursery) -> tuple[Operati
     return await mount_ops(nodes, nursery), await mount_ops(nodes, nursery)
 
 
+async def shared_file(a: Operations, b: Operations, data: bytes) -> tuple[int, int, int]:
+    """A file `a` created with `data` and flushed, then opened by `b` too: (a's handle, the
+    inode, b's handle)."""
+    fh, ino = await create(a, b"f")
+    await a.write(fh, 0, data)
+    await a.flush(fh)
+    return fh, ino, await reopen(b, ino)
+
+
 async def test_disjoint_writes_in_one_chunk_are_all_kept(
     small_chunks: LocalNodes, nursery: trio.Nursery
 ) -> None:
     a, b = await two_clients(small_chunks, nursery)
-    fh, ino = await create(a, b"f")
-    await a.write(fh, 0, b"." * 1000)
-    await a.flush(fh)
-    theirs = await reopen(b, ino)
+    fh, ino, theirs = await shared_file(a, b, b"." * 1000)
     await a.write(fh, 100, b"A" * 100)
     await b.write(theirs, 500, b"B" * 100)
     await a.flush(fh)
@@ -86,10 +92,7 @@ async def test_a_truncation_over_another_clients_commit_rebases_first(
     small_chunks: LocalNodes, nursery: trio.Nursery
 ) -> None:
     a, b = await two_clients(small_chunks, nursery)
-    fh, ino = await create(a, b"f")
-    await a.write(fh, 0, b"." * 300)
-    await a.flush(fh)
-    theirs = await reopen(b, ino)
+    fh, ino, theirs = await shared_file(a, b, b"." * 300)
     await b.write(theirs, 0, b"B" * 100)
     await a.write(fh, 200, b"A" * 100)
     await b.flush(theirs)
@@ -104,9 +107,7 @@ async def test_overlapping_flushes_end_as_one_of_them_whole(
     small_chunks: LocalNodes, nursery: trio.Nursery
 ) -> None:
     a, b = await two_clients(small_chunks, nursery)
-    fh, ino = await create(a, b"f")
-    await a.release(fh)
-    mine, theirs = await reopen(a, ino), await reopen(b, ino)
+    mine, ino, theirs = await shared_file(a, b, b"")
     ours, others = b"a" * (2 * CHUNK + 10), b"b" * (2 * CHUNK + 10)
     await a.write(mine, 0, ours)
     await b.write(theirs, 0, others)
