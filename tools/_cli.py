@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ringfs.node.blocks.space import Reserve
 from ringfs.node.errors import (
     AuthenticationError,
     ConfigError,
@@ -24,7 +25,7 @@ from ringfs.node.errors import (
     Unavailable,
 )
 from ringfs.tools import background
-from ringfs.tools.args import UserError, seconds, size
+from ringfs.tools.args import UserError, reserve, seconds, size
 
 log = logging.getLogger("ringfs")
 
@@ -127,6 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         metavar="N",
         help="snapshot the metadata and compact the Raft log every N entries (default 1000)",
+    )
+    node.add_argument(
+        "--reserve",
+        type=reserve,
+        default=Reserve(),
+        metavar="SIZE|PCT%",
+        help="free space block writes leave for the metadata, e.g. 1G or 5%% (default: 2%% of "
+        "the disk, at least 64M, at most 4G, at most half the disk)",
+    )
+    node.add_argument(
+        "--gc-grace",
+        type=seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds unreferenced blocks are kept before they are deleted (default 60)",
     )
 
     mount = sub.add_parser(

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from ringfs.node.blocks.space import Reserve
 from ringfs.node.rpc.client import split_address
 
 
@@ -56,6 +57,16 @@ def size(text: str) -> int:
         return int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+
+
+def reserve(text: str) -> Reserve:
+    """'5%' -> that share of the disk; '1G', '64M', '0' -> that many bytes."""
+    try:
+        if text.strip().endswith("%"):
+            return Reserve(percent=float(text.strip()[:-1]))
+        return Reserve(size=size(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a reserve: {text!r} ({exc})") from None
 
 
 def seconds(text: str) -> float:

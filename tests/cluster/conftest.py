@@ -65,6 +65,7 @@ async def start_nodes(
     count: int = 3,
     chunk_size: int = daemon.DEFAULT_CHUNK_SIZE,
     snapshot_threshold: int = daemon.NodeConfig.snapshot_threshold,
+    gc_grace: float = daemon.NodeConfig.gc_grace,
 ) -> LocalNodes:
     ports = free_ports(count)
     members = parse_members(",".join(f"n{i + 1}=127.0.0.1:{p}" for i, p in enumerate(ports)))
@@ -78,6 +79,7 @@ async def start_nodes(
             members=members,
             chunk_size=chunk_size,
             snapshot_threshold=snapshot_threshold,
+            gc_grace=gc_grace,
         )
         await nodes.start(member.node_id)
     return nodes
