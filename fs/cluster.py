@@ -20,13 +20,16 @@ import trio
 from ringfs.node.cluster.map import ClusterMap, NodeInfo
 from ringfs.node.errors import (
     CORRUPT,
+    IN_DOUBT,
     NOT_LEADER,
     NOT_META,
     AuthenticationError,
     NodeError,
+    NoReply,
     Unavailable,
 )
-from ringfs.node.meta.commands import Command, Query, decode_result
+from ringfs.node.meta import commands
+from ringfs.node.meta.commands import Attr, Chunk, Command, Query, ReadChunks, decode_result
 from ringfs.node.rpc.client import ClientConfig, NodePool
 
 log = logging.getLogger(__name__)
@@ -36,10 +39,18 @@ log = logging.getLogger(__name__)
 class ClusterConfig:
     seeds: tuple[str, ...]
     client: ClientConfig
-    # How long a metadata call keeps retrying (elections, unreachable members) before EIO.
+    # How long a metadata call keeps retrying (elections, unreachable members) before EIO; a
+    # command in doubt (a leader may have taken it) retries until its outcome is known.
     meta_deadline: float = 20.0
     # Blocks being written at once (each holds its buffer until every replica answered).
     blocks_in_flight: int = 8
+    # Seconds a replica write may take once a write quorum has the block; a slower node is
+    # left behind (and suspect), so one hung node cannot hold every write slot.
+    replica_grace: float = 2.0
+    # Seconds one metadata call waits for one member before it tries another (the call itself
+    # retries until `meta_deadline`); a leader that hangs costs this much, not the request
+    # timeout.
+    meta_attempt: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -90,9 +101,10 @@ class Cluster:
     async def put_block(self, block_id: bytes, data: memoryview, checksum: bytes) -> StoredBlock:
         """Write a block to its replicas in parallel; return once a write quorum has it.
 
-        Preferred nodes that fail are replaced by the next nodes on the ring (hinted handoff).
-        The remaining replicas finish in the background. Raises `Unavailable` when fewer than
-        the write quorum could store it.
+        Preferred nodes that fail (or are suspect from a recent failure) are replaced by the
+        next nodes on the ring (handoff; nothing moves the copy home later yet). The remaining
+        replicas finish in the background, each within `replica_grace` of the quorum. Raises
+        `Unavailable` when fewer than the write quorum could store it.
         """
         await self._blocks_in_flight.acquire()
         write = _ReplicatedWrite(self, block_id, data, checksum)
@@ -163,26 +175,31 @@ class Cluster:
     # -- metadata ----------------------------------------------------------------------------
 
     def _meta_candidates(self) -> list[str]:
-        """Meta-group members to try: the last leader we heard of first."""
+        """Meta-group members to try: the last leader we heard of first, then the others,
+        healthy ones before those that failed lately."""
         members = [node.address for node in self.map.meta_nodes()]
         if self._meta_leader in members:
             members.remove(self._meta_leader)
             members.insert(0, self._meta_leader)
-        return members
+        return self.pool.order(members)
 
     async def meta_apply(self, command: Command) -> Any:
         """Apply one metadata command exactly once, retrying through node failures.
 
         Each call carries (client id, sequence number), so a retry after a lost answer returns
         the first outcome instead of applying twice. Raises `NodeError` for a failed command,
-        `Unavailable` after `meta_deadline` without an answer.
+        `Unavailable` after `meta_deadline` if no leader took it. A command a leader may have
+        taken is retried until its outcome is known (see `_meta_call`): reporting a failure
+        for it could not stop a later leader from committing it.
         """
         seq = self._next_seq
         self._next_seq += 1
         self._unacked.add(seq)
         try:
             wire = await self._meta_call(
-                "meta.apply", [self.client_id, seq, min(self._unacked), command.to_wire()]
+                "meta.apply",
+                [self.client_id, seq, min(self._unacked), command.to_wire()],
+                command=command.OP,
             )
         finally:
             self._unacked.discard(seq)
@@ -192,35 +209,83 @@ class Cluster:
         """Run a linearizable read-only metadata query on the leader; returns the result."""
         return decode_result(query, await self._meta_call("meta.query", [query.to_wire()]))
 
-    async def _meta_call(self, method: str, params: Sequence[Any]) -> Any:
+    async def read_chunks(self, ino: int) -> tuple[Attr, list[Chunk]]:
+        """A file's attributes and whole chunk map, read in pages that all show one version
+        of the file (if it changes between pages, the reading starts over)."""
+        while True:
+            attr, chunks = await self._chunk_page(ino, 0)
+            page = chunks
+            while len(page) == commands.CHUNKS_PER_MESSAGE:
+                again, page = await self._chunk_page(ino, page[-1].idx + 1)
+                if again.version != attr.version:
+                    break
+                chunks = chunks + page
+            else:
+                return attr, chunks
+
+    async def _chunk_page(self, ino: int, first: int) -> tuple[Attr, list[Chunk]]:
+        query = ReadChunks(ino, first, commands.CHUNKS_PER_MESSAGE)
+        page: tuple[Attr, list[Chunk]] = await self.meta_query(query)
+        return page
+
+    async def _meta_call(self, method: str, params: Sequence[Any], command: str = "") -> Any:
         """Call the meta-group leader, following redirects and riding out elections.
 
         A member that does not lead answers NOT_LEADER naming the leader it knows of; an
-        unreachable member is skipped. Retries (with the same parameters, so a command is
-        still applied once) until `meta_deadline`.
+        unreachable member is skipped. Retries with the same parameters (so a command is still
+        applied once) until `meta_deadline`, then raises `Unavailable`. For a `command`, once an
+        answer says a leader proposed it and lost the lead (IN_DOUBT), or a request went out
+        and no answer came back, it is in doubt: the retries go on past the deadline, until a
+        leader answers with its outcome.
         """
         delay = 0.05
         tried: list[str] = []
-        with trio.move_on_after(self.config.meta_deadline):
-            while True:
-                for address in self._meta_candidates():
-                    tried.append(address)
-                    try:
-                        result = await self.pool.call(address, method, params)
-                    except Unavailable as exc:
-                        log.warning("metadata node %s unavailable (%s)", address, exc)
-                        continue
-                    except NodeError as exc:
-                        if exc.name not in (NOT_LEADER, NOT_META):
-                            raise
-                        self._follow(exc.detail)
-                        if self._meta_leader is not None and self._meta_leader != address:
-                            break  # go straight to the leader it named
-                        continue
-                    self._meta_leader = address
-                    return result
-                await trio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        deadline = trio.current_time() + self.config.meta_deadline
+        in_doubt = False
+        hops = 0  # redirects followed at once since the last pause
+        while True:
+            redirected = False
+            for address in self._meta_candidates():
+                left = deadline - trio.current_time()
+                if left <= 0 and not in_doubt:
+                    break
+                tried.append(address)
+                limit = self.config.meta_attempt
+                if not in_doubt:
+                    limit = min(limit, left)
+                try:
+                    result = await self.pool.call(address, method, params, time_limit=limit)
+                except NoReply as exc:
+                    in_doubt = in_doubt or bool(command)
+                    log.warning("metadata node %s did not answer (%s)", address, exc)
+                    continue
+                except Unavailable as exc:
+                    log.warning("metadata node %s unavailable (%s)", address, exc)
+                    continue
+                except NodeError as exc:
+                    if exc.name not in (NOT_LEADER, NOT_META, IN_DOUBT):
+                        raise
+                    in_doubt = in_doubt or exc.name == IN_DOUBT
+                    self._follow(exc.detail)
+                    leader = self._meta_leader
+                    if leader not in (None, address) and not self.pool.is_suspect(leader):
+                        redirected = True
+                        break
+                    continue
+                self._meta_leader = address
+                return result
+            if redirected and hops < len(self.map.meta_nodes()):
+                hops += 1
+                continue  # go straight to the leader it named
+            hops = 0
+            now = trio.current_time()
+            if now >= deadline and not in_doubt:
+                break
+            if in_doubt and now >= deadline:
+                log.warning("metadata command %s: outcome unknown, retrying until it is", command)
+                deadline = now + self.config.meta_deadline  # the next warning
+            await trio.sleep(delay)
+            delay = min(delay * 2, 1.0)
         raise Unavailable("metadata (no meta-group leader answered)", sorted(set(tried)))
 
     def _follow(self, leader_id: str) -> None:
@@ -272,46 +337,79 @@ class _ReplicatedWrite:
         self.data = data
         self.checksum = checksum
         cmap = cluster.map
-        self.targets = [node.address for node in cmap.placement(block_id)]
         self.spares = [node.address for node in cmap.fallbacks(block_id)]
+        # A node that failed lately is handed off at once, while a spare is left.
+        self.targets = [self._instead_of_suspect(n.address) for n in cmap.placement(block_id)]
+        self._suspects = {a for a in self.targets if cluster.pool.is_suspect(a)}
         self.quorum = cmap.write_quorum()
         self.stored: list[str] = []
         self.failed: list[str] = []
         self.errors: list[Exception] = []
         self.quorum_reached = trio.Event()
+        self._writing: set[str] = set()
         self._active = len(self.targets)
+        self._all_done = trio.Event()
+
+    def _instead_of_suspect(self, address: str) -> str:
+        if self.cluster.pool.is_suspect(address) and self.spares:
+            return self.spares.pop(0)
+        return address
 
     async def run(self, slot: trio.Semaphore) -> None:
+        """Write every replica; once the quorum is known, give the others `replica_grace`, or
+        nodes that were suspect already only as long again as the quorum took."""
+        started = trio.current_time()
         try:
             async with trio.open_nursery() as nursery:
                 for address in self.targets:
                     nursery.start_soon(self._replicate, address, name="block-replica")
+                await self.quorum_reached.wait()
+                grace = self.cluster.config.replica_grace
+                if self._writing <= self._suspects:
+                    grace = min(grace, trio.current_time() - started)
+                with trio.move_on_after(grace):
+                    await self._all_done.wait()
+                nursery.cancel_scope.cancel()
+            for address in sorted(self._writing):
+                log.warning(
+                    "node %s: block %s not stored in time; left behind with %d copies",
+                    address,
+                    self.block_id.hex(),
+                    len(self.stored),
+                )
+                self.cluster.pool.mark_down(address)
         finally:
             self.quorum_reached.set()
             slot.release()
 
     async def _replicate(self, address: str) -> None:
         pool = self.cluster.pool
-        while True:
-            try:
-                await pool.call(address, "block.put", [self.block_id, self.checksum, self.data])
-            except (Unavailable, NodeError) as exc:
-                log.warning("node %s: block %s not stored (%s)", address, self.block_id.hex(), exc)
-                self.failed.append(address)
-                self.errors.append(exc)
-                if self.spares:
-                    address = self.spares.pop(0)
-                    log.info("handing block %s off to %s", self.block_id.hex(), address)
-                    continue
-                self._active -= 1
-                if len(self.stored) + self._active < self.quorum:
-                    self.quorum_reached.set()
+        try:
+            while True:
+                self._writing.add(address)
+                try:
+                    await pool.call(address, "block.put", [self.block_id, self.checksum, self.data])
+                except (Unavailable, NodeError) as exc:
+                    log.warning(
+                        "node %s: block %s not stored (%s)", address, self.block_id.hex(), exc
+                    )
+                    self.failed.append(address)
+                    self.errors.append(exc)
+                    self._writing.discard(address)
+                    if self.spares:
+                        address = self.spares.pop(0)
+                        log.info("handing block %s off to %s", self.block_id.hex(), address)
+                        continue
+                    return
+                self._writing.discard(address)
+                self.stored.append(address)
                 return
-            self.stored.append(address)
+        finally:
             self._active -= 1
-            if len(self.stored) >= self.quorum:
+            if len(self.stored) >= self.quorum or len(self.stored) + self._active < self.quorum:
                 self.quorum_reached.set()
-            return
+            if self._active == 0:
+                self._all_done.set()
 
 
 async def _fetch_map(pool: NodePool, seeds: Sequence[str]) -> ClusterMap:

@@ -1,33 +1,39 @@
-"""Open files: bounded write-back buffers, chunk uploads, and reads that see our own writes.
+"""Open files: bounded write-back buffers, chunk uploads, commits that never overwrite what
+another mount committed, and reads that see our own writes.
 
 A file is a sequence of fixed-size chunks. While a file is open in this client, `FileState`
-holds its chunk map (fetched at open: close-to-open consistency) and, per chunk being written,
-a buffer of one chunk. A buffer that fills up is uploaded as a new immutable block at once,
-while the application goes on writing; `flush` uploads the rest, waits for every upload, and
-commits the new chunk map in one metadata command. Only then does close/fsync return.
+holds its chunk map (read again at every open: close-to-open consistency) and, per chunk being
+written, a buffer of one chunk built on the committed chunk. A buffer that fills up is uploaded
+as a new immutable block at once, while the application goes on writing; `flush` uploads the
+rest, waits for every upload, and commits the new chunks. Only then does close/fsync return.
 
-Buffers are counted mount-wide by `WriteBudget`, so copying a file of any size holds at most
-`limit` chunks in memory.
+The commit is a compare-and-set: each chunk names the committed chunk it was built on, and
+appended bytes the size they were placed after. If another mount committed first, the commit
+fails with CHANGED, changing nothing; the file is read again, this mount's own writes (kept in a
+`WriteLog` per chunk) are laid over it, appends moving to the new end, and the commit is tried
+again. So writes of several mounts to different bytes are all kept, overlapping ones end as some
+order of whole flushes, and a truncation is never undone by a stale flush.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 
 import trio
 
 from ringfs.fs.blockcache import BlockCache
+from ringfs.fs.budget import WriteBudget
 from ringfs.fs.cluster import Cluster
+from ringfs.fs.writelog import Piece, WriteLog, by_chunk, merge, rebase
 from ringfs.node.blocks.store import checksum as block_checksum
-from ringfs.node.errors import NodeError, Unavailable
-from ringfs.node.meta.commands import Attr, Chunk, CommitChunks
+from ringfs.node.errors import CHANGED, NodeError, Unavailable
+from ringfs.node.meta import commands
+from ringfs.node.meta.commands import Attr, Chunk, ChunkUpdate, CommitChunks
 
 log = logging.getLogger(__name__)
 
@@ -44,69 +50,6 @@ class _Buffer:
         self.end = end
 
 
-class WriteBudget:
-    """Caps the chunk buffers held by the whole mount (being filled, dirty, or uploading).
-
-    A writer that finds no free slot waits for one. If no upload is running, no slot will
-    free itself, so the least recently written dirty buffer is uploaded early to make room.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._free = limit
-        self._uploads = 0
-        self._dirty: OrderedDict[tuple[int, int], FileState] = OrderedDict()
-        self._changed = trio.Event()
-
-    async def acquire(self) -> None:
-        """Take a slot, making room first if every slot sits in a dirty buffer.
-
-        Raises the upload failure if the buffer uploaded to make room could not be stored
-        (the cluster cannot take data now; waiting would hang the writer).
-        """
-        while self._free == 0:
-            if self._uploads == 0 and self._dirty:
-                (_, idx), owner = next(iter(self._dirty.items()))
-                owner.start_upload(idx)
-                while owner.is_uploading(idx):
-                    await self._changed.wait()
-                if idx in owner.failed:
-                    raise owner.failed[idx]
-                continue
-            await self._changed.wait()
-        self._free -= 1
-
-    def release(self) -> None:
-        self._free += 1
-        self._notify()
-
-    def touch(self, state: FileState, idx: int) -> None:
-        """Note a write to a dirty buffer (recently written buffers are evicted last)."""
-        key = (state.ino, idx)
-        if key not in self._dirty:
-            self._notify()  # a waiter may now have a dirty buffer to evict
-        self._dirty[key] = state
-        self._dirty.move_to_end(key)
-
-    def upload_started(self, state: FileState, idx: int) -> None:
-        self._dirty.pop((state.ino, idx), None)
-        self._uploads += 1
-
-    def upload_finished(self) -> None:
-        self._uploads -= 1
-        self.release()
-
-    def upload_failed(self, state: FileState, idx: int) -> None:
-        """The upload's buffer went back to dirty: it keeps its slot."""
-        self._uploads -= 1
-        self.touch(state, idx)
-        self._notify()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-
 @dataclass(frozen=True)
 class FileContext:
     """What every open file shares: the cluster, the caches, the task nursery."""
@@ -119,13 +62,14 @@ class FileContext:
 
 
 class _Upload:
-    """One chunk buffer on its way to the replicas."""
+    """One chunk buffer on its way to the replicas; it holds the writes up to `upto`."""
 
-    __slots__ = ("idx", "seq", "buffer", "done")
+    __slots__ = ("idx", "seq", "upto", "buffer", "done")
 
-    def __init__(self, idx: int, seq: int, buffer: _Buffer) -> None:
+    def __init__(self, idx: int, seq: int, upto: int, buffer: _Buffer) -> None:
         self.idx = idx
         self.seq = seq
+        self.upto = upto
         self.buffer = buffer
         self.done = trio.Event()
 
@@ -134,10 +78,12 @@ class FileState:
     """One inode open in this client, shared by all of its handles.
 
     Every chunk being written is in exactly one place: `_dirty` (taking writes), `_uploads`
-    (its newest upload in flight; older uploads of the same chunk may still run, their
-    results are ignored), or `chunks` (stored, listed in `_to_commit` until committed). A
-    failed upload puts its buffer back in `_dirty` and notes the failure: nothing written is
-    dropped, and the next flush tries again and reports the failure if it persists.
+    (its newest upload in flight; older uploads of the same chunk may still run, their results
+    are ignored), or `chunks` (stored, listed in `_to_commit` until committed). A chunk with any
+    of those has a `_bases` entry, the committed chunk they were built on, and a `_logs` entry,
+    the writes made since. A failed upload puts its buffer back in `_dirty` and notes the
+    failure: nothing written is dropped, and the next flush tries again and reports the failure
+    if it persists.
     """
 
     def __init__(self, ctx: FileContext, attr: Attr, chunks: list[Chunk]) -> None:
@@ -148,12 +94,26 @@ class FileState:
         self.chunks: dict[int, Chunk] = {chunk.idx: chunk for chunk in chunks}
         self.open_count = 0
         self.modified_ns: int | None = None
+        #: Set when a commit had to be laid over another mount's changes: the kernel's cached
+        #: pages of this file may be stale.
+        self.rebased = False
         self._dirty: dict[int, _Buffer] = {}
         self._uploads: dict[int, _Upload] = {}
         self._loading: dict[int, trio.Event] = {}
-        self._seq = itertools.count(1)
+        self._upload_seq = 0
         self._newest: dict[int, int] = {}
-        self._to_commit: set[int] = set()
+        self._bases: dict[int, Chunk | None] = {}
+        self._logs: dict[int, WriteLog] = {}
+        # Per chunk, the last write its newest upload holds: writes after it start new ranges.
+        self._sealed: dict[int, int] = {}
+        self._write_seq = 0
+        # Stored chunks to commit, with the last write each holds.
+        self._to_commit: dict[int, int] = {}
+        # Bytes appended (O_APPEND) since the last commit start here, placed after a committed
+        # size of `_append_base`; the commit holds only at that size.
+        self._append_from: int | None = None
+        self._append_base = 0
+        self._discarded = False
         self.failed: dict[int, BaseException] = {}
         self._flush_lock = trio.Lock()
         self._write_lock = trio.Lock()
@@ -185,24 +145,78 @@ class FileState:
         """Adopt a fresh committed view after a truncation, inside `exclusive` after a flush."""
         if self._dirty or self._uploads or self._to_commit:
             raise RuntimeError("reset of a file with uncommitted writes")
+        self._bases.clear()
+        self._logs.clear()
+        self._sealed.clear()
+        self._append_from = None
         self.attr = attr
         self.size = attr.size
         self.chunks = {chunk.idx: chunk for chunk in chunks}
 
+    def refresh(self, attr: Attr, chunks: list[Chunk]) -> None:
+        """Adopt the committed file as another open (close-to-open) or a failed read found it.
+
+        Chunks this client is writing keep their local versions: their commit is checked
+        against the chunks they were built on.
+        """
+        fresh = {chunk.idx: chunk for chunk in chunks}
+        for idx in set(self.chunks) | set(fresh):
+            if idx in self._bases:
+                continue
+            if idx in fresh:
+                self.chunks[idx] = fresh[idx]
+            else:
+                del self.chunks[idx]
+        self.attr = attr
+        written = (idx * self.ctx.chunk_size + log.end() for idx, log in self._logs.items())
+        appended = self.size if self._append_from is not None else 0
+        self.size = max(attr.size, appended, *written)
+
+    def uncommitted(self) -> list[tuple[int, int]]:
+        """The byte ranges written here and not committed yet, sorted and disjoint."""
+        chunk_size = self.ctx.chunk_size
+        spans = [
+            (idx * chunk_size + start, idx * chunk_size + end)
+            for idx, log in self._logs.items()
+            for start, end in log.spans()
+        ]
+        if self._append_from is not None:
+            spans.append((self._append_from, self.size))
+        return merge(spans)
+
+    def discard(self) -> None:
+        """Give up the bytes that could not be stored: the last handle is gone. Their buffers
+        go back to the mount's write budget (uploads still running release theirs)."""
+        self._discarded = True
+        for idx in list(self._dirty):
+            del self._dirty[idx]
+            self.ctx.budget.drop(self, idx)
+
     # -- writing -----------------------------------------------------------------------------
 
-    async def write(self, offset: int, data: bytes) -> int:
-        """Copy `data` into chunk buffers; full chunks start uploading at once."""
+    async def write(self, offset: int, data: bytes, append: bool = False) -> int:
+        """Copy `data` into chunk buffers; full chunks start uploading at once.
+
+        `append` (an O_APPEND handle): the bytes go to this client's end of the file, whatever
+        `offset` the kernel computed, and move to the file's end at commit if it changed.
+        """
         chunk_size = self.ctx.chunk_size
         view = memoryview(data)
-        position = offset
         async with self._write_lock:
+            if append:
+                if self._append_from is None:
+                    self._append_from, self._append_base = self.size, self.attr.size
+                offset = self.size
+            self._write_seq += 1
+            position = offset
             while view:
                 idx, within = divmod(position, chunk_size)
                 count = min(len(view), chunk_size - within)
                 buffer = await self._buffer(idx)
                 buffer.data[within : within + count] = view[:count]
                 buffer.end = max(buffer.end, within + count)
+                sealed = self._sealed.get(idx, 0)
+                self._logs[idx].add(self._write_seq, within, within + count, sealed)
                 position += count
                 self.size = max(self.size, position)
                 view = view[count:]
@@ -230,6 +244,9 @@ class FileState:
                 except BaseException:
                     self.ctx.budget.release()
                     raise
+                if idx not in self._bases:
+                    self._bases[idx] = self.chunks.get(idx)
+                    self._logs[idx] = WriteLog()
                 self._dirty[idx] = buffer
                 self.ctx.budget.touch(self, idx)
             finally:
@@ -257,28 +274,26 @@ class FileState:
         """Move chunk `idx` from dirty to uploading and upload it in the background."""
         buffer = self._dirty.pop(idx)
         self.ctx.budget.upload_started(self, idx)
-        upload = self._uploads[idx] = _Upload(idx, next(self._seq), buffer)
+        self._upload_seq += 1
+        upload = _Upload(idx, self._upload_seq, self._write_seq, buffer)
+        self._uploads[idx] = upload
         self._newest[idx] = upload.seq
+        self._sealed[idx] = upload.upto
         self.ctx.nursery.start_soon(self._upload, upload, name=f"upload {self.ino}")
 
     async def _upload(self, upload: _Upload) -> None:
         idx, buffer = upload.idx, upload.buffer
         kept = False
         try:
-            view = memoryview(buffer.data)[: buffer.end]
-            block_id = os.urandom(BLOCK_ID_SIZE)
-            digest = await trio.to_thread.run_sync(block_checksum, view)
-            await self.ctx.cluster.put_block(block_id, view, digest)
+            chunk = await self._store(idx, memoryview(buffer.data)[: buffer.end])
             if self._newest[idx] == upload.seq:
-                self.chunks[idx] = Chunk(idx, block_id, buffer.end, digest)
-                self._to_commit.add(idx)
+                self.chunks[idx] = chunk
+                self._to_commit[idx] = upload.upto
                 self.failed.pop(idx, None)
-                if buffer.end < self.ctx.chunk_size:
-                    # A partial chunk is likely written again: spare that write a read-back.
-                    self.ctx.cache.insert(block_id, bytes(view))
         except (Unavailable, NodeError) as exc:
             log.error("inode %d chunk %d: upload failed: %s", self.ino, idx, exc)
-            if self._newest[idx] == upload.seq and idx not in self._dirty:
+            newest = self._newest[idx] == upload.seq and idx not in self._dirty
+            if newest and not self._discarded:
                 # Keep the bytes: the next flush tries again, and reports this if it persists.
                 self._dirty[idx] = buffer
                 self.failed[idx] = exc
@@ -292,8 +307,20 @@ class FileState:
                 self.ctx.budget.upload_finished()
             upload.done.set()
 
+    async def _store(self, idx: int, view: memoryview) -> Chunk:
+        """Write one chunk's bytes as a new block on its replicas."""
+        block_id = os.urandom(BLOCK_ID_SIZE)
+        digest = await trio.to_thread.run_sync(block_checksum, view)
+        await self.ctx.cluster.put_block(block_id, view, digest)
+        if len(view) < self.ctx.chunk_size:
+            # A partial chunk is likely written again: spare that write a read-back.
+            self.ctx.cache.insert(block_id, bytes(view))
+        return Chunk(idx, block_id, len(view), digest)
+
+    # -- flushing ----------------------------------------------------------------------------
+
     async def flush(self) -> Attr:
-        """Store everything written so far, then commit the chunk map; returns the new attrs.
+        """Store everything written so far, then commit it; returns the new attributes.
 
         Waits only for the chunks written before the call (and their rewrites), not for
         writes that go on meanwhile. Raises the upload failure (`Unavailable`/`NodeError`)
@@ -301,18 +328,32 @@ class FileState:
         buffered for the next flush.
         """
         async with self._flush_lock:
-            size = self.size
-            pending = set(self._dirty) | set(self._uploads)
-            for idx in sorted(self._dirty):
-                self.start_upload(idx)
-            await self._settle(pending)
-            for idx in sorted(pending):
-                if idx in self.failed:
-                    raise self.failed[idx]
-            return await self._commit(size)
+            await self._store_all(set(self._dirty) | set(self._uploads))
+            while True:
+                try:
+                    return await self._commit()
+                except NodeError as exc:
+                    if exc.name != CHANGED:
+                        raise
+                log.debug("inode %d changed in another client: rebasing our writes", self.ino)
+                async with self._writes_held():
+                    await self._store_all(set(self._dirty) | set(self._uploads))
+                    await self._rebase(*await self.ctx.cluster.read_chunks(self.ino))
 
-    async def _settle(self, indexes: set[int]) -> None:
-        """Wait until the newest bytes of each chunk in `indexes` are stored or have failed."""
+    @contextlib.asynccontextmanager
+    async def _writes_held(self) -> AsyncIterator[None]:
+        """Hold writes off, unless this task does already (a truncation's flush)."""
+        if self._write_lock.statistics().owner is trio.lowlevel.current_task():
+            yield
+            return
+        async with self._write_lock:
+            yield
+
+    async def _store_all(self, indexes: set[int]) -> None:
+        """Upload every dirty buffer and wait until the newest bytes of each chunk in `indexes`
+        are stored; raises the failure of one that could not be."""
+        for idx in sorted(self._dirty):
+            self.start_upload(idx)
         for idx in sorted(indexes):
             while True:
                 upload = self._uploads.get(idx)
@@ -322,39 +363,129 @@ class FileState:
                     self.start_upload(idx)  # written again since: upload the newer bytes
                 else:
                     break
+        for idx in sorted(indexes):
+            if idx in self.failed:
+                raise self.failed[idx]
 
-    async def _commit(self, size: int) -> Attr:
-        """Commit every stored chunk and a size covering them (never a size over unstored data)."""
+    async def _commit(self) -> Attr:
+        """Commit every stored chunk, in pages of what one message carries."""
         committing = sorted(self._to_commit)
-        if not committing and size <= self.attr.size:
-            return self.attr
-        chunk_size = self.ctx.chunk_size
-        chunks = tuple(self.chunks[i] for i in committing)
-        size = max([size, *(c.idx * chunk_size + c.length for c in chunks)])
-        self._to_commit.difference_update(committing)
-        try:
-            self.attr = await self.ctx.cluster.meta_apply(CommitChunks(self.ino, chunks, size, 0))
-        except BaseException:
-            self._to_commit.update(committing)
-            raise
-        # Another client may have made the file longer than we knew.
-        self.size = max(self.size, self.attr.size)
+        per_message = commands.CHUNKS_PER_MESSAGE
+        for start in range(0, len(committing), per_message):
+            await self._commit_page(committing[start : start + per_message])
         return self.attr
+
+    async def _commit_page(self, indexes: list[int]) -> None:
+        """One compare-and-set commit: it fails with CHANGED if another client came first."""
+        chunk_size = self.ctx.chunk_size
+        taken = {idx: (self.chunks[idx], self._to_commit[idx]) for idx in indexes}
+        updates = tuple(
+            ChunkUpdate(chunk, *_base_of(self._bases[idx])) for idx, (chunk, _) in taken.items()
+        )
+        # The size covers stored data only: never bytes still on their way.
+        size = max(idx * chunk_size + self._logs[idx].end(upto) for idx, (_, upto) in taken.items())
+        expect = None if self._append_from is None else self._append_base
+        attr: Attr = await self.ctx.cluster.meta_apply(
+            CommitChunks(self.ino, updates, size, expect, 0)
+        )
+        for idx, (chunk, upto) in taken.items():
+            self._committed(idx, chunk, upto)
+        self.attr = attr
+        # Another client may have made the file longer than we knew.
+        self.size = max(self.size, attr.size)
+        if self._append_from is not None:
+            # What is left of the appended bytes goes after the file as this commit left it.
+            self._append_base = attr.size
+            if attr.size >= self.size:
+                self._append_from = None
+            elif attr.size > self._append_from:
+                self._append_from = attr.size
+
+    def _committed(self, idx: int, chunk: Chunk, upto: int) -> None:
+        """Chunk `idx` as of write `upto` is committed: newer writes now build on it."""
+        self._logs[idx].drop_through(upto)
+        if self._to_commit.get(idx) == upto:
+            del self._to_commit[idx]
+        if self._logs[idx] or idx in self._dirty or idx in self._uploads or idx in self._to_commit:
+            self._bases[idx] = chunk
+            return
+        del self._bases[idx], self._logs[idx]
+        self._sealed.pop(idx, None)
+
+    async def _rebase(self, fresh: Attr, chunks: list[Chunk]) -> None:
+        """Lay this client's stored writes over the file as another client left it.
+
+        Called with writes held off and every write stored. Each chunk this client wrote is
+        built again from the committed chunk with this client's bytes over it and uploaded;
+        only then does the state switch to the new layout, so a failure leaves it as it was.
+        """
+        chunk_size = self.ctx.chunk_size
+        old = dict(self.chunks)
+        appended = None if self._append_from is None else (self._append_from, self.size)
+        plan = rebase(self.uncommitted(), appended, fresh.size)
+        committed = {chunk.idx: chunk for chunk in chunks}
+        self._write_seq += 1
+        seq = self._write_seq
+        rebuilt: dict[int, tuple[Chunk, WriteLog]] = {}
+        for idx, pieces in sorted(by_chunk(plan.pieces, chunk_size).items()):
+            rebuilt[idx] = await self._rebuild(idx, committed.get(idx), pieces, old, seq)
+        self.attr = fresh
+        self.chunks = committed | {idx: chunk for idx, (chunk, _) in rebuilt.items()}
+        self._bases = {idx: committed.get(idx) for idx in rebuilt}
+        self._logs = {idx: log for idx, (_, log) in rebuilt.items()}
+        self._sealed = dict.fromkeys(rebuilt, seq)
+        self._to_commit = dict.fromkeys(rebuilt, seq)
+        self.size = max(fresh.size, plan.end)
+        if plan.appended_at is not None:
+            self._append_from, self._append_base = plan.appended_at, fresh.size
+        self.rebased = True
+
+    async def _rebuild(
+        self, idx: int, base: Chunk | None, pieces: list[Piece], old: dict[int, Chunk], seq: int
+    ) -> tuple[Chunk, WriteLog]:
+        """Chunk `idx` as committed, with `pieces` of the old local view over it, stored."""
+        data = bytearray(self.ctx.chunk_size)
+        length = 0
+        if base is not None:
+            stored = await self.ctx.cache.get(base.block_id, base.checksum)
+            length = min(base.length, len(stored))
+            data[:length] = stored[:length]
+        log = WriteLog()
+        for piece in pieces:
+            end = piece.target + piece.length
+            data[piece.target : end] = await self._gather(old, piece.source, piece.length)
+            log.add(seq, piece.target, end, seq - 1)
+            length = max(length, end)
+        return await self._store(idx, memoryview(data)[:length]), log
+
+    async def _gather(self, view: dict[int, Chunk], offset: int, size: int) -> bytes:
+        """Bytes of the file as `view` maps it (holes read as zeros)."""
+        parts = [
+            await self._stored_bytes(view.get(idx), within, count)
+            for idx, within, count in self._spans(offset, offset + size)
+        ]
+        return b"".join(parts)
 
     # -- reading -----------------------------------------------------------------------------
 
     async def read(self, offset: int, size: int) -> bytes:
         """Bytes at `offset`, seeing this client's own unflushed writes; holes read as zeros."""
-        chunk_size = self.ctx.chunk_size
         end = min(offset + size, self.size)
-        parts: list[bytes] = []
-        position = offset
+        parts = [
+            await self._read_chunk(idx, within, count)
+            for idx, within, count in self._spans(offset, end)
+        ]
+        return b"".join(parts)
+
+    def _spans(self, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+        """(chunk index, offset within it, byte count) for each chunk [start, end) touches."""
+        chunk_size = self.ctx.chunk_size
+        position = start
         while position < end:
             idx, within = divmod(position, chunk_size)
             count = min(end - position, chunk_size - within)
-            parts.append(await self._read_chunk(idx, within, count))
+            yield idx, within, count
             position += count
-        return b"".join(parts)
 
     async def _read_chunk(self, idx: int, within: int, count: int) -> bytes:
         buffer = self._dirty.get(idx)
@@ -363,13 +494,38 @@ class FileState:
         if buffer is not None:
             return bytes(memoryview(buffer.data)[within : within + count])
         chunk = self.chunks.get(idx)
-        if chunk is None:
-            return bytes(count)
-        data = await self.ctx.cache.get(chunk.block_id, chunk.checksum)
+        try:
+            data = await self._stored_bytes(chunk, within, count)
+        except Unavailable:
+            if idx in self._bases or not await self._replaced(idx, chunk):
+                raise
+            # Another client replaced the chunk and its old block is gone: read the new one.
+            data = await self._stored_bytes(self.chunks.get(idx), within, count)
         following = self.chunks.get(idx + 1)
         if following is not None:
             self.ctx.cache.prefetch(following.block_id, following.checksum)
+        return data
+
+    async def _replaced(self, idx: int, chunk: Chunk | None) -> bool:
+        """Whether the committed file now maps chunk `idx` elsewhere (then adopt it)."""
+        attr, chunks = await self.ctx.cluster.read_chunks(self.ino)
+        if {c.idx: c for c in chunks}.get(idx) == chunk:
+            return False
+        self.refresh(attr, chunks)
+        return True
+
+    async def _stored_bytes(self, chunk: Chunk | None, within: int, count: int) -> bytes:
+        """`count` bytes at `within` of a stored chunk; past its length (or with no chunk: a
+        hole) they read as zeros."""
+        if chunk is None:
+            return bytes(count)
+        data = await self.ctx.cache.get(chunk.block_id, chunk.checksum)
         piece = data[within : min(within + count, chunk.length)]
         if len(piece) < count:
             return piece + bytes(count - len(piece))
         return piece
+
+
+def _base_of(chunk: Chunk | None) -> tuple[bytes, int]:
+    """A committed chunk as a commit names its base: (block id, length), or no block."""
+    return (b"", 0) if chunk is None else (chunk.block_id, chunk.length)

@@ -1,12 +1,14 @@
 """Mount a ringfs cluster: connect, mount, serve FUSE requests until unmounted, clean up.
 
 `run(config)` is what `ringfs mount` runs. It returns when the filesystem is unmounted from
-outside (`fusermount3 -u`); on SIGINT/SIGTERM it unmounts itself. Either way the kernel
-connection is closed and orphaned inodes are purged before it returns.
+outside (`fusermount3 -u`); on SIGINT/SIGTERM it unmounts itself. Either way, what files still
+open hold is stored (or logged as lost), the kernel connection is closed and orphaned inodes are
+purged before it returns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -17,9 +19,10 @@ import pyfuse3
 import trio
 
 from ringfs.fs.blockcache import BlockCache
+from ringfs.fs.budget import WriteBudget
 from ringfs.fs.cluster import Cluster, ClusterConfig
-from ringfs.fs.files import FileContext, WriteBudget
-from ringfs.fs.operations import CacheTimes, Operations
+from ringfs.fs.files import FileContext
+from ringfs.fs.operations import CacheTimes, KernelCache, Operations
 from ringfs.node.errors import Unavailable
 from ringfs.node.meta.commands import FsInfo, FsStats
 
@@ -27,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # Concurrent FUSE requests: enough to keep several block fetches and metadata calls in flight.
 MAX_FUSE_TASKS = 64
-# Time allowed at unmount for purging unlinked inodes before giving up on them.
+# Time allowed at unmount for storing what open files hold and purging unlinked inodes.
 SHUTDOWN_GRACE = 10.0
 
 
@@ -50,8 +53,31 @@ def fuse_options(config: MountConfig) -> set[str]:
     return options
 
 
+class FuseKernelCache:
+    """`KernelCache` through pyfuse3's invalidation notices (needs a mounted session)."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+
+    def forget_attrs(self, ino: int) -> None:
+        # Inline: for attributes the kernel only takes a spinlock, so this cannot wait for a
+        # request we are serving (or the kernel may never have known the inode: ENOENT).
+        with contextlib.suppress(OSError):
+            pyfuse3.invalidate_inode(ino, attr_only=True)
+
+    def forget_data(self, ino: int) -> None:
+        # In a worker thread: dropping pages waits for page locks that a read or write we
+        # have yet to answer may hold.
+        self._nursery.start_soon(trio.to_thread.run_sync, self._drop_pages, ino, name="inval")
+
+    @staticmethod
+    def _drop_pages(ino: int) -> None:
+        with contextlib.suppress(OSError):
+            pyfuse3.invalidate_inode(ino)
+
+
 async def create_operations(
-    cluster: Cluster, config: MountConfig, nursery: trio.Nursery
+    cluster: Cluster, config: MountConfig, nursery: trio.Nursery, kernel: KernelCache
 ) -> Operations:
     """The FUSE handlers for `cluster`, with caches and buffers sized by `config`.
 
@@ -66,7 +92,7 @@ async def create_operations(
         chunk_size=info.chunk_size,
         nursery=nursery,
     )
-    return Operations(cluster, files, config.times)
+    return Operations(cluster, files, config.times, kernel)
 
 
 async def wait_for_filesystem(cluster: Cluster) -> FsStats:
@@ -91,7 +117,7 @@ async def run(
     """
     async with trio.open_nursery() as nursery:
         cluster = await Cluster.create(config.cluster, nursery=nursery)
-        operations = await create_operations(cluster, config, nursery)
+        operations = await create_operations(cluster, config, nursery, FuseKernelCache(nursery))
         pyfuse3.init(operations, str(config.mountpoint), fuse_options(config))
         log.info("mounted %s (chunk size %d)", config.mountpoint, operations.files.chunk_size)
         task_status.started()
@@ -107,7 +133,11 @@ async def run(
         finally:
             with trio.move_on_after(SHUTDOWN_GRACE) as scope:
                 scope.shield = True
+                await operations.flush_open_files()
                 await operations.purge_orphans()
+            if scope.cancelled_caught:
+                log.error("unmount: gave up storing open files and purging after %ds",
+                          SHUTDOWN_GRACE)  # fmt: skip
             pyfuse3.close(unmount=unmount)
             log.info("unmounted %s", config.mountpoint)
             await cluster.aclose()

@@ -13,7 +13,7 @@ import os
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import pyfuse3
 import trio
@@ -39,7 +39,6 @@ from ringfs.node.meta.commands import (
     Mknod,
     Purge,
     Query,
-    ReadChunks,
     ReadDir,
     ReadLink,
     RemoveXattr,
@@ -55,6 +54,8 @@ log = logging.getLogger(__name__)
 
 # Entries fetched per readdir round trip.
 READDIR_PAGE = 256
+# readdirplus links no inode for these (fuse_direntplus_link skips them): no lookup to count.
+DOTS = (b".", b"..")
 # POSIX ACLs are not stored: the kernel would not enforce them (no FUSE_POSIX_ACL), so refusing
 # them tells tools like `cp -a` the truth instead of keeping rules nobody applies.
 ACL_PREFIX = b"system.posix_acl_"
@@ -75,18 +76,33 @@ class CacheTimes:
     entry_timeout: float = 1.0
 
 
+class KernelCache(Protocol):
+    """What the kernel keeps of our files, and how to make it forget (`ringfs.fs.mount`)."""
+
+    def forget_attrs(self, ino: int) -> None:
+        """Drop the inode's cached attributes before this call returns."""
+
+    def forget_data(self, ino: int) -> None:
+        """Drop the inode's cached pages (and attributes), soon."""
+
+
 class Operations(pyfuse3.Operations):
     """The ringfs mount."""
 
     enable_writeback_cache = False
 
-    def __init__(self, cluster: Cluster, files: FileContext, times: CacheTimes) -> None:
+    def __init__(
+        self, cluster: Cluster, files: FileContext, times: CacheTimes, kernel: KernelCache
+    ) -> None:
         super().__init__()
         self.cluster = cluster
         self.files = files
         self.times = times
+        self.kernel = kernel
         self._open: dict[int, FileState] = {}
         self._handles: dict[int, FileState] = {}
+        # Handles opened with O_APPEND: their writes go to the end of the file.
+        self._appending: set[int] = set()
         self._next_fh = 1
         self._lookups: dict[int, int] = {}
         self._orphans: set[int] = set()
@@ -96,6 +112,8 @@ class Operations(pyfuse3.Operations):
         self._opening: dict[int, int] = {}
         # Version of each file's data the kernel page cache last saw, to keep it across opens.
         self._cached_versions: dict[int, int] = {}
+        # Version of the attributes we last gave the kernel for each inode it knows.
+        self._told_versions: dict[int, int] = {}
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -109,6 +127,7 @@ class Operations(pyfuse3.Operations):
         state = self._open.get(attr.ino)
         if state is not None:
             attr = state.overlay(attr)
+        self._told_versions[attr.ino] = attr.version
         entry = pyfuse3.EntryAttributes()
         entry.st_ino = attr.ino
         entry.generation = 0
@@ -170,6 +189,26 @@ class Operations(pyfuse3.Operations):
             else:
                 self._orphans.difference_update(batch)
 
+    async def flush_open_files(self) -> None:
+        """At unmount: store what open files hold, or say exactly what could not be stored."""
+        for state in list(self._open.values()):
+            if not state.dirty:
+                continue
+            try:
+                await self._flush(state)
+            except (NodeError, Unavailable, ProtocolError) as exc:
+                spans = state.uncommitted()
+                shown = ", ".join(f"{start}-{end - 1}" for start, end in spans[:8])
+                log.error(
+                    "unmounting with inode %d open: %d bytes written since its last flush "
+                    "are lost (bytes %s%s): %s",
+                    state.ino,
+                    sum(end - start for start, end in spans),
+                    shown,
+                    ", ..." if len(spans) > 8 else "",
+                    exc,
+                )
+
     async def purge_orphans(self) -> None:
         """At unmount: the kernel forgets everything, so unlinked inodes can go."""
         await self._purge(sorted(self._orphans))
@@ -191,6 +230,7 @@ class Operations(pyfuse3.Operations):
                 self._lookups[ino] = left
                 continue
             self._lookups.pop(ino, None)
+            self._told_versions.pop(ino, None)
             if ino not in self._open:
                 # The kernel dropped the inode, and its page cache with it.
                 self._cached_versions.pop(ino, None)
@@ -236,7 +276,7 @@ class Operations(pyfuse3.Operations):
             async with state.exclusive():
                 await state.flush()
                 result = await self._apply(command)
-                fresh, chunks = await self._query(ReadChunks(command.ino))
+                fresh, chunks = await self.cluster.read_chunks(command.ino)
                 state.reset(fresh, chunks)
             return result
         if command.atime_ns is not None or command.mtime_ns is not None:
@@ -329,13 +369,15 @@ class Operations(pyfuse3.Operations):
                 page: list[DirEntry] = await self._query(ReadDir(fh, after, READDIR_PAGE))
                 for entry in page:
                     if not pyfuse3.readdir_reply(
-                        token, entry.name, self._entry(entry.attr), entry.cookie
+                        token, entry.name, self._entry(entry.attr), entry.offset
                     ):
                         return
-                    self._lookups[entry.attr.ino] = self._lookups.get(entry.attr.ino, 0) + 1
+                    if entry.name not in DOTS:
+                        # The kernel keeps (and later forgets) an inode for every other entry.
+                        self._lookups[entry.attr.ino] = self._lookups.get(entry.attr.ino, 0) + 1
                 if len(page) < READDIR_PAGE:
                     return
-                after = page[-1].cookie
+                after = page[-1].offset
 
     async def releasedir(self, fh: FileHandleT) -> None:
         return None
@@ -347,26 +389,29 @@ class Operations(pyfuse3.Operations):
     # -- files -------------------------------------------------------------------------------
 
     async def _state(self, inode: int) -> FileState:
-        """This client's state of an open file, loading the committed chunk map if not open."""
+        """This client's state of a file being opened, with the committed chunk map read again
+        (close-to-open: an open sees every close that came before it, in any client)."""
+        self._opening[inode] = self._opening.get(inode, 0) + 1
+        try:
+            attr, chunks = await self.cluster.read_chunks(inode)
+        finally:
+            if self._opening[inode] == 1:
+                del self._opening[inode]
+            else:
+                self._opening[inode] -= 1
         state = self._open.get(inode)
         if state is None:
-            self._opening[inode] = self._opening.get(inode, 0) + 1
-            try:
-                attr, chunks = await self._query(ReadChunks(inode))
-            finally:
-                if self._opening[inode] == 1:
-                    del self._opening[inode]
-                else:
-                    self._opening[inode] -= 1
-            state = self._open.get(inode)
-            if state is None:
-                state = self._open[inode] = FileState(self.files, attr, chunks)
+            state = self._open[inode] = FileState(self.files, attr, chunks)
+        else:
+            state.refresh(attr, chunks)
         return state
 
-    def _new_handle(self, state: FileState) -> FileHandleT:
+    def _new_handle(self, state: FileState, flags: int) -> FileHandleT:
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = state
+        if flags & os.O_APPEND:
+            self._appending.add(fh)
         state.open_count += 1
         return fh
 
@@ -377,11 +422,15 @@ class Operations(pyfuse3.Operations):
             if flags & os.O_TRUNC:
                 # libfuse enables FUSE_ATOMIC_O_TRUNC: the kernel sends no setattr for O_TRUNC.
                 await self._setattr(Setattr(inode, None, None, None, 0, None, None, 0))
-            was_open = inode in self._open
             state = await self._state(inode)
+            version = state.attr.version
+            if self._told_versions.get(inode, version) != version:
+                # Its size bounds what the kernel reads: it must not be an older one.
+                self.kernel.forget_attrs(inode)
             # Close-to-open: keep the kernel's cached pages only if the data did not change.
-            keep = was_open or self._cached_versions.get(inode) == state.attr.version
-            return pyfuse3.FileInfo(fh=self._new_handle(state), keep_cache=keep)
+            keep = self._cached_versions.get(inode) == version
+            self._cached_versions[inode] = version
+            return pyfuse3.FileInfo(fh=self._new_handle(state, flags), keep_cache=keep)
 
     async def create(
         self,
@@ -395,7 +444,8 @@ class Operations(pyfuse3.Operations):
             mode = stat.S_IFREG | stat.S_IMODE(mode)
             attr: Attr = await self._apply(Mknod(parent_inode, name, mode, 0, ctx.uid, ctx.gid, 0))
             state = self._open[attr.ino] = FileState(self.files, attr, [])
-            info = pyfuse3.FileInfo(fh=self._new_handle(state), keep_cache=True)
+            self._cached_versions[attr.ino] = attr.version
+            info = pyfuse3.FileInfo(fh=self._new_handle(state, flags), keep_cache=True)
             return info, self._remember(attr)
 
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
@@ -404,11 +454,15 @@ class Operations(pyfuse3.Operations):
 
     async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
         with fuse_errors("write"):
-            return await self._handles[fh].write(off, buf)
+            return await self._handles[fh].write(off, buf, append=fh in self._appending)
 
     async def _flush(self, state: FileState) -> None:
         attr = await state.flush()
         self._cached_versions[state.ino] = attr.version
+        if state.rebased:
+            # Laid over another client's changes: what the kernel cached of the file is stale.
+            state.rebased = False
+            self.kernel.forget_data(state.ino)
 
     async def flush(self, fh: FileHandleT) -> None:
         with fuse_errors("flush"):
@@ -420,6 +474,7 @@ class Operations(pyfuse3.Operations):
 
     async def release(self, fh: FileHandleT) -> None:
         state = self._handles.pop(fh)
+        self._appending.discard(fh)
         state.open_count -= 1
         if state.open_count:
             return
@@ -427,6 +482,8 @@ class Operations(pyfuse3.Operations):
             await self._flush(state)
         except (NodeError, Unavailable, ProtocolError) as exc:
             log.error("inode %d: data written since the last flush is lost: %s", state.ino, exc)
+            if not state.open_count:
+                state.discard()
         if state.open_count:
             return  # opened again while we flushed: the state lives on
         del self._open[state.ino]

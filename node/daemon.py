@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import ssl
 from collections.abc import Iterator
@@ -18,8 +19,10 @@ from pathlib import Path
 
 import trio
 
+from ringfs.node.blocks.space import Reserve
 from ringfs.node.blocks.store import BlockStore
 from ringfs.node.cluster.map import ClusterMap, NodeInfo
+from ringfs.node.collector import Collector
 from ringfs.node.errors import ConfigError
 from ringfs.node.meta.replica import ReplicatedMeta
 from ringfs.node.raft.transport import RpcTransport
@@ -52,6 +55,11 @@ class NodeConfig:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     # Applied metadata entries between Raft snapshots (log compaction).
     snapshot_threshold: int = 1000
+    # Free space block writes leave for the Raft log and the metadata database.
+    reserve: Reserve = Reserve()
+    # Seconds a block stays listed as garbage before the collector deletes it: readers that
+    # opened a file before its contents were replaced may still be reading the old blocks.
+    gc_grace: float = 60.0
     ssl_context: ssl.SSLContext | None = None
 
 
@@ -103,6 +111,8 @@ async def run(
     """
     if config.snapshot_threshold < 1:
         raise ConfigError("--snapshot-every must be at least 1")
+    if not 0 < config.gc_grace < math.inf:
+        raise ConfigError("--gc-grace must be a positive number of seconds")
     if not MIN_CHUNK_SIZE <= config.chunk_size <= MAX_CHUNK_SIZE:
         raise ConfigError(f"chunk size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}")
     config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -126,7 +136,7 @@ def _exclusive(data_dir: Path) -> Iterator[None]:
 
 async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
     cmap = resolve_map(config)
-    store = BlockStore(config.data_dir / "store")
+    store = BlockStore(config.data_dir / "store", config.reserve)
     server_config = ServerConfig(
         secret=config.secret,
         node_id=config.node_id,
@@ -137,6 +147,7 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
     meta_group = tuple(node.node_id for node in cmap.meta_nodes())
     async with trio.open_nursery() as nursery:
         meta: ReplicatedMeta | None = None
+        collector: Collector | None = None
         if config.node_id in meta_group:
             peers = NodePool(ClientConfig(config.secret, ssl_context=config.ssl_context), nursery)
             transport = RpcTransport(cmap, peers, nursery)
@@ -150,6 +161,8 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
             )
             await nursery.start(meta.run)
             log.info("node %s is in the meta group %s", config.node_id, ", ".join(meta_group))
-        service = NodeService(config.node_id, cmap, store, meta)
+            collector = Collector(meta, peers, cmap, config.gc_grace)
+            nursery.start_soon(collector.run, name="gc")
+        service = NodeService(config.node_id, cmap, store, meta, collector)
         port = await nursery.start(RpcServer(server_config, service.handle, service.notified).serve)
         task_status.started(port)

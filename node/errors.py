@@ -15,8 +15,17 @@ CORRUPT = "EBADMSG"
 #: A metadata call reached a node without the metadata; the detail names the one that has it.
 NOT_META = "ENOTMETA"
 #: A meta-group member that does not lead (or lost the lead mid-call); the detail names the
-#: leader it knows of, or is empty during an election. Retrying the same call is safe.
+#: leader it knows of, or is empty during an election. The member did not propose the command,
+#: so it is not in any log: retrying the same call is safe, giving up is too.
 NOT_LEADER = "ENOTLEADER"
+#: A chunk commit whose expectations no longer hold: another client changed the chunks (or, for
+#: an append, the size) since this one read them. Nothing was changed; the client reads the file
+#: again, lays its own writes over what it finds, and commits again.
+CHANGED = "ECHANGED"
+#: The leader proposed the command but lost the lead before it knew the outcome: it may still be
+#: committed by a later leader. Only a retry with the same (client id, seq) tells, so a caller
+#: must not report a failure for it. The detail names the leader it knows of, as NOT_LEADER.
+IN_DOUBT = "EINDOUBT"
 
 
 class NodeError(Exception):
@@ -58,6 +67,11 @@ class Unavailable(Exception):
         super().__init__(f"{what} unavailable (tried: {', '.join(tried or []) or 'none'})")
         self.what = what
         self.tried = tried or []
+
+
+class NoReply(Unavailable):
+    """The request went out (at least partly) but no answer came back: unlike a plain
+    `Unavailable`, the node may have received it and acted on it."""
 
 
 class ConfigError(Exception):

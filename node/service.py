@@ -2,8 +2,8 @@
 
 The methods are listed in `docs/protocol.md`. Every parameter comes off the network, so each
 handler checks types and arity and answers EINVAL for anything else; block ids are validated by
-the store, so no request can name a path outside it. Blocking disk and SQLite work runs in
-worker threads.
+the store, so no request can name a path outside it. Block reads and writes run in worker
+threads; the metadata is applied and queried on the event loop (see `ringfs.node.raft.shell`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from typing import Any
 
 import trio
 
+from ringfs.node.blocks.space import Capacity
 from ringfs.node.blocks.store import BlockStore, validate_block_id
 from ringfs.node.cluster.map import ClusterMap
+from ringfs.node.collector import Collector
 from ringfs.node.errors import NOT_META, NodeError
 from ringfs.node.meta.commands import command_from_wire, encode_result, query_from_wire
 from ringfs.node.meta.replica import ReplicatedMeta
@@ -53,6 +55,10 @@ def _optional_seq(value: Any, what: str) -> int | None:
     return None if value is None else _seq(value, what)
 
 
+def _capacity(space: Capacity) -> dict[str, int]:
+    return {"capacity": space.capacity, "free": space.free, "reserve": space.reserve}
+
+
 class NodeService:
     """Dispatches RPC methods to the block store and (on the metadata node) the metadata."""
 
@@ -62,11 +68,13 @@ class NodeService:
         cmap: ClusterMap,
         store: BlockStore,
         meta: ReplicatedMeta | None,
+        collector: Collector | None = None,
     ) -> None:
         self.node_id = node_id
         self.cmap = cmap
         self.store = store
         self.meta = meta
+        self.collector = collector
         # Disk writes at once: more only queue in the kernel and stretch every fsync.
         self._disk = trio.CapacityLimiter(4)
         self._methods: dict[str, Method] = {
@@ -111,16 +119,15 @@ class NodeService:
             "node_id": self.node_id,
             "blocks": stats.blocks,
             "bytes": stats.bytes,
-            "capacity": stats.capacity_bytes,
-            "free": stats.free_bytes,
+            **_capacity(stats.space),
             "meta": self.meta is not None,
             "meta_stats": self.meta.stats() if self.meta is not None else None,
+            "gc": self.collector.stats() if self.collector is not None else None,
         }
 
     async def node_capacity(self, params: list[Any]) -> dict[str, Any]:
         _arity(params, 0, "node.capacity")
-        capacity, free = await trio.to_thread.run_sync(self.store.capacity)
-        return {"capacity": capacity, "free": free}
+        return _capacity(await trio.to_thread.run_sync(self.store.capacity))
 
     async def map_get(self, params: list[Any]) -> dict[str, Any]:
         _arity(params, 0, "map.get")

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ringfs.node.blocks.space import Reserve
 from ringfs.node.errors import (
     AuthenticationError,
     ConfigError,
@@ -24,7 +25,7 @@ from ringfs.node.errors import (
     Unavailable,
 )
 from ringfs.tools import background
-from ringfs.tools.args import UserError, size
+from ringfs.tools.args import UserError, reserve, seconds, size
 
 log = logging.getLogger("ringfs")
 
@@ -63,6 +64,14 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-f", "--foreground", action="store_true", help="stay in the foreground until unmounted"
     )
+    parser.add_argument(
+        "--meta-deadline",
+        type=seconds,
+        default=20.0,
+        metavar="SECONDS",
+        help="how long a metadata call looks for a meta-group leader before it fails with EIO "
+        "(default 20); a change a leader may have taken waits until its outcome is known",
+    )
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
 
@@ -84,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a local 3-node cluster and mount it (the default)",
         description="Start a local 3-node cluster on loopback and mount it. "
         "Returns once the mount is ready; `fusermount3 -u MOUNTPOINT` unmounts "
-        "it and stops the nodes.",
+        "it and stops the nodes. Run as root, it mounts with -o allow_other, so "
+        "other local users can use the mount; the kernel checks their permissions "
+        "against each file's owner and mode, as on ext4.",
     )
     up.add_argument("mountpoint", type=Path, help="an existing empty directory")
     up.add_argument(
@@ -117,6 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         metavar="N",
         help="snapshot the metadata and compact the Raft log every N entries (default 1000)",
+    )
+    node.add_argument(
+        "--reserve",
+        type=reserve,
+        default=Reserve(),
+        metavar="SIZE|PCT%",
+        help="free space block writes leave for the metadata, e.g. 1G or 5%% (default: 2%% of "
+        "the disk, at least 64M, at most 4G, at most half the disk)",
+    )
+    node.add_argument(
+        "--gc-grace",
+        type=seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds unreferenced blocks are kept before they are deleted (default 60)",
     )
 
     mount = sub.add_parser(

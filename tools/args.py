@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from ringfs.node.blocks.space import Reserve
 from ringfs.node.rpc.client import split_address
 
 
@@ -56,3 +57,24 @@ def size(text: str) -> int:
         return int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+
+
+def reserve(text: str) -> Reserve:
+    """'5%' -> that share of the disk; '1G', '64M', '0' -> that many bytes."""
+    try:
+        if text.strip().endswith("%"):
+            return Reserve(percent=float(text.strip()[:-1]))
+        return Reserve(size=size(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a reserve: {text!r} ({exc})") from None
+
+
+def seconds(text: str) -> float:
+    """'2.5' -> 2.5: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value

@@ -8,6 +8,7 @@ from typing import Any
 import trio
 
 from ringfs.fs.cluster import Cluster, ClusterConfig
+from ringfs.node.blocks.gc import LIST_LIMIT
 from ringfs.node.cluster.map import NodeInfo
 from ringfs.node.rpc.client import ClientConfig
 from ringfs.tools import args as checks
@@ -52,7 +53,7 @@ async def _status(seeds: tuple[str, ...], secret: bytes) -> str:
         lines.append(
             _node_line(info.node_id, info.address, node_stats, roles.get(info.node_id, ""))
         )
-    return "\n".join([*lines, "", *_meta_lines(members)])
+    return "\n".join([*lines, "", _garbage_line(stats), "", *_meta_lines(members)])
 
 
 def _node_line(node_id: str, address: str, stats: dict[str, Any] | None, role: str) -> str:
@@ -85,6 +86,19 @@ def _meta_lines(members: list[tuple[NodeInfo, dict[str, Any] | None]]) -> list[s
             f"{member['applied_index']:>9} {max(lag, 0):>6} {member['snapshot_index']:>9}"
         )
     return lines
+
+
+def _garbage_line(stats: list[tuple[NodeInfo, dict[str, Any] | None]]) -> str:
+    """The garbage collector's backlog and progress, as the leader's collector counts them."""
+    active = [(i, s["gc"]) for i, s in stats if s is not None and s["gc"] and s["gc"]["active"]]
+    if not active:
+        return "garbage: no collector running (no meta leader)"
+    info, gc = active[0]
+    waiting = f"{gc['waiting']}+" if gc["waiting"] >= LIST_LIMIT else str(gc["waiting"])
+    line = f"garbage: {waiting} blocks waiting, {gc['collected']} collected (on {info.node_id})"
+    if gc["failing"]:
+        line += f"; deletes failing on {', '.join(gc['failing'])}"
+    return line
 
 
 def _human(count: int) -> str:

@@ -4,6 +4,7 @@ for the purpose), in the background by default, returning once the mount is read
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import trio
@@ -32,7 +33,9 @@ def _config(
     seeds: tuple[str, ...], secret: bytes, mountpoint: Path, args: argparse.Namespace
 ) -> fs_mount.MountConfig:
     return fs_mount.MountConfig(
-        cluster=ClusterConfig(seeds=seeds, client=ClientConfig(secret=secret)),
+        cluster=ClusterConfig(
+            seeds=seeds, client=ClientConfig(secret=secret), meta_deadline=args.meta_deadline
+        ),
         mountpoint=mountpoint,
         fuse_options=tuple(checks.fuse_options(args)),
     )
@@ -40,7 +43,8 @@ def _config(
 
 def _in_background(args: argparse.Namespace, argv: list[str], log: Path) -> None:
     options = [f"-o{opt}" for opt in checks.fuse_options(args)]
-    background.start([*checks.passthrough(args), *argv, "-f", *options], log)
+    deadline = ["--meta-deadline", str(args.meta_deadline)]
+    background.start([*checks.passthrough(args), *argv, "-f", *deadline, *options], log)
 
 
 def mount(args: argparse.Namespace) -> int:
@@ -58,6 +62,10 @@ def mount(args: argparse.Namespace) -> int:
 
 
 def up(args: argparse.Namespace) -> int:
+    if os.geteuid() == 0:
+        # Root mounts for the whole machine, as JuiceFS does: other users get in, and the
+        # kernel holds each of them to the modes (default_permissions is always on).
+        args.options = [*(args.options or []), "allow_other"]
     cluster = LocalCluster((args.data or default_data_dir()).absolute())
     mountpoint = checks.mountpoint(args.mountpoint)
     secret = ensure_secret(cluster.secret_file)

@@ -28,6 +28,8 @@ def node(args: argparse.Namespace) -> int:
         replicas=args.replicas,
         chunk_size=args.chunk_size,
         snapshot_threshold=args.snapshot_every,
+        reserve=args.reserve,
+        gc_grace=args.gc_grace,
     )
     trio.run(_serve, config)
     return 0

@@ -7,6 +7,10 @@ is either whole or absent. A store root belongs to one node process.
 
 File layout: `root/blocks/<2 hex>/<2 hex>/<32 hex>` holding a header (magic, data length,
 sha256 of the data) followed by the data.
+
+Block writes stop short of filling the disk: a block that would leave less free space than the
+reserve (see `space.py`) is refused with ENOSPC before any byte is written, so the Raft log and
+the metadata database on the same disk always have room.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ import itertools
 import logging
 import os
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ringfs.node.blocks.space import Capacity, Reserve, Space, footprint, refusal
 from ringfs.node.durable import fsync_dir
 from ringfs.node.errors import CORRUPT, NodeError
 
@@ -48,8 +54,7 @@ class StoreStats:
 
     blocks: int
     bytes: int  # data bytes, headers not counted
-    capacity_bytes: int
-    free_bytes: int
+    space: Capacity
 
 
 def checksum(data: bytes | memoryview) -> bytes:
@@ -75,14 +80,19 @@ def _os_error(exc: OSError, what: str) -> NodeError:
 
 
 class BlockStore:
-    """Blocks on a local filesystem under `root`."""
+    """Blocks on a local filesystem under `root`, leaving `reserve` of it free."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, reserve: Reserve | None = None) -> None:
         """Create the directories and remove temp files left by a crash.
 
         Raises OSError if the root cannot be created or read.
         """
         self.root = root
+        self.reserve = reserve or Reserve()
+        # Bytes that writes under way will take: statvfs may not show them yet.
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self._full = False
         self._blocks = root / "blocks"
         self._tmp = root / "tmp"
         self._quarantine = root / "quarantine"
@@ -118,8 +128,39 @@ class BlockStore:
         _verify(block_id, view, checksum)
         if self._holds(block_id, path, checksum):
             return
-        self._write(path, _HEADER.pack(MAGIC, len(view), checksum), view)
+        need = self._claim(HEADER_SIZE + len(view))
+        try:
+            self._write(path, _HEADER.pack(MAGIC, len(view), checksum), view)
+        finally:
+            with self._pending_lock:
+                self._pending -= need
         log.debug("stored block %s (%d bytes)", block_id.hex(), len(view))
+
+    def _claim(self, size: int) -> int:
+        """Count a write of `size` bytes as pending and return what it takes.
+
+        Raises NodeError("ENOSPC") if it would leave less than the reserve free.
+        """
+        with self._pending_lock:
+            space = self._space()
+            need = footprint(space, size)
+            reason = refusal(space, self.reserve.bytes_for(space.total), self._pending, need)
+            self._note_full(reason)
+            if reason is not None:
+                raise NodeError("ENOSPC", f"block store full: {reason}")
+            self._pending += need
+            return need
+
+    def _note_full(self, reason: str | None) -> None:
+        """Log the store filling up and getting room again, once each, not per block."""
+        if reason is not None and not self._full:
+            log.warning("block store %s is full (%s): refusing new blocks", self.root, reason)
+        elif reason is None and self._full:
+            log.info("block store %s has room again", self.root)
+        self._full = reason is not None
+
+    def _space(self) -> Space:
+        return Space.of(os.statvfs(self.root))
 
     def _holds(self, block_id: bytes, path: Path, wanted: bytes) -> bool:
         """Whether a valid copy with checksum `wanted` is already stored.
@@ -203,13 +244,16 @@ class BlockStore:
         log.warning("block %s is corrupt (%s): quarantined as %s", block_id.hex(), problem, target)
 
     def delete(self, block_id: bytes) -> bool:
-        """Remove a block; False if it was not there. Raises NodeError (EINVAL, errno name).
+        """Remove a block durably; False if it was not there. Raises NodeError (EINVAL, errno
+        name).
 
-        The directory is not fsync'd: a delete lost in a crash is redone by garbage
-        collection, which finds the block still unreferenced.
+        The directory is fsync'd: the garbage collector forgets an id once every node said it
+        is deleted, so a delete lost in a crash would never be redone.
         """
+        path = self._path(block_id)
         try:
-            self._path(block_id).unlink()
+            path.unlink()
+            fsync_dir(path.parent)
         except FileNotFoundError:
             return False
         except OSError as exc:
@@ -237,10 +281,10 @@ class BlockStore:
                     if _is_block_name(entry.name) and entry.is_file():
                         yield entry
 
-    def capacity(self) -> tuple[int, int]:
-        """(total, free) bytes of the filesystem holding the store: cheap, unlike `stats`."""
-        fs = os.statvfs(self.root)
-        return fs.f_blocks * fs.f_frsize, fs.f_bavail * fs.f_frsize
+    def capacity(self) -> Capacity:
+        """What blocks may use of the store's filesystem (one statvfs: cheap, unlike `stats`)."""
+        space = self._space()
+        return Capacity.of(space, self.reserve.bytes_for(space.total))
 
     def stats(self) -> StoreStats:
         """Count blocks and data bytes (walks the store: O(blocks)) and read free space."""
@@ -252,8 +296,7 @@ class BlockStore:
                 continue  # deleted or quarantined while we walked
             blocks += 1
             data_bytes += max(0, size - HEADER_SIZE)
-        capacity, free = self.capacity()
-        return StoreStats(blocks=blocks, bytes=data_bytes, capacity_bytes=capacity, free_bytes=free)
+        return StoreStats(blocks=blocks, bytes=data_bytes, space=self.capacity())
 
 
 def _verify(block_id: bytes, data: memoryview, expected: object) -> None:

@@ -18,7 +18,7 @@ command or query class names the Python type of its result in ``RESULT``:
 ``Attr | None``                 as ``Attr``, or nil
 ``bytes``                       bin
 ``list[bytes]``                 array of bin
-``list[DirEntry]``              array of ``[cookie, name, attr_wire]``
+``list[DirEntry]``              array of ``[offset, name, attr_wire]``
 ``tuple[Attr, list[Chunk]]``    ``[attr_wire, [chunk_wire, ...]]``
 ``FsStats``                     ``[chunk_size, inode_count, stored_bytes]``
 ==============================  ==========================================
@@ -45,6 +45,9 @@ BLOCK_ID_SIZE = 16
 CHECKSUM_SIZE = 32
 #: The root directory's inode number (FUSE_ROOT_ID).
 ROOT_INO = 1
+#: Most chunk map entries one ReadChunks returns or one CommitChunks carries (about 2 MiB):
+#: a map of any size travels in pages, each far below the frame limit.
+CHUNKS_PER_MESSAGE = 16384
 #: renameat2(2) flags, Linux values.
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -139,8 +142,9 @@ class Chunk(_Record):
 class DirEntry(_Record):
     """A directory entry with its inode's attributes (readdirplus)."""
 
-    #: Position in the directory: > 0, fixed when the entry is created, larger for later ones.
-    cookie: int
+    #: Position in the directory, > 0: 1 for ``.``, 2 for ``..``, then for each entry a value
+    #: fixed when it was created, larger for later ones (a readdir resumes after it).
+    offset: int
     name: bytes
     attr: Attr
 
@@ -277,18 +281,35 @@ class Setattr(_Message):
 
 
 @dataclass(frozen=True, slots=True)
+class ChunkUpdate(_Record):
+    """A chunk a client wrote, and the committed chunk it built it on.
+
+    ``base_block`` (empty: no chunk) and ``base_length`` are what the chunk map held for
+    ``chunk.idx`` when the client read it: a commit applies only while they still hold, so it
+    never overwrites a commit it did not see.
+    """
+
+    chunk: Chunk
+    base_block: bytes
+    base_length: int
+
+
+@dataclass(frozen=True, slots=True)
 class CommitChunks(_Message):
     """Point chunks of a file at newly written blocks and grow the size to at least ``size``.
 
-    Chunk bytes past the resulting size are cut off (a chunk wholly past it is dropped), so a
-    later extension still reads zeros there.
+    Compare-and-set: it fails with CHANGED, changing nothing, unless every chunk still has the
+    base its update names and, when ``expect_size`` is set (appends), the size is that. Chunk
+    bytes past the resulting size are cut off (a chunk wholly past it is dropped), so a later
+    extension still reads zeros there.
     """
 
     OP: ClassVar[str] = "commit_chunks"
     RESULT: ClassVar[str] = "Attr"
     ino: int
-    chunks: tuple[Chunk, ...]
+    updates: tuple[ChunkUpdate, ...]
     size: int
+    expect_size: int | None
     now_ns: int
 
 
@@ -358,12 +379,13 @@ class GetAttr(_Message):
 
 @dataclass(frozen=True, slots=True)
 class ReadDir(_Message):
-    """Up to ``limit`` entries with cookie > ``after_cookie``; an empty list marks the end."""
+    """Up to ``limit`` entries with offset > ``after``, ``.`` and ``..`` first, as ext4 lists
+    them; an empty list marks the end."""
 
     OP: ClassVar[str] = "readdir"
     RESULT: ClassVar[str] = "list[DirEntry]"
     ino: int
-    after_cookie: int
+    after: int
     limit: int
 
 
@@ -397,11 +419,14 @@ class ListXattr(_Message):
 
 @dataclass(frozen=True, slots=True)
 class ReadChunks(_Message):
-    """A file's attributes and chunk map, sorted by chunk index."""
+    """A file's attributes and up to ``limit`` entries of its chunk map from index ``first`` on,
+    sorted by index; a large map is read in pages, checked against the attributes' version."""
 
     OP: ClassVar[str] = "read_chunks"
     RESULT: ClassVar[str] = "tuple[Attr, list[Chunk]]"
     ino: int
+    first: int
+    limit: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -587,7 +612,8 @@ _DECODERS: dict[str, Callable[[object], Any]] = {
     "Any": lambda value: value,
     "Attr": Attr.from_wire,
     "Command": command_from_wire,
-    "tuple[Chunk, ...]": _tuple_of(Chunk.from_wire),
+    "Chunk": Chunk.from_wire,
+    "tuple[ChunkUpdate, ...]": _tuple_of(ChunkUpdate.from_wire),
     "tuple[bytes, ...]": _tuple_of(_bytes),
     "tuple[int, ...]": _tuple_of(_int),
 }

@@ -26,7 +26,7 @@ import msgpack
 import trio
 
 from ringfs.node.durable import fsync_dir
-from ringfs.node.errors import NOT_LEADER, NodeError, StorageFailure
+from ringfs.node.errors import IN_DOUBT, NOT_LEADER, NodeError, StorageFailure
 from ringfs.node.meta.commands import Command, Entry, Init, Outcome, Query, encode_result
 from ringfs.node.meta.state import MetaState
 from ringfs.node.raft.core import Entry as LogEntry
@@ -95,8 +95,9 @@ def _fsync(path: Path) -> None:
 
 
 class MetaMachine:
-    """`StateMachine` over the metadata database. `apply` and the queries run on the event
-    loop; `snapshot` (on a connection of its own) and `restore` in worker threads."""
+    """`StateMachine` over the metadata database: batches are applied on the event loop (no
+    fsync: the Raft log is the durable copy), and so are the queries; snapshots are taken (on
+    a connection of their own, while applying goes on) and restored in worker threads."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -255,8 +256,10 @@ class ReplicatedMeta:
     ) -> Outcome:
         """Replicate a command and return its outcome.
 
-        Raises NodeError(NOT_LEADER, leader) when this node does not lead or lost the lead
-        before the outcome was known (a retry with the same client id and seq is safe).
+        Raises NodeError(NOT_LEADER, leader) when this node did not propose it (or another
+        leader's entry took its place: it will never be applied), NodeError(IN_DOUBT, leader)
+        when it lost the lead after proposing it (a retry with the same client id and seq
+        tells whether it was applied).
         """
         entry = Entry(stamp(command, time.time_ns()), client_id, seq, acked_below)
         data = msgpack.packb(entry.to_wire(), use_bin_type=True)
@@ -265,7 +268,7 @@ class ReplicatedMeta:
         except NotLeader as exc:
             raise NodeError(NOT_LEADER, exc.leader or "") from None
         except LeadershipLost as exc:
-            raise NodeError(NOT_LEADER, self.raft.raft.leader or "") from exc
+            raise NodeError(IN_DOUBT, self.raft.raft.leader or "") from exc
         return outcome
 
     async def query(self, query: Query) -> Any:

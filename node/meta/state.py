@@ -29,7 +29,7 @@ from typing import Any
 
 import msgpack
 
-from ringfs.node.errors import NodeError
+from ringfs.node.errors import CHANGED, NodeError
 from ringfs.node.meta import commands as cmd
 from ringfs.node.meta.commands import Attr, Chunk, DirEntry, Entry, FsStats, Outcome
 from ringfs.node.meta.schema import (
@@ -49,6 +49,8 @@ LINK_MAX = 65000
 #: Most entries one ReadDir returns, whatever the limit asked: keeps replies far below the frame
 #: limit even with 255-byte names. Callers page until they get an empty list.
 READDIR_MAX = 1024
+#: `.` and `..` take the first two offsets of every directory; entries follow their cookies.
+DOT_ENTRIES = 2
 #: uid_t and gid_t are 32 bits.
 _ID_MAX = 2**32 - 1
 #: Kinds of inode Mknod may create (0 means a regular file, as for mknod(2)).
@@ -451,30 +453,43 @@ class MetaState:
     def _apply_commit_chunks(self, c: cmd.CommitChunks) -> Attr:
         node = self._rows.get(c.ino)
         _check_regular(node, c.size)
-        size, chunk_size = max(node.size, c.size), self._rows.counter("chunk_size")
-        _check_chunks(c.chunks, chunk_size)
-        for chunk in c.chunks:
+        chunk_size = self._rows.counter("chunk_size")
+        _check_chunks([u.chunk for u in c.updates], chunk_size)
+        if c.expect_size is not None and node.size != c.expect_size:
+            raise NodeError(CHANGED, f"size is {node.size}, not {c.expect_size}")
+        for update in c.updates:
+            self._check_base(c.ino, update)
+        size = max(node.size, c.size)
+        for update in c.updates:
+            chunk = update.chunk
             # Bytes past the end of the file must read as zeros if it grows again: cut them off.
             length = min(chunk.length, size - chunk.idx * chunk_size)
             if length <= 0:
                 self._release_blocks([chunk.block_id])
                 continue
-            old = self._rows.one(
-                "SELECT block_id FROM chunks WHERE ino = ? AND idx = ?", c.ino, chunk.idx
-            )
             self._rows.run(
                 "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?)",
                 c.ino, chunk.idx, chunk.block_id, length, chunk.checksum,
             )  # fmt: skip
-            # A block that was garbage is referenced again: the collector must not delete it.
-            self._rows.run("DELETE FROM garbage WHERE block_id = ?", chunk.block_id)
-            if old is not None and old != chunk.block_id:
-                self._release_blocks([old])
+            if update.base_block and update.base_block != chunk.block_id:
+                self._release_blocks([update.base_block])
         node.size = size
         node.mtime_ns = node.ctime_ns = c.now_ns
         node.version += 1
         self._rows.save(node)
         return self._rows.get(node.ino).attr()
+
+    def _check_base(self, ino: int, update: cmd.ChunkUpdate) -> None:
+        """CHANGED unless the chunk still is what the writer built on. A block already listed
+        as garbage may be deleted at any moment: it is never referenced again."""
+        sql = "SELECT block_id, length FROM chunks WHERE ino = ? AND idx = ?"
+        row = self._rows.run(sql, ino, update.chunk.idx).fetchone()
+        current = (b"", 0) if row is None else (row[0], row[1])
+        if current != (update.base_block, update.base_length):
+            raise NodeError(CHANGED, f"chunk {update.chunk.idx} changed")
+        garbage = "SELECT 1 FROM garbage WHERE block_id = ?"
+        if self._rows.one(garbage, update.chunk.block_id) is not None:
+            raise NodeError("ESTALE", f"block {update.chunk.block_id.hex()} was released")
 
     def _drop_chunks(self, ino: int, first_idx: int) -> None:
         """Remove chunks from ``first_idx`` on; their blocks may become garbage."""
@@ -543,18 +558,27 @@ class MetaState:
         return self._rows.get(q.ino).attr()
 
     def _query_readdir(self, q: cmd.ReadDir) -> list[DirEntry]:
-        self._rows.dir(q.ino)
+        directory = self._rows.dir(q.ino)
         if q.limit <= 0:
             raise NodeError("EINVAL", "limit must be positive")
+        limit = min(q.limit, READDIR_MAX)
+        dots = []
+        if q.after < DOT_ENTRIES:
+            # The root is its own parent; any other directory has exactly one entry naming it.
+            parent = self._rows.one("SELECT parent FROM dentries WHERE ino = ?", q.ino)
+            above = directory if parent is None else self._rows.get(parent)
+            dots = [DirEntry(1, b".", directory.attr()), DirEntry(2, b"..", above.attr())]
+            dots = dots[q.after : q.after + limit]
         rows = self._rows.run(
             f"SELECT d.cookie, d.name, {INODE_COLUMNS} FROM dentries d "
             "JOIN inodes i ON i.ino = d.ino "
             "WHERE d.parent = ? AND d.cookie > ? ORDER BY d.cookie LIMIT ?",
             q.ino,
-            q.after_cookie,
-            min(q.limit, READDIR_MAX),
+            max(q.after - DOT_ENTRIES, 0),
+            limit - len(dots),
         )
-        return [DirEntry(row[0], row[1], Inode(*row[2:]).attr()) for row in rows]
+        entries = [DirEntry(row[0] + DOT_ENTRIES, row[1], Inode(*row[2:]).attr()) for row in rows]
+        return dots + entries
 
     def _query_readlink(self, q: cmd.ReadLink) -> bytes:
         target = self._rows.get(q.ino).target
@@ -581,8 +605,14 @@ class MetaState:
         node = self._rows.get(q.ino)
         if node.is_dir:
             raise NodeError("EISDIR", "a directory has no data")
-        sql = "SELECT idx, block_id, length, checksum FROM chunks WHERE ino = ? ORDER BY idx"
-        return node.attr(), [Chunk(*row) for row in self._rows.run(sql, q.ino)]
+        if q.limit <= 0:
+            raise NodeError("EINVAL", "limit must be positive")
+        sql = (
+            "SELECT idx, block_id, length, checksum FROM chunks "
+            "WHERE ino = ? AND idx >= ? ORDER BY idx LIMIT ?"
+        )
+        rows = self._rows.run(sql, q.ino, q.first, min(q.limit, cmd.CHUNKS_PER_MESSAGE))
+        return node.attr(), [Chunk(*row) for row in rows]
 
     def _query_fsinfo(self, q: cmd.FsInfo) -> FsStats:
         inodes = self._rows.one("SELECT COUNT(*) FROM inodes")

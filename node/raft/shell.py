@@ -59,8 +59,10 @@ __all__ = ["LeadershipLost", "NotLeader", "RaftNode"]
 
 
 class LeadershipLost(Exception):
-    """This node stopped leading before the outcome was known: the command may or may not
-    be applied (a retry with the same client id and seq is safe)."""
+    """This node stopped leading after it proposed the command and before the outcome was
+    known: a later leader may still commit it. A retry with the same client id and seq tells
+    (it is applied at most once). A command that was never proposed, or whose place in the log
+    another leader's entry took, fails with NotLeader instead: it will never be applied."""
 
 
 class RaftStorage(Protocol):
@@ -420,7 +422,8 @@ class RaftNode:
             if waiter.term == entry.term:
                 waiter.finish(result)
             else:
-                waiter.finish(failure=LeadershipLost("another leader's entry took its place"))
+                # Ours was truncated from every log that matters: it can never be committed.
+                waiter.finish(failure=NotLeader(self.raft.leader))
         self._release_reads()
 
     def _answer_reads(self, ready: Ready) -> None:
@@ -453,8 +456,11 @@ class RaftNode:
         self._was_leader = leading
 
     def _fail_waiters(self, failure: BaseException) -> None:
-        queued = [waiter for _, waiter in self._queued]
-        for waiter in [*queued, *self._proposals.values(), *self._reads.values()]:
+        """Fail every caller: proposals and reads with `failure`, and commands still queued
+        with NotLeader, since no log holds them."""
+        for _, waiter in self._queued:
+            waiter.finish(failure=NotLeader(self.raft.leader))
+        for waiter in [*self._proposals.values(), *self._reads.values()]:
             waiter.finish(failure=failure)
         self._queued.clear()
         self._proposals.clear()
@@ -485,9 +491,9 @@ class RaftNode:
     async def apply(self, data: bytes) -> Any:
         """Replicate a command and return the state machine's result for it.
 
-        Raises NotLeader (with the leader it knows of) on a follower, LeadershipLost if
-        leadership ended before the outcome was known. Cancellation abandons the wait, not
-        the command.
+        Raises NotLeader (with the leader it knows of) when the command was not proposed or
+        can no longer be committed, LeadershipLost if leadership ended after it was proposed
+        and before the outcome was known. Cancellation abandons the wait, not the command.
         """
         if self.raft.role != "leader" or self._failure is not None:
             raise NotLeader(None if self._failure else self.raft.leader)

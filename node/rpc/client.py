@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from ringfs.node.errors import NodeError, ProtocolError, Unavailable
+from ringfs.node.errors import NodeError, NoReply, ProtocolError, Unavailable
 from ringfs.node.rpc.protocol import (
     Buffer,
     Connection,
@@ -54,7 +54,7 @@ class _Slot:
     def __init__(self) -> None:
         self.done = trio.Event()
         self.response: Response | None = None
-        self.failure: BaseException | None = None
+        self.failure: Unavailable | None = None
 
 
 class RpcConnection:
@@ -110,13 +110,19 @@ class RpcConnection:
         """Send one request and wait for its answer.
 
         Raises `NodeError` for an error reply and `Unavailable` when the connection fails or the
-        deadline passes. Cancellation abandons the request; its late answer is dropped.
+        deadline passes: `NoReply` once the request has gone out, since the node may then have
+        acted on it. Cancellation abandons the request; its late answer is dropped.
         """
         if self._closed:
             raise Unavailable(f"node {self.address}: connection closed", [self.address])
         slot = _Slot()
         msgid = -1
         sent_at = trio.current_time()
+
+        def failure(what: str) -> Unavailable:
+            kind = NoReply if msgid >= 0 else Unavailable
+            return kind(f"node {self.address}: {what}", [self.address])
+
         try:
             with trio.fail_after(time_limit):
                 async with self._send_lock:
@@ -136,15 +142,16 @@ class RpcConnection:
                 # Not a byte since this call went out: the peer or the path is gone, so every
                 # other call on this connection would wait out its deadline too.
                 await self._fail_all(Unavailable(f"node {self.address}: silent", [self.address]))
-            raise Unavailable(f"node {self.address}: {method} timed out", [self.address]) from None
+            raise failure(f"{method} timed out") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             await self._fail_all(Unavailable(f"node {self.address}: {exc}", [self.address]))
-            raise Unavailable(f"node {self.address}: connection lost", [self.address]) from exc
+            raise failure("connection lost") from exc
         finally:
             if self._slots.pop(msgid, None) is not None and not slot.done.is_set():
                 self._conn.abandon(msgid)
         if slot.failure is not None:
-            raise slot.failure
+            # The connection died after the request was written.
+            raise NoReply(slot.failure.what, slot.failure.tried) from slot.failure
         assert slot.response is not None
         if slot.response.error is not None:
             name, detail = slot.response.error
@@ -186,7 +193,7 @@ class RpcConnection:
             raise
 
     async def _read_loop(self) -> None:
-        failure: BaseException = Unavailable(f"node {self.address}: closed", [self.address])
+        failure = Unavailable(f"node {self.address}: closed", [self.address])
         try:
             while True:
                 data = await self._stream.receive_some(RECEIVE_SIZE)
@@ -211,7 +218,7 @@ class RpcConnection:
             # Also on cancellation: the socket is closed and every waiting caller woken.
             await self._fail_all(failure)
 
-    async def _fail_all(self, failure: BaseException) -> None:
+    async def _fail_all(self, failure: Unavailable) -> None:
         """Mark the connection dead and wake every waiting caller with `failure`."""
         if not self._closed:
             self._closed = True
@@ -274,7 +281,8 @@ class NodePool:
         """The same addresses, healthy ones first, keeping ring order within each group."""
         return sorted(addresses, key=self.is_suspect)
 
-    def _mark_down(self, address: str) -> None:
+    def mark_down(self, address: str) -> None:
+        """Note a failure of `address`: it is suspect for a back-off that doubles each time."""
         backoff = min(self._backoff.get(address, self.INITIAL_BACKOFF / 2) * 2, self.MAX_BACKOFF)
         self._backoff[address] = backoff
         self._down_until[address] = trio.current_time() + backoff
@@ -321,12 +329,12 @@ class NodePool:
         try:
             result = await action(await self.connection(address))
         except Unavailable:
-            self._mark_down(address)
+            self.mark_down(address)
             raise
         except ProtocolError as exc:
             # A node that breaks the protocol (or fails the handshake: another version, a
             # wrong secret, not a ringfs node) is as unusable as an unreachable one.
-            self._mark_down(address)
+            self.mark_down(address)
             raise Unavailable(f"node {address}: {exc}", [address]) from exc
         self._mark_up(address)
         return result

@@ -65,6 +65,7 @@ async def start_nodes(
     count: int = 3,
     chunk_size: int = daemon.DEFAULT_CHUNK_SIZE,
     snapshot_threshold: int = daemon.NodeConfig.snapshot_threshold,
+    gc_grace: float = daemon.NodeConfig.gc_grace,
 ) -> LocalNodes:
     ports = free_ports(count)
     members = parse_members(",".join(f"n{i + 1}=127.0.0.1:{p}" for i, p in enumerate(ports)))
@@ -78,6 +79,7 @@ async def start_nodes(
             members=members,
             chunk_size=chunk_size,
             snapshot_threshold=snapshot_threshold,
+            gc_grace=gc_grace,
         )
         await nodes.start(member.node_id)
     return nodes
@@ -86,3 +88,12 @@ async def start_nodes(
 @pytest.fixture
 async def nodes(tmp_path: Path, nursery: trio.Nursery) -> LocalNodes:
     return await start_nodes(tmp_path, nursery)
+
+
+#: The chunk size of `small_chunks`: files of a few chunks stay small.
+SMALL_CHUNK = 64 * 1024
+
+
+@pytest.fixture
+async def small_chunks(tmp_path: Path, nursery: trio.Nursery) -> LocalNodes:
+    return await start_nodes(tmp_path, nursery, chunk_size=SMALL_CHUNK)

@@ -21,11 +21,25 @@ from ringfs.fs.operations import PURGE_DELAY, Operations
 from ringfs.node.blocks.store import BlockStore
 from ringfs.node.errors import NodeError
 from ringfs.node.meta.commands import Command, Mkdir, Purge, Query, ReadChunks
-from tests.cluster.conftest import LocalNodes, start_nodes
+from tests.cluster.conftest import SMALL_CHUNK, LocalNodes
 
-CHUNK = 64 * 1024
+CHUNK = SMALL_CHUNK
 ROOT = pyfuse3.ROOT_INODE
 CTX: Any = SimpleNamespace(uid=os.getuid(), gid=os.getgid(), pid=os.getpid(), umask=0o022)
+
+
+class KernelLog:
+    """A `KernelCache` with no kernel: it notes what the mount told it to forget."""
+
+    def __init__(self) -> None:
+        self.attrs: list[int] = []
+        self.data: list[int] = []
+
+    def forget_attrs(self, ino: int) -> None:
+        self.attrs.append(ino)
+
+    def forget_data(self, ino: int) -> None:
+        self.data.append(ino)
 
 
 async def mount_ops(
@@ -35,7 +49,7 @@ async def mount_ops(
     config = MountConfig(
         cluster=cluster.config, mountpoint=Path("/unused"), write_buffers=write_buffers
     )
-    return await create_operations(cluster, config, nursery)
+    return await create_operations(cluster, config, nursery, KernelLog())
 
 
 async def create(ops: Operations, name: bytes) -> tuple[int, int]:
@@ -43,9 +57,17 @@ async def create(ops: Operations, name: bytes) -> tuple[int, int]:
     return info.fh, entry.st_ino
 
 
-@pytest.fixture
-async def small_chunks(tmp_path: Path, nursery: trio.Nursery) -> LocalNodes:
-    return await start_nodes(tmp_path, nursery, chunk_size=CHUNK)
+async def setattr_size(ops: Operations, ino: int, size: int, fh: int | None = None) -> None:
+    """truncate(2) to `size`, as the kernel asks for it."""
+    fields: Any = SimpleNamespace(
+        **{
+            f"update_{name}": name == "size"
+            for name in ("mode", "uid", "gid", "size", "atime", "mtime", "ctime")
+        }
+    )
+    attr = pyfuse3.EntryAttributes()
+    attr.st_size = size
+    await ops.setattr(ino, attr, fields, fh, CTX)
 
 
 async def test_reads_see_own_writes_before_close_and_others_after(
@@ -101,17 +123,8 @@ async def test_truncate_into_a_chunk_then_extend_reads_zeros(
     ops = await mount_ops(small_chunks, nursery)
     fh, ino = await create(ops, b"t")
     await ops.write(fh, 0, b"\xff" * (2 * CHUNK))
-    fields: Any = SimpleNamespace(
-        **{
-            f"update_{name}": name == "size"
-            for name in ("mode", "uid", "gid", "size", "atime", "mtime", "ctime")
-        }
-    )
-    attr = pyfuse3.EntryAttributes()
-    attr.st_size = CHUNK + 10
-    await ops.setattr(ino, attr, fields, fh, CTX)
-    attr.st_size = 3 * CHUNK
-    await ops.setattr(ino, attr, fields, fh, CTX)
+    await setattr_size(ops, ino, CHUNK + 10, fh)
+    await setattr_size(ops, ino, 3 * CHUNK, fh)
     content = await ops.read(fh, 0, 4 * CHUNK)
     assert content == b"\xff" * (CHUNK + 10) + bytes(2 * CHUNK - 10)
     await ops.release(fh)

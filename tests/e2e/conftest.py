@@ -187,7 +187,9 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 class Mount:
     """A `ringfs mount -f` process and its mountpoint."""
 
-    def __init__(self, cluster: Cluster, path: Path, options: tuple[str, ...]) -> None:
+    def __init__(
+        self, cluster: Cluster, path: Path, options: tuple[str, ...], args: tuple[str, ...] = ()
+    ) -> None:
         self.cluster = cluster
         self.path = path
         self.log_path = cluster.root / f"mount-{path.name}.log"
@@ -197,6 +199,7 @@ class Mount:
         )
         for option in options:
             argv += ["-o", option]
+        argv += args
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + START_TIMEOUT
@@ -236,8 +239,13 @@ def mount_factory(fuse: None, cluster: Cluster, tmp_path: Path) -> Iterator[Call
     """Mount the cluster (again) at a new path; every mount is undone at teardown."""
     mounts: list[Mount] = []
 
-    def make(name: str = "mnt", options: tuple[str, ...] = ("allow_other",)) -> Mount:
-        mount = Mount(cluster, tmp_path / name, options)
+    def make(
+        name: str = "mnt",
+        options: tuple[str, ...] = ("allow_other",),
+        args: tuple[str, ...] = (),
+    ) -> Mount:
+        """`args`: more `ringfs mount` options (e.g. a short --meta-deadline)."""
+        mount = Mount(cluster, tmp_path / name, options, args)
         mounts.append(mount)
         return mount
 
@@ -256,3 +264,41 @@ def mount_factory(fuse: None, cluster: Cluster, tmp_path: Path) -> Iterator[Call
 def mounted(mount_factory: Callable[..., Mount]) -> Path:
     """The path of a fresh mount of a fresh 3-node cluster."""
     return mount_factory().path
+
+
+# -- other users -------------------------------------------------------------------------------
+
+NOBODY = 65534
+
+
+def drop_to_nobody() -> list[str] | None:
+    """The command prefix that runs a program as nobody, or None if there is none here."""
+    if shutil.which("setpriv"):
+        return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    if shutil.which("runuser"):
+        return ["runuser", "-u", "nobody", "--"]
+    return None
+
+
+def child_python() -> str:
+    # The test's interpreter may live under a directory nobody cannot enter (e.g. /root).
+    return shutil.which("python3", path="/usr/bin:/bin:/usr/local/bin") or sys.executable
+
+
+@pytest.fixture
+def nobody() -> list[str]:
+    prefix = drop_to_nobody()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to nobody")
+    if prefix is None:
+        pytest.skip("neither setpriv nor runuser is installed")
+    probe = subprocess.run(
+        [*prefix, child_python(), "-I", "-S", "-c", "import os; print(os.getuid())"],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0 or probe.stdout.strip() != str(NOBODY):
+        pytest.skip(f"cannot run a program as nobody: {probe.stderr.strip()[-300:]}")
+    return prefix

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import Cluster, free_ports, ringfs_argv
+from tests.e2e.test_posix_perms import as_nobody
 
 COMMANDS = ["up", "node", "mount", "status", "bench"]
 
@@ -113,6 +114,21 @@ def test_up_again_finds_the_same_files(up: Up, tmp_path: Path) -> None:
     up.start()
     assert (up.mountpoint / "dir" / "file").read_bytes() == payload
     assert os.readlink(up.mountpoint / "link") == "dir/file"
+    up.stop()
+
+
+@pytest.mark.fuse
+def test_up_as_root_lets_other_users_in(up: Up, nobody: list[str]) -> None:
+    """As root, `ringfs up` mounts with allow_other; the kernel still applies the modes."""
+    up.start()
+    (up.mountpoint / "shared").write_text("for everyone")
+    (up.mountpoint / "private").mkdir(mode=0o700)
+    ops = [["read", "shared"], ["listdir", "private"], ["create", "mine"]]
+    assert as_nobody(nobody, up.mountpoint, ops) == [
+        ("ok", "for everyone"),
+        ("err", "EACCES"),
+        ("err", "EACCES"),
+    ]
     up.stop()
 
 

@@ -1,17 +1,21 @@
-"""Faults under load: a storage node killed with SIGKILL while a large copy runs."""
+"""Faults under load: a storage node killed with SIGKILL, or hung with SIGSTOP, while a large
+copy runs; a mount stopped with files open."""
 
 from __future__ import annotations
 
 import filecmp
+import os
 import re
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cluster, Mount
+from tests.e2e.conftest import Cluster, Mount, NodeProcess
 from tests.e2e.test_tools import MiB, random_file
 
 pytestmark = pytest.mark.fuse
@@ -59,3 +63,87 @@ def test_copy_survives_sigkill_of_a_storage_node(
     # Still readable with every node back, through a second mount (no cached pages).
     second = mount_factory("second").path
     assert filecmp.cmp(source, second / "copy.bin", shallow=False)
+
+
+def not_the_leader(cluster: Cluster) -> NodeProcess:
+    leader = re.search(r"meta group: leader (n\d+)", cluster.status())
+    return next(node for node in cluster.nodes if not leader or node.name != leader.group(1))
+
+
+def test_a_hung_node_does_not_stall_writes(
+    cluster: Cluster, mount_factory: Callable[..., Mount], tmp_path: Path
+) -> None:
+    mounted = mount_factory().path
+    source = random_file(tmp_path / "source.bin", 128 * MiB)  # many more blocks than slots
+    victim = not_the_leader(cluster)
+    assert victim.process is not None
+    victim.process.send_signal(signal.SIGSTOP)  # hung, not dead: its sockets stay open
+    try:
+        started = time.monotonic()
+        subprocess.run(["cp", str(source), str(mounted / "copy.bin")], check=True, timeout=120)
+        took = time.monotonic() - started
+    finally:
+        victim.process.send_signal(signal.SIGCONT)
+    # Each block waits a moment for the hung replica, not the 15 s request timeout.
+    assert took < 15, f"the copy took {took:.1f}s with one node hung"
+    assert filecmp.cmp(source, mounted / "copy.bin", shallow=False)
+
+
+def test_a_hung_meta_leader_stalls_writes_only_briefly(
+    cluster: Cluster, mount_factory: Callable[..., Mount]
+) -> None:
+    mounted = mount_factory().path
+    (mounted / "warm").write_bytes(b"the mount knows the leader")
+    leader = re.search(r"meta group: leader (n\d+)", cluster.status())
+    assert leader is not None
+    victim = cluster.node(leader.group(1))
+    assert victim.process is not None
+    data = os.urandom(5 * MiB)
+    victim.process.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        (mounted / "f").write_bytes(data)  # a lookup, a create, two blocks, a commit
+        took = time.monotonic() - started
+    finally:
+        victim.process.send_signal(signal.SIGCONT)
+    # One metadata attempt on the hung leader, then the new one: not the 15 s request timeout.
+    assert took < 12, f"the write took {took:.1f}s with the meta leader hung"
+    assert (mounted / "f").read_bytes() == data
+
+
+def test_stopping_a_mount_stores_what_open_files_hold(
+    cluster: Cluster, mount_factory: Callable[..., Mount]
+) -> None:
+    mount = mount_factory()
+    data = os.urandom(3 * MiB + 5)  # part of one chunk: nothing uploads it before a flush
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD_OPEN, str(mount.path / "held"), str(len(data))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    ) as writer:
+        try:
+            assert writer.stdin is not None
+            assert writer.stdout is not None
+            writer.stdin.write(data)
+            writer.stdin.close()
+            assert writer.stdout.readline() == b"written\n"
+            mount.process.send_signal(signal.SIGTERM)  # the file is still open, never flushed
+            mount.process.wait(timeout=60)
+        finally:
+            writer.kill()
+            mount.abort()
+    again = mount_factory("again").path
+    assert (again / "held").read_bytes() == data
+
+
+# Writes what comes on stdin to argv[1] and keeps the file open (no close, no fsync).
+HOLD_OPEN = """
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)
+data = sys.stdin.buffer.read(int(sys.argv[2]))
+view = memoryview(data)
+while view:
+    view = view[os.write(fd, view):]
+print("written", flush=True)
+time.sleep(600)
+"""

@@ -17,6 +17,7 @@ import hashlib
 import os
 import socket
 import stat
+import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -621,6 +622,26 @@ def test_readdir_lists_a_thousand_entries_exactly_once(pair: Pair) -> None:
 
     pair.same(scanned, expect=ok(sorted((name, name in subdirs) for name in names)))
     pair.check(lambda p: os.stat(p).st_nlink, "big", expect=ok(12))
+
+
+def test_readdir_lists_dot_and_dotdot_as_ext4_does(pair: Pair) -> None:
+    pair.run(os.makedirs, "top/sub")
+    pair.run(os.mknod, "top/sub/f")
+
+    def listed(root: Path) -> tuple[list[str], bool, bool]:
+        """`ls -a1i`: the names, and whether `.` and `..` carry the right inode numbers."""
+        sub = root / "top" / "sub"
+        out = subprocess.run(
+            ["ls", "-a1i", "--", str(sub)], check=True, capture_output=True, text=True
+        ).stdout
+        inodes = {
+            name: int(ino) for ino, name in (line.split(maxsplit=1) for line in out.splitlines())
+        }
+        dot = inodes["."] == os.stat(sub).st_ino
+        dotdot = inodes[".."] == os.stat(root / "top").st_ino
+        return sorted(inodes), dot, dotdot
+
+    pair.same(listed, expect=ok(([".", "..", "f"], True, True)))
 
 
 def test_readdir_while_deleting(pair: Pair) -> None:

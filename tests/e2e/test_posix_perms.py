@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import NOBODY, child_python
 from tests.e2e.test_posix_names import Pair, assert_quiet_logs, make_pair, tree, umask, write
 
 pytestmark = pytest.mark.fuse
-
-NOBODY = 65534
 
 # Runs as nobody: argv[1] is a directory descriptor to work in, argv[2] a JSON list of
 # [operation, *arguments]; prints one [status, value-or-errno-name] per operation.
@@ -75,20 +72,6 @@ print(json.dumps(results))
 """
 
 
-def drop_to_nobody() -> list[str] | None:
-    """The command prefix that runs a program as nobody, or None if there is none here."""
-    if shutil.which("setpriv"):
-        return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-    if shutil.which("runuser"):
-        return ["runuser", "-u", "nobody", "--"]
-    return None
-
-
-def child_python() -> str:
-    # The test's interpreter may live under a directory nobody cannot enter (e.g. /root).
-    return shutil.which("python3", path="/usr/bin:/bin:/usr/local/bin") or sys.executable
-
-
 def as_nobody(prefix: list[str], root: Path, ops: list[list[Any]]) -> list[tuple[str, Any]]:
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -105,25 +88,6 @@ def as_nobody(prefix: list[str], root: Path, ops: list[list[Any]]) -> list[tuple
         os.close(fd)
     assert done.returncode == 0, f"child as nobody failed: {done.stderr[-2000:]}"
     return [tuple(result) for result in json.loads(done.stdout)]
-
-
-@pytest.fixture
-def nobody() -> list[str]:
-    prefix = drop_to_nobody()
-    if os.geteuid() != 0:
-        pytest.skip("needs root to switch to nobody")
-    if prefix is None:
-        pytest.skip("neither setpriv nor runuser is installed")
-    probe = subprocess.run(
-        [*prefix, child_python(), "-I", "-S", "-c", "import os; print(os.getuid())"],
-        cwd="/",
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if probe.returncode != 0 or probe.stdout.strip() != str(NOBODY):
-        pytest.skip(f"cannot run a program as nobody: {probe.stderr.strip()[-300:]}")
-    return prefix
 
 
 @pytest.fixture

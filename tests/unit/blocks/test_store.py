@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ringfs.node.blocks.space import MiB, Reserve, Space
 from ringfs.node.blocks.store import HEADER_SIZE, BlockStore, checksum, validate_block_id
 from ringfs.node.errors import CORRUPT, NodeError
 
@@ -19,7 +20,8 @@ DATA = b"hello, blocks" * 1000
 
 @pytest.fixture
 def store(tmp_path: Path) -> BlockStore:
-    return BlockStore(tmp_path / "store")
+    # No reserve: these tests are about blocks, not about how full this machine's disk is.
+    return BlockStore(tmp_path / "store", Reserve(size=0))
 
 
 def _file(store: BlockStore, block_id: bytes) -> Path:
@@ -183,14 +185,15 @@ def test_ids_ignore_foreign_files(store: BlockStore) -> None:
 def test_stats(store: BlockStore) -> None:
     empty = store.stats()
     assert (empty.blocks, empty.bytes) == (0, 0)
-    assert 0 <= empty.free_bytes <= empty.capacity_bytes
+    assert 0 <= empty.space.free <= empty.space.capacity
+    assert empty.space.reserve == 0
     store.put(ID, DATA, checksum(DATA))
     store.put(OTHER, b"abc", checksum(b"abc"))
     stats = store.stats()
     assert (stats.blocks, stats.bytes) == (2, len(DATA) + 3)
 
 
-@pytest.mark.parametrize("target", ["os.write", "os.fsync", "os.replace"])
+@pytest.mark.parametrize("target", ["os.write", "os.fsync", "os.mkdir", "os.replace"])
 def test_enospc_leaves_nothing(
     store: BlockStore, monkeypatch: pytest.MonkeyPatch, target: str
 ) -> None:
@@ -228,3 +231,108 @@ def test_startup_removes_stale_temp_files(tmp_path: Path) -> None:
     store = BlockStore(root)
     assert list((root / "tmp").iterdir()) == []
     assert store.get(ID)[0] == DATA
+
+
+class _Disk:
+    """A filesystem of 1 GiB, as statvfs reports it; blocks put through the store use it up."""
+
+    UNIT = 4096
+
+    def __init__(self, free: int, inodes: int = 10_000) -> None:
+        self.free = free
+        self.inodes = inodes
+
+    def space(self) -> Space:
+        return Space(total=1 << 30, free=self.free, unit=self.UNIT, inodes_free=self.inodes)
+
+
+@pytest.fixture
+def disk(store: BlockStore, monkeypatch: pytest.MonkeyPatch) -> _Disk:
+    disk = _Disk(free=100 * MiB)
+    monkeypatch.setattr(store, "_space", disk.space)
+    store.reserve = Reserve(size=90 * MiB)
+    return disk
+
+
+def test_a_block_that_would_eat_into_the_reserve_is_refused_before_writing(
+    store: BlockStore, disk: _Disk, caplog: pytest.LogCaptureFixture, expected_logs: list[str]
+) -> None:
+    expected_logs.append("is full")
+    caplog.set_level(logging.INFO)
+    fits = b"x" * (10 * MiB - HEADER_SIZE - 3 * disk.UNIT)
+    store.put(ID, fits, checksum(fits))
+    too_big = fits + b"x" * (disk.UNIT + 1)
+    for _ in range(2):
+        with pytest.raises(NodeError) as info:
+            store.put(OTHER, too_big, checksum(too_big))
+        assert _error(info) == "ENOSPC"
+    assert not store.exists(OTHER)
+    assert list((store.root / "tmp").iterdir()) == []
+    # Logged once when it fills up, once when it has room again, not per block.
+    disk.free = 200 * MiB
+    store.put(OTHER, too_big, checksum(too_big))
+    assert [
+        (r.levelno, r.getMessage().split("(")[0])
+        for r in caplog.records
+        if r.name.endswith("store")
+    ] == [
+        (logging.WARNING, f"block store {store.root} is full "),
+        (logging.INFO, f"block store {store.root} has room again"),
+    ]
+
+
+def test_a_stored_block_is_acknowledged_again_even_when_full(
+    store: BlockStore, disk: _Disk
+) -> None:
+    store.put(ID, DATA, checksum(DATA))
+    disk.free = 0
+    store.put(ID, DATA, checksum(DATA))  # a retried write: the copy is already there
+
+
+def test_writes_under_way_count_against_the_reserve(
+    store: BlockStore, disk: _Disk, monkeypatch: pytest.MonkeyPatch, expected_logs: list[str]
+) -> None:
+    expected_logs.append("is full")
+    half = b"y" * (5 * MiB)
+    seen: list[str] = []
+
+    def write_all(fd: int, data: bytes | memoryview) -> None:
+        # While the first block is being written (statvfs does not show it yet), a second
+        # one of the same size arrives: together they would cross the mark.
+        if not seen:
+            seen.append("first")
+            with pytest.raises(NodeError) as info:
+                store.put(OTHER, half, checksum(half))
+            seen.append(_error(info))
+        os.write(fd, data)
+
+    monkeypatch.setattr("ringfs.node.blocks.store._write_all", write_all)
+    disk.free = 90 * MiB + 8 * MiB
+    store.put(ID, half, checksum(half))
+    assert seen == ["first", "ENOSPC"]
+    assert store.exists(ID)
+    assert not store.exists(OTHER)
+
+
+def test_inodes_are_kept_too(store: BlockStore, disk: _Disk, expected_logs: list[str]) -> None:
+    expected_logs.append("is full")
+    disk.inodes = 100
+    with pytest.raises(NodeError) as info:
+        store.put(ID, b"tiny", checksum(b"tiny"))
+    assert _error(info) == "ENOSPC"
+    assert "inodes" in info.value.detail
+
+
+def test_capacity_leaves_the_reserve_out(store: BlockStore, disk: _Disk) -> None:
+    space = store.capacity()
+    assert (space.capacity, space.free, space.reserve) == ((1 << 30) - 90 * MiB, 10 * MiB, 90 * MiB)
+    disk.free = 10 * MiB
+    assert store.capacity().free == 0
+
+
+def test_delete_is_durable(store: BlockStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.put(ID, DATA, checksum(DATA))
+    synced: list[Path] = []
+    monkeypatch.setattr("ringfs.node.blocks.store.fsync_dir", synced.append)
+    assert store.delete(ID) is True
+    assert synced == [_file(store, ID).parent]

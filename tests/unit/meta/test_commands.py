@@ -13,6 +13,7 @@ from ringfs.node.meta.commands import (
     QUERIES,
     Attr,
     Chunk,
+    ChunkUpdate,
     CommitChunks,
     DirEntry,
     Entry,
@@ -61,7 +62,14 @@ COMMAND_SAMPLES = [
     Rmdir(1, b"d", 7),
     Rename(1, b"a", 2, b"b", 1, 8),
     Setattr(2, 0o600, None, 5, None, 9, None, 10),
-    CommitChunks(2, (CHUNK, Chunk(4, BLOCK, 1, SUM)), 20000, 11),
+    CommitChunks(
+        2,
+        (ChunkUpdate(CHUNK, b"", 0), ChunkUpdate(Chunk(4, BLOCK, 1, SUM), BLOCK, 9)),
+        20000,
+        None,
+        11,
+    ),
+    CommitChunks(2, (), 20000, 12, 11),
     SetXattr(2, b"user.x", b"\x00value", 1, 12),
     RemoveXattr(2, b"user.x", 13),
     Purge((2, 7)),
@@ -74,7 +82,7 @@ QUERY_SAMPLES = [
     ReadLink(4),
     GetXattr(2, b"user.x"),
     ListXattr(2),
-    ReadChunks(2),
+    ReadChunks(2, 0, 100),
     FsInfo(),
     Garbage(10),
 ]
@@ -95,11 +103,12 @@ def test_samples_cover_every_op() -> None:
 def test_wire_form_is_op_then_fields_in_order() -> None:
     assert Rename(1, b"a", 2, b"b", 1, 8).to_wire() == ["rename", 1, b"a", 2, b"b", 1, 8]
     assert FsInfo().to_wire() == ["fsinfo"]
-    assert CommitChunks(2, (CHUNK,), 5, 6).to_wire() == [
+    assert CommitChunks(2, (ChunkUpdate(CHUNK, BLOCK, 7),), 5, None, 6).to_wire() == [
         "commit_chunks",
         2,
-        [[3, BLOCK, 100, SUM]],
+        [[[3, BLOCK, 100, SUM], BLOCK, 7]],
         5,
+        None,
         6,
     ]
     assert Setattr(2, None, None, None, 0, None, None, 1).to_wire()[1:] == [2] + [None] * 3 + [
@@ -208,7 +217,7 @@ def test_entry_and_outcome_round_trip() -> None:
         (ListXattr(1), [b"user.a", b"user.b"]),
         (Garbage(5), [BLOCK]),
         (ReadDir(1, 0, 5), [DirEntry(2, b"a", ATTR), DirEntry(9, b"b", ATTR)]),
-        (ReadChunks(7), (ATTR, [CHUNK])),
+        (ReadChunks(7, 0, 10), (ATTR, [CHUNK])),
         (FsInfo(), FsStats(4096, 3, 100)),
     ],
 )
@@ -226,7 +235,7 @@ def test_results_round_trip_through_msgpack(request_: Any, value: Any) -> None:
         (ReadLink(1), "target"),
         (ListXattr(1), [b"a", "b"]),
         (ReadDir(1, 0, 5), [[2, b"a"]]),
-        (ReadChunks(7), [ATTR.to_wire()]),
+        (ReadChunks(7, 0, 10), [ATTR.to_wire()]),
         (FsInfo(), [4096, 3]),
     ],
 )

@@ -1,0 +1,137 @@
+"""The garbage collector: deletes blocks no file references any more, so full disks get room.
+
+Every meta-group member runs one; it works only while its member leads. Each round it lists
+the garbage ids (`Garbage` query), takes up to one batch of those listed for at least the grace
+period (`blocks/gc.py` decides), sends `block.delete` for each to every node of the cluster map
+(a copy may be on any node: the placement, or a handoff), and then drops from the metadata
+(`ForgetGarbage`) the ids every node confirmed. An id some node did not confirm stays listed and
+is deleted again in a later round: deletes are idempotent.
+
+Why this loses nothing: an id enters the garbage list only when no chunk map references it,
+and the metadata refuses to commit a listed id again, so a deleted block is one no file can
+reach. The grace period covers readers holding an older chunk map. What it does not do (yet):
+blocks of uploads never committed, and copies that land after their block was collected (a
+slow trailing replica write), are never listed, so they stay on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from ringfs.node.blocks.gc import BATCH, LIST_LIMIT, GarbageClock, deleted_everywhere, interval
+from ringfs.node.cluster.map import ClusterMap, NodeInfo
+from ringfs.node.errors import NodeError, Unavailable
+from ringfs.node.meta.commands import ForgetGarbage, Garbage, decode_result
+from ringfs.node.meta.replica import ReplicatedMeta
+from ringfs.node.rpc.client import NodePool
+
+log = logging.getLogger(__name__)
+
+#: Nodes sent deletes at once; each gets one delete at a time.
+NODES_IN_FLIGHT = 16
+
+
+class Collector:
+    """The garbage collector of one meta-group member."""
+
+    def __init__(
+        self, meta: ReplicatedMeta, pool: NodePool, cmap: ClusterMap, grace: float
+    ) -> None:
+        self.meta = meta
+        self.pool = pool
+        self.cmap = cmap
+        self.clock = GarbageClock(grace)
+        self._failing: set[str] = set()
+
+    async def run(self) -> None:
+        """Collect until cancelled.
+
+        Cancellation may cut a round short; ids it did not forget stay listed for the next
+        collector.
+        """
+        pause = interval(self.clock.grace)
+        more = False
+        while True:
+            await trio.sleep(0 if more else pause)
+            more = False
+            if not self._leads():
+                self.clock.reset()
+                continue
+            try:
+                more = await self._round()
+            except NodeError as exc:  # lost the lead, or the metadata refused
+                log.info("garbage collection round cut short: %s", exc)
+
+    def _leads(self) -> bool:
+        return self.meta.raft.raft.role == "leader"
+
+    async def _round(self) -> bool:
+        """Delete and forget one batch of due ids; True if a whole batch went (more may wait).
+
+        Raises NodeError when the metadata refuses the query or the command.
+        """
+        query = Garbage(LIST_LIMIT)
+        listed = decode_result(query, await self.meta.query(query))
+        now = trio.current_time()
+        self.clock.observe(listed, now)
+        due = self.clock.due(now)
+        if not due:
+            return False
+        confirmed = await self._delete(due, self.cmap.nodes)
+        done = deleted_everywhere(due, confirmed, [node.node_id for node in self.cmap.nodes])
+        if done:
+            outcome = await self.meta.apply(ForgetGarbage(tuple(done)), None, None, None)
+            if outcome.error is not None:
+                raise NodeError(outcome.error, "forgetting collected garbage")
+            self.clock.forgotten(done)
+            log.debug("collected %d garbage blocks", len(done))
+        return len(done) == BATCH
+
+    async def _delete(
+        self, block_ids: Sequence[bytes], nodes: Sequence[NodeInfo]
+    ) -> dict[str, set[bytes]]:
+        """Delete the blocks from every node; returns, per node id, the ids it confirmed."""
+        confirmed: dict[str, set[bytes]] = {node.node_id: set() for node in nodes}
+        limiter = trio.CapacityLimiter(NODES_IN_FLIGHT)
+
+        async def sweep(node: NodeInfo) -> None:
+            async with limiter:
+                for block_id in block_ids:
+                    try:
+                        await self.pool.call(node.address, "block.delete", [block_id])
+                    except (Unavailable, NodeError) as exc:
+                        self._note(node.node_id, exc)
+                        return
+                    confirmed[node.node_id].add(block_id)
+                self._note(node.node_id, None)
+
+        async with trio.open_nursery() as nursery:
+            for node in nodes:
+                nursery.start_soon(sweep, node, name=f"gc-delete {node.node_id}")
+        return confirmed
+
+    def _note(self, node: str, failure: Exception | None) -> None:
+        """Log a node that stops or starts confirming deletes, once per change."""
+        if failure is not None and node not in self._failing:
+            self._failing.add(node)
+            log.warning(
+                "garbage collection: node %s failed (%s); its blocks stay listed until it answers",
+                node,
+                failure,
+            )
+        elif failure is None and node in self._failing:
+            self._failing.discard(node)
+            log.info("garbage collection: node %s answers again", node)
+
+    def stats(self) -> dict[str, Any]:
+        """Cheap counters for `node.stats`: nothing here walks a store or the metadata."""
+        return {
+            "active": self._leads(),
+            "waiting": len(self.clock.first_seen),
+            "collected": self.clock.collected,
+            "failing": sorted(self._failing),
+        }
