@@ -107,7 +107,8 @@ class MetaMachine:
         self.commands = 0
         # One snapshot or restore at a time: a restore replaces the file a snapshot reads.
         self._files = threading.Lock()
-        for leftover in self._images():
+        # Images a previous run took: nobody sends them any more.
+        for leftover in self.path.parent.glob(f"{self.path.name}.snapshot-*"):
             leftover.unlink()
 
     def apply(self, entries: Sequence[LogEntry]) -> list[Any]:
@@ -132,8 +133,8 @@ class MetaMachine:
         return self.state.applied_index
 
     def snapshot(self) -> tuple[int, Path]:
-        """A durable image file of the state at one moment, and the index applied then. The
-        image it returned before is deleted (a transfer reading it keeps its open file).
+        """A durable image file of the state at one moment, and the index applied then; the
+        caller deletes it when done with it.
 
         Runs while `apply` goes on. Everything up to the image's index is made durable in the
         database too (its WAL is synced): the Raft log up to it is compacted away next and
@@ -153,13 +154,7 @@ class MetaMachine:
             except (OSError, sqlite3.Error) as exc:
                 partial.unlink(missing_ok=True)
                 raise StorageFailure(f"snapshot of {self.path}: {exc}") from exc
-            for older in self._images():
-                if older != image:
-                    older.unlink()
             return index, image
-
-    def _images(self) -> list[Path]:
-        return list(self.path.parent.glob(f"{self.path.name}.snapshot-*"))
 
     def restore(self, meta: SnapshotMeta, image: Path) -> None:
         """Replace the state by the image file at `meta` (which this takes over). Raises

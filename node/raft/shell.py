@@ -152,13 +152,19 @@ class RaftNode:
         self.tick_interval = tick_interval
         self._voters, self._rng, self._incarnation = voters, rng, incarnation
         self._blocking_io = blocking_io
+        # Image files no longer needed (a newer snapshot replaced them), for the loop to delete.
+        self._stale_images: list[Path] = []
         self._snapshots = Snapshots(
-            node_id, storage, machine, transport, threshold=snapshot_threshold, io=self._io
+            node_id,
+            storage,
+            machine,
+            transport,
+            threshold=snapshot_threshold,
+            io=self._io,
+            discard=self._stale_images.append,
         )
         self._pending = Ready()
         self._inbox: deque[tuple[Message, Path | None]] = deque()
-        # Images of snapshot requests a newer one replaced, for the loop to delete.
-        self._stale_images: list[Path] = []
         # Ticks are counted from the clock, not from wake-ups, so a stall is not time that
         # never passed (the leader lease relies on it).
         self._clock_start: float | None = None

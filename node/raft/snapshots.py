@@ -5,7 +5,8 @@ in a task of its own (the state machine's `snapshot`, in a worker thread) while 
 on ticking, answering and applying. The image is of one moment, at the index applied then;
 once it is taken, the loop compacts the core and `raft.db` up to that index
 (`Snapshots.finish`) and offers the image to the followers that wait for one. An image offered
-is offered again, not taken again, while it is the newest and a follower still needs it.
+is offered again, not taken again, while it is the newest and a follower still needs it; then
+its file is handed to `discard` (a transfer still reading it keeps its open file).
 """
 
 from __future__ import annotations
@@ -49,11 +50,14 @@ class Snapshots:
         *,
         threshold: int,
         io: Io,
+        discard: Callable[[Path], None],
     ) -> None:
+        """`discard` takes the image files no longer needed, for the loop to delete."""
         self._node_id = node_id
         self._storage, self._machine, self._transport = storage, machine, transport
         self.threshold = threshold
         self._io = io
+        self._discard = discard
         #: Where the log's snapshot ends (this member's own, or one it installed).
         self.index = 0
         # A new core starts a new generation: a copy begun for an older one is dropped.
@@ -68,7 +72,8 @@ class Snapshots:
         """A new core, whose log's snapshot ends at `index`: forget what the previous did."""
         self.index = index
         self._generation += 1
-        self._taken, self._failure, self._offered = None, None, None
+        self._drop_offered()
+        self._taken, self._failure = None, None
         self._wanted.clear()
 
     def due(self, applied: int, raft: Raft) -> bool:
@@ -98,6 +103,8 @@ class Snapshots:
         else:
             if generation == self._generation:
                 self._taken = (index, image)
+            else:
+                self._discard(image)
         finally:
             self._running = False
             wake()
@@ -119,18 +126,21 @@ class Snapshots:
         index, image = self._taken
         self._taken = None
         if index < self.index:
+            self._discard(image)
             return
         try:
             meta = raft.snapshot_meta(index)
         except ValueError:
             log.warning("node %s: no snapshot at %d until the log holds it", self._node_id, index)
             self.index = index
+            self._discard(image)
             return
         if index > self.index:
             raft.compact(meta)
             await self._io(self._storage.compact, meta)
             self.index = index
             log.info("node %s: snapshot at index %d, log compacted", self._node_id, index)
+        self._drop_offered()
         self._offered = (meta, image)
         for follower in sorted(self._wanted):
             self._send(raft, follower)
@@ -138,7 +148,8 @@ class Snapshots:
 
     def installed(self, index: int) -> None:
         """The state machine now is a snapshot received at `index`."""
-        self.index, self._offered = index, None
+        self.index = index
+        self._drop_offered()
 
     def offer(self, raft: Raft, follower: str) -> bool:
         """Send `follower` the newest snapshot; False if none is at hand yet (the caller
@@ -160,12 +171,17 @@ class Snapshots:
         self._transport.send(request, image)
 
     def forget(self, leading: bool, match_index: dict[str, int]) -> None:
-        """Drop the offered image once no follower can need it, or this node stopped
-        leading (the state machine deletes the file when it takes a newer one)."""
+        """Drop the offered image once no follower can need it, or this node does not lead
+        (a snapshot taken to compact the log is dropped this way as soon as it is taken)."""
         if not leading:
             self._wanted.clear()
         if self._offered is None:
             return
         needed = self._offered[0].last_index
         if not leading or all(m >= needed for m in match_index.values()):
+            self._drop_offered()
+
+    def _drop_offered(self) -> None:
+        if self._offered is not None:
+            self._discard(self._offered[1])
             self._offered = None

@@ -24,6 +24,7 @@ class Fakes:
         self.sent: list[tuple[Message, Path | None]] = []
         self.release = trio.Event()
         self.copying = False
+        self.discarded: list[Path] = []
 
     def compact(self, meta: SnapshotMeta) -> None:
         self.compacted.append(meta.last_index)
@@ -45,6 +46,12 @@ class Fakes:
         return fn(*args)
 
 
+def snapshots_of(fakes: Fakes, threshold: int) -> Snapshots:
+    return Snapshots(
+        "n1", fakes, fakes, fakes, threshold=threshold, io=fakes.io, discard=fakes.discarded.append
+    )
+
+
 def leader() -> Raft:
     raft = Raft("n1", ("n1",), rng=random.Random(1))
     raft.tick()  # a lone voter leads at its first tick
@@ -57,7 +64,7 @@ async def test_a_snapshot_is_taken_beside_the_loop_then_compacted_and_sent(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     fakes = Fakes(tmp_path)
-    snapshots = Snapshots("n1", fakes, fakes, fakes, threshold=3, io=fakes.io)
+    snapshots = snapshots_of(fakes, threshold=3)
     raft = leader()
     fakes.applied = raft.commit_index
     woken = trio.Event()
@@ -88,7 +95,7 @@ async def test_an_offered_image_is_offered_again_not_taken_again(
 ) -> None:
     fakes = Fakes(tmp_path)
     fakes.release.set()
-    snapshots = Snapshots("n1", fakes, fakes, fakes, threshold=1, io=fakes.io)
+    snapshots = snapshots_of(fakes, threshold=1)
     raft = leader()
     fakes.applied = raft.commit_index
     woken = trio.Event()
@@ -100,6 +107,7 @@ async def test_an_offered_image_is_offered_again_not_taken_again(
     assert [image for _, image in fakes.sent] == [tmp_path / "image-1"] * 2
     assert fakes.taken == 1
     snapshots.forget(True, {"n2": fakes.applied})  # every follower is past it
+    assert fakes.discarded == [tmp_path / "image-1"]
     assert not snapshots.offer(raft, "n2")
 
 
@@ -107,7 +115,7 @@ async def test_a_snapshot_older_than_one_installed_meanwhile_is_dropped(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     fakes = Fakes(tmp_path)
-    snapshots = Snapshots("n1", fakes, fakes, fakes, threshold=1, io=fakes.io)
+    snapshots = snapshots_of(fakes, threshold=1)
     raft = leader()
     fakes.applied = 2
     woken = trio.Event()
@@ -118,13 +126,14 @@ async def test_a_snapshot_older_than_one_installed_meanwhile_is_dropped(
     await woken.wait()
     await snapshots.finish(raft)
     assert (fakes.compacted, snapshots.index) == ([], 10)
+    assert fakes.discarded == [tmp_path / "image-1"]
 
 
 async def test_a_copy_begun_for_an_earlier_core_is_dropped(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     fakes = Fakes(tmp_path)
-    snapshots = Snapshots("n1", fakes, fakes, fakes, threshold=1, io=fakes.io)
+    snapshots = snapshots_of(fakes, threshold=1)
     raft = leader()
     fakes.applied = raft.commit_index
     woken = trio.Event()
@@ -135,3 +144,4 @@ async def test_a_copy_begun_for_an_earlier_core_is_dropped(
     await woken.wait()
     await snapshots.finish(raft)
     assert fakes.compacted == []
+    assert fakes.discarded == [tmp_path / "image-1"]

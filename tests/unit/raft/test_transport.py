@@ -19,20 +19,29 @@ MEMBERS = parse_members("n1=127.0.0.1:7001,n2=127.0.0.1:7002")
 
 class Pool:
     """Records what is notified and called; snapshot parts wait for `release` while `hold`
-    is set."""
+    is set. `part_sent` and `snapshot_sent` tell that a part, and a SnapshotRequest, went
+    (the transport reads images in worker threads, so waiting for blocked tasks is not
+    enough)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[list[Any]]]] = []
         self.hold = False
         self.release = trio.Event()
+        self.part_sent = trio.Event()
+        self.snapshot_sent = trio.Event()
+        self.notified = trio.Event()
 
     async def notify(
         self, address: str, method: str, batch: list[list[Any]], time_limit: float
     ) -> None:
         self.calls.append((method, batch))
+        self.notified.set()
+        if any(isinstance(message_from_wire(wire), SnapshotRequest) for (wire,) in batch):
+            self.snapshot_sent.set()
 
     async def call(self, address: str, method: str, params: list[Any], time_limit: float) -> None:
         self.calls.append((method, [params]))
+        self.part_sent.set()
         if method == "raft.snapshot_part" and self.hold:
             await self.release.wait()
 
@@ -71,10 +80,11 @@ async def test_a_snapshot_offered_while_one_travels_is_dropped(
     pool.hold = True
     transport = RpcTransport(ClusterMap(1, MEMBERS), pool, nursery)  # type: ignore[arg-type]
     transport.send(request(10), image(tmp_path, b"first image"))
-    await trio.testing.wait_all_tasks_blocked()  # its first part is on its way
+    await pool.part_sent.wait()  # its first part is on its way
     transport.send(request(20), image(tmp_path, b"the second image"))
     transport.send(vote(5))
     pool.release.set()
+    await pool.snapshot_sent.wait()
     await trio.testing.wait_all_tasks_blocked()
     parts = [b[0] for m, b in pool.calls if m == "raft.snapshot_part"]
     assert parts == [["n1", 2, 10, len(b"first image"), 0, b"first image"]]
@@ -103,10 +113,10 @@ async def test_an_image_goes_part_by_part_each_read_when_its_turn_comes(
     transport = RpcTransport(ClusterMap(1, MEMBERS), pool, nursery)  # type: ignore[arg-type]
     path = image(tmp_path, b"abcdefghij")
     transport.send(request(10), path)
-    await trio.testing.wait_all_tasks_blocked()
+    await pool.part_sent.wait()
     path.write_bytes(b"ABCDEFGHIJ")  # parts not sent yet are read from the file later
     pool.release.set()
-    await trio.testing.wait_all_tasks_blocked()
+    await pool.snapshot_sent.wait()
     parts = [b[0][4:] for m, b in pool.calls if m == "raft.snapshot_part"]
     assert parts == [[0, b"abcd"], [4, b"EFGH"], [8, b"IJ"]]
 
@@ -119,5 +129,7 @@ async def test_an_image_deleted_before_its_turn_is_not_sent(
     path = image(tmp_path, b"gone")
     path.unlink()  # a newer snapshot replaced it: that one is offered next
     transport.send(request(10), path)
-    await trio.testing.wait_all_tasks_blocked()
-    assert pool.calls == []
+    await trio.sleep(0.1)  # the outbox tries to open it, in a worker thread
+    transport.send(vote(3))
+    await pool.notified.wait()
+    assert [message_from_wire(p[0]) for _, b in pool.calls for p in b] == [vote(3)]
