@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import os
 import random
@@ -107,6 +108,7 @@ class MetaMachine:
         self.commands = 0
         # One snapshot or restore at a time: a restore replaces the file a snapshot reads.
         self._files = threading.Lock()
+        self._numbers = itertools.count()
         # Images a previous run took: nobody sends them any more.
         for leftover in self.path.parent.glob(f"{self.path.name}.snapshot-*"):
             leftover.unlink()
@@ -148,7 +150,9 @@ class MetaMachine:
                 wal = Path(f"{self.path}-wal")
                 if wal.exists():
                     _fsync(wal)
-                image = self.path.with_name(f"{self.path.name}.snapshot-{index}")
+                # Each image its own name: two of one index are still two files to delete.
+                number = next(self._numbers)
+                image = self.path.with_name(f"{self.path.name}.snapshot-{index}-{number}")
                 os.replace(partial, image)
                 fsync_dir(self.path.parent)
             except (OSError, sqlite3.Error) as exc:

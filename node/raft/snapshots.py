@@ -155,7 +155,8 @@ class Snapshots:
         """Send `follower` the newest snapshot; False if none is at hand yet (the caller
         starts one, and it goes out once taken). The core offers again every few ticks
         while an answer is due, and a large image may take longer than that to arrive."""
-        if self._offered is None or self._offered[0].last_index != self.index:
+        offered = self._offered
+        if offered is None or offered[0].last_index != self.index or not offered[1].exists():
             self._wanted.add(follower)
             return False
         self._send(raft, follower)

@@ -120,3 +120,11 @@ def test_a_snapshot_is_of_one_moment_while_entries_apply(machine: MetaMachine) -
         ).fetchone()
     assert applied == index
     assert count == index - 1  # one directory per entry after the Init at 1
+
+
+def test_two_images_of_one_index_are_two_files(machine: MetaMachine) -> None:
+    """The caller deletes each image once done with it: deleting one must not take the other."""
+    (first_index, first), (second_index, second) = machine.snapshot(), machine.snapshot()
+    assert first_index == second_index
+    first.unlink()
+    assert second.read_bytes()[:16] == b"SQLite format 3\0"
