@@ -559,8 +559,9 @@ def test_followers_commit_only_what_they_hold_from_this_leader() -> None:
 # --- votes -------------------------------------------------------------------------------------
 
 
-def test_vote_rules() -> None:
-    voter = Raft(
+def voter_in_term_2() -> Raft:
+    """n1 in term 2, no vote yet, its log ending at (2, term 2), past its quiet period."""
+    return Raft(
         "n1",
         IDS3,
         hard_state=HardState(2, None),
@@ -568,6 +569,10 @@ def test_vote_rules() -> None:
         rng=random.Random(0),
         boot_quiet=False,
     )
+
+
+def test_vote_rules() -> None:
+    voter = voter_in_term_2()
 
     def ask(src: str, term: int, last_index: int, last_term: int) -> tuple[Ready, VoteResponse]:
         ready = voter.step(VoteRequest(src, "n1", term, last_index, last_term, False))
@@ -610,14 +615,7 @@ def test_granting_a_vote_resets_the_election_timer() -> None:
 
 
 def test_pre_vote_changes_no_term_or_vote() -> None:
-    voter = Raft(
-        "n1",
-        IDS3,
-        hard_state=HardState(2, None),
-        entries=log_of(1, 2),
-        rng=random.Random(0),
-        boot_quiet=False,
-    )
+    voter = voter_in_term_2()
     ready = voter.step(VoteRequest("n2", "n1", 5, 2, 2, True))
     assert ready.messages == (VoteResponse("n1", "n2", 2, True, True),)
     assert ready.hard_state is None

@@ -37,12 +37,17 @@ def warnings(net: Net, node_id: str) -> list[str]:
     return [w for n, ready in net.trace if n == node_id for w in ready.warnings]
 
 
-def test_a_follower_that_lost_its_log_is_brought_back_by_snapshot() -> None:
+def replicated(count: int) -> tuple[Net, str, str]:
+    """A group whose leader replicated `count` commands: (net, leader, a follower)."""
     net, leader = settled_net()
-    follower = next(n for n in IDS3 if n != leader)
-    for i in range(20):
+    for i in range(count):
         net.propose(leader, f"w{i}".encode())
     net.run(2)
+    return net, leader, next(n for n in IDS3 if n != leader)
+
+
+def test_a_follower_that_lost_its_log_is_brought_back_by_snapshot() -> None:
+    net, leader, follower = replicated(20)
     net.compact(leader)
     assert net.nodes[leader].match_index[follower] == net.nodes[leader].last_index
     wiped = lose_storage(net, follower)
@@ -58,11 +63,7 @@ def test_a_follower_that_lost_its_log_is_brought_back_by_snapshot() -> None:
 
 
 def test_a_follower_that_lost_its_log_gets_the_entries_still_in_the_log() -> None:
-    net, leader = settled_net()
-    follower = next(n for n in IDS3 if n != leader)
-    for i in range(5):
-        net.propose(leader, f"w{i}".encode())
-    net.run(2)
+    net, leader, follower = replicated(5)
     lose_storage(net, follower)
     net.run_until(lambda: net.applied[follower] == net.applied[leader])
     assert net.snapshot_offers == []
@@ -70,10 +71,7 @@ def test_a_follower_that_lost_its_log_gets_the_entries_still_in_the_log() -> Non
 
 
 def test_a_restarted_follower_with_its_storage_is_not_warned_about() -> None:
-    net, leader = settled_net()
-    follower = next(n for n in IDS3 if n != leader)
-    net.propose(leader, b"x")
-    net.run(2)
+    net, leader, follower = replicated(1)
     net.restart(follower)
     net.run(3)
     assert warnings(net, leader) == []
@@ -81,11 +79,8 @@ def test_a_restarted_follower_with_its_storage_is_not_warned_about() -> None:
 
 
 def test_answers_from_an_earlier_incarnation_are_ignored() -> None:
-    net, leader = settled_net()
+    net, leader, follower = replicated(1)
     raft = net.nodes[leader]
-    follower = next(n for n in IDS3 if n != leader)
-    net.propose(leader, b"x")
-    net.run(2)
     last = raft.last_index
     # The follower restarts empty and says so; then an answer of its earlier life arrives.
     fresh = AppendResponse(follower, leader, raft.term, False, 0, 1, 0, 0, incarnation=7)
@@ -194,12 +189,8 @@ def test_recovery_ends_only_with_a_leader_that_knows_this_incarnation() -> None:
 
 
 def test_a_stale_rejection_below_the_match_is_ignored() -> None:
-    net, leader = settled_net()
+    net, leader, follower = replicated(3)
     raft = net.nodes[leader]
-    follower = next(n for n in IDS3 if n != leader)
-    for i in range(3):
-        net.propose(leader, f"w{i}".encode())
-    net.run(2)
     match = raft.match_index[follower]
     ready = raft.step(AppendResponse(follower, leader, raft.term, False, 0, 2, 0, 1, 1))
     assert ready.messages == ()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -52,21 +54,33 @@ def snapshots_of(fakes: Fakes, threshold: int) -> Snapshots:
     )
 
 
-def leader() -> Raft:
+def setup(tmp_path: Path, threshold: int) -> tuple[Fakes, Snapshots, Raft]:
+    """The fakes, their `Snapshots`, and a leader that committed a few entries."""
+    fakes = Fakes(tmp_path)
     raft = Raft("n1", ("n1",), rng=random.Random(1))
     raft.tick()  # a lone voter leads at its first tick
     for _ in range(3):
         raft.propose(b"x")
-    return raft
+    fakes.applied = raft.commit_index
+    return fakes, snapshots_of(fakes, threshold), raft
+
+
+async def copy_while(
+    nursery: trio.Nursery, fakes: Fakes, snapshots: Snapshots, meanwhile: Callable[[], None]
+) -> None:
+    """Take a snapshot, and call `meanwhile` while the copy runs."""
+    woken = trio.Event()
+    snapshots.start(nursery, woken.set)
+    await trio.testing.wait_all_tasks_blocked()
+    meanwhile()
+    fakes.release.set()
+    await woken.wait()
 
 
 async def test_a_snapshot_is_taken_beside_the_loop_then_compacted_and_sent(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    fakes = Fakes(tmp_path)
-    snapshots = snapshots_of(fakes, threshold=3)
-    raft = leader()
-    fakes.applied = raft.commit_index
+    fakes, snapshots, raft = setup(tmp_path, threshold=3)
     woken = trio.Event()
     assert snapshots.due(fakes.applied, raft)
     assert not snapshots.offer(raft, "n2")  # nothing to offer yet: it waits for one
@@ -93,14 +107,8 @@ async def test_a_snapshot_is_taken_beside_the_loop_then_compacted_and_sent(
 async def test_an_offered_image_is_offered_again_not_taken_again(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    fakes = Fakes(tmp_path)
-    fakes.release.set()
-    snapshots = snapshots_of(fakes, threshold=1)
-    raft = leader()
-    fakes.applied = raft.commit_index
-    woken = trio.Event()
-    snapshots.start(nursery, woken.set)
-    await woken.wait()
+    fakes, snapshots, raft = setup(tmp_path, threshold=1)
+    await copy_while(nursery, fakes, snapshots, lambda: None)
     await snapshots.finish(raft)
     assert snapshots.offer(raft, "n2")
     assert snapshots.offer(raft, "n2")  # the core's re-offer while the first is on its way
@@ -111,37 +119,22 @@ async def test_an_offered_image_is_offered_again_not_taken_again(
     assert not snapshots.offer(raft, "n2")
 
 
-async def test_a_snapshot_older_than_one_installed_meanwhile_is_dropped(
-    nursery: trio.Nursery, tmp_path: Path
+@pytest.mark.parametrize(
+    ("meanwhile", "index"),
+    [
+        (lambda snapshots: snapshots.installed(10), 10),  # a leader's snapshot replaced it all
+        (lambda snapshots: snapshots.reset(0), 0),  # the member reopened its storage
+    ],
+    ids=["newer snapshot installed", "core rebuilt"],
+)
+async def test_a_copy_overtaken_meanwhile_is_dropped(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    meanwhile: Callable[[Snapshots], None],
+    index: int,
 ) -> None:
-    fakes = Fakes(tmp_path)
-    snapshots = snapshots_of(fakes, threshold=1)
-    raft = leader()
-    fakes.applied = 2
-    woken = trio.Event()
-    snapshots.start(nursery, woken.set)
-    await trio.testing.wait_all_tasks_blocked()
-    snapshots.installed(10)  # a snapshot received from a leader replaced the state machine
-    fakes.release.set()
-    await woken.wait()
+    fakes, snapshots, raft = setup(tmp_path, threshold=1)
+    await copy_while(nursery, fakes, snapshots, lambda: meanwhile(snapshots))
     await snapshots.finish(raft)
-    assert (fakes.compacted, snapshots.index) == ([], 10)
-    assert fakes.discarded == [tmp_path / "image-1"]
-
-
-async def test_a_copy_begun_for_an_earlier_core_is_dropped(
-    nursery: trio.Nursery, tmp_path: Path
-) -> None:
-    fakes = Fakes(tmp_path)
-    snapshots = snapshots_of(fakes, threshold=1)
-    raft = leader()
-    fakes.applied = raft.commit_index
-    woken = trio.Event()
-    snapshots.start(nursery, woken.set)
-    await trio.testing.wait_all_tasks_blocked()
-    snapshots.reset(0)  # the member reopened its storage after a failure
-    fakes.release.set()
-    await woken.wait()
-    await snapshots.finish(raft)
-    assert fakes.compacted == []
+    assert (fakes.compacted, snapshots.index) == ([], index)
     assert fakes.discarded == [tmp_path / "image-1"]
