@@ -29,7 +29,7 @@ import trio
 from ringfs.fs.blockcache import BlockCache
 from ringfs.fs.budget import WriteBudget
 from ringfs.fs.cluster import Cluster
-from ringfs.fs.writelog import Piece, WriteLog, by_chunk, merge, rebase
+from ringfs.fs.writelog import Piece, WriteLog, by_chunk, intersect, merge, rebase
 from ringfs.node.blocks.store import checksum as block_checksum
 from ringfs.node.errors import CHANGED, NodeError, Unavailable
 from ringfs.node.meta import commands
@@ -93,10 +93,12 @@ class FileState:
         self.size = attr.size
         self.chunks: dict[int, Chunk] = {chunk.idx: chunk for chunk in chunks}
         self.open_count = 0
+        #: Last releases still flushing: the state stays while one does.
+        self.closing = 0
         self.modified_ns: int | None = None
-        #: Set when a commit had to be laid over another mount's changes: the kernel's cached
-        #: pages of this file may be stale.
-        self.rebased = False
+        #: Set when a commit showed that another client changed the file since this one read
+        #: it: the kernel's cached pages of the file may be stale.
+        self.cache_stale = False
         self._dirty: dict[int, _Buffer] = {}
         self._uploads: dict[int, _Upload] = {}
         self._loading: dict[int, trio.Event] = {}
@@ -109,9 +111,9 @@ class FileState:
         self._write_seq = 0
         # Stored chunks to commit, with the last write each holds.
         self._to_commit: dict[int, int] = {}
-        # Bytes appended (O_APPEND) since the last commit start here, placed after a committed
-        # size of `_append_base`; the commit holds only at that size.
-        self._append_from: int | None = None
+        # Runs of bytes appended (O_APPEND) and not committed yet, in the order written, placed
+        # after a committed size of `_append_base`: their commit holds only at that size.
+        self._appended: list[tuple[int, int]] = []
         self._append_base = 0
         self._discarded = False
         self.failed: dict[int, BaseException] = {}
@@ -137,28 +139,40 @@ class FileState:
 
     @contextlib.asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
-        """Hold writes off (for a truncation: flush, change the size, `reset`)."""
-        async with self._write_lock:
+        """Hold flushes and writes off (for a truncation: flush, change the size, `truncated`).
+
+        The locks are always taken in one order, flush then write, here and in `flush`.
+        """
+        async with _held(self._flush_lock), _held(self._write_lock):
             yield
 
-    def reset(self, attr: Attr, chunks: list[Chunk]) -> None:
-        """Adopt a fresh committed view after a truncation, inside `exclusive` after a flush."""
+    def truncated(self, attr: Attr) -> None:
+        """Adopt a size change this client made, inside `exclusive` after a flush: chunks past
+        the new end go and the last one shortens, as the metadata did."""
         if self._dirty or self._uploads or self._to_commit:
-            raise RuntimeError("reset of a file with uncommitted writes")
+            raise RuntimeError("truncation of a file with uncommitted writes")
+        chunk_size = self.ctx.chunk_size
+        self.chunks = {
+            idx: replace(chunk, length=min(chunk.length, attr.size - idx * chunk_size))
+            for idx, chunk in self.chunks.items()
+            if idx * chunk_size < attr.size
+        }
         self._bases.clear()
         self._logs.clear()
         self._sealed.clear()
-        self._append_from = None
+        self._appended.clear()
         self.attr = attr
         self.size = attr.size
-        self.chunks = {chunk.idx: chunk for chunk in chunks}
 
     def refresh(self, attr: Attr, chunks: list[Chunk]) -> None:
         """Adopt the committed file as another open (close-to-open) or a failed read found it.
 
         Chunks this client is writing keep their local versions: their commit is checked
-        against the chunks they were built on.
+        against the chunks they were built on. A view older than this client's is ignored (its
+        answer was overtaken by a commit of this client's).
         """
+        if attr.version < self.attr.version:
+            return
         fresh = {chunk.idx: chunk for chunk in chunks}
         for idx in set(self.chunks) | set(fresh):
             if idx in self._bases:
@@ -168,21 +182,20 @@ class FileState:
             else:
                 del self.chunks[idx]
         self.attr = attr
-        written = (idx * self.ctx.chunk_size + log.end() for idx, log in self._logs.items())
-        appended = self.size if self._append_from is not None else 0
-        self.size = max(attr.size, appended, *written)
+        self.size = self._local_size()
+
+    def _local_size(self) -> int:
+        """The committed size, or the end of what this client wrote since, if further."""
+        return max([self.attr.size] + [end for _, end in self.uncommitted()])
 
     def uncommitted(self) -> list[tuple[int, int]]:
         """The byte ranges written here and not committed yet, sorted and disjoint."""
         chunk_size = self.ctx.chunk_size
-        spans = [
+        return merge(
             (idx * chunk_size + start, idx * chunk_size + end)
             for idx, log in self._logs.items()
             for start, end in log.spans()
-        ]
-        if self._append_from is not None:
-            spans.append((self._append_from, self.size))
-        return merge(spans)
+        )
 
     def discard(self) -> None:
         """Give up the bytes that could not be stored: the last handle is gone. Their buffers
@@ -204,9 +217,8 @@ class FileState:
         view = memoryview(data)
         async with self._write_lock:
             if append:
-                if self._append_from is None:
-                    self._append_from, self._append_base = self.size, self.attr.size
                 offset = self.size
+                self._note_append(offset, offset + len(data))
             self._write_seq += 1
             position = offset
             while view:
@@ -225,6 +237,14 @@ class FileState:
             self.modified_ns = time.time_ns()
         return len(data)
 
+    def _note_append(self, start: int, end: int) -> None:
+        if not self._appended:
+            self._append_base = self.attr.size
+        if self._appended and self._appended[-1][1] == start:
+            self._appended[-1] = (self._appended[-1][0], end)
+        else:
+            self._appended.append((start, end))
+
     async def _buffer(self, idx: int) -> _Buffer:
         """The dirty buffer for chunk `idx`, created (with the chunk's current bytes) if need be."""
         while True:
@@ -238,28 +258,37 @@ class FileState:
                 continue
             self._loading[idx] = done = trio.Event()
             try:
-                await self.ctx.budget.acquire()
-                try:
-                    buffer = await self._base(idx)
-                except BaseException:
-                    self.ctx.budget.release()
-                    raise
-                if idx not in self._bases:
-                    self._bases[idx] = self.chunks.get(idx)
-                    self._logs[idx] = WriteLog()
-                self._dirty[idx] = buffer
-                self.ctx.budget.touch(self, idx)
+                await self._new_buffer(idx)
             finally:
                 del self._loading[idx]
                 done.set()
 
-    async def _base(self, idx: int) -> _Buffer:
-        chunk_size = self.ctx.chunk_size
-        upload = self._uploads.get(idx)
-        if upload is not None:
-            return _Buffer(bytearray(upload.buffer.data), upload.buffer.end)
-        data = bytearray(chunk_size)
-        chunk = self.chunks.get(idx)
+    async def _new_buffer(self, idx: int) -> None:
+        """Make chunk `idx`'s dirty buffer: a copy of its newest upload in flight, or of the
+        chunk as this client knows it (its base), or zeros."""
+        await self.ctx.budget.acquire()
+        source = self.chunks.get(idx)  # what the bytes come from, whatever a refresh does
+        try:
+            upload = self._uploads.get(idx)
+            if upload is not None:
+                buffer = _Buffer(bytearray(upload.buffer.data), upload.buffer.end)
+            else:
+                buffer = await self._stored_buffer(source)
+        except BaseException:
+            self.ctx.budget.release()
+            raise
+        if idx in self._dirty:
+            # A failed upload put its buffer back meanwhile: that one holds the chunk's bytes.
+            self.ctx.budget.release()
+            return
+        if idx not in self._bases:
+            self._bases[idx] = source
+            self._logs[idx] = WriteLog()
+        self._dirty[idx] = buffer
+        self.ctx.budget.touch(self, idx)
+
+    async def _stored_buffer(self, chunk: Chunk | None) -> _Buffer:
+        data = bytearray(self.ctx.chunk_size)
         if chunk is None:
             return _Buffer(data, 0)
         stored = await self.ctx.cache.get(chunk.block_id, chunk.checksum)
@@ -327,8 +356,8 @@ class FileState:
         if a chunk written before the call could not reach a write quorum; its bytes stay
         buffered for the next flush.
         """
-        async with self._flush_lock:
-            await self._store_all(set(self._dirty) | set(self._uploads))
+        async with _held(self._flush_lock):
+            await self._store_all(self._write_seq)
             while True:
                 try:
                     return await self._commit()
@@ -336,34 +365,28 @@ class FileState:
                     if exc.name != CHANGED:
                         raise
                 log.debug("inode %d changed in another client: rebasing our writes", self.ino)
-                async with self._writes_held():
-                    await self._store_all(set(self._dirty) | set(self._uploads))
+                async with _held(self._write_lock):
+                    await self._store_all(self._write_seq)
                     await self._rebase(*await self.ctx.cluster.read_chunks(self.ino))
 
-    @contextlib.asynccontextmanager
-    async def _writes_held(self) -> AsyncIterator[None]:
-        """Hold writes off, unless this task does already (a truncation's flush)."""
-        if self._write_lock.statistics().owner is trio.lowlevel.current_task():
-            yield
-            return
-        async with self._write_lock:
-            yield
-
-    async def _store_all(self, indexes: set[int]) -> None:
-        """Upload every dirty buffer and wait until the newest bytes of each chunk in `indexes`
-        are stored; raises the failure of one that could not be."""
+    async def _store_all(self, through: int) -> None:
+        """Store every chunk's writes up to write `through`: upload the dirty buffers, wait for
+        the uploads that hold them (not for later writes, which may go on forever); raises the
+        failure of one that could not be stored."""
+        waiting = {idx: log.last_seq(through) for idx, log in self._logs.items()}
+        waiting = {idx: need for idx, need in waiting.items() if need}
         for idx in sorted(self._dirty):
             self.start_upload(idx)
-        for idx in sorted(indexes):
-            while True:
+        for idx, need in sorted(waiting.items()):
+            while self._to_commit.get(idx, 0) < need and self._logs.get(idx):
                 upload = self._uploads.get(idx)
                 if upload is not None:
                     await upload.done.wait()
                 elif idx in self._dirty and idx not in self.failed:
-                    self.start_upload(idx)  # written again since: upload the newer bytes
+                    self.start_upload(idx)  # its upload failed or started too early: again
                 else:
                     break
-        for idx in sorted(indexes):
+        for idx in sorted(waiting):
             if idx in self.failed:
                 raise self.failed[idx]
 
@@ -384,22 +407,21 @@ class FileState:
         )
         # The size covers stored data only: never bytes still on their way.
         size = max(idx * chunk_size + self._logs[idx].end(upto) for idx, (_, upto) in taken.items())
-        expect = None if self._append_from is None else self._append_base
+        expect = self._append_base if self._appended else None
+        version = self.attr.version
         attr: Attr = await self.ctx.cluster.meta_apply(
             CommitChunks(self.ino, updates, size, expect, 0)
         )
         for idx, (chunk, upto) in taken.items():
             self._committed(idx, chunk, upto)
+        if attr.version != version + 1:
+            # Another client committed too since our view (to other chunks, or a size).
+            self.cache_stale = True
         self.attr = attr
-        # Another client may have made the file longer than we knew.
-        self.size = max(self.size, attr.size)
-        if self._append_from is not None:
-            # What is left of the appended bytes goes after the file as this commit left it.
-            self._append_base = attr.size
-            if attr.size >= self.size:
-                self._append_from = None
-            elif attr.size > self._append_from:
-                self._append_from = attr.size
+        self.size = self._local_size()
+        # What is left of the appended bytes goes after the file as this commit left it.
+        self._appended = intersect(self._appended, self.uncommitted())
+        self._append_base = attr.size
 
     def _committed(self, idx: int, chunk: Chunk, upto: int) -> None:
         """Chunk `idx` as of write `upto` is committed: newer writes now build on it."""
@@ -421,8 +443,7 @@ class FileState:
         """
         chunk_size = self.ctx.chunk_size
         old = dict(self.chunks)
-        appended = None if self._append_from is None else (self._append_from, self.size)
-        plan = rebase(self.uncommitted(), appended, fresh.size)
+        plan = rebase(self.uncommitted(), self._appended, fresh.size)
         committed = {chunk.idx: chunk for chunk in chunks}
         self._write_seq += 1
         seq = self._write_seq
@@ -436,9 +457,8 @@ class FileState:
         self._sealed = dict.fromkeys(rebuilt, seq)
         self._to_commit = dict.fromkeys(rebuilt, seq)
         self.size = max(fresh.size, plan.end)
-        if plan.appended_at is not None:
-            self._append_from, self._append_base = plan.appended_at, fresh.size
-        self.rebased = True
+        self._appended, self._append_base = list(plan.appended), fresh.size
+        self.cache_stale = True
 
     async def _rebuild(
         self, idx: int, base: Chunk | None, pieces: list[Piece], old: dict[int, Chunk], seq: int
@@ -529,3 +549,13 @@ class FileState:
 def _base_of(chunk: Chunk | None) -> tuple[bytes, int]:
     """A committed chunk as a commit names its base: (block id, length), or no block."""
     return (b"", 0) if chunk is None else (chunk.block_id, chunk.length)
+
+
+@contextlib.asynccontextmanager
+async def _held(lock: trio.Lock) -> AsyncIterator[None]:
+    """Hold `lock`, unless this task does already (a truncation's flush holds both)."""
+    if lock.statistics().owner is trio.lowlevel.current_task():
+        yield
+        return
+    async with lock:
+        yield

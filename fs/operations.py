@@ -114,6 +114,8 @@ class Operations(pyfuse3.Operations):
         self._cached_versions: dict[int, int] = {}
         # Version of the attributes we last gave the kernel for each inode it knows.
         self._told_versions: dict[int, int] = {}
+        # The newest version of each inode's data this client has seen (open or flush).
+        self._known_versions: dict[int, int] = {}
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -231,6 +233,7 @@ class Operations(pyfuse3.Operations):
                 continue
             self._lookups.pop(ino, None)
             self._told_versions.pop(ino, None)
+            self._known_versions.pop(ino, None)
             if ino not in self._open:
                 # The kernel dropped the inode, and its page cache with it.
                 self._cached_versions.pop(ino, None)
@@ -276,8 +279,7 @@ class Operations(pyfuse3.Operations):
             async with state.exclusive():
                 await state.flush()
                 result = await self._apply(command)
-                fresh, chunks = await self.cluster.read_chunks(command.ino)
-                state.reset(fresh, chunks)
+                state.truncated(result)
             return result
         if command.atime_ns is not None or command.mtime_ns is not None:
             await state.flush()
@@ -394,6 +396,9 @@ class Operations(pyfuse3.Operations):
         self._opening[inode] = self._opening.get(inode, 0) + 1
         try:
             attr, chunks = await self.cluster.read_chunks(inode)
+            while attr.version < self._known_versions.get(inode, 0):
+                # Read before a commit of ours that answered first: read again.
+                attr, chunks = await self.cluster.read_chunks(inode)
         finally:
             if self._opening[inode] == 1:
                 del self._opening[inode]
@@ -429,7 +434,7 @@ class Operations(pyfuse3.Operations):
                 self.kernel.forget_attrs(inode)
             # Close-to-open: keep the kernel's cached pages only if the data did not change.
             keep = self._cached_versions.get(inode) == version
-            self._cached_versions[inode] = version
+            self._cached_versions[inode] = self._known_versions[inode] = version
             return pyfuse3.FileInfo(fh=self._new_handle(state, flags), keep_cache=keep)
 
     async def create(
@@ -457,12 +462,17 @@ class Operations(pyfuse3.Operations):
             return await self._handles[fh].write(off, buf, append=fh in self._appending)
 
     async def _flush(self, state: FileState) -> None:
+        before = state.attr.version
         attr = await state.flush()
-        self._cached_versions[state.ino] = attr.version
-        if state.rebased:
-            # Laid over another client's changes: what the kernel cached of the file is stale.
-            state.rebased = False
-            self.kernel.forget_data(state.ino)
+        self._known_versions[state.ino] = attr.version
+        if state.cache_stale:
+            # Another client changed the file too: what the kernel cached of it may be stale.
+            state.cache_stale = False
+            self._cached_versions.pop(state.ino, None)  # the next open drops the pages
+            self.kernel.forget_data(state.ino)  # and handles open now see the new ones soon
+        elif attr.version != before and state.ino in self._cached_versions:
+            # Only our own writes changed it, and the kernel saw them go by.
+            self._cached_versions[state.ino] = attr.version
 
     async def flush(self, fh: FileHandleT) -> None:
         with fuse_errors("flush"):
@@ -478,14 +488,17 @@ class Operations(pyfuse3.Operations):
         state.open_count -= 1
         if state.open_count:
             return
+        state.closing += 1
         try:
             await self._flush(state)
         except (NodeError, Unavailable, ProtocolError) as exc:
             log.error("inode %d: data written since the last flush is lost: %s", state.ino, exc)
-            if not state.open_count:
-                state.discard()
-        if state.open_count:
-            return  # opened again while we flushed: the state lives on
+            if not state.open_count and state.closing == 1:
+                state.discard()  # nobody else will flush it
+        finally:
+            state.closing -= 1
+        if state.open_count or state.closing:
+            return  # opened again while we flushed, or another last release still flushes
         del self._open[state.ino]
         if state.ino in self._orphans:
             self._purge_soon(state.ino)

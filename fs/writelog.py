@@ -4,14 +4,14 @@ Pure logic, no I/O. A chunk's writes are remembered as ranges tagged with each w
 number (`WriteLog`), so that once one generation of the chunk is committed, the ranges written
 after it can be told apart from those it holds. When a commit finds that another client changed
 the file since this one read it, `rebase` says which of this client's own bytes must be laid
-over the file as it is now, and where: written ranges stay where they were written, and bytes
-appended with O_APPEND move to the file's new end, so that nothing another client committed is
-overwritten by bytes this client did not write.
+over the file as it is now, and where: written ranges stay where they were written, and runs of
+bytes appended with O_APPEND move to the file's new end, so that nothing another client
+committed is overwritten by bytes this client did not write.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 
@@ -51,6 +51,10 @@ class WriteLog:
         ranges = [r for r in self._ranges if through is None or r.seq <= through]
         return merge((r.start, r.end) for r in ranges)
 
+    def last_seq(self, through: int) -> int:
+        """The latest write up to `through` (0 if none)."""
+        return max((r.seq for r in self._ranges if r.seq <= through), default=0)
+
     def end(self, through: int | None = None) -> int:
         """Where the written bytes end (0 if none)."""
         return max((r.end for r in self._ranges if through is None or r.seq <= through), default=0)
@@ -81,35 +85,52 @@ class Rebase:
     """Where this client's bytes go in the file as another client left it."""
 
     pieces: tuple[Piece, ...]
-    #: Where the appended bytes start now (None: there were none).
-    appended_at: int | None
+    #: Where each run of appended bytes is now, in the order they were written.
+    appended: tuple[tuple[int, int], ...]
     #: The end of this client's bytes in the new layout.
     end: int
 
 
 def rebase(
-    written: Iterable[tuple[int, int]], appended: tuple[int, int] | None, fresh_size: int
+    written: Iterable[tuple[int, int]], appended: Sequence[tuple[int, int]], fresh_size: int
 ) -> Rebase:
     """Lay this client's bytes over a file of `fresh_size` bytes.
 
-    `written`: spans (absolute offsets) written at fixed positions; `appended`: the span of
-    bytes written with O_APPEND since the last commit (they follow everything else this client
-    wrote). Fixed spans keep their place. Appended bytes go to the end of the file as it is
-    now, or right after this client's own fixed writes if those reach further.
+    `written`: the spans (absolute offsets) this client wrote; `appended`: the runs among them
+    written with O_APPEND, in the order written. Other spans keep their place. Each run goes to
+    the end of the file as it is now, after the runs before it, and after this client's own
+    writes below where it was first placed (an append made after a write past the end follows
+    that write). Runs come first in `pieces`, so where a later write of this client overlaps a
+    moved run, the later write wins, as it did here.
     """
+    runs = [(start, end) for start, end in appended if start < end]
     fixed = merge(written)
-    if appended is not None:
-        start, end = appended
-        fixed = merge(clip for s in fixed for clip in _outside(s, start, end))
-    pieces = [Piece(start, start, end - start) for start, end in fixed]
-    fixed_end = max((end for _, end in fixed), default=0)
-    if appended is None:
-        return Rebase(tuple(pieces), None, fixed_end)
-    start, end = appended
-    at = max(fresh_size, fixed_end)
-    if end > start:
+    for start, end in runs:
+        fixed = merge(part for span in fixed for part in _outside(span, start, end))
+    pieces: list[Piece] = []
+    placed: list[tuple[int, int]] = []
+    cursor = fresh_size
+    for start, end in runs:
+        below = max((e for s, e in fixed if s < start), default=0)
+        at = max(cursor, below)
         pieces.append(Piece(at, start, end - start))
-    return Rebase(tuple(pieces), at, max(fixed_end, at + end - start))
+        placed.append((at, at + end - start))
+        cursor = at + end - start
+    pieces += [Piece(start, start, end - start) for start, end in fixed]
+    ends = [end for _, end in fixed] + [end for _, end in placed]
+    return Rebase(tuple(pieces), tuple(placed), max(ends, default=0))
+
+
+def intersect(
+    spans: Iterable[tuple[int, int]], within: list[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """The parts of `spans` inside the sorted disjoint spans `within`, in the order given."""
+    parts = []
+    for start, end in spans:
+        for low, high in within:
+            if max(start, low) < min(end, high):
+                parts.append((max(start, low), min(end, high)))
+    return parts
 
 
 def _outside(span: tuple[int, int], start: int, end: int) -> list[tuple[int, int]]:

@@ -126,7 +126,7 @@ async def test_appends_from_two_clients_keep_every_record_once(
     fh, ino = await create(a, b"log")
     await a.release(fh)
     handles = {a: await reopen(a, ino, APPEND), b: await reopen(b, ino, APPEND)}
-    records = {a: [], b: []}  # type: dict[Operations, list[bytes]]
+    records: dict[Operations, list[bytes]] = {a: [], b: []}
 
     async def append(ops: Operations, tag: bytes) -> None:
         for i in range(40):
