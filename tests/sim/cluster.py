@@ -14,14 +14,8 @@ seed here). So one seed replays the same run.
 
 A crash cancels the node's scope and keeps only its `Disk`: what `RaftStorage.save` and
 `compact` got, and the state machine's image as of its last snapshot (or, in runs where
-applying is durable, as of its last apply).
-
-Lost storage, within the fault model Raft's protections cover (docs/raft.md, "Members that lose
-their storage"): a node restarts with nothing, or with a copy of its whole disk taken up to a
-few seconds earlier, only while no other member has an empty log or is still recovering and no
-stale leader is alive. An older copy also needs a leader that brings it up to date: it comes
-back only while one leads and the network is whole, and the other faults wait, on a calm
-network, until it holds everything that leader had committed.
+applying is durable, as of its last apply). The storage faults (a disk that fails for a while,
+a restart with nothing or with an older copy of the disk) are in `tests.sim.lost_storage`.
 """
 
 from __future__ import annotations
@@ -55,20 +49,14 @@ from ringfs.node.raft.shell import LeadershipLost, Loaded, RaftNode
 from tests.sim.durable import Disk, KVMachine, MemoryStorage
 from tests.sim.invariants import Monitor
 from tests.sim.linearizability import Op, Verdict, check
-from tests.sim.network import Faults, SimNetwork
-from tests.sim.schedule import Config, FaultEvent, draw_config
+from tests.sim.lost_storage import StorageFaults
+from tests.sim.network import CALM, SimNetwork
+from tests.sim.schedule import Config, draw_config
 
 __all__ = ["Config", "SimResult", "draw_config", "simulate"]
 
 TICK = 0.05  # seconds per Raft tick: elections take 10-20 ticks, heartbeats 2
 SETTLE_LIMIT = 30.0  # after healing, the group must serve every client within this
-CALM = Faults(delay=(0.001, 0.01))
-COPY_EVERY = 0.25  # seconds between the copies of each disk a rewound node may restart with
-# After a rewound node restarts, long enough on a calm network for the leader to learn it did.
-LEARN_RESTART = 0.5
-# How long a leader leads before a rewound node comes back to it: longer than check-quorum's
-# window, so a leader that was about to step down has done so.
-STABLE = 1.0
 
 
 def _incarnation() -> int:
@@ -144,12 +132,7 @@ class _Cluster:
         self.network = SimNetwork(random.Random(master.getrandbits(64)), config.nodes, CALM, files)
         self.client_rngs = [random.Random(master.getrandbits(64)) for _ in range(config.clients)]
         self.disks = {n: Disk(MemoryStorage()) for n in config.nodes}
-        # (time, copy) of every disk, every COPY_EVERY seconds: what a rewind restores.
-        self.copies: dict[str, list[tuple[float, Disk]]] = {n: [] for n in config.nodes}
-        # Set while the fault schedule waits for a rewound node to catch up.
-        self._hold: trio.Event | None = None
-        # The node losing its storage (crashed, not yet back with its new disk or caught up).
-        self._losing: set[str] = set()
+        self.storage_faults = StorageFaults(self)
         self.live: dict[str, RaftNode] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
@@ -255,7 +238,8 @@ class _Cluster:
 
     # -- faults ------------------------------------------------------------------------------
 
-    def _resolve(self, node: str | None) -> str | None:
+    def resolve(self, node: str | None) -> str | None:
+        """The node an event names: "leader" is whoever leads now (None if nobody)."""
         if node == "leader":
             return self.leader()
         return node
@@ -264,8 +248,8 @@ class _Cluster:
         assert self._nursery is not None
         for event in self.config.schedule:
             await trio.sleep_until(event.at)
-            while self._hold is not None:
-                await self._hold.wait()
+            while (hold := self.storage_faults.hold) is not None:
+                await hold.wait()
             if self.healed_at:
                 return  # the fault phase is over (an event due at its very end comes too late)
             if event.action == "faults":
@@ -275,7 +259,7 @@ class _Cluster:
             elif event.action in ("isolate", "split"):
                 groups = event.groups
                 if event.action == "isolate":
-                    target = self._resolve(event.node)
+                    target = self.resolve(event.node)
                     if target is None:
                         self.monitor.note("isolate leader: there is none")
                         continue
@@ -285,16 +269,16 @@ class _Cluster:
                 self.monitor.note(f"partition {' | '.join(','.join(g) for g in groups)}")
                 self._nursery.start_soon(self._heal_later, event.length, self._partition_generation)
             elif event.action == "crash":
-                target = self._resolve(event.node)
+                target = self.resolve(event.node)
                 if target is None or target not in self.live:
                     self.monitor.note(f"crash {event.node}: none running")
                     continue
                 self.crash(target)
                 self._nursery.start_soon(self._restart_later, target, event.length)
             elif event.action in ("wipe", "rewind"):
-                self._nursery.start_soon(self._lose_storage, event)
+                self._nursery.start_soon(self.storage_faults.lose, event)
             elif event.action == "full":
-                self._nursery.start_soon(self._fail_storage, event)
+                self._nursery.start_soon(self.storage_faults.fail, event)
 
     async def _heal_later(self, after: float, generation: int) -> None:
         await trio.sleep(after)
@@ -306,132 +290,6 @@ class _Cluster:
         await trio.sleep(after)
         if self.healed_at == 0.0:
             await self.restart(node_id)
-
-    async def _fail_storage(self, event: FaultEvent) -> None:
-        """The node's storage raises StorageFailure for a while (a full disk)."""
-        target = self._resolve(event.node)
-        if target is None:
-            self.monitor.note("full disk on the leader: there is none")
-            return
-        storage = self.disks[target].storage
-        storage.failing = True
-        self.monitor.note(f"the disk of {target} fails")
-        await trio.sleep(event.length)
-        storage.failing = False
-        self.monitor.note(f"the disk of {target} works again")
-
-    # -- lost storage ------------------------------------------------------------------------
-
-    async def record_disks(self) -> None:
-        """Copy every disk every COPY_EVERY seconds (a consistent moment: nothing runs
-        between the storage's writes and the state machine's in one step)."""
-        while True:
-            for node_id, disk in self.disks.items():
-                self.copies[node_id].append((trio.current_time(), disk.copy()))
-            await trio.sleep(COPY_EVERY)
-
-    async def _lose_storage(self, event: FaultEvent) -> None:
-        """Crash the event's node, then restart it with nothing or an older copy of its disk
-        once the fault model allows it (one node at a time; if it never does before healing,
-        healing restarts the node with its own disk)."""
-        while (node_id := self._resolve(event.node)) is None or self._losing:
-            if self.healed_at:
-                return
-            await trio.sleep(0.05)
-        self._losing.add(node_id)
-        self.crash(node_id)
-        try:
-            await trio.sleep(event.length)
-            if event.action == "rewind":
-                await self._rewind(node_id, event.age)
-            elif await self._until_allowed(node_id, event.action):
-                self.disks[node_id] = Disk(MemoryStorage())
-                self.monitor.note(f"restart {node_id} with nothing")
-                await self.start(node_id)
-        finally:
-            self._losing.discard(node_id)
-
-    async def _rewind(self, node_id: str, age: float) -> None:
-        """Restart with the disk as it was `age` seconds ago, once a leader has led on a calm
-        network for a while; hold the other faults until the node has caught up."""
-        self._hold, faults, self.network.faults = trio.Event(), self.network.faults, CALM
-        try:
-            if await self._until_allowed(node_id, "rewind"):
-                taken, copy = self._copy_before(node_id, trio.current_time() - age)
-                self.disks[node_id] = copy.copy()
-                self.monitor.note(f"restart {node_id} with its storage as of t={taken:.3f}")
-                await self.start(node_id)
-                await self._until_caught_up(node_id)
-        finally:
-            if not self.healed_at:
-                self.network.faults = faults
-            self._hold.set()
-            self._hold = None
-
-    async def _until_allowed(self, node_id: str, action: str) -> bool:
-        """Keep `node_id` down until the fault model lets it come back without its storage;
-        False if healing came first (then it comes back whole). A rewind also waits for a
-        leader that has led for `STABLE` seconds, so that it goes on leading on the calm
-        network."""
-        leader, since = None, 0.0
-        while True:
-            if self.healed_at:
-                self.monitor.note(f"{action} {node_id}: not done before healing")
-                await self.restart(node_id)
-                return False
-            self.crash(node_id)  # another fault's restart may have brought it back
-            if self.leader() != leader:
-                leader, since = self.leader(), trio.current_time()
-            blocked = self._storage_loss_blocked(node_id, action)
-            if action == "rewind" and trio.current_time() - since < STABLE:
-                blocked = blocked or "the leader is new"
-            if blocked is None:
-                return True
-            await trio.sleep(0.05)
-
-    def _copy_before(self, node_id: str, then: float) -> tuple[float, Disk]:
-        """The last copy of the disk taken at `then` or before (else the first one)."""
-        copies = self.copies[node_id]
-        return next((c for c in reversed(copies) if c[0] <= then), copies[0])
-
-    def _storage_loss_blocked(self, node_id: str, action: str) -> str | None:
-        """Why `node_id` (down) may not come back without its storage now; None if it may."""
-        leaders = [n for n, node in self.live.items() if node.raft.role == LEADER]
-        top = max(disk.storage.hard_state.term for disk in self.disks.values())
-        if len(leaders) > 1 or any(self.live[n].raft.term < top for n in leaders):
-            return "a stale leader is alive"
-        for other, disk in self.disks.items():
-            if other != node_id and (disk.empty or disk.storage.hard_state.recovering):
-                return f"{other} has an empty log or is recovering"
-        if action == "rewind":
-            up = len(self.live) + (node_id not in self.live)
-            if not leaders or self.network.partitioned or up <= len(self.config.nodes) // 2:
-                return "no leader with a majority up, or the network is partitioned"
-        return None
-
-    async def _until_caught_up(self, node_id: str) -> None:
-        """Hold the faults until the rewound node holds everything the leader committed once
-        it knew the node restarted. A leader lost meanwhile breaks the fault model: noted as
-        a failure."""
-        leader = self.leader()
-        assert leader not in (None, node_id)
-        target = None
-        start = trio.current_time()
-        while target is None or self.live[node_id].raft.commit_index < target:
-            await trio.sleep(0.05)
-            if trio.current_time() > start + SETTLE_LIMIT:
-                self.monitor.violation(f"{node_id} did not catch up with {leader} in time")
-                return
-            if self.leader() != leader or node_id not in self.live:
-                self.monitor.violation(
-                    f"fault model: {leader} stopped leading before {node_id} caught up"
-                )
-                return
-            raft = self.live[leader].raft
-            in_term = raft.snapshot_meta(raft.commit_index).last_term == raft.term
-            if target is None and in_term and trio.current_time() >= start + LEARN_RESTART:
-                target = raft.commit_index
-        self.monitor.note(f"{node_id} caught up with {leader} to {target}")
 
     async def heal(self) -> None:
         self.healed_at = trio.current_time()
@@ -580,7 +438,7 @@ def simulate(config: Config) -> SimResult:
         async with trio.open_nursery() as nursery:
             cluster._nursery = nursery
             await nursery.start(cluster.network.run)
-            nursery.start_soon(cluster.record_disks)
+            nursery.start_soon(cluster.storage_faults.record_disks)
             for node_id in config.nodes:
                 await cluster.start(node_id)
             async with trio.open_nursery() as phase:

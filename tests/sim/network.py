@@ -43,6 +43,10 @@ class Faults:
         return f"drop={self.drop:.2f} dup={self.duplicate:.2f} delay={lo:.3f}..{hi:.3f}s"
 
 
+#: A network that only delays, a little.
+CALM = Faults(delay=(0.001, 0.01))
+
+
 class _Endpoint:
     """The `Transport` one node gets: sends go into the network's outbox."""
 
