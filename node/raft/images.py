@@ -47,6 +47,17 @@ class _Incoming:
     path: Path
     fd: int
     received: int = 0
+    # A part is being written in a worker thread: dropping the image then leaves its file to
+    # the writer to close, never closing a descriptor another thread still writes to.
+    writing: bool = False
+    dropped: bool = False
+
+    def discard(self) -> None:
+        if self.writing:
+            self.dropped = True
+            return
+        os.close(self.fd)
+        self.path.unlink(missing_ok=True)
 
 
 class ImageReceiver:
@@ -87,6 +98,7 @@ class ImageReceiver:
             ):
                 self._drop()
                 raise NodeError("EINVAL", f"snapshot part at offset {offset} out of sequence")
+            incoming.writing = True
             try:
                 await trio.to_thread.run_sync(os.pwrite, incoming.fd, data, offset)
             except BaseException as exc:
@@ -94,6 +106,10 @@ class ImageReceiver:
                 if isinstance(exc, OSError):
                     raise NodeError("EIO", f"snapshot image: {exc.strerror}") from None
                 raise
+            finally:
+                incoming.writing = False
+                if incoming.dropped:  # dropped while this part was written
+                    incoming.discard()
             incoming.received += len(data)
 
     async def _start(self, src: str, term: int, last_index: int, size: int) -> None:
@@ -126,5 +142,4 @@ class ImageReceiver:
     def _drop(self) -> None:
         incoming, self._incoming = self._incoming, None
         if incoming is not None:
-            os.close(incoming.fd)
-            incoming.path.unlink(missing_ok=True)
+            incoming.discard()

@@ -187,9 +187,7 @@ class RaftNode:
         self._failure: str | None = None
         self._open(storage.load(), machine.applied_index())
 
-    def _open(
-        self, loaded: tuple[HardState, SnapshotMeta | None, list[Entry]], applied: int
-    ) -> None:
+    def _open(self, loaded: Loaded, applied: int) -> None:
         """A new core from what the storage holds: at the start, and after a failure."""
         hard_state, snapshot, entries = loaded
         self.raft = Raft(

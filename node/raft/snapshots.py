@@ -73,6 +73,8 @@ class Snapshots:
         self.index = index
         self._generation += 1
         self._drop_offered()
+        if self._taken is not None:
+            self._discard(self._taken[1])
         self._taken, self._failure = None, None
         self._wanted.clear()
 
@@ -101,10 +103,12 @@ class Snapshots:
             if generation == self._generation:
                 self._failure = exc
         else:
-            if generation == self._generation:
-                self._taken = (index, image)
-            else:
+            if generation != self._generation:
                 self._discard(image)
+            else:
+                if self._taken is not None:  # not compacted to yet, and older than this one
+                    self._discard(self._taken[1])
+                self._taken = (index, image)
         finally:
             self._running = False
             wake()
