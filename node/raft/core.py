@@ -309,6 +309,12 @@ class Raft(LeaderSide, FollowerSide):
             raise ValueError(f"index {index} is not in the log")
         return SnapshotMeta(index, term, self._log.config_at(index))
 
+    def step_down(self) -> Ready:
+        """Stop leading or campaigning, for the rest of this core's life: the caller can no
+        longer persist what a role needs (its storage failed). Its pending reads fail."""
+        self._become_follower(self._term, None)
+        return self._take()
+
     def compact(self, meta: SnapshotMeta) -> None:
         """Forget the entries the caller's snapshot at `meta.last_index` covers.
 

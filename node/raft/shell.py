@@ -242,8 +242,11 @@ class RaftNode:
                     self._failure = str(exc)
 
     def _stop(self, failure: StorageFailure) -> None:
-        """Take part in nothing any more: what the core holds may not be on disk."""
+        """Take part in nothing any more: what the core holds may not be on disk. The core
+        steps down, so that nothing in this node takes it for a leader, and nothing it
+        returns is acted on."""
         self._failure = str(failure)
+        self.raft.step_down()
         self._fail_waiters(LeadershipLost(f"node {self.node_id}: {failure}"))
         self._was_leader = False
         self._inbox.clear()

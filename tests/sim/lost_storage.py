@@ -167,6 +167,8 @@ class StorageFaults:
             up = len(group.live) + (node_id not in group.live)
             if not leaders or group.network.partitioned or up <= len(group.config.nodes) // 2:
                 return "no leader with a majority up, or the network is partitioned"
+            if any(disk.storage.failing for disk in group.disks.values()):
+                return "a disk fails"  # the leader must go on leading
         return None
 
     async def _until_caught_up(self, node_id: str) -> None:
