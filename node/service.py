@@ -22,7 +22,6 @@ from ringfs.node.errors import NOT_META, NodeError
 from ringfs.node.meta.commands import command_from_wire, encode_result, query_from_wire
 from ringfs.node.meta.replica import ReplicatedMeta
 from ringfs.node.raft.core import SnapshotRequest, message_from_wire
-from ringfs.node.raft.transport import SnapshotAssembler
 from ringfs.node.rpc.protocol import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
@@ -89,12 +88,11 @@ class NodeService:
             "meta.apply": self.meta_apply,
             "meta.query": self.meta_query,
             "meta.status": self.meta_status,
+            "raft.snapshot_part": self.raft_snapshot_part,
         }
         self._notifications: dict[str, Callable[[list[Any]], None]] = {
             "raft.message": self.raft_message,
-            "raft.snapshot_part": self.raft_snapshot_part,
         }
-        self._snapshots = SnapshotAssembler()
 
     async def handle(self, method: str, params: list[Any]) -> Any:
         """Run one request; raises `NodeError` (ENOSYS for an unknown method)."""
@@ -191,15 +189,15 @@ class NodeService:
         if message.dst != self.node_id:
             raise NodeError("EINVAL", f"raft message for {message.dst[:64]!r}")
         meta = self._meta()
-        image = self._snapshots.take(message) if isinstance(message, SnapshotRequest) else None
+        image = meta.images.take(message) if isinstance(message, SnapshotRequest) else None
         meta.raft.deliver(message, image)
 
-    def raft_snapshot_part(self, params: list[Any]) -> None:
+    async def raft_snapshot_part(self, params: list[Any]) -> None:
         src, term, last_index, size, offset, data = _arity(params, 6, "raft.snapshot_part")
         term, last_index = _seq(term, "term"), _seq(last_index, "last index")
         size, offset = _seq(size, "size"), _seq(offset, "offset")
         data = _bytes(data, "snapshot part")
         meta = self._meta()
-        if src not in meta.raft.raft.voters:
+        if src not in meta.raft.raft.voters or src == self.node_id:
             raise NodeError("EINVAL", "snapshot part from a node outside the meta group")
-        self._snapshots.add_part(src, term, last_index, size, offset, data)
+        await meta.images.add_part(src, term, last_index, size, offset, data)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import os
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +32,7 @@ from ringfs.node.meta.commands import Command, Entry, Init, Outcome, Query, enco
 from ringfs.node.meta.state import MetaState
 from ringfs.node.raft.core import Entry as LogEntry
 from ringfs.node.raft.core import EntryKind, NotLeader, SnapshotMeta
+from ringfs.node.raft.images import ImageReceiver
 from ringfs.node.raft.shell import LeadershipLost, RaftNode, StateMachine, Transport
 from ringfs.node.raft.storage import RaftLog
 
@@ -37,6 +40,8 @@ log = logging.getLogger(__name__)
 
 # Seconds between checks that the filesystem exists, until this node made sure it does.
 INIT_POLL = 0.2
+# The applied index a database (or an image of one) holds.
+_APPLIED = "SELECT value FROM counters WHERE name = 'applied_index'"
 
 
 def stamp(command: Command, now_ns: int) -> Command:
@@ -56,9 +61,44 @@ def is_whole_database(path: Path) -> bool:
         return False
 
 
+def copy_database(source: Path, target: Path) -> int:
+    """Copy the database at `source` to the new file `target`, durably, as it was at one
+    moment; return the applied index of that moment.
+
+    The copy reads through a connection of its own, read-only, in one backup step: one read
+    transaction, which WAL keeps consistent while the replica's own connection goes on
+    applying. Raises sqlite3.Error or OSError.
+    """
+    with (
+        contextlib.closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True)) as db,
+        contextlib.closing(sqlite3.connect(target)) as copy,
+    ):
+        db.backup(copy)  # all pages in one step
+        (index,) = copy.execute(_APPLIED).fetchone()
+    _fsync(target)
+    return int(index)
+
+
+def _check_image(image: Path, index: int) -> None:
+    """Raises StorageFailure unless `image` is a whole database at applied index `index`."""
+    if is_whole_database(image):
+        with contextlib.closing(sqlite3.connect(f"file:{image}?mode=ro", uri=True)) as db:
+            row = db.execute(_APPLIED).fetchone()
+        if row == (index,):
+            return
+    # The core has dropped its log for this snapshot: the member restarts from its storage.
+    raise StorageFailure(f"snapshot image at index {index} is damaged")
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as file:
+        os.fsync(file.fileno())
+
+
 class MetaMachine:
     """`StateMachine` over the metadata database: batches are applied on the event loop (no
-    fsync: the Raft log is the durable copy), snapshots taken and restored in worker threads."""
+    fsync: the Raft log is the durable copy), and so are the queries; snapshots are taken (on
+    a connection of their own, while applying goes on) and restored in worker threads."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -66,6 +106,12 @@ class MetaMachine:
         self.state = MetaState(path, synchronous=False)
         self.batches = 0
         self.commands = 0
+        # One snapshot or restore at a time: a restore replaces the file a snapshot reads.
+        self._files = threading.Lock()
+        self._numbers = itertools.count()
+        # Images a previous run took: nobody sends them any more.
+        for leftover in self.path.parent.glob(f"{self.path.name}.snapshot-*"):
+            leftover.unlink()
 
     def apply(self, entries: Sequence[LogEntry]) -> list[Any]:
         commands = [
@@ -88,38 +134,62 @@ class MetaMachine:
     def applied_index(self) -> int:
         return self.state.applied_index
 
-    def snapshot(self) -> tuple[int, bytes]:
-        """The image at the applied index, made durable here first: the Raft log up to it is
-        compacted away next, and must not be needed to replay anything after a power loss."""
-        image = self.path.with_suffix(".snapshot")
-        image.unlink(missing_ok=True)
-        self.state.checkpoint()
-        index = self.state.applied_index
-        self.state.snapshot_to(image)
-        try:
-            return index, image.read_bytes()
-        finally:
-            image.unlink(missing_ok=True)
+    def snapshot(self) -> tuple[int, Path]:
+        """A durable image file of the state at one moment, and the index applied then; the
+        caller deletes it when done with it.
 
-    def restore(self, meta: SnapshotMeta, image: bytes) -> None:
-        incoming = self.path.with_suffix(".incoming")
-        incoming.write_bytes(image)
-        with open(incoming, "rb+") as file:
-            os.fsync(file.fileno())
-        if not is_whole_database(incoming):
-            incoming.unlink()
-            # The core has dropped its log for this snapshot: stop, and restart from disk.
-            raise StorageFailure(f"snapshot image at index {meta.last_index} is damaged")
-        self.state.close()
-        for suffix in ("-wal", "-shm"):
-            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-        os.replace(incoming, self.path)
-        fsync_dir(self.path.parent)  # the log is compacted next: the new file must stay
-        self.state = MetaState(self.path, synchronous=False)
-        if self.state.applied_index != meta.last_index:
-            raise RuntimeError(
-                f"snapshot image is at index {self.state.applied_index}, not {meta.last_index}"
-            )
+        Runs while `apply` goes on. Everything up to the image's index is made durable in the
+        database too (its WAL is synced): the Raft log up to it is compacted away next and
+        must not be needed to replay it after a power loss. Raises StorageFailure.
+        """
+        with self._files:
+            partial = self.path.with_name(f"{self.path.name}.snapshot-partial")
+            try:
+                partial.unlink(missing_ok=True)
+                index = copy_database(self.path, partial)
+                wal = Path(f"{self.path}-wal")
+                if wal.exists():
+                    _fsync(wal)
+                # Each image its own name: two of one index are still two files to delete.
+                number = next(self._numbers)
+                image = self.path.with_name(f"{self.path.name}.snapshot-{index}-{number}")
+                os.replace(partial, image)
+                fsync_dir(self.path.parent)
+            except (OSError, sqlite3.Error) as exc:
+                partial.unlink(missing_ok=True)
+                raise StorageFailure(f"snapshot of {self.path}: {exc}") from exc
+            return index, image
+
+    def restore(self, meta: SnapshotMeta, image: Path) -> None:
+        """Replace the state by the image file at `meta` (which this takes over). Raises
+        StorageFailure, with the database kept, for an image that is damaged or not at
+        `meta.last_index`, or a disk that fails."""
+        with self._files:
+            try:
+                _fsync(image)
+                _check_image(image, meta.last_index)
+                self.state.close()
+                try:
+                    for suffix in ("-wal", "-shm"):
+                        Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+                    os.replace(image, self.path)
+                    fsync_dir(self.path.parent)  # the log is compacted next: it must stay
+                finally:
+                    self.state = MetaState(self.path, synchronous=False)
+            except (OSError, sqlite3.Error) as exc:
+                raise StorageFailure(f"snapshot install into {self.path}: {exc}") from exc
+            finally:
+                image.unlink(missing_ok=True)
+
+    def reopen(self) -> None:
+        """Close the database and open it again, as a restarted node would (a connection that
+        met a failing disk is not trusted further). Raises StorageFailure."""
+        with self._files:
+            self.state.close()
+            try:
+                self.state = MetaState(self.path, synchronous=False)
+            except sqlite3.Error as exc:
+                raise StorageFailure(f"metadata database {self.path}: {exc}") from exc
 
     def stats(self) -> dict[str, Any]:
         per_batch = self.commands / self.batches if self.batches else 0.0
@@ -140,6 +210,8 @@ class ReplicatedMeta:
     ) -> None:
         self.machine = MetaMachine(data_dir / "meta.db")
         self.storage = RaftLog(data_dir / "raft.db")
+        # Snapshot images arriving from the leader, part by part.
+        self.images = ImageReceiver(data_dir / "incoming")
         self.raft = RaftNode(
             node_id,
             voters,
@@ -159,6 +231,7 @@ class ReplicatedMeta:
                 nursery.start_soon(self._ensure_initialized, name="meta-init")
                 task_status.started()
         finally:
+            self.images.close()
             self.storage.close()
             self.machine.state.close()
 

@@ -12,19 +12,28 @@ thesis): randomized election timeouts; pre-vote and check-quorum with leader sti
 through an entry of the current term (§5.4.2); conflict hints for fast back-off; ReadIndex reads
 (thesis §6.4); snapshots and InstallSnapshot (§7); single-server membership changes that take
 effect on append, with the erratum's rule that a leader first commits an entry of its own term
-(thesis §4.2.1).
+(thesis §4.2.1). Beyond the paper, members that may have lost their storage (docs/raft.md):
+incarnations, so a leader counts nothing from a follower's earlier lives; `recovering` members
+that vote and campaign only in a new group until a leader has brought them up to date; no vote
+for an election timeout after each start; a follower's vote bound to the leader of its term.
+
+The rules live in three parts: `Member` (shared state, log, roles, output), `LeaderSide`
+(replication, commit, reads) and `FollowerSide` (a leader's requests); elections and the calls
+are here.
 """
 
 from __future__ import annotations
 
-import enum
 import random
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from ringfs.node.raft.follower import FollowerSide
+from ringfs.node.raft.leader import LeaderSide, Why
+from ringfs.node.raft.member import CANDIDATE, FOLLOWER, LEADER, PRE_CANDIDATE, PendingRead
 from ringfs.node.raft.memlog import InMemoryLog
 from ringfs.node.raft.messages import (
+    NEW_MEMBER,
     AppendRequest,
     AppendResponse,
     Entry,
@@ -44,12 +53,13 @@ from ringfs.node.raft.messages import (
     message_from_wire,
     message_to_wire,
 )
-from ringfs.node.raft.progress import Peers, Progress
+from ringfs.node.raft.progress import Peers
 
 __all__ = [
     "CANDIDATE",
     "FOLLOWER",
     "INITIAL_HARD_STATE",
+    "NEW_MEMBER",
     "LEADER",
     "PRE_CANDIDATE",
     "AppendRequest",
@@ -74,10 +84,6 @@ __all__ = [
     "message_to_wire",
 ]
 
-FOLLOWER = "follower"
-PRE_CANDIDATE = "pre_candidate"
-CANDIDATE = "candidate"
-LEADER = "leader"
 #: A node that never voted and knows no term.
 INITIAL_HARD_STATE = HardState(0, None)
 
@@ -95,22 +101,7 @@ class ConfigChangePending(RuntimeError):
     committed an entry yet (a change before that can lose a committed configuration)."""
 
 
-class _Why(enum.Enum):
-    """Why the leader is sending to a follower, which decides whether an empty message goes."""
-
-    HEARTBEAT = enum.auto()
-    RETRY = enum.auto()
-    NEW_ENTRIES = enum.auto()
-
-
-@dataclass(frozen=True, slots=True)
-class _PendingRead:
-    read_id: int
-    index: int
-    round: int
-
-
-class Raft:
+class Raft(LeaderSide, FollowerSide):
     """One member of a Raft group. Not thread-safe; every method returns at once.
 
     `entries` is the persisted log after `snapshot` (entries the snapshot covers are skipped);
@@ -134,10 +125,18 @@ class Raft:
         pre_vote: bool = True,
         check_quorum: bool = True,
         lease_margin: int | None = 3,
+        incarnation: int = 1,
+        boot_quiet: bool = True,
     ) -> None:
         """`lease_margin`: reads are served without a heartbeat round for `lo - lease_margin`
         ticks after the start of a round a majority acknowledged (None: never). Safe while
-        clocks run at rates within that margin of each other (see `_leased`)."""
+        clocks run at rates within that margin of each other (see `_leased`).
+
+        `incarnation` tells this start of the member from its others: it must be higher than
+        any it had before (a leader ignores answers from a lower one). `boot_quiet`: refuse
+        every vote for `lo` ticks, as if a leader had just been heard: the member may have
+        lost state, and a leader's lease counts on its silence (see `_on_vote_request`).
+        """
         lo, hi = election_ticks
         if not 1 <= heartbeat_ticks < lo < hi or max_entries_per_message < 1:
             raise ValueError("need 1 <= heartbeat_ticks < lo < hi and max_entries_per_message >= 1")
@@ -148,20 +147,23 @@ class Raft:
         # A lease needs followers that refuse votes while they hear a leader (check-quorum).
         lease = lo - lease_margin if lease_margin is not None and check_quorum else 0
         self._lease_ticks = max(lease, 0)
-        self._round_ticks: dict[int, int] = {}
+        self._round_ticks = {}
         self._term, self._voted_for = hard_state.term, hard_state.voted_for
+        self._recovering = hard_state.recovering
         self._reported = hard_state
+        self._incarnation = incarnation
+        self._booting = lo if boot_quiet else 0
         initial = decode_voters(encode_voters(tuple(sorted(voters))))
         self._log = InMemoryLog(initial, snapshot, entries)
         self._commit = self._applied = self._log.base
         self._role = FOLLOWER
-        self._leader: NodeId | None = None
+        self._leader = None
         self._elapsed = self._timeout = self._since_leader = 0
         self._reset_timer()
-        self._votes: dict[NodeId, bool] = {}
+        self._votes = {}
         self._peers = Peers(self._id)
         self._term_start = self._probe = self._heartbeat_elapsed = self._now = 0
-        self._reads: deque[_PendingRead] = deque()
+        self._reads = deque()
         self._out = Ready()
 
     # --- read-only state ----------------------------------------------------------------------
@@ -191,17 +193,8 @@ class Raft:
         return self._log.base + 1
 
     @property
-    def last_index(self) -> int:
-        return self._log.last_index
-
-    @property
     def last_term(self) -> int:
         return self._log.last_term
-
-    @property
-    def voters(self) -> tuple[NodeId, ...]:
-        """The configuration in force: the latest CONFIG entry in the log, even uncommitted."""
-        return self._log.voters
 
     @property
     def snapshot(self) -> SnapshotMeta | None:
@@ -224,6 +217,7 @@ class Raft:
             "last_index": self.last_index,
             "snapshot_index": self._log.base,
             "match_index": self.match_index,
+            "recovering": self._recovering,
         }
 
     # --- calls ---------------------------------------------------------------------------------
@@ -235,6 +229,7 @@ class Raft:
         else:
             self._elapsed += 1
             self._since_leader += 1
+            self._booting = max(0, self._booting - 1)
             if self._elapsed >= self._timeout:
                 self._campaign()
         return self._take()
@@ -300,7 +295,7 @@ class Raft:
             return self._take()
         # Everything committed is at most the term's first entry when that is not committed yet.
         index = max(self._commit, self._term_start)
-        self._reads.append(_PendingRead(read_id, index, self._probe + 1))
+        self._reads.append(PendingRead(read_id, index, self._probe + 1))
         self._serve_reads()
         return self._take()
 
@@ -313,6 +308,12 @@ class Raft:
         if term is None:
             raise ValueError(f"index {index} is not in the log")
         return SnapshotMeta(index, term, self._log.config_at(index))
+
+    def step_down(self) -> Ready:
+        """Stop leading or campaigning, for the rest of this core's life: the caller can no
+        longer persist what a role needs (its storage failed). Its pending reads fail."""
+        self._become_follower(self._term, None)
+        return self._take()
 
     def compact(self, meta: SnapshotMeta) -> None:
         """Forget the entries the caller's snapshot at `meta.last_index` covers.
@@ -337,66 +338,18 @@ class Raft:
         self._append(
             tuple(Entry(self._term, first + i, kind, data) for i, data in enumerate(payloads))
         )
-        self._replicate_all(_Why.NEW_ENTRIES)
+        self._replicate_all(Why.NEW_ENTRIES)
         self._maybe_commit()
         return first, self._take()
 
-    def _append_local(self, kind: EntryKind, data: bytes) -> int:
-        entry = Entry(self._term, self.last_index + 1, kind, data)
-        self._append((entry,))
-        return entry.index
-
-    def _append(self, entries: Sequence[Entry]) -> None:
-        self._log.append(entries)
-        self._emit(Ready(append=tuple(entries)))
-        self._sync_progress()
-
-    def _truncate(self, index: int) -> None:
-        assert index > self._commit, "committed entries are never truncated"
-        self._log.truncate(index)
-        self._emit(Ready(truncate_from=index))
-
-    def _sync_progress(self) -> None:
-        """The leader replicates to the voters, and to the previous configuration's until the
-        change commits, so that a removed node learns it is out and stays quiet."""
-        if self._role != LEADER:
-            return
-        peers = set(self.voters)
-        if self._log.config_index > self._commit:
-            peers.update(self._log.config_at(self._log.config_index - 1))
-        self._peers.sync(peers, self.last_index + 1, self._now)
-
     # --- roles and timers ------------------------------------------------------------------------
-
-    def _reset_timer(self) -> None:
-        self._elapsed = 0
-        if self.voters == (self._id,):
-            # A lone voter has nobody to wait for or compete with: campaign at the next tick.
-            self._timeout = 1
-        else:
-            self._timeout = self._rng.randrange(self._lo, self._hi)
-
-    def _heard_from_leader(self) -> bool:
-        """A current leader exists as far as we know (thesis §4.2.3, §9.6)."""
-        if self._role == LEADER:
-            return True
-        return self._leader is not None and self._since_leader < self._lo
-
-    def _become_follower(self, term: int, leader: NodeId | None) -> None:
-        if term > self._term:
-            self._term, self._voted_for = term, None
-        was, self._role, self._leader = self._role, FOLLOWER, leader
-        if was == LEADER:
-            self._peers.sync((), 0, 0)
-            self._emit(Ready(failed_reads=tuple(r.read_id for r in self._reads)))
-            self._reads.clear()
-        if was != FOLLOWER:
-            self._reset_timer()
 
     def _campaign(self) -> None:
         self._reset_timer()
         self._leader = None
-        if self._id not in self.voters:
+        if self._id not in self.voters or (self._careful() and self.last_index):
+            # A member that may lack committed entries must not lead (it could win the votes
+            # of members as far behind as it is).
             return
         if self._pre_vote:
             self._role, self._votes = PRE_CANDIDATE, {self._id: True}
@@ -428,26 +381,14 @@ class Raft:
         if self._role == PRE_CANDIDATE:
             self._become_candidate()
             return
-        self._role, self._leader = LEADER, self._id
+        # Only a group that never committed anything elects a recovering member (see _careful).
+        self._role, self._leader, self._recovering = LEADER, self._id, False
         self._heartbeat_elapsed = 0
         self._round_ticks.clear()
         self._sync_progress()
         self._term_start = self._append_local(EntryKind.NOOP, b"")
         self._start_round()
         self._maybe_commit()
-
-    def _tick_leader(self) -> None:
-        self._now += 1
-        if self._check_quorum and not self._peers.active(self.voters, self._now - self._lo):
-            # No majority answered for a minimum election timeout (thesis §6.2).
-            self._become_follower(self._term, None)
-            return
-        for p in self._peers.progress.values():
-            p.snapshot_wait = max(0, p.snapshot_wait - 1)
-        self._heartbeat_elapsed += 1
-        if self._heartbeat_elapsed >= self._heartbeat_ticks:
-            self._heartbeat_elapsed = 0
-            self._start_round()
 
     def _require_leader(self) -> None:
         if self._role != LEADER:
@@ -456,6 +397,10 @@ class Raft:
     # --- elections -------------------------------------------------------------------------------
 
     def _on_vote_request(self, m: VoteRequest) -> None:
+        if self._booting:
+            # Just started: whatever it granted before may be lost, and a leader's lease
+            # relies on no vote coming from it within `lo` ticks of its last heartbeat.
+            return
         heard = self._heard_from_leader()
         if self._check_quorum and heard and (m.pre_vote or m.term > self._term):
             return  # leader stickiness: not even the term moves
@@ -469,13 +414,26 @@ class Raft:
         if granted:
             self._voted_for = m.src
             self._reset_timer()
+            if self._recovering and not m.last_log_index:
+                # Two empty logs: a new group electing its first leader (a member loses its
+                # storage only while the others hold entries). It has nothing to recover.
+                self._recovering = False
         self._send(VoteResponse(self._id, m.src, self._term, granted, False))
 
     def _would_vote(self, m: VoteRequest) -> bool:
         """Would a vote at `m.term` go to `m.src`: one vote per term, for an up-to-date log."""
         free = m.term > self._term or self._voted_for in (None, m.src)
         up_to_date = self._log.is_up_to_date(m.last_log_index, m.last_log_term)
+        if self._careful() and (m.last_log_index or self.last_index):
+            # It may have acknowledged entries, now lost, that made a commit: only a group
+            # that never committed anything (every log empty) gets its vote.
+            return False
         return m.term >= self._term and free and up_to_date
+
+    def _careful(self) -> bool:
+        """Recovering, in a group where its vote could elect a leader lacking a committed
+        entry. With one or two voters, every commit is on every voter that could win."""
+        return self._recovering and len(self.voters) > 2
 
     def _on_vote_response(self, m: VoteResponse) -> None:
         if m.pre_vote and m.granted:
@@ -494,231 +452,8 @@ class Raft:
 
     # --- replication: follower side ----------------------------------------------------------
 
-    def _follow(self, term: int, leader: NodeId) -> None:
-        self._become_follower(term, leader)
-        self._reset_timer()
-        self._since_leader = 0
-
-    def _on_append_request(self, m: AppendRequest) -> None:
-        if m.term < self._term:
-            self._send(AppendResponse(self._id, m.src, self._term, False, 0, 0, 0, m.probe))
-            return
-        self._follow(m.term, m.src)
-        prev_index, prev_term, entries = m.prev_index, m.prev_term, m.entries
-        if prev_index < self._log.base:
-            # The snapshot holds these: committed, so identical to the leader's.
-            entries = entries[self._log.base - prev_index :]
-            prev_index, prev_term = self._log.base, self._log.base_term
-        ours = self._log.term_at(prev_index)
-        if ours != prev_term:
-            self._reject_append(m, prev_index, ours)
-            return
-        self._merge(entries)
-        last_new = prev_index + len(entries)
-        self._commit = max(self._commit, min(m.commit, last_new))
-        self._send(AppendResponse(self._id, m.src, self._term, True, last_new, 0, 0, m.probe))
-
-    def _reject_append(self, m: AppendRequest, prev_index: int, ours: int | None) -> None:
-        """Hints for the leader: our term at prev_index and where that term starts, or the end
-        of our log if it is shorter."""
-        term = ours or 0
-        index = self._log.first_index_of_term(term) if term else self.last_index + 1
-        self._send(AppendResponse(self._id, m.src, self._term, False, 0, index, term, m.probe))
-
-    def _merge(self, entries: Sequence[Entry]) -> None:
-        """Append what is new; truncate only from the first entry that conflicts (a stale or
-        duplicated request must not erase entries that came after it)."""
-        for i, entry in enumerate(entries):
-            if entry.index > self.last_index:
-                self._append(entries[i:])
-                return
-            if self._log.term_at(entry.index) != entry.term:
-                self._truncate(entry.index)
-                self._append(entries[i:])
-                return
-
-    def _on_snapshot_request(self, m: SnapshotRequest) -> None:
-        if m.term < self._term:
-            self._send(SnapshotResponse(self._id, m.src, self._term, self._commit))
-            return
-        self._follow(m.term, m.src)
-        meta = m.meta
-        news = meta.last_index > self._commit
-        if news and self._log.term_at(meta.last_index) == meta.last_term:
-            # Our log already holds that prefix: commit it, keeping what follows.
-            self._commit = meta.last_index
-        elif news:
-            # Entries past the snapshot do not match the leader's log: drop them. The snapshot
-            # covers the others; the caller drops those when it installs it.
-            if self.last_index > meta.last_index:
-                self._emit(Ready(truncate_from=meta.last_index + 1))
-            self._log.reset(meta)
-            self._commit = self._applied = meta.last_index
-            self._emit(Ready(install_snapshot=meta))
-        self._send(SnapshotResponse(self._id, m.src, self._term, self._commit))
-
     # --- replication: leader side ------------------------------------------------------------
-
-    def _start_round(self) -> None:
-        """A heartbeat round: every follower hears from us, tagged with a new probe."""
-        self._probe += 1
-        self._round_ticks[self._probe] = self._now
-        self._replicate_all(_Why.HEARTBEAT)
-
-    def _replicate_all(self, why: _Why) -> None:
-        for peer in self._peers.progress:
-            self._replicate(peer, why)
-
-    def _replicate(self, peer: NodeId, why: _Why) -> None:
-        p = self._peers.progress[peer]
-        if p.next <= self._log.base:
-            # The entries it needs are compacted away: it needs the snapshot.
-            if p.snapshot_wait == 0:
-                p.snapshot_wait = self._lo
-                self._emit(Ready(send_snapshot=(peer,)))
-            if why is _Why.HEARTBEAT:
-                # Keeps it from campaigning meanwhile; if it already has the snapshot's last
-                # entry, accepting this ends the need for the snapshot.
-                self._send_append(peer, self._log.base, ())
-            return
-        if why is _Why.NEW_ENTRIES and p.probing:
-            return
-        entries = _within_bytes(self._log.slice(p.next, p.next + self._max_entries))
-        if entries or why is not _Why.NEW_ENTRIES:
-            self._send_append(peer, p.next - 1, entries)
-        if entries and not p.probing:
-            p.next = entries[-1].index + 1
-
-    def _send_append(self, peer: NodeId, prev_index: int, entries: tuple[Entry, ...]) -> None:
-        prev_term = self._log.term_at(prev_index)
-        assert prev_term is not None
-        commit, probe = self._commit, self._probe
-        self._send(
-            AppendRequest(self._id, peer, self._term, prev_index, prev_term, entries, commit, probe)
-        )
-
-    def _on_append_response(self, m: AppendResponse) -> None:
-        p = self._response_from(m)
-        if p is None:
-            return
-        p.acked_probe = max(p.acked_probe, m.probe)
-        if m.success:
-            self._matched(m.src, p, m.match_index)
-        else:
-            p.probing = True
-            p.next = self._back_off(p, m)
-            self._replicate(m.src, _Why.RETRY)
-        self._maybe_commit()
-        self._serve_reads()
-
-    def _on_snapshot_response(self, m: SnapshotResponse) -> None:
-        p = self._response_from(m)
-        if p is not None:
-            p.snapshot_wait = 0
-            self._matched(m.src, p, m.last_index)
-            self._maybe_commit()
-
-    def _matched(self, peer: NodeId, p: Progress, index: int) -> None:
-        """The follower's log matches ours up to `index`: send it what follows."""
-        p.probing = False
-        p.match = max(p.match, min(index, self.last_index))
-        p.next = max(p.next, p.match + 1)
-        self._replicate(peer, _Why.NEW_ENTRIES)
-
-    def _response_from(self, m: AppendResponse | SnapshotResponse) -> Progress | None:
-        """The sender's progress if `m` is a current answer to this leader."""
-        if m.term > self._term:
-            self._become_follower(m.term, None)
-            return None
-        p = self._peers.progress.get(m.src)
-        if self._role != LEADER or m.term < self._term or p is None:
-            return None
-        p.heard = self._now
-        return p
-
-    def _back_off(self, p: Progress, m: AppendResponse) -> int:
-        """Skip a whole conflicting term per round trip (§5.3, the optimization it sketches)."""
-        hint = m.conflict_index
-        if m.conflict_term:
-            last = self._log.last_index_of_term(m.conflict_term)
-            if last is not None:
-                hint = last + 1
-        return max(p.match + 1, min(hint, self.last_index + 1))
-
-    def _maybe_commit(self) -> None:
-        """§5.4.2: commit the highest index a majority holds, if it is of the current term."""
-        if self._role != LEADER:
-            return
-        index = self._peers.matched(self.voters, self.last_index)
-        if index > self._commit and self._log.term_at(index) == self._term:
-            self._commit = index
-            self._sync_progress()
-            self._serve_reads()
-        if self._id not in self.voters and self._log.config_index <= self._commit:
-            # Removed, and the removal is committed: hand over (thesis §4.2.2).
-            self._become_follower(self._term, None)
 
     # --- reads -----------------------------------------------------------------------------------
 
-    def _serve_reads(self) -> None:
-        """Release the reads a majority has confirmed our leadership for (thesis §6.4)."""
-        if self._role != LEADER or not self._reads:
-            return
-        # One read round in flight at a time: reads arriving meanwhile share the next one.
-        if self._reads[-1].round > self._probe and self._acked_round() >= self._probe:
-            self._start_round()
-        if self._commit < self._term_start:
-            return
-        acked, served = self._acked_round(), []
-        while self._reads and self._reads[0].round <= acked:
-            read = self._reads.popleft()
-            served.append((read.read_id, read.index))
-        self._emit(Ready(reads=tuple(served)))
-
-    def _leased(self) -> bool:
-        """Leader lease (thesis §6.4.1): a majority acknowledged a round started at tick t, and
-        each of them refuses to vote until it has not heard from us for `lo` of its own ticks.
-        So no other leader can be elected before t + lo, and until t + lo - margin (in our
-        ticks, allowing for clocks that run at slightly different rates) we still lead."""
-        if not self._lease_ticks:
-            return False
-        acked = self._acked_round()
-        for probe in [p for p in self._round_ticks if p < acked]:
-            del self._round_ticks[probe]
-        started = self._round_ticks.get(acked)
-        return started is not None and self._now < started + self._lease_ticks
-
-    def _acked_round(self) -> int:
-        return self._peers.acked_round(self.voters, self._probe)
-
     # --- output ----------------------------------------------------------------------------------
-
-    def _send(self, message: Message) -> None:
-        self._emit(Ready(messages=(message,)))
-
-    def _emit(self, ready: Ready) -> None:
-        self._out = self._out.merge(ready)
-
-    def _take(self) -> Ready:
-        """Everything this call produced, plus the changed hard state and new commits."""
-        state = HardState(self._term, self._voted_for)
-        changed = state if state != self._reported else None
-        self._reported = state
-        committed = self._log.slice(self._applied + 1, self._commit + 1)
-        self._applied = self._commit
-        ready, self._out = self._out.merge(Ready(hard_state=changed, committed=committed)), Ready()
-        return ready
-
-
-# Entry data one AppendRequest carries at most (at least one entry always goes): keeps a batch of
-# large commands under the 16 MiB message limit of the transport.
-MAX_BYTES_PER_MESSAGE = 4 * 1024 * 1024
-
-
-def _within_bytes(entries: tuple[Entry, ...]) -> tuple[Entry, ...]:
-    total = 0
-    for count, entry in enumerate(entries):
-        total += len(entry.data)
-        if total > MAX_BYTES_PER_MESSAGE and count:
-            return entries[:count]
-    return entries

@@ -9,7 +9,9 @@ tag:
     meta      [last_index, last_term, [voter, ...]]
 
 `message_from_wire` checks every type, range and invariant, because its input comes off the
-network: anything malformed raises ValueError, never another exception.
+network: anything malformed raises ValueError, never another exception. `refusal` then says
+whether a well-formed message may reach this member's core at all (a known sender, this node,
+a term within reach).
 """
 
 from __future__ import annotations
@@ -23,8 +25,20 @@ NodeId = str
 
 #: Node ids are short names; a newline would break the CONFIG entry encoding.
 NODE_ID_MAX = 255
-# Every integer on the wire is a non-negative int64: msgpack packs it compactly everywhere.
-_INT_MAX = 2**63 - 1
+#: Every integer on the wire (terms, indexes, rounds) is at most this: far beyond any term or
+#: index a group reaches (an election or an entry per microsecond for 146,000 years), while
+#: whatever a member computes from one (term + 1, index + a message's entries) still fits the
+#: signed 64 bits of msgpack and SQLite.
+MAX_WIRE_INT = 2**62
+#: A member takes no message whose term is more than this above its own. A member falls that
+#: far behind only after 4 billion elections (136 years at one per second), while one message
+#: with a wild term can no longer move a group to where the terms it needs next are refused:
+#: a group could take 2**30 such messages before its terms neared `MAX_WIRE_INT`.
+MAX_TERM_LEAP = 2**32
+#: Entries one AppendRequest may carry (a leader sends at most 64).
+MAX_ENTRIES_PER_MESSAGE = 1024
+#: Voters a configuration may name.
+MAX_VOTERS = 64
 
 
 class EntryKind(enum.IntEnum):
@@ -45,10 +59,21 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class HardState:
-    """What must survive a crash besides the log: a node votes at most once per term."""
+    """What must survive a crash besides the log: a node votes at most once per term.
+
+    `recovering`: this member may lack entries it once acknowledged (it started with nothing:
+    new, or its storage was lost): it votes for no log but an empty one, and campaigns only
+    with an empty log, until a leader has brought it up to date.
+    """
 
     term: int
     voted_for: NodeId | None
+    recovering: bool = False
+
+
+#: The state of a member that has never been brought up to date by a leader: a new member, or
+#: one whose storage was lost (the two look alike, so both are treated as the second).
+NEW_MEMBER = HardState(0, None, recovering=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +156,9 @@ class AppendRequest:
     commit: int
     #: The leader's heartbeat round when it sent this; echoed back, it proves leadership (reads).
     probe: int
+    #: The incarnation of `dst` the leader knows (0: none yet). Carrying the follower's current
+    #: one, the request says the leader counts nothing from the follower's earlier lives.
+    incarnation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +171,8 @@ class AppendResponse:
     conflict_index: int
     conflict_term: int
     probe: int
+    #: The sender's incarnation: a new one each time it starts (see `Raft`).
+    incarnation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +191,7 @@ class SnapshotResponse:
     dst: NodeId
     term: int
     last_index: int
+    incarnation: int = 0
 
 
 Message = (
@@ -173,10 +204,10 @@ _HEAD: tuple[_Kind, ...] = ("node", "node", "int")
 _SCHEMAS: dict[int, tuple[Callable[..., Message], tuple[_Kind, ...]]] = {
     1: (VoteRequest, (*_HEAD, "int", "int", "bool")),
     2: (VoteResponse, (*_HEAD, "bool", "bool")),
-    3: (AppendRequest, (*_HEAD, "int", "int", "entries", "int", "int")),
-    4: (AppendResponse, (*_HEAD, "bool", "int", "int", "int", "int")),
+    3: (AppendRequest, (*_HEAD, "int", "int", "entries", "int", "int", "int")),
+    4: (AppendResponse, (*_HEAD, "bool", "int", "int", "int", "int", "int")),
     5: (SnapshotRequest, (*_HEAD, "meta")),
-    6: (SnapshotResponse, (*_HEAD, "int")),
+    6: (SnapshotResponse, (*_HEAD, "int", "int")),
 }
 _TAGS: dict[object, int] = {cls: tag for tag, (cls, _) in _SCHEMAS.items()}
 
@@ -230,8 +261,8 @@ def _as_list(obj: object) -> list[object]:
 
 def _int(obj: object) -> int:
     # bool is an int subclass: refuse it explicitly.
-    if type(obj) is not int or not 0 <= obj <= _INT_MAX:
-        raise ValueError(f"expected a non-negative int64, got {obj!r}")
+    if type(obj) is not int or not 0 <= obj <= MAX_WIRE_INT:
+        raise ValueError(f"expected an integer from 0 to 2**62, got {obj!r:.40}")
     return obj
 
 
@@ -256,14 +287,20 @@ def _entry(obj: object) -> Entry:
 
 
 def _entries(obj: object) -> tuple[Entry, ...]:
-    return tuple(_entry(item) for item in _as_list(obj))
+    items = _as_list(obj)
+    if len(items) > MAX_ENTRIES_PER_MESSAGE:
+        raise ValueError(f"{len(items)} entries in one message")
+    return tuple(_entry(item) for item in items)
 
 
 def _meta(obj: object) -> SnapshotMeta:
     items = _as_list(obj)
     if len(items) != 3:
         raise ValueError("snapshot meta has 3 fields")
-    voters = tuple(check_node_id(voter) for voter in _as_list(items[2]))
+    listed = _as_list(items[2])
+    if not 1 <= len(listed) <= MAX_VOTERS:
+        raise ValueError(f"{len(listed)} snapshot voters")
+    voters = tuple(check_node_id(voter) for voter in listed)
     if voters != tuple(sorted(set(voters))):
         raise ValueError("snapshot voters are not sorted and unique")
     return SnapshotMeta(_int(items[0]), _int(items[1]), voters)
@@ -289,6 +326,19 @@ def _check_append(m: AppendRequest) -> None:
         term = entry.term
 
 
+def refusal(message: Message, node_id: NodeId, members: frozenset[NodeId], term: int) -> str | None:
+    """Why a well-formed `message` must not reach the core of member `node_id`, whose term is
+    `term` and whose group is `members`; None if it may. The core answers every message it
+    steps, so one from outside the group would send to a node nobody can reach."""
+    if message.dst != node_id:
+        return f"addressed to {message.dst!r}"
+    if message.src == node_id or message.src not in members:
+        return f"from {message.src!r}, not another member of the group"
+    if message.term > term + MAX_TERM_LEAP:
+        return f"term {message.term} leaps more than 2**32 above {term}"
+    return None
+
+
 # --- Ready ------------------------------------------------------------------------------------
 
 
@@ -304,6 +354,9 @@ class Ready:
     4. Apply `committed` in order (skipping NOOP and CONFIG entries).
     5. Answer each read in `reads` once the state machine has applied its index; fail the
        reads in `failed_reads`.
+
+    `warnings` are conditions worth an operator's attention (a message dropped as impossible, a
+    follower that lost entries it had acknowledged): the caller logs them.
     """
 
     hard_state: HardState | None = None
@@ -315,6 +368,7 @@ class Ready:
     failed_reads: tuple[int, ...] = ()
     install_snapshot: SnapshotMeta | None = None
     send_snapshot: tuple[NodeId, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     def merge(self, other: Ready) -> Ready:
         """One Ready with the effect of acting on `self` and then on `other`."""
@@ -336,4 +390,5 @@ class Ready:
             failed_reads=self.failed_reads + other.failed_reads,
             install_snapshot=other.install_snapshot or self.install_snapshot,
             send_snapshot=self.send_snapshot + extra,
+            warnings=self.warnings + other.warnings,
         )

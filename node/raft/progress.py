@@ -26,6 +26,17 @@ class Progress:
     acked_probe: int = 0
     # The leader's tick count when the follower last answered (check-quorum).
     heard: int = 0
+    # The follower's incarnation, the highest seen (0: none yet); answers from earlier ones
+    # are ignored.
+    incarnation: int = 0
+    # What the follower had acknowledged before it restarted, until its log is seen again:
+    # a log that ends before it lost entries it acknowledged.
+    acknowledged: int = 0
+
+    def restarted(self, next_index: int) -> None:
+        """The follower started again: nothing it acknowledged before may count any more."""
+        self.acknowledged = max(self.acknowledged, self.match)
+        self.next, self.match, self.probing, self.snapshot_wait = next_index, 0, True, 0
 
 
 def majority_value(values: Iterable[int]) -> int:

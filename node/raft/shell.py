@@ -7,19 +7,27 @@ send, then apply committed entries to the state machine, then answer reads. Call
 `apply` commands and `read` state; both wait for the outcome. The storage, the state machine
 and the transport are interfaces, so the same shell runs in a node process and in the
 deterministic simulation.
+
+Snapshots are taken beside the loop (`snapshots.py`). When this member's storage fails (a full
+disk, an I/O error: `StorageFailure`), it stops taking part in the group, so nothing leaves it
+that rests on state it could not write, and reopens its core from storage after a back-off,
+again until it works; the node process goes on serving everything else.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import trio
 
+from ringfs.node.errors import StorageFailure
 from ringfs.node.raft.core import (
     AppendRequest,
     Entry,
@@ -31,13 +39,21 @@ from ringfs.node.raft.core import (
     SnapshotMeta,
     SnapshotRequest,
 )
+from ringfs.node.raft.messages import refusal
+from ringfs.node.raft.snapshots import Snapshots
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# What `RaftStorage.load` gives back.
+Loaded = tuple[HardState, SnapshotMeta | None, list[Entry]]
 
 # A follower applies committed entries on each tick, or sooner once this many wait.
 FOLLOWER_APPLY_BATCH = 256
+# Seconds before a member whose storage failed reopens it, doubled after each failure up to
+# the last value; a member that then ran that long without failing starts again from the first.
+RETRY_FIRST = 1.0
+RETRY_LAST = 30.0
 
 __all__ = ["LeadershipLost", "NotLeader", "RaftNode"]
 
@@ -52,7 +68,7 @@ class LeadershipLost(Exception):
 class RaftStorage(Protocol):
     """Durable Raft state: whatever `save` or `compact` got survives a crash."""
 
-    def load(self) -> tuple[HardState, SnapshotMeta | None, list[Entry]]: ...
+    def load(self) -> Loaded: ...
 
     def save(
         self, hard_state: HardState | None, truncate_from: int | None, append: Sequence[Entry]
@@ -64,8 +80,9 @@ class RaftStorage(Protocol):
 class StateMachine(Protocol):
     """What Raft replicates. Durable: `apply` records the applied index with its effects.
 
-    `apply` and read queries run on the event loop and must be quick (no fsync); `snapshot`
-    and `restore` run in a worker thread.
+    `apply` and read queries run on the event loop and must be quick (no fsync); `snapshot`,
+    `restore` and `reopen` run in a worker thread. `snapshot` runs while `apply` goes on.
+    A failure of the machine's own storage raises StorageFailure.
     """
 
     def apply(self, entries: Sequence[Entry]) -> list[Any]:
@@ -75,15 +92,21 @@ class StateMachine(Protocol):
 
     def applied_index(self) -> int: ...
 
-    def snapshot(self) -> tuple[int, bytes]:
-        """(applied index, a consistent image of the state at that index)."""
+    def snapshot(self) -> tuple[int, Path]:
+        """(an index applied, a durable image file of the state at that index)."""
         ...
 
-    def restore(self, meta: SnapshotMeta, image: bytes) -> None: ...
+    def restore(self, meta: SnapshotMeta, image: Path) -> None:
+        """Replace the state by the image file (which the machine takes over)."""
+        ...
+
+    def reopen(self) -> None:
+        """Start again from what the machine's storage holds, after a failure."""
+        ...
 
 
 class Transport(Protocol):
-    def send(self, message: Message, snapshot: bytes | None = None) -> None:
+    def send(self, message: Message, snapshot: Path | None = None) -> None:
         """Best effort, never blocks, never raises for a network failure."""
         ...
 
@@ -116,22 +139,32 @@ class RaftNode:
         tick_interval: float = 0.05,
         snapshot_threshold: int = 1000,
         blocking_io: bool = True,
+        incarnation: Callable[[], int] = time.time_ns,
     ) -> None:
         """`blocking_io=False` runs storage and state machine calls inline (the simulation,
-        whose fakes never block: worker threads would break its deterministic clock)."""
-        hard_state, snapshot, entries = storage.load()
-        self.raft = Raft(
-            node_id, voters, hard_state=hard_state, snapshot=snapshot, entries=entries, rng=rng
-        )
+        whose fakes never block: worker threads would break its deterministic clock).
+        `incarnation` numbers each start of the core, higher each time (see `Raft`): the
+        wall clock's nanoseconds, which a restart does not take back."""
         self.node_id = node_id
         self.storage = storage
         self.machine = machine
         self.transport = transport
         self.tick_interval = tick_interval
-        self.snapshot_threshold = snapshot_threshold
+        self._voters, self._rng, self._incarnation = voters, rng, incarnation
         self._blocking_io = blocking_io
+        # Image files no longer needed (a newer snapshot replaced them), for the loop to delete.
+        self._stale_images: list[Path] = []
+        self._snapshots = Snapshots(
+            node_id,
+            storage,
+            machine,
+            transport,
+            threshold=snapshot_threshold,
+            io=self._io,
+            discard=self._stale_images.append,
+        )
         self._pending = Ready()
-        self._inbox: deque[tuple[Message, bytes | None]] = deque()
+        self._inbox: deque[tuple[Message, Path | None]] = deque()
         # Ticks are counted from the clock, not from wake-ups, so a stall is not time that
         # never passed (the leader lease relies on it).
         self._clock_start: float | None = None
@@ -146,12 +179,30 @@ class RaftNode:
         self._reads: dict[int, _Waiter] = {}
         self._read_after: list[tuple[int, int]] = []
         self._next_read = 1
-        self._applied = machine.applied_index()
-        # The snapshot image this leader last offered, offered again (not taken again) while
-        # it is the newest and a follower still needs it.
-        self._offered: tuple[SnapshotMeta, bytes] | None = None
-        self._snapshot_index = snapshot.last_index if snapshot else 0
         self._was_leader = False
+        self._members = frozenset(voters)
+        self._warned: set[str] = set()
+        self._nursery: trio.Nursery | None = None
+        # Why this member stopped taking part (its storage failed), until it reopened.
+        self._failure: str | None = None
+        self._open(storage.load(), machine.applied_index())
+
+    def _open(self, loaded: Loaded, applied: int) -> None:
+        """A new core from what the storage holds: at the start, and after a failure."""
+        hard_state, snapshot, entries = loaded
+        self.raft = Raft(
+            self.node_id,
+            self._voters,
+            hard_state=hard_state,
+            snapshot=snapshot,
+            entries=entries,
+            rng=self._rng,
+            incarnation=self._incarnation(),
+        )
+        self._applied = applied
+        self._pending, self._unapplied, self._was_leader = Ready(), [], False
+        self._inbox.clear()
+        self._snapshots.reset(snapshot.last_index if snapshot else 0)
 
     # -- running -----------------------------------------------------------------------------
 
@@ -160,39 +211,107 @@ class RaftNode:
         self._clock_start = trio.current_time()
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._ticker, name=f"raft-ticker {self.node_id}")
                 task_status.started()
-                await self._loop()
+                await self._keep_running()
         finally:
             self._fail_waiters(LeadershipLost(f"node {self.node_id} stopped"))
+
+    async def _keep_running(self) -> None:
+        """The loop, and after each storage failure a pause (doubling, up to `RETRY_LAST`)
+        before the member reopens its storage and takes part again."""
+        delay = RETRY_FIRST
+        while True:
+            started = trio.current_time()
+            try:
+                await self._loop()
+            except StorageFailure as exc:
+                self._stop(exc)
+            if trio.current_time() - started > RETRY_LAST:
+                delay = RETRY_FIRST
+            while True:
+                log.error("node %s: storage failed (%s): not taking part in the Raft group; "
+                          "trying again in %.0fs", self.node_id, self._failure, delay)  # fmt: skip
+                await trio.sleep(delay)
+                delay = min(2 * delay, RETRY_LAST)
+                try:
+                    await self._reopen()
+                    break
+                except StorageFailure as exc:
+                    self._failure = str(exc)
+
+    def _stop(self, failure: StorageFailure) -> None:
+        """Take part in nothing any more: what the core holds may not be on disk. The core
+        steps down, so that nothing in this node takes it for a leader, and nothing it
+        returns is acted on."""
+        self._failure = str(failure)
+        self.raft.step_down()
+        self._fail_waiters(LeadershipLost(f"node {self.node_id}: {failure}"))
+        self._was_leader = False
+        self._inbox.clear()
+
+    async def _reopen(self) -> None:
+        """A new core from the storage, and the state machine from its own, as after a
+        restart (a new incarnation: its leader counts nothing from before)."""
+        await self._io(self.machine.reopen)
+        loaded = await self._io(self.storage.load)
+        self._open(loaded, await self._io(self.machine.applied_index))
+        self._ticks_done = self._ticks_due()  # the time away is not ticks of the new core
+        self._failure = None
+        log.info("node %s: storage reopened, taking part in the Raft group again", self.node_id)
 
     async def _ticker(self) -> None:
         while True:
             await trio.sleep(self.tick_interval)
             self._wakeup.set()
 
+    def _ticks_due(self) -> int:
+        if self._clock_start is None:
+            return 0
+        return int((trio.current_time() - self._clock_start) / self.tick_interval)
+
     def _advance_clock(self) -> None:
         """Give the core every tick that is due by now (several after a stall)."""
-        if self._clock_start is None:
-            return
-        due = int((trio.current_time() - self._clock_start) / self.tick_interval)
+        due = self._ticks_due()
         while self._ticks_done < due:
             self._ticks_done += 1
             self._pending = self._pending.merge(self.raft.tick())
 
-    def deliver(self, message: Message, snapshot: bytes | None = None) -> None:
-        """Queue a message that arrived (called by the transport; never blocks)."""
+    def deliver(self, message: Message, snapshot: Path | None = None) -> None:
+        """Queue a message that arrived, with the image file of a snapshot (called by the
+        transport; never blocks). One that this member must not take (see `refusal`) is
+        dropped, with a WARNING once per cause; so is everything while its storage failed."""
+        if not self._takes(message):
+            if snapshot is not None:
+                self._stale_images.append(snapshot)
+            return
         if isinstance(message, SnapshotRequest) and snapshot is None:
-            log.warning("node %s: snapshot from %s came without its image", self.node_id,
+            log.warning("node %s: snapshot from %s came without its image: dropped", self.node_id,
                         message.src)  # fmt: skip
             return
         if isinstance(message, SnapshotRequest):
-            # An image can be large, and a newer one makes one still waiting pointless.
+            # A newer snapshot makes one still waiting pointless: installing both is wasted work.
+            for waiting, image in self._inbox:
+                if isinstance(waiting, SnapshotRequest) and image is not None:
+                    self._stale_images.append(image)
             self._inbox = deque(m for m in self._inbox if not isinstance(m[0], SnapshotRequest))
         self._inbox.append((message, snapshot))
         self._wakeup.set()
 
+    def _takes(self, message: Message) -> bool:
+        """Whether this member takes `message` now: not while its storage failed, nor one
+        `refusal` names a reason for (with a WARNING once per cause)."""
+        if self._failure is not None:
+            return False
+        reason = refusal(message, self.node_id, self._members, self.raft.term)
+        if reason is not None:
+            cause = reason.split(" ", 1)[0]
+            self._warn_once(cause, "node %s: raft message dropped: %s", self.node_id, reason)
+        return reason is None
+
     async def _loop(self) -> None:
+        """Rounds until a storage call raises StorageFailure."""
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
@@ -206,8 +325,13 @@ class RaftNode:
                     await self._process(ready, image)
                 else:
                     self._pending = self._pending.merge(ready)
+                    if image is not None:  # not needed: the log already holds its entries
+                        self._stale_images.append(image)
             self._propose_queued()
+            await self._snapshots.finish(self.raft)
             await self._process_pending()
+            while self._stale_images:
+                await self._io(self._stale_images.pop().unlink, True)
 
     def _submit(self, ready: Ready) -> None:
         self._pending = self._pending.merge(ready)
@@ -234,13 +358,22 @@ class RaftNode:
         ready, self._pending = self._pending, Ready()
         await self._process(ready, None)
 
+    def _warn_once(self, cause: str, text: str, *args: Any) -> None:
+        """A WARNING the first time for `cause`, DEBUG after: a peer repeating a bad message
+        must not flood the log."""
+        level = logging.DEBUG if cause in self._warned else logging.WARNING
+        self._warned.add(cause)
+        log.log(level, text, *args)
+
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         if self._blocking_io:
             return await trio.to_thread.run_sync(fn, *args)
         return fn(*args)
 
-    async def _process(self, ready: Ready, image: bytes | None) -> None:
+    async def _process(self, ready: Ready, image: Path | None) -> None:
         """Persist, send, install, apply, answer: in the order Raft's safety needs."""
+        for warning in ready.warnings:
+            self._warn_once(warning, "%s", warning)
         early = _early_messages(ready)
         for message in early:
             self.transport.send(message)
@@ -253,15 +386,16 @@ class RaftNode:
             if id(message) not in sent:
                 self.transport.send(message)
         for follower in ready.send_snapshot:
-            await self._send_snapshot(follower)
+            if not self._snapshots.offer(self.raft, follower):
+                self._start_snapshot()
         self._unapplied.extend(ready.committed)
         if self._apply_due():
             await self._apply()
         self._answer_reads(ready)
         self._check_leadership()
-        self._forget_offered()
-        if self._snapshot_due():
-            await self._take_snapshot()
+        self._snapshots.forget(self._was_leader, self.raft.match_index)
+        if self._snapshots.due(self._applied, self.raft):
+            self._start_snapshot()
 
     # -- applying ----------------------------------------------------------------------------
 
@@ -342,65 +476,20 @@ class RaftNode:
 
     # -- snapshots ---------------------------------------------------------------------------
 
-    def _forget_offered(self) -> None:
-        """Drop the offered image once no follower can need it (or this node stopped leading)."""
-        if self._offered is None:
-            return
-        needed = self._offered[0].last_index
-        if not self._was_leader or all(m >= needed for m in self.raft.match_index.values()):
-            self._offered = None
+    def _start_snapshot(self) -> None:
+        assert self._nursery is not None
+        self._snapshots.start(self._nursery, self._wakeup.set)
 
-    def _snapshot_due(self) -> bool:
-        """Enough applied since the last snapshot; but not while a snapshot this node received
-        is about to replace the state machine (the core already dropped the log for it)."""
-        received = self.raft.snapshot
-        if received is not None and received.last_index > self._applied:
-            return False
-        return self._applied - self._snapshot_index >= self.snapshot_threshold
-
-    async def _take_snapshot(self) -> tuple[SnapshotMeta, bytes] | None:
-        """Snapshot the state machine at its applied index and compact the log up to it.
-
-        None when the log does not hold that index (a crash in the middle of installing a
-        snapshot left the state machine ahead of the log): the log catches up and the next
-        snapshot succeeds.
-        """
-        index, image = await self._io(self.machine.snapshot)
-        try:
-            meta = self.raft.snapshot_meta(index)
-        except ValueError:
-            log.warning("node %s: no snapshot at %d until the log holds it", self.node_id, index)
-            self._snapshot_index = index
-            return None
-        self.raft.compact(meta)
-        await self._io(self.storage.compact, meta)
-        self._snapshot_index = index
-        log.info("node %s: snapshot at index %d, log compacted", self.node_id, index)
-        return meta, image
-
-    async def _send_snapshot(self, follower: str) -> None:
-        """Offer `follower` the newest snapshot, taking one only if none was offered since the
-        last compaction: the core re-offers every few ticks while an answer is due, and a large
-        image may take longer than that to arrive."""
-        offered = self._offered
-        if offered is None or offered[0].last_index != self._snapshot_index:
-            offered = await self._take_snapshot()
-            if offered is None:
-                return
-            self._offered = offered
-        meta, image = offered
-        log.info("node %s: sending the snapshot at %d to %s", self.node_id, meta.last_index,
-                 follower)  # fmt: skip
-        self.transport.send(SnapshotRequest(self.node_id, follower, self.raft.term, meta), image)
-
-    async def _install(self, meta: SnapshotMeta, image: bytes) -> None:
+    async def _install(self, meta: SnapshotMeta, image: Path) -> None:
+        """Replace the state machine by the image, durably, before the log is compacted to it
+        (a crash in between leaves the log as it was: the leader offers the snapshot again)."""
         await self._io(self.machine.restore, meta, image)
         await self._io(self.storage.compact, meta)
         if self.raft.last_index == meta.last_index:
             # The core dropped its whole log for the snapshot: so does the storage.
             await self._io(self.storage.save, None, meta.last_index + 1, ())
         self._applied = meta.last_index
-        self._snapshot_index = meta.last_index
+        self._snapshots.installed(meta.last_index)
         self._unapplied = [entry for entry in self._unapplied if entry.index > meta.last_index]
         log.info("node %s: installed a snapshot at index %d", self.node_id, meta.last_index)
 
@@ -413,8 +502,8 @@ class RaftNode:
         can no longer be committed, LeadershipLost if leadership ended after it was proposed
         and before the outcome was known. Cancellation abandons the wait, not the command.
         """
-        if self.raft.role != "leader":
-            raise NotLeader(self.raft.leader)
+        if self.raft.role != "leader" or self._failure is not None:
+            raise NotLeader(None if self._failure else self.raft.leader)
         waiter = _Waiter(trio.Event())
         self._queued.append((data, waiter))
         self._wakeup.set()
@@ -430,6 +519,8 @@ class RaftNode:
         its state machine to reach the commit index of the moment of the call. Raises
         NotLeader or LeadershipLost like `apply`.
         """
+        if self._failure is not None:
+            raise NotLeader(None)
         read_id = self._next_read
         self._next_read += 1
         self._advance_clock()  # the lease is judged by the time now, not at the last wake-up
@@ -442,10 +533,16 @@ class RaftNode:
         return query(self.machine)
 
     def status(self) -> dict[str, Any]:
+        """The core's view, what is applied, and why the member stopped, if it did."""
         status = dict(self.raft.status())
         status.update(
-            node_id=self.node_id, applied_index=self._applied, snapshot_index=self._snapshot_index
+            node_id=self.node_id,
+            applied_index=self._applied,
+            snapshot_index=self._snapshots.index,
+            failure=self._failure,
         )
+        if self._failure is not None:
+            status.update(role="stopped", leader=None)
         return status
 
 

@@ -24,18 +24,22 @@ from ringfs.node.raft.core import (
     encode_voters,
 )
 
+# A new raft.db is a member that no leader has brought up to date yet (see `NEW_MEMBER`).
 _SCHEMA = """
 BEGIN;
 CREATE TABLE IF NOT EXISTS hard_state (
-    id INTEGER PRIMARY KEY CHECK (id = 0), term INTEGER NOT NULL, voted_for TEXT);
+    id INTEGER PRIMARY KEY CHECK (id = 0), term INTEGER NOT NULL, voted_for TEXT,
+    recovering INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS entries (
     idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, kind INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS snapshot (
     id INTEGER PRIMARY KEY CHECK (id = 0), last_index INTEGER NOT NULL,
     last_term INTEGER NOT NULL, voters BLOB NOT NULL);
-INSERT OR IGNORE INTO hard_state VALUES (0, 0, NULL);
+INSERT OR IGNORE INTO hard_state VALUES (0, 0, NULL, 1);
 COMMIT;
 """
+# raft.db from before `recovering` existed: those members were up to date.
+_ADD_RECOVERING = "ALTER TABLE hard_state ADD COLUMN recovering INTEGER NOT NULL DEFAULT 0"
 
 
 class RaftLog:
@@ -49,6 +53,9 @@ class RaftLog:
         # FULL: with WAL, NORMAL would skip the fsync at commit, and Raft must not forget a
         # vote or an acknowledged entry across a crash.
         self._db.execute("PRAGMA synchronous = FULL")
+        columns = [row[1] for row in self._db.execute("PRAGMA table_info(hard_state)")]
+        if columns and "recovering" not in columns:
+            self._db.execute(_ADD_RECOVERING)
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -58,7 +65,9 @@ class RaftLog:
     def load(self) -> tuple[HardState, SnapshotMeta | None, list[Entry]]:
         """Everything saved: the node restarts from exactly this."""
         with self._lock:
-            term, voted_for = self._db.execute("SELECT term, voted_for FROM hard_state").fetchone()
+            term, voted_for, recovering = self._db.execute(
+                "SELECT term, voted_for, recovering FROM hard_state"
+            ).fetchone()
             row = self._db.execute("SELECT last_index, last_term, voters FROM snapshot").fetchone()
             snapshot = None if row is None else SnapshotMeta(row[0], row[1], decode_voters(row[2]))
             entries = [
@@ -67,7 +76,7 @@ class RaftLog:
                     "SELECT idx, term, kind, data FROM entries ORDER BY idx"
                 )
             ]
-        return HardState(term, voted_for), snapshot, entries
+        return HardState(term, voted_for, bool(recovering)), snapshot, entries
 
     def save(
         self,
@@ -81,8 +90,8 @@ class RaftLog:
         with self._lock, self._transaction():
             if hard_state is not None:
                 self._db.execute(
-                    "UPDATE hard_state SET term = ?, voted_for = ?",
-                    (hard_state.term, hard_state.voted_for),
+                    "UPDATE hard_state SET term = ?, voted_for = ?, recovering = ?",
+                    (hard_state.term, hard_state.voted_for, hard_state.recovering),
                 )
             if truncate_from is not None:
                 self._db.execute("DELETE FROM entries WHERE idx >= ?", (truncate_from,))

@@ -5,22 +5,25 @@ as a `raft.message` notification: one-way, no response frame, no task waiting fo
 member has an outbox drained by one sender task, so messages to a member keep their order
 and whatever queued while the previous write was on its way leaves in one write.
 
-A snapshot image can outgrow any one message, so it travels ahead of its `SnapshotRequest`
-as `raft.snapshot_part` notifications, in order on the same connection; the receiving
-`SnapshotAssembler` joins them and hands the image over with the request.
+A snapshot image is a file that can outgrow any one message, or the memory of either node, so
+it travels ahead of its `SnapshotRequest` as `raft.snapshot_part` requests, one at a time,
+each part read from the file only when its turn comes; the receiving `ImageReceiver`
+(`images.py`) writes them into a file and hands it over with the request.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections import deque
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import trio
 
 from ringfs.node.cluster.map import ClusterMap
 from ringfs.node.errors import NodeError, Unavailable
+from ringfs.node.raft import images
 from ringfs.node.raft.core import Message, SnapshotRequest, message_to_wire
 from ringfs.node.rpc.client import NodePool
 
@@ -31,10 +34,6 @@ SEND_TIME_LIMIT = 5.0
 # Messages waiting for one member; more are dropped (a silent member would otherwise collect
 # a growing queue of heartbeats to flush at once when it comes back).
 MAX_QUEUED = 64
-# A snapshot image travels in parts of this size (one message may carry at most 16 MiB).
-SNAPSHOT_PART = 1024 * 1024
-# The largest snapshot image a member accepts, so a peer cannot make it hold any amount.
-MAX_SNAPSHOT_BYTES = 1024**3
 
 
 class RpcTransport:
@@ -46,8 +45,12 @@ class RpcTransport:
         self._nursery = nursery
         self._outboxes: dict[str, _Outbox] = {}
 
-    def send(self, message: Message, snapshot: bytes | None = None) -> None:
-        address = self._cmap.node(message.dst).address
+    def send(self, message: Message, snapshot: Path | None = None) -> None:
+        try:
+            address = self._cmap.node(message.dst).address
+        except KeyError:
+            log.warning("raft message to %r dropped: not in the cluster map", message.dst[:64])
+            return
         outbox = self._outboxes.get(address)
         if outbox is None:
             outbox = self._outboxes[address] = _Outbox(address, self._pool)
@@ -66,7 +69,7 @@ class _Outbox:
         self._pool = pool
         self._queue: deque[list[Any]] = deque()
         # At most one image waits or travels; another offered meanwhile is dropped.
-        self._snapshot: tuple[SnapshotRequest, bytes] | None = None
+        self._snapshot: tuple[SnapshotRequest, Path] | None = None
         self._sending_snapshot = False
         self._ready = trio.Event()
 
@@ -77,7 +80,7 @@ class _Outbox:
         self._queue.append([message_to_wire(message)])
         self._ready.set()
 
-    def put_snapshot(self, request: SnapshotRequest, image: bytes) -> None:
+    def put_snapshot(self, request: SnapshotRequest, image: Path) -> None:
         if self._sending_snapshot:
             # The image on its way makes this one pointless; if it fails, Raft offers again.
             log.debug("snapshot for %s dropped: one is on its way", self._address)
@@ -104,19 +107,35 @@ class _Outbox:
         self._queue.clear()
         return not batch or await self._send("raft.message", batch)
 
-    async def _send_snapshot(self, request: SnapshotRequest, image: bytes) -> None:
-        """The parts in order, then the request; messages queued meanwhile go in between, so
-        a long transfer does not hold back heartbeats. A failed part ends the transfer: the
-        leader offers a new snapshot later."""
-        header = [request.src, request.term, request.meta.last_index, len(image)]
-        whole = memoryview(image)  # parts are views: no copy before the write's own
-        for offset in range(0, max(len(image), 1), SNAPSHOT_PART):
-            part = whole[offset : offset + SNAPSHOT_PART]
-            if not await self._send("raft.snapshot_part", [[*header, offset, part]]):
-                return
-            if not await self._send_queued():
-                return
+    async def _send_snapshot(self, request: SnapshotRequest, image: Path) -> None:
+        """The parts in order, each one answered before the next is read, then the request;
+        messages queued meanwhile go in between, so a long transfer does not hold back
+        heartbeats. A failed part ends the transfer: the leader offers the snapshot again."""
+        try:
+            fd = await trio.to_thread.run_sync(os.open, image, os.O_RDONLY)
+        except OSError as exc:  # a newer snapshot replaced it: that one is offered next
+            log.debug("snapshot image %s for %s gone: %s", image, self._address, exc)
+            return
+        try:
+            size = os.fstat(fd).st_size
+            header = [request.src, request.term, request.meta.last_index, size]
+            for offset in range(0, max(size, 1), images.SNAPSHOT_PART):
+                part = await trio.to_thread.run_sync(images.read_part, fd, offset)
+                if not await self._send_part([*header, offset, part]):
+                    return
+                if not await self._send_queued():
+                    return
+        finally:
+            os.close(fd)
         await self._send("raft.message", [[message_to_wire(request)]])
+
+    async def _send_part(self, params: list[Any]) -> bool:
+        try:
+            await self._pool.call(self._address, "raft.snapshot_part", params, SEND_TIME_LIMIT)
+        except (Unavailable, NodeError) as exc:
+            log.debug("snapshot part at %d to %s lost: %s", params[4], self._address, exc)
+            return False
+        return True
 
     async def _send(self, method: str, batch: list[list[Any]]) -> bool:
         try:
@@ -125,57 +144,3 @@ class _Outbox:
             log.debug("%d %s to %s lost: %s", len(batch), method, self._address, exc)
             return False
         return True
-
-
-@dataclass
-class _Incoming:
-    src: str
-    term: int
-    last_index: int
-    size: int
-    image: bytearray
-
-
-class SnapshotAssembler:
-    """The receiving side: joins the parts of one snapshot image at a time, in order. A new
-    image (offset 0) replaces an unfinished one, whoever sent it, so at most one image's
-    worth of memory is ever held."""
-
-    def __init__(self, max_bytes: int = MAX_SNAPSHOT_BYTES) -> None:
-        self._max_bytes = max_bytes
-        self._incoming: _Incoming | None = None
-
-    def add_part(
-        self, src: str, term: int, last_index: int, size: int, offset: int, data: bytes
-    ) -> None:
-        """Add the part at `offset` of `src`'s image of (term, last index), `size` bytes in
-        all. Raises NodeError, dropping the unfinished image, for a part that does not
-        continue it (one was lost) or an image over the limit."""
-        if size > self._max_bytes:
-            self._incoming = None
-            raise NodeError("EFBIG", f"snapshot image of {size} bytes, over {self._max_bytes}")
-        if offset == 0:
-            self._incoming = _Incoming(src, term, last_index, size, bytearray())
-        incoming = self._incoming
-        if (
-            incoming is None
-            or (incoming.src, incoming.term, incoming.last_index, incoming.size)
-            != (src, term, last_index, size)
-            or len(incoming.image) != offset
-            or offset + len(data) > size
-        ):
-            self._incoming = None
-            raise NodeError("EINVAL", f"snapshot part at offset {offset} out of sequence")
-        incoming.image += data
-
-    def take(self, request: SnapshotRequest) -> bytes | None:
-        """The whole image for `request`, or None if it did not all arrive."""
-        incoming = self._incoming
-        if incoming is None or incoming.src != request.src:
-            return None
-        self._incoming = None
-        if (incoming.term, incoming.last_index) != (request.term, request.meta.last_index):
-            return None
-        if len(incoming.image) != incoming.size:
-            return None
-        return bytes(incoming.image)

@@ -451,6 +451,14 @@ BAD_REQUESTS = {
         "EINVAL",
     ),
     "meta.query unknown op": ("meta.query", [["nosuchquery"]], "EINVAL"),
+    "snapshot part as str": ("raft.snapshot_part", ["n2", 5, 9, 5, 0, "image"], "EINVAL"),
+    "snapshot part, negative offset": ("raft.snapshot_part", ["n2", 5, 9, 5, -1, b"x"], "EINVAL"),
+    "snapshot part from outside the group": (
+        "raft.snapshot_part",
+        ["n9", 5, 9, 1, 0, b"x"],
+        "EINVAL",
+    ),
+    "snapshot part from itself": ("raft.snapshot_part", ["n1", 5, 9, 1, 0, b"x"], "EINVAL"),
     "meta.query a command": ("meta.query", [["mkdir", 1, b"n", 0o755, 0, 0, 0]], "EINVAL"),
 }
 
@@ -478,23 +486,11 @@ BAD_NOTIFICATIONS = {
         [[1, "n2", "n3", 5, 0, 0, False]],
         "raft message for 'n3'",
     ),
-    "snapshot part as str": ("raft.snapshot_part", ["n1", 5, 9, 5, 0, "image"], "binary"),
-    "snapshot part, negative offset": (
+    "snapshot part as a notification": (
         "raft.snapshot_part",
-        ["n1", 5, 9, 5, -1, b"x"],
-        "integer",
+        ["n2", 5, 9, 1, 0, b"x"],
+        "unknown notification",
     ),
-    "snapshot part out of sequence": (
-        "raft.snapshot_part",
-        ["n1", 5, 9, 8192, 4096, b"x"],
-        "out of sequence",
-    ),
-    "snapshot part from outside the group": (
-        "raft.snapshot_part",
-        ["n9", 5, 9, 1, 0, b"x"],
-        "outside the meta group",
-    ),
-    "snapshot over 1 GiB": ("raft.snapshot_part", ["n1", 5, 9, 2**31, 0, b"x"], "over"),
 }
 
 

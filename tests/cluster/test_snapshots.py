@@ -13,7 +13,7 @@ import trio
 from ringfs.fs.cluster import Cluster
 from ringfs.fs.mount import wait_for_filesystem
 from ringfs.node.meta.commands import ROOT_INO, Mkdir
-from ringfs.node.raft import transport
+from ringfs.node.raft import images
 from ringfs.node.service import NodeService
 from tests.cluster.conftest import LocalNodes, start_nodes
 
@@ -49,13 +49,13 @@ async def test_a_member_that_was_away_catches_up_from_a_snapshot_in_parts(
 ) -> None:
     expected_logs.append("unavailable")  # the client meets the stopped member
     caplog.set_level(logging.INFO, logger="ringfs.node.raft.shell")
-    monkeypatch.setattr(transport, "SNAPSHOT_PART", PART)
+    monkeypatch.setattr(images, "SNAPSHOT_PART", PART)
     parts: list[int] = []
     receive = NodeService.raft_snapshot_part
 
-    def counting(self: NodeService, params: list[Any]) -> None:
+    async def counting(self: NodeService, params: list[Any]) -> None:
         parts.append(params[4])  # the offset
-        receive(self, params)
+        await receive(self, params)
 
     monkeypatch.setattr(NodeService, "raft_snapshot_part", counting)
     nodes: LocalNodes = await start_nodes(tmp_path, nursery, snapshot_threshold=50)

@@ -2,9 +2,10 @@
 
 `simulate(draw_config(seed))` runs what the seed draws: the group (3 or 5 nodes), the network's
 faults, a fault schedule (partitions that heal, crashes and restarts of any node including
-the leader), and a register/counter workload run by a few clients through whichever node they
-believe leads. Then it heals everything, lets the group settle, and returns a `SimResult`:
-the client-visible history, the invariant violations the `Monitor` saw, and what happened.
+the leader, restarts with nothing or with an older copy of the node's storage), and a
+register/counter workload run by a few clients through whichever node they believe leads.
+Then it heals everything, lets the group settle, and returns a `SimResult`: the client-visible
+history, the invariant violations the `Monitor` saw, and what happened.
 
 Determinism: time is trio's MockClock, every random choice comes from generators seeded from
 the seed, and importing hypothesis makes trio's scheduler deterministic (trio registers a
@@ -13,7 +14,8 @@ seed here). So one seed replays the same run.
 
 A crash cancels the node's scope and keeps only its `Disk`: what `RaftStorage.save` and
 `compact` got, and the state machine's image as of its last snapshot (or, in runs where
-applying is durable, as of its last apply).
+applying is durable, as of its last apply). The storage faults (a disk that fails for a while,
+a restart with nothing or with an older copy of the disk) are in `tests.sim.lost_storage`.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import dataclasses
 import itertools
 import json
 import random
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import hypothesis  # noqa: F401  (its trio plugin makes the scheduler deterministic)
@@ -37,21 +41,28 @@ from ringfs.node.raft.core import (
     Entry,
     Message,
     NotLeader,
+    Raft,
     message_from_wire,
     message_to_wire,
 )
-from ringfs.node.raft.shell import LeadershipLost, RaftNode
+from ringfs.node.raft.shell import LeadershipLost, Loaded, RaftNode
 from tests.sim.durable import Disk, KVMachine, MemoryStorage
 from tests.sim.invariants import Monitor
 from tests.sim.linearizability import Op, Verdict, check
-from tests.sim.network import Faults, SimNetwork
+from tests.sim.lost_storage import StorageFaults
+from tests.sim.network import CALM, SimNetwork
 from tests.sim.schedule import Config, draw_config
 
 __all__ = ["Config", "SimResult", "draw_config", "simulate"]
 
 TICK = 0.05  # seconds per Raft tick: elections take 10-20 ticks, heartbeats 2
 SETTLE_LIMIT = 30.0  # after healing, the group must serve every client within this
-CALM = Faults(delay=(0.001, 0.01))
+
+
+def _incarnation() -> int:
+    """Each start of a node gets a higher number: the mock clock's nanoseconds (plus one, as
+    0 means "none")."""
+    return int(trio.current_time() * 1e9) + 1
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -96,17 +107,32 @@ class SimResult:
         return "\n".join(lines)
 
 
-class _Cluster:
-    """The group under test: live nodes, their disks, the network, the fault schedule."""
+class _SimNode(RaftNode):
+    """A `RaftNode` that shows each new core (a storage failure makes one) to `observe`."""
 
-    def __init__(self, config: Config) -> None:
+    observe: Callable[[Raft], None] | None = None
+
+    def _open(self, loaded: Loaded, applied: int) -> None:
+        super()._open(loaded, applied)
+        if self.observe is not None:
+            self.observe(self.raft)
+
+
+class _Cluster:
+    """The group under test: live nodes, their disks, the network, the fault schedule.
+    Snapshot images are files under `files`."""
+
+    def __init__(self, config: Config, files: Path) -> None:
         self.config = config
+        self.files = files
+        self._file_names = itertools.count()
         master = random.Random(f"run-{config.seed}")
         self.rng = random.Random(master.getrandbits(64))
         self.monitor = Monitor(trio.current_time)
-        self.network = SimNetwork(random.Random(master.getrandbits(64)), config.nodes, CALM)
+        self.network = SimNetwork(random.Random(master.getrandbits(64)), config.nodes, CALM, files)
         self.client_rngs = [random.Random(master.getrandbits(64)) for _ in range(config.clients)]
         self.disks = {n: Disk(MemoryStorage()) for n in config.nodes}
+        self.storage_faults = StorageFaults(self)
         self.live: dict[str, RaftNode] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
@@ -129,8 +155,8 @@ class _Cluster:
         assert self._nursery is not None
         assert node_id not in self.live
         disk = self.disks[node_id]
-        machine = KVMachine(node_id, disk, self.monitor, self.config.durable_apply)
-        node = RaftNode(
+        machine = KVMachine(node_id, disk, self.monitor, self.config.durable_apply, self._new_file)
+        node = _SimNode(
             node_id,
             self.config.nodes,
             disk.storage,
@@ -140,6 +166,7 @@ class _Cluster:
             tick_interval=TICK,
             snapshot_threshold=self.config.snapshot_threshold,
             blocking_io=False,
+            incarnation=_incarnation,
         )
         self._instrument(node_id, node)
         self.monitor.restarted(node_id, machine.applied_index())
@@ -147,32 +174,39 @@ class _Cluster:
         self.live[node_id] = node
         self.network.attach(node_id, self._receiver(node))
 
-    def _receiver(self, node: RaftNode) -> Callable[[Any, bytes | None], None]:
+    def _new_file(self) -> Path:
+        return self.files / f"image-{next(self._file_names)}"
+
+    def _receiver(self, node: RaftNode) -> Callable[[Any, Path | None], None]:
         if not self.config.wire:
             return node.deliver
 
-        def deliver(message: Message, snapshot: bytes | None) -> None:
+        def deliver(message: Message, snapshot: Path | None) -> None:
             packed = msgpack.packb(message_to_wire(message), use_bin_type=True)
             node.deliver(message_from_wire(msgpack.unpackb(packed, raw=False)), snapshot)
 
         return deliver
 
-    def _instrument(self, node_id: str, node: RaftNode) -> None:
-        raft, monitor, storage = node.raft, self.monitor, self.disks[node_id].storage
-        for name in ("tick", "step", "propose", "read_index"):
-            call = getattr(raft, name)
+    def _instrument(self, node_id: str, node: _SimNode) -> None:
+        monitor, storage = self.monitor, self.disks[node_id].storage
 
-            def observed(*args: Any, _call: Any = call) -> Any:
-                try:
-                    return _call(*args)
-                finally:
-                    monitor.observe_role(node_id, raft)
+        def observe(raft: Raft) -> None:
+            for name in ("tick", "step", "propose", "read_index"):
+                call = getattr(raft, name)
 
-            setattr(raft, name, observed)
+                def observed(*args: Any, _call: Any = call) -> Any:
+                    try:
+                        return _call(*args)
+                    finally:
+                        monitor.observe_role(node_id, raft)
+
+                setattr(raft, name, observed)
 
         def saved(appended: tuple[Entry, ...]) -> None:
-            monitor.after_save(node_id, raft, storage.snapshot, storage.log, appended)
+            monitor.after_save(node_id, node.raft, storage.snapshot, storage.log, appended)
 
+        node.observe = observe
+        observe(node.raft)
         storage.on_save = saved
 
     async def _run_node(
@@ -204,7 +238,8 @@ class _Cluster:
 
     # -- faults ------------------------------------------------------------------------------
 
-    def _resolve(self, node: str | None) -> str | None:
+    def resolve(self, node: str | None) -> str | None:
+        """The node an event names: "leader" is whoever leads now (None if nobody)."""
         if node == "leader":
             return self.leader()
         return node
@@ -213,6 +248,8 @@ class _Cluster:
         assert self._nursery is not None
         for event in self.config.schedule:
             await trio.sleep_until(event.at)
+            while (hold := self.storage_faults.hold) is not None:
+                await hold.wait()
             if self.healed_at:
                 return  # the fault phase is over (an event due at its very end comes too late)
             if event.action == "faults":
@@ -222,7 +259,7 @@ class _Cluster:
             elif event.action in ("isolate", "split"):
                 groups = event.groups
                 if event.action == "isolate":
-                    target = self._resolve(event.node)
+                    target = self.resolve(event.node)
                     if target is None:
                         self.monitor.note("isolate leader: there is none")
                         continue
@@ -232,12 +269,16 @@ class _Cluster:
                 self.monitor.note(f"partition {' | '.join(','.join(g) for g in groups)}")
                 self._nursery.start_soon(self._heal_later, event.length, self._partition_generation)
             elif event.action == "crash":
-                target = self._resolve(event.node)
+                target = self.resolve(event.node)
                 if target is None or target not in self.live:
                     self.monitor.note(f"crash {event.node}: none running")
                     continue
                 self.crash(target)
                 self._nursery.start_soon(self._restart_later, target, event.length)
+            elif event.action in ("wipe", "rewind"):
+                self._nursery.start_soon(self.storage_faults.lose, event)
+            elif event.action == "full":
+                self._nursery.start_soon(self.storage_faults.fail, event)
 
     async def _heal_later(self, after: float, generation: int) -> None:
         await trio.sleep(after)
@@ -255,6 +296,8 @@ class _Cluster:
         self._partition_generation += 1
         self.network.heal()
         self.network.faults = CALM
+        for disk in self.disks.values():
+            disk.storage.failing = False
         self.monitor.note("heal everything")
         for node_id in self.config.nodes:
             await self.restart(node_id)
@@ -388,13 +431,14 @@ def simulate(config: Config) -> SimResult:
     error: BaseException | None = None
     progress: list[str] = []
 
-    async def main() -> None:
-        cluster = _Cluster(config)
+    async def main(files: Path) -> None:
+        cluster = _Cluster(config, files)
         cluster_box.append(cluster)
         clients = [_Client(i, cluster, rng) for i, rng in enumerate(cluster.client_rngs)]
         async with trio.open_nursery() as nursery:
             cluster._nursery = nursery
             await nursery.start(cluster.network.run)
+            nursery.start_soon(cluster.storage_faults.record_disks)
             for node_id in config.nodes:
                 await cluster.start(node_id)
             async with trio.open_nursery() as phase:
@@ -422,7 +466,8 @@ def simulate(config: Config) -> SimResult:
             nursery.cancel_scope.cancel()
 
     try:
-        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+        with tempfile.TemporaryDirectory(prefix="ringfs-sim-") as files:
+            trio.run(main, Path(files), clock=trio.testing.MockClock(autojump_threshold=0))
     except Exception as exc:  # the report carries it, with the seed and the schedule
         error = exc
     cluster = cluster_box[0]

@@ -1,9 +1,11 @@
 """What a simulated node keeps across crashes, and the state machine it replicates.
 
 `MemoryStorage` is a `RaftStorage` with `RaftLog`'s semantics: it holds exactly what `save`
-and `compact` got. `KVMachine` is the register/counter `StateMachine` of the workload; it is
-durable only through its `Disk` image, written when a snapshot is taken or installed (and, in
-runs where applying is durable, after every apply). Both report to the invariant `Monitor`.
+and `compact` got, and while `failing` it raises `StorageFailure` as a full disk would.
+`KVMachine` is the register/counter `StateMachine` of the workload; it is durable only through
+its `Disk` image, written when a snapshot is taken or installed (and, in runs where applying
+is durable, after every apply). Its snapshot images travel as files, like `MetaMachine`'s.
+Both report to the invariant `Monitor`.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from ringfs.node.raft.core import INITIAL_HARD_STATE, Entry, EntryKind, HardState, SnapshotMeta
+from ringfs.node.errors import StorageFailure
+from ringfs.node.raft.core import NEW_MEMBER, Entry, EntryKind, HardState, SnapshotMeta
 from tests.sim.invariants import Monitor
 
 __all__ = ["Disk", "KVMachine", "MemoryStorage"]
@@ -23,17 +27,23 @@ class MemoryStorage:
     """`RaftStorage` in memory with `RaftLog`'s semantics; it survives the node's crashes."""
 
     def __init__(self) -> None:
-        self.hard_state: HardState = INITIAL_HARD_STATE
+        self.hard_state: HardState = NEW_MEMBER
         self.snapshot: SnapshotMeta | None = None
         self.log: dict[int, Entry] = {}
         self.on_save: Callable[[tuple[Entry, ...]], None] | None = None
+        self.failing = False
 
     def load(self) -> tuple[HardState, SnapshotMeta | None, list[Entry]]:
         return self.hard_state, self.snapshot, [self.log[i] for i in sorted(self.log)]
 
+    def _check(self) -> None:
+        if self.failing:
+            raise StorageFailure("raft log: database or disk is full")
+
     def save(
         self, hard_state: HardState | None, truncate_from: int | None, append: Sequence[Entry]
     ) -> None:
+        self._check()
         if hard_state is not None:
             self.hard_state = hard_state
         if truncate_from is not None:
@@ -45,9 +55,16 @@ class MemoryStorage:
             self.on_save(tuple(append))
 
     def compact(self, meta: SnapshotMeta) -> None:
+        self._check()
         for index in [i for i in self.log if i <= meta.last_index]:
             del self.log[index]
         self.snapshot = meta
+
+    def copy(self) -> MemoryStorage:
+        """What it holds now, apart: a backup to restore later."""
+        copy = MemoryStorage()
+        copy.hard_state, copy.snapshot, copy.log = self.hard_state, self.snapshot, dict(self.log)
+        return copy
 
 
 @dataclasses.dataclass
@@ -57,15 +74,32 @@ class Disk:
     storage: MemoryStorage
     image: tuple[int, bytes] | None = None
 
+    def copy(self) -> Disk:
+        return Disk(self.storage.copy(), self.image)
+
+    @property
+    def empty(self) -> bool:
+        """Nothing in the log, no snapshot: a new member, or one whose storage was lost."""
+        return not self.storage.log and self.storage.snapshot is None
+
 
 class KVMachine:
     """The register/counter state machine; commands are JSON ``{"id", "op", "key", "args"}``."""
 
-    def __init__(self, node_id: str, disk: Disk, monitor: Monitor, durable_apply: bool) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        disk: Disk,
+        monitor: Monitor,
+        durable_apply: bool,
+        new_file: Callable[[], Path],
+    ) -> None:
+        """`new_file` names a file for each snapshot image."""
         self.node_id = node_id
         self.disk = disk
         self.monitor = monitor
         self.durable_apply = durable_apply
+        self._new_file = new_file
         self.data: dict[str, Any] = {}
         self.index = 0
         if disk.image is not None:
@@ -112,16 +146,27 @@ class KVMachine:
     def applied_index(self) -> int:
         return self.index
 
-    def snapshot(self) -> tuple[int, bytes]:
+    def snapshot(self) -> tuple[int, Path]:
         image = self._image()
         self.disk.image = (self.index, image)
         self.monitor.snapshot_taken(self.node_id, self.index, image)
-        return self.index, image
+        path = self._new_file()
+        path.write_bytes(image)
+        return self.index, path
 
-    def restore(self, meta: SnapshotMeta, image: bytes) -> None:
-        self._load(image)
-        self.disk.image = (self.index, image)
-        self.monitor.installed(self.node_id, meta, self.index, image)
+    def restore(self, meta: SnapshotMeta, image: Path) -> None:
+        data = image.read_bytes()
+        image.unlink()
+        self._load(data)
+        self.disk.image = (self.index, data)
+        self.monitor.installed(self.node_id, meta, self.index, data)
+
+    def reopen(self) -> None:
+        """Back to what the disk holds, as after a restart."""
+        self.data, self.index = {}, 0
+        if self.disk.image is not None:
+            self._load(self.disk.image[1])
+        self.monitor.restarted(self.node_id, self.index)
 
     def get(self, key: str) -> Any:
         return self.data.get(key)

@@ -6,24 +6,28 @@ are gathered in an outbox and drawn for in a canonical order (source, destinatio
 type) at the next checkpoint, so the draws do not depend on the order in which a node
 happened to emit one batch of messages.
 
-Reordering needs no rule of its own: it follows from independent delays.
+Reordering needs no rule of its own: it follows from independent delays. A snapshot image is
+a file: the network reads it when it is sent and gives each delivered copy a file of its own,
+which the receiver then owns, as a real transfer would.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 import math
 import random
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable
+from pathlib import Path
 from typing import Any
 
 import trio
 
 __all__ = ["Faults", "SimNetwork"]
 
-Deliver = Callable[[Any, "bytes | None"], None]
+Deliver = Callable[[Any, "Path | None"], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +43,10 @@ class Faults:
         return f"drop={self.drop:.2f} dup={self.duplicate:.2f} delay={lo:.3f}..{hi:.3f}s"
 
 
+#: A network that only delays, a little.
+CALM = Faults(delay=(0.001, 0.01))
+
+
 class _Endpoint:
     """The `Transport` one node gets: sends go into the network's outbox."""
 
@@ -46,15 +54,20 @@ class _Endpoint:
         self._network = network
         self.node_id = node_id
 
-    def send(self, message: Any, snapshot: bytes | None = None) -> None:
+    def send(self, message: Any, snapshot: Path | None = None) -> None:
         self._network.send(self.node_id, message, snapshot)
 
 
 class SimNetwork:
     """The network between ``node_ids``; `run` must be running for anything to arrive."""
 
-    def __init__(self, rng: random.Random, node_ids: Iterable[str], faults: Faults) -> None:
+    def __init__(
+        self, rng: random.Random, node_ids: Iterable[str], faults: Faults, files: Path | None = None
+    ) -> None:
+        """`files`: where delivered snapshot images go (needed only if images are sent)."""
         self.rng = rng
+        self._files = files
+        self._file_names = itertools.count()
         self.node_ids = tuple(node_ids)
         self.faults = faults
         self.stats: Counter[str] = Counter()
@@ -93,16 +106,21 @@ class SimNetwork:
     def heal(self) -> None:
         self._group = {}
 
+    @property
+    def partitioned(self) -> bool:
+        return bool(self._group)
+
     def connected(self, a: str, b: str) -> bool:
         return not self._group or self._group[a] == self._group[b]
 
     # -- sending and delivering --------------------------------------------------------------
 
-    def send(self, src: str, message: Any, snapshot: bytes | None) -> None:
+    def send(self, src: str, message: Any, snapshot: Path | None) -> None:
         dst = message.dst
         if dst not in self.node_ids or dst == src:
             raise AssertionError(f"{src} sent {message!r} to a node outside the group")
-        self._outbox.append((src, message, snapshot))
+        image = None if snapshot is None else snapshot.read_bytes()
+        self._outbox.append((src, message, image))
         self._wakeup.set()
 
     def _draw(self) -> None:
@@ -137,7 +155,7 @@ class SimNetwork:
             self.stats["delivered"] += 1
             if self.keep_trace:
                 self.trace.append((now, message.src, dst, repr(message)))
-            receiver(message, snapshot)
+            receiver(message, self._file(snapshot))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Deliver messages when they are due, until cancelled."""
@@ -151,6 +169,14 @@ class SimNetwork:
             due = self._queue[0][0] if self._queue else math.inf
             with trio.move_on_at(due):
                 await self._wakeup.wait()
+
+    def _file(self, image: bytes | None) -> Path | None:
+        if image is None:
+            return None
+        assert self._files is not None, "a network that carries snapshots needs `files`"
+        path = self._files / f"delivered-{next(self._file_names)}"
+        path.write_bytes(image)
+        return path
 
     def in_flight(self) -> int:
         return len(self._queue) + len(self._outbox)

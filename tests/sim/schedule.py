@@ -15,11 +15,12 @@ class FaultEvent:
     """One scheduled fault. ``node`` may be "leader": whoever leads at that moment."""
 
     at: float
-    action: str  # "faults", "isolate", "split", "crash"
+    action: str  # "faults", "isolate", "split", "crash", "wipe", "rewind", "full"
     node: str | None = None
     groups: tuple[tuple[str, ...], ...] = ()
     faults: Faults | None = None
     length: float = 0.0  # how long a partition or a crash lasts
+    age: float = 0.0  # how old the copy of its storage a rewound node restarts with is
 
     def __str__(self) -> str:
         what = {
@@ -28,6 +29,10 @@ class FaultEvent:
             "split": f"partition {' | '.join(','.join(g) for g in self.groups)} "
             f"for {self.length:.2f}s",
             "crash": f"crash {self.node}, restart after {self.length:.2f}s",
+            "wipe": f"crash {self.node}, restart after {self.length:.2f}s with nothing",
+            "full": f"the disk of {self.node} fails for {self.length:.2f}s",
+            "rewind": f"crash {self.node}, restart after {self.length:.2f}s with its storage "
+            f"as it was {self.age:.2f}s before",
         }[self.action]
         return f"t={self.at:7.3f} {what}"
 
@@ -102,11 +107,30 @@ def _draw_schedule(
     return tuple(events)
 
 
+def _draw_storage_faults(
+    rng: random.Random, nodes: tuple[str, ...], duration: float
+) -> list[FaultEvent]:
+    """At least one restart with nothing and one with an older copy of the storage in every
+    run, sometimes more, and in half the runs a disk that fails for a while; each on any node
+    (the leader included)."""
+    events = []
+    actions = ("wipe", "rewind") * rng.choice([1, 1, 2]) + ("full",) * rng.choice([0, 1])
+    for action in actions:
+        at = round(rng.uniform(0.1, 0.8) * duration, 3)
+        target = rng.choice([*nodes, "leader"])
+        length = round(rng.uniform(0.2, 2.0), 3)
+        age = round(rng.uniform(0.5, 6.0), 3) if action == "rewind" else 0.0
+        events.append(FaultEvent(at, action, node=target, length=length, age=age))
+    return events
+
+
 def draw_config(seed: int) -> Config:
     """The run of ``seed``: group, workload and fault schedule."""
     rng = random.Random(f"config-{seed}")
     nodes = tuple(f"n{i}" for i in range(5 if rng.random() < 0.25 else 3))
     fault_time = round(rng.uniform(5.0, 20.0), 1)
+    # Drawn apart, so that adding them left every other fault of a seed as it was.
+    losses = _draw_storage_faults(random.Random(f"storage-{seed}"), nodes, fault_time)
     return Config(
         seed=seed,
         nodes=nodes,
@@ -119,5 +143,9 @@ def draw_config(seed: int) -> Config:
         snapshot_threshold=rng.choice([5, 20, 100, 1000]),
         durable_apply=rng.random() < 0.5,
         wire=rng.random() < 0.3,
-        schedule=_draw_schedule(rng, nodes, fault_time),
+        schedule=tuple(sorted((*_draw_schedule(rng, nodes, fault_time), *losses), key=_at)),
     )
+
+
+def _at(event: FaultEvent) -> float:
+    return event.at

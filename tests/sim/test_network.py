@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from pathlib import Path
 
 import pytest
 import trio
@@ -22,11 +23,13 @@ class Msg:
 
 
 def _wire(network: SimNetwork) -> dict[str, list[tuple[float, Msg, bytes | None]]]:
+    """What each node received: a snapshot image as the bytes of the file it was given."""
     inbox: dict[str, list[tuple[float, Msg, bytes | None]]] = {n: [] for n in NODES}
     for node in NODES:
 
-        def deliver(message: Msg, snapshot: bytes | None, node: str = node) -> None:
-            inbox[node].append((trio.current_time(), message, snapshot))
+        def deliver(message: Msg, snapshot: Path | None, node: str = node) -> None:
+            image = None if snapshot is None else snapshot.read_bytes()
+            inbox[node].append((trio.current_time(), message, image))
 
         network.attach(node, deliver)
     return inbox
@@ -37,15 +40,17 @@ async def _settle() -> None:
 
 
 async def test_delivers_after_a_delay_within_the_range(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
-    network = SimNetwork(random.Random(1), NODES, Faults(delay=(0.5, 1.0)))
+    network = SimNetwork(random.Random(1), NODES, Faults(delay=(0.5, 1.0)), tmp_path)
     inbox = _wire(network)
+    image = tmp_path / "image"
+    image.write_bytes(b"img")
     async with trio.open_nursery() as nursery:
         await nursery.start(network.run)
         start = trio.current_time()
         for n in range(50):
-            network.transport("a").send(Msg("a", "b", n), b"img" if n == 0 else None)
+            network.transport("a").send(Msg("a", "b", n), image if n == 0 else None)
         await _settle()
         nursery.cancel_scope.cancel()
     arrivals = inbox["b"]

@@ -40,6 +40,9 @@ FOUND_BUGS = {
     # to snapshot at an index the core had already dropped for it, and warned (fixed:
     # RaftNode._snapshot_due waits for the install).
     12498: "own snapshot attempted while a received one waits",
+    # A leader whose disk filled stopped, but its core still said leader: the simulation (and
+    # the node's garbage collector) took it for one (fixed: RaftNode._stop steps it down).
+    11390: "stopped member's core still leading",
 }
 # The default suite: about 0.1 s per seed on a small machine.
 DEFAULT_SEEDS = sorted({*range(200), *FOUND_BUGS})
@@ -63,6 +66,13 @@ def _check(seed: int, test: str) -> None:
         pytest.fail(result.report(replay), pytrace=False)
 
 
+@pytest.fixture(autouse=True)
+def storage_faults_reported(expected_logs: list[str]) -> None:
+    """Every run restarts a node with nothing, which its leader reports, and many fill a
+    node's disk for a while, which that node reports."""
+    expected_logs += ["restarted without entries it had acknowledged", "storage failed"]
+
+
 @pytest.mark.parametrize("seed", _seeds(DEFAULT_SEEDS))
 def test_raft_sim(seed: int) -> None:
     _check(seed, "test_raft_sim")
@@ -75,7 +85,7 @@ def test_raft_sim_slow(seed: int) -> None:
 
 
 def test_same_seed_same_run() -> None:
-    first, second = simulate(draw_config(7)), simulate(draw_config(7))
+    first, second = simulate(draw_config(6)), simulate(draw_config(6))
     assert len(first.history) > 20
     assert first.digest() == second.digest()
     assert simulate(draw_config(8)).digest() != first.digest()
@@ -101,6 +111,13 @@ def test_same_seed_same_run_in_other_processes() -> None:
 
 # -- the simulation finds bugs -------------------------------------------------------------------
 # Each test plants a known bug and expects some seed among the first few to catch it.
+
+
+@pytest.fixture(autouse=True)
+def impossible_appends_reported(request: pytest.FixtureRequest, expected_logs: list[str]) -> None:
+    """With a bug planted, members see appends no leader would send."""
+    if request.node.name.startswith("test_catches"):
+        expected_logs.append("dropped an AppendRequest")
 
 
 def _first_failure(
@@ -150,10 +167,12 @@ def test_catches_lost_appends(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_catches_a_vote_forgotten_in_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
     save = MemoryStorage.save
 
-    def forgetful(self: MemoryStorage, hard_state: object, *args: object) -> None:
-        save(self, None, *args)  # type: ignore[arg-type]
+    def forgetful(self: MemoryStorage, hard_state: HardState | None, *args: object) -> None:
+        if hard_state is not None:  # the term and the vote are lost; `recovering` is kept
+            hard_state = dataclasses.replace(hard_state, term=0, voted_for=None)
+        save(self, hard_state, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(MemoryStorage, "save", forgetful)
-    # Rare by nature (a crash right after a vote in a contested election): about 1 seed in 40.
+    # Rare by nature (a crash right after a vote in a contested election): about 1 seed in 50.
     result = _first_failure(range(100))
     assert result.violations or not result.verdict.ok

@@ -3,6 +3,9 @@ index stored with them; a failing database stops the member instead of answering
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import threading
 from pathlib import Path
 
 import msgpack
@@ -51,9 +54,77 @@ def test_a_full_disk_stops_the_member_with_nothing_applied(machine: MetaMachine)
     assert machine.applied_index() == 1
 
 
-def test_a_damaged_snapshot_image_is_refused_and_the_database_kept(machine: MetaMachine) -> None:
+def test_a_damaged_snapshot_image_is_refused_and_the_database_kept(
+    machine: MetaMachine, tmp_path: Path
+) -> None:
+    machine.apply([mkdir(2, b"kept")])
+    image = tmp_path / "incoming"
+    image.write_bytes(b"SQLite format 3\0" + b"x" * 5000)
+    with pytest.raises(StorageFailure, match="damaged"):
+        machine.restore(SnapshotMeta(9, 1, ("n1",)), image)
+    assert machine.applied_index() == 2
+    assert not image.exists()
+
+
+def test_an_image_of_another_index_is_refused_and_the_database_kept(
+    machine: MetaMachine, tmp_path: Path
+) -> None:
+    index, image = machine.snapshot()
     machine.apply([mkdir(2, b"kept")])
     with pytest.raises(StorageFailure, match="damaged"):
-        machine.restore(SnapshotMeta(9, 1, ("n1",)), b"SQLite format 3\0" + b"x" * 5000)
+        machine.restore(SnapshotMeta(index + 5, 1, ("n1",)), image)
     assert machine.applied_index() == 2
-    assert not machine.path.with_suffix(".incoming").exists()
+
+
+def test_a_snapshot_is_a_durable_file_that_another_replica_installs(
+    machine: MetaMachine, tmp_path: Path
+) -> None:
+    machine.apply([mkdir(2, b"a"), mkdir(3, b"b")])
+    index, image = machine.snapshot()
+    assert index == 3
+    assert image.parent == machine.path.parent
+    (tmp_path / "other").mkdir()
+    other = MetaMachine(tmp_path / "other" / "meta.db")
+    copy = tmp_path / "other" / "incoming"
+    copy.write_bytes(image.read_bytes())
+    other.restore(SnapshotMeta(index, 1, ("n1",)), copy)
+    assert other.applied_index() == 3
+    assert other.state.dump() == machine.state.dump()
+    assert not copy.exists()  # it became the database
+
+
+def test_images_a_previous_run_took_are_deleted(machine: MetaMachine) -> None:
+    _, first = machine.snapshot()
+    machine.apply([mkdir(2, b"a")])
+    _, second = machine.snapshot()
+    assert first.exists()  # the caller deletes each when done with it
+    MetaMachine(machine.path)  # a restart: the database holds everything they held
+    assert not first.exists()
+    assert not second.exists()
+
+
+def test_a_snapshot_is_of_one_moment_while_entries_apply(machine: MetaMachine) -> None:
+    """The copy reads on a connection of its own: applying goes on, and the image holds
+    exactly the entries up to the index it reports."""
+    taken: list[tuple[int, Path]] = []
+    thread = threading.Thread(target=lambda: taken.append(machine.snapshot()))
+    thread.start()
+    for index in range(2, 400):
+        machine.apply([mkdir(index, b"d%d" % index)])
+    thread.join()
+    ((index, image),) = taken
+    with contextlib.closing(sqlite3.connect(image)) as db:
+        (count,) = db.execute("SELECT COUNT(*) FROM dentries").fetchone()
+        (applied,) = db.execute(
+            "SELECT value FROM counters WHERE name = 'applied_index'"
+        ).fetchone()
+    assert applied == index
+    assert count == index - 1  # one directory per entry after the Init at 1
+
+
+def test_two_images_of_one_index_are_two_files(machine: MetaMachine) -> None:
+    """The caller deletes each image once done with it: deleting one must not take the other."""
+    (first_index, first), (second_index, second) = machine.snapshot(), machine.snapshot()
+    assert first_index == second_index
+    first.unlink()
+    assert second.read_bytes()[:16] == b"SQLite format 3\0"

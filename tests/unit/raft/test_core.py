@@ -86,7 +86,7 @@ class Net:
 
     def __init__(self, ids: tuple[str, ...] = (), *, seed: int = 0, **options: Any) -> None:
         # ReadIndex rounds unless a test asks for the leader lease.
-        self.seed, self.options = seed, {"lease_margin": None, **options}
+        self.seed, self.options = seed, {"lease_margin": None, "boot_quiet": False, **options}
         self.nodes: dict[str, Raft] = {}
         self.disks: dict[str, Disk] = {}
         self.boot_args: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {}
@@ -138,6 +138,7 @@ class Net:
             snapshot=disk.snapshot,
             entries=list(disk.entries),
             rng=random.Random(f"{self.seed}/{node_id}/{self.boots[node_id]}"),
+            incarnation=self.boots[node_id],
             **{**self.options, **options},
         )
         snap = disk.snapshot
@@ -275,10 +276,11 @@ class Net:
     @staticmethod
     def _check_durable(disk: Disk, m: Message) -> None:
         """What a message promises is already on disk when it is sent."""
+        vote = (disk.hard_state.term, disk.hard_state.voted_for)
         if isinstance(m, VoteResponse) and m.granted and not m.pre_vote:
-            assert disk.hard_state == HardState(m.term, m.dst)
+            assert vote == (m.term, m.dst)
         if isinstance(m, VoteRequest) and not m.pre_vote:
-            assert disk.hard_state == HardState(m.term, m.src)
+            assert vote == (m.term, m.src)
         if isinstance(m, AppendResponse | SnapshotResponse | AppendRequest):
             assert disk.hard_state.term == m.term
         if isinstance(m, AppendResponse) and m.success:
@@ -489,11 +491,11 @@ def test_conflicting_follower_log_is_truncated_and_rewritten(
 
 
 def test_shorter_follower_log_hints_its_end() -> None:
-    follower = Raft("n2", IDS3, entries=log_of(1, 1), rng=random.Random(0))
+    follower = Raft("n2", IDS3, entries=log_of(1, 1), rng=random.Random(0), boot_quiet=False)
     ready = follower.step(AppendRequest("n1", "n2", 2, 5, 2, (), 0, 9))
     (reply,) = ready.messages
-    assert reply == AppendResponse("n2", "n1", 2, False, 0, 3, 0, 9)
-    assert ready.hard_state == HardState(2, None)
+    assert reply == AppendResponse("n2", "n1", 2, False, 0, 3, 0, 9, incarnation=1)
+    assert ready.hard_state == HardState(2, "n1")  # the term's leader, as if voted for
     assert ready.append == ()
 
 
@@ -528,11 +530,11 @@ def test_requests_from_an_older_term_are_refused() -> None:
         "n2", IDS3, hard_state=HardState(3, "n3"), entries=log_of(1), rng=random.Random(0)
     )
     ready = follower.step(AppendRequest("n1", "n2", 2, 1, 1, (entry(2, 2),), 2, 5))
-    assert ready.messages == (AppendResponse("n2", "n1", 3, False, 0, 0, 0, 5),)
+    assert ready.messages == (AppendResponse("n2", "n1", 3, False, 0, 0, 0, 5, incarnation=1),)
     assert ready.append == ()
     assert (follower.last_index, follower.commit_index, follower.leader) == (1, 0, None)
     ready = follower.step(SnapshotRequest("n1", "n2", 2, SnapshotMeta(5, 2, IDS3)))
-    assert ready.messages == (SnapshotResponse("n2", "n1", 3, 0),)
+    assert ready.messages == (SnapshotResponse("n2", "n1", 3, 0, incarnation=1),)
     assert ready.install_snapshot is None
     assert follower.snapshot is None
     # The stale leader learns the newer term from the answer and steps down.
@@ -557,10 +559,20 @@ def test_followers_commit_only_what_they_hold_from_this_leader() -> None:
 # --- votes -------------------------------------------------------------------------------------
 
 
-def test_vote_rules() -> None:
-    voter = Raft(
-        "n1", IDS3, hard_state=HardState(2, None), entries=log_of(1, 2), rng=random.Random(0)
+def voter_in_term_2() -> Raft:
+    """n1 in term 2, no vote yet, its log ending at (2, term 2), past its quiet period."""
+    return Raft(
+        "n1",
+        IDS3,
+        hard_state=HardState(2, None),
+        entries=log_of(1, 2),
+        rng=random.Random(0),
+        boot_quiet=False,
     )
+
+
+def test_vote_rules() -> None:
+    voter = voter_in_term_2()
 
     def ask(src: str, term: int, last_index: int, last_term: int) -> tuple[Ready, VoteResponse]:
         ready = voter.step(VoteRequest(src, "n1", term, last_index, last_term, False))
@@ -594,7 +606,7 @@ def test_vote_rules() -> None:
 
 
 def test_granting_a_vote_resets_the_election_timer() -> None:
-    voter = Raft("n1", IDS3, rng=random.Random(0))
+    voter = Raft("n1", IDS3, rng=random.Random(0), boot_quiet=False)
     for _ in range(LO - 1):
         voter.tick()
     voter.step(VoteRequest("n2", "n1", 1, 0, 0, False))
@@ -603,9 +615,7 @@ def test_granting_a_vote_resets_the_election_timer() -> None:
 
 
 def test_pre_vote_changes_no_term_or_vote() -> None:
-    voter = Raft(
-        "n1", IDS3, hard_state=HardState(2, None), entries=log_of(1, 2), rng=random.Random(0)
-    )
+    voter = voter_in_term_2()
     ready = voter.step(VoteRequest("n2", "n1", 5, 2, 2, True))
     assert ready.messages == (VoteResponse("n1", "n2", 2, True, True),)
     assert ready.hard_state is None
@@ -858,11 +868,11 @@ def test_snapshot_request_for_entries_the_follower_has() -> None:
     assert ready.install_snapshot is None
     assert ready.truncate_from is None
     assert [e.index for e in ready.committed] == [1, 2]
-    assert ready.messages == (SnapshotResponse("n2", "n1", 1, 2),)
+    assert ready.messages == (SnapshotResponse("n2", "n1", 1, 2, incarnation=1),)
     ready = follower.step(SnapshotRequest("n1", "n2", 1, SnapshotMeta(1, 1, IDS3)))
     assert ready.install_snapshot is None
     assert ready.committed == ()
-    assert ready.messages == (SnapshotResponse("n2", "n1", 1, 2),)
+    assert ready.messages == (SnapshotResponse("n2", "n1", 1, 2, incarnation=1),)
 
 
 def test_snapshot_replaces_a_conflicting_log() -> None:

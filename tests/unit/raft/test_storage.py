@@ -3,12 +3,13 @@ is a `StorageFailure`, never a half-saved state."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from ringfs.node.errors import StorageFailure
-from ringfs.node.raft.core import Entry, EntryKind, HardState, SnapshotMeta
+from ringfs.node.raft.core import NEW_MEMBER, Entry, EntryKind, HardState, SnapshotMeta
 from ringfs.node.raft.storage import RaftLog
 
 
@@ -39,4 +40,25 @@ def test_a_full_disk_is_a_storage_failure_and_saves_nothing(tmp_path: Path) -> N
     with pytest.raises(StorageFailure, match="full"):
         log.save(HardState(2, None), None, big)
     assert log.load() == (HardState(1, "n1"), None, entries(1, 1))
+    log.close()
+
+
+def test_a_new_log_is_a_member_no_leader_brought_up_to_date(tmp_path: Path) -> None:
+    log = RaftLog(tmp_path / "raft.db")
+    assert log.load() == (NEW_MEMBER, None, [])
+    log.save(HardState(3, "n2", recovering=False), None, ())
+    log.close()
+    assert RaftLog(tmp_path / "raft.db").load()[0] == HardState(3, "n2")
+
+
+def test_a_log_from_before_recovering_existed_is_up_to_date(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "raft.db") as db:
+        db.execute(
+            "CREATE TABLE hard_state (id INTEGER PRIMARY KEY CHECK (id = 0), "
+            "term INTEGER NOT NULL, voted_for TEXT)"
+        )
+        db.execute("INSERT INTO hard_state VALUES (0, 7, 'n1')")
+    db.close()
+    log = RaftLog(tmp_path / "raft.db")
+    assert log.load()[0] == HardState(7, "n1", recovering=False)
     log.close()
