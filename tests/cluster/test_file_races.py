@@ -50,14 +50,15 @@ class GatedPuts:
 
     def __init__(self, cluster: Cluster) -> None:
         self.real = cluster.put_block
-        self.waiting: list[tuple[trio.Event, list[bool]]] = []
+        # (go, fail?, the block's first bytes) of each put held, in the order they came.
+        self.waiting: list[tuple[trio.Event, list[bool], bytes]] = []
         self.open = False
 
     async def put(self, block_id: bytes, data: memoryview, checksum: bytes) -> StoredBlock:
         if self.open:
             return await self.real(block_id, data, checksum)
         go, fail = trio.Event(), [False]
-        self.waiting.append((go, fail))
+        self.waiting.append((go, fail, bytes(data[:16])))
         await go.wait()
         if fail[0]:
             raise Unavailable("refused by the test", [])
@@ -83,12 +84,14 @@ async def test_a_write_waiting_for_a_buffer_does_not_overwrite_a_failed_uploads_
         # Patches chunk 0: needs a new buffer, waits for a free slot.
         tasks.start_soon(ops.write, fh, 5, b"x" * 10)
         await until(lambda: 0 in state._loading and len(gated.waiting) == 2)
-        go, fail = gated.waiting[0]
-        fail[0] = True
-        go.set()  # chunk 0's upload fails: its buffer goes back to dirty, keeping its slot
+        # The two checksums run in worker threads: the puts come in either order.
+        [chunk0] = [held for held in gated.waiting if held[2] == first[:16]]
+        [chunk1] = [held for held in gated.waiting if held[2] == second[:16]]
+        chunk0[1][0] = True
+        chunk0[0].set()  # chunk 0's upload fails: its buffer goes back to dirty, keeping its slot
         await until(lambda: 0 in state._dirty and 0 not in state._uploads)
         gated.open = True
-        gated.waiting[1][0].set()  # chunk 1 stored: a slot frees, the waiting write takes it
+        chunk1[0].set()  # chunk 1 stored: a slot frees, the waiting write takes it
     await ops.flush(fh)
     await ops.release(fh)
     expected = first[:5] + b"x" * 10 + first[15:] + second
