@@ -211,3 +211,11 @@ def check_name(name: bytes) -> None:
         raise NodeError("EINVAL", f"invalid entry name {name!r}")
     if len(name) > cmd.NAME_MAX:
         raise NodeError("ENAMETOOLONG", "entry name too long")
+
+
+def check_xattr_name(name: bytes) -> None:
+    """Raises NodeError for an empty or over-long xattr name."""
+    if not name:
+        raise NodeError("EINVAL", "empty xattr name")
+    if len(name) > cmd.XATTR_NAME_MAX:
+        raise NodeError("ERANGE", "xattr name too long")

@@ -31,14 +31,15 @@ import msgpack
 
 from ringfs.node.errors import CHANGED, NodeError
 from ringfs.node.meta import commands as cmd
-from ringfs.node.meta.commands import Attr, Chunk, DirEntry, Entry, FsStats, Outcome
+from ringfs.node.meta.commands import Attr, Chunk, Entry, Outcome
+from ringfs.node.meta.queries import answer
 from ringfs.node.meta.schema import (
     DIR_SIZE,
-    INODE_COLUMNS,
     TABLES,
     Inode,
     Tables,
     check_name,
+    check_xattr_name,
     open_database,
 )
 
@@ -46,11 +47,6 @@ log = logging.getLogger(__name__)
 
 #: ext4's EXT4_LINK_MAX: most hard links one file may have.
 LINK_MAX = 65000
-#: Most entries one ReadDir returns, whatever the limit asked: keeps replies far below the frame
-#: limit even with 255-byte names. Callers page until they get an empty list.
-READDIR_MAX = 1024
-#: `.` and `..` take the first two offsets of every directory; entries follow their cookies.
-DOT_ENTRIES = 2
 #: uid_t and gid_t are 32 bits.
 _ID_MAX = 2**32 - 1
 #: Kinds of inode Mknod may create (0 means a regular file, as for mknod(2)).
@@ -509,7 +505,7 @@ class MetaState:
             self._rows.run("DELETE FROM garbage WHERE block_id = ?", block_id)
 
     def _apply_setxattr(self, c: cmd.SetXattr) -> None:
-        _check_xattr_name(c.name)
+        check_xattr_name(c.name)
         if len(c.value) > cmd.XATTR_SIZE_MAX:
             raise NodeError("E2BIG", "xattr value too large")
         if c.flags & ~(cmd.XATTR_CREATE | cmd.XATTR_REPLACE):
@@ -525,7 +521,7 @@ class MetaState:
         self._rows.save(node)
 
     def _apply_removexattr(self, c: cmd.RemoveXattr) -> None:
-        _check_xattr_name(c.name)
+        check_xattr_name(c.name)
         node = self._rows.get(c.ino)
         if not self._rows.run(
             "DELETE FROM xattrs WHERE ino = ? AND name = ?", c.ino, c.name
@@ -542,88 +538,7 @@ class MetaState:
         Raises NodeError with the errno name a local filesystem would give.
         """
         with self._lock:
-            # Each query class has its handler `_query_<OP>`.
-            return getattr(self, f"_query_{q.OP}")(q)
-
-    def _query_lookup(self, q: cmd.Lookup) -> Attr:
-        if len(q.name) > cmd.NAME_MAX:
-            raise NodeError("ENAMETOOLONG", "name too long")
-        self._rows.dir(q.parent)
-        ino = self._rows.entry(q.parent, q.name)
-        if ino is None:
-            raise NodeError("ENOENT", "no such entry")
-        return self._rows.get(ino).attr()
-
-    def _query_getattr(self, q: cmd.GetAttr) -> Attr:
-        return self._rows.get(q.ino).attr()
-
-    def _query_readdir(self, q: cmd.ReadDir) -> list[DirEntry]:
-        directory = self._rows.dir(q.ino)
-        if q.limit <= 0:
-            raise NodeError("EINVAL", "limit must be positive")
-        limit = min(q.limit, READDIR_MAX)
-        dots = []
-        if q.after < DOT_ENTRIES:
-            # The root is its own parent; any other directory has exactly one entry naming it.
-            parent = self._rows.one("SELECT parent FROM dentries WHERE ino = ?", q.ino)
-            above = directory if parent is None else self._rows.get(parent)
-            dots = [DirEntry(1, b".", directory.attr()), DirEntry(2, b"..", above.attr())]
-            dots = dots[q.after : q.after + limit]
-        rows = self._rows.run(
-            f"SELECT d.cookie, d.name, {INODE_COLUMNS} FROM dentries d "
-            "JOIN inodes i ON i.ino = d.ino "
-            "WHERE d.parent = ? AND d.cookie > ? ORDER BY d.cookie LIMIT ?",
-            q.ino,
-            max(q.after - DOT_ENTRIES, 0),
-            limit - len(dots),
-        )
-        entries = [DirEntry(row[0] + DOT_ENTRIES, row[1], Inode(*row[2:]).attr()) for row in rows]
-        return dots + entries
-
-    def _query_readlink(self, q: cmd.ReadLink) -> bytes:
-        target = self._rows.get(q.ino).target
-        if target is None:
-            raise NodeError("EINVAL", "not a symlink")
-        return target
-
-    def _query_getxattr(self, q: cmd.GetXattr) -> bytes:
-        _check_xattr_name(q.name)
-        self._rows.get(q.ino)
-        value = self._rows.xattr(q.ino, q.name)
-        if value is None:
-            raise NodeError("ENODATA", "no such xattr")
-        return value
-
-    def _query_listxattr(self, q: cmd.ListXattr) -> list[bytes]:
-        self._rows.get(q.ino)
-        return [
-            row[0]
-            for row in self._rows.run("SELECT name FROM xattrs WHERE ino = ? ORDER BY name", q.ino)
-        ]
-
-    def _query_read_chunks(self, q: cmd.ReadChunks) -> tuple[Attr, list[Chunk]]:
-        node = self._rows.get(q.ino)
-        if node.is_dir:
-            raise NodeError("EISDIR", "a directory has no data")
-        if q.limit <= 0:
-            raise NodeError("EINVAL", "limit must be positive")
-        sql = (
-            "SELECT idx, block_id, length, checksum FROM chunks "
-            "WHERE ino = ? AND idx >= ? ORDER BY idx LIMIT ?"
-        )
-        rows = self._rows.run(sql, q.ino, q.first, min(q.limit, cmd.CHUNKS_PER_MESSAGE))
-        return node.attr(), [Chunk(*row) for row in rows]
-
-    def _query_fsinfo(self, q: cmd.FsInfo) -> FsStats:
-        inodes = self._rows.one("SELECT COUNT(*) FROM inodes")
-        stored = self._rows.one("SELECT COALESCE(SUM(length), 0) FROM chunks")
-        return FsStats(self._rows.counter("chunk_size"), inodes, stored)
-
-    def _query_garbage(self, q: cmd.Garbage) -> list[bytes]:
-        if q.limit <= 0:
-            raise NodeError("EINVAL", "limit must be positive")
-        sql = "SELECT block_id FROM garbage ORDER BY seq LIMIT ?"
-        return [row[0] for row in self._rows.run(sql, q.limit)]
+            return answer(self._rows, q)
 
     # --- snapshots and inspection -------------------------------------------------------------
 
@@ -645,13 +560,6 @@ class MetaState:
         """Every row of every table, sorted: equal dumps mean equal replicas."""
         with self._lock:
             return [[table, sorted(self._rows.run(f"SELECT * FROM {table}"))] for table in TABLES]
-
-
-def _check_xattr_name(name: bytes) -> None:
-    if not name:
-        raise NodeError("EINVAL", "empty xattr name")
-    if len(name) > cmd.XATTR_NAME_MAX:
-        raise NodeError("ERANGE", "xattr name too long")
 
 
 def _check_ids(uid: int, gid: int) -> None:

@@ -55,7 +55,8 @@ from ringfs.node.meta.commands import (
     Unlink,
     decode_result,
 )
-from ringfs.node.meta.state import DOT_ENTRIES, MetaState
+from ringfs.node.meta.queries import DOT_ENTRIES, READDIR_MAX
+from ringfs.node.meta.state import MetaState
 
 CS = 4096  # chunk size of every test filesystem
 T0 = 1_000  # the Init time; later commands use larger times
@@ -779,6 +780,24 @@ def test_readdir_starts_with_dot_and_dotdot(meta: MetaState) -> None:
         after = page[-1].offset
     assert seen == [b".", b"..", b"f"]
     assert [e.name for e in meta.query(ReadDir(sub, 1, 100))] == [b"..", b"f"]
+
+
+def test_readdir_paging(meta: MetaState) -> None:
+    d = mkdir(meta, ROOT_INO, b"d")
+    meta.apply_batch(
+        [Entry(Mknod(d, b"f%04d" % i, REG, 0, UID, GID, T0)) for i in range(READDIR_MAX + 30)]
+    )
+    seen: list[bytes] = []
+    after = 0
+    while page := meta.query(ReadDir(d, after, 7)):
+        assert len(page) <= 7
+        seen += [e.name for e in page]
+        after = page[-1].offset
+    assert seen == [b".", b"..", *(b"f%04d" % i for i in range(READDIR_MAX + 30))]
+    assert len(meta.query(ReadDir(d, 0, 10**6))) == READDIR_MAX
+    query_fails(meta, ReadDir(d, 0, 0), "EINVAL")
+    query_fails(meta, ReadDir(lookup_ino(meta, d, b"f0000"), 0, 5), "ENOTDIR")
+    query_fails(meta, ReadDir(10**6, 0, 5), "ENOENT")
 
 
 def test_readdir_attrs_match_getattr(meta: MetaState) -> None:
