@@ -15,7 +15,15 @@ from ringfs.fs.cluster import Cluster, StoredBlock
 from ringfs.node.errors import Unavailable
 from ringfs.node.meta.commands import Attr, Chunk, Command
 from tests.cluster.conftest import LocalNodes
-from tests.cluster.test_files import CHUNK, CTX, KernelLog, create, mount_ops, setattr_size
+from tests.cluster.test_files import (
+    CHUNK,
+    CTX,
+    KernelLog,
+    create,
+    flushed,
+    mount_ops,
+    setattr_size,
+)
 from tests.cluster.test_shared_files import APPEND, content, reopen, shared_file, two_clients
 
 
@@ -177,9 +185,7 @@ async def test_an_open_after_a_conflict_free_commit_drops_pages_another_mount_ch
     small_chunks: LocalNodes, nursery: trio.Nursery
 ) -> None:
     a, b = await two_clients(small_chunks, nursery)
-    fh, ino = await create(a, b"f")
-    await a.write(fh, 0, b"." * (2 * CHUNK))
-    await a.flush(fh)
+    fh, ino = await flushed(a, b"f", b"." * (2 * CHUNK))
     await a.read(fh, CHUNK, 100)  # a's kernel caches chunk 1's pages
     theirs = await reopen(b, ino)
     await b.write(theirs, CHUNK, b"B" * 100)
@@ -200,9 +206,7 @@ async def test_an_open_whose_map_answer_arrives_after_our_own_commit_keeps_our_b
     small_chunks: LocalNodes, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ops = await mount_ops(small_chunks, nursery)
-    fh, ino = await create(ops, b"f")
-    await ops.write(fh, 0, b"1" * 1000)
-    await ops.flush(fh)
+    fh, ino = await flushed(ops, b"f", b"1" * 1000)
     await ops.write(fh, 0, b"2" * 2000)  # process 1 writes
     real = ops.cluster.read_chunks
     answered, deliver = trio.Event(), trio.Event()
@@ -299,9 +303,7 @@ async def test_a_truncation_that_happened_reports_success(
     small_chunks: LocalNodes, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ops = await mount_ops(small_chunks, nursery)
-    fh, ino = await create(ops, b"f")
-    await ops.write(fh, 0, b"x" * 1000)
-    await ops.flush(fh)
+    fh, ino = await flushed(ops, b"f", b"x" * 1000)
 
     async def no_leader(ino: int) -> tuple[Attr, list[Chunk]]:
         raise Unavailable("metadata (no meta-group leader answered)", [])

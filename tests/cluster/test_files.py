@@ -57,6 +57,14 @@ async def create(ops: Operations, name: bytes) -> tuple[int, int]:
     return info.fh, entry.st_ino
 
 
+async def flushed(ops: Operations, name: bytes, data: bytes) -> tuple[int, int]:
+    """A new file holding `data`, flushed and still open: (handle, inode)."""
+    fh, ino = await create(ops, name)
+    await ops.write(fh, 0, data)
+    await ops.flush(fh)
+    return fh, ino
+
+
 async def setattr_size(ops: Operations, ino: int, size: int, fh: int | None = None) -> None:
     """truncate(2) to `size`, as the kernel asks for it."""
     fields: Any = SimpleNamespace(
@@ -198,9 +206,7 @@ async def test_unlinked_open_file_is_purged_after_release(
     nodes: LocalNodes, nursery: trio.Nursery
 ) -> None:
     ops = await mount_ops(nodes, nursery)
-    fh, ino = await create(ops, b"orphan")
-    await ops.write(fh, 0, b"kept while open")
-    await ops.flush(fh)
+    fh, ino = await flushed(ops, b"orphan", b"kept while open")
     await ops.unlink(ROOT, b"orphan", CTX)
     assert (await ops.getattr(ino, CTX)).st_nlink == 0
     assert await ops.read(fh, 0, 100) == b"kept while open"
@@ -386,9 +392,7 @@ async def test_a_file_grown_by_another_client_is_not_shrunk_or_recommitted(
 ) -> None:
     mine = await mount_ops(small_chunks, nursery)
     theirs = await mount_ops(small_chunks, nursery)
-    fh, ino = await create(mine, b"shared")
-    await mine.write(fh, 0, b"1" * 10)
-    await mine.flush(fh)
+    fh, ino = await flushed(mine, b"shared", b"1" * 10)
     info = await theirs.open(ino, os.O_WRONLY, CTX)
     await theirs.write(info.fh, 10, b"2" * 20)
     await theirs.release(info.fh)

@@ -18,6 +18,7 @@ from tests.cluster.test_files import (
     CHUNK,
     CTX,
     create,
+    flushed,
     mount_ops,
     refuse_block_writes,
     setattr_size,
@@ -47,9 +48,7 @@ async def two_clients(nodes: LocalNodes, nursery: trio.Nursery) -> tuple[Operati
 async def shared_file(a: Operations, b: Operations, data: bytes) -> tuple[int, int, int]:
     """A file `a` created with `data` and flushed, then opened by `b` too: (a's handle, the
     inode, b's handle)."""
-    fh, ino = await create(a, b"f")
-    await a.write(fh, 0, data)
-    await a.flush(fh)
+    fh, ino = await flushed(a, b"f", data)
     return fh, ino, await reopen(b, ino)
 
 
@@ -153,9 +152,7 @@ async def test_an_open_sees_what_another_client_closed_even_when_open_here(
     small_chunks: LocalNodes, nursery: trio.Nursery
 ) -> None:
     a, b = await two_clients(small_chunks, nursery)
-    fh, ino = await create(a, b"f")
-    await a.write(fh, 0, b"1" * 1000)
-    await a.flush(fh)
+    fh, ino = await flushed(a, b"f", b"1" * 1000)
     held = await reopen(b, ino, os.O_RDONLY)  # b keeps it open throughout
     assert (await b.getattr(ino, CTX)).st_size == 1000
     await a.write(fh, 1000, b"2" * 5000)
@@ -206,9 +203,7 @@ async def test_a_reader_whose_blocks_were_replaced_and_deleted_reads_the_new_one
     small_chunks: LocalNodes, nursery: trio.Nursery
 ) -> None:
     a, b = await two_clients(small_chunks, nursery)
-    fh, ino = await create(a, b"f")
-    await a.write(fh, 0, b"old" * 1000)
-    await a.flush(fh)
+    fh, ino = await flushed(a, b"f", b"old" * 1000)
     reader = await reopen(b, ino, os.O_RDONLY)
     await a.write(fh, 0, b"new" * 1000)
     await a.release(fh)
