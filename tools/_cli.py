@@ -38,6 +38,7 @@ HANDLERS = {
     "node": ("serve", "node"),
     "status": ("ctl", "status"),
     "bench": ("bench", "main"),
+    "latency": ("latency", "main"),
 }
 
 
@@ -174,6 +175,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--local", type=Path, help="local directory to compare with")
     bench.add_argument("--size", type=size, default=1 << 30, help="large file size (1G)")
     bench.add_argument("--files", type=int, default=2000, help="small files to create (2000)")
+
+    latency = sub.add_parser(
+        "latency",
+        help="time one metadata operation layer by layer",
+        description="Time single operations through a mount (lookup, create + write + "
+        "close, rename, unlink) and the same calls made straight to the cluster, so the "
+        "differences show what each layer costs. Without --cluster, uses the local "
+        "cluster of `ringfs up`.",
+    )
+    latency.add_argument("mountpoint", type=Path)
+    latency.add_argument("--cluster", metavar="HOST:PORT[,...]")
+    latency.add_argument("--secret-file", type=Path)
+    latency.add_argument("--data", type=Path, help="data directory of `ringfs up`")
+    latency.add_argument("--rounds", type=int, default=500, help="times each operation (500)")
     return parser
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ringfs.node.blocks.space import Reserve
 from ringfs.node.rpc.client import split_address
+from ringfs.tools.local import LocalCluster, default_data_dir, read_secret
 
 
 class UserError(Exception):
@@ -78,3 +79,20 @@ def seconds(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
     return value
+
+
+def cluster_access(args: argparse.Namespace) -> tuple[tuple[str, ...], bytes]:
+    """The node addresses and secret of `--cluster`/`--secret-file`, or else of the local
+    cluster of `ringfs up` in `--data` (or the default data directory)."""
+    if args.cluster:
+        if args.secret_file is None:
+            raise UserError("--cluster needs --secret-file")
+        return seeds(args.cluster), read_secret(args.secret_file)
+    local = LocalCluster((args.data or default_data_dir()).absolute())
+    spec = local.members()
+    if spec is None:
+        raise UserError(
+            f"no local cluster in {local.data_dir}; give --cluster and "
+            "--secret-file for another one"
+        )
+    return seeds(spec), read_secret(local.secret_file)

@@ -11,24 +11,11 @@ from ringfs.fs.cluster import Cluster, ClusterConfig
 from ringfs.node.blocks.gc import LIST_LIMIT
 from ringfs.node.cluster.map import NodeInfo
 from ringfs.node.rpc.client import ClientConfig
-from ringfs.tools import args as checks
-from ringfs.tools.local import LocalCluster, default_data_dir, read_secret
+from ringfs.tools.args import cluster_access
 
 
 def status(args: argparse.Namespace) -> int:
-    if args.cluster:
-        if args.secret_file is None:
-            raise checks.UserError("--cluster needs --secret-file")
-        seeds, secret = checks.seeds(args.cluster), read_secret(args.secret_file)
-    else:
-        local = LocalCluster((args.data or default_data_dir()).absolute())
-        spec = local.members()
-        if spec is None:
-            raise checks.UserError(
-                f"no local cluster in {local.data_dir}; give --cluster and "
-                "--secret-file for another one"
-            )
-        seeds, secret = checks.seeds(spec), read_secret(local.secret_file)
+    seeds, secret = cluster_access(args)
     print(trio.run(_status, seeds, secret))
     return 0
 

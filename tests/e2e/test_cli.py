@@ -17,7 +17,7 @@ import pytest
 from tests.e2e.conftest import Cluster, free_ports, ringfs_argv
 from tests.e2e.test_posix_perms import as_nobody
 
-COMMANDS = ["up", "node", "mount", "status", "bench"]
+COMMANDS = ["up", "node", "mount", "status", "bench", "latency"]
 
 
 def ringfs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -286,3 +286,27 @@ def test_mount_returns_once_mounted_and_unmounts_cleanly(
             subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
         for pid in _processes_using(mountpoint):
             os.kill(pid, 9)
+
+
+@pytest.mark.fuse
+def test_latency_times_each_layer(mounted: Path, cluster: Cluster) -> None:
+    result = subprocess.run(
+        ringfs_argv(
+            "latency", str(mounted), "--cluster", cluster.seeds,
+            "--secret-file", str(cluster.secret_file), "--rounds", "3",
+        ),
+        check=True, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    lines = result.stdout.splitlines()
+    assert [line.split("  median")[0].strip() for line in lines] == [
+        "mount: getxattr answered by the mount alone",
+        "mount: lstat of a missing name (lookup)",
+        "mount: create + write 4 KiB + close",
+        "mount: rename",
+        "mount: unlink",
+        "direct: metadata query (GetAttr)",
+        "direct: metadata command (Setattr)",
+        "direct: 4 KiB block to a write quorum",
+    ]
+    assert all(float(line.split()[-5]) > 0 for line in lines)
+    assert os.listdir(mounted) == []  # its work directory is gone
