@@ -88,6 +88,7 @@ class NodeService:
             "meta.apply": self.meta_apply,
             "meta.query": self.meta_query,
             "meta.status": self.meta_status,
+            "meta.changes": self.meta_changes,
             "raft.snapshot_part": self.raft_snapshot_part,
         }
         self._notifications: dict[str, Callable[[list[Any]], None]] = {
@@ -175,6 +176,11 @@ class NodeService:
     async def meta_query(self, params: list[Any]) -> Any:
         (query,) = _arity(params, 1, "meta.query")
         return encode_result(await self._meta().query(query_from_wire(query)))
+
+    async def meta_changes(self, params: list[Any]) -> list[Any]:
+        (since,) = _arity(params, 1, "meta.changes")
+        changes = await self._meta().changes(_seq(since, "since"))
+        return changes.to_wire()
 
     async def meta_status(self, params: list[Any]) -> dict[str, Any]:
         _arity(params, 0, "meta.status")

@@ -14,7 +14,7 @@ command or query class names the Python type of its result in ``RESULT``:
 ``RESULT``                      wire form
 ==============================  ==========================================
 ``None``                        nil
-``Attr``                        ``Attr.to_wire()``: a list of 12 ints
+``Attr``                        ``Attr.to_wire()``: a list of 13 ints
 ``Attr | None``                 as ``Attr``, or nil
 ``bytes``                       bin
 ``list[bytes]``                 array of bin
@@ -115,6 +115,9 @@ class Attr(_Record):
     #: Bumped on every data change (commit or size change): clients keep their page cache only
     #: while it is unchanged.
     version: int
+    #: How many extended attributes it has: a client that knows it has none answers getxattr
+    #: itself (`ls -l` asks for two on every file).
+    xattrs: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,9 +19,9 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import msgpack
 import trio
@@ -29,6 +29,7 @@ import trio
 from ringfs.node.durable import fsync_dir
 from ringfs.node.errors import IN_DOUBT, NOT_LEADER, NodeError, StorageFailure
 from ringfs.node.meta.commands import Command, Entry, Init, Outcome, Query, encode_result
+from ringfs.node.meta.feed import Change, ChangeFeed, Changes
 from ringfs.node.meta.state import MetaState
 from ringfs.node.raft.core import Entry as LogEntry
 from ringfs.node.raft.core import EntryKind, NotLeader, SnapshotMeta
@@ -37,7 +38,10 @@ from ringfs.node.raft.shell import LeadershipLost, RaftNode, StateMachine, Trans
 from ringfs.node.raft.storage import RaftLog
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
+# Seconds a poll of the change feed waits for a change before it answers that nothing changed.
+FEED_WAIT = 0.25
 # Seconds between checks that the filesystem exists, until this node made sure it does.
 INIT_POLL = 0.2
 # The applied index a database (or an image of one) holds.
@@ -104,6 +108,7 @@ class MetaMachine:
         self.path = path
         # Not fsync'd per batch: the Raft log holds the commands durably and replays them.
         self.state = MetaState(path, synchronous=False)
+        self.feed = ChangeFeed(self.state.applied_index)
         self.batches = 0
         self.commands = 0
         # One snapshot or restore at a time: a restore replaces the file a snapshot reads.
@@ -114,11 +119,8 @@ class MetaMachine:
             leftover.unlink()
 
     def apply(self, entries: Sequence[LogEntry]) -> list[Any]:
-        commands = [
-            Entry.from_wire(msgpack.unpackb(e.data, raw=False))
-            for e in entries
-            if e.kind is EntryKind.COMMAND
-        ]
+        logged = [e for e in entries if e.kind is EntryKind.COMMAND]
+        commands = [Entry.from_wire(msgpack.unpackb(e.data, raw=False)) for e in logged]
         # One transaction with the applied index. A bug in a command answers EIO for that
         # command alone, inside it; whatever escapes is this node's own failure (its disk,
         # its memory), so it stops rather than differ from its peers (the log replays).
@@ -126,6 +128,13 @@ class MetaMachine:
             results = self.state.apply_batch(commands, last_index=entries[-1].index)
         except Exception as exc:
             raise StorageFailure(f"metadata database {self.path}: {exc}") from exc
+        touched = zip(logged, self.state.take_changes(), strict=True)
+        changes = [
+            Change(entry.index, client, tuple(inodes), tuple(names))
+            for entry, (client, inodes, names) in touched
+            if inodes or names
+        ]
+        self.feed.add(changes, entries[-1].index)
         outcomes = iter(results)
         self.batches += 1
         self.commands += len(commands)
@@ -176,6 +185,7 @@ class MetaMachine:
                     fsync_dir(self.path.parent)  # the log is compacted next: it must stay
                 finally:
                     self.state = MetaState(self.path, synchronous=False)
+                    self.feed.restart(self.state.applied_index)
             except (OSError, sqlite3.Error) as exc:
                 raise StorageFailure(f"snapshot install into {self.path}: {exc}") from exc
             finally:
@@ -190,6 +200,7 @@ class MetaMachine:
                 self.state = MetaState(self.path, synchronous=False)
             except sqlite3.Error as exc:
                 raise StorageFailure(f"metadata database {self.path}: {exc}") from exc
+            self.feed.restart(self.state.applied_index)
 
     def stats(self) -> dict[str, Any]:
         per_batch = self.commands / self.batches if self.batches else 0.0
@@ -277,8 +288,26 @@ class ReplicatedMeta:
             assert isinstance(machine, MetaMachine)
             return encode_result(machine.state.query(query))
 
+        return await self._read(run)
+
+    async def changes(self, since: int) -> Changes:
+        """What changed after log index `since` (see `ringfs.node.meta.feed`), as fresh as a
+        linearizable read: everything applied before the call is in it. Waits up to
+        `FEED_WAIT` for a first change, so a mount's poll doubles as its heartbeat."""
+        if self.raft.raft.role != "leader":
+            raise NodeError(NOT_LEADER, self.raft.raft.leader or "")
+        with trio.move_on_after(FEED_WAIT):
+            await self.machine.feed.wait_after(since)
+
+        def run(machine: StateMachine) -> Changes:
+            assert isinstance(machine, MetaMachine)
+            return machine.feed.since(since)
+
+        return await self._read(run)
+
+    async def _read(self, read: Callable[[StateMachine], T]) -> T:
         try:
-            return await self.raft.read(run)
+            return await self.raft.read(read)
         except NotLeader as exc:
             raise NodeError(NOT_LEADER, exc.leader or "") from None
         except LeadershipLost:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,8 @@ TABLES = ("inodes", "dentries", "xattrs", "chunks", "garbage", "counters", "sess
 # The columns of an `_Inode`, from `inodes i`.
 INODE_COLUMNS = (
     "i.ino, i.mode, i.nlink, i.uid, i.gid, i.rdev, i.size, i.atime_ns, i.mtime_ns, i.ctime_ns, "
-    "i.version, i.target, (SELECT COALESCE(SUM(c.length), 0) FROM chunks c WHERE c.ino = i.ino)"
+    "i.version, i.target, (SELECT COALESCE(SUM(c.length), 0) FROM chunks c WHERE c.ino = i.ino), "
+    "(SELECT COUNT(*) FROM xattrs x WHERE x.ino = i.ino)"
 )
 
 
@@ -80,6 +81,8 @@ class Inode:
     target: bytes | None
     #: Sum of the chunk lengths, for st_blocks; not a column of its own.
     stored: int = 0
+    #: How many xattrs it has; not a column of its own.
+    xattrs: int = 0
 
     @property
     def is_dir(self) -> bool:
@@ -93,8 +96,26 @@ class Inode:
         blocks = DIR_BLOCKS if self.is_dir else -(-self.stored // 512)
         return Attr(
             self.ino, self.mode, self.nlink, self.uid, self.gid, self.rdev, self.size, blocks,
-            self.atime_ns, self.mtime_ns, self.ctime_ns, self.version,
+            self.atime_ns, self.mtime_ns, self.ctime_ns, self.version, self.xattrs,
         )  # fmt: skip
+
+
+@dataclass
+class Changes:
+    """The inodes and the entries (parent, name) that writes touched since the last `take`."""
+
+    inodes: set[int] = field(default_factory=set)
+    entries: set[tuple[int, bytes]] = field(default_factory=set)
+
+    def take(self) -> tuple[list[int], list[tuple[int, bytes]]]:
+        """What was noted, sorted (replicas list the same), and forget it."""
+        taken = sorted(self.inodes), sorted(self.entries)
+        self.clear()
+        return taken
+
+    def clear(self) -> None:
+        self.inodes.clear()
+        self.entries.clear()
 
 
 def open_database(path: Path | str, *, synchronous: bool = True) -> sqlite3.Connection:
@@ -117,10 +138,15 @@ def open_database(path: Path | str, *, synchronous: bool = True) -> sqlite3.Conn
 
 
 class Tables:
-    """Row access to inodes, entries, counters and xattrs of one database connection."""
+    """Row access to inodes, entries, counters and xattrs of one database connection.
+
+    Every write to an inode or an entry is noted in `changes`, for the mounts that cache them
+    (see `ringfs.node.meta.feed`).
+    """
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+        self.changes = Changes()
 
     def run(self, sql: str, *params: object) -> sqlite3.Cursor:
         return self.db.execute(sql, params)
@@ -156,6 +182,7 @@ class Tables:
         return node
 
     def insert(self, node: Inode) -> None:
+        self.changes.inodes.add(node.ino)
         self.run(
             "INSERT INTO inodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             node.ino, node.mode, node.nlink, node.uid, node.gid, node.rdev, node.size,
@@ -164,6 +191,7 @@ class Tables:
 
     def save(self, *nodes: Inode) -> None:
         for node in nodes:
+            self.changes.inodes.add(node.ino)
             self.run(
                 "UPDATE inodes SET mode = ?, nlink = ?, uid = ?, gid = ?, size = ?, "
                 "atime_ns = ?, mtime_ns = ?, ctime_ns = ?, version = ? WHERE ino = ?",
@@ -191,11 +219,19 @@ class Tables:
             raise NodeError("EEXIST", "entry exists")
         return directory
 
+    def delete(self, ino: int) -> None:
+        """Delete an inode row and its xattrs (its chunks are the caller's)."""
+        self.changes.inodes.add(ino)
+        self.run("DELETE FROM xattrs WHERE ino = ?", ino)
+        self.run("DELETE FROM inodes WHERE ino = ?", ino)
+
     def add_entry(self, parent: int, name: bytes, ino: int) -> None:
+        self.changes.entries.add((parent, name))
         cookie = self.next("next_cookie")
         self.run("INSERT INTO dentries VALUES (?, ?, ?, ?)", parent, name, ino, cookie)
 
     def remove_entry(self, parent: int, name: bytes) -> None:
+        self.changes.entries.add((parent, name))
         self.run("DELETE FROM dentries WHERE parent = ? AND name = ?", parent, name)
 
     def has_entries(self, ino: int) -> bool:

@@ -95,6 +95,8 @@ class MetaState:
         self._lock = threading.Lock()
         self._db = open_database(path, synchronous=synchronous)
         self._rows = Tables(self._db)
+        # What each entry of the last batch changed, in order (for the change feed).
+        self._changes: list[tuple[bytes | None, list[int], list[tuple[int, bytes]]]] = []
         log.info("metadata database %s open at index %d", path, self.applied_index)
 
     def __enter__(self) -> MetaState:
@@ -131,6 +133,7 @@ class MetaState:
         """
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
+            self._changes = []
             try:
                 outcomes = [self._apply_entry(entry) for entry in entries]
                 if last_index is not None:
@@ -141,6 +144,12 @@ class MetaState:
                     self._db.execute("ROLLBACK")
                 raise
         return outcomes
+
+    def take_changes(self) -> list[tuple[bytes | None, list[int], list[tuple[int, bytes]]]]:
+        """For each entry of the last `apply_batch`: its client, and the inodes and entries
+        (parent, name) it changed; a command that failed changed nothing."""
+        changes, self._changes = self._changes, []
+        return changes
 
     def _apply_entry(self, entry: Entry) -> Outcome:
         """Apply one entry inside its own SAVEPOINT. A bug anywhere in it (the command's
@@ -156,7 +165,9 @@ class MetaState:
             self._db.execute("ROLLBACK TO entry")
             log.exception("metadata command %s failed", entry.command.OP)
             outcome = Outcome(None, "EIO")
+            self._rows.changes.clear()
         self._db.execute("RELEASE entry")
+        self._changes.append((entry.client_id, *self._rows.changes.take()))
         return outcome
 
     def _apply_in_session(self, entry: Entry) -> Outcome:
@@ -204,6 +215,7 @@ class MetaState:
             outcome = Outcome(cmd.encode_result(result), None)
         except NodeError as exc:
             self._db.execute("ROLLBACK TO command")
+            self._rows.changes.clear()
             log.debug("%s failed: %s", command.OP, exc)
             outcome = Outcome(None, exc.name)
         self._db.execute("RELEASE command")
@@ -321,8 +333,7 @@ class MetaState:
     def _destroy(self, ino: int) -> None:
         """Delete an inode that no entry names, with its xattrs; its blocks become garbage."""
         self._drop_chunks(ino, 0)
-        self._rows.run("DELETE FROM xattrs WHERE ino = ?", ino)
-        self._rows.run("DELETE FROM inodes WHERE ino = ?", ino)
+        self._rows.delete(ino)
 
     # --- rename -------------------------------------------------------------------------------
 

@@ -50,7 +50,7 @@ from ringfs.node.meta.commands import (
 BLOCK = bytes(range(16))
 SUM = bytes(range(32))
 CHUNK = Chunk(3, BLOCK, 100, SUM)
-ATTR = Attr(7, 0o100644, 1, 1000, 1000, 0, 5, 8, 1, 2, 3, 4)
+ATTR = Attr(7, 0o100644, 1, 1000, 1000, 0, 5, 8, 1, 2, 3, 4, 0)
 
 COMMAND_SAMPLES = [
     Init(4096, 0, 0, 1),
