@@ -524,8 +524,13 @@ class RaftNode:
         read_id = self._next_read
         self._next_read += 1
         self._advance_clock()  # the lease is judged by the time now, not at the last wake-up
+        ready = self.raft.read_index(read_id)
+        confirmed = ready.reads == ((read_id, ready.reads[0][1]),) if ready.reads else False
+        if confirmed and ready == Ready(reads=ready.reads) and ready.reads[0][1] <= self._applied:
+            # Confirmed at once (the lease), at an index already applied: no round of the loop.
+            return query(self.machine)
         waiter = self._reads[read_id] = _Waiter(trio.Event())
-        self._submit(self.raft.read_index(read_id))
+        self._submit(ready)
         await waiter.done.wait()
         if waiter.failure is not None:
             raise waiter.failure
