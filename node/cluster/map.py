@@ -129,7 +129,12 @@ class ClusterMap:
 
     def meta_nodes(self) -> list[NodeInfo]:
         """The meta group: the first min(3, n) nodes the ring picks for the key b"meta"."""
-        return self._infos(self._ring.preference(META_KEY, META_GROUP_SIZE))
+        return list(self._meta_nodes)
+
+    @cached_property
+    def _meta_nodes(self) -> tuple[NodeInfo, ...]:
+        # Asked for on every metadata call: worked out once per map.
+        return tuple(self._infos(self._ring.preference(META_KEY, META_GROUP_SIZE)))
 
     def _infos(self, node_ids: list[str]) -> list[NodeInfo]:
         return [self._by_id[node_id] for node_id in node_ids]
