@@ -30,6 +30,7 @@ from ringfs.node.errors import (
 )
 from ringfs.node.meta import commands
 from ringfs.node.meta.commands import Attr, Chunk, Command, Query, ReadChunks, decode_result
+from ringfs.node.meta.feed import Changes
 from ringfs.node.rpc.client import ClientConfig, NodePool
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,11 @@ class Cluster:
     async def meta_query(self, query: Query) -> Any:
         """Run a linearizable read-only metadata query on the leader; returns the result."""
         return decode_result(query, await self._meta_call("meta.query", [query.to_wire()]))
+
+    async def meta_changes(self, since: int) -> Changes:
+        """What changed in the namespace after log index `since`, from the leader's change
+        feed; the leader waits a moment for a change before it answers that none came."""
+        return Changes.from_wire(await self._meta_call("meta.changes", [since]))
 
     async def read_chunks(self, ino: int) -> tuple[Attr, list[Chunk]]:
         """A file's attributes and whole chunk map, read in pages that all show one version

@@ -29,6 +29,7 @@ import trio
 from ringfs.fs.blockcache import BlockCache
 from ringfs.fs.budget import WriteBudget
 from ringfs.fs.cluster import Cluster
+from ringfs.fs.metadata import Metadata
 from ringfs.fs.writelog import Piece, WriteLog, by_chunk, intersect, merge, rebase
 from ringfs.node.blocks.store import checksum as block_checksum
 from ringfs.node.errors import CHANGED, NodeError, Unavailable
@@ -55,6 +56,7 @@ class FileContext:
     """What every open file shares: the cluster, the caches, the task nursery."""
 
     cluster: Cluster
+    meta: Metadata
     cache: BlockCache
     budget: WriteBudget
     chunk_size: int
@@ -367,7 +369,7 @@ class FileState:
                 log.debug("inode %d changed in another client: rebasing our writes", self.ino)
                 async with _held(self._write_lock):
                     await self._store_all(self._write_seq)
-                    await self._rebase(*await self.ctx.cluster.read_chunks(self.ino))
+                    await self._rebase(*await self.ctx.meta.read_chunks(self.ino))
 
     async def _store_all(self, through: int) -> None:
         """Store every chunk's writes up to write `through`: upload the dirty buffers, wait for
@@ -409,9 +411,7 @@ class FileState:
         size = max(idx * chunk_size + self._logs[idx].end(upto) for idx, (_, upto) in taken.items())
         expect = self._append_base if self._appended else None
         version = self.attr.version
-        attr: Attr = await self.ctx.cluster.meta_apply(
-            CommitChunks(self.ino, updates, size, expect, 0)
-        )
+        attr: Attr = await self.ctx.meta.apply(CommitChunks(self.ino, updates, size, expect, 0))
         for idx, (chunk, upto) in taken.items():
             self._committed(idx, chunk, upto)
         if attr.version != version + 1:
@@ -528,7 +528,7 @@ class FileState:
 
     async def _replaced(self, idx: int, chunk: Chunk | None) -> bool:
         """Whether the committed file now maps chunk `idx` elsewhere (then adopt it)."""
-        attr, chunks = await self.ctx.cluster.read_chunks(self.ino)
+        attr, chunks = await self.ctx.meta.read_chunks(self.ino)
         if {c.idx: c for c in chunks}.get(idx) == chunk:
             return False
         self.refresh(attr, chunks)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyfuse3
 import trio
@@ -22,7 +23,10 @@ from ringfs.fs.blockcache import BlockCache
 from ringfs.fs.budget import WriteBudget
 from ringfs.fs.cluster import Cluster, ClusterConfig
 from ringfs.fs.files import FileContext
+from ringfs.fs.metacache import MetaCache
+from ringfs.fs.metadata import Metadata
 from ringfs.fs.operations import CacheTimes, KernelCache, Operations
+from ringfs.fs.watcher import follow_changes
 from ringfs.node.errors import Unavailable
 from ringfs.node.meta.commands import FsInfo, FsStats
 
@@ -54,45 +58,85 @@ def fuse_options(config: MountConfig) -> set[str]:
 
 
 class FuseKernelCache:
-    """`KernelCache` through pyfuse3's invalidation notices (needs a mounted session)."""
+    """`KernelCache` through pyfuse3's invalidation notices, while the session is live (from
+    `start`, after pyfuse3.init, to `stop`, before pyfuse3.close): before and after, there is
+    no kernel connection to tell, and pyfuse3 must not be called."""
 
     def __init__(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
+        self._live = False
+        self._in_threads = 0
+        self._idle = trio.Event()
+
+    def start(self) -> None:
+        self._live = True
+
+    async def stop(self) -> None:
+        """No new notices; returns once those in worker threads are done."""
+        self._live = False
+        if self._in_threads:
+            await self._idle.wait()
 
     def forget_attrs(self, ino: int) -> None:
         # Inline: for attributes the kernel only takes a spinlock, so this cannot wait for a
         # request we are serving (or the kernel may never have known the inode: ENOENT).
-        with contextlib.suppress(OSError):
-            pyfuse3.invalidate_inode(ino, attr_only=True)
+        if self._live:
+            with contextlib.suppress(OSError):
+                pyfuse3.invalidate_inode(ino, attr_only=True)
 
     def forget_data(self, ino: int) -> None:
         # In a worker thread: dropping pages waits for page locks that a read or write we
         # have yet to answer may hold.
-        self._nursery.start_soon(trio.to_thread.run_sync, self._drop_pages, ino, name="inval")
+        self._in_thread(pyfuse3.invalidate_inode, ino)
 
-    @staticmethod
-    def _drop_pages(ino: int) -> None:
-        with contextlib.suppress(OSError):
-            pyfuse3.invalidate_inode(ino)
+    def forget_entry(self, parent: int, name: bytes) -> None:
+        # In a worker thread: the kernel takes the directory's lock, which a request we are
+        # serving may hold.
+        self._in_thread(pyfuse3.invalidate_entry, parent, name)
+
+    def _in_thread(self, notice: Callable[..., None], *args: Any) -> None:
+        if self._live:
+            self._in_threads += 1
+            self._nursery.start_soon(self._notify, notice, args, name="inval")
+
+    async def _notify(self, notice: Callable[..., None], args: tuple[Any, ...]) -> None:
+        try:
+            await trio.to_thread.run_sync(_quietly, notice, *args)
+        finally:
+            self._in_threads -= 1
+            if not self._in_threads:
+                self._idle.set()
+                self._idle = trio.Event()
+
+
+def _quietly(notice: Callable[..., None], *args: Any) -> None:
+    """A notice about something the kernel may not hold (any more): ENOENT is no failure."""
+    with contextlib.suppress(OSError):
+        notice(*args)
 
 
 async def create_operations(
     cluster: Cluster, config: MountConfig, nursery: trio.Nursery, kernel: KernelCache
 ) -> Operations:
-    """The FUSE handlers for `cluster`, with caches and buffers sized by `config`.
+    """The FUSE handlers for `cluster`, with caches and buffers sized by `config`, and the task
+    that keeps their cache of names and attributes current.
 
     Waits for the filesystem to exist (a new cluster creates it once its meta group elected
     a leader); raises `Unavailable` if it does not within the metadata deadline.
     """
     info = await wait_for_filesystem(cluster)
+    cache = MetaCache(cluster.client_id, trio.current_time)
     files = FileContext(
         cluster=cluster,
+        meta=Metadata(cluster, cache),
         cache=BlockCache(cluster, config.cache_bytes, nursery),
         budget=WriteBudget(config.write_buffers),
         chunk_size=info.chunk_size,
         nursery=nursery,
     )
-    return Operations(cluster, files, config.times, kernel)
+    operations = Operations(cluster, files, config.times, kernel)
+    nursery.start_soon(follow_changes, cluster, cache, operations.changed_elsewhere)
+    return operations
 
 
 async def wait_for_filesystem(cluster: Cluster) -> FsStats:
@@ -117,8 +161,10 @@ async def run(
     """
     async with trio.open_nursery() as nursery:
         cluster = await Cluster.create(config.cluster, nursery=nursery)
-        operations = await create_operations(cluster, config, nursery, FuseKernelCache(nursery))
+        kernel = FuseKernelCache(nursery)
+        operations = await create_operations(cluster, config, nursery, kernel)
         pyfuse3.init(operations, str(config.mountpoint), fuse_options(config))
+        kernel.start()
         log.info("mounted %s (chunk size %d)", config.mountpoint, operations.files.chunk_size)
         task_status.started()
         # The kernel connection ends either from outside (fusermount3 -u: already unmounted)
@@ -138,6 +184,8 @@ async def run(
             if scope.cancelled_caught:
                 log.error("unmount: gave up storing open files and purging after %ds",
                           SHUTDOWN_GRACE)  # fmt: skip
+            with trio.CancelScope(shield=True):
+                await kernel.stop()
             pyfuse3.close(unmount=unmount)
             log.info("unmounted %s", config.mountpoint)
             await cluster.aclose()

@@ -22,24 +22,22 @@ from pyfuse3 import FileHandleT, FileNameT, InodeT
 from ringfs.fs.cluster import Cluster
 from ringfs.fs.errors import fuse_errors
 from ringfs.fs.files import FileContext, FileState
+from ringfs.fs.metadata import DOTS
 from ringfs.node.errors import NodeError, ProtocolError, Unavailable
 from ringfs.node.meta.commands import (
     NAME_MAX,
+    ROOT_INO,
     Attr,
     Command,
-    DirEntry,
     FsInfo,
     FsStats,
-    GetAttr,
     GetXattr,
     Link,
     ListXattr,
-    Lookup,
     Mkdir,
     Mknod,
     Purge,
     Query,
-    ReadDir,
     ReadLink,
     RemoveXattr,
     Rename,
@@ -54,8 +52,6 @@ log = logging.getLogger(__name__)
 
 # Entries fetched per readdir round trip.
 READDIR_PAGE = 256
-# readdirplus links no inode for these (fuse_direntplus_link skips them): no lookup to count.
-DOTS = (b".", b"..")
 # POSIX ACLs are not stored: the kernel would not enforce them (no FUSE_POSIX_ACL), so refusing
 # them tells tools like `cp -a` the truth instead of keeping rules nobody applies.
 ACL_PREFIX = b"system.posix_acl_"
@@ -84,6 +80,9 @@ class KernelCache(Protocol):
 
     def forget_data(self, ino: int) -> None:
         """Drop the inode's cached pages (and attributes), soon."""
+
+    def forget_entry(self, parent: int, name: bytes) -> None:
+        """Drop the kernel's entry for `name` in directory `parent`, soon."""
 
 
 class Operations(pyfuse3.Operations):
@@ -120,10 +119,19 @@ class Operations(pyfuse3.Operations):
     # -- helpers -----------------------------------------------------------------------------
 
     async def _apply(self, command: Command) -> Any:
-        return await self.cluster.meta_apply(command)
+        return await self.files.meta.apply(command)
 
     async def _query(self, query: Query) -> Any:
-        return await self.cluster.meta_query(query)
+        return await self.files.meta.query(query)
+
+    def changed_elsewhere(self, inodes: Sequence[int], names: Sequence[tuple[int, bytes]]) -> None:
+        """Another client changed these: the kernel forgets what it holds of them."""
+        for ino in inodes:
+            if ino in self._lookups:
+                self.kernel.forget_attrs(ino)
+        for parent, name in names:
+            if parent in self._lookups or parent == ROOT_INO:
+                self.kernel.forget_entry(parent, name)
 
     def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
         state = self._open.get(attr.ino)
@@ -223,7 +231,7 @@ class Operations(pyfuse3.Operations):
         with fuse_errors("lookup"):
             if len(name) > NAME_MAX:
                 raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
-            return self._remember(await self._query(Lookup(parent_inode, name)))
+            return self._remember(await self.files.meta.lookup(parent_inode, name))
 
     async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
         for ino, count in inode_list:
@@ -242,7 +250,7 @@ class Operations(pyfuse3.Operations):
         self, inode: InodeT, ctx: pyfuse3.RequestContext | None = None
     ) -> pyfuse3.EntryAttributes:
         with fuse_errors("getattr"):
-            return self._entry(await self._query(GetAttr(inode)))
+            return self._entry(await self.files.meta.getattr(inode))
 
     async def setattr(
         self,
@@ -368,7 +376,7 @@ class Operations(pyfuse3.Operations):
         with fuse_errors("readdir"):
             after = start_id
             while True:
-                page: list[DirEntry] = await self._query(ReadDir(fh, after, READDIR_PAGE))
+                page = await self.files.meta.readdir(fh, after, READDIR_PAGE)
                 for entry in page:
                     if not pyfuse3.readdir_reply(
                         token, entry.name, self._entry(entry.attr), entry.offset
@@ -395,10 +403,10 @@ class Operations(pyfuse3.Operations):
         (close-to-open: an open sees every close that came before it, in any client)."""
         self._opening[inode] = self._opening.get(inode, 0) + 1
         try:
-            attr, chunks = await self.cluster.read_chunks(inode)
+            attr, chunks = await self.files.meta.read_chunks(inode)
             while attr.version < self._known_versions.get(inode, 0):
                 # Read before a commit of ours that answered first: read again.
-                attr, chunks = await self.cluster.read_chunks(inode)
+                attr, chunks = await self.files.meta.read_chunks(inode)
         finally:
             if self._opening[inode] == 1:
                 del self._opening[inode]
@@ -537,10 +545,14 @@ class Operations(pyfuse3.Operations):
     async def getxattr(self, inode: InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         with fuse_errors("getxattr"):
             _check_xattr_namespace(name)
+            if self.files.meta.without_xattrs(inode):
+                raise pyfuse3.FUSEError(errno.ENODATA)
             return cast(bytes, await self._query(GetXattr(inode, name)))
 
     async def listxattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
         with fuse_errors("listxattr"):
+            if self.files.meta.without_xattrs(inode):
+                return []
             return cast(list[bytes], await self._query(ListXattr(inode)))
 
     async def removexattr(self, inode: InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:

@@ -7,9 +7,10 @@ import errno
 import os
 import random
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pyfuse3
 import pytest
@@ -34,12 +35,16 @@ class KernelLog:
     def __init__(self) -> None:
         self.attrs: list[int] = []
         self.data: list[int] = []
+        self.entries: list[tuple[int, bytes]] = []
 
     def forget_attrs(self, ino: int) -> None:
         self.attrs.append(ino)
 
     def forget_data(self, ino: int) -> None:
         self.data.append(ino)
+
+    def forget_entry(self, parent: int, name: bytes) -> None:
+        self.entries.append((parent, name))
 
 
 async def mount_ops(
@@ -65,17 +70,26 @@ async def flushed(ops: Operations, name: bytes, data: bytes) -> tuple[int, int]:
     return fh, ino
 
 
+async def setattr_mode(ops: Operations, ino: int, mode: int) -> None:
+    """chmod(2), as the kernel asks for it."""
+    await ops.setattr(ino, _attributes(st_mode=mode), _fields("mode"), None, CTX)
+
+
+def _fields(changed: str) -> Any:
+    names = ("mode", "uid", "gid", "size", "atime", "mtime", "ctime")
+    return SimpleNamespace(**{f"update_{name}": name == changed for name in names})
+
+
+def _attributes(**values: int) -> pyfuse3.EntryAttributes:
+    attr = pyfuse3.EntryAttributes()
+    for name, value in values.items():
+        setattr(attr, name, value)
+    return attr
+
+
 async def setattr_size(ops: Operations, ino: int, size: int, fh: int | None = None) -> None:
     """truncate(2) to `size`, as the kernel asks for it."""
-    fields: Any = SimpleNamespace(
-        **{
-            f"update_{name}": name == "size"
-            for name in ("mode", "uid", "gid", "size", "atime", "mtime", "ctime")
-        }
-    )
-    attr = pyfuse3.EntryAttributes()
-    attr.st_size = size
-    await ops.setattr(ino, attr, fields, fh, CTX)
+    await ops.setattr(ino, _attributes(st_size=size), _fields("size"), fh, CTX)
 
 
 async def test_reads_see_own_writes_before_close_and_others_after(
@@ -402,3 +416,35 @@ async def test_a_file_grown_by_another_client_is_not_shrunk_or_recommitted(
     assert (await mine.getattr(ino, CTX)).st_size == 30
     assert not mine._open[ino].dirty
     await mine.release(fh)
+
+
+async def heard(condition: Callable[[], bool]) -> None:
+    """Wait (at most 5 s) for the change feed to bring what `condition` looks for."""
+    with trio.fail_after(5):
+        while not condition():  # noqa: ASYNC110 - the feed sets no event we could wait for
+            await trio.sleep(0.005)
+
+
+async def test_the_kernel_forgets_what_other_clients_change_and_not_its_own(
+    nodes: LocalNodes, nursery: trio.Nursery
+) -> None:
+    mine = await mount_ops(nodes, nursery)
+    theirs = await mount_ops(nodes, nursery)
+    kernel, their_kernel = cast(KernelLog, mine.kernel), cast(KernelLog, theirs.kernel)
+    fh, ino = await create(theirs, b"f")
+    await theirs.release(fh)
+    assert (await mine.lookup(ROOT, b"f", CTX)).st_ino == ino  # mine's kernel holds it now
+    await setattr_mode(theirs, ino, 0o600)
+    await heard(lambda: ino in kernel.attrs)
+    assert (await mine.getattr(ino, CTX)).st_mode & 0o777 == 0o600
+    await theirs.rename(ROOT, b"f", ROOT, b"g", 0, CTX)
+    await heard(lambda: {(ROOT, b"f"), (ROOT, b"g")} <= set(kernel.entries))
+    with pytest.raises(pyfuse3.FUSEError):
+        await mine.lookup(ROOT, b"f", CTX)
+    # Its own changes: the kernel saw them go by, and is told nothing.
+    their_kernel.attrs.clear()
+    told = len(kernel.attrs)
+    await setattr_mode(theirs, ino, 0o640)
+    await heard(lambda: len(kernel.attrs) > told)
+    assert ino not in their_kernel.attrs
+    assert (await theirs.getattr(ino, CTX)).st_mode & 0o777 == 0o640

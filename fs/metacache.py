@@ -1,0 +1,162 @@
+"""What the mount knows of names and attributes, kept coherent by the meta group's change feed.
+
+The mount answers lookups, stats and xattr probes from here instead of asking the leader, for as
+long as its view of the change feed (`ringfs.node.meta.feed`) is fresh: each answer of the feed
+says what changed up to an index, and keeps the cache usable until `lease` seconds after that
+poll was sent. A change in another mount therefore reaches this cache as soon as the feed
+delivers it (milliseconds), and never later than the lease if the feed stops.
+
+No I/O here: `ringfs.fs.watcher` polls the feed and feeds the answers in; the FUSE handlers ask
+and keep. A reply fetched from the leader is kept only if nothing it covers was invalidated
+while it was on the way (see `stamp`): a late reply must not bring back what a change removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ringfs.node.meta import commands as cmd
+from ringfs.node.meta.commands import Attr, Command
+from ringfs.node.meta.feed import Changes
+
+#: Seconds the cache stays usable after the poll of an answer of the feed was sent.
+LEASE = 1.0
+#: Most attributes and names kept; the oldest go first.
+CACHE_ENTRIES = 200_000
+#: Keys remembered as invalidated while replies may be on the way; more, and every reply
+#: older than now is refused (rare: only a flood of changes fills it).
+DIRTIED_LIMIT = 10_000
+
+Name = tuple[int, bytes]
+
+
+class MetaCache:
+    """Attributes by inode and inodes by name, valid while the feed is fresh."""
+
+    def __init__(
+        self,
+        client_id: bytes,
+        clock: Callable[[], float],
+        lease: float = LEASE,
+        limit: int = CACHE_ENTRIES,
+    ) -> None:
+        self.client_id = client_id
+        self._clock = clock
+        self._lease = lease
+        self._limit = limit
+        self._attrs: dict[int, Attr] = {}
+        self._names: dict[Name, int] = {}
+        self._fresh_until = float("-inf")
+        #: The feed index everything here is current to.
+        self.index = 0
+        # Bumped after each batch of invalidations; a key invalidated at tick t refuses replies
+        # stamped at t or before.
+        self._tick = 0
+        self._dirtied: dict[int | Name, int] = {}
+        self._floor = 0
+
+    # -- asking ------------------------------------------------------------------------------
+
+    def fresh(self) -> bool:
+        return self._clock() < self._fresh_until
+
+    def attr(self, ino: int) -> Attr | None:
+        return self._attrs.get(ino) if self.fresh() else None
+
+    def lookup(self, parent: int, name: bytes) -> Attr | None:
+        if not self.fresh():
+            return None
+        ino = self._names.get((parent, name))
+        return None if ino is None else self._attrs.get(ino)
+
+    # -- keeping -----------------------------------------------------------------------------
+
+    def stamp(self) -> int:
+        """Taken before asking the leader, and given back with what it answered."""
+        return self._tick
+
+    def keep_attr(self, attr: Attr, stamp: int) -> None:
+        if self._may_keep(attr.ino, stamp):
+            self._put(self._attrs, attr.ino, attr)
+
+    def keep_entry(self, parent: int, name: bytes, attr: Attr, stamp: int) -> None:
+        if self._may_keep((parent, name), stamp) and self._may_keep(attr.ino, stamp):
+            self._put(self._names, (parent, name), attr.ino)
+            self._put(self._attrs, attr.ino, attr)
+
+    def _may_keep(self, key: int | Name, stamp: int) -> bool:
+        return stamp >= self._floor and self._dirtied.get(key, -1) < stamp
+
+    def _put(self, table: dict[Any, Any], key: Any, value: Any) -> None:
+        table.pop(key, None)  # to the young end
+        table[key] = value
+        if len(table) > self._limit:
+            del table[next(iter(table))]
+
+    # -- forgetting --------------------------------------------------------------------------
+
+    def forget(self, inodes: Iterable[int] = (), names: Iterable[Name] = ()) -> None:
+        """What a change of this mount's own touched, with the inodes those names led to:
+        gone before its caller is answered (the feed tells the same a little later)."""
+        for name in names:
+            ino = self._names.get(name)
+            if ino is not None:
+                self._drop(ino)
+            self._drop(name)
+        for ino in inodes:
+            self._drop(ino)
+        self._tick += 1
+
+    def apply(self, changes: Changes, sent_at: float) -> list[tuple[list[int], list[Name]]]:
+        """Take an answer of the feed to a poll sent at `sent_at`; return what other clients
+        changed (inodes, names), which the kernel must forget too."""
+        foreign = []
+        if changes.reset:
+            self.clear()
+        for record in changes.records:
+            for ino in record.inodes:
+                self._drop(ino)
+            for name in record.entries:
+                self._drop(name)
+            if record.client_id != self.client_id:
+                foreign.append((list(record.inodes), list(record.entries)))
+        self._tick += 1
+        self.index = changes.upto
+        self._fresh_until = sent_at + self._lease
+        return foreign
+
+    def clear(self) -> None:
+        """Forget everything (the feed lost track: some changes will never be told)."""
+        self._attrs.clear()
+        self._names.clear()
+        self._dirtied.clear()
+        self._floor = self._tick = self._tick + 1
+
+    def _drop(self, key: int | Name) -> None:
+        if isinstance(key, int):
+            self._attrs.pop(key, None)
+        else:
+            self._names.pop(key, None)
+        self._dirtied[key] = self._tick
+        if len(self._dirtied) > DIRTIED_LIMIT:
+            self._dirtied.clear()
+            self._floor = self._tick + 1
+
+
+def touched(command: Command) -> tuple[list[int], list[Name]]:
+    """The inodes and names a command of this mount may change, as far as its fields tell
+    (`MetaCache.forget` adds the inodes the names lead to)."""
+    match command:
+        case cmd.Mknod() | cmd.Mkdir() | cmd.Symlink() | cmd.Unlink() | cmd.Rmdir():
+            return [command.parent], [(command.parent, command.name)]
+        case cmd.Link():
+            return [command.ino, command.new_parent], [(command.new_parent, command.new_name)]
+        case cmd.Rename():
+            names = [(command.parent, command.name), (command.new_parent, command.new_name)]
+            return [command.parent, command.new_parent], names
+        case cmd.Purge():
+            return list(command.inos), []
+        case cmd.Setattr() | cmd.SetXattr() | cmd.RemoveXattr() | cmd.CommitChunks():
+            return [command.ino], []
+    return [], []

@@ -1,0 +1,125 @@
+"""Two real mounts, one changing names, attributes, xattrs and content while the other looks:
+what the other mount cached (its own cache and its kernel's) follows within the invalidation
+delay: milliseconds, and here at most half the lease (`ringfs.fs.metacache.LEASE`, the bound if
+the feed stops) and half the kernel's cache timeouts, so neither running out is what shows it."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ringfs.fs.metacache import LEASE
+from ringfs.fs.operations import CacheTimes
+from tests.e2e.conftest import Mount
+
+pytestmark = pytest.mark.fuse
+
+
+@pytest.fixture
+def two(mount_factory: Callable[..., Mount]) -> tuple[Path, Path]:
+    return mount_factory("a").path, mount_factory("b").path
+
+
+BOUND = min(LEASE, CacheTimes().attr_timeout, CacheTimes().entry_timeout) / 2
+
+
+def seen_within(check: Callable[[], bool], what: str) -> float:
+    """Seconds until `check` holds; fails if that takes longer than `BOUND`."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > BOUND:
+            raise AssertionError(f"{what}: not seen after {BOUND} s")
+        time.sleep(0.002)
+    delay = time.monotonic() - start
+    print(f"{what}: seen after {delay * 1000:.1f} ms")
+    return delay
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def exists(path: Path) -> bool:
+    return os.path.lexists(path)
+
+
+def test_attributes_changed_by_another_mount(two: tuple[Path, Path]) -> None:
+    a, b = two
+    (b / "f").write_bytes(b"12345")
+    assert mode_of(a / "f") == 0o644  # now cached in mount a and in its kernel
+    os.chmod(b / "f", 0o600)
+    seen_within(lambda: mode_of(a / "f") == 0o600, "chmod")
+    with open(b / "f", "ab") as more:
+        more.write(b"678")
+    seen_within(lambda: os.stat(a / "f").st_size == 8, "size after an append and close")
+    assert (a / "f").read_bytes() == b"12345678"  # close-to-open, byte for byte
+
+
+def test_names_changed_by_another_mount(two: tuple[Path, Path]) -> None:
+    a, b = two
+    (b / "d").mkdir()
+    (b / "d" / "old").write_bytes(b"x")
+    assert sorted(os.listdir(a / "d")) == ["old"]
+    assert os.stat(a / "d" / "old").st_size == 1
+    os.rename(b / "d" / "old", b / "d" / "new")
+    seen_within(lambda: not exists(a / "d" / "old"), "rename: the old name gone")
+    assert (a / "d" / "new").read_bytes() == b"x"
+    (b / "d" / "new").unlink()
+    seen_within(lambda: not exists(a / "d" / "new"), "unlink")
+    assert os.listdir(a / "d") == []
+    (b / "d" / "new").write_bytes(b"again")
+    seen_within(lambda: exists(a / "d" / "new"), "create under a name just removed")
+    assert (a / "d" / "new").read_bytes() == b"again"
+
+
+def test_a_file_replaced_by_rename_is_the_new_one(two: tuple[Path, Path]) -> None:
+    """What editors and git do: write a new file, rename it over the old one."""
+    a, b = two
+    (b / "config").write_bytes(b"version 1\n")
+    assert (a / "config").read_bytes() == b"version 1\n"
+    old_ino = os.stat(a / "config").st_ino
+    (b / "config.tmp").write_bytes(b"version 2, longer\n")
+    os.rename(b / "config.tmp", b / "config")
+    seen_within(lambda: os.stat(a / "config").st_ino != old_ino, "rename over a name")
+    assert (a / "config").read_bytes() == b"version 2, longer\n"
+
+
+def test_xattrs_set_by_another_mount(two: tuple[Path, Path]) -> None:
+    a, b = two
+    (b / "f").write_bytes(b"")
+    assert os.listxattr(a / "f") == []  # mount a now knows it has none
+    with pytest.raises(OSError, match="No data available"):
+        os.getxattr(a / "f", "user.color")
+    os.setxattr(b / "f", "user.color", b"blue")
+
+    def has_color() -> bool:
+        try:
+            return os.getxattr(a / "f", "user.color") == b"blue"
+        except OSError:
+            return False
+
+    seen_within(has_color, "setxattr")
+    assert os.listxattr(a / "f") == ["user.color"]
+
+
+def test_a_mount_sees_its_own_changes_at_once(mounted: Path) -> None:
+    """No waiting for the feed: what a mount changed, it reads back on the next call."""
+    for i in range(30):
+        path = mounted / f"f{i}"
+        path.write_bytes(b"x" * i)
+        assert os.stat(path).st_size == i
+        os.chmod(path, 0o600)
+        assert mode_of(path) == 0o600
+        os.setxattr(path, "user.n", str(i).encode())
+        assert os.getxattr(path, "user.n") == str(i).encode()
+        os.rename(path, mounted / f"g{i}")
+        assert not exists(path)
+        assert os.stat(mounted / f"g{i}").st_size == i
+        os.unlink(mounted / f"g{i}")
+        assert not exists(mounted / f"g{i}")
+    assert os.listdir(mounted) == []

@@ -1,0 +1,155 @@
+"""The mount's cache of names and attributes: used only while the feed is fresh, never keeps a
+reply that a change overtook, forgets what the mount's own commands touch."""
+
+from __future__ import annotations
+
+import pytest
+
+from ringfs.fs.metacache import MetaCache, touched
+from ringfs.node.meta.commands import (
+    ROOT_INO,
+    Attr,
+    Command,
+    CommitChunks,
+    Link,
+    Mknod,
+    Purge,
+    Rename,
+    Setattr,
+    SetXattr,
+    Unlink,
+)
+from ringfs.node.meta.feed import Change, Changes
+
+ME, OTHER = b"m" * 16, b"o" * 16
+
+
+def attr(ino: int, size: int = 0, xattrs: int = 0) -> Attr:
+    return Attr(ino, 0o100644, 1, 0, 0, 0, size, 0, 1, 1, 1, 1, xattrs)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def cache(clock: Clock) -> MetaCache:
+    cache = MetaCache(ME, clock, lease=1.0)
+    cache.apply(Changes(10, True, ()), sent_at=clock.now)
+    return cache
+
+
+def test_nothing_is_answered_before_the_feed_was_heard(clock: Clock) -> None:
+    cache = MetaCache(ME, clock)
+    cache.keep_entry(ROOT_INO, b"a", attr(5), cache.stamp())
+    assert cache.lookup(ROOT_INO, b"a") is None
+    cache.apply(Changes(3, False, ()), sent_at=clock.now)
+    assert cache.lookup(ROOT_INO, b"a") == attr(5)
+
+
+def test_the_cache_serves_until_the_lease_of_the_last_poll_runs_out(
+    cache: MetaCache, clock: Clock
+) -> None:
+    cache.keep_entry(ROOT_INO, b"a", attr(5), cache.stamp())
+    assert cache.lookup(ROOT_INO, b"a") == attr(5)
+    assert cache.attr(5) == attr(5)
+    clock.now += 0.99
+    assert cache.attr(5) == attr(5)
+    clock.now += 0.02
+    assert cache.attr(5) is None
+    assert cache.lookup(ROOT_INO, b"a") is None
+    cache.apply(Changes(11, False, ()), sent_at=clock.now - 0.5)  # an answer renews it
+    assert cache.attr(5) == attr(5)
+
+
+def test_changes_from_the_feed_drop_what_they_touched(cache: MetaCache) -> None:
+    cache.keep_entry(ROOT_INO, b"a", attr(5), cache.stamp())
+    cache.keep_entry(ROOT_INO, b"b", attr(6), cache.stamp())
+    cache.keep_entry(ROOT_INO, b"c", attr(7), cache.stamp())
+    foreign = cache.apply(
+        Changes(
+            13,
+            False,
+            (Change(11, OTHER, (5,), ()), Change(12, ME, (), ((ROOT_INO, b"b"),))),
+        ),
+        sent_at=100.0,
+    )
+    assert cache.attr(5) is None
+    assert cache.lookup(ROOT_INO, b"a") is None
+    assert cache.lookup(ROOT_INO, b"b") is None
+    assert cache.attr(6) == attr(6)
+    assert cache.lookup(ROOT_INO, b"c") == attr(7)
+    assert cache.index == 13
+    assert foreign == [([5], [])]  # the kernel hears of other clients' changes only
+
+
+def test_a_reply_overtaken_by_a_change_is_not_kept(cache: MetaCache) -> None:
+    stamp = cache.stamp()  # a lookup goes out...
+    cache.apply(Changes(11, False, (Change(11, OTHER, (5,), ((ROOT_INO, b"a"),)),)), 100.0)
+    cache.keep_entry(ROOT_INO, b"a", attr(5), stamp)  # ...and its answer comes after the change
+    assert cache.lookup(ROOT_INO, b"a") is None
+    cache.keep_attr(attr(5), stamp)
+    assert cache.attr(5) is None
+    cache.keep_entry(ROOT_INO, b"a", attr(5, size=9), cache.stamp())  # asked after: kept
+    assert cache.lookup(ROOT_INO, b"a") == attr(5, size=9)
+    other = cache.stamp()
+    cache.apply(Changes(12, False, (Change(12, OTHER, (8,), ()),)), 100.0)
+    cache.keep_attr(attr(6), other)  # a change to something else does not stop it
+    assert cache.attr(6) == attr(6)
+
+
+def test_own_commands_forget_names_and_the_inodes_they_led_to(cache: MetaCache) -> None:
+    cache.keep_entry(ROOT_INO, b"a", attr(5), cache.stamp())
+    cache.keep_attr(attr(ROOT_INO), cache.stamp())
+    stamp = cache.stamp()
+    cache.forget(*touched(Unlink(ROOT_INO, b"a", 0)))
+    assert cache.lookup(ROOT_INO, b"a") is None
+    assert cache.attr(5) is None
+    assert cache.attr(ROOT_INO) is None
+    cache.keep_entry(ROOT_INO, b"a", attr(5), stamp)  # a lookup sent before the unlink
+    assert cache.lookup(ROOT_INO, b"a") is None
+
+
+def test_a_reset_forgets_everything(cache: MetaCache) -> None:
+    stamp = cache.stamp()
+    cache.keep_entry(ROOT_INO, b"a", attr(5), stamp)
+    cache.apply(Changes(500, True, ()), sent_at=100.0)
+    assert cache.lookup(ROOT_INO, b"a") is None
+    assert cache.attr(5) is None
+    cache.keep_attr(attr(5), stamp)  # in flight across the reset
+    assert cache.attr(5) is None
+
+
+def test_the_oldest_go_first_when_full(clock: Clock) -> None:
+    cache = MetaCache(ME, clock, limit=3)
+    cache.apply(Changes(1, False, ()), sent_at=clock.now)
+    for ino in (2, 3, 4):
+        cache.keep_attr(attr(ino), cache.stamp())
+    cache.keep_attr(attr(2, size=1), cache.stamp())  # used again: young
+    cache.keep_attr(attr(5), cache.stamp())
+    assert [cache.attr(i) is not None for i in (2, 3, 4, 5)] == [True, False, True, True]
+
+
+@pytest.mark.parametrize(
+    ("command", "inodes", "names"),
+    [
+        (Mknod(2, b"n", 0o100644, 0, 0, 0, 0), [2], [(2, b"n")]),
+        (Link(7, 3, b"l", 0), [7, 3], [(3, b"l")]),
+        (Rename(2, b"a", 3, b"b", 0, 0), [2, 3], [(2, b"a"), (3, b"b")]),
+        (Purge((8, 9)), [8, 9], []),
+        (Setattr(4, None, None, None, 0, None, None, 0), [4], []),
+        (SetXattr(4, b"user.a", b"", 0, 0), [4], []),
+        (CommitChunks(4, (), 0, None, 0), [4], []),
+    ],
+)
+def test_what_a_command_touches(command: Command, inodes: list[int], names: object) -> None:
+    assert touched(command) == (inodes, names)
