@@ -22,7 +22,7 @@ from pyfuse3 import FileHandleT, FileNameT, InodeT
 from ringfs.fs.cluster import Cluster
 from ringfs.fs.errors import fuse_errors
 from ringfs.fs.files import FileContext, FileState
-from ringfs.fs.metadata import DOTS
+from ringfs.fs.metadata import DOTS, DirListing
 from ringfs.node.errors import NodeError, ProtocolError, Unavailable
 from ringfs.node.meta.commands import (
     NAME_MAX,
@@ -50,11 +50,13 @@ from ringfs.node.meta.commands import (
 
 log = logging.getLogger(__name__)
 
-# Entries fetched per readdir round trip.
-READDIR_PAGE = 256
-# POSIX ACLs are not stored: the kernel would not enforce them (no FUSE_POSIX_ACL), so refusing
+# POSIX ACLs are not kept: the kernel would not enforce them (no FUSE_POSIX_ACL), so refusing
 # them tells tools like `cp -a` the truth instead of keeping rules nobody applies.
 ACL_PREFIX = b"system.posix_acl_"
+# SELinux labels are not kept either. Both are refused with EOPNOTSUPP whether read or written,
+# as ext4 -o noacl refuses ACLs and a filesystem without per-file labels refuses SELinux's:
+# `ls -l` asks for both on every file until told they are not supported, then stops asking.
+SELINUX_LABEL = b"security.selinux"
 # The xattr namespaces Linux has; FUSE passes any name through, so refuse the others as ext4 does.
 XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.", ACL_PREFIX)
 # st_blksize: the I/O size we ask tools like cp to use.
@@ -100,6 +102,7 @@ class Operations(pyfuse3.Operations):
         self.kernel = kernel
         self._open: dict[int, FileState] = {}
         self._handles: dict[int, FileState] = {}
+        self._dirs: dict[int, DirListing] = {}
         # Handles opened with O_APPEND: their writes go to the end of the file.
         self._appending: set[int] = set()
         self._next_fh = 1
@@ -370,14 +373,17 @@ class Operations(pyfuse3.Operations):
     # -- directories -------------------------------------------------------------------------
 
     async def opendir(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileHandleT:
-        return inode
+        fh = self._next_fh
+        self._next_fh += 1
+        self._dirs[fh] = DirListing(inode)
+        return FileHandleT(fh)
 
     async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         with fuse_errors("readdir"):
-            after = start_id
+            listing, after = self._dirs[fh], start_id
             while True:
-                page = await self.files.meta.readdir(fh, after, READDIR_PAGE)
-                for entry in page:
+                entries, more = await listing.read(self.files.meta, after)
+                for entry in entries:
                     if not pyfuse3.readdir_reply(
                         token, entry.name, self._entry(entry.attr), entry.offset
                     ):
@@ -385,12 +391,12 @@ class Operations(pyfuse3.Operations):
                     if entry.name not in DOTS:
                         # The kernel keeps (and later forgets) an inode for every other entry.
                         self._lookups[entry.attr.ino] = self._lookups.get(entry.attr.ino, 0) + 1
-                if len(page) < READDIR_PAGE:
+                if not more or not entries:
                     return
-                after = page[-1].offset
+                after = entries[-1].offset
 
     async def releasedir(self, fh: FileHandleT) -> None:
-        return None
+        del self._dirs[fh]
 
     async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
         # Every metadata command is committed (and fsync'd) before it is answered.
@@ -538,8 +544,6 @@ class Operations(pyfuse3.Operations):
     ) -> None:
         with fuse_errors("setxattr"):
             _check_xattr_namespace(name)
-            if name.startswith(ACL_PREFIX):
-                raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
             await self._apply(SetXattr(inode, name, value, 0, 0))
 
     async def getxattr(self, inode: InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
@@ -562,6 +566,8 @@ class Operations(pyfuse3.Operations):
 
 
 def _check_xattr_namespace(name: bytes) -> None:
-    """EOPNOTSUPP for a name outside the namespaces Linux knows, as ext4 answers."""
-    if not name.startswith(XATTR_NAMESPACES):
+    """EOPNOTSUPP for a name outside the namespaces Linux knows, as ext4 answers, and for the
+    names ringfs does not keep."""
+    unkept = name.startswith(ACL_PREFIX) or name == SELINUX_LABEL
+    if unkept or not name.startswith(XATTR_NAMESPACES):
         raise pyfuse3.FUSEError(errno.EOPNOTSUPP)

@@ -12,6 +12,7 @@ import hashlib
 import mmap
 import os
 import random
+import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ from tests.e2e.test_posix_names import (
     make_pair,
     ok,
     opened,
+    outcome,
     stat_of,
     tree,
     umask,
@@ -40,6 +42,12 @@ pytestmark = pytest.mark.fuse
 
 MiB = 1024 * 1024
 CHUNK = 4 * MiB  # ringfs's default chunk size: offsets below straddle chunk boundaries
+UNKEPT_XATTRS = (b"system.posix_acl_access", b"system.posix_acl_default", b"security.selinux")
+# A well-formed POSIX ACL (xattr form, version 2) that says what mode 0644 says: user::rw-,
+# group::r--, other::r--.
+MODE_ACL = struct.pack("<I", 2) + b"".join(
+    struct.pack("<HHI", tag, perm, 0xFFFFFFFF) for tag, perm in ((0x01, 6), (0x04, 4), (0x20, 4))
+)
 
 
 @pytest.fixture
@@ -550,7 +558,13 @@ def test_xattrs(pair: Pair) -> None:
         pair.check(os.setxattr, target, b"nonsense.x", b"x", expect=err(errno.EOPNOTSUPP))
         pair.check(os.getxattr, target, b"nonsense.x", expect=err(errno.EOPNOTSUPP))
         pair.check(os.removexattr, target, b"nonsense.x", expect=err(errno.EOPNOTSUPP))
-        pair.check(os.getxattr, target, b"system.posix_acl_access", expect=err(errno.ENODATA))
+        # Not kept (docs/architecture.md, Decisions): ringfs answers as ext4 -o noacl does for
+        # ACLs, and as a filesystem without per-file labels does for SELinux; set or get.
+        on_mount = f"{pair.mount}/{target}"
+        for unkept in UNKEPT_XATTRS:
+            assert outcome(os.getxattr, on_mount, unkept) == err(errno.EOPNOTSUPP)
+        for unkept, value in ((b"system.posix_acl_access", MODE_ACL), (b"security.selinux", b"x")):
+            assert outcome(os.setxattr, on_mount, unkept, value) == err(errno.EOPNOTSUPP)
         pair.check(os.setxattr, target, b"trusted.t", b"t", expect=ok())
         pair.check(os.getxattr, target, b"trusted.t", expect=ok(b"t"))
     # user.* is for regular files and directories only.
