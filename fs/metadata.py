@@ -23,6 +23,8 @@ from ringfs.node.meta.commands import (
     ReadDir,
 )
 
+#: Entries fetched per readdir round trip (the kernel asks for a few dozen at a time).
+READDIR_PAGE = 256
 #: readdir's `.` and `..`: readdirplus links no inode for them (fuse_direntplus_link skips
 #: them), and they are not names to cache.
 DOTS = (b".", b"..")
@@ -80,3 +82,30 @@ class Metadata:
         """Whether the inode is known, now, to have no extended attributes."""
         attr = self.cache.attr(ino)
         return attr is not None and attr.xattrs == 0
+
+
+class DirListing:
+    """One open directory: the page of entries last read from the leader, so the kernel's
+    readdir calls, a few dozen entries each, cost one query per `READDIR_PAGE` entries. A read
+    from the start (offset 0: opendir or rewinddir) always asks the leader again."""
+
+    def __init__(self, ino: int) -> None:
+        self.ino = ino
+        self._after = 0
+        self._page: list[DirEntry] | None = None
+
+    async def read(self, meta: Metadata, after: int) -> tuple[list[DirEntry], bool]:
+        """The entries after offset `after` this listing holds or fetches, and whether more
+        may follow them."""
+        rest = self._buffered(after)
+        if rest is None:
+            self._page = await meta.readdir(self.ino, after, READDIR_PAGE)
+            self._after = after
+            rest = self._page
+        return rest, len(self._page or ()) == READDIR_PAGE
+
+    def _buffered(self, after: int) -> list[DirEntry] | None:
+        if self._page is None or after == 0 or after < self._after:
+            return None
+        rest = [entry for entry in self._page if entry.offset > after]
+        return rest if rest or len(self._page) < READDIR_PAGE else None
