@@ -34,7 +34,7 @@ from ringfs.fs.writelog import Piece, WriteLog, by_chunk, intersect, merge, reba
 from ringfs.node.blocks.store import checksum as block_checksum
 from ringfs.node.errors import CHANGED, NodeError, Unavailable
 from ringfs.node.meta import commands
-from ringfs.node.meta.commands import Attr, Chunk, ChunkUpdate, CommitChunks
+from ringfs.node.meta.commands import INLINE_MAX, Attr, Chunk, ChunkUpdate, CommitChunks
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,8 @@ class FileContext:
     budget: WriteBudget
     chunk_size: int
     nursery: trio.Nursery
+    #: A first chunk up to this size travels in the commit instead of to the storage nodes.
+    inline_max: int = INLINE_MAX
 
 
 class _Upload:
@@ -293,7 +295,7 @@ class FileState:
         data = bytearray(self.ctx.chunk_size)
         if chunk is None:
             return _Buffer(data, 0)
-        stored = await self.ctx.cache.get(chunk.block_id, chunk.checksum)
+        stored = await self._block(chunk)
         length = min(chunk.length, len(stored))
         data[:length] = stored[:length]
         return _Buffer(data, length)
@@ -339,8 +341,11 @@ class FileState:
             upload.done.set()
 
     async def _store(self, idx: int, view: memoryview) -> Chunk:
-        """Write one chunk's bytes as a new block on its replicas."""
+        """Write one chunk's bytes as a new block on its replicas; a small first chunk instead
+        travels in the commit, and the metadata keeps it (`Chunk.data`)."""
         block_id = os.urandom(BLOCK_ID_SIZE)
+        if idx == 0 and 0 < len(view) <= self.ctx.inline_max:
+            return Chunk(idx, block_id, len(view), block_checksum(view), bytes(view))
         digest = await trio.to_thread.run_sync(block_checksum, view)
         await self.ctx.cluster.put_block(block_id, view, digest)
         if len(view) < self.ctx.chunk_size:
@@ -467,7 +472,7 @@ class FileState:
         data = bytearray(self.ctx.chunk_size)
         length = 0
         if base is not None:
-            stored = await self.ctx.cache.get(base.block_id, base.checksum)
+            stored = await self._block(base)
             length = min(base.length, len(stored))
             data[:length] = stored[:length]
         log = WriteLog()
@@ -522,7 +527,7 @@ class FileState:
             # Another client replaced the chunk and its old block is gone: read the new one.
             data = await self._stored_bytes(self.chunks.get(idx), within, count)
         following = self.chunks.get(idx + 1)
-        if following is not None:
+        if following is not None and not following.inline:
             self.ctx.cache.prefetch(following.block_id, following.checksum)
         return data
 
@@ -539,11 +544,18 @@ class FileState:
         hole) they read as zeros."""
         if chunk is None:
             return bytes(count)
-        data = await self.ctx.cache.get(chunk.block_id, chunk.checksum)
+        data = await self._block(chunk)
         piece = data[within : min(within + count, chunk.length)]
         if len(piece) < count:
             return piece + bytes(count - len(piece))
         return piece
+
+    async def _block(self, chunk: Chunk) -> bytes:
+        """The whole block a chunk names: from the chunk map itself when the metadata keeps
+        it, else from the cache or the storage nodes."""
+        if chunk.inline:
+            return chunk.data
+        return await self.ctx.cache.get(chunk.block_id, chunk.checksum)
 
 
 def _base_of(chunk: Chunk | None) -> tuple[bytes, int]:

@@ -28,7 +28,7 @@ from ringfs.fs.metadata import Metadata
 from ringfs.fs.operations import CacheTimes, KernelCache, Operations
 from ringfs.fs.watcher import follow_changes
 from ringfs.node.errors import Unavailable
-from ringfs.node.meta.commands import FsInfo, FsStats
+from ringfs.node.meta.commands import INLINE_MAX, FsInfo, FsStats
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ class MountConfig:
     # Chunk buffers (dirty or uploading) the whole mount may hold: bounds write-back memory.
     write_buffers: int = 16
     cache_bytes: int = 64 * 1024 * 1024
+    # Files whose data the metadata keeps (see `INLINE_MAX`); 0: every block to the nodes.
+    inline_max: int = INLINE_MAX
 
 
 def fuse_options(config: MountConfig) -> set[str]:
@@ -133,6 +135,7 @@ async def create_operations(
         budget=WriteBudget(config.write_buffers),
         chunk_size=info.chunk_size,
         nursery=nursery,
+        inline_max=config.inline_max,
     )
     operations = Operations(cluster, files, config.times, kernel)
     nursery.start_soon(follow_changes, cluster, cache, operations.changed_elsewhere)

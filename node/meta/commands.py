@@ -48,6 +48,10 @@ ROOT_INO = 1
 #: Most chunk map entries one ReadChunks returns or one CommitChunks carries (about 2 MiB):
 #: a map of any size travels in pages, each far below the frame limit.
 CHUNKS_PER_MESSAGE = 16384
+#: The largest file whose data the metadata keeps itself (as Lustre's Data-on-MDT does): its
+#: one chunk travels in the commit and comes back with the chunk map, and no storage node
+#: stores or serves it. Bigger files' blocks go to the storage nodes.
+INLINE_MAX = 64 * 1024
 #: renameat2(2) flags, Linux values.
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -127,18 +131,29 @@ class Chunk(_Record):
     ``length`` is the number of valid bytes in the block; it can be less than the block holds
     after a truncation, and bytes beyond it read as zeros. ``checksum`` covers the whole block as
     stored, so a replica can be verified without knowing the file.
+
+    ``data`` is the whole block when the metadata keeps it (a small file's only chunk, at most
+    `INLINE_MAX` bytes: no storage node holds it); empty when storage nodes hold the block.
     """
 
     idx: int
     block_id: bytes
     length: int
     checksum: bytes
+    data: bytes = b""
 
     def __post_init__(self) -> None:
         if self.idx < 0 or self.length < 0:
             raise NodeError("EINVAL", "negative chunk index or length")
         if len(self.block_id) != BLOCK_ID_SIZE or len(self.checksum) != CHECKSUM_SIZE:
             raise NodeError("EINVAL", "bad block id or checksum size")
+        if self.data and (self.idx != 0 or len(self.data) > INLINE_MAX):
+            raise NodeError("EINVAL", f"only chunk 0 of up to {INLINE_MAX} bytes travels inline")
+
+    @property
+    def inline(self) -> bool:
+        """Whether the metadata keeps this chunk's block."""
+        return bool(self.data)
 
 
 @dataclass(frozen=True, slots=True)

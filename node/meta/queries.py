@@ -98,8 +98,9 @@ def _read_chunks(rows: Tables, q: cmd.ReadChunks) -> tuple[Attr, list[Chunk]]:
     if q.limit <= 0:
         raise NodeError("EINVAL", "limit must be positive")
     sql = (
-        "SELECT idx, block_id, length, checksum FROM chunks "
-        "WHERE ino = ? AND idx >= ? ORDER BY idx LIMIT ?"
+        "SELECT c.idx, c.block_id, c.length, c.checksum, COALESCE(b.data, x'') FROM chunks c "
+        "LEFT JOIN inline_blocks b ON b.block_id = c.block_id "
+        "WHERE c.ino = ? AND c.idx >= ? ORDER BY c.idx LIMIT ?"
     )
     found = rows.run(sql, q.ino, q.first, min(q.limit, cmd.CHUNKS_PER_MESSAGE))
     return node.attr(), [Chunk(*row) for row in found]

@@ -42,6 +42,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     ino INTEGER NOT NULL, idx INTEGER NOT NULL, block_id BLOB NOT NULL,
     length INTEGER NOT NULL, checksum BLOB NOT NULL, PRIMARY KEY (ino, idx)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS chunks_by_block ON chunks (block_id);
+CREATE TABLE IF NOT EXISTS inline_blocks (block_id BLOB PRIMARY KEY, data BLOB NOT NULL)
+    WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS garbage (seq INTEGER PRIMARY KEY, block_id BLOB NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
     WITHOUT ROWID;
@@ -54,7 +56,10 @@ INSERT OR IGNORE INTO counters VALUES
     ('next_ino', 2), ('next_cookie', 1), ('chunk_size', 0), ('applied_index', 0);
 COMMIT;
 """
-TABLES = ("inodes", "dentries", "xattrs", "chunks", "garbage", "counters", "sessions", "clients")
+TABLES = (
+    "inodes", "dentries", "xattrs", "chunks", "inline_blocks", "garbage", "counters", "sessions",
+    "clients",
+)  # fmt: skip
 # The columns of an `_Inode`, from `inodes i`.
 INODE_COLUMNS = (
     "i.ino, i.mode, i.nlink, i.uid, i.gid, i.rdev, i.size, i.atime_ns, i.mtime_ns, i.ctime_ns, "

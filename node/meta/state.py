@@ -18,6 +18,7 @@ still need); a regular file whose last link goes stays as an orphan with nlink 0
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sqlite3
 import stat
@@ -478,6 +479,9 @@ class MetaState:
                 "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?)",
                 c.ino, chunk.idx, chunk.block_id, length, chunk.checksum,
             )  # fmt: skip
+            if chunk.inline:
+                sql = "INSERT OR IGNORE INTO inline_blocks VALUES (?, ?)"
+                self._rows.run(sql, chunk.block_id, chunk.data)
             if update.base_block and update.base_block != chunk.block_id:
                 self._release_blocks([update.base_block])
         node.size = size
@@ -506,10 +510,13 @@ class MetaState:
         self._release_blocks(blocks)
 
     def _release_blocks(self, block_ids: list[bytes]) -> None:
-        """Blocks dropped from a chunk map become garbage unless another chunk still uses them."""
+        """Blocks dropped from a chunk map become garbage unless another chunk still uses them;
+        one the metadata keeps goes at once (whoever read it holds its bytes)."""
         for block_id in block_ids:
             if self._rows.one("SELECT 1 FROM chunks WHERE block_id = ? LIMIT 1", block_id) is None:
-                self._rows.run("INSERT OR IGNORE INTO garbage (block_id) VALUES (?)", block_id)
+                kept = self._rows.run("DELETE FROM inline_blocks WHERE block_id = ?", block_id)
+                if not kept.rowcount:
+                    self._rows.run("INSERT OR IGNORE INTO garbage (block_id) VALUES (?)", block_id)
 
     def _apply_forget_garbage(self, c: cmd.ForgetGarbage) -> None:
         for block_id in c.block_ids:
@@ -589,11 +596,16 @@ def _check_regular(node: Inode, size: int) -> None:
 
 
 def _check_chunks(chunks: Sequence[Chunk], chunk_size: int) -> None:
-    """Chunks must fit their slot and name each index once."""
+    """Chunks must fit their slot and name each index once; a block the metadata is to keep
+    must be whole and match its checksum (sha256, as the storage nodes check theirs)."""
     seen: set[int] = set()
     for chunk in chunks:
         if chunk.length > chunk_size:
             raise NodeError("EINVAL", f"chunk {chunk.idx} is longer than a chunk")
+        if chunk.inline and (
+            len(chunk.data) != chunk.length or hashlib.sha256(chunk.data).digest() != chunk.checksum
+        ):
+            raise NodeError("EINVAL", f"chunk {chunk.idx}: its data is not the block it names")
         if chunk.idx in seen:
             raise NodeError("EINVAL", f"chunk {chunk.idx} given twice")
         seen.add(chunk.idx)

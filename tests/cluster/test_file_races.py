@@ -80,7 +80,7 @@ async def test_a_write_waiting_for_a_buffer_does_not_overwrite_a_failed_uploads_
     expected_logs: list[str],
 ) -> None:
     expected_logs += ["upload failed"]
-    ops = await mount_ops(small_chunks, nursery, write_buffers=2)
+    ops = await mount_ops(small_chunks, nursery, write_buffers=2, inline_max=0)
     gated = GatedPuts(ops.cluster)
     monkeypatch.setattr(ops.cluster, "put_block", gated.put)
     fh, ino = await create(ops, b"f")
@@ -110,7 +110,7 @@ async def test_a_write_waiting_for_a_buffer_does_not_overwrite_a_failed_uploads_
 async def test_an_open_during_a_writes_block_fetch_does_not_change_the_writes_base(
     small_chunks: LocalNodes, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    a, b = await two_clients(small_chunks, nursery)
+    a, b = await two_clients(small_chunks, nursery, inline_max=0)
     fh, ino, theirs = await shared_file(a, b, b"." * 1000)
     await b.write(theirs, 500, b"B" * 100)
     await b.flush(theirs)

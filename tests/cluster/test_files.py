@@ -3,6 +3,7 @@ buffers, reads of our own writes, close-to-open between two clients, truncation,
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import random
@@ -48,12 +49,16 @@ class KernelLog:
 
 
 async def mount_ops(
-    nodes: LocalNodes, nursery: trio.Nursery, write_buffers: int = 16
+    nodes: LocalNodes, nursery: trio.Nursery, write_buffers: int = 16, inline_max: int | None = None
 ) -> Operations:
+    """A mount's handlers on `nodes`; `inline_max=0` sends every block to the storage nodes
+    (for tests of block uploads and fetches with small files)."""
     cluster = await nodes.client()
     config = MountConfig(
         cluster=cluster.config, mountpoint=Path("/unused"), write_buffers=write_buffers
     )
+    if inline_max is not None:
+        config = dataclasses.replace(config, inline_max=inline_max)
     return await create_operations(cluster, config, nursery, KernelLog())
 
 
@@ -193,7 +198,7 @@ async def test_flush_reports_the_error_when_no_replica_stores_the_block(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     expected_logs += ["not stored", "upload failed", "flush failed", "is lost"]
-    ops = await mount_ops(nodes, nursery)
+    ops = await mount_ops(nodes, nursery, inline_max=0)
     fh, ino = await create(ops, b"lost")
     refuse_block_writes(monkeypatch, "EIO")
     await ops.write(fh, 0, b"data")
@@ -335,8 +340,8 @@ async def test_a_failed_upload_is_kept_and_stored_by_a_later_flush(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     expected_logs += ["not stored", "upload failed", "flush failed"]
-    writer = await mount_ops(small_chunks, nursery)
-    reader = await mount_ops(small_chunks, nursery)
+    writer = await mount_ops(small_chunks, nursery, inline_max=0)
+    reader = await mount_ops(small_chunks, nursery, inline_max=0)
     fh, ino = await create(writer, b"kept")
     refuse_block_writes(monkeypatch, "ENOSPC")
     data = os.urandom(CHUNK)

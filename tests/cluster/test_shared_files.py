@@ -41,8 +41,14 @@ async def content(ops: Operations, ino: int) -> bytes:
     return data
 
 
-async def two_clients(nodes: LocalNodes, nursery: trio.Nursery) -> tuple[Operations, Operations]:
-    return await mount_ops(nodes, nursery), await mount_ops(nodes, nursery)
+async def two_clients(
+    nodes: LocalNodes, nursery: trio.Nursery, inline_max: int | None = None
+) -> tuple[Operations, Operations]:
+    """Two mounts' handlers; `inline_max` as for `mount_ops`."""
+    return (
+        await mount_ops(nodes, nursery, inline_max=inline_max),
+        await mount_ops(nodes, nursery, inline_max=inline_max),
+    )
 
 
 async def shared_file(a: Operations, b: Operations, data: bytes) -> tuple[int, int, int]:
@@ -202,7 +208,7 @@ async def test_failed_closes_give_their_buffers_back(
 async def test_a_reader_whose_blocks_were_replaced_and_deleted_reads_the_new_ones(
     small_chunks: LocalNodes, nursery: trio.Nursery
 ) -> None:
-    a, b = await two_clients(small_chunks, nursery)
+    a, b = await two_clients(small_chunks, nursery, inline_max=0)
     fh, ino = await flushed(a, b"f", b"old" * 1000)
     reader = await reopen(b, ino, os.O_RDONLY)
     await a.write(fh, 0, b"new" * 1000)

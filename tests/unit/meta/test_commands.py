@@ -106,7 +106,7 @@ def test_wire_form_is_op_then_fields_in_order() -> None:
     assert CommitChunks(2, (ChunkUpdate(CHUNK, BLOCK, 7),), 5, None, 6).to_wire() == [
         "commit_chunks",
         2,
-        [[[3, BLOCK, 100, SUM], BLOCK, 7]],
+        [[[3, BLOCK, 100, SUM, b""], BLOCK, 7]],
         5,
         None,
         6,

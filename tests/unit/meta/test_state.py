@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import sqlite3
 import stat
 import tempfile
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from ringfs.node.errors import NodeError
 from ringfs.node.meta import state as meta_module
 from ringfs.node.meta.commands import (
+    INLINE_MAX,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     ROOT_INO,
@@ -1133,3 +1135,39 @@ def test_same_commands_give_same_state(data: st.DataObject, count: int, cuts: li
         assert outcomes_a == outcomes_b
         assert a.dump() == b.dump()
         assert a.query(ReadDir(ROOT_INO, 0, 100)) == b.query(ReadDir(ROOT_INO, 0, 100))
+
+
+def kept(idx: int, n: int, data: bytes) -> Chunk:
+    """A chunk whose block the metadata keeps."""
+    return Chunk(idx, block(n), len(data), hashlib.sha256(data).digest(), data)
+
+
+def test_a_small_files_block_is_kept_by_the_metadata(meta: MetaState) -> None:
+    f = mkfile(meta, ROOT_INO, b"f")
+    small = kept(0, 1, b"hello")
+    ok(meta, blind(meta, f, (small,), 5))
+    assert meta.query(ReadChunks(f, 0, 100))[1] == [small]  # the bytes come with the map
+    # Replaced by a block on the storage nodes: the kept one goes at once, not to garbage.
+    ok(meta, CommitChunks(f, (ChunkUpdate(chunk(0, 2), block(1), 5),), CS, None, T0))
+    assert meta.query(ReadChunks(f, 0, 100))[1] == [chunk(0, 2)]
+    assert meta.query(Garbage(10)) == []
+    assert not any(rows for table, rows in meta.dump() if table == "inline_blocks")
+    # Removing a file removes the block the metadata kept for it.
+    g = mkfile(meta, ROOT_INO, b"g")
+    ok(meta, blind(meta, g, (kept(0, 3, b"bye"),), 3))
+    ok(meta, Unlink(ROOT_INO, b"g", T0))
+    ok(meta, Purge((g,)))
+    assert not any(rows for table, rows in meta.dump() if table == "inline_blocks")
+    assert meta.query(Garbage(10)) == []
+
+
+def test_a_kept_block_must_be_whole_first_small_and_match_its_checksum(meta: MetaState) -> None:
+    f = mkfile(meta, ROOT_INO, b"f")
+    data = b"x" * 100
+    wrong_sum = Chunk(0, block(1), 100, hashlib.sha256(b"y").digest(), data)
+    fails(meta, blind(meta, f, (wrong_sum,), 100), "EINVAL")
+    fails(meta, blind(meta, f, (dataclasses.replace(kept(0, 1, data), length=99),), 99), "EINVAL")
+    with pytest.raises(NodeError):
+        kept(1, 1, data)  # only chunk 0
+    with pytest.raises(NodeError):
+        kept(0, 1, bytes(INLINE_MAX + 1))
