@@ -42,13 +42,30 @@ BLOCK_ID_SIZE = 16
 
 
 class _Buffer:
-    """One chunk's bytes in memory; `end` is how many of them are meaningful."""
+    """One chunk's bytes in memory; `end` is how many of them are meaningful. The bytes grow as
+    writes reach further (a 4 KiB file does not zero a 4 MiB chunk); past them, zeros."""
 
-    __slots__ = ("data", "end")
+    __slots__ = ("data", "end", "_limit")
 
-    def __init__(self, data: bytearray, end: int) -> None:
+    def __init__(self, data: bytearray, end: int, limit: int) -> None:
         self.data = data
         self.end = end
+        self._limit = limit
+
+    def write(self, within: int, piece: memoryview) -> None:
+        need = within + len(piece)
+        if need > len(self.data):
+            grown = min(self._limit, max(need, 2 * len(self.data)))
+            self.data.extend(bytes(grown - len(self.data)))
+        self.data[within:need] = piece
+        self.end = max(self.end, need)
+
+    def read(self, within: int, count: int) -> bytes:
+        piece = bytes(memoryview(self.data)[within : within + count])
+        return piece + bytes(count - len(piece)) if len(piece) < count else piece
+
+    def copy(self) -> _Buffer:
+        return _Buffer(bytearray(self.data), self.end, self._limit)
 
 
 @dataclass(frozen=True)
@@ -229,8 +246,7 @@ class FileState:
                 idx, within = divmod(position, chunk_size)
                 count = min(len(view), chunk_size - within)
                 buffer = await self._buffer(idx)
-                buffer.data[within : within + count] = view[:count]
-                buffer.end = max(buffer.end, within + count)
+                buffer.write(within, view[:count])
                 sealed = self._sealed.get(idx, 0)
                 self._logs[idx].add(self._write_seq, within, within + count, sealed)
                 position += count
@@ -275,7 +291,7 @@ class FileState:
         try:
             upload = self._uploads.get(idx)
             if upload is not None:
-                buffer = _Buffer(bytearray(upload.buffer.data), upload.buffer.end)
+                buffer = upload.buffer.copy()
             else:
                 buffer = await self._stored_buffer(source)
         except BaseException:
@@ -292,13 +308,11 @@ class FileState:
         self.ctx.budget.touch(self, idx)
 
     async def _stored_buffer(self, chunk: Chunk | None) -> _Buffer:
-        data = bytearray(self.ctx.chunk_size)
         if chunk is None:
-            return _Buffer(data, 0)
+            return _Buffer(bytearray(), 0, self.ctx.chunk_size)
         stored = await self._block(chunk)
         length = min(chunk.length, len(stored))
-        data[:length] = stored[:length]
-        return _Buffer(data, length)
+        return _Buffer(bytearray(stored[:length]), length, self.ctx.chunk_size)
 
     def is_uploading(self, idx: int) -> bool:
         return idx in self._uploads
@@ -517,7 +531,7 @@ class FileState:
         if buffer is None and idx in self._uploads:
             buffer = self._uploads[idx].buffer
         if buffer is not None:
-            return bytes(memoryview(buffer.data)[within : within + count])
+            return buffer.read(within, count)
         chunk = self.chunks.get(idx)
         try:
             data = await self._stored_bytes(chunk, within, count)

@@ -19,8 +19,11 @@ from ringfs.node.meta.commands import (
     DirEntry,
     GetAttr,
     Lookup,
+    Mkdir,
+    Mknod,
     Query,
     ReadDir,
+    Symlink,
 )
 
 #: Entries fetched per readdir round trip (the kernel asks for a few dozen at a time).
@@ -38,11 +41,20 @@ class Metadata:
         self.cache = cache
 
     async def apply(self, command: Command) -> Any:
-        """Apply a command (see `Cluster.meta_apply`); what it touched is no longer cached."""
+        """Apply a command (see `Cluster.meta_apply`). What it touched is no longer cached, and
+        the attributes it answered with are (the kernel asks for them next: `getattr`, and the
+        `security.capability` probe before every write)."""
         try:
-            return await self.cluster.meta_apply(command)
+            result = await self.cluster.meta_apply(command)
         finally:
             self.cache.forget(*touched(command))
+        if isinstance(result, Attr):
+            stamp = self.cache.stamp()
+            if isinstance(command, (Mknod, Mkdir, Symlink)):
+                self.cache.keep_entry(command.parent, command.name, result, stamp)
+            else:
+                self.cache.keep_attr(result, stamp)
+        return result
 
     async def query(self, query: Query) -> Any:
         """A query the cache does not answer, straight to the leader."""
