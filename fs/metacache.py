@@ -47,6 +47,8 @@ class MetaCache:
         self._limit = limit
         self._attrs: dict[int, Attr] = {}
         self._names: dict[Name, int] = {}
+        # Directories whose every name is in `_names`: a name not there does not exist.
+        self._complete: set[int] = set()
         self._fresh_until = float("-inf")
         #: The feed index everything here is current to.
         self.index = 0
@@ -70,7 +72,27 @@ class MetaCache:
         ino = self._names.get((parent, name))
         return None if ino is None else self._attrs.get(ino)
 
+    def known_missing(self, parent: int, name: bytes) -> bool:
+        """Whether `name` is known not to exist in `parent` (this mount knows all its names)."""
+        return self.fresh() and parent in self._complete and (parent, name) not in self._names
+
+    def inode_of(self, name: Name) -> int | None:
+        return self._names.get(name)
+
+    def complete_among(self, dirs: Iterable[int]) -> set[int]:
+        return {ino for ino in dirs if ino in self._complete}
+
     # -- keeping -----------------------------------------------------------------------------
+
+    def keep_name(self, parent: int, name: bytes, ino: int, stamp: int) -> None:
+        """A name known to lead to `ino`, its attributes unknown."""
+        if self._may_keep((parent, name), stamp):
+            self._put(self._names, (parent, name), ino)
+
+    def mark_complete(self, dirs: Iterable[int]) -> None:
+        """These directories' names are all known: those this mount made, or kept up to date
+        through its own change of them."""
+        self._complete.update(dirs)
 
     def stamp(self) -> int:
         """Taken before asking the leader, and given back with what it answered."""
@@ -92,7 +114,10 @@ class MetaCache:
         table.pop(key, None)  # to the young end
         table[key] = value
         if len(table) > self._limit:
-            del table[next(iter(table))]
+            oldest = next(iter(table))
+            del table[oldest]
+            if isinstance(oldest, tuple):
+                self._complete.discard(oldest[0])
 
     # -- forgetting --------------------------------------------------------------------------
 
@@ -117,10 +142,11 @@ class MetaCache:
         for record in changes.records:
             for ino in record.inodes:
                 self._drop(ino)
+            if record.client_id == self.client_id:
+                continue  # its names were updated when the command answered (`Metadata.apply`)
             for name in record.entries:
                 self._drop(name)
-            if record.client_id != self.client_id:
-                foreign.append((list(record.inodes), list(record.entries)))
+            foreign.append((list(record.inodes), list(record.entries)))
         self._tick += 1
         self.index = changes.upto
         self._fresh_until = sent_at + self._lease
@@ -130,6 +156,7 @@ class MetaCache:
         """Forget everything (the feed lost track: some changes will never be told)."""
         self._attrs.clear()
         self._names.clear()
+        self._complete.clear()
         self._dirtied.clear()
         self._floor = self._tick = self._tick + 1
 
@@ -138,6 +165,7 @@ class MetaCache:
             self._attrs.pop(key, None)
         else:
             self._names.pop(key, None)
+            self._complete.discard(key[0])
         self._dirtied[key] = self._tick
         if len(self._dirtied) > DIRTIED_LIMIT:
             self._dirtied.clear()

@@ -12,17 +12,21 @@ from typing import Any
 
 from ringfs.fs.cluster import Cluster
 from ringfs.fs.metacache import MetaCache, touched
+from ringfs.node.errors import NodeError
 from ringfs.node.meta.commands import (
+    RENAME_EXCHANGE,
     Attr,
     Chunk,
     Command,
     DirEntry,
     GetAttr,
+    Link,
     Lookup,
     Mkdir,
     Mknod,
     Query,
     ReadDir,
+    Rename,
     Symlink,
 )
 
@@ -41,20 +45,47 @@ class Metadata:
         self.cache = cache
 
     async def apply(self, command: Command) -> Any:
-        """Apply a command (see `Cluster.meta_apply`). What it touched is no longer cached, and
-        the attributes it answered with are (the kernel asks for them next: `getattr`, and the
-        `security.capability` probe before every write)."""
+        """Apply a command (see `Cluster.meta_apply`) and bring the cache up to date with it
+        before returning: what it touched is forgotten, what it answered is kept (the kernel
+        asks next: `getattr`, and the `security.capability` probe before every write), and the
+        names it made or moved are known, so a directory whose names were all known still is
+        (the feed does not repeat this mount's own name changes)."""
+        cache = self.cache
+        inodes, names = touched(command)
         try:
             result = await self.cluster.meta_apply(command)
-        finally:
-            self.cache.forget(*touched(command))
-        if isinstance(result, Attr):
-            stamp = self.cache.stamp()
-            if isinstance(command, (Mknod, Mkdir, Symlink)):
-                self.cache.keep_entry(command.parent, command.name, result, stamp)
-            else:
-                self.cache.keep_attr(result, stamp)
+        except BaseException:
+            cache.forget(inodes, names)
+            raise
+        complete = cache.complete_among({parent for parent, _ in names})
+        moved = [cache.inode_of(name) for name in names] if isinstance(command, Rename) else []
+        cache.forget(inodes, names)
+        stamp = cache.stamp()
+        if isinstance(command, (Mknod, Mkdir, Symlink)):
+            cache.keep_entry(command.parent, command.name, result, stamp)
+        elif isinstance(command, Link):
+            cache.keep_entry(command.new_parent, command.new_name, result, stamp)
+        elif isinstance(result, Attr):
+            cache.keep_attr(result, stamp)
+        if isinstance(command, Mkdir):
+            complete.add(result.ino)  # empty, and this mount saw it born
+        if isinstance(command, Rename):
+            complete -= self._renamed(command, moved, stamp)
+        cache.mark_complete(complete)
         return result
+
+    def _renamed(self, command: Rename, moved: list[int | None], stamp: int) -> set[int]:
+        """Point the names a rename changed at their inodes; the directories where that is
+        not known (the source was not cached) no longer count as complete."""
+        source, target = moved
+        if command.flags & RENAME_EXCHANGE:
+            if source is None or target is None:
+                return {command.parent, command.new_parent}
+            self.cache.keep_name(command.parent, command.name, target, stamp)
+        elif source is None:
+            return {command.new_parent}
+        self.cache.keep_name(command.new_parent, command.new_name, source, stamp)
+        return set()
 
     async def query(self, query: Query) -> Any:
         """A query the cache does not answer, straight to the leader."""
@@ -62,6 +93,8 @@ class Metadata:
 
     async def lookup(self, parent: int, name: bytes) -> Attr:
         attr = self.cache.lookup(parent, name)
+        if attr is None and self.cache.known_missing(parent, name):
+            raise NodeError("ENOENT", "no such entry (known to this mount)")
         if attr is None:
             stamp = self.cache.stamp()
             attr = await self.cluster.meta_query(Lookup(parent, name))

@@ -123,3 +123,20 @@ def test_a_mount_sees_its_own_changes_at_once(mounted: Path) -> None:
         os.unlink(mounted / f"g{i}")
         assert not exists(mounted / f"g{i}")
     assert os.listdir(mounted) == []
+
+
+def test_a_name_another_mount_creates_in_a_directory_this_one_made(
+    two: tuple[Path, Path],
+) -> None:
+    """Mount a made the directory, so it knows every name in it and answers for missing ones
+    itself; a name mount b adds must still show up."""
+    a, b = two
+    (a / "mine").mkdir()
+    (a / "mine" / "first").write_bytes(b"1")
+    assert not exists(a / "mine" / "new")  # answered by mount a alone
+    (b / "mine" / "new").write_bytes(b"from b")
+    seen_within(lambda: exists(a / "mine" / "new"), "a name added in a directory a made")
+    assert (a / "mine" / "new").read_bytes() == b"from b"
+    os.rename(b / "mine" / "first", b / "mine" / "moved")
+    seen_within(lambda: exists(a / "mine" / "moved"), "a rename in a directory a made")
+    assert not exists(a / "mine" / "first")

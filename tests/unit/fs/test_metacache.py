@@ -75,21 +75,29 @@ def test_changes_from_the_feed_drop_what_they_touched(cache: MetaCache) -> None:
     cache.keep_entry(ROOT_INO, b"a", attr(5), cache.stamp())
     cache.keep_entry(ROOT_INO, b"b", attr(6), cache.stamp())
     cache.keep_entry(ROOT_INO, b"c", attr(7), cache.stamp())
+    cache.keep_entry(ROOT_INO, b"d", attr(8), cache.stamp())
     foreign = cache.apply(
         Changes(
-            13,
+            14,
             False,
-            (Change(11, OTHER, (5,), ()), Change(12, ME, (), ((ROOT_INO, b"b"),))),
+            (
+                Change(11, OTHER, (5,), ()),
+                Change(12, OTHER, (), ((ROOT_INO, b"b"),)),
+                Change(13, ME, (8,), ((ROOT_INO, b"d"),)),
+            ),
         ),
         sent_at=100.0,
     )
     assert cache.attr(5) is None
-    assert cache.lookup(ROOT_INO, b"a") is None
+    assert cache.lookup(ROOT_INO, b"a") is None  # its name is known, its attributes are not
     assert cache.lookup(ROOT_INO, b"b") is None
     assert cache.attr(6) == attr(6)
     assert cache.lookup(ROOT_INO, b"c") == attr(7)
-    assert cache.index == 13
-    assert foreign == [([5], [])]  # the kernel hears of other clients' changes only
+    # This mount's own change: attributes go, but names were updated when it answered.
+    assert cache.attr(8) is None
+    assert cache.inode_of((ROOT_INO, b"d")) == 8
+    assert cache.index == 14
+    assert foreign == [([5], []), ([], [(ROOT_INO, b"b")])]  # the kernel hears of others' only
 
 
 def test_a_reply_overtaken_by_a_change_is_not_kept(cache: MetaCache) -> None:

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import pytest
+
 from ringfs.fs.cluster import Cluster
 from ringfs.fs.metacache import MetaCache
 from ringfs.fs.metadata import Metadata
-from ringfs.node.meta.commands import ROOT_INO, Attr, Command, Mknod, Setattr
-from ringfs.node.meta.feed import Changes
+from ringfs.node.errors import NodeError
+from ringfs.node.meta.commands import (
+    RENAME_EXCHANGE,
+    ROOT_INO,
+    Attr,
+    Command,
+    Mkdir,
+    Mknod,
+    Rename,
+    Setattr,
+    Unlink,
+)
+from ringfs.node.meta.feed import Change, Changes
 
 
 def attr(ino: int, size: int = 0) -> Attr:
@@ -43,3 +56,67 @@ async def test_a_change_replaces_what_was_cached() -> None:
     meta.cache.keep_attr(attr(7), meta.cache.stamp())
     await meta.apply(Setattr(7, None, None, None, 10, None, None, 0))
     assert meta.cache.attr(7) == attr(7, size=10)
+
+
+def dir_attr(ino: int) -> Attr:
+    return Attr(ino, 0o040755, 2, 0, 0, 0, 4096, 8, 1, 1, 1, 1, 0)
+
+
+async def test_a_directory_this_mount_made_knows_which_names_do_not_exist() -> None:
+    meta = metadata(Leader(dir_attr(5), attr(6), attr(6), None))
+    await meta.apply(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 0))
+    assert meta.cache.known_missing(5, b"anything")
+    await meta.apply(Mknod(5, b"a", 0o100644, 0, 0, 0, 0))
+    assert not meta.cache.known_missing(5, b"a")
+    assert meta.cache.known_missing(5, b"b")
+    with pytest.raises(NodeError, match="ENOENT"):
+        await meta.lookup(5, b"b")  # answered without the leader
+    await meta.apply(Rename(5, b"a", 5, b"b", 0, 0))  # answers the replaced inode: none
+    assert meta.cache.known_missing(5, b"a")
+    assert meta.cache.inode_of((5, b"b")) == 6
+    await meta.apply(Unlink(5, b"b", 0))
+    assert meta.cache.known_missing(5, b"b")
+
+
+async def test_a_change_by_another_client_makes_a_directory_unknown_again() -> None:
+    meta = metadata(Leader(dir_attr(5)))
+    await meta.apply(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 0))
+    own = Change(2, meta.cache.client_id, (5,), ((5, b"x"),))
+    meta.cache.apply(Changes(2, False, (own,)), sent_at=0.0)
+    assert meta.cache.known_missing(5, b"y")  # its own change: already known
+    other = Change(3, b"o" * 16, (5,), ((5, b"x"),))
+    meta.cache.apply(Changes(3, False, (other,)), sent_at=0.0)
+    assert not meta.cache.known_missing(5, b"y")
+
+
+async def test_a_failed_command_makes_its_directories_unknown() -> None:
+    meta = metadata(Leader(dir_attr(5)))
+    await meta.apply(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 0))
+
+    class Refusing(Leader):
+        async def meta_apply(self, command: Command) -> Any:
+            raise NodeError("EEXIST", "")
+
+    meta.cluster = cast(Cluster, Refusing())
+    with pytest.raises(NodeError):
+        await meta.apply(Mknod(5, b"a", 0o100644, 0, 0, 0, 0))
+    assert not meta.cache.known_missing(5, b"b")
+
+
+async def test_a_rename_from_a_name_not_cached_makes_the_target_directory_unknown() -> None:
+    meta = metadata(Leader(dir_attr(5), None))
+    await meta.apply(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 0))
+    meta.cache.mark_complete({ROOT_INO})
+    await meta.apply(Rename(ROOT_INO, b"elsewhere", 5, b"here", 0, 0))
+    assert not meta.cache.known_missing(5, b"other")
+    assert meta.cache.known_missing(ROOT_INO, b"elsewhere")
+
+
+async def test_an_exchange_swaps_the_names() -> None:
+    meta = metadata(Leader(dir_attr(5), attr(6), attr(7), None))
+    await meta.apply(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 0))
+    await meta.apply(Mknod(5, b"a", 0o100644, 0, 0, 0, 0))
+    await meta.apply(Mknod(5, b"b", 0o100644, 0, 0, 0, 0))
+    await meta.apply(Rename(5, b"a", 5, b"b", RENAME_EXCHANGE, 0))
+    assert (meta.cache.inode_of((5, b"a")), meta.cache.inode_of((5, b"b"))) == (7, 6)
+    assert meta.cache.known_missing(5, b"c")
