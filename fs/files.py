@@ -41,6 +41,14 @@ log = logging.getLogger(__name__)
 BLOCK_ID_SIZE = 16
 
 
+@dataclass(frozen=True)
+class Times:
+    """Times a commit sets explicitly (utimensat); None: atime stays, mtime becomes now."""
+
+    atime_ns: int | None = None
+    mtime_ns: int | None = None
+
+
 class _Buffer:
     """One chunk's bytes in memory; `end` is how many of them are meaningful. The bytes grow as
     writes reach further (a 4 KiB file does not zero a 4 MiB chunk); past them, zeros."""
@@ -377,11 +385,23 @@ class FileState:
         if a chunk written before the call could not reach a write quorum; its bytes stay
         buffered for the next flush.
         """
+        attr, _ = await self._flush(Times())
+        return attr
+
+    async def flush_with_times(self, times: Times) -> Attr | None:
+        """`flush`, with the commit also setting these times: one metadata round for both, as
+        `tar` asks for them (write, futimens, close). None if there was nothing to commit:
+        then the caller sets the times itself."""
+        attr, committed = await self._flush(times)
+        return attr if committed else None
+
+    async def _flush(self, times: Times) -> tuple[Attr, bool]:
         async with _held(self._flush_lock):
             await self._store_all(self._write_seq)
             while True:
                 try:
-                    return await self._commit()
+                    committed = await self._commit(times)
+                    return self.attr, committed
                 except NodeError as exc:
                     if exc.name != CHANGED:
                         raise
@@ -411,15 +431,16 @@ class FileState:
             if idx in self.failed:
                 raise self.failed[idx]
 
-    async def _commit(self) -> Attr:
-        """Commit every stored chunk, in pages of what one message carries."""
+    async def _commit(self, times: Times) -> bool:
+        """Commit every stored chunk, in pages of what one message carries; whether there was
+        anything to commit."""
         committing = sorted(self._to_commit)
         per_message = commands.CHUNKS_PER_MESSAGE
         for start in range(0, len(committing), per_message):
-            await self._commit_page(committing[start : start + per_message])
-        return self.attr
+            await self._commit_page(committing[start : start + per_message], times)
+        return bool(committing)
 
-    async def _commit_page(self, indexes: list[int]) -> None:
+    async def _commit_page(self, indexes: list[int], times: Times) -> None:
         """One compare-and-set commit: it fails with CHANGED if another client came first."""
         chunk_size = self.ctx.chunk_size
         taken = {idx: (self.chunks[idx], self._to_commit[idx]) for idx in indexes}
@@ -430,7 +451,8 @@ class FileState:
         size = max(idx * chunk_size + self._logs[idx].end(upto) for idx, (_, upto) in taken.items())
         expect = self._append_base if self._appended else None
         version = self.attr.version
-        attr: Attr = await self.ctx.meta.apply(CommitChunks(self.ino, updates, size, expect, 0))
+        commit = CommitChunks(self.ino, updates, size, expect, times.atime_ns, times.mtime_ns, 0)
+        attr: Attr = await self.ctx.meta.apply(commit)
         for idx, (chunk, upto) in taken.items():
             self._committed(idx, chunk, upto)
         if attr.version != version + 1:

@@ -21,7 +21,7 @@ from pyfuse3 import FileHandleT, FileNameT, InodeT
 
 from ringfs.fs.cluster import Cluster
 from ringfs.fs.errors import fuse_errors
-from ringfs.fs.files import FileContext, FileState
+from ringfs.fs.files import FileContext, FileState, Times
 from ringfs.fs.metadata import DOTS, DirListing
 from ringfs.node.errors import NodeError, ProtocolError, Unavailable
 from ringfs.node.meta.commands import (
@@ -292,8 +292,17 @@ class Operations(pyfuse3.Operations):
                 result = await self._apply(command)
                 state.truncated(result)
             return result
-        if command.atime_ns is not None or command.mtime_ns is not None:
-            await state.flush()
+        times = Times(command.atime_ns, command.mtime_ns)
+        if times != Times():
+            only_times = command.mode is None and command.uid is None and command.gid is None
+            if only_times and state.dirty:
+                # Set with the commit of the unflushed writes: one round, where `tar` asks for
+                # two (write, futimens, close).
+                committed = await state.flush_with_times(times)
+                if committed is not None:
+                    return committed
+            else:
+                await state.flush()
         result = await self._apply(command)
         state.attr = result
         return result

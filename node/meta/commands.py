@@ -328,6 +328,10 @@ class CommitChunks(_Message):
     updates: tuple[ChunkUpdate, ...]
     size: int
     expect_size: int | None
+    #: Times to set as well (utimensat on a file with unflushed writes): one round for both.
+    #: Without them, mtime becomes ``now_ns`` and atime stays.
+    atime_ns: int | None
+    mtime_ns: int | None
     now_ns: int
 
 

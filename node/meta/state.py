@@ -485,7 +485,10 @@ class MetaState:
             if update.base_block and update.base_block != chunk.block_id:
                 self._release_blocks([update.base_block])
         node.size = size
-        node.mtime_ns = node.ctime_ns = c.now_ns
+        node.ctime_ns = c.now_ns
+        node.mtime_ns = c.now_ns if c.mtime_ns is None else c.mtime_ns
+        if c.atime_ns is not None:
+            node.atime_ns = c.atime_ns
         node.version += 1
         self._rows.save(node)
         return self._rows.get(node.ino).attr()

@@ -453,3 +453,32 @@ async def test_the_kernel_forgets_what_other_clients_change_and_not_its_own(
     await heard(lambda: len(kernel.attrs) > told)
     assert ino not in their_kernel.attrs
     assert (await theirs.getattr(ino, CTX)).st_mode & 0o777 == 0o640
+
+
+async def test_times_set_on_a_file_with_unflushed_writes_ride_with_their_commit(
+    nodes: LocalNodes, nursery: trio.Nursery
+) -> None:
+    """What `tar x` does for every file: write, futimens(fd), close: one metadata round for
+    the data and the times, and the times are the ones asked for."""
+    ops = await mount_ops(nodes, nursery)
+    fh, ino = await create(ops, b"f")
+    await ops.write(fh, 0, b"data")
+    sent: list[str] = []
+    apply = ops.files.meta.cluster.meta_apply
+
+    async def counting(command: Command) -> Any:
+        sent.append(command.OP)
+        return await apply(command)
+
+    ops.files.meta.cluster.meta_apply = counting  # type: ignore[method-assign]
+    stamp = 1_600_000_000 * 10**9
+    times = _attributes(st_mtime_ns=stamp)
+    await ops.setattr(ino, times, _fields("mtime"), fh, CTX)
+    await ops.release(fh)
+    assert sent == ["commit_chunks"]
+    attr = await ops.getattr(ino, CTX)
+    assert (attr.st_mtime_ns, attr.st_size) == (stamp, 4)
+    # With nothing to commit, the times are set alone.
+    await ops.setattr(ino, _attributes(st_mtime_ns=stamp + 1), _fields("mtime"), None, CTX)
+    assert sent == ["commit_chunks", "setattr"]
+    assert (await ops.getattr(ino, CTX)).st_mtime_ns == stamp + 1
