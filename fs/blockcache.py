@@ -31,7 +31,7 @@ class BlockCache:
     """LRU by bytes held; `get` fetches through the cluster, `prefetch` fetches ahead."""
 
     def __init__(
-        self, cluster: Cluster, capacity: int, nursery: trio.Nursery, max_prefetch: int = 2
+        self, cluster: Cluster, capacity: int, nursery: trio.Nursery, max_prefetch: int
     ) -> None:
         self.cluster = cluster
         self.capacity = capacity

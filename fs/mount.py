@@ -22,7 +22,7 @@ import trio
 from ringfs.fs.blockcache import BlockCache
 from ringfs.fs.budget import WriteBudget
 from ringfs.fs.cluster import Cluster, ClusterConfig
-from ringfs.fs.files import FileContext
+from ringfs.fs.files import READAHEAD_CHUNKS, FileContext
 from ringfs.fs.metacache import MetaCache
 from ringfs.fs.metadata import Metadata
 from ringfs.fs.operations import CacheTimes, KernelCache, Operations
@@ -131,7 +131,7 @@ async def create_operations(
     files = FileContext(
         cluster=cluster,
         meta=Metadata(cluster, cache),
-        cache=BlockCache(cluster, config.cache_bytes, nursery),
+        cache=BlockCache(cluster, config.cache_bytes, nursery, max_prefetch=READAHEAD_CHUNKS),
         budget=WriteBudget(config.write_buffers),
         chunk_size=info.chunk_size,
         nursery=nursery,
