@@ -66,7 +66,8 @@ def _refused(path: Path) -> Callable[[int], object]:
 
 
 def _missing(work: Path) -> Callable[[int], object]:
-    """lstat of a name never seen: the kernel has no entry and asks the mount to look it up."""
+    """lstat of a name never seen: the kernel has no entry and asks the mount to look it up.
+    The mount made the directory, so it answers alone (`MetaCache.known_missing`)."""
 
     def call(i: int) -> None:
         try:
