@@ -8,6 +8,7 @@ while it is fresh, and what the leader answers is kept there.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ringfs.fs.cluster import Cluster
@@ -28,6 +29,7 @@ from ringfs.node.meta.commands import (
     ReadDir,
     Rename,
     Symlink,
+    Unlink,
 )
 
 #: Entries fetched per readdir round trip (the kernel asks for a few dozen at a time).
@@ -59,8 +61,11 @@ class Metadata:
             raise
         complete = cache.complete_among({parent for parent, _ in names})
         moved = [cache.inode_of(name) for name in names] if isinstance(command, Rename) else []
+        parent = _parent_after(command, result, cache)
         cache.forget(inodes, names)
         stamp = cache.stamp()
+        if parent is not None:
+            cache.keep_attr(parent, stamp)
         if isinstance(command, (Mknod, Mkdir, Symlink)):
             cache.keep_entry(command.parent, command.name, result, stamp)
         elif isinstance(command, Link):
@@ -154,3 +159,18 @@ class DirListing:
             return None
         rest = [entry for entry in self._page if entry.offset > after]
         return rest if rest or len(self._page) < READDIR_PAGE else None
+
+
+def _parent_after(command: Command, result: Any, cache: MetaCache) -> Attr | None:
+    """The directory's attributes after this mount created or unlinked a name in it, worked
+    out from what was cached and the command's answer, whose ctime is the command's time, as
+    the meta group sets the directory's mtime and ctime (the kernel asks for the directory's
+    attributes before each next create or unlink in it). None when not cached."""
+    if not isinstance(command, (Mknod, Mkdir, Symlink, Unlink)) or not isinstance(result, Attr):
+        return None
+    before = cache.attr(command.parent)
+    now = result.ctime_ns
+    if before is None or before.ctime_ns >= now:
+        return None  # not cached, or read after the command (by a lookup meanwhile)
+    nlink = before.nlink + (1 if isinstance(command, Mkdir) else 0)
+    return dataclasses.replace(before, nlink=nlink, mtime_ns=now, ctime_ns=now)

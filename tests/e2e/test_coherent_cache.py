@@ -140,3 +140,27 @@ def test_a_name_another_mount_creates_in_a_directory_this_one_made(
     os.rename(b / "mine" / "first", b / "mine" / "moved")
     seen_within(lambda: exists(a / "mine" / "moved"), "a rename in a directory a made")
     assert not exists(a / "mine" / "first")
+
+
+def test_a_directory_changed_here_shows_what_another_mount_reads(two: tuple[Path, Path]) -> None:
+    """The mount works out its directories' new times and link counts after its own creates
+    and unlinks instead of asking: they must be what the meta group holds."""
+    a, b = two
+    (a / "d").mkdir()
+
+    def seen(root: Path) -> tuple[int, int, int]:
+        st = os.stat(root / "d")
+        return st.st_mtime_ns, st.st_ctime_ns, st.st_nlink
+
+    def agrees(here: tuple[int, int, int], what: str) -> None:
+        """Mount b, told of the change, ends up reading what mount a showed at once."""
+        seen_within(lambda: seen(b) == here, what)
+
+    for i in range(5):
+        os.stat(a / "d")  # cached in mount a before each change
+        (a / "d" / f"f{i}").write_bytes(b"x")
+        os.mkdir(a / "d" / f"sub{i}")
+        agrees(seen(a), "a directory after a create and a mkdir")  # at once, worked out by a
+        (a / "d" / f"f{i}").unlink()
+        agrees(seen(a), "a directory after an unlink")
+    assert seen(a)[2] == 7

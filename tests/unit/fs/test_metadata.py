@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, cast
 
 import pytest
@@ -120,3 +121,21 @@ async def test_an_exchange_swaps_the_names() -> None:
     await meta.apply(Rename(5, b"a", 5, b"b", RENAME_EXCHANGE, 0))
     assert (meta.cache.inode_of((5, b"a")), meta.cache.inode_of((5, b"b"))) == (7, 6)
     assert meta.cache.known_missing(5, b"c")
+
+
+async def test_the_directory_a_name_was_made_in_is_worked_out_not_asked_for() -> None:
+    made = dataclasses.replace(dir_attr(9), ctime_ns=50, mtime_ns=50)
+    meta = metadata(Leader(made, dataclasses.replace(attr(10), ctime_ns=60)))
+    meta.cache.keep_attr(dir_attr(5), meta.cache.stamp())  # mtime and ctime 1, nlink 2
+    await meta.apply(Mkdir(5, b"sub", 0o755, 0, 0, 0))
+    assert meta.cache.attr(5) == dataclasses.replace(dir_attr(5), nlink=3, mtime_ns=50, ctime_ns=50)
+    await meta.apply(Unlink(5, b"gone", 0))
+    assert meta.cache.attr(5) == dataclasses.replace(dir_attr(5), nlink=3, mtime_ns=60, ctime_ns=60)
+
+
+async def test_a_directory_read_after_the_command_is_not_counted_twice() -> None:
+    meta = metadata(Leader(dataclasses.replace(dir_attr(9), ctime_ns=50)))
+    after = dataclasses.replace(dir_attr(5), nlink=3, mtime_ns=50, ctime_ns=50)
+    meta.cache.keep_attr(after, meta.cache.stamp())  # a getattr answered after the mkdir
+    await meta.apply(Mkdir(5, b"sub", 0o755, 0, 0, 0))
+    assert meta.cache.attr(5) is None  # asked for again, not worked out from the wrong base
