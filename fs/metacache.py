@@ -123,7 +123,7 @@ class MetaCache:
 
     def forget(self, inodes: Iterable[int] = (), names: Iterable[Name] = ()) -> None:
         """What a change of this mount's own touched, with the inodes those names led to:
-        gone before its caller is answered (the feed tells the same a little later)."""
+        gone before its caller is answered (`Metadata.apply` then keeps what it knows)."""
         for name in names:
             ino = self._names.get(name)
             if ino is not None:

@@ -1,9 +1,9 @@
 """The mount's metadata calls, through its cache.
 
-Every command of this mount goes to the leader through `apply`, which then forgets what the
-command touched, so the mount reads its own changes at once (the change feed tells the same a
-few milliseconds later). Lookups, stats and directory listings are answered from `MetaCache`
-while it is fresh, and what the leader answers is kept there.
+Every command of this mount goes to the leader through `apply`, which then brings the cache up
+to date with what the command did, so the mount reads its own changes at once. Lookups and stats
+are answered from `MetaCache` while it is fresh; what the leader answers to them, and the
+directory pages it lists, are kept there.
 """
 
 from __future__ import annotations

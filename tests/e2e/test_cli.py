@@ -304,9 +304,9 @@ def test_latency_times_each_layer(mounted: Path, cluster: Cluster) -> None:
         "mount: create + write 4 KiB + close",
         "mount: rename",
         "mount: unlink",
+        "direct: 4 KiB block to a write quorum",
         "direct: metadata query (GetAttr)",
         "direct: metadata command (Setattr)",
-        "direct: 4 KiB block to a write quorum",
     ]
     assert all(float(line.split()[-5]) > 0 for line in lines)
     assert os.listdir(mounted) == []  # its work directory is gone
