@@ -184,17 +184,25 @@ class Cluster:
             members.insert(0, self._meta_leader)
         return self.pool.order(members)
 
-    async def meta_apply(self, command: Command) -> Any:
-        """Apply one metadata command exactly once, retrying through node failures.
-
-        Each call carries (client id, sequence number), so a retry after a lost answer returns
-        the first outcome instead of applying twice. Raises `NodeError` for a failed command,
-        `Unavailable` after `meta_deadline` if no leader took it. A command a leader may have
-        taken is retried until its outcome is known (see `_meta_call`): reporting a failure
-        for it could not stop a later leader from committing it.
-        """
+    def take_seq(self) -> int:
+        """A sequence number for a command about to be applied: the change feed names the
+        command by it (see `meta_apply`)."""
         seq = self._next_seq
         self._next_seq += 1
+        return seq
+
+    async def meta_apply(self, command: Command, seq: int | None = None) -> Any:
+        """Apply one metadata command exactly once, retrying through node failures.
+
+        Each call carries (client id, sequence number: `seq`, or the next one), so a retry
+        after a lost answer returns the first outcome instead of applying twice. Raises
+        `NodeError` for a failed command, `Unavailable` after `meta_deadline` if no leader took
+        it. A command a leader may have taken is retried until its outcome is known (see
+        `_meta_call`): reporting a failure for it could not stop a later leader from
+        committing it.
+        """
+        if seq is None:
+            seq = self.take_seq()
         self._unacked.add(seq)
         try:
             wire = await self._meta_call(

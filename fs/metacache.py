@@ -27,6 +27,9 @@ CACHE_ENTRIES = 200_000
 #: Keys remembered as invalidated while replies may be on the way; more, and every reply
 #: older than now is refused (rare: only a flood of changes fills it).
 DIRTIED_LIMIT = 10_000
+#: Own commands whose feed record has not come yet; beyond this many the oldest are forgotten
+#: (their records then drop what they touched, which costs a lookup, nothing more).
+AWAITED_LIMIT = 4096
 
 Name = tuple[int, bytes]
 
@@ -57,6 +60,8 @@ class MetaCache:
         self._tick = 0
         self._dirtied: dict[int | Name, int] = {}
         self._floor = 0
+        # Own commands by session seq, with the inodes their feed record must not drop.
+        self._awaited: dict[int, frozenset[int]] = {}
 
     # -- asking ------------------------------------------------------------------------------
 
@@ -86,7 +91,7 @@ class MetaCache:
 
     def keep_name(self, parent: int, name: bytes, ino: int, stamp: int) -> None:
         """A name known to lead to `ino`, its attributes unknown."""
-        if self._may_keep((parent, name), stamp):
+        if self.may_keep((parent, name), stamp):
             self._put(self._names, (parent, name), ino)
 
     def mark_complete(self, dirs: Iterable[int]) -> None:
@@ -99,16 +104,30 @@ class MetaCache:
         return self._tick
 
     def keep_attr(self, attr: Attr, stamp: int) -> None:
-        if self._may_keep(attr.ino, stamp):
+        if self.may_keep(attr.ino, stamp):
             self._put(self._attrs, attr.ino, attr)
 
     def keep_entry(self, parent: int, name: bytes, attr: Attr, stamp: int) -> None:
-        if self._may_keep((parent, name), stamp) and self._may_keep(attr.ino, stamp):
+        if self.may_keep((parent, name), stamp) and self.may_keep(attr.ino, stamp):
             self._put(self._names, (parent, name), attr.ino)
             self._put(self._attrs, attr.ino, attr)
 
-    def _may_keep(self, key: int | Name, stamp: int) -> bool:
+    def may_keep(self, key: int | Name, stamp: int) -> bool:
+        """Whether nothing dropped `key` since `stamp` was taken."""
         return stamp >= self._floor and self._dirtied.get(key, -1) < stamp
+
+    def expect(self, seq: int, inodes: Iterable[int]) -> None:
+        """Own command `seq` is on its way: its feed record need not drop `inodes`, which
+        its answer (as of the same log index) brings up to date or `forget` drops."""
+        self._awaited[seq] = frozenset(inodes)
+        if len(self._awaited) > AWAITED_LIMIT:
+            del self._awaited[next(iter(self._awaited))]
+
+    def answered(self, seq: int, kept: Iterable[int]) -> None:
+        """Own command `seq` answered, and its answer is kept for `kept`: its feed record, if
+        still to come, drops every other inode it names."""
+        if seq in self._awaited:
+            self._awaited[seq] = frozenset(kept)
 
     def _put(self, table: dict[Any, Any], key: Any, value: Any) -> None:
         table.pop(key, None)  # to the young end
@@ -140,9 +159,14 @@ class MetaCache:
         if changes.reset:
             self.clear()
         for record in changes.records:
+            own = record.client_id == self.client_id
+            spared = frozenset[int]()
+            if own and record.seq is not None:
+                spared = self._awaited.pop(record.seq, spared)
             for ino in record.inodes:
-                self._drop(ino)
-            if record.client_id == self.client_id:
+                if ino not in spared:
+                    self._drop(ino)
+            if own:
                 continue  # its names were updated when the command answered (`Metadata.apply`)
             for name in record.entries:
                 self._drop(name)
@@ -158,6 +182,7 @@ class MetaCache:
         self._names.clear()
         self._complete.clear()
         self._dirtied.clear()
+        self._awaited.clear()
         self._floor = self._tick = self._tick + 1
 
     def _drop(self, key: int | Name) -> None:

@@ -51,29 +51,46 @@ class Metadata:
         before returning: what it touched is forgotten, what it answered is kept (the kernel
         asks next: `getattr`, and the `security.capability` probe before every write), and the
         names it made or moved are known, so a directory whose names were all known still is
-        (the feed does not repeat this mount's own name changes)."""
+        (the feed does not repeat this mount's own name changes). An answer is not kept for an
+        inode another client changed while the command was on its way: that change may be the
+        newer one. The command's own feed record spares what its answer kept."""
         cache = self.cache
         inodes, names = touched(command)
+        seq = self.cluster.take_seq()
+        cache.expect(seq, inodes)
+        before = cache.stamp()
         try:
-            result = await self.cluster.meta_apply(command)
+            result = await self.cluster.meta_apply(command, seq)
         except BaseException:
             cache.forget(inodes, names)
+            cache.answered(seq, ())
             raise
         complete = cache.complete_among({parent for parent, _ in names})
         moved = [cache.inode_of(name) for name in names] if isinstance(command, Rename) else []
         parent = _parent_after(command, result, cache)
+        if parent is not None and not cache.may_keep(parent.ino, before):
+            parent = None
+        answer = result if isinstance(result, Attr) and cache.may_keep(result.ino, before) else None
         cache.forget(inodes, names)
         stamp = cache.stamp()
+        kept = [attr.ino for attr in (parent, answer) if attr is not None]
         if parent is not None:
             cache.keep_attr(parent, stamp)
         if isinstance(command, (Mknod, Mkdir, Symlink)):
-            cache.keep_entry(command.parent, command.name, result, stamp)
+            if answer is not None:
+                cache.keep_entry(command.parent, command.name, answer, stamp)
+            else:
+                complete.discard(command.parent)
         elif isinstance(command, Link):
-            cache.keep_entry(command.new_parent, command.new_name, result, stamp)
-        elif isinstance(result, Attr):
-            cache.keep_attr(result, stamp)
-        if isinstance(command, Mkdir):
-            complete.add(result.ino)  # empty, and this mount saw it born
+            if answer is not None:
+                cache.keep_entry(command.new_parent, command.new_name, answer, stamp)
+            else:
+                complete.discard(command.new_parent)
+        elif answer is not None:
+            cache.keep_attr(answer, stamp)
+        cache.answered(seq, kept)
+        if isinstance(command, Mkdir) and answer is not None:
+            complete.add(answer.ino)  # empty, and this mount saw it born
         if isinstance(command, Rename):
             complete -= self._renamed(command, moved, stamp)
         cache.mark_complete(complete)

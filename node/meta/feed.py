@@ -28,22 +28,26 @@ class Change:
     """What one log entry changed: attributes of `inodes`, and the entries (parent, name)."""
 
     index: int
-    #: The client whose command it was (None for the system's own, such as Init).
+    #: The client whose command it was (None for the system's own, such as Init), and the
+    #: command's number in that client's session: the client knows its own changes by them.
     client_id: bytes | None
+    seq: int | None
     inodes: tuple[int, ...]
     entries: tuple[tuple[int, bytes], ...]
 
     def to_wire(self) -> list[Any]:
-        return [self.index, self.client_id, list(self.inodes), [list(e) for e in self.entries]]
+        inodes, entries = list(self.inodes), [list(e) for e in self.entries]
+        return [self.index, self.client_id, self.seq, inodes, entries]
 
     @classmethod
     def from_wire(cls, obj: Any) -> Change:
         """Raises NodeError("EINVAL") for anything but a well-formed record."""
         try:
-            index, client_id, inodes, entries = obj
+            index, client_id, seq, inodes, entries = obj
             change = cls(
                 index,
                 client_id,
+                seq,
                 tuple(inodes),
                 tuple((parent, name) for parent, name in entries),
             )
@@ -52,6 +56,7 @@ class Change:
         if not (
             _is_int(index)
             and (client_id is None or isinstance(client_id, bytes))
+            and (seq is None or _is_int(seq))
             and all(_is_int(ino) for ino in change.inodes)
             and all(_is_int(p) and isinstance(n, bytes) for p, n in change.entries)
         ):

@@ -128,10 +128,10 @@ class MetaMachine:
             results = self.state.apply_batch(commands, last_index=entries[-1].index)
         except Exception as exc:
             raise StorageFailure(f"metadata database {self.path}: {exc}") from exc
-        touched = zip(logged, self.state.take_changes(), strict=True)
+        touched = zip(logged, commands, self.state.take_changes(), strict=True)
         changes = [
-            Change(entry.index, client, tuple(inodes), tuple(names))
-            for entry, (client, inodes, names) in touched
+            Change(entry.index, client, command.seq, tuple(inodes), tuple(names))
+            for entry, command, (client, inodes, names) in touched
             if inodes or names
         ]
         self.feed.add(changes, entries[-1].index)

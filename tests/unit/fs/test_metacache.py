@@ -81,9 +81,9 @@ def test_changes_from_the_feed_drop_what_they_touched(cache: MetaCache) -> None:
             14,
             False,
             (
-                Change(11, OTHER, (5,), ()),
-                Change(12, OTHER, (), ((ROOT_INO, b"b"),)),
-                Change(13, ME, (8,), ((ROOT_INO, b"d"),)),
+                Change(11, OTHER, 1, (5,), ()),
+                Change(12, OTHER, 2, (), ((ROOT_INO, b"b"),)),
+                Change(13, ME, 1, (8,), ((ROOT_INO, b"d"),)),
             ),
         ),
         sent_at=100.0,
@@ -102,7 +102,7 @@ def test_changes_from_the_feed_drop_what_they_touched(cache: MetaCache) -> None:
 
 def test_a_reply_overtaken_by_a_change_is_not_kept(cache: MetaCache) -> None:
     stamp = cache.stamp()  # a lookup goes out...
-    cache.apply(Changes(11, False, (Change(11, OTHER, (5,), ((ROOT_INO, b"a"),)),)), 100.0)
+    cache.apply(Changes(11, False, (Change(11, OTHER, 1, (5,), ((ROOT_INO, b"a"),)),)), 100.0)
     cache.keep_entry(ROOT_INO, b"a", attr(5), stamp)  # ...and its answer comes after the change
     assert cache.lookup(ROOT_INO, b"a") is None
     cache.keep_attr(attr(5), stamp)
@@ -110,7 +110,7 @@ def test_a_reply_overtaken_by_a_change_is_not_kept(cache: MetaCache) -> None:
     cache.keep_entry(ROOT_INO, b"a", attr(5, size=9), cache.stamp())  # asked after: kept
     assert cache.lookup(ROOT_INO, b"a") == attr(5, size=9)
     other = cache.stamp()
-    cache.apply(Changes(12, False, (Change(12, OTHER, (8,), ()),)), 100.0)
+    cache.apply(Changes(12, False, (Change(12, OTHER, 2, (8,), ()),)), 100.0)
     cache.keep_attr(attr(6), other)  # a change to something else does not stop it
     assert cache.attr(6) == attr(6)
 
@@ -125,6 +125,25 @@ def test_own_commands_forget_names_and_the_inodes_they_led_to(cache: MetaCache) 
     assert cache.attr(ROOT_INO) is None
     cache.keep_entry(ROOT_INO, b"a", attr(5), stamp)  # a lookup sent before the unlink
     assert cache.lookup(ROOT_INO, b"a") is None
+
+
+def test_an_own_record_spares_only_what_its_answer_kept(cache: MetaCache) -> None:
+    cache.expect(1, [5, 6])
+    cache.keep_attr(attr(5), cache.stamp())
+    cache.keep_attr(attr(6), cache.stamp())
+    cache.answered(1, [5])
+    cache.apply(Changes(11, False, (Change(11, ME, 1, (5, 6), ()),)), 100.0)
+    assert (cache.attr(5), cache.attr(6)) == (attr(5), None)
+    # Once: a record naming the same command again (or one never awaited) drops.
+    cache.apply(Changes(12, False, (Change(12, ME, 1, (5,), ()),)), 100.0)
+    assert cache.attr(5) is None
+
+
+def test_another_clients_record_is_never_spared(cache: MetaCache) -> None:
+    cache.expect(1, [5])
+    cache.keep_attr(attr(5), cache.stamp())
+    cache.apply(Changes(11, False, (Change(11, OTHER, 1, (5,), ()),)), 100.0)
+    assert cache.attr(5) is None
 
 
 def test_a_reset_forgets_everything(cache: MetaCache) -> None:

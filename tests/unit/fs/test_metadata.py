@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
+import trio
+import trio.testing
 
 from ringfs.fs.cluster import Cluster
 from ringfs.fs.metacache import MetaCache
@@ -30,12 +33,20 @@ def attr(ino: int, size: int = 0) -> Attr:
 
 
 class Leader:
-    """Answers each command with the next prepared result."""
+    """Answers each command with the next prepared result, after `during` ran (what the
+    change feed delivers while the command is on its way)."""
 
     def __init__(self, *results: Any) -> None:
         self.results = list(results)
+        self.seq = 0
+        self.during: Callable[[], object] = lambda: None
 
-    async def meta_apply(self, command: Command) -> Any:
+    def take_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    async def meta_apply(self, command: Command, seq: int = 0) -> Any:
+        self.during()
         return self.results.pop(0)
 
 
@@ -82,10 +93,10 @@ async def test_a_directory_this_mount_made_knows_which_names_do_not_exist() -> N
 async def test_a_change_by_another_client_makes_a_directory_unknown_again() -> None:
     meta = metadata(Leader(dir_attr(5)))
     await meta.apply(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 0))
-    own = Change(2, meta.cache.client_id, (5,), ((5, b"x"),))
+    own = Change(2, meta.cache.client_id, 1, (5,), ((5, b"x"),))
     meta.cache.apply(Changes(2, False, (own,)), sent_at=0.0)
     assert meta.cache.known_missing(5, b"y")  # its own change: already known
-    other = Change(3, b"o" * 16, (5,), ((5, b"x"),))
+    other = Change(3, b"o" * 16, 1, (5,), ((5, b"x"),))
     meta.cache.apply(Changes(3, False, (other,)), sent_at=0.0)
     assert not meta.cache.known_missing(5, b"y")
 
@@ -95,7 +106,7 @@ async def test_a_failed_command_makes_its_directories_unknown() -> None:
     await meta.apply(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 0))
 
     class Refusing(Leader):
-        async def meta_apply(self, command: Command) -> Any:
+        async def meta_apply(self, command: Command, seq: int = 0) -> Any:
             raise NodeError("EEXIST", "")
 
     meta.cluster = cast(Cluster, Refusing())
@@ -139,3 +150,68 @@ async def test_a_directory_read_after_the_command_is_not_counted_twice() -> None
     meta.cache.keep_attr(after, meta.cache.stamp())  # a getattr answered after the mkdir
     await meta.apply(Mkdir(5, b"sub", 0o755, 0, 0, 0))
     assert meta.cache.attr(5) is None  # asked for again, not worked out from the wrong base
+
+
+def feed(meta: Metadata, *records: Change) -> None:
+    meta.cache.apply(Changes(records[-1].index, False, records), sent_at=0.0)
+
+
+UNLINKED = dataclasses.replace(attr(10), nlink=0, ctime_ns=60)
+#: The directory after the unlink, as the mount works it out.
+EMPTIED = dataclasses.replace(dir_attr(5), mtime_ns=60, ctime_ns=60)
+
+
+async def test_the_own_record_of_an_unlink_spares_the_directory_it_worked_out() -> None:
+    """`rm -r`: the kernel asks for the directory's attributes before each next unlink."""
+    meta = metadata(Leader(UNLINKED))
+    meta.cache.keep_attr(dir_attr(5), meta.cache.stamp())
+    await meta.apply(Unlink(5, b"gone", 0))
+    feed(meta, Change(2, meta.cache.client_id, 1, (5, 10), ((5, b"gone"),)))
+    assert (meta.cache.attr(5), meta.cache.attr(10)) == (EMPTIED, UNLINKED)
+
+
+async def test_the_own_record_may_come_before_the_answer() -> None:
+    leader = Leader(UNLINKED)
+    meta = metadata(leader)
+    meta.cache.keep_attr(dir_attr(5), meta.cache.stamp())
+    leader.during = lambda: feed(meta, Change(2, meta.cache.client_id, 1, (5, 10), ()))
+    await meta.apply(Unlink(5, b"gone", 0))
+    assert meta.cache.attr(5) == EMPTIED
+
+
+async def test_an_answer_is_not_kept_over_another_clients_change_made_meanwhile() -> None:
+    leader = Leader(attr(7, size=10))
+    meta = metadata(leader)
+    leader.during = lambda: feed(meta, Change(3, b"o" * 16, 9, (7,), ()))
+    await meta.apply(Setattr(7, None, None, None, 10, None, None, 0))
+    assert meta.cache.attr(7) is None  # the other change may be the newer one
+
+
+async def test_an_own_record_drops_what_its_answer_did_not_keep() -> None:
+    meta = metadata(Leader(attr(7, size=10)))
+    meta.cache.keep_attr(attr(8), meta.cache.stamp())
+    await meta.apply(Setattr(7, None, None, None, 10, None, None, 0))
+    feed(meta, Change(2, meta.cache.client_id, 1, (7, 8), ()))
+    assert (meta.cache.attr(7), meta.cache.attr(8)) == (attr(7, size=10), None)
+
+
+async def test_an_older_answer_never_replaces_a_newer_one_of_the_same_mount() -> None:
+    first_may_answer = trio.Event()
+
+    class Slow(Leader):
+        async def meta_apply(self, command: Command, seq: int = 0) -> Any:
+            result = self.results.pop(0)
+            if seq == 1:
+                await first_may_answer.wait()
+            return result
+
+    meta = metadata(Slow(attr(5, size=1), attr(5, size=2)))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(meta.apply, Setattr(5, None, None, None, 1, None, None, 0))
+        await trio.testing.wait_all_tasks_blocked()
+        await meta.apply(Setattr(5, None, None, None, 2, None, None, 0))
+        first_may_answer.set()
+    assert meta.cache.attr(5) != attr(5, size=1)
+    me = meta.cache.client_id
+    feed(meta, Change(2, me, 1, (5,), ()), Change(3, me, 2, (5,), ()))
+    assert meta.cache.attr(5) in (None, attr(5, size=2))

@@ -33,7 +33,7 @@ ME = b"m" * 16
 
 
 def change(index: int, ino: int = 5) -> Change:
-    return Change(index, ME, (ino,), ((ROOT_INO, b"x"),))
+    return Change(index, ME, index, (ino,), ((ROOT_INO, b"x"),))
 
 
 def test_a_feed_hands_out_what_came_after_an_index_in_order() -> None:
@@ -84,7 +84,7 @@ async def test_waiting_returns_once_something_after_the_index_applied() -> None:
 
 
 def test_changes_travel_and_malformed_ones_are_refused() -> None:
-    answer = Changes(9, False, (change(8), Change(9, None, (), ((3, b"\xff"),))))
+    answer = Changes(9, False, (change(8), Change(9, None, None, (), ((3, b"\xff"),))))
     assert Changes.from_wire(answer.to_wire()) == answer
     for bad in (
         [9, False, [[8, ME, ["x"], []]]],
@@ -111,7 +111,7 @@ def applied(machine: MetaMachine, index: int, *entries: Entry) -> list[Change]:
 def test_each_command_notes_the_inodes_and_names_it_changed(machine: MetaMachine) -> None:
     [made] = applied(machine, 2, Entry(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 2), ME, 1, None))
     d = 2  # the first inode after the root
-    assert made == Change(2, ME, (ROOT_INO, d), ((ROOT_INO, b"d"),))
+    assert made == Change(2, ME, 1, (ROOT_INO, d), ((ROOT_INO, b"d"),))
     f = 3
     [created, chmod, xattr] = applied(
         machine,
@@ -121,7 +121,7 @@ def test_each_command_notes_the_inodes_and_names_it_changed(machine: MetaMachine
         Entry(SetXattr(f, b"user.k", b"v", 0, 5)),
     )
     assert (created.inodes, created.entries) == ((d, f), ((d, b"f"),))
-    assert created.client_id is None
+    assert (created.client_id, created.seq) == (None, None)
     assert (chmod.inodes, chmod.entries) == ((f,), ())
     assert (xattr.inodes, xattr.entries) == ((f,), ())
     [moved] = applied(machine, 6, Entry(Rename(d, b"f", ROOT_INO, b"g", 0, 6)))
