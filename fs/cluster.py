@@ -26,6 +26,7 @@ from ringfs.node.errors import (
     AuthenticationError,
     NodeError,
     NoReply,
+    ProtocolError,
     Unavailable,
 )
 from ringfs.node.meta import commands
@@ -61,6 +62,15 @@ class StoredBlock:
     block_id: bytes
     checksum: bytes
     nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A metadata command's result, with the attributes the leader read after applying it of
+    every inode the command changed."""
+
+    result: Any
+    attrs: list[Attr]
 
 
 class Cluster:
@@ -191,7 +201,11 @@ class Cluster:
         self._next_seq += 1
         return seq
 
-    async def meta_apply(self, command: Command, seq: int | None = None) -> Any:
+    async def meta_apply(self, command: Command) -> Any:
+        """Apply one metadata command (see `meta_command`); return its result."""
+        return (await self.meta_command(command)).result
+
+    async def meta_command(self, command: Command, seq: int | None = None) -> Answer:
         """Apply one metadata command exactly once, retrying through node failures.
 
         Each call carries (client id, sequence number: `seq`, or the next one), so a retry
@@ -212,7 +226,13 @@ class Cluster:
             )
         finally:
             self._unacked.discard(seq)
-        return decode_result(command, wire)
+        if not (isinstance(wire, list) and len(wire) == 2 and isinstance(wire[1], list)):
+            raise ProtocolError(f"malformed {command.OP} answer")
+        result, attrs = wire
+        try:
+            return Answer(decode_result(command, result), [Attr.from_wire(a) for a in attrs])
+        except NodeError as exc:
+            raise ProtocolError(f"malformed {command.OP} answer: {exc}") from exc
 
     async def meta_query(self, query: Query) -> Any:
         """Run a linearizable read-only metadata query on the leader; returns the result."""

@@ -60,8 +60,10 @@ class MetaCache:
         self._tick = 0
         self._dirtied: dict[int | Name, int] = {}
         self._floor = 0
-        # Own commands by session seq, with the inodes their feed record must not drop.
-        self._awaited: dict[int, frozenset[int]] = {}
+        # Own commands on their way, by session seq: the inodes their answer kept (None
+        # until it came), and the inodes named by their feed record if it came first.
+        self._awaited: dict[int, frozenset[int] | None] = {}
+        self._early: dict[int, tuple[int, ...]] = {}
 
     # -- asking ------------------------------------------------------------------------------
 
@@ -116,18 +118,30 @@ class MetaCache:
         """Whether nothing dropped `key` since `stamp` was taken."""
         return stamp >= self._floor and self._dirtied.get(key, -1) < stamp
 
-    def expect(self, seq: int, inodes: Iterable[int]) -> None:
-        """Own command `seq` is on its way: its feed record need not drop `inodes`, which
-        its answer (as of the same log index) brings up to date or `forget` drops."""
-        self._awaited[seq] = frozenset(inodes)
+    def expect(self, seq: int) -> None:
+        """Own command `seq` is on its way. Its answer carries the attributes of the inodes
+        it changed, which are those its feed record names: a record that comes first waits
+        for the answer (`answered`) instead of dropping them."""
+        self._awaited[seq] = None
         if len(self._awaited) > AWAITED_LIMIT:
-            del self._awaited[next(iter(self._awaited))]
+            oldest = next(iter(self._awaited))
+            self.answered(oldest, ())
 
     def answered(self, seq: int, kept: Iterable[int]) -> None:
-        """Own command `seq` answered, and its answer is kept for `kept`: its feed record, if
-        still to come, drops every other inode it names."""
-        if seq in self._awaited:
-            self._awaited[seq] = frozenset(kept)
+        """Own command `seq` answered, and its answer is kept for `kept` (nothing, if it
+        failed): every other inode its feed record names is dropped, now if the record came
+        first, else when it comes."""
+        kept = frozenset(kept)
+        early = self._early.pop(seq, None)
+        if early is None:
+            if seq in self._awaited:
+                self._awaited[seq] = kept
+            return
+        del self._awaited[seq]
+        for ino in early:
+            if ino not in kept:
+                self._drop(ino)
+        self._tick += 1
 
     def _put(self, table: dict[Any, Any], key: Any, value: Any) -> None:
         table.pop(key, None)  # to the young end
@@ -161,8 +175,13 @@ class MetaCache:
         for record in changes.records:
             own = record.client_id == self.client_id
             spared = frozenset[int]()
-            if own and record.seq is not None:
-                spared = self._awaited.pop(record.seq, spared)
+            if own and record.seq is not None and record.seq in self._awaited:
+                kept = self._awaited[record.seq]
+                if kept is None:  # before the answer: it decides
+                    self._early[record.seq] = record.inodes
+                    continue
+                spared = kept
+                del self._awaited[record.seq]
             for ino in record.inodes:
                 if ino not in spared:
                     self._drop(ino)
@@ -183,6 +202,7 @@ class MetaCache:
         self._complete.clear()
         self._dirtied.clear()
         self._awaited.clear()
+        self._early.clear()
         self._floor = self._tick = self._tick + 1
 
     def _drop(self, key: int | Name) -> None:

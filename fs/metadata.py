@@ -8,7 +8,6 @@ directory pages it lists, are kept there.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from ringfs.fs.cluster import Cluster
@@ -29,7 +28,6 @@ from ringfs.node.meta.commands import (
     ReadDir,
     Rename,
     Symlink,
-    Unlink,
 )
 
 #: Entries fetched per readdir round trip (the kernel asks for a few dozen at a time).
@@ -47,50 +45,42 @@ class Metadata:
         self.cache = cache
 
     async def apply(self, command: Command) -> Any:
-        """Apply a command (see `Cluster.meta_apply`) and bring the cache up to date with it
-        before returning: what it touched is forgotten, what it answered is kept (the kernel
-        asks next: `getattr`, and the `security.capability` probe before every write), and the
-        names it made or moved are known, so a directory whose names were all known still is
-        (the feed does not repeat this mount's own name changes). An answer is not kept for an
-        inode another client changed while the command was on its way: that change may be the
-        newer one. The command's own feed record spares what its answer kept."""
+        """Apply a command (see `Cluster.meta_command`) and bring the cache up to date with it
+        before returning: what it touched is forgotten, and the attributes the leader sent
+        back of every inode it changed are kept (the kernel asks next: the directory's
+        `getattr`, the `security.capability` probe before every write), except for an inode
+        another client changed while the command was on its way (that change may be newer).
+        The names it made or moved are known, so a directory whose names were all known still
+        is (the feed does not repeat this mount's own name changes, and its own record spares
+        what the answer kept)."""
         cache = self.cache
         inodes, names = touched(command)
         seq = self.cluster.take_seq()
-        cache.expect(seq, inodes)
+        cache.expect(seq)
         before = cache.stamp()
         try:
-            result = await self.cluster.meta_apply(command, seq)
+            answer = await self.cluster.meta_command(command, seq)
         except BaseException:
             cache.forget(inodes, names)
             cache.answered(seq, ())
             raise
+        result = answer.result
         complete = cache.complete_among({parent for parent, _ in names})
         moved = [cache.inode_of(name) for name in names] if isinstance(command, Rename) else []
-        parent = _parent_after(command, result, cache)
-        if parent is not None and not cache.may_keep(parent.ino, before):
-            parent = None
-        answer = result if isinstance(result, Attr) and cache.may_keep(result.ino, before) else None
+        fresh = {attr.ino: attr for attr in answer.attrs if cache.may_keep(attr.ino, before)}
         cache.forget(inodes, names)
         stamp = cache.stamp()
-        kept = [attr.ino for attr in (parent, answer) if attr is not None]
-        if parent is not None:
-            cache.keep_attr(parent, stamp)
-        if isinstance(command, (Mknod, Mkdir, Symlink)):
-            if answer is not None:
-                cache.keep_entry(command.parent, command.name, answer, stamp)
+        for attr in fresh.values():
+            cache.keep_attr(attr, stamp)
+        cache.answered(seq, fresh)
+        if isinstance(command, (Mknod, Mkdir, Symlink, Link)):
+            parent, name = names[-1]
+            if result.ino in fresh:
+                cache.keep_name(parent, name, result.ino, stamp)
             else:
-                complete.discard(command.parent)
-        elif isinstance(command, Link):
-            if answer is not None:
-                cache.keep_entry(command.new_parent, command.new_name, answer, stamp)
-            else:
-                complete.discard(command.new_parent)
-        elif answer is not None:
-            cache.keep_attr(answer, stamp)
-        cache.answered(seq, kept)
-        if isinstance(command, Mkdir) and answer is not None:
-            complete.add(answer.ino)  # empty, and this mount saw it born
+                complete.discard(parent)
+        if isinstance(command, Mkdir) and result.ino in fresh:
+            complete.add(result.ino)  # empty, and this mount saw it born
         if isinstance(command, Rename):
             complete -= self._renamed(command, moved, stamp)
         cache.mark_complete(complete)
@@ -176,18 +166,3 @@ class DirListing:
             return None
         rest = [entry for entry in self._page if entry.offset > after]
         return rest if rest or len(self._page) < READDIR_PAGE else None
-
-
-def _parent_after(command: Command, result: Any, cache: MetaCache) -> Attr | None:
-    """The directory's attributes after this mount created or unlinked a name in it, worked
-    out from what was cached and the command's answer, whose ctime is the command's time, as
-    the meta group sets the directory's mtime and ctime (the kernel asks for the directory's
-    attributes before each next create or unlink in it). None when not cached."""
-    if not isinstance(command, (Mknod, Mkdir, Symlink, Unlink)) or not isinstance(result, Attr):
-        return None
-    before = cache.attr(command.parent)
-    now = result.ctime_ns
-    if before is None or before.ctime_ns >= now:
-        return None  # not cached, or read after the command (by a lookup meanwhile)
-    nlink = before.nlink + (1 if isinstance(command, Mkdir) else 0)
-    return dataclasses.replace(before, nlink=nlink, mtime_ns=now, ctime_ns=now)

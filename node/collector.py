@@ -84,7 +84,7 @@ class Collector:
         confirmed = await self._delete(due, self.cmap.nodes)
         done = deleted_everywhere(due, confirmed, [node.node_id for node in self.cmap.nodes])
         if done:
-            outcome = await self.meta.apply(ForgetGarbage(tuple(done)), None, None, None)
+            outcome, _ = await self.meta.apply(ForgetGarbage(tuple(done)), None, None, None)
             if outcome.error is not None:
                 raise NodeError(outcome.error, "forgetting collected garbage")
             self.clock.forgotten(done)

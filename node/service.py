@@ -163,7 +163,7 @@ class NodeService:
     async def meta_apply(self, params: list[Any]) -> Any:
         client_id, seq, acked_below, command = _arity(params, 4, "meta.apply")
         meta = self._meta()
-        outcome = await meta.apply(
+        outcome, attrs = await meta.apply(
             command_from_wire(command),
             _bytes(client_id, "client id"),
             _optional_seq(seq, "seq"),
@@ -171,7 +171,7 @@ class NodeService:
         )
         if outcome.error is not None:
             raise NodeError(outcome.error)
-        return outcome.result
+        return [outcome.result, [attr.to_wire() for attr in attrs]]
 
     async def meta_query(self, params: list[Any]) -> Any:
         (query,) = _arity(params, 1, "meta.query")

@@ -28,7 +28,7 @@ import trio
 
 from ringfs.node.durable import fsync_dir
 from ringfs.node.errors import IN_DOUBT, NOT_LEADER, NodeError, StorageFailure
-from ringfs.node.meta.commands import Command, Entry, Init, Outcome, Query, encode_result
+from ringfs.node.meta.commands import Attr, Command, Entry, Init, Outcome, Query, encode_result
 from ringfs.node.meta.feed import Change, ChangeFeed, Changes
 from ringfs.node.meta.state import MetaState
 from ringfs.node.raft.core import Entry as LogEntry
@@ -46,6 +46,15 @@ FEED_WAIT = 0.25
 INIT_POLL = 0.2
 # The applied index a database (or an image of one) holds.
 _APPLIED = "SELECT value FROM counters WHERE name = 'applied_index'"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Applied:
+    """What applying one command gave: its outcome, and the inodes whose attributes it
+    changed (the client gets their new attributes with the outcome)."""
+
+    outcome: Outcome
+    changed: tuple[int, ...] = ()
 
 
 def stamp(command: Command, now_ns: int) -> Command:
@@ -128,17 +137,18 @@ class MetaMachine:
             results = self.state.apply_batch(commands, last_index=entries[-1].index)
         except Exception as exc:
             raise StorageFailure(f"metadata database {self.path}: {exc}") from exc
-        touched = zip(logged, commands, self.state.take_changes(), strict=True)
-        changes = [
-            Change(entry.index, client, command.seq, tuple(inodes), tuple(names))
-            for entry, command, (client, inodes, names) in touched
-            if inodes or names
-        ]
+        changes, applied = [], []
+        touched = zip(logged, commands, results, self.state.take_changes(), strict=True)
+        for entry, command, outcome, (client, inodes, names) in touched:
+            if inodes or names:
+                change = Change(entry.index, client, command.seq, tuple(inodes), tuple(names))
+                changes.append(change)
+            applied.append(Applied(outcome, tuple(inodes)))
         self.feed.add(changes, entries[-1].index)
-        outcomes = iter(results)
         self.batches += 1
         self.commands += len(commands)
-        return [next(outcomes) if e.kind is EntryKind.COMMAND else None for e in entries]
+        answers = iter(applied)
+        return [next(answers) if e.kind is EntryKind.COMMAND else None for e in entries]
 
     def applied_index(self) -> int:
         return self.state.applied_index
@@ -252,7 +262,7 @@ class ReplicatedMeta:
             if self.raft.raft.role == "leader":
                 try:
                     init = Init(self.chunk_size, os.getuid(), os.getgid(), 0)
-                    outcome = await self.apply(init, None, None, None)
+                    outcome, _ = await self.apply(init, None, None, None)
                 except NodeError:
                     outcome = None
                 if outcome is not None:
@@ -263,8 +273,9 @@ class ReplicatedMeta:
 
     async def apply(
         self, command: Command, client_id: bytes | None, seq: int | None, acked_below: int | None
-    ) -> Outcome:
-        """Replicate a command and return its outcome.
+    ) -> tuple[Outcome, list[Attr]]:
+        """Replicate a command and return its outcome, with the attributes (as of now, so of
+        the command or later) of the inodes it changed.
 
         Raises NodeError(NOT_LEADER, leader) when this node did not propose it (or another
         leader's entry took its place: it will never be applied), NodeError(IN_DOUBT, leader)
@@ -274,12 +285,12 @@ class ReplicatedMeta:
         entry = Entry(stamp(command, time.time_ns()), client_id, seq, acked_below)
         data = msgpack.packb(entry.to_wire(), use_bin_type=True)
         try:
-            outcome: Outcome = await self.raft.apply(data)
+            applied: Applied = await self.raft.apply(data)
         except NotLeader as exc:
             raise NodeError(NOT_LEADER, exc.leader or "") from None
         except LeadershipLost as exc:
             raise NodeError(IN_DOUBT, self.raft.raft.leader or "") from exc
-        return outcome
+        return applied.outcome, self.machine.state.attrs(applied.changed)
 
     async def query(self, query: Query) -> Any:
         """Answer a read-only query linearizably (on the leader, after ReadIndex)."""

@@ -18,12 +18,13 @@ still need); a regular file whose last link goes stays as an orphan with nlink 0
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import sqlite3
 import stat
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -560,6 +561,15 @@ class MetaState:
         """
         with self._lock:
             return answer(self._rows, q)
+
+    def attrs(self, inos: Iterable[int]) -> list[Attr]:
+        """The attributes of those of `inos` that exist."""
+        with self._lock:
+            found = []
+            for ino in inos:
+                with contextlib.suppress(NodeError):
+                    found.append(self._rows.get(ino).attr())
+            return found
 
     # --- snapshots and inspection -------------------------------------------------------------
 

@@ -266,19 +266,19 @@ async def test_two_last_releases_flushing_at_once_leave_the_open_state_alone(
     small_chunks: LocalNodes, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ops = await mount_ops(small_chunks, nursery)
-    real_apply = ops.cluster.meta_apply
+    real_command = ops.cluster.meta_command
     held: list[trio.Event] = []
 
-    async def held_commits(command: Command) -> Any:
+    async def held_commits(command: Command, seq: int | None = None) -> Any:
         if command.OP == "commit_chunks":
             go = trio.Event()
             held.append(go)
             await go.wait()
-        return await real_apply(command)
+        return await real_command(command, seq)
 
     first, ino = await create(ops, b"f")
     await ops.write(first, 0, b"1" * 100)
-    monkeypatch.setattr(ops.cluster, "meta_apply", held_commits)
+    monkeypatch.setattr(ops.cluster, "meta_command", held_commits)
     async with trio.open_nursery() as tasks:
         tasks.start_soon(ops.release, first)  # last handle: flushes (its commit is held)
         await until(lambda: len(held) == 1)

@@ -18,6 +18,7 @@ import pytest
 import trio
 import trio.lowlevel
 
+from ringfs.fs.cluster import Answer
 from ringfs.fs.mount import MountConfig, create_operations, wait_for_filesystem
 from ringfs.fs.operations import PURGE_DELAY, Operations
 from ringfs.node.blocks.store import BlockStore
@@ -256,14 +257,14 @@ async def test_orphans_removed_together_share_one_purge(
         await ops.release(fh)
         inos.append(ino)
     purges: list[Purge] = []
-    apply = ops.cluster.meta_apply
+    apply = ops.cluster.meta_command
 
-    async def counting(command: Command) -> object:
+    async def counting(command: Command, seq: int | None = None) -> Answer:
         if isinstance(command, Purge):
             purges.append(command)
-        return await apply(command)
+        return await apply(command, seq)
 
-    monkeypatch.setattr(ops.cluster, "meta_apply", counting)
+    monkeypatch.setattr(ops.cluster, "meta_command", counting)
     for n in range(20):
         await ops.unlink(ROOT, b"f%d" % n, CTX)
     for ino in inos:
@@ -302,9 +303,11 @@ async def test_retried_command_is_applied_once(nodes: LocalNodes) -> None:
     await wait_for_filesystem(cluster)
     command = Mkdir(ROOT, b"once", 0o755, 0, 0, 0).to_wire()
     params = [cluster.client_id, 41, 41, command]
-    first = await cluster._meta_call("meta.apply", params)
-    again = await cluster._meta_call("meta.apply", params)
+    first, changed = await cluster._meta_call("meta.apply", params)
+    again, unchanged = await cluster._meta_call("meta.apply", params)
     assert first == again
+    assert sorted(attr[0] for attr in changed) == [ROOT, first[0]]
+    assert unchanged == []  # the retry changed nothing
     with pytest.raises(NodeError) as exists:
         await cluster._meta_call("meta.apply", [cluster.client_id, 42, 42, command])
     assert exists.value.name == "EEXIST"
@@ -464,13 +467,13 @@ async def test_times_set_on_a_file_with_unflushed_writes_ride_with_their_commit(
     fh, ino = await create(ops, b"f")
     await ops.write(fh, 0, b"data")
     sent: list[str] = []
-    apply = ops.files.meta.cluster.meta_apply
+    apply = ops.files.meta.cluster.meta_command
 
-    async def counting(command: Command) -> Any:
+    async def counting(command: Command, seq: int | None = None) -> Answer:
         sent.append(command.OP)
-        return await apply(command)
+        return await apply(command, seq)
 
-    ops.files.meta.cluster.meta_apply = counting  # type: ignore[method-assign]
+    ops.files.meta.cluster.meta_command = counting  # type: ignore[method-assign]
     stamp = 1_600_000_000 * 10**9
     times = _attributes(st_mtime_ns=stamp)
     await ops.setattr(ino, times, _fields("mtime"), fh, CTX)

@@ -128,7 +128,7 @@ def test_own_commands_forget_names_and_the_inodes_they_led_to(cache: MetaCache) 
 
 
 def test_an_own_record_spares_only_what_its_answer_kept(cache: MetaCache) -> None:
-    cache.expect(1, [5, 6])
+    cache.expect(1)
     cache.keep_attr(attr(5), cache.stamp())
     cache.keep_attr(attr(6), cache.stamp())
     cache.answered(1, [5])
@@ -139,8 +139,28 @@ def test_an_own_record_spares_only_what_its_answer_kept(cache: MetaCache) -> Non
     assert cache.attr(5) is None
 
 
+def test_an_own_record_before_the_answer_leaves_it_to_the_answer(cache: MetaCache) -> None:
+    cache.expect(1)
+    cache.keep_attr(attr(5), cache.stamp())
+    cache.keep_attr(attr(6), cache.stamp())
+    before = cache.stamp()
+    cache.apply(Changes(11, False, (Change(11, ME, 1, (5, 6), ()),)), 100.0)
+    assert cache.may_keep(5, before)
+    assert cache.may_keep(6, before)
+    cache.answered(1, [5])  # the answer kept 5: 6 is dropped now
+    assert (cache.attr(5), cache.attr(6)) == (attr(5), None)
+
+
+def test_a_failed_own_command_drops_what_its_early_record_named(cache: MetaCache) -> None:
+    cache.expect(1)
+    cache.keep_attr(attr(5), cache.stamp())
+    cache.apply(Changes(11, False, (Change(11, ME, 1, (5,), ()),)), 100.0)
+    cache.answered(1, ())
+    assert cache.attr(5) is None
+
+
 def test_another_clients_record_is_never_spared(cache: MetaCache) -> None:
-    cache.expect(1, [5])
+    cache.expect(1)
     cache.keep_attr(attr(5), cache.stamp())
     cache.apply(Changes(11, False, (Change(11, OTHER, 1, (5,), ()),)), 100.0)
     assert cache.attr(5) is None

@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from ringfs.fs.cluster import Cluster
+from ringfs.fs.cluster import Answer, Cluster
 from ringfs.fs.metacache import MetaCache
 from ringfs.fs.metadata import Metadata
 from ringfs.node.errors import NodeError
@@ -33,8 +33,9 @@ def attr(ino: int, size: int = 0) -> Attr:
 
 
 class Leader:
-    """Answers each command with the next prepared result, after `during` ran (what the
-    change feed delivers while the command is on its way)."""
+    """Answers each command with the next prepared answer (a bare result comes with its own
+    attributes, if it is an Attr), after `during` ran (what the change feed delivers while the
+    command is on its way)."""
 
     def __init__(self, *results: Any) -> None:
         self.results = list(results)
@@ -45,9 +46,15 @@ class Leader:
         self.seq += 1
         return self.seq
 
-    async def meta_apply(self, command: Command, seq: int = 0) -> Any:
+    async def meta_command(self, command: Command, seq: int) -> Answer:
         self.during()
-        return self.results.pop(0)
+        return answer(self.results.pop(0))
+
+
+def answer(result: Any) -> Answer:
+    if isinstance(result, Answer):
+        return result
+    return Answer(result, [result] if isinstance(result, Attr) else [])
 
 
 def metadata(leader: Leader) -> Metadata:
@@ -106,7 +113,7 @@ async def test_a_failed_command_makes_its_directories_unknown() -> None:
     await meta.apply(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 0))
 
     class Refusing(Leader):
-        async def meta_apply(self, command: Command, seq: int = 0) -> Any:
+        async def meta_command(self, command: Command, seq: int) -> Answer:
             raise NodeError("EEXIST", "")
 
     meta.cluster = cast(Cluster, Refusing())
@@ -134,22 +141,15 @@ async def test_an_exchange_swaps_the_names() -> None:
     assert meta.cache.known_missing(5, b"c")
 
 
-async def test_the_directory_a_name_was_made_in_is_worked_out_not_asked_for() -> None:
-    made = dataclasses.replace(dir_attr(9), ctime_ns=50, mtime_ns=50)
-    meta = metadata(Leader(made, dataclasses.replace(attr(10), ctime_ns=60)))
-    meta.cache.keep_attr(dir_attr(5), meta.cache.stamp())  # mtime and ctime 1, nlink 2
+async def test_the_attributes_the_leader_sent_back_are_kept() -> None:
+    """The directory a name was made in: the kernel asks for it before the next create."""
+    parent = dataclasses.replace(dir_attr(5), nlink=3, mtime_ns=50, ctime_ns=50)
+    made = dataclasses.replace(dir_attr(9), ctime_ns=50)
+    meta = metadata(Leader(Answer(made, [parent, made])))
+    meta.cache.keep_attr(dir_attr(5), meta.cache.stamp())
     await meta.apply(Mkdir(5, b"sub", 0o755, 0, 0, 0))
-    assert meta.cache.attr(5) == dataclasses.replace(dir_attr(5), nlink=3, mtime_ns=50, ctime_ns=50)
-    await meta.apply(Unlink(5, b"gone", 0))
-    assert meta.cache.attr(5) == dataclasses.replace(dir_attr(5), nlink=3, mtime_ns=60, ctime_ns=60)
-
-
-async def test_a_directory_read_after_the_command_is_not_counted_twice() -> None:
-    meta = metadata(Leader(dataclasses.replace(dir_attr(9), ctime_ns=50)))
-    after = dataclasses.replace(dir_attr(5), nlink=3, mtime_ns=50, ctime_ns=50)
-    meta.cache.keep_attr(after, meta.cache.stamp())  # a getattr answered after the mkdir
-    await meta.apply(Mkdir(5, b"sub", 0o755, 0, 0, 0))
-    assert meta.cache.attr(5) is None  # asked for again, not worked out from the wrong base
+    assert (meta.cache.attr(5), meta.cache.attr(9)) == (parent, made)
+    assert meta.cache.lookup(5, b"sub") == made
 
 
 def feed(meta: Metadata, *records: Change) -> None:
@@ -157,13 +157,14 @@ def feed(meta: Metadata, *records: Change) -> None:
 
 
 UNLINKED = dataclasses.replace(attr(10), nlink=0, ctime_ns=60)
-#: The directory after the unlink, as the mount works it out.
+#: The directory after the unlink.
 EMPTIED = dataclasses.replace(dir_attr(5), mtime_ns=60, ctime_ns=60)
+UNLINK = Answer(UNLINKED, [EMPTIED, UNLINKED])
 
 
-async def test_the_own_record_of_an_unlink_spares_the_directory_it_worked_out() -> None:
+async def test_the_own_record_of_an_unlink_spares_what_its_answer_kept() -> None:
     """`rm -r`: the kernel asks for the directory's attributes before each next unlink."""
-    meta = metadata(Leader(UNLINKED))
+    meta = metadata(Leader(UNLINK))
     meta.cache.keep_attr(dir_attr(5), meta.cache.stamp())
     await meta.apply(Unlink(5, b"gone", 0))
     feed(meta, Change(2, meta.cache.client_id, 1, (5, 10), ((5, b"gone"),)))
@@ -171,7 +172,7 @@ async def test_the_own_record_of_an_unlink_spares_the_directory_it_worked_out() 
 
 
 async def test_the_own_record_may_come_before_the_answer() -> None:
-    leader = Leader(UNLINKED)
+    leader = Leader(UNLINK)
     meta = metadata(leader)
     meta.cache.keep_attr(dir_attr(5), meta.cache.stamp())
     leader.during = lambda: feed(meta, Change(2, meta.cache.client_id, 1, (5, 10), ()))
@@ -199,11 +200,11 @@ async def test_an_older_answer_never_replaces_a_newer_one_of_the_same_mount() ->
     first_may_answer = trio.Event()
 
     class Slow(Leader):
-        async def meta_apply(self, command: Command, seq: int = 0) -> Any:
+        async def meta_command(self, command: Command, seq: int) -> Answer:
             result = self.results.pop(0)
             if seq == 1:
                 await first_may_answer.wait()
-            return result
+            return answer(result)
 
     meta = metadata(Slow(attr(5, size=1), attr(5, size=2)))
     async with trio.open_nursery() as nursery:

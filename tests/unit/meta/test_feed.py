@@ -104,7 +104,7 @@ def test_changes_travel_and_malformed_ones_are_refused() -> None:
 def applied(machine: MetaMachine, index: int, *entries: Entry) -> list[Change]:
     before = machine.feed.applied
     results = machine.apply([command(index + i, e) for i, e in enumerate(entries)])
-    assert all(r.error is None for r in results), results
+    assert all(r.outcome.error is None for r in results), results
     return list(machine.feed.since(before).records)
 
 
@@ -134,8 +134,8 @@ def test_each_command_notes_the_inodes_and_names_it_changed(machine: MetaMachine
 def test_a_failed_command_changed_nothing(machine: MetaMachine) -> None:
     machine.apply([mkdir(2, b"a")])
     before = machine.feed.applied
-    [outcome] = machine.apply([mkdir(3, b"a")])  # EEXIST
-    assert outcome.error == "EEXIST"
+    [applied] = machine.apply([mkdir(3, b"a")])  # EEXIST
+    assert applied.outcome.error == "EEXIST"
     assert machine.feed.since(before) == Changes(3, False, ())
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from ringfs.node.errors import StorageFailure
 from ringfs.node.meta.commands import ROOT_INO, Entry, Init, Mkdir, Outcome
-from ringfs.node.meta.replica import MetaMachine
+from ringfs.node.meta.replica import Applied, MetaMachine
 from ringfs.node.raft.core import Entry as LogEntry
 from ringfs.node.raft.core import EntryKind, SnapshotMeta
 
@@ -38,9 +38,10 @@ def test_entries_apply_in_one_batch_with_their_index(machine: MetaMachine) -> No
     noop = LogEntry(1, 3, EntryKind.NOOP, b"")
     results = machine.apply([mkdir(2, b"a"), noop, mkdir(4, b"a")])
     assert results[1] is None
-    assert isinstance(results[0], Outcome)
-    assert results[0].error is None
-    assert results[2] == Outcome(None, "EEXIST")
+    assert isinstance(results[0], Applied)
+    assert results[0].outcome.error is None
+    assert results[0].changed == (ROOT_INO, 2)  # the parent and the new directory
+    assert results[2] == Applied(Outcome(None, "EEXIST"), ())
     assert machine.applied_index() == 4
 
 
