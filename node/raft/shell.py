@@ -378,7 +378,7 @@ class RaftNode:
         for message in early:
             self.transport.send(message)
         if ready.hard_state is not None or ready.truncate_from is not None or ready.append:
-            await self._io(self.storage.save, ready.hard_state, ready.truncate_from, ready.append)
+            await self._save(ready)
         if ready.install_snapshot is not None and image is not None:
             await self._install(ready.install_snapshot, image)
         sent = {id(message) for message in early}
@@ -396,6 +396,16 @@ class RaftNode:
         self._snapshots.forget(self._was_leader, self.raft.match_index)
         if self._snapshots.due(self._applied, self.raft):
             self._start_snapshot()
+
+    async def _save(self, ready: Ready) -> None:
+        """A leader writes in a worker thread, while its AppendRequests travel and the
+        followers write theirs. Any other member has nothing to overlap with its write (it
+        answers only after it), so it writes inline: a thread hop would only add wake-ups."""
+        changes = (ready.hard_state, ready.truncate_from, ready.append)
+        if self.raft.role == "leader":
+            await self._io(self.storage.save, *changes)
+        else:
+            self.storage.save(*changes)
 
     # -- applying ----------------------------------------------------------------------------
 

@@ -43,7 +43,8 @@ _ADD_RECOVERING = "ALTER TABLE hard_state ADD COLUMN recovering INTEGER NOT NULL
 
 
 class RaftLog:
-    """`RaftStorage` on SQLite. Blocking: the shell calls it from a worker thread."""
+    """`RaftStorage` on SQLite. Blocking: the shell calls it from a worker thread, except for
+    a follower's `save` (see `RaftNode._save`)."""
 
     def __init__(self, path: Path | str) -> None:
         self._path = path
