@@ -42,6 +42,9 @@ T = TypeVar("T")
 
 # Seconds a poll of the change feed waits for a change before it answers that nothing changed.
 FEED_WAIT = 0.25
+# Seconds a poll that waited goes on gathering after the first change: one answer then carries
+# the next few commands' changes too, where one after another each would cost a round trip.
+FEED_GATHER = 0.005
 # Seconds between checks that the filesystem exists, until this node made sure it does.
 INIT_POLL = 0.2
 # The applied index a database (or an image of one) holds.
@@ -307,8 +310,10 @@ class ReplicatedMeta:
         `FEED_WAIT` for a first change, so a mount's poll doubles as its heartbeat."""
         if self.raft.raft.role != "leader":
             raise NodeError(NOT_LEADER, self.raft.raft.leader or "")
-        with trio.move_on_after(FEED_WAIT):
-            await self.machine.feed.wait_after(since)
+        if self.machine.feed.applied <= since:
+            with trio.move_on_after(FEED_WAIT):
+                await self.machine.feed.wait_after(since)
+                await trio.sleep(FEED_GATHER)
 
         def run(machine: StateMachine) -> Changes:
             assert isinstance(machine, MetaMachine)
