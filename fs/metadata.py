@@ -132,8 +132,13 @@ class Metadata:
         return page
 
     async def read_chunks(self, ino: int) -> tuple[Attr, list[Chunk]]:
-        """Attributes and chunk map, from the leader (see `Cluster.read_chunks`)."""
-        return await self.cluster.read_chunks(ino)
+        """Attributes and chunk map, from the leader (see `Cluster.read_chunks`). The
+        attributes are kept: a `stat` after an open must not show an older file than the open
+        does, whether or not the feed told of the change yet."""
+        stamp = self.cache.stamp()
+        attr, chunks = await self.cluster.read_chunks(ino)
+        self.cache.keep_attr(attr, stamp)
+        return attr, chunks
 
     def without_xattrs(self, ino: int) -> bool:
         """Whether the inode is known, now, to have no extended attributes."""

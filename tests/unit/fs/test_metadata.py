@@ -216,3 +216,17 @@ async def test_an_older_answer_never_replaces_a_newer_one_of_the_same_mount() ->
     me = meta.cache.client_id
     feed(meta, Change(2, me, 1, (5,), ()), Change(3, me, 2, (5,), ()))
     assert meta.cache.attr(5) in (None, attr(5, size=2))
+
+
+async def test_an_open_keeps_the_attributes_it_read() -> None:
+    """Close-to-open: the open reads the file again; a stat after it shows that file, even
+    before the feed tells of the other client's change."""
+
+    class Reading(Leader):
+        async def read_chunks(self, ino: int) -> tuple[Attr, list[Any]]:
+            return attr(ino, size=20), []
+
+    meta = metadata(Reading())
+    meta.cache.keep_attr(attr(7, size=10), meta.cache.stamp())
+    await meta.read_chunks(7)
+    assert meta.cache.attr(7) == attr(7, size=20)
