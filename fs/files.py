@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
@@ -34,7 +35,14 @@ from ringfs.fs.writelog import Piece, WriteLog, by_chunk, intersect, merge, reba
 from ringfs.node.blocks.store import checksum as block_checksum
 from ringfs.node.errors import CHANGED, NodeError, Unavailable
 from ringfs.node.meta import commands
-from ringfs.node.meta.commands import INLINE_MAX, Attr, Chunk, ChunkUpdate, CommitChunks
+from ringfs.node.meta.commands import (
+    INLINE_MAX,
+    Attr,
+    Chunk,
+    ChunkUpdate,
+    CommitChunks,
+    Setattr,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +53,21 @@ READAHEAD_CHUNKS = 5
 
 
 @dataclass(frozen=True)
-class Times:
-    """Times a commit sets explicitly (utimensat); None: atime stays, mtime becomes now."""
+class AttrUpdate:
+    """What a commit sets explicitly besides the data (utimensat, chmod); None: atime and
+    mode stay, mtime becomes now."""
 
     atime_ns: int | None = None
     mtime_ns: int | None = None
+    mode: int | None = None
+
+    def then(self, later: AttrUpdate) -> AttrUpdate:
+        """This update followed by `later`: what `later` sets wins."""
+        return AttrUpdate(
+            self.atime_ns if later.atime_ns is None else later.atime_ns,
+            self.mtime_ns if later.mtime_ns is None else later.mtime_ns,
+            self.mode if later.mode is None else later.mode,
+        )
 
 
 class _Buffer:
@@ -128,6 +146,8 @@ class FileState:
         #: Last releases still flushing: the state stays while one does.
         self.closing = 0
         self.modified_ns: int | None = None
+        #: chmod and utimensat made while writes were unflushed: the next commit sets them.
+        self.deferred = AttrUpdate()
         #: Set when a commit showed that another client changed the file since this one read
         #: it: the kernel's cached pages of the file may be stale.
         self.cache_stale = False
@@ -154,20 +174,39 @@ class FileState:
 
     @property
     def dirty(self) -> bool:
-        """True while anything written is not yet committed."""
-        return bool(self._dirty or self._uploads or self._to_commit or self.size > self.attr.size)
+        """True while anything written, or any deferred change, is not yet committed."""
+        stored = self._dirty or self._uploads or self._to_commit or self.size > self.attr.size
+        return bool(stored) or self.deferred_changes
+
+    @property
+    def deferred_changes(self) -> bool:
+        return self.deferred != AttrUpdate()
 
     def overlay(self, committed: Attr) -> Attr:
-        """Attributes from the metadata with this client's unflushed size and mtime laid over."""
+        """Attributes from the metadata with this client's unflushed size, times and mode laid
+        over."""
         if not self.dirty:
             return committed
-        mtime = self.modified_ns or committed.mtime_ns
+        deferred = self.deferred
+        mtime = deferred.mtime_ns or self.modified_ns or committed.mtime_ns
+        mode = committed.mode
+        if deferred.mode is not None:
+            mode = stat.S_IFMT(mode) | stat.S_IMODE(deferred.mode)
         return replace(
             committed,
+            mode=mode,
             size=max(self.size, committed.size),
+            atime_ns=deferred.atime_ns or committed.atime_ns,
             mtime_ns=mtime,
-            ctime_ns=max(mtime, committed.ctime_ns),
+            ctime_ns=max(mtime, self.modified_ns or 0, committed.ctime_ns),
         )
+
+    def defer(self, update: AttrUpdate) -> Attr:
+        """Set times and mode with the commit of the unflushed writes (at flush, fsync or the
+        last close): one metadata round for them all, where `cp -a` asks for three (write,
+        utimensat, chmod, close). Returns the attributes as this client now shows them."""
+        self.deferred = self.deferred.then(update)
+        return self.overlay(self.attr)
 
     @contextlib.asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
@@ -266,6 +305,8 @@ class FileState:
                 if buffer.end == chunk_size and within + count == chunk_size:
                     self.start_upload(idx)
             self.modified_ns = time.time_ns()
+            # A write after utimensat makes mtime the write's time again.
+            self.deferred = replace(self.deferred, mtime_ns=None)
         return len(data)
 
     def _note_append(self, start: int, end: int) -> None:
@@ -381,30 +422,24 @@ class FileState:
     # -- flushing ----------------------------------------------------------------------------
 
     async def flush(self) -> Attr:
-        """Store everything written so far, then commit it; returns the new attributes.
+        """Store everything written so far, then commit it with the deferred times and mode;
+        returns the new attributes.
 
         Waits only for the chunks written before the call (and their rewrites), not for
         writes that go on meanwhile. Raises the upload failure (`Unavailable`/`NodeError`)
         if a chunk written before the call could not reach a write quorum; its bytes stay
         buffered for the next flush.
         """
-        attr, _ = await self._flush(Times())
-        return attr
-
-    async def flush_with_times(self, times: Times) -> Attr | None:
-        """`flush`, with the commit also setting these times: one metadata round for both, as
-        `tar` asks for them (write, futimens, close). None if there was nothing to commit:
-        then the caller sets the times itself."""
-        attr, committed = await self._flush(times)
-        return attr if committed else None
-
-    async def _flush(self, times: Times) -> tuple[Attr, bool]:
         async with _held(self._flush_lock):
             await self._store_all(self._write_seq)
             while True:
                 try:
-                    committed = await self._commit(times)
-                    return self.attr, committed
+                    deferred = self.deferred
+                    if not await self._commit(deferred) and deferred != AttrUpdate():
+                        await self._set(deferred)  # nothing stored was left to carry it
+                    if self.deferred == deferred:
+                        self.deferred = AttrUpdate()
+                    return self.attr
                 except NodeError as exc:
                     if exc.name != CHANGED:
                         raise
@@ -434,16 +469,22 @@ class FileState:
             if idx in self.failed:
                 raise self.failed[idx]
 
-    async def _commit(self, times: Times) -> bool:
+    async def _commit(self, update: AttrUpdate) -> bool:
         """Commit every stored chunk, in pages of what one message carries; whether there was
         anything to commit."""
         committing = sorted(self._to_commit)
         per_message = commands.CHUNKS_PER_MESSAGE
         for start in range(0, len(committing), per_message):
-            await self._commit_page(committing[start : start + per_message], times)
+            await self._commit_page(committing[start : start + per_message], update)
         return bool(committing)
 
-    async def _commit_page(self, indexes: list[int], times: Times) -> None:
+    async def _set(self, update: AttrUpdate) -> None:
+        command = Setattr(
+            self.ino, update.mode, None, None, None, update.atime_ns, update.mtime_ns, 0
+        )
+        self.attr = await self.ctx.meta.apply(command)
+
+    async def _commit_page(self, indexes: list[int], update: AttrUpdate) -> None:
         """One compare-and-set commit: it fails with CHANGED if another client came first."""
         chunk_size = self.ctx.chunk_size
         taken = {idx: (self.chunks[idx], self._to_commit[idx]) for idx in indexes}
@@ -454,7 +495,9 @@ class FileState:
         size = max(idx * chunk_size + self._logs[idx].end(upto) for idx, (_, upto) in taken.items())
         expect = self._append_base if self._appended else None
         version = self.attr.version
-        commit = CommitChunks(self.ino, updates, size, expect, times.atime_ns, times.mtime_ns, 0)
+        commit = CommitChunks(
+            self.ino, updates, size, expect, update.atime_ns, update.mtime_ns, update.mode, 0
+        )
         attr: Attr = await self.ctx.meta.apply(commit)
         for idx, (chunk, upto) in taken.items():
             self._committed(idx, chunk, upto)

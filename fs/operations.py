@@ -21,7 +21,7 @@ from pyfuse3 import FileHandleT, FileNameT, InodeT
 
 from ringfs.fs.cluster import Cluster
 from ringfs.fs.errors import fuse_errors
-from ringfs.fs.files import FileContext, FileState, Times
+from ringfs.fs.files import AttrUpdate, FileContext, FileState
 from ringfs.fs.metadata import DOTS, DirListing
 from ringfs.node.errors import NodeError, ProtocolError, Unavailable
 from ringfs.node.meta.commands import (
@@ -279,8 +279,11 @@ class Operations(pyfuse3.Operations):
     async def _setattr(self, command: Setattr) -> Attr:
         """Apply a Setattr, keeping this client's state of the file (if open) consistent.
 
-        A size or time change first commits our own writes, so that their commit cannot undo
-        it; a truncation also holds writes off until the new size is in place.
+        Times and a mode that only adds permissions, set on a file with unflushed writes,
+        ride with the commit of those writes (see `FileState.defer`); a mode that takes
+        permissions away takes effect at once everywhere. A size, owner or time change
+        applied now first commits our own writes and deferred changes, so that their commit
+        cannot undo it; a truncation also holds writes off until the new size is in place.
         """
         state = self._open.get(command.ino)
         if state is None:
@@ -292,17 +295,13 @@ class Operations(pyfuse3.Operations):
                 result = await self._apply(command)
                 state.truncated(result)
             return result
-        times = Times(command.atime_ns, command.mtime_ns)
-        if times != Times():
-            only_times = command.mode is None and command.uid is None and command.gid is None
-            if only_times and state.dirty:
-                # Set with the commit of the unflushed writes: one round, where `tar` asks for
-                # two (write, futimens, close).
-                committed = await state.flush_with_times(times)
-                if committed is not None:
-                    return committed
-            else:
-                await state.flush()
+        update = AttrUpdate(command.atime_ns, command.mtime_ns, command.mode)
+        if command.uid is None and command.gid is None and state.dirty:
+            shown = state.overlay(state.attr).mode
+            if command.mode is None or not stat.S_IMODE(shown) & ~stat.S_IMODE(command.mode):
+                return state.defer(update)
+        if update.atime_ns is not None or update.mtime_ns is not None or state.deferred_changes:
+            await state.flush()
         result = await self._apply(command)
         state.attr = result
         return result

@@ -328,10 +328,11 @@ class CommitChunks(_Message):
     updates: tuple[ChunkUpdate, ...]
     size: int
     expect_size: int | None
-    #: Times to set as well (utimensat on a file with unflushed writes): one round for both.
-    #: Without them, mtime becomes ``now_ns`` and atime stays.
+    #: Times and permission bits to set as well (utimensat and chmod of a file with unflushed
+    #: writes): one round for all. Without them, mtime becomes ``now_ns``, atime and mode stay.
     atime_ns: int | None
     mtime_ns: int | None
+    mode: int | None
     now_ns: int
 
 

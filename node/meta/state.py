@@ -490,6 +490,8 @@ class MetaState:
         node.mtime_ns = c.now_ns if c.mtime_ns is None else c.mtime_ns
         if c.atime_ns is not None:
             node.atime_ns = c.atime_ns
+        if c.mode is not None:
+            node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(c.mode)
         node.version += 1
         self._rows.save(node)
         return self._rows.get(node.ino).attr()

@@ -39,7 +39,7 @@ async def write_chunk(cluster: Cluster, ino: int, data: bytes, base: Chunk | Non
     stored = await cluster.put_block(os.urandom(16), memoryview(data), checksum(data))
     chunk = Chunk(0, stored.block_id, len(data), stored.checksum)
     update = ChunkUpdate(chunk, base.block_id if base else b"", base.length if base else 0)
-    await cluster.meta_apply(CommitChunks(ino, (update,), len(data), None, None, None, 0))
+    await cluster.meta_apply(CommitChunks(ino, (update,), len(data), None, None, None, None, 0))
     return chunk
 
 

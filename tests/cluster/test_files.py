@@ -458,14 +458,8 @@ async def test_the_kernel_forgets_what_other_clients_change_and_not_its_own(
     assert (await theirs.getattr(ino, CTX)).st_mode & 0o777 == 0o640
 
 
-async def test_times_set_on_a_file_with_unflushed_writes_ride_with_their_commit(
-    nodes: LocalNodes, nursery: trio.Nursery
-) -> None:
-    """What `tar x` does for every file: write, futimens(fd), close: one metadata round for
-    the data and the times, and the times are the ones asked for."""
-    ops = await mount_ops(nodes, nursery)
-    fh, ino = await create(ops, b"f")
-    await ops.write(fh, 0, b"data")
+def counted(ops: Operations) -> list[str]:
+    """The metadata commands `ops` sends from now on, by name."""
     sent: list[str] = []
     apply = ops.files.meta.cluster.meta_command
 
@@ -474,14 +468,86 @@ async def test_times_set_on_a_file_with_unflushed_writes_ride_with_their_commit(
         return await apply(command, seq)
 
     ops.files.meta.cluster.meta_command = counting  # type: ignore[method-assign]
-    stamp = 1_600_000_000 * 10**9
-    times = _attributes(st_mtime_ns=stamp)
+    return sent
+
+
+STAMP = 1_600_000_000 * 10**9
+
+
+async def test_times_set_on_a_file_with_unflushed_writes_ride_with_their_commit(
+    nodes: LocalNodes, nursery: trio.Nursery
+) -> None:
+    """What `tar x` does for every file: write, futimens(fd), close: one metadata round for
+    the data and the times, and the times are the ones asked for."""
+    ops = await mount_ops(nodes, nursery)
+    fh, ino = await create(ops, b"f")
+    await ops.write(fh, 0, b"data")
+    sent = counted(ops)
+    times = _attributes(st_mtime_ns=STAMP)
     await ops.setattr(ino, times, _fields("mtime"), fh, CTX)
+    assert (await ops.getattr(ino, CTX)).st_mtime_ns == STAMP  # shown at once
     await ops.release(fh)
     assert sent == ["commit_chunks"]
     attr = await ops.getattr(ino, CTX)
-    assert (attr.st_mtime_ns, attr.st_size) == (stamp, 4)
+    assert (attr.st_mtime_ns, attr.st_size) == (STAMP, 4)
     # With nothing to commit, the times are set alone.
-    await ops.setattr(ino, _attributes(st_mtime_ns=stamp + 1), _fields("mtime"), None, CTX)
+    await ops.setattr(ino, _attributes(st_mtime_ns=STAMP + 1), _fields("mtime"), None, CTX)
     assert sent == ["commit_chunks", "setattr"]
-    assert (await ops.getattr(ino, CTX)).st_mtime_ns == stamp + 1
+    assert (await ops.getattr(ino, CTX)).st_mtime_ns == STAMP + 1
+
+
+async def test_what_cp_a_sets_rides_with_the_commit_and_another_mount_sees_it(
+    nodes: LocalNodes, nursery: trio.Nursery
+) -> None:
+    """`cp -a`: create 0600, write, utimensat(fd), fchmod 0644, close: one metadata round
+    after the create, and another mount opening the file then sees data, times and mode."""
+    ops, other = await mount_ops(nodes, nursery), await mount_ops(nodes, nursery)
+    fh, ino = await create(ops, b"f")
+    await ops.write(fh, 0, b"copied")
+    sent = counted(ops)
+    await ops.setattr(ino, _attributes(st_mtime_ns=STAMP), _fields("mtime"), fh, CTX)
+    await ops.setattr(ino, _attributes(st_mode=stat.S_IFREG | 0o644), _fields("mode"), None, CTX)
+    assert stat.S_IMODE((await ops.getattr(ino, CTX)).st_mode) == 0o644
+    await ops.release(fh)
+    assert sent == ["commit_chunks"]
+    theirs = int((await other.open(ino, os.O_RDONLY, CTX)).fh)
+    attr = await other.getattr(ino, CTX)
+    assert (stat.S_IMODE(attr.st_mode), attr.st_mtime_ns) == (0o644, STAMP)
+    assert await other.read(theirs, 0, 100) == b"copied"
+    await other.release(theirs)
+
+
+async def test_a_mode_that_takes_permissions_away_applies_at_once(
+    nodes: LocalNodes, nursery: trio.Nursery
+) -> None:
+    ops, other = await mount_ops(nodes, nursery), await mount_ops(nodes, nursery)
+    fh, ino = await create(ops, b"f")  # 0644
+    await ops.write(fh, 0, b"secret")
+    sent = counted(ops)
+    await ops.setattr(ino, _attributes(st_mode=stat.S_IFREG | 0o640), _fields("mode"), None, CTX)
+    assert sent == ["setattr"]
+    assert stat.S_IMODE((await other.getattr(ino, CTX)).st_mode) == 0o640
+    # After a deferred change, the deferred one is committed first: it cannot undo this one.
+    await ops.setattr(ino, _attributes(st_mtime_ns=STAMP), _fields("mtime"), fh, CTX)
+    await ops.setattr(ino, _attributes(st_mode=stat.S_IFREG | 0o600), _fields("mode"), None, CTX)
+    assert sent == ["setattr", "commit_chunks", "setattr"]
+    assert stat.S_IMODE((await other.getattr(ino, CTX)).st_mode) == 0o600
+    await ops.release(fh)
+    attr = await other.getattr(ino, CTX)
+    assert (stat.S_IMODE(attr.st_mode), attr.st_mtime_ns) == (0o600, STAMP)
+
+
+async def test_a_write_after_utimensat_makes_mtime_the_writes_again(
+    nodes: LocalNodes, nursery: trio.Nursery
+) -> None:
+    ops = await mount_ops(nodes, nursery)
+    fh, ino = await create(ops, b"f")
+    await ops.write(fh, 0, b"data")
+    times = _attributes(st_atime_ns=STAMP, st_mtime_ns=STAMP)
+    both = SimpleNamespace(**{**vars(_fields("atime")), "update_mtime": True})
+    await ops.setattr(ino, times, both, fh, CTX)
+    await ops.write(fh, 4, b"more")
+    await ops.release(fh)
+    attr = await ops.getattr(ino, CTX)
+    assert attr.st_atime_ns == STAMP
+    assert attr.st_mtime_ns > STAMP

@@ -13,6 +13,8 @@ checked byte for byte.
 from __future__ import annotations
 
 import os
+import stat
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -162,3 +164,25 @@ def test_an_open_after_a_lookup_reads_what_another_mount_closed(two: tuple[Path,
     with open(a / "f", "ab") as file:
         file.write(more)
     assert (b / "f").read_bytes() == first + more
+
+
+def test_cp_a_shows_content_mode_and_times_in_another_mount(
+    two: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`cp -a` sets times and mode between its last write and close; they ride with the data's
+    commit, and another mount sees all three as the source has them."""
+    a, b = two
+    source = tmp_path / "tree"
+    (source / "sub").mkdir(parents=True)
+    files = {"sub/tool": (os.urandom(70_000), 0o755), "notes": (os.urandom(3000), 0o640)}
+    for name, (data, mode) in files.items():
+        (source / name).write_bytes(data)
+        os.chmod(source / name, mode)
+        os.utime(source / name, ns=(1_500_000_000 * 10**9, 1_600_000_000 * 10**9 + 7))
+    subprocess.run(["cp", "-a", str(source), str(a / "copy")], check=True)
+    for name, (data, mode) in files.items():
+        there = b / "copy" / name
+        assert there.read_bytes() == data
+        st = os.stat(there)
+        assert stat.S_IMODE(st.st_mode) == mode
+        assert st.st_mtime_ns == 1_600_000_000 * 10**9 + 7

@@ -195,7 +195,7 @@ def test_the_oldest_go_first_when_full(clock: Clock) -> None:
         (Purge((8, 9)), [8, 9], []),
         (Setattr(4, None, None, None, 0, None, None, 0), [4], []),
         (SetXattr(4, b"user.a", b"", 0, 0), [4], []),
-        (CommitChunks(4, (), 0, None, None, None, 0), [4], []),
+        (CommitChunks(4, (), 0, None, None, None, None, 0), [4], []),
     ],
 )
 def test_what_a_command_touches(command: Command, inodes: list[int], names: object) -> None:

@@ -69,9 +69,10 @@ COMMAND_SAMPLES = [
         None,
         None,
         None,
+        None,
         11,
     ),
-    CommitChunks(2, (), 20000, 12, 3, 4, 11),
+    CommitChunks(2, (), 20000, 12, 3, 4, 0o600, 11),
     SetXattr(2, b"user.x", b"\x00value", 1, 12),
     RemoveXattr(2, b"user.x", 13),
     Purge((2, 7)),
@@ -105,11 +106,13 @@ def test_samples_cover_every_op() -> None:
 def test_wire_form_is_op_then_fields_in_order() -> None:
     assert Rename(1, b"a", 2, b"b", 1, 8).to_wire() == ["rename", 1, b"a", 2, b"b", 1, 8]
     assert FsInfo().to_wire() == ["fsinfo"]
-    assert CommitChunks(2, (ChunkUpdate(CHUNK, BLOCK, 7),), 5, None, None, None, 6).to_wire() == [
+    commit = CommitChunks(2, (ChunkUpdate(CHUNK, BLOCK, 7),), 5, None, None, None, None, 6)
+    assert commit.to_wire() == [
         "commit_chunks",
         2,
         [[[3, BLOCK, 100, SUM, b""], BLOCK, 7]],
         5,
+        None,
         None,
         None,
         None,

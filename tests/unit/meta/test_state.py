@@ -94,7 +94,7 @@ def blind(
         updates.append(
             ChunkUpdate(c, b"", 0) if base is None else ChunkUpdate(c, base.block_id, base.length)
         )
-    return CommitChunks(ino, tuple(updates), size, None, None, None, now)
+    return CommitChunks(ino, tuple(updates), size, None, None, None, None, now)
 
 
 @pytest.fixture
@@ -653,30 +653,34 @@ def test_commit_applies_only_on_the_bases_it_was_built_on(meta: MetaState) -> No
     f = mkfile(meta, ROOT_INO, b"f")
     ok(meta, blind(meta, f, (chunk(0, 1, 100),), 100))
     # Another writer's commit, built on the same view, came first: this one changes nothing.
-    stale = CommitChunks(f, (ChunkUpdate(chunk(0, 3, 200), b"", 0),), 200, None, None, None, T0)
+    stale = CommitChunks(
+        f, (ChunkUpdate(chunk(0, 3, 200), b"", 0),), 200, None, None, None, None, T0
+    )
     fails(meta, stale, "ECHANGED")
     fails(
         meta,
-        CommitChunks(f, (ChunkUpdate(chunk(0, 3), block(9), 100),), CS, None, None, None, T0),
+        CommitChunks(f, (ChunkUpdate(chunk(0, 3), block(9), 100),), CS, None, None, None, None, T0),
         "ECHANGED",
     )
     # The right block at another length (a truncation since) is a change too.
     ok(meta, Setattr(f, None, None, None, 50, None, None, T0))
     fails(
         meta,
-        CommitChunks(f, (ChunkUpdate(chunk(0, 3), block(1), 100),), CS, None, None, None, T0),
+        CommitChunks(f, (ChunkUpdate(chunk(0, 3), block(1), 100),), CS, None, None, None, None, T0),
         "ECHANGED",
     )
     ok(
         meta,
-        CommitChunks(f, (ChunkUpdate(chunk(0, 3, 60), block(1), 50),), 60, None, None, None, T0),
+        CommitChunks(
+            f, (ChunkUpdate(chunk(0, 3, 60), block(1), 50),), 60, None, None, None, None, T0
+        ),
     )
     assert meta.query(ReadChunks(f, 0, 100))[1] == [chunk(0, 3, 60)]
     assert meta.query(Garbage(10)) == [block(1)]
     # A chunk that did not exist must still not exist.
     fails(
         meta,
-        CommitChunks(f, (ChunkUpdate(chunk(0, 4), b"", 0),), CS, None, None, None, T0),
+        CommitChunks(f, (ChunkUpdate(chunk(0, 4), b"", 0),), CS, None, None, None, None, T0),
         "ECHANGED",
     )
 
@@ -685,8 +689,8 @@ def test_an_append_commits_only_at_the_size_it_expects(meta: MetaState) -> None:
     f = mkfile(meta, ROOT_INO, b"f")
     ok(meta, blind(meta, f, (chunk(0, 1, 100),), 100))
     append = ChunkUpdate(chunk(0, 2, 150), block(1), 100)
-    fails(meta, CommitChunks(f, (append,), 150, 90, None, None, T0), "ECHANGED")
-    done: Attr = ok(meta, CommitChunks(f, (append,), 150, 100, None, None, T0))
+    fails(meta, CommitChunks(f, (append,), 150, 90, None, None, None, T0), "ECHANGED")
+    done: Attr = ok(meta, CommitChunks(f, (append,), 150, 100, None, None, None, T0))
     assert done.size == 150
 
 
@@ -1028,8 +1032,8 @@ _SETUP: list[Command] = [
     Mknod(3, b"a", REG, 0, UID, GID, T0),  # 7
     Symlink(3, b"c", b"a", UID, GID, T0),  # 8
     Mkdir(4, b"d", 0o755, UID, GID, T0),  # 9
-    CommitChunks(7, (new(chunk(0, 1)), new(chunk(1, 2, 10))), CS + 10, None, None, None, T0),
-    CommitChunks(5, (new(chunk(0, 3, 5)),), 5, None, None, None, T0),
+    CommitChunks(7, (new(chunk(0, 1)), new(chunk(1, 2, 10))), CS + 10, None, None, None, None, T0),
+    CommitChunks(5, (new(chunk(0, 3, 5)),), 5, None, None, None, None, T0),
 ]
 _NAMES = st.sampled_from([b"a", b"b", b"c", b"d"])
 _NOW = st.integers(T0, T0 + 100)
@@ -1081,7 +1085,7 @@ def _command(draw: st.DrawFn, dump: list[Any]) -> Command:
             bases = st.tuples(block_ids | st.just(b""), st.integers(0, CS))
             updates = tuple(ChunkUpdate(c, *draw(bases)) for c in draw(chunks))
             expect = draw(st.none() | st.integers(0, 4 * CS))
-            return CommitChunks(draw(files | inos), updates, size, expect, None, None, now)
+            return CommitChunks(draw(files | inos), updates, size, expect, None, None, None, now)
         case 10:
             flags = draw(st.sampled_from([0, XATTR_CREATE, XATTR_REPLACE]))
             return SetXattr(draw(inos), draw(_NAMES), draw(_NAMES), flags, now)
@@ -1159,7 +1163,10 @@ def test_a_small_files_block_is_kept_by_the_metadata(meta: MetaState) -> None:
     ok(meta, blind(meta, f, (small,), 5))
     assert meta.query(ReadChunks(f, 0, 100))[1] == [small]  # the bytes come with the map
     # Replaced by a block on the storage nodes: the kept one goes at once, not to garbage.
-    ok(meta, CommitChunks(f, (ChunkUpdate(chunk(0, 2), block(1), 5),), CS, None, None, None, T0))
+    ok(
+        meta,
+        CommitChunks(f, (ChunkUpdate(chunk(0, 2), block(1), 5),), CS, None, None, None, None, T0),
+    )
     assert meta.query(ReadChunks(f, 0, 100))[1] == [chunk(0, 2)]
     assert meta.query(Garbage(10)) == []
     assert not any(rows for table, rows in meta.dump() if table == "inline_blocks")
