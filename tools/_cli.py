@@ -175,6 +175,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--local", type=Path, help="local directory to compare with")
     bench.add_argument("--size", type=size, default=1 << 30, help="large file size (1G)")
     bench.add_argument("--files", type=int, default=2000, help="small files to create (2000)")
+    bench.add_argument(
+        "--tree",
+        action="store_true",
+        help="time cp -a, tar x, git clone, git status, rsync -a and rm -rf of a "
+        "3,600-file source tree instead",
+    )
+    bench.add_argument(
+        "--compare",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="with --tree: another directory to run them in, e.g. a GlusterFS mount (repeatable)",
+    )
 
     latency = sub.add_parser(
         "latency",

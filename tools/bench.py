@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from ringfs.tools import treebench
 from ringfs.tools.args import UserError
 
 # Writes in 1 MiB pieces, like cp on a filesystem that reports a 1 MiB st_blksize.
@@ -182,5 +183,14 @@ def main(args: argparse.Namespace) -> int:
     """`ringfs bench` with parsed arguments."""
     if not args.mountpoint.is_dir():
         raise UserError(f"{args.mountpoint} is not a directory")
+    if args.tree:
+        targets = [("ringfs", args.mountpoint)]
+        targets += [] if args.local is None else [("local", args.local)]
+        targets += [(directory.name, directory) for directory in args.compare]
+        for _, directory in targets:
+            if not directory.is_dir():
+                raise UserError(f"{directory} is not a directory")
+        treebench.run(targets)
+        return 0
     run(BenchConfig(args.mountpoint, args.local, args.size, args.files))
     return 0
