@@ -280,10 +280,12 @@ class Operations(pyfuse3.Operations):
         """Apply a Setattr, keeping this client's state of the file (if open) consistent.
 
         Times and a mode that only adds permissions, set on a file with unflushed writes,
-        ride with the commit of those writes (see `FileState.defer`); a mode that takes
-        permissions away takes effect at once everywhere. A size, owner or time change
-        applied now first commits our own writes and deferred changes, so that their commit
-        cannot undo it; a truncation also holds writes off until the new size is in place.
+        ride with the commit of those writes (see `FileState.defer`), and so does an owner
+        that is the owner already (`tar x` as root sets it for every file); a mode that takes
+        permissions away, and a new owner, take effect at once everywhere. A size, owner or
+        time change applied now first commits our own writes and deferred changes, so that
+        their commit cannot undo it; a truncation also holds writes off until the new size is
+        in place.
         """
         state = self._open.get(command.ino)
         if state is None:
@@ -296,10 +298,8 @@ class Operations(pyfuse3.Operations):
                 state.truncated(result)
             return result
         update = AttrUpdate(command.atime_ns, command.mtime_ns, command.mode)
-        if command.uid is None and command.gid is None and state.dirty:
-            shown = state.overlay(state.attr).mode
-            if command.mode is None or not stat.S_IMODE(shown) & ~stat.S_IMODE(command.mode):
-                return state.defer(update)
+        if state.dirty and _only_adds(state.overlay(state.attr), command):
+            return state.defer(update)
         if update.atime_ns is not None or update.mtime_ns is not None or state.deferred_changes:
             await state.flush()
         result = await self._apply(command)
@@ -579,3 +579,11 @@ def _check_xattr_namespace(name: bytes) -> None:
     unkept = name.startswith(ACL_PREFIX) or name == SELINUX_LABEL
     if unkept or not name.startswith(XATTR_NAMESPACES):
         raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+
+
+def _only_adds(shown: Attr, command: Setattr) -> bool:
+    """Whether `command` gives nobody less access than `shown`: no new owner or group, and
+    no permission bit taken away."""
+    if command.uid not in (None, shown.uid) or command.gid not in (None, shown.gid):
+        return False
+    return command.mode is None or not stat.S_IMODE(shown.mode) & ~stat.S_IMODE(command.mode)

@@ -517,6 +517,31 @@ async def test_what_cp_a_sets_rides_with_the_commit_and_another_mount_sees_it(
     await other.release(theirs)
 
 
+async def test_what_tar_x_as_root_sets_rides_with_the_commit_but_a_new_owner_does_not(
+    nodes: LocalNodes, nursery: trio.Nursery
+) -> None:
+    """`tar x` as root: write, utimensat, fchown to the owner it has, fchmod, close: one
+    round. A chown to another owner is committed before it returns."""
+    ops, other = await mount_ops(nodes, nursery), await mount_ops(nodes, nursery)
+    fh, ino = await create(ops, b"f")
+    await ops.write(fh, 0, b"unpacked")
+    sent = counted(ops)
+    owner = await ops.getattr(ino, CTX)
+    await ops.setattr(ino, _attributes(st_mtime_ns=STAMP), _fields("mtime"), fh, CTX)
+    same = _attributes(st_uid=owner.st_uid, st_gid=owner.st_gid)
+    both = SimpleNamespace(**{**vars(_fields("uid")), "update_gid": True})
+    await ops.setattr(ino, same, both, fh, CTX)
+    await ops.setattr(ino, _attributes(st_mode=stat.S_IFREG | 0o644), _fields("mode"), None, CTX)
+    await ops.release(fh)
+    assert sent == ["commit_chunks"]
+    fh = int((await ops.open(ino, os.O_WRONLY, CTX)).fh)
+    await ops.write(fh, 0, b"again")
+    await ops.setattr(ino, _attributes(st_uid=owner.st_uid + 1), _fields("uid"), None, CTX)
+    assert sent == ["commit_chunks", "setattr"]
+    assert (await other.getattr(ino, CTX)).st_uid == owner.st_uid + 1
+    await ops.release(fh)
+
+
 async def test_a_mode_that_takes_permissions_away_applies_at_once(
     nodes: LocalNodes, nursery: trio.Nursery
 ) -> None:
