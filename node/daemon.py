@@ -53,8 +53,9 @@ class NodeConfig:
     replicas: int = 3
     # Used only when this node creates the filesystem (the chunk size is fixed at creation).
     chunk_size: int = DEFAULT_CHUNK_SIZE
-    # Applied metadata entries between Raft snapshots (log compaction).
-    snapshot_threshold: int = 1000
+    # Applied metadata entries between Raft snapshots (log compaction); None: by the size of
+    # the log against the state (see `ReplicatedMeta`).
+    snapshot_threshold: int | None = None
     # Free space block writes leave for the Raft log and the metadata database.
     reserve: Reserve = Reserve()
     # Seconds a block stays listed as garbage before the collector deletes it: readers that
@@ -109,7 +110,7 @@ async def run(
     Raises `ConfigError` for an unusable configuration and OSError when the address cannot be
     bound.
     """
-    if config.snapshot_threshold < 1:
+    if config.snapshot_threshold is not None and config.snapshot_threshold < 1:
         raise ConfigError("--snapshot-every must be at least 1")
     if not 0 < config.gc_grace < math.inf:
         raise ConfigError("--gc-grace must be a positive number of seconds")

@@ -126,9 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument(
         "--snapshot-every",
         type=int,
-        default=1000,
         metavar="N",
-        help="snapshot the metadata and compact the Raft log every N entries (default 1000)",
+        help="snapshot the metadata and compact the Raft log every N entries (default: "
+        "after 1000 entries, once they hold half the size of the last snapshot, at most "
+        "64 MiB or 20000 entries)",
     )
     node.add_argument(
         "--reserve",

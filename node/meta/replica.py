@@ -45,6 +45,11 @@ FEED_WAIT = 0.25
 # Seconds a poll that waited goes on gathering after the first change: one answer then carries
 # the next few commands' changes too, where one after another each would cost a round trip.
 FEED_GATHER = 0.005
+# Without a snapshot count given, a member snapshots after this many entries, once they hold
+# half the size of its last image (see `Snapshots`): copying a large meta.db every thousand
+# commands cost more than the log it saved.
+SNAPSHOT_MIN_ENTRIES = 1000
+SNAPSHOT_SHARE = 0.5
 # Seconds between checks that the filesystem exists, until this node made sure it does.
 INIT_POLL = 0.2
 # The applied index a database (or an image of one) holds.
@@ -230,8 +235,10 @@ class ReplicatedMeta:
         data_dir: Path,
         transport: Transport,
         chunk_size: int,
-        snapshot_threshold: int,
+        snapshot_every: int | None,
     ) -> None:
+        """`snapshot_every`: snapshot every that many entries; None: by the size of the log
+        against the state (`SNAPSHOT_SHARE`)."""
         self.machine = MetaMachine(data_dir / "meta.db")
         self.storage = RaftLog(data_dir / "raft.db")
         # Snapshot images arriving from the leader, part by part.
@@ -243,7 +250,8 @@ class ReplicatedMeta:
             self.machine,
             transport,
             rng=random.Random(),
-            snapshot_threshold=snapshot_threshold,
+            snapshot_threshold=snapshot_every or SNAPSHOT_MIN_ENTRIES,
+            snapshot_share=SNAPSHOT_SHARE if snapshot_every is None else None,
         )
         self.chunk_size = chunk_size
 

@@ -17,6 +17,7 @@ again until it works; the node process goes on serving everything else.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from collections import deque
@@ -138,10 +139,12 @@ class RaftNode:
         rng: random.Random,
         tick_interval: float = 0.05,
         snapshot_threshold: int = 1000,
+        snapshot_share: float | None = None,
         blocking_io: bool = True,
         incarnation: Callable[[], int] = time.time_ns,
     ) -> None:
-        """`blocking_io=False` runs storage and state machine calls inline (the simulation,
+        """`snapshot_threshold` and `snapshot_share`: when to snapshot (see `Snapshots`).
+        `blocking_io=False` runs storage and state machine calls inline (the simulation,
         whose fakes never block: worker threads would break its deterministic clock).
         `incarnation` numbers each start of the core, higher each time (see `Raft`): the
         wall clock's nanoseconds, which a restart does not take back."""
@@ -160,6 +163,7 @@ class RaftNode:
             machine,
             transport,
             threshold=snapshot_threshold,
+            share=snapshot_share,
             io=self._io,
             discard=self._stale_images.append,
         )
@@ -431,6 +435,7 @@ class RaftNode:
         # Inline: applying a batch to the unsynced database takes microseconds, less than a
         # worker-thread hop, and nothing else may touch the state machine meanwhile anyway.
         results = self.machine.apply(fresh)
+        self._snapshots.logged(sum(len(entry.data) for entry in fresh))
         for entry, result in zip(fresh, results, strict=True):
             self._applied = entry.index
             waiter = self._proposals.pop(entry.index, None)
@@ -493,13 +498,14 @@ class RaftNode:
     async def _install(self, meta: SnapshotMeta, image: Path) -> None:
         """Replace the state machine by the image, durably, before the log is compacted to it
         (a crash in between leaves the log as it was: the leader offers the snapshot again)."""
+        image_bytes = await self._io(os.path.getsize, image)
         await self._io(self.machine.restore, meta, image)
         await self._io(self.storage.compact, meta)
         if self.raft.last_index == meta.last_index:
             # The core dropped its whole log for the snapshot: so does the storage.
             await self._io(self.storage.save, None, meta.last_index + 1, ())
         self._applied = meta.last_index
-        self._snapshots.installed(meta.last_index)
+        self._snapshots.installed(meta.last_index, image_bytes)
         self._unapplied = [entry for entry in self._unapplied if entry.index > meta.last_index]
         log.info("node %s: installed a snapshot at index %d", self.node_id, meta.last_index)
 

@@ -12,6 +12,7 @@ its file is handed to `discard` (a transfer still reading it keeps its open file
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +25,11 @@ from ringfs.node.raft.core import Message, Raft, SnapshotMeta, SnapshotRequest
 log = logging.getLogger(__name__)
 
 Io = Callable[..., Awaitable[Any]]
+
+#: With a share (see `Snapshots`), the most bytes of entries, and the most entries as a
+#: multiple of the threshold, a member holds before it snapshots: they bound the log in memory.
+LOG_BYTES_CAP = 64 * 1024 * 1024
+ENTRIES_CAP = 20
 
 
 class SnapshotStorage(Protocol):
@@ -39,7 +45,14 @@ class SnapshotSender(Protocol):
 
 
 class Snapshots:
-    """When to snapshot, the snapshot being taken, and the image offered to followers."""
+    """When to snapshot, the snapshot being taken, and the image offered to followers.
+
+    A snapshot copies the whole state. With a `share`, a member waits, after `threshold`
+    entries, until the entries since its last snapshot hold at least that share of the last
+    image's size (or `LOG_BYTES_CAP` bytes, or `ENTRIES_CAP` times `threshold` entries), so the
+    copying costs at most 1/share of what the log takes in, whatever the size of the state
+    (LogCabin's snapshot ratio). Without, it snapshots every `threshold` entries.
+    """
 
     def __init__(
         self,
@@ -49,6 +62,7 @@ class Snapshots:
         transport: SnapshotSender,
         *,
         threshold: int,
+        share: float | None = None,
         io: Io,
         discard: Callable[[Path], None],
     ) -> None:
@@ -56,6 +70,10 @@ class Snapshots:
         self._node_id = node_id
         self._storage, self._machine, self._transport = storage, machine, transport
         self.threshold = threshold
+        self.share = share
+        # The size of the last image, and the bytes of the entries applied since it.
+        self._image_bytes = 0
+        self._logged_bytes = 0
         self._io = io
         self._discard = discard
         #: Where the log's snapshot ends (this member's own, or one it installed).
@@ -86,7 +104,16 @@ class Snapshots:
         received = raft.snapshot
         if self._running or (received is not None and received.last_index > applied):
             return False
-        return applied <= raft.last_index and applied - self.index >= self.threshold
+        entries = applied - self.index
+        if applied > raft.last_index or entries < self.threshold:
+            return False
+        if self.share is None or entries >= ENTRIES_CAP * self.threshold:
+            return True
+        return self._logged_bytes >= min(self.share * self._image_bytes, LOG_BYTES_CAP)
+
+    def logged(self, count: int) -> None:
+        """Entries holding `count` bytes were applied."""
+        self._logged_bytes += count
 
     def start(self, nursery: trio.Nursery, wake: Callable[[], None]) -> None:
         """Take a snapshot beside the loop, unless one is being taken; `wake` is called once
@@ -99,6 +126,7 @@ class Snapshots:
         generation = self._generation
         try:
             index, image = await self._io(self._machine.snapshot)
+            size = await self._io(_size_of, image)
         except StorageFailure as exc:
             if generation == self._generation:
                 self._failure = exc
@@ -106,6 +134,7 @@ class Snapshots:
             if generation != self._generation:
                 self._discard(image)
             else:
+                self._image_bytes = size
                 if self._taken is not None:  # not compacted to yet, and older than this one
                     self._discard(self._taken[1])
                 self._taken = (index, image)
@@ -143,6 +172,7 @@ class Snapshots:
             raft.compact(meta)
             await self._io(self._storage.compact, meta)
             self.index = index
+            self._logged_bytes = 0
             log.info("node %s: snapshot at index %d, log compacted", self._node_id, index)
         self._drop_offered()
         self._offered = (meta, image)
@@ -150,9 +180,10 @@ class Snapshots:
             self._send(raft, follower)
         self._wanted.clear()
 
-    def installed(self, index: int) -> None:
-        """The state machine now is a snapshot received at `index`."""
+    def installed(self, index: int, image_bytes: int) -> None:
+        """The state machine now is a snapshot received at `index`, of `image_bytes`."""
         self.index = index
+        self._image_bytes, self._logged_bytes = image_bytes, 0
         self._drop_offered()
 
     def offer(self, raft: Raft, follower: str) -> bool:
@@ -190,3 +221,11 @@ class Snapshots:
         if self._offered is not None:
             self._discard(self._offered[1])
             self._offered = None
+
+
+def _size_of(path: Path) -> int:
+    """The size of an image just taken (0 if it cannot be read: the next one is sooner)."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0

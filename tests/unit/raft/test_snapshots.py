@@ -122,7 +122,7 @@ async def test_an_offered_image_is_offered_again_not_taken_again(
 @pytest.mark.parametrize(
     ("meanwhile", "index"),
     [
-        (lambda snapshots: snapshots.installed(10), 10),  # a leader's snapshot replaced it all
+        (lambda snapshots: snapshots.installed(10, 100), 10),  # a leader's snapshot replaced it all
         (lambda snapshots: snapshots.reset(0), 0),  # the member reopened its storage
     ],
     ids=["newer snapshot installed", "core rebuilt"],
@@ -138,3 +138,49 @@ async def test_a_copy_overtaken_meanwhile_is_dropped(
     await snapshots.finish(raft)
     assert (fakes.compacted, snapshots.index) == ([], index)
     assert fakes.discarded == [tmp_path / "image-1"]
+
+
+def propose(raft: Raft, fakes: Fakes, count: int, data: bytes = b"x") -> None:
+    for _ in range(count):
+        raft.propose(data)
+    fakes.applied = raft.commit_index
+
+
+async def test_with_a_share_a_large_state_waits_for_a_log_of_its_size(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A copy of the whole state is not worth a few bytes of log: with a share of 0.5, the
+    next snapshot waits for entries of half the last image's size, or for 20 times the
+    threshold of them."""
+    fakes, _, raft = setup(tmp_path, threshold=3)
+    snapshots = Snapshots("n1", fakes, fakes, fakes, threshold=3, share=0.5, io=fakes.io,
+                          discard=fakes.discarded.append)  # fmt: skip
+    assert snapshots.due(fakes.applied, raft)  # the first: no image to weigh against yet
+    fakes.release.set()
+    await copy_while(nursery, fakes, snapshots, lambda: None)
+    await snapshots.finish(raft)
+    image_bytes = (tmp_path / "image-1").stat().st_size  # "state at 4": 10 bytes
+    propose(raft, fakes, 3)
+    snapshots.logged(3)
+    assert not snapshots.due(fakes.applied, raft)  # 3 entries, but 3 bytes of 10
+    snapshots.logged(image_bytes // 2 - 3)
+    assert snapshots.due(fakes.applied, raft)
+    propose(raft, fakes, 60)
+    unsized = snapshots_of(fakes, 3)
+    unsized.logged(0)
+    assert unsized.due(fakes.applied, raft)  # without a share: the threshold alone
+
+
+async def test_with_a_share_entries_past_the_cap_are_enough(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    fakes, _, raft = setup(tmp_path, threshold=3)
+    snapshots = Snapshots("n1", fakes, fakes, fakes, threshold=3, share=1e9, io=fakes.io,
+                          discard=fakes.discarded.append)  # fmt: skip
+    fakes.release.set()
+    await copy_while(nursery, fakes, snapshots, lambda: None)
+    await snapshots.finish(raft)
+    propose(raft, fakes, 59)
+    assert not snapshots.due(fakes.applied, raft)
+    propose(raft, fakes, 1)
+    assert snapshots.due(fakes.applied, raft)  # 60 = 20 x 3 entries
