@@ -175,8 +175,12 @@ class FileState:
     @property
     def dirty(self) -> bool:
         """True while anything written, or any deferred change, is not yet committed."""
+        return self._unflushed_writes or self.deferred_changes
+
+    @property
+    def _unflushed_writes(self) -> bool:
         stored = self._dirty or self._uploads or self._to_commit or self.size > self.attr.size
-        return bool(stored) or self.deferred_changes
+        return bool(stored)
 
     @property
     def deferred_changes(self) -> bool:
@@ -188,7 +192,8 @@ class FileState:
         if not self.dirty:
             return committed
         deferred = self.deferred
-        mtime = deferred.mtime_ns or self.modified_ns or committed.mtime_ns
+        written = self.modified_ns if self._unflushed_writes else None
+        mtime = _first(deferred.mtime_ns, written, committed.mtime_ns)
         mode = committed.mode
         if deferred.mode is not None:
             mode = stat.S_IFMT(mode) | stat.S_IMODE(deferred.mode)
@@ -196,9 +201,9 @@ class FileState:
             committed,
             mode=mode,
             size=max(self.size, committed.size),
-            atime_ns=deferred.atime_ns or committed.atime_ns,
+            atime_ns=_first(deferred.atime_ns, committed.atime_ns),
             mtime_ns=mtime,
-            ctime_ns=max(mtime, self.modified_ns or 0, committed.ctime_ns),
+            ctime_ns=max(mtime, written or 0, committed.ctime_ns),
         )
 
     def defer(self, update: AttrUpdate) -> Attr:
@@ -654,3 +659,8 @@ async def _held(lock: trio.Lock) -> AsyncIterator[None]:
         return
     async with lock:
         yield
+
+
+def _first(*times: int | None) -> int:
+    """The first time given (0, the epoch, is a time)."""
+    return next(value for value in times if value is not None)

@@ -125,7 +125,10 @@ class MetaCache:
         self._awaited[seq] = None
         if len(self._awaited) > AWAITED_LIMIT:
             oldest = next(iter(self._awaited))
-            self.answered(oldest, ())
+            del self._awaited[oldest]  # its record, if still to come, drops all it names
+            for ino in self._early.pop(oldest, ()):
+                self._drop(ino)
+            self._tick += 1
 
     def answered(self, seq: int, kept: Iterable[int]) -> None:
         """Own command `seq` answered, and its answer is kept for `kept` (nothing, if it

@@ -496,6 +496,23 @@ async def test_times_set_on_a_file_with_unflushed_writes_ride_with_their_commit(
     assert (await ops.getattr(ino, CTX)).st_mtime_ns == STAMP + 1
 
 
+async def test_a_deferred_time_of_the_epoch_shows_as_the_epoch(
+    nodes: LocalNodes, nursery: trio.Nursery
+) -> None:
+    """`touch -d @0` of a file being written: 0 is a time, not "none given"."""
+    ops = await mount_ops(nodes, nursery)
+    fh, ino = await create(ops, b"f")
+    await ops.write(fh, 0, b"data")
+    epoch = _attributes(st_atime_ns=0, st_mtime_ns=0)
+    both = SimpleNamespace(**{**vars(_fields("atime")), "update_mtime": True})
+    await ops.setattr(ino, epoch, both, fh, CTX)
+    shown = await ops.getattr(ino, CTX)
+    assert (shown.st_atime_ns, shown.st_mtime_ns) == (0, 0)
+    await ops.release(fh)
+    committed = await ops.getattr(ino, CTX)
+    assert (committed.st_atime_ns, committed.st_mtime_ns) == (0, 0)
+
+
 async def test_what_cp_a_sets_rides_with_the_commit_and_another_mount_sees_it(
     nodes: LocalNodes, nursery: trio.Nursery
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ringfs.fs.metacache import MetaCache, touched
+from ringfs.fs.metacache import AWAITED_LIMIT, MetaCache, touched
 from ringfs.node.meta.commands import (
     ROOT_INO,
     Attr,
@@ -156,6 +156,19 @@ def test_a_failed_own_command_drops_what_its_early_record_named(cache: MetaCache
     cache.keep_attr(attr(5), cache.stamp())
     cache.apply(Changes(11, False, (Change(11, ME, 1, (5,), ()),)), 100.0)
     cache.answered(1, ())
+    assert cache.attr(5) is None
+
+
+def test_own_commands_awaited_stay_bounded(cache: MetaCache) -> None:
+    """Answers that never come (a command given up on) do not pile up; a record that came
+    early for an evicted command drops what it names."""
+    cache.keep_attr(attr(5), cache.stamp())
+    cache.expect(0)
+    cache.apply(Changes(11, False, (Change(11, ME, 0, (5,), ()),)), 100.0)
+    assert cache.attr(5) == attr(5)  # left to the answer
+    for seq in range(1, AWAITED_LIMIT + 100):
+        cache.expect(seq)
+    assert len(cache._awaited) <= AWAITED_LIMIT
     assert cache.attr(5) is None
 
 
