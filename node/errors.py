@@ -26,6 +26,10 @@ CHANGED = "ECHANGED"
 #: committed by a later leader. Only a retry with the same (client id, seq) tells, so a caller
 #: must not report a failure for it. The detail names the leader it knows of, as NOT_LEADER.
 IN_DOUBT = "EINDOUBT"
+#: A namespace command on a directory another mount holds (see `ringfs.node.meta.delegations`):
+#: nothing was changed and nothing is remembered for the session; the leader recalls the
+#: directory and proposes the command again. A mount never sees it.
+DELEGATED = "EDELEGATED"
 
 
 class NodeError(Exception):

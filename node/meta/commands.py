@@ -21,6 +21,8 @@ command or query class names the Python type of its result in ``RESULT``:
 ``list[DirEntry]``              array of ``[offset, name, attr_wire]``
 ``tuple[Attr, list[Chunk]]``    ``[attr_wire, [chunk_wire, ...]]``
 ``FsStats``                     ``[chunk_size, inode_count, stored_bytes]``
+``int``                         int
+``list[Outcome]``               array of ``[result, error]``, one per command of a batch
 ==============================  ==========================================
 """
 
@@ -204,6 +206,9 @@ class Mknod(_Message):
     uid: int
     gid: int
     now_ns: int
+    #: The new inode's number, from a range this client reserved (`Reserve`), or 0 for the
+    #: next free one.
+    ino: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +223,9 @@ class Mkdir(_Message):
     uid: int
     gid: int
     now_ns: int
+    #: The new inode's number, from a range this client reserved (`Reserve`), or 0 for the
+    #: next free one.
+    ino: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +240,9 @@ class Symlink(_Message):
     uid: int
     gid: int
     now_ns: int
+    #: The new inode's number, from a range this client reserved (`Reserve`), or 0 for the
+    #: next free one.
+    ino: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,6 +381,52 @@ class Purge(_Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Reserve(_Message):
+    """Set ``count`` inode numbers aside for the issuing client, replacing the range it held:
+    it names the inodes it creates itself, before the leader hears of them. The result is
+    the first of them."""
+
+    OP: ClassVar[str] = "reserve"
+    RESULT: ClassVar[str] = "int"
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delegate(_Message):
+    """Let the issuing client alone change the names in directory ``ino`` until it releases
+    it (see `ringfs.node.meta.delegations`)."""
+
+    OP: ClassVar[str] = "delegate"
+    RESULT: ClassVar[str] = "None"
+    ino: int
+
+
+@dataclass(frozen=True, slots=True)
+class Release(_Message):
+    """Give back the directories ``dirs`` that ``holder`` held; the issuer is the holder, or
+    the leader when the holder stopped answering."""
+
+    OP: ClassVar[str] = "release"
+    RESULT: ClassVar[str] = "None"
+    dirs: tuple[int, ...]
+    holder: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Batch(_Message):
+    """Commands of one client applied in order in one log entry, each with its own outcome.
+
+    ``held`` are the directories the client acknowledged changes in before sending them: if
+    it no longer holds every one of them, nothing is applied and the batch fails with ESTALE.
+    """
+
+    OP: ClassVar[str] = "batch"
+    RESULT: ClassVar[str] = "list[Outcome]"
+    held: tuple[int, ...]
+    commands: tuple[Command, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ForgetGarbage(_Message):
     """Drop block ids from the garbage list once the collector deleted them."""
 
@@ -484,13 +541,17 @@ Command = (
     | RemoveXattr
     | Purge
     | ForgetGarbage
+    | Reserve
+    | Delegate
+    | Release
+    | Batch
 )
 Query = Lookup | GetAttr | ReadDir | ReadLink | GetXattr | ListXattr | ReadChunks | FsInfo | Garbage
 
 COMMANDS: dict[str, type[_Message]] = {
     c.OP: c
     for c in (Init, Mknod, Mkdir, Symlink, Link, Unlink, Rmdir, Rename, Setattr, CommitChunks)
-    + (SetXattr, RemoveXattr, Purge, ForgetGarbage)
+    + (SetXattr, RemoveXattr, Purge, ForgetGarbage, Reserve, Delegate, Release, Batch)
 }
 QUERIES: dict[str, type[_Message]] = {
     c.OP: c
@@ -639,11 +700,14 @@ _DECODERS: dict[str, Callable[[object], Any]] = {
     "tuple[ChunkUpdate, ...]": _tuple_of(ChunkUpdate.from_wire),
     "tuple[bytes, ...]": _tuple_of(_bytes),
     "tuple[int, ...]": _tuple_of(_int),
+    "tuple[Command, ...]": _tuple_of(command_from_wire),
 }
 
 # Keyed by the RESULT of each command and query class.
 _RESULT_DECODERS: dict[str, Callable[[object], Any]] = {
     "None": _none,
+    "int": _int,
+    "list[Outcome]": _list_of(Outcome.from_wire),
     "Attr": Attr.from_wire,
     "Attr | None": _optional(Attr.from_wire),
     "bytes": _bytes,

@@ -16,10 +16,8 @@ from typing import Any
 from ringfs.node.errors import NodeError
 from ringfs.node.meta import commands as cmd
 from ringfs.node.meta.commands import Attr
+from ringfs.node.meta.effects import DIR_BLOCKS
 
-#: st_size and st_blocks of a directory, as ext4 reports a one-block directory.
-DIR_SIZE = 4096
-DIR_BLOCKS = 8
 #: Bumped when the schema changes incompatibly.
 SCHEMA_VERSION = 1
 
@@ -52,13 +50,16 @@ CREATE TABLE IF NOT EXISTS sessions (
     PRIMARY KEY (client_id, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS clients (client_id BLOB PRIMARY KEY, acked_below INTEGER NOT NULL)
     WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS inode_ranges (
+    client_id BLOB PRIMARY KEY, first INTEGER NOT NULL, stop INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS delegations (dir INTEGER PRIMARY KEY, client_id BLOB NOT NULL);
 INSERT OR IGNORE INTO counters VALUES
     ('next_ino', 2), ('next_cookie', 1), ('chunk_size', 0), ('applied_index', 0);
 COMMIT;
 """
 TABLES = (
     "inodes", "dentries", "xattrs", "chunks", "inline_blocks", "garbage", "counters", "sessions",
-    "clients",
+    "clients", "inode_ranges", "delegations",
 )  # fmt: skip
 # The columns of an `_Inode`, from `inodes i`.
 INODE_COLUMNS = (
@@ -111,6 +112,9 @@ class Changes:
 
     inodes: set[int] = field(default_factory=set)
     entries: set[tuple[int, bytes]] = field(default_factory=set)
+
+    def copy(self) -> Changes:
+        return Changes(set(self.inodes), set(self.entries))
 
     def take(self) -> tuple[list[int], list[tuple[int, bytes]]]:
         """What was noted, sorted (replicas list the same), and forget it."""

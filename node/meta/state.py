@@ -31,12 +31,12 @@ from typing import Any
 
 import msgpack
 
-from ringfs.node.errors import CHANGED, NodeError
+from ringfs.node.errors import CHANGED, DELEGATED, NodeError
 from ringfs.node.meta import commands as cmd
 from ringfs.node.meta.commands import Attr, Chunk, Entry, Outcome
+from ringfs.node.meta.effects import DIR_SIZE, created_mode, inherited
 from ringfs.node.meta.queries import answer
 from ringfs.node.meta.schema import (
-    DIR_SIZE,
     TABLES,
     Inode,
     Tables,
@@ -53,6 +53,8 @@ LINK_MAX = 65000
 _ID_MAX = 2**32 - 1
 #: Kinds of inode Mknod may create (0 means a regular file, as for mknod(2)).
 _MKNOD_KINDS = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
+#: Most inode numbers one Reserve sets aside.
+RESERVE_MAX = 65536
 # SQLite result codes that say the database or its disk failed, not the command's logic.
 _STORAGE_FAILURES = frozenset(
     {
@@ -85,6 +87,14 @@ def is_storage_failure(exc: BaseException) -> bool:
     return False
 
 
+class Delegated(NodeError):
+    """A command would change names in directories another client holds (`dirs`)."""
+
+    def __init__(self, dirs: Sequence[int]) -> None:
+        super().__init__(DELEGATED, f"directories {list(dirs)} are held by another client")
+        self.dirs = list(dirs)
+
+
 class MetaState:
     """The namespace database of one replica.
 
@@ -99,6 +109,8 @@ class MetaState:
         self._rows = Tables(self._db)
         # What each entry of the last batch changed, in order (for the change feed).
         self._changes: list[tuple[bytes | None, list[int], list[tuple[int, bytes]]]] = []
+        # The client whose entry is being applied (None for the system's own commands).
+        self._issuer: bytes | None = None
         log.info("metadata database %s open at index %d", path, self.applied_index)
 
     def __enter__(self) -> MetaState:
@@ -174,12 +186,14 @@ class MetaState:
 
     def _apply_in_session(self, entry: Entry) -> Outcome:
         client, seq = entry.client_id, entry.seq
+        self._issuer = client
         if client is None or seq is None:
             outcome = self._apply_once(entry.command)
         else:
             stored = self._stored_outcome(client, seq)
             outcome = self._apply_once(entry.command) if stored is None else stored
-            if stored is None:
+            # A command held off by a delegation runs again once the leader recalled it.
+            if stored is None and outcome.error != DELEGATED:
                 blob = msgpack.packb(outcome.to_wire(), use_bin_type=True)
                 self._rows.run("INSERT INTO sessions VALUES (?, ?, ?)", client, seq, blob)
         if client is not None and entry.acked_below is not None:
@@ -209,17 +223,19 @@ class MetaState:
         return None
 
     def _apply_once(self, command: cmd.Command) -> Outcome:
-        """Run the command's handler; a NodeError undoes it and becomes its outcome."""
+        """Run the command's handler; a NodeError undoes it and becomes its outcome (one
+        that a delegation held off names the directories the leader must recall)."""
         self._db.execute("SAVEPOINT command")
+        noted = self._rows.changes.copy()
         try:
             # Each command class has its handler `_apply_<OP>`.
             result = getattr(self, f"_apply_{command.OP}")(command)
             outcome = Outcome(cmd.encode_result(result), None)
         except NodeError as exc:
             self._db.execute("ROLLBACK TO command")
-            self._rows.changes.clear()
+            self._rows.changes = noted
             log.debug("%s failed: %s", command.OP, exc)
-            outcome = Outcome(None, exc.name)
+            outcome = Outcome(exc.dirs if isinstance(exc, Delegated) else None, exc.name)
         self._db.execute("RELEASE command")
         return outcome
 
@@ -243,11 +259,10 @@ class MetaState:
         if kind not in _MKNOD_KINDS:
             raise NodeError("EINVAL", f"mknod cannot make file type {kind:o}")
         rdev = c.rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
-        return self._create(c, kind | stat.S_IMODE(c.mode), rdev=rdev)
+        return self._create(c, rdev=rdev)
 
     def _apply_mkdir(self, c: cmd.Mkdir) -> Attr:
-        # As vfs_mkdir: set-id bits in the mode are ignored; S_ISGID comes only by inheritance.
-        return self._create(c, stat.S_IFDIR | (c.mode & 0o1777))
+        return self._create(c)
 
     def _apply_symlink(self, c: cmd.Symlink) -> Attr:
         if not c.target:
@@ -256,27 +271,20 @@ class MetaState:
             raise NodeError("ENAMETOOLONG", "symlink target too long")
         if b"\0" in c.target:
             raise NodeError("EINVAL", "NUL in symlink target")
-        return self._create(c, stat.S_IFLNK | 0o777, target=c.target)
+        return self._create(c, target=c.target)
 
     def _create(
-        self,
-        c: cmd.Mknod | cmd.Mkdir | cmd.Symlink,
-        mode: int,
-        rdev: int = 0,
-        target: bytes | None = None,
+        self, c: cmd.Mknod | cmd.Mkdir | cmd.Symlink, rdev: int = 0, target: bytes | None = None
     ) -> Attr:
         """Make a new inode named ``c.name`` in ``c.parent``; the caller checked the mode."""
         check_name(c.name)
         _check_ids(c.uid, c.gid)
+        self._may_change(c.parent)
         directory = self._rows.new_entry_dir(c.parent, c.name)
-        gid = c.gid
-        if directory.mode & stat.S_ISGID:
-            gid = directory.gid
-            if stat.S_ISDIR(mode):
-                mode |= stat.S_ISGID
+        mode, gid = inherited(directory.mode, directory.gid, created_mode(c), c.gid)
         is_dir = stat.S_ISDIR(mode)
         size = DIR_SIZE if is_dir else len(target or b"")
-        ino, now, nlink = self._rows.next("next_ino"), c.now_ns, 2 if is_dir else 1
+        ino, now, nlink = self._new_ino(c.ino), c.now_ns, 2 if is_dir else 1
         node = Inode(ino, mode, nlink, c.uid, gid, rdev, size, now, now, now, 0, target)
         self._rows.insert(node)
         self._rows.add_entry(c.parent, c.name, ino)
@@ -285,9 +293,32 @@ class MetaState:
         self._rows.save(directory)
         return node.attr()
 
+    def _new_ino(self, chosen: int) -> int:
+        """The number of a new inode: `chosen` by the issuer from the range it reserved, or
+        the next free one (0)."""
+        if not chosen:
+            return self._rows.next("next_ino")
+        sql = "SELECT 1 FROM inode_ranges WHERE client_id = ? AND first <= ? AND ? < stop"
+        reserved = self._rows.one(sql, self._issuer, chosen, chosen) is not None
+        if not reserved or self._rows.one("SELECT 1 FROM inodes WHERE ino = ?", chosen):
+            raise NodeError("EINVAL", f"inode {chosen} is not reserved for this client")
+        return chosen
+
+    def _may_change(self, *dirs: int) -> None:
+        """Delegated unless the issuer may change names in these directories now: none of
+        them is held by another client."""
+        held = [d for d in dict.fromkeys(dirs) if self._holder(d) not in (None, self._issuer)]
+        if held:
+            raise Delegated(held)
+
+    def _holder(self, directory: int) -> bytes | None:
+        holder = self._rows.one("SELECT client_id FROM delegations WHERE dir = ?", directory)
+        return None if holder is None else bytes(holder)
+
     def _apply_link(self, c: cmd.Link) -> Attr:
         node = self._rows.get(c.ino)
         check_name(c.new_name)
+        self._may_change(c.new_parent)
         directory = self._rows.new_entry_dir(c.new_parent, c.new_name)
         if node.is_dir:
             raise NodeError("EPERM", "cannot hard-link a directory")
@@ -305,6 +336,7 @@ class MetaState:
     # --- removing -----------------------------------------------------------------------------
 
     def _apply_unlink(self, c: cmd.Unlink) -> Attr:
+        self._may_change(c.parent)
         directory, node = self._rows.existing_entry(c.parent, c.name)
         if node.is_dir:
             raise NodeError("EISDIR", "unlink of a directory")
@@ -316,9 +348,11 @@ class MetaState:
         return node.attr()
 
     def _apply_rmdir(self, c: cmd.Rmdir) -> None:
+        self._may_change(c.parent)
         directory, node = self._rows.existing_entry(c.parent, c.name)
         if not node.is_dir:
             raise NodeError("ENOTDIR", "rmdir of a non-directory")
+        self._may_change(node.ino)
         if self._rows.has_entries(node.ino):
             raise NodeError("ENOTEMPTY", "directory not empty")
         self._rows.remove_entry(c.parent, c.name)
@@ -333,8 +367,10 @@ class MetaState:
                 self._destroy(ino)
 
     def _destroy(self, ino: int) -> None:
-        """Delete an inode that no entry names, with its xattrs; its blocks become garbage."""
+        """Delete an inode that no entry names, with its xattrs and its delegation; its blocks
+        become garbage."""
         self._drop_chunks(ino, 0)
+        self._rows.run("DELETE FROM delegations WHERE dir = ?", ino)
         self._rows.delete(ino)
 
     # --- rename -------------------------------------------------------------------------------
@@ -348,6 +384,7 @@ class MetaState:
         check_name(c.new_name)
         old_dir = self._rows.dir(c.parent)
         new_dir = old_dir if c.new_parent == c.parent else self._rows.dir(c.new_parent)
+        self._may_change(c.parent, c.new_parent)
         src_ino = self._rows.entry(c.parent, c.name)
         if src_ino is None:
             raise NodeError("ENOENT", "rename source does not exist")
@@ -364,6 +401,8 @@ class MetaState:
         if src_ino == dst_ino:
             return None
         dst = None if dst_ino is None else self._rows.get(dst_ino)
+        if dst is not None and dst.is_dir and not exchange:
+            self._may_change(dst.ino)  # it must be empty to go
         if exchange and dst is not None:
             self._exchange(c, src, dst, old_dir, new_dir)
         else:
@@ -523,6 +562,45 @@ class MetaState:
                 kept = self._rows.run("DELETE FROM inline_blocks WHERE block_id = ?", block_id)
                 if not kept.rowcount:
                     self._rows.run("INSERT OR IGNORE INTO garbage (block_id) VALUES (?)", block_id)
+
+    # --- what clients decide themselves -------------------------------------------------------
+
+    def _apply_reserve(self, c: cmd.Reserve) -> int:
+        if self._issuer is None or not 0 < c.count <= RESERVE_MAX:
+            raise NodeError("EINVAL", f"a client reserves 1 to {RESERVE_MAX} inode numbers")
+        first = self._rows.counter("next_ino")
+        self._rows.set_counter("next_ino", first + c.count)
+        sql = "INSERT OR REPLACE INTO inode_ranges VALUES (?, ?, ?)"
+        self._rows.run(sql, self._issuer, first, first + c.count)
+        return first
+
+    def _apply_delegate(self, c: cmd.Delegate) -> None:
+        if self._issuer is None:
+            raise NodeError("EINVAL", "only a client holds directories")
+        self._rows.dir(c.ino)
+        self._may_change(c.ino)
+        self._rows.run("INSERT OR IGNORE INTO delegations VALUES (?, ?)", c.ino, self._issuer)
+
+    def _apply_release(self, c: cmd.Release) -> None:
+        if self._issuer not in (None, c.holder):
+            raise NodeError("EPERM", "a client releases only what it holds")
+        for directory in c.dirs:
+            sql = "DELETE FROM delegations WHERE dir = ? AND client_id = ?"
+            self._rows.run(sql, directory, c.holder)
+
+    def _apply_batch(self, c: cmd.Batch) -> list[Outcome]:
+        if any(isinstance(command, cmd.Batch) for command in c.commands):
+            raise NodeError("EINVAL", "a batch holds no batch")
+        lost = [d for d in c.held if self._holder(d) != self._issuer]
+        if self._issuer is None or lost:
+            raise NodeError("ESTALE", f"directories {lost} are no longer held by this client")
+        return [self._apply_once(command) for command in c.commands]
+
+    def holders(self, dirs: Iterable[int]) -> dict[int, bytes]:
+        """Which client holds each of `dirs` that is held."""
+        with self._lock:
+            found = {d: self._holder(d) for d in dirs}
+            return {d: holder for d, holder in found.items() if holder is not None}
 
     def _apply_forget_garbage(self, c: cmd.ForgetGarbage) -> None:
         for block_id in c.block_ids:

@@ -12,9 +12,11 @@ from ringfs.node.meta.commands import (
     COMMANDS,
     QUERIES,
     Attr,
+    Batch,
     Chunk,
     ChunkUpdate,
     CommitChunks,
+    Delegate,
     DirEntry,
     Entry,
     ForgetGarbage,
@@ -34,8 +36,10 @@ from ringfs.node.meta.commands import (
     ReadChunks,
     ReadDir,
     ReadLink,
+    Release,
     RemoveXattr,
     Rename,
+    Reserve,
     Rmdir,
     Setattr,
     SetXattr,
@@ -77,6 +81,11 @@ COMMAND_SAMPLES = [
     RemoveXattr(2, b"user.x", 13),
     Purge((2, 7)),
     ForgetGarbage((BLOCK, bytes(16))),
+    Mknod(1, b"f2", 0o100644, 0, 1000, 1000, 2, 40),
+    Reserve(1024),
+    Delegate(2),
+    Release((2, 3), b"client"),
+    Batch((2,), (Mkdir(2, b"d", 0o755, 1000, 1000, 3, 41), Delegate(41), Unlink(2, b"f", 6))),
 ]
 QUERY_SAMPLES = [
     Lookup(1, b"f"),
@@ -150,13 +159,13 @@ def test_query_round_trip_through_msgpack(query: Any) -> None:
         ["nosuch", 1],
         ["lookup", 1, b"f"],  # a query is not a command
         ["mknod", 1, b"f", 0o644, 0, 0, 0],  # too few fields
-        ["mknod", 1, b"f", 0o644, 0, 0, 0, 1, 2],  # too many
-        ["mknod", 1, "f", 0o644, 0, 0, 0, 1],  # str where bytes belong
-        ["mknod", 1, bytearray(b"f"), 0o644, 0, 0, 0, 1],
-        ["mknod", True, b"f", 0o644, 0, 0, 0, 1],  # bool is not an int here
-        ["mknod", 1.0, b"f", 0o644, 0, 0, 0, 1],
-        ["mknod", None, b"f", 0o644, 0, 0, 0, 1],
-        ["mknod", 2**63, b"f", 0o644, 0, 0, 0, 1],  # beyond SQLite's integers
+        ["mknod", 1, b"f", 0o644, 0, 0, 0, 1, 2, 3],  # too many
+        ["mknod", 1, "f", 0o644, 0, 0, 0, 1, 0],  # str where bytes belong
+        ["mknod", 1, bytearray(b"f"), 0o644, 0, 0, 0, 1, 0],
+        ["mknod", True, b"f", 0o644, 0, 0, 0, 1, 0],  # bool is not an int here
+        ["mknod", 1.0, b"f", 0o644, 0, 0, 0, 1, 0],
+        ["mknod", None, b"f", 0o644, 0, 0, 0, 1, 0],
+        ["mknod", 2**63, b"f", 0o644, 0, 0, 0, 1, 0],  # beyond SQLite's integers
         ["setattr", 1, "x", None, None, None, None, None, 1],
         ["commit_chunks", 2, [[0, BLOCK, 1]], 1, 1],  # chunk arity
         ["commit_chunks", 2, [[0, BLOCK[:15], 1, SUM]], 1, 1],  # short block id
@@ -166,6 +175,9 @@ def test_query_round_trip_through_msgpack(query: Any) -> None:
         ["commit_chunks", 2, [0, BLOCK, 1, SUM], 1, 1],  # a chunk, not a list of them
         ["commit_chunks", 2, b"chunks", 1, 1],
         ["forget_garbage", [BLOCK, "x" * 16]],
+        ["batch", [], [["batch", [], []]], 1],  # too many
+        ["batch", [], ["mknod"]],  # a malformed command inside
+        ["release", [1], "client"],
     ],
 )
 def test_malformed_commands_are_einval(wire: object) -> None:
