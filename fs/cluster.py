@@ -240,8 +240,10 @@ class Cluster:
 
     async def meta_changes(self, since: int) -> Changes:
         """What changed in the namespace after log index `since`, from the leader's change
-        feed; the leader waits a moment for a change before it answers that none came."""
-        return Changes.from_wire(await self._meta_call("meta.changes", [since]))
+        feed, with the directories this mount is asked to give back; the leader waits a moment
+        for a change before it answers that none came."""
+        params = [since, self.client_id]
+        return Changes.from_wire(await self._meta_call("meta.changes", params))
 
     async def read_chunks(self, ino: int) -> tuple[Attr, list[Chunk]]:
         """A file's attributes and whole chunk map, read in pages that all show one version

@@ -178,8 +178,9 @@ class NodeService:
         return encode_result(await self._meta().query(query_from_wire(query)))
 
     async def meta_changes(self, params: list[Any]) -> list[Any]:
-        (since,) = _arity(params, 1, "meta.changes")
-        changes = await self._meta().changes(_seq(since, "since"))
+        since, client_id = _arity(params, 2, "meta.changes")
+        meta = self._meta()
+        changes = await meta.changes(_seq(since, "since"), _bytes(client_id, "client id"))
         return changes.to_wire()
 
     async def meta_status(self, params: list[Any]) -> dict[str, Any]:

@@ -76,19 +76,24 @@ class Changes:
     #: The feed no longer holds every change after the asked index: drop everything cached.
     reset: bool
     records: tuple[Change, ...]
+    #: Directories the asking client holds and must give back (`ringfs.node.meta.delegations`).
+    recalls: tuple[int, ...] = ()
 
     def to_wire(self) -> list[Any]:
-        return [self.upto, self.reset, [r.to_wire() for r in self.records]]
+        records = [r.to_wire() for r in self.records]
+        return [self.upto, self.reset, records, list(self.recalls)]
 
     @classmethod
     def from_wire(cls, obj: Any) -> Changes:
         try:
-            upto, reset, records = obj
+            upto, reset, records, recalls = obj
         except (TypeError, ValueError):
             raise NodeError("EINVAL", "malformed changes") from None
         if not _is_int(upto) or not isinstance(reset, bool) or not isinstance(records, list):
             raise NodeError("EINVAL", "malformed changes")
-        return cls(upto, reset, tuple(Change.from_wire(r) for r in records))
+        if not isinstance(recalls, list) or not all(_is_int(ino) for ino in recalls):
+            raise NodeError("EINVAL", "malformed recalls")
+        return cls(upto, reset, tuple(Change.from_wire(r) for r in records), tuple(recalls))
 
 
 class ChangeFeed:
@@ -116,6 +121,11 @@ class ChangeFeed:
         self._arrived.set()
         self._arrived = trio.Event()
 
+    def nudge(self) -> None:
+        """Wake the polls waiting now without a change (a recall is for one of them)."""
+        self._arrived.set()
+        self._arrived = trio.Event()
+
     def restart(self, applied: int) -> None:
         """The state was replaced (a snapshot installed): nothing before `applied` is known."""
         self._records.clear()
@@ -124,7 +134,8 @@ class ChangeFeed:
         self._arrived = trio.Event()
 
     async def wait_after(self, index: int) -> None:
-        """Return once something after `index` was applied (or at once if it was)."""
+        """Return once something after `index` was applied (or at once if it was), or the
+        feed was nudged."""
         if self._applied <= index:
             await self._arrived.wait()
 

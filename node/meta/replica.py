@@ -27,8 +27,19 @@ import msgpack
 import trio
 
 from ringfs.node.durable import fsync_dir
-from ringfs.node.errors import IN_DOUBT, NOT_LEADER, NodeError, StorageFailure
-from ringfs.node.meta.commands import Attr, Command, Entry, Init, Outcome, Query, encode_result
+from ringfs.node.errors import DELEGATED, IN_DOUBT, NOT_LEADER, NodeError, StorageFailure
+from ringfs.node.meta.commands import (
+    Attr,
+    Batch,
+    Command,
+    Entry,
+    Init,
+    Outcome,
+    Query,
+    Release,
+    encode_result,
+)
+from ringfs.node.meta.delegations import Recalls
 from ringfs.node.meta.feed import Change, ChangeFeed, Changes
 from ringfs.node.meta.state import MetaState
 from ringfs.node.raft.core import Entry as LogEntry
@@ -45,6 +56,8 @@ FEED_WAIT = 0.25
 # Seconds a poll that waited goes on gathering after the first change: one answer then carries
 # the next few commands' changes too, where one after another each would cost a round trip.
 FEED_GATHER = 0.005
+# Seconds between checks of a recall's progress, besides every apply.
+RECALL_CHECK = 0.05
 # Without a snapshot count given, a member snapshots after this many entries, once they hold
 # half the size of its last image (see `Snapshots`): copying a large meta.db every thousand
 # commands cost more than the log it saved.
@@ -66,8 +79,11 @@ class Applied:
 
 
 def stamp(command: Command, now_ns: int) -> Command:
-    """Fill in the decision the state machine must not make itself: the current time."""
-    if any(f.name == "now_ns" for f in dataclasses.fields(command)):
+    """Fill in the decision the state machine must not make itself: the current time, where
+    the client did not give it (a mount gives the time of a change it acknowledged itself)."""
+    if isinstance(command, Batch):
+        return Batch(command.held, tuple(stamp(c, now_ns) for c in command.commands))
+    if getattr(command, "now_ns", None) == 0:
         stamped: Command = dataclasses.replace(cast(Any, command), now_ns=now_ns)
         return stamped
     return command
@@ -254,6 +270,7 @@ class ReplicatedMeta:
             snapshot_share=SNAPSHOT_SHARE if snapshot_every is None else None,
         )
         self.chunk_size = chunk_size
+        self.recalls = Recalls(trio.current_time)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the Raft member until cancelled; the filesystem is created by the first leader."""
@@ -291,8 +308,45 @@ class ReplicatedMeta:
         Raises NodeError(NOT_LEADER, leader) when this node did not propose it (or another
         leader's entry took its place: it will never be applied), NodeError(IN_DOUBT, leader)
         when it lost the lead after proposing it (a retry with the same client id and seq
-        tells whether it was applied).
+        tells whether it was applied). A command that would change names in a directory
+        another client holds waits until that client gave it back (or lost it), then goes in.
         """
+        while True:
+            outcome, attrs = await self._apply(command, client_id, seq, acked_below)
+            if outcome.error != DELEGATED:
+                return outcome, attrs
+            await self._recall(outcome.result, client_id)
+
+    async def _recall(self, dirs: list[int], requester: bytes | None) -> None:
+        """Get `dirs` back from the clients other than `requester` that hold them: ask each
+        through its feed, and release for it what one that stopped polling holds."""
+        waiting_since = trio.current_time()
+        while True:
+            if self.raft.raft.role != "leader":
+                raise NodeError(NOT_LEADER, self.raft.raft.leader or "")
+            held: dict[bytes, list[int]] = {}
+            for directory, holder in self.machine.state.holders(dirs).items():
+                if holder != requester:
+                    held.setdefault(holder, []).append(directory)
+            if not held:
+                return
+            for holder, taken in sorted(held.items()):
+                if self.recalls.expired(holder, waiting_since):
+                    log.warning(
+                        "client %s stopped answering: its directories %s released",
+                        holder.hex(),
+                        taken,
+                    )
+                    self.recalls.forget(holder)
+                    await self._apply(Release(tuple(taken), holder), None, None, None)
+                elif self.recalls.want(holder, taken):
+                    self.machine.feed.nudge()
+            with trio.move_on_after(RECALL_CHECK):
+                await self.machine.feed.wait_after(self.machine.feed.applied)
+
+    async def _apply(
+        self, command: Command, client_id: bytes | None, seq: int | None, acked_below: int | None
+    ) -> tuple[Outcome, list[Attr]]:
         entry = Entry(stamp(command, time.time_ns()), client_id, seq, acked_below)
         data = msgpack.packb(entry.to_wire(), use_bin_type=True)
         try:
@@ -312,13 +366,15 @@ class ReplicatedMeta:
 
         return await self._read(run)
 
-    async def changes(self, since: int) -> Changes:
+    async def changes(self, since: int, client_id: bytes) -> Changes:
         """What changed after log index `since` (see `ringfs.node.meta.feed`), as fresh as a
-        linearizable read: everything applied before the call is in it. Waits up to
-        `FEED_WAIT` for a first change, so a mount's poll doubles as its heartbeat."""
+        linearizable read: everything applied before the call is in it, with the directories
+        `client_id` is asked to give back. Waits up to `FEED_WAIT` for a first change or
+        recall, so a mount's poll doubles as its heartbeat."""
         if self.raft.raft.role != "leader":
             raise NodeError(NOT_LEADER, self.raft.raft.leader or "")
-        if self.machine.feed.applied <= since:
+        self.recalls.seen(client_id)
+        if self.machine.feed.applied <= since and not self.recalls.wanted(client_id):
             with trio.move_on_after(FEED_WAIT):
                 await self.machine.feed.wait_after(since)
                 await trio.sleep(FEED_GATHER)
@@ -327,7 +383,15 @@ class ReplicatedMeta:
             assert isinstance(machine, MetaMachine)
             return machine.feed.since(since)
 
-        return await self._read(run)
+        changes = await self._read(run)
+        self.recalls.seen(client_id)
+        wanted = self.recalls.wanted(client_id)
+        if wanted:
+            held = self.machine.state.holders(wanted)
+            recalled = tuple(sorted(d for d, holder in held.items() if holder == client_id))
+            self.recalls.still_held(client_id, recalled)
+            changes = dataclasses.replace(changes, recalls=recalled)
+        return changes
 
     async def _read(self, read: Callable[[StateMachine], T]) -> T:
         try:
