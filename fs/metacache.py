@@ -50,6 +50,8 @@ class MetaCache:
         self._limit = limit
         self._attrs: dict[int, Attr] = {}
         self._names: dict[Name, int] = {}
+        # How many names of each directory `_names` holds.
+        self._counts: dict[int, int] = {}
         # Directories whose every name is in `_names`: a name not there does not exist.
         self._complete: set[int] = set()
         self._fresh_until = float("-inf")
@@ -82,6 +84,10 @@ class MetaCache:
     def known_missing(self, parent: int, name: bytes) -> bool:
         """Whether `name` is known not to exist in `parent` (this mount knows all its names)."""
         return self.fresh() and parent in self._complete and (parent, name) not in self._names
+
+    def known_empty(self, directory: int) -> bool:
+        """Whether `directory` is known to have no names (this mount knows all its names)."""
+        return self.fresh() and directory in self._complete and directory not in self._counts
 
     def inode_of(self, name: Name) -> int | None:
         return self._names.get(name)
@@ -147,13 +153,22 @@ class MetaCache:
         self._tick += 1
 
     def _put(self, table: dict[Any, Any], key: Any, value: Any) -> None:
-        table.pop(key, None)  # to the young end
+        if table.pop(key, None) is None and isinstance(key, tuple):  # to the young end
+            self._counts[key[0]] = self._counts.get(key[0], 0) + 1
         table[key] = value
         if len(table) > self._limit:
             oldest = next(iter(table))
             del table[oldest]
             if isinstance(oldest, tuple):
                 self._complete.discard(oldest[0])
+                self._uncount(oldest[0])
+
+    def _uncount(self, directory: int) -> None:
+        left = self._counts[directory] - 1
+        if left:
+            self._counts[directory] = left
+        else:
+            del self._counts[directory]
 
     # -- forgetting --------------------------------------------------------------------------
 
@@ -202,6 +217,7 @@ class MetaCache:
         """Forget everything (the feed lost track: some changes will never be told)."""
         self._attrs.clear()
         self._names.clear()
+        self._counts.clear()
         self._complete.clear()
         self._dirtied.clear()
         self._awaited.clear()
@@ -212,7 +228,8 @@ class MetaCache:
         if isinstance(key, int):
             self._attrs.pop(key, None)
         else:
-            self._names.pop(key, None)
+            if self._names.pop(key, None) is not None:
+                self._uncount(key[0])
             self._complete.discard(key[0])
         self._dirtied[key] = self._tick
         if len(self._dirtied) > DIRTIED_LIMIT:

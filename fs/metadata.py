@@ -8,16 +8,20 @@ directory pages it lists, are kept there.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ringfs.fs.cluster import Cluster
 from ringfs.fs.metacache import MetaCache, touched
+from ringfs.fs.writebehind import RIDERS, WriteBehind, result_of
 from ringfs.node.errors import NodeError
 from ringfs.node.meta.commands import (
     RENAME_EXCHANGE,
     Attr,
+    Batch,
     Chunk,
     Command,
+    Delegate,
     DirEntry,
     GetAttr,
     Link,
@@ -40,11 +44,25 @@ DOTS = (b".", b"..")
 class Metadata:
     """Commands and queries of one mount, with its cache of names and attributes."""
 
-    def __init__(self, cluster: Cluster, cache: MetaCache) -> None:
+    def __init__(self, cluster: Cluster, cache: MetaCache, write_behind: bool = True) -> None:
         self.cluster = cluster
         self.cache = cache
+        self.behind = WriteBehind(cluster, cache, write_behind)
 
     async def apply(self, command: Command) -> Any:
+        """Apply a command: answered here and queued if its outcome is known here (see
+        `ringfs.fs.writebehind`); riding behind the queued changes if it changes no name;
+        else sent alone once they are applied (`_command`)."""
+        behind = self.behind
+        answered, result = await behind.acknowledge(command)
+        if answered:
+            return result
+        if behind.busy and isinstance(command, RIDERS):
+            return result_of(command, *await behind.ride(command))
+        await behind.drain()
+        return await self._command(command)
+
+    async def _command(self, command: Command) -> Any:
         """Apply a command (see `Cluster.meta_command`) and bring the cache up to date with it
         before returning: what it touched is forgotten, and the attributes the leader sent
         back of every inode it changed are kept (the kernel asks next: the directory's
@@ -55,16 +73,27 @@ class Metadata:
         what the answer kept)."""
         cache = self.cache
         inodes, names = touched(command)
+        sent: Command = command
+        if isinstance(command, Mkdir):
+            # Born held by this mount, so that changes in it are answered here.
+            command = sent = dataclasses.replace(command, ino=await self.behind.take_ino())
+            if command.ino:
+                sent = Batch((), (command, Delegate(command.ino)))
         seq = self.cluster.take_seq()
         cache.expect(seq)
         before = cache.stamp()
         try:
-            answer = await self.cluster.meta_command(command, seq)
+            answer = await self.cluster.meta_command(sent, seq)
+            result = answer.result
+            if sent is not command:
+                made, delegated = result
+                result = result_of(command, made)
+                if delegated.error is None:
+                    self.behind.held.add(result.ino)
         except BaseException:
             cache.forget(inodes, names)
             cache.answered(seq, ())
             raise
-        result = answer.result
         complete = cache.complete_among({parent for parent, _ in names})
         moved = [cache.inode_of(name) for name in names] if isinstance(command, Rename) else []
         fresh = {attr.ino: attr for attr in answer.attrs if cache.may_keep(attr.ino, before)}
@@ -100,7 +129,9 @@ class Metadata:
         return set()
 
     async def query(self, query: Query) -> Any:
-        """A query the cache does not answer, straight to the leader."""
+        """A query the cache does not answer, to the leader once it applied this mount's
+        queued changes."""
+        await self.behind.drain()
         return await self.cluster.meta_query(query)
 
     async def lookup(self, parent: int, name: bytes) -> Attr:
@@ -108,6 +139,7 @@ class Metadata:
         if attr is None and self.cache.known_missing(parent, name):
             raise NodeError("ENOENT", "no such entry (known to this mount)")
         if attr is None:
+            await self.behind.drain()
             stamp = self.cache.stamp()
             attr = await self.cluster.meta_query(Lookup(parent, name))
             self.cache.keep_entry(parent, name, attr, stamp)
@@ -116,6 +148,7 @@ class Metadata:
     async def getattr(self, ino: int) -> Attr:
         attr = self.cache.attr(ino)
         if attr is None:
+            await self.behind.drain()
             stamp = self.cache.stamp()
             attr = await self.cluster.meta_query(GetAttr(ino))
             self.cache.keep_attr(attr, stamp)
@@ -124,6 +157,7 @@ class Metadata:
     async def readdir(self, ino: int, after: int, limit: int) -> list[DirEntry]:
         """A page of a directory, always from the leader; its names and attributes are kept
         (an `ls -l` that follows asks for each of them)."""
+        await self.behind.drain()
         stamp = self.cache.stamp()
         page: list[DirEntry] = await self.cluster.meta_query(ReadDir(ino, after, limit))
         for entry in page:
@@ -135,6 +169,7 @@ class Metadata:
         """Attributes and chunk map, from the leader (see `Cluster.read_chunks`). The
         attributes are kept: a `stat` after an open must not show an older file than the open
         does, whether or not the feed told of the change yet."""
+        await self.behind.drain()
         stamp = self.cache.stamp()
         attr, chunks = await self.cluster.read_chunks(ino)
         self.cache.keep_attr(attr, stamp)

@@ -120,17 +120,19 @@ def _quietly(notice: Callable[..., None], *args: Any) -> None:
 async def create_operations(
     cluster: Cluster, config: MountConfig, nursery: trio.Nursery, kernel: KernelCache
 ) -> Operations:
-    """The FUSE handlers for `cluster`, with caches and buffers sized by `config`, and the task
-    that keeps their cache of names and attributes current.
+    """The FUSE handlers for `cluster`, with caches and buffers sized by `config`, the task
+    that keeps their cache of names and attributes current, and the one that sends the
+    namespace changes they acknowledged.
 
     Waits for the filesystem to exist (a new cluster creates it once its meta group elected
     a leader); raises `Unavailable` if it does not within the metadata deadline.
     """
     info = await wait_for_filesystem(cluster)
     cache = MetaCache(cluster.client_id, trio.current_time)
+    meta = Metadata(cluster, cache)
     files = FileContext(
         cluster=cluster,
-        meta=Metadata(cluster, cache),
+        meta=meta,
         cache=BlockCache(cluster, config.cache_bytes, nursery, max_prefetch=READAHEAD_CHUNKS),
         budget=WriteBudget(config.write_buffers),
         chunk_size=info.chunk_size,
@@ -138,7 +140,10 @@ async def create_operations(
         inline_max=config.inline_max,
     )
     operations = Operations(cluster, files, config.times, kernel)
-    nursery.start_soon(follow_changes, cluster, cache, operations.changed_elsewhere)
+    nursery.start_soon(meta.behind.run, name="write-behind")
+    nursery.start_soon(
+        follow_changes, cluster, cache, operations.changed_elsewhere, meta.behind.recall
+    )
     return operations
 
 
@@ -184,6 +189,7 @@ async def run(
                 scope.shield = True
                 await operations.flush_open_files()
                 await operations.purge_orphans()
+                await operations.files.meta.behind.release_all()
             if scope.cancelled_caught:
                 log.error("unmount: gave up storing open files and purging after %ds",
                           SHUTDOWN_GRACE)  # fmt: skip

@@ -407,8 +407,9 @@ class Operations(pyfuse3.Operations):
         del self._dirs[fh]
 
     async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
-        # Every metadata command is committed (and fsync'd) before it is answered.
-        return None
+        with fuse_errors("fsyncdir"):
+            # Changes answered before the leader had them are committed now.
+            await self.files.meta.behind.drain()
 
     # -- files -------------------------------------------------------------------------------
 

@@ -25,11 +25,14 @@ log = logging.getLogger(__name__)
 RETRY_DELAY = 0.2
 
 Changed = Callable[[list[int], list[Name]], None]
+Recalled = Callable[[tuple[int, ...]], None]
 
 
-async def follow_changes(cluster: Cluster, cache: MetaCache, changed_elsewhere: Changed) -> None:
+async def follow_changes(
+    cluster: Cluster, cache: MetaCache, changed_elsewhere: Changed, recalled: Recalled
+) -> None:
     """Poll the change feed until cancelled; `changed_elsewhere(inodes, names)` hears what
-    other clients changed."""
+    other clients changed, `recalled(dirs)` which held directories the leader wants back."""
     failing = False
     while True:
         sent = trio.current_time()
@@ -48,3 +51,5 @@ async def follow_changes(cluster: Cluster, cache: MetaCache, changed_elsewhere: 
             log.info("change feed: changes after index %d are gone; cache emptied", cache.index)
         for inodes, names in cache.apply(changes, sent):
             changed_elsewhere(inodes, names)
+        if changes.recalls:
+            recalled(changes.recalls)

@@ -213,3 +213,20 @@ def test_the_oldest_go_first_when_full(clock: Clock) -> None:
 )
 def test_what_a_command_touches(command: Command, inodes: list[int], names: object) -> None:
     assert touched(command) == (inodes, names)
+
+
+def test_a_complete_directory_is_known_empty_once_its_last_name_goes(cache: MetaCache) -> None:
+    cache.mark_complete([5])
+    assert cache.known_empty(5)
+    cache.keep_name(5, b"a", 6, cache.stamp())
+    cache.keep_name(5, b"b", 7, cache.stamp())
+    cache.keep_name(5, b"b", 8, cache.stamp())  # the same name again
+    assert not cache.known_empty(5)
+    cache.forget((), [(5, b"a")])
+    cache.mark_complete([5])
+    assert not cache.known_empty(5)
+    cache.forget((), [(5, b"b")])
+    assert not cache.known_empty(5)  # no longer complete: a name may be missing here
+    cache.mark_complete([5])
+    assert cache.known_empty(5)
+    assert not cache.known_empty(9)  # not complete

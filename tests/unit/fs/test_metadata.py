@@ -46,7 +46,7 @@ class Leader:
         self.seq += 1
         return self.seq
 
-    async def meta_command(self, command: Command, seq: int) -> Answer:
+    async def meta_command(self, command: Command, seq: int | None = None) -> Answer:
         self.during()
         return answer(self.results.pop(0))
 
@@ -60,7 +60,8 @@ def answer(result: Any) -> Answer:
 def metadata(leader: Leader) -> Metadata:
     cache = MetaCache(b"m" * 16, clock=lambda: 0.0)
     cache.apply(Changes(1, False, ()), sent_at=0.0)
-    return Metadata(cast(Cluster, leader), cache)
+    # Every command to the leader, one by one (`test_writebehind` covers the others).
+    return Metadata(cast(Cluster, leader), cache, write_behind=False)
 
 
 async def test_a_new_file_is_known_by_name_and_attributes() -> None:

@@ -1,0 +1,211 @@
+"""Changes answered by the mount in the directories it holds, with a real state machine as the
+leader: what the mount shows is what the leader holds once the batch is applied."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import trio
+
+from ringfs.fs.cluster import Answer, Cluster
+from ringfs.fs.metacache import MetaCache
+from ringfs.fs.metadata import Metadata
+from ringfs.node.errors import NodeError
+from ringfs.node.meta.commands import (
+    ROOT_INO,
+    Attr,
+    Batch,
+    Command,
+    CommitChunks,
+    Entry,
+    GetAttr,
+    Init,
+    Lookup,
+    Mkdir,
+    Mknod,
+    Query,
+    ReadDir,
+    Release,
+    Rename,
+    Reserve,
+    Rmdir,
+    Setattr,
+    Unlink,
+    decode_result,
+)
+from ringfs.node.meta.feed import Changes
+from ringfs.node.meta.replica import stamp
+from ringfs.node.meta.state import MetaState
+
+ME = b"m" * 16
+REG = stat.S_IFREG | 0o644
+
+
+class StateLeader:
+    """The meta-group leader, played by a state machine in this process."""
+
+    def __init__(self, state: MetaState) -> None:
+        self.state = state
+        self.client_id = ME
+        self.sent: list[Command] = []
+        self._seq = 0
+
+    def take_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    async def meta_command(self, command: Command, seq: int | None = None) -> Answer:
+        await trio.sleep(0.001)  # on its way
+        self.sent.append(command)
+        seq = self.take_seq() if seq is None else seq
+        [outcome] = self.state.apply_batch([Entry(stamp(command, 7_000), ME, seq)])
+        changed = {ino for _, inodes, _ in self.state.take_changes() for ino in inodes}
+        if outcome.error is not None:
+            raise NodeError(outcome.error, command.OP)
+        result = decode_result(command, outcome.result)
+        return Answer(result, self.state.attrs(sorted(changed)))
+
+    async def meta_query(self, query: Query) -> Any:
+        self.sent.append(cast(Command, query))
+        return self.state.query(query)
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[MetaState]:
+    with MetaState(tmp_path / "meta.db") as meta:
+        meta.apply_batch([Entry(Init(4096, 0, 0, 1_000))])
+        yield meta
+
+
+@pytest.fixture
+async def meta(state: MetaState) -> AsyncIterator[Metadata]:
+    cache = MetaCache(ME, clock=lambda: 0.0)
+    cache.apply(Changes(1, False, ()), sent_at=0.0)  # fresh, as the feed keeps it
+    metadata = Metadata(cast(Cluster, StateLeader(state)), cache)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(metadata.behind.run)
+        yield metadata
+        nursery.cancel_scope.cancel()
+
+
+def leader(meta: Metadata) -> StateLeader:
+    return cast(StateLeader, meta.cluster)
+
+
+def sent_ops(meta: Metadata) -> list[str]:
+    ops = []
+    for command in leader(meta).sent:
+        inner = command.commands if isinstance(command, Batch) else (command,)
+        ops.append("+".join(c.OP for c in inner))
+    return ops
+
+
+def assert_shows_what_the_leader_holds(meta: Metadata, state: MetaState, d: int) -> None:
+    names = {e.name: e.attr for e in state.query(ReadDir(d, 2, 1000))}
+    for name, attr in names.items():
+        assert meta.cache.lookup(d, name) == attr, name
+    assert meta.cache.attr(d) == state.query(GetAttr(d))
+
+
+async def test_changes_in_a_directory_the_mount_made_are_answered_here_and_sent_together(
+    meta: Metadata, state: MetaState
+) -> None:
+    d = (await meta.apply(Mkdir(ROOT_INO, b"d", 0o775, 0, 5, 0))).ino
+    await meta.apply(Setattr(d, 0o2775, None, None, None, None, None, 0))
+    assert sent_ops(meta) == ["reserve", "mkdir+delegate", "setattr"]
+    leader(meta).sent.clear()
+    made = await meta.apply(Mknod(d, b"a", REG, 0, 1, 1, 0))
+    sub = await meta.apply(Mkdir(d, b"sub", 0o755, 1, 1, 0))
+    await meta.apply(Mknod(sub.ino, b"b", REG, 0, 1, 1, 0))
+    await meta.apply(Mknod(d, b"c", REG, 0, 1, 1, 0))
+    assert await meta.apply(Rename(d, b"a", d, b"c", 0, 0)) is not None  # replaces c
+    gone = await meta.apply(Unlink(sub.ino, b"b", 0))
+    assert gone.nlink == 0
+    assert leader(meta).sent == []  # all answered here
+    assert made.gid == 5  # inherited from the set-group-id directory, as the leader does
+    assert stat.S_IMODE(sub.mode) & stat.S_ISGID
+    with pytest.raises(NodeError, match="ENOENT"):
+        await meta.lookup(d, b"a")  # renamed: known here
+    # A query sends them first, in one batch.
+    await meta.query(GetAttr(d))
+    assert sent_ops(meta) == ["mknod+mkdir+delegate+mknod+mknod+rename+unlink", "getattr"]
+    assert state.holders([d, sub.ino]) == {d: ME, sub.ino: ME}
+    assert_shows_what_the_leader_holds(meta, state, d)
+    assert_shows_what_the_leader_holds(meta, state, sub.ino)
+    assert state.query(Lookup(d, b"c")).ino == made.ino
+
+
+async def test_a_close_rides_with_the_create_it_follows(meta: Metadata, state: MetaState) -> None:
+    d = (await meta.apply(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 0))).ino
+    leader(meta).sent.clear()
+    made = await meta.apply(Mknod(d, b"f", REG, 0, 0, 0, 0))
+    commit = CommitChunks(made.ino, (), 0, None, None, 123, None, 0)
+    after = await meta.apply(commit)
+    assert after.mtime_ns == 123
+    assert sent_ops(meta) == ["mknod+commit_chunks"]  # one replicated round for the file
+    assert meta.cache.attr(made.ino) == state.query(GetAttr(made.ino))
+
+
+async def test_what_cannot_be_foreseen_goes_to_the_leader_after_the_queue(
+    meta: Metadata, state: MetaState
+) -> None:
+    d = (await meta.apply(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 0))).ino
+    full = await meta.apply(Mkdir(d, b"full", 0o755, 0, 0, 0))
+    await meta.apply(Mknod(full.ino, b"f", REG, 0, 0, 0, 0))
+    empty = await meta.apply(Mkdir(d, b"empty", 0o755, 0, 0, 0))
+    leader(meta).sent.clear()
+    await meta.apply(Rmdir(d, b"empty", 0))  # empty and held: answered here
+    with pytest.raises(NodeError, match="EEXIST"):
+        await meta.apply(Mknod(d, b"full", REG, 0, 0, 0, 0))  # the name is taken
+    with pytest.raises(NodeError, match="ENOTEMPTY"):
+        await meta.apply(Rmdir(d, b"full", 0))
+    ops = ["mkdir+delegate+mknod+mkdir+delegate+rmdir", "mknod", "rmdir"]
+    assert sent_ops(meta) == ops
+    assert empty.ino not in meta.behind.held
+    assert state.holders([empty.ino, full.ino]) == {full.ino: ME}
+    # A name outside the directories this mount holds goes to the leader.
+    await meta.apply(Mknod(ROOT_INO, b"top", REG, 0, 0, 0, 0))
+    assert sent_ops(meta)[-1] == "mknod"
+
+
+async def test_a_recalled_directory_is_released_behind_its_changes(
+    meta: Metadata, state: MetaState
+) -> None:
+    d = (await meta.apply(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 0))).ino
+    leader(meta).sent.clear()
+    await meta.apply(Mknod(d, b"f", REG, 0, 0, 0, 0))
+    meta.behind.recall((d,))
+    await meta.behind.drain()
+    assert sent_ops(meta) == ["mknod+release"]
+    assert state.holders([d]) == {}
+    await meta.apply(Mknod(d, b"g", REG, 0, 0, 0, 0))  # no longer answered here
+    assert sent_ops(meta)[-1] == "mknod"
+
+
+async def test_changes_of_a_directory_taken_away_are_reported_lost(
+    meta: Metadata, state: MetaState, expected_logs: list[str]
+) -> None:
+    expected_logs.append("acknowledged changes are lost")
+    d = (await meta.apply(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 0))).ino
+    # The leader took it back (this mount did not poll for too long).
+    state.apply_batch([Entry(Release((d,), ME))])
+    await meta.apply(Mknod(d, b"f", REG, 0, 0, 0, 0))
+    with pytest.raises(NodeError, match="EIO"):
+        await meta.behind.drain()  # an fsyncdir must not say they are durable
+    await meta.behind.drain()  # said once
+    assert meta.behind.held == set()
+    assert meta.cache.attr(d) is None  # what it showed is forgotten
+    assert state.query(ReadDir(d, 2, 10)) == []
+
+
+async def test_unmount_gives_back_every_directory(meta: Metadata, state: MetaState) -> None:
+    d = (await meta.apply(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 0))).ino
+    e = (await meta.apply(Mkdir(d, b"e", 0o755, 0, 0, 0))).ino
+    await meta.behind.release_all()
+    assert state.holders([d, e]) == {}
+    assert isinstance(state.query(GetAttr(e)), Attr)
+    assert any(isinstance(c, Reserve) for c in leader(meta).sent)
