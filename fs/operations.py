@@ -47,6 +47,7 @@ from ringfs.node.meta.commands import (
     Symlink,
     Unlink,
 )
+from ringfs.node.meta.effects import only_adds
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +299,7 @@ class Operations(pyfuse3.Operations):
                 state.truncated(result)
             return result
         update = AttrUpdate(command.atime_ns, command.mtime_ns, command.mode)
-        if state.dirty and _only_adds(state.overlay(state.attr), command):
+        if state.dirty and only_adds(state.overlay(state.attr), command):
             return state.defer(update)
         if update.atime_ns is not None or update.mtime_ns is not None or state.deferred_changes:
             await state.flush()
@@ -504,6 +505,8 @@ class Operations(pyfuse3.Operations):
     async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
         with fuse_errors("fsync"):
             await self._flush(self._handles[fh])
+            # Its attributes too, if this mount answered a change of them itself.
+            await self.files.meta.behind.drain()
 
     async def release(self, fh: FileHandleT) -> None:
         state = self._handles.pop(fh)
@@ -580,11 +583,3 @@ def _check_xattr_namespace(name: bytes) -> None:
     unkept = name.startswith(ACL_PREFIX) or name == SELINUX_LABEL
     if unkept or not name.startswith(XATTR_NAMESPACES):
         raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
-
-
-def _only_adds(shown: Attr, command: Setattr) -> bool:
-    """Whether `command` gives nobody less access than `shown`: no new owner or group, and
-    no permission bit taken away."""
-    if command.uid not in (None, shown.uid) or command.gid not in (None, shown.gid):
-        return False
-    return command.mode is None or not stat.S_IMODE(shown.mode) & ~stat.S_IMODE(command.mode)

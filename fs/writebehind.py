@@ -2,14 +2,16 @@
 
 A directory this mount made is held by it (`ringfs.node.meta.delegations`): no other client
 changes the names in it until the leader recalls it. So the outcome of a create, a mkdir, an
-unlink or a rename of a non-directory there follows from what the cache knows (all of its names,
-and their attributes), and `WriteBehind.acknowledge` answers it at once: it takes an inode number
-from a range the leader reserved for this mount, works out the attributes the state machine will
-give (`ringfs.node.meta.effects`), shows them in the cache, and queues the command. Queued
-commands go to the leader together in one `Batch`, `FLUSH_DELAY` after the first, or at once
-when someone waits: a close or fsync (its chunk commit rides in the same batch, so a small
-file costs one replicated round), a query, any command that cannot be foreseen. At most one
-batch is on its way at a time, so the leader applies them in the order they were made.
+unlink, a rename of a non-directory or an rmdir of an empty held directory there follows from
+what the cache knows (all of its names, and their attributes), and so does that of a change of
+times or an added permission of what this mount made. `WriteBehind.acknowledge` answers them
+at once: it takes an inode number from a range the leader reserved for this mount, works out
+the attributes the state machine will give (`ringfs.node.meta.effects`), shows them in the
+cache, and queues the command. Queued commands go to the leader together in one `Batch`,
+`FLUSH_DELAY` after the first, or at once when someone waits: a close or fsync (its chunk
+commit rides in the same batch, so a small file costs one replicated round), a query, any
+command that cannot be foreseen. At most one batch is on its way at a time, so the leader
+applies them in the order they were made.
 
 What this gives up: a change acknowledged here is durable only once its batch is committed (a
 few milliseconds later, or when a close, fsync or fsyncdir waits for it). A mount that dies
@@ -113,6 +115,8 @@ class WriteBehind:
         self._idle.set()
         self._inos = iter(range(0))
         self._left = 0
+        # The inode numbers reserved for this mount so far.
+        self._reserved: list[range] = []
         # How many queued or travelling commands each inode's cached attributes foresee, and
         # how many riders change each inode (its cached attributes are older than they will
         # be: nothing is foreseen from them meanwhile).
@@ -150,6 +154,8 @@ class WriteBehind:
                 return self._rmdir(dataclasses.replace(command, now_ns=now))
             case Rename():
                 return self._rename(dataclasses.replace(command, now_ns=now))
+            case Setattr() if command.size is None:
+                return self._setattr(dataclasses.replace(command, now_ns=now))
         return False, None
 
     def _may_create(self, command: Mknod | Mkdir | Symlink) -> bool:
@@ -203,6 +209,24 @@ class WriteBehind:
         )
         self._queue_change(command, (command.parent,), (child.ino, command.parent))
         return True, left
+
+    def _setattr(self, command: Setattr) -> tuple[bool, object]:
+        """Times, and a mode that only adds permissions, of an inode no other client can
+        remove meanwhile: a directory this mount holds, or a file it made that has one name
+        (in a held directory, unless this mount moved it out; even then, another client that
+        removes it first only makes this change moot)."""
+        node = self.cache.attr(command.ino)
+        if node is None or node.ino in self._riding or not effects.only_adds(node, command):
+            return False, None
+        made_here = any(node.ino in numbers for numbers in self._reserved)
+        if node.ino not in self.held and not (
+            made_here and node.nlink == 1 and not stat.S_ISDIR(node.mode)
+        ):
+            return False, None
+        after = effects.attributes_set(node, command)
+        self.cache.keep_attr(after, self.cache.stamp())
+        self._queue_change(command, (), (node.ino,))
+        return True, after
 
     def _rmdir(self, command: Rmdir) -> tuple[bool, object]:
         """An empty directory this mount holds, in one it holds."""
@@ -352,7 +376,9 @@ class WriteBehind:
         except (NodeError, Unavailable, ProtocolError) as exc:
             log.warning("no inode numbers reserved: %s", exc)
             return
-        self._inos = iter(range(first, first + RESERVE_COUNT))
+        numbers = range(first, first + RESERVE_COUNT)
+        self._reserved.append(numbers)
+        self._inos = iter(numbers)
         self._left = RESERVE_COUNT
 
     # -- sending -------------------------------------------------------------------------------
@@ -423,7 +449,7 @@ class WriteBehind:
             if item.waiter is not None:
                 item.outcome, item.attrs = outcome, answer.attrs
                 item.waiter.set()
-            elif outcome.error is not None:
+            elif outcome.error is not None and not _moot(item.command, outcome):
                 self._diverged(f"{item.command.OP} failed at the leader ({outcome.error})")
             if isinstance(item.command, Release):
                 self._releasing.difference_update(item.command.dirs)
@@ -485,6 +511,11 @@ def _count(counts: dict[int, int], inodes: Iterable[int], step: int) -> None:
             counts[ino] = left
         else:
             del counts[ino]
+
+
+def _moot(command: Command, outcome: Outcome) -> bool:
+    """A change of attributes of a file another client removed first: nothing to show."""
+    return isinstance(command, Setattr) and outcome.error == "ENOENT"
 
 
 def _weight(command: Command) -> int:

@@ -63,6 +63,30 @@ def link_dropped(node: Attr, now_ns: int) -> Attr:
     return dataclasses.replace(node, nlink=node.nlink - 1, ctime_ns=now_ns)
 
 
+def only_adds(shown: Attr, command: cmd.Setattr) -> bool:
+    """Whether `command` gives nobody less access than `shown`: no new owner or group, and
+    no permission bit taken away."""
+    if command.uid not in (None, shown.uid) or command.gid not in (None, shown.gid):
+        return False
+    return command.mode is None or not stat.S_IMODE(shown.mode) & ~stat.S_IMODE(command.mode)
+
+
+def attributes_set(node: Attr, command: cmd.Setattr) -> Attr:
+    """An inode after a `Setattr` that changes no size."""
+    mode = (
+        node.mode if command.mode is None else stat.S_IFMT(node.mode) | stat.S_IMODE(command.mode)
+    )
+    return dataclasses.replace(
+        node,
+        mode=mode,
+        uid=node.uid if command.uid is None else command.uid,
+        gid=node.gid if command.gid is None else command.gid,
+        atime_ns=node.atime_ns if command.atime_ns is None else command.atime_ns,
+        mtime_ns=node.mtime_ns if command.mtime_ns is None else command.mtime_ns,
+        ctime_ns=command.now_ns,
+    )
+
+
 def moved(node: Attr, now_ns: int) -> Attr:
     """The inode a rename moved."""
     return dataclasses.replace(node, ctime_ns=now_ns)

@@ -34,7 +34,7 @@ import msgpack
 from ringfs.node.errors import CHANGED, DELEGATED, NodeError
 from ringfs.node.meta import commands as cmd
 from ringfs.node.meta.commands import Attr, Chunk, Entry, Outcome
-from ringfs.node.meta.effects import DIR_SIZE, created_mode, inherited
+from ringfs.node.meta.effects import DIR_SIZE, attributes_set, created_mode, inherited
 from ringfs.node.meta.queries import answer
 from ringfs.node.meta.schema import (
     TABLES,
@@ -470,13 +470,9 @@ class MetaState:
         _check_ids(c.uid or 0, c.gid or 0)
         if c.size is not None:
             self._resize(node, c.size, c.now_ns)
-        if c.mode is not None:
-            node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(c.mode)
-        node.uid = node.uid if c.uid is None else c.uid
-        node.gid = node.gid if c.gid is None else c.gid
-        node.atime_ns = node.atime_ns if c.atime_ns is None else c.atime_ns
-        node.mtime_ns = node.mtime_ns if c.mtime_ns is None else c.mtime_ns
-        node.ctime_ns = c.now_ns
+        after = attributes_set(node.attr(), c)
+        node.mode, node.uid, node.gid = after.mode, after.uid, after.gid
+        node.atime_ns, node.mtime_ns, node.ctime_ns = after.atime_ns, after.mtime_ns, after.ctime_ns
         self._rows.save(node)
         return self._rows.get(node.ino).attr()
 

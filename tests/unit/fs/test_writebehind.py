@@ -116,7 +116,7 @@ async def test_changes_in_a_directory_the_mount_made_are_answered_here_and_sent_
 ) -> None:
     d = (await meta.apply(Mkdir(ROOT_INO, b"d", 0o775, 0, 5, 0))).ino
     await meta.apply(Setattr(d, 0o2775, None, None, None, None, None, 0))
-    assert sent_ops(meta) == ["reserve", "mkdir+delegate", "setattr"]
+    assert sent_ops(meta) == ["reserve", "mkdir+delegate"]  # the chmod only adds: queued
     leader(meta).sent.clear()
     made = await meta.apply(Mknod(d, b"a", REG, 0, 1, 1, 0))
     sub = await meta.apply(Mkdir(d, b"sub", 0o755, 1, 1, 0))
@@ -132,7 +132,8 @@ async def test_changes_in_a_directory_the_mount_made_are_answered_here_and_sent_
         await meta.lookup(d, b"a")  # renamed: known here
     # A query sends them first, in one batch.
     await meta.query(GetAttr(d))
-    assert sent_ops(meta) == ["mknod+mkdir+delegate+mknod+mknod+rename+unlink", "getattr"]
+    batch = "setattr+mknod+mkdir+delegate+mknod+mknod+rename+unlink"
+    assert sent_ops(meta) == [batch, "getattr"]
     assert state.holders([d, sub.ino]) == {d: ME, sub.ino: ME}
     assert_shows_what_the_leader_holds(meta, state, d)
     assert_shows_what_the_leader_holds(meta, state, sub.ino)
@@ -209,3 +210,28 @@ async def test_unmount_gives_back_every_directory(meta: Metadata, state: MetaSta
     assert state.holders([d, e]) == {}
     assert isinstance(state.query(GetAttr(e)), Attr)
     assert any(isinstance(c, Reserve) for c in leader(meta).sent)
+
+
+async def test_times_and_added_permissions_of_what_the_mount_made_are_answered_here(
+    meta: Metadata, state: MetaState
+) -> None:
+    d = (await meta.apply(Mkdir(ROOT_INO, b"d", 0o700, 0, 0, 0))).ino
+    made = await meta.apply(Mknod(d, b"f", stat.S_IFREG | 0o600, 0, 0, 0, 0))
+    leader(meta).sent.clear()
+    touched = await meta.apply(Setattr(made.ino, 0o644, None, None, None, 11, 22, 0))
+    assert (stat.S_IMODE(touched.mode), touched.atime_ns, touched.mtime_ns) == (0o644, 11, 22)
+    await meta.apply(Setattr(d, 0o755, None, None, None, None, 33, 0))  # a held directory
+    assert leader(meta).sent == []
+    # Taking a permission away, a new owner: the leader first (behind what is queued).
+    await meta.apply(Setattr(made.ino, 0o600, None, None, None, None, None, 0))
+    assert sent_ops(meta) == ["mknod+setattr+setattr+setattr"]
+    await meta.apply(Setattr(made.ino, None, 7, None, None, None, None, 0))
+    assert sent_ops(meta)[-1] == "setattr"
+    assert meta.cache.attr(made.ino) == state.query(GetAttr(made.ino))
+    assert meta.cache.attr(d) == state.query(GetAttr(d))
+    # An inode this mount did not make is left to the leader.
+    other = state.apply_batch([Entry(Mknod(ROOT_INO, b"x", REG, 0, 0, 0, 5), b"o", 1)])[0]
+    ino = decode_result(Mknod(ROOT_INO, b"x", REG, 0, 0, 0, 5), other.result).ino
+    await meta.getattr(ino)
+    await meta.apply(Setattr(ino, None, None, None, None, 1, 1, 0))
+    assert sent_ops(meta)[-1] == "setattr"
