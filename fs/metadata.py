@@ -59,7 +59,7 @@ class Metadata:
             return result
         if behind.busy and isinstance(command, RIDERS):
             return result_of(command, *await behind.ride(command))
-        await behind.drain()
+        await behind.flushed()
         return await self._command(command)
 
     async def _command(self, command: Command) -> Any:
@@ -130,8 +130,9 @@ class Metadata:
 
     async def query(self, query: Query) -> Any:
         """A query the cache does not answer, to the leader once it applied this mount's
-        queued changes."""
-        await self.behind.drain()
+        queued changes of the inode it asks about."""
+        subjects = (getattr(query, "ino", None), getattr(query, "parent", None))
+        await self.behind.drain_for(*(ino for ino in subjects if ino is not None))
         return await self.cluster.meta_query(query)
 
     async def lookup(self, parent: int, name: bytes) -> Attr:
@@ -139,7 +140,7 @@ class Metadata:
         if attr is None and self.cache.known_missing(parent, name):
             raise NodeError("ENOENT", "no such entry (known to this mount)")
         if attr is None:
-            await self.behind.drain()
+            await self.behind.drain_for(parent)
             stamp = self.cache.stamp()
             attr = await self.cluster.meta_query(Lookup(parent, name))
             self.cache.keep_entry(parent, name, attr, stamp)
@@ -148,7 +149,7 @@ class Metadata:
     async def getattr(self, ino: int) -> Attr:
         attr = self.cache.attr(ino)
         if attr is None:
-            await self.behind.drain()
+            await self.behind.drain_for(ino)
             stamp = self.cache.stamp()
             attr = await self.cluster.meta_query(GetAttr(ino))
             self.cache.keep_attr(attr, stamp)
@@ -157,7 +158,7 @@ class Metadata:
     async def readdir(self, ino: int, after: int, limit: int) -> list[DirEntry]:
         """A page of a directory, always from the leader; its names and attributes are kept
         (an `ls -l` that follows asks for each of them)."""
-        await self.behind.drain()
+        await self.behind.drain_for(ino)
         stamp = self.cache.stamp()
         page: list[DirEntry] = await self.cluster.meta_query(ReadDir(ino, after, limit))
         for entry in page:
@@ -169,7 +170,7 @@ class Metadata:
         """Attributes and chunk map, from the leader (see `Cluster.read_chunks`). The
         attributes are kept: a `stat` after an open must not show an older file than the open
         does, whether or not the feed told of the change yet."""
-        await self.behind.drain()
+        await self.behind.drain_for(ino)
         stamp = self.cache.stamp()
         attr, chunks = await self.cluster.read_chunks(ino)
         self.cache.keep_attr(attr, stamp)

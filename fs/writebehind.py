@@ -329,12 +329,22 @@ class WriteBehind:
 
         Raises NodeError(EIO) if acknowledged changes were lost since the last drain said so
         (an fsyncdir must not report them durable)."""
-        while self.busy:
-            self._hurry.set()
-            await self._idle.wait()
+        await self.flushed()
         if self._lost != self._reported:
             self._reported = self._lost
             raise NodeError("EIO", "changes acknowledged by this mount were lost")
+
+    async def drain_for(self, *inodes: int) -> None:
+        """Return once the leader applied every queued change of these inodes (and so of all
+        queued before them), for a query about them."""
+        if any(ino in self._foreseen or ino in self._riding for ino in inodes):
+            await self.flushed()
+
+    async def flushed(self) -> None:
+        """Return once nothing is queued or on its way."""
+        while self.busy:
+            self._hurry.set()
+            await self._idle.wait()
 
     def recall(self, dirs: tuple[int, ...]) -> None:
         """The leader wants these directories back: changes in them are no longer foreseen,
@@ -350,7 +360,7 @@ class WriteBehind:
     async def release_all(self) -> None:
         """At unmount: send what is queued and give back every directory held."""
         self.recall(tuple(sorted(self.held)))
-        await self.drain()
+        await self.flushed()
 
     async def take_ino(self) -> int:
         """An inode number reserved for this mount, or 0 if none could be reserved (the

@@ -235,3 +235,16 @@ async def test_times_and_added_permissions_of_what_the_mount_made_are_answered_h
     await meta.getattr(ino)
     await meta.apply(Setattr(ino, None, None, None, None, 1, 1, 0))
     assert sent_ops(meta)[-1] == "setattr"
+
+
+async def test_a_query_waits_only_for_queued_changes_of_what_it_asks_about(
+    meta: Metadata,
+) -> None:
+    d = (await meta.apply(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 0))).ino
+    e = (await meta.apply(Mkdir(ROOT_INO, b"e", 0o755, 0, 0, 0))).ino
+    leader(meta).sent.clear()
+    await meta.apply(Mknod(d, b"f", REG, 0, 0, 0, 0))
+    await meta.query(GetAttr(e))  # nothing queued about e: asked at once
+    assert sent_ops(meta) == ["getattr"]
+    await meta.query(GetAttr(d))
+    assert sent_ops(meta) == ["getattr", "mknod", "getattr"]
