@@ -115,8 +115,10 @@ class WriteBehind:
         self._idle.set()
         self._inos = iter(range(0))
         self._left = 0
-        # The inode numbers reserved for this mount so far.
+        # The inode numbers reserved for this mount so far; one reservation at a time (each
+        # replaces the range before it at the leader).
         self._reserved: list[range] = []
+        self._reserving = trio.Lock()
         # How many queued or travelling commands each inode's cached attributes foresee, and
         # how many riders change each inode (its cached attributes are older than they will
         # be: nothing is foreseen from them meanwhile).
@@ -375,8 +377,13 @@ class WriteBehind:
         return next(self._inos)
 
     async def _reserve(self) -> None:
-        """Reserve inode numbers: behind the queued changes (a new range replaces the one they
-        use), or at once if none are queued."""
+        """Reserve inode numbers, unless another task just did: behind the queued changes (a
+        new range replaces the one they use), or at once if none are queued."""
+        async with self._reserving:
+            if self._left == 0:
+                await self._reserve_now()
+
+    async def _reserve_now(self) -> None:
         reserve = Reserve(RESERVE_COUNT)
         try:
             if self.busy:
