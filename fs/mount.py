@@ -2,8 +2,9 @@
 
 `run(config)` is what `ringfs mount` runs. It returns when the filesystem is unmounted from
 outside (`fusermount3 -u`); on SIGINT/SIGTERM it unmounts itself. Either way, what files still
-open hold is stored (or logged as lost), the kernel connection is closed and orphaned inodes are
-purged before it returns.
+open hold is stored (or logged as lost), the kernel connection is closed, orphaned inodes are
+purged, and the changes the mount answered itself are sent with its directories given back
+(`ringfs.fs.writebehind`) before it returns.
 """
 
 from __future__ import annotations

@@ -403,8 +403,8 @@ class Delegate(_Message):
 
 @dataclass(frozen=True, slots=True)
 class Release(_Message):
-    """Give back the directories ``dirs`` that ``holder`` held; the issuer is the holder, or
-    the leader when the holder stopped answering."""
+    """Give back the directories ``dirs`` that ``holder`` held (none listed: all of them); the
+    issuer is the holder, or the leader when the holder stopped answering."""
 
     OP: ClassVar[str] = "release"
     RESULT: ClassVar[str] = "None"

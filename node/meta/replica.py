@@ -319,7 +319,7 @@ class ReplicatedMeta:
 
     async def _recall(self, dirs: list[int], requester: bytes | None) -> None:
         """Get `dirs` back from the clients other than `requester` that hold them: ask each
-        through its feed, and release for it what one that stopped polling holds."""
+        through its feed, and release for it everything one that stopped polling holds."""
         waiting_since = trio.current_time()
         while True:
             if self.raft.raft.role != "leader":
@@ -332,13 +332,13 @@ class ReplicatedMeta:
                 return
             for holder, taken in sorted(held.items()):
                 if self.recalls.expired(holder, waiting_since):
+                    # All it holds: the next command in another of them need not wait again.
                     log.warning(
-                        "client %s stopped answering: its directories %s released",
+                        "client %s stopped answering: every directory it held is released",
                         holder.hex(),
-                        taken,
                     )
                     self.recalls.forget(holder)
-                    await self._apply(Release(tuple(taken), holder), None, None, None)
+                    await self._apply(Release((), holder), None, None, None)
                 elif self.recalls.want(holder, taken):
                     self.machine.feed.nudge()
             with trio.move_on_after(RECALL_CHECK):

@@ -580,6 +580,8 @@ class MetaState:
     def _apply_release(self, c: cmd.Release) -> None:
         if self._issuer not in (None, c.holder):
             raise NodeError("EPERM", "a client releases only what it holds")
+        if not c.dirs:
+            self._rows.run("DELETE FROM delegations WHERE client_id = ?", c.holder)
         for directory in c.dirs:
             sql = "DELETE FROM delegations WHERE dir = ? AND client_id = ?"
             self._rows.run(sql, directory, c.holder)

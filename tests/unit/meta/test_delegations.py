@@ -135,6 +135,12 @@ def test_a_refused_request_runs_when_retried_after_the_release(meta: MetaState) 
     assert meta.apply_batch([entry]) == [outcome]  # and only once
 
 
+def test_a_release_that_lists_nothing_gives_back_all_the_holder_holds(meta: MetaState) -> None:
+    d, e, f = held_dir(meta, A, b"d"), held_dir(meta, A, b"e"), held_dir(meta, B, b"f")
+    ok(meta, None, Release((), A))  # the leader, for a holder that stopped answering
+    assert meta.holders([d, e, f]) == {f: B}
+
+
 def test_removing_a_held_directory_ends_its_delegation(meta: MetaState) -> None:
     d = held_dir(meta, A)
     ok(meta, A, Rmdir(ROOT_INO, b"d", T0))
