@@ -113,8 +113,10 @@ class Changes:
     inodes: set[int] = field(default_factory=set)
     entries: set[tuple[int, bytes]] = field(default_factory=set)
 
-    def copy(self) -> Changes:
-        return Changes(set(self.inodes), set(self.entries))
+    def update(self, other: Changes) -> None:
+        """Note what `other` noted too."""
+        self.inodes |= other.inodes
+        self.entries |= other.entries
 
     def take(self) -> tuple[list[int], list[tuple[int, bytes]]]:
         """What was noted, sorted (replicas list the same), and forget it."""

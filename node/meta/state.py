@@ -38,6 +38,7 @@ from ringfs.node.meta.effects import DIR_SIZE, attributes_set, created_mode, inh
 from ringfs.node.meta.queries import answer
 from ringfs.node.meta.schema import (
     TABLES,
+    Changes,
     Inode,
     Tables,
     check_name,
@@ -226,16 +227,20 @@ class MetaState:
         """Run the command's handler; a NodeError undoes it and becomes its outcome (one
         that a delegation held off names the directories the leader must recall)."""
         self._db.execute("SAVEPOINT command")
-        noted = self._rows.changes.copy()
+        # This command's changes are noted apart, and kept only if it succeeds (a batch's
+        # earlier commands keep theirs).
+        outer, self._rows.changes = self._rows.changes, Changes()
         try:
             # Each command class has its handler `_apply_<OP>`.
             result = getattr(self, f"_apply_{command.OP}")(command)
             outcome = Outcome(cmd.encode_result(result), None)
+            outer.update(self._rows.changes)
         except NodeError as exc:
             self._db.execute("ROLLBACK TO command")
-            self._rows.changes = noted
             log.debug("%s failed: %s", command.OP, exc)
             outcome = Outcome(exc.dirs if isinstance(exc, Delegated) else None, exc.name)
+        finally:
+            self._rows.changes = outer
         self._db.execute("RELEASE command")
         return outcome
 
