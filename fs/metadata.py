@@ -58,7 +58,7 @@ class Metadata:
         if answered:
             return result
         if behind.busy and isinstance(command, RIDERS):
-            return result_of(command, *await behind.ride(command))
+            return await behind.ride(command)
         await behind.flushed()
         return await self._command(command)
 

@@ -26,7 +26,7 @@ import logging
 import stat
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -36,7 +36,6 @@ from ringfs.fs.metacache import MetaCache, touched
 from ringfs.node.errors import NodeError, ProtocolError, Unavailable
 from ringfs.node.meta import effects
 from ringfs.node.meta.commands import (
-    NAME_MAX,
     RENAME_NOREPLACE,
     Attr,
     Batch,
@@ -58,6 +57,7 @@ from ringfs.node.meta.commands import (
     Unlink,
     decode_result,
 )
+from ringfs.node.meta.schema import check_name
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,6 @@ class _Queued:
     shows: tuple[int, ...] = ()
     waiter: trio.Event | None = None
     outcome: Outcome | None = None
-    attrs: list[Attr] = field(default_factory=list)
     error: BaseException | None = None
 
 
@@ -113,10 +112,9 @@ class WriteBehind:
         self._hurry = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
-        self._inos = iter(range(0))
-        self._left = 0
-        # The inode numbers reserved for this mount so far; one reservation at a time (each
-        # replaces the range before it at the leader).
+        # The inode numbers reserved for this mount and not used yet, and all it reserved so
+        # far; one reservation at a time (each replaces the range before it at the leader).
+        self._free = range(0)
         self._reserved: list[range] = []
         self._reserving = trio.Lock()
         # How many queued or travelling commands each inode's cached attributes foresee, and
@@ -140,7 +138,7 @@ class WriteBehind:
         outcome is not known here and it must go to the leader."""
         if not self.enabled:
             return False, None
-        if isinstance(command, (Mknod, Mkdir, Symlink)) and self._left == 0:
+        if isinstance(command, (Mknod, Mkdir, Symlink)) and not self._free:
             if not self._may_create(command):
                 return False, None
             await self._reserve()
@@ -148,7 +146,7 @@ class WriteBehind:
             return False, None
         now = self._clock()
         match command:
-            case Mknod() | Mkdir() | Symlink() if self._may_create(command) and self._left:
+            case Mknod() | Mkdir() | Symlink() if self._may_create(command) and self._free:
                 return True, self._create(dataclasses.replace(command, now_ns=now))
             case Unlink():
                 return self._unlink(dataclasses.replace(command, now_ns=now))
@@ -174,13 +172,12 @@ class WriteBehind:
         return (
             directory in self.held
             and directory not in self._riding
-            and self.cache.complete_among([directory]) == {directory}
+            and bool(self.cache.complete_among([directory]))
             and self.cache.attr(directory) is not None
         )
 
     def _create(self, command: Mknod | Mkdir | Symlink) -> Attr:
-        ino = next(self._inos)  # the caller made sure one is left
-        self._left -= 1
+        ino = self._take_free()  # the caller made sure one is left
         command = dataclasses.replace(command, ino=ino)
         parent = self.cache.attr(command.parent)
         assert parent is not None
@@ -313,9 +310,9 @@ class WriteBehind:
         if item.waiter is not None:
             self._hurry.set()
 
-    async def ride(self, command: Command) -> tuple[Outcome, list[Attr]]:
+    async def ride(self, command: Command) -> Any:
         """Send a command that changes no name behind the queued changes, in their batch;
-        its outcome, and the attributes of every inode the batch changed."""
+        its result (the cache is brought up to date with the batch). Raises its NodeError."""
         item = _Queued(command, waiter=trio.Event())
         assert item.waiter is not None
         _count(self._riding, touched(command)[0], +1)
@@ -324,7 +321,7 @@ class WriteBehind:
         if item.error is not None:
             raise item.error
         assert item.outcome is not None
-        return item.outcome, item.attrs
+        return result_of(command, item.outcome)
 
     async def drain(self) -> None:
         """Return once every change queued before the call was applied by the leader.
@@ -369,34 +366,33 @@ class WriteBehind:
         leader then picks one)."""
         if not self.enabled:
             return 0
-        if self._left == 0:
+        if not self._free:
             await self._reserve()
-        if self._left == 0:
-            return 0
-        self._left -= 1
-        return next(self._inos)
+        return self._take_free() if self._free else 0
+
+    def _take_free(self) -> int:
+        ino, self._free = self._free[0], self._free[1:]
+        return ino
 
     async def _reserve(self) -> None:
         """Reserve inode numbers, unless another task just did: behind the queued changes (a
         new range replaces the one they use), or at once if none are queued."""
         async with self._reserving:
-            if self._left == 0:
+            if not self._free:
                 await self._reserve_now()
 
     async def _reserve_now(self) -> None:
         reserve = Reserve(RESERVE_COUNT)
         try:
             if self.busy:
-                first = result_of(reserve, *await self.ride(reserve))
+                first = await self.ride(reserve)
             else:
                 first = (await self.cluster.meta_command(reserve)).result
         except (NodeError, Unavailable, ProtocolError) as exc:
             log.warning("no inode numbers reserved: %s", exc)
             return
-        numbers = range(first, first + RESERVE_COUNT)
-        self._reserved.append(numbers)
-        self._inos = iter(numbers)
-        self._left = RESERVE_COUNT
+        self._free = range(first, first + RESERVE_COUNT)
+        self._reserved.append(self._free)
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -464,7 +460,7 @@ class WriteBehind:
         cache.answered(seq, {attr.ino for attr in fresh} | self._foreseen.keys())
         for item, outcome in zip(batch, outcomes, strict=True):
             if item.waiter is not None:
-                item.outcome, item.attrs = outcome, answer.attrs
+                item.outcome = outcome
                 item.waiter.set()
             elif outcome.error is not None and not _moot(item.command, outcome):
                 self._diverged(f"{item.command.OP} failed at the leader ({outcome.error})")
@@ -511,7 +507,7 @@ class WriteBehind:
         self.cache.clear()
 
 
-def result_of(command: Command, outcome: Outcome, attrs: object = None) -> Any:
+def result_of(command: Command, outcome: Outcome) -> Any:
     """The result of one command of a batch; raises its NodeError if it failed."""
     if outcome.error is not None:
         raise NodeError(outcome.error, f"{command.OP} in a batch")
@@ -543,9 +539,12 @@ def _weight(command: Command) -> int:
 
 
 def _valid_name(name: bytes) -> bool:
-    return (
-        0 < len(name) <= NAME_MAX and name not in (b".", b"..") and b"/" not in name
-    ) and b"\0" not in name
+    """Whether the state machine takes `name` (else it answers the error itself)."""
+    try:
+        check_name(name)
+    except NodeError:
+        return False
+    return True
 
 
 def _describe(command: Command) -> str:
