@@ -28,9 +28,10 @@ command or query class names the Python type of its result in ``RESULT``:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import Field, dataclass, fields
-from typing import Any, ClassVar, Self, cast
+from typing import Any, ClassVar, NamedTuple, Self, cast
 
 from ringfs.node.errors import NodeError, ProtocolError
 
@@ -74,17 +75,58 @@ class _Record:
 
     def to_wire(self) -> list[Any]:
         """The msgpack-ready list of this record's fields."""
-        return [_encode(getattr(self, f.name)) for f in fields(self)]
+        shape = _shape(type(self))
+        values = shape.values(self)
+        if shape.plain:
+            return list(values)
+        return [_encode(value) for value in values]
 
     @classmethod
     def from_wire(cls, obj: object) -> Self:
         """Decode and type-check a wire list; raises NodeError("EINVAL") when malformed."""
         items = _as_list(obj)
-        specs = fields(cls)
-        if len(items) != len(specs):
-            raise NodeError("EINVAL", f"{cls.__name__} takes {len(specs)} fields, got {len(items)}")
-        values = [_DECODERS[str(f.type)](item) for f, item in zip(specs, items, strict=True)]
+        shape = _shape(cls)
+        if len(items) != len(shape.decoders):
+            raise NodeError(
+                "EINVAL", f"{cls.__name__} takes {len(shape.decoders)} fields, got {len(items)}"
+            )
+        if shape.all_int and _all_int(items):
+            return cast(Callable[..., Self], cls)(*items)
+        values = [decode(item) for decode, item in zip(shape.decoders, items, strict=True)]
         return cast(Callable[..., Self], cls)(*values)
+
+
+class _Shape(NamedTuple):
+    """What encoding and decoding a record class needs, worked out once: `dataclasses.fields`
+    and the decoder lookups cost more than the work itself, and one readdir answer carries
+    hundreds of records."""
+
+    #: The field values in wire order, as a tuple.
+    values: Callable[[Any], tuple[Any, ...]]
+    decoders: tuple[Callable[[object], Any], ...]
+    #: No field holds a record or a sequence: the values go on the wire as they are.
+    plain: bool
+    #: Every field is an int (`Attr`): checked at once.
+    all_int: bool
+
+
+_SHAPES: dict[type, _Shape] = {}
+_PLAIN_TYPES = frozenset({"int", "int | None", "bytes", "bytes | None", "str | None"})
+
+
+def _shape(cls: type) -> _Shape:
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        types = [str(f.type) for f in fields(cls)]
+        names = [f.name for f in fields(cls)]
+        shape = _Shape(
+            values=_values_getter(names),
+            decoders=tuple(_DECODERS[t] for t in types),
+            plain=all(t in _PLAIN_TYPES for t in types),
+            all_int=all(t == "int" for t in types),
+        )
+        _SHAPES[cls] = shape
+    return shape
 
 
 class _Message(_Record):
@@ -642,6 +684,22 @@ def _as_list(obj: object) -> Sequence[object]:
     if not isinstance(obj, list | tuple):
         raise NodeError("EINVAL", f"expected an array, got {type(obj).__name__}")
     return obj
+
+
+def _values_getter(names: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """A function giving a record's values of `names` as a tuple (`attrgetter` gives a bare
+    value for one name and wants at least one)."""
+    if len(names) > 1:
+        return operator.attrgetter(*names)
+    return lambda record: tuple(getattr(record, name) for name in names)
+
+
+def _all_int(items: Sequence[object]) -> bool:
+    """Whether every item is a 64-bit integer (`_int`'s test, for a whole list at once)."""
+    if set(map(type, items)) != {int}:
+        return False
+    ints = cast(Sequence[int], items)
+    return min(ints) >= _INT_MIN and max(ints) <= _INT_MAX
 
 
 def _int(value: object) -> int:

@@ -208,6 +208,10 @@ def test_values_round_trip_and_reject_bad_shapes() -> None:
     assert FsStats.from_wire(stats.to_wire()) == stats
     _einval(Attr.from_wire, ATTR.to_wire()[:-1])
     _einval(Attr.from_wire, [*ATTR.to_wire()[:-1], "4"])
+    _einval(Attr.from_wire, [*ATTR.to_wire()[:-1], True])  # bool is not an int here
+    _einval(Attr.from_wire, [*ATTR.to_wire()[:-1], 2**63])
+    _einval(Attr.from_wire, [*ATTR.to_wire()[:-1], -(2**63) - 1])
+    assert Attr.from_wire([*ATTR.to_wire()[:-1], -(2**63)]).xattrs == -(2**63)
     _einval(DirEntry.from_wire, [5, "name", ATTR.to_wire()])
     _einval(DirEntry.from_wire, [5, b"name", ATTR.to_wire()[:3]])
 
