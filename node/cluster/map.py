@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ringfs.node.cluster.ring import Ring, RingNode
+from ringfs.node.cluster.ring import Ring, RingNode, block_point
 from ringfs.node.durable import fsync_dir
 from ringfs.node.errors import NodeError
 
@@ -119,12 +119,16 @@ class ClusterMap:
 
     def placement(self, block_id: bytes) -> list[NodeInfo]:
         """The R nodes that should hold the block, in preference order."""
-        return self._infos(self._ring.preference(block_id, self.replica_count()))
+        return self._infos(self._ring.preference_at(block_point(block_id), self.replica_count()))
+
+    def arcs(self, node_id: str) -> list[tuple[int, int]]:
+        """The ring positions of the blocks `node_id` should hold (see `Ring.arcs`)."""
+        return self._ring.arcs(node_id, self.replica_count())
 
     def fallbacks(self, block_id: bytes) -> list[NodeInfo]:
         """The other up nodes in ring order after the placement: where hinted copies go and
         where reads look next."""
-        order = self._ring.preference(block_id, len(self._ring))
+        order = self._ring.preference_at(block_point(block_id), len(self._ring))
         return self._infos(order[self.replica_count() :])
 
     def meta_nodes(self) -> list[NodeInfo]:

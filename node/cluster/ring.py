@@ -37,6 +37,25 @@ def key_point(key: bytes) -> int:
     return _point(key)
 
 
+#: One past the largest ring position.
+RING_SIZE = 2**64
+
+
+def block_point(block_id: bytes) -> int:
+    """The ring position of a block: the first 8 bytes of its id.
+
+    Ids are random, so blocks spread as evenly as hashed keys would; and the blocks of one
+    arc of the ring are one range of ids, which the metadata lists in order, so a node can
+    ask for exactly the blocks it should hold (see `Ring.arcs`).
+    """
+    return int.from_bytes(block_id[:8], "big")
+
+
+def block_ids_at(first: int, last: int) -> tuple[bytes, bytes]:
+    """The smallest and the largest block id whose ring position is within `first..last`."""
+    return first.to_bytes(8, "big") + bytes(8), last.to_bytes(8, "big") + b"\xff" * 8
+
+
 class Ring:
     """An immutable ring; build a new one when membership changes.
 
@@ -71,7 +90,11 @@ class Ring:
         return len(self._nodes)
 
     def preference(self, key: bytes, count: int) -> list[str]:
-        """The first `count` distinct node ids clockwise from the key (fewer if the ring is
+        """The preference list of a key (see `preference_at`)."""
+        return self.preference_at(key_point(key), count)
+
+    def preference_at(self, point: int, count: int) -> list[str]:
+        """The first `count` distinct node ids clockwise from `point` (fewer if the ring is
         smaller).
 
         With zones configured, the first node of each zone not yet used comes first (ring
@@ -80,7 +103,7 @@ class Ring:
         count = min(count, len(self._nodes))
         if count <= 0:
             return []
-        walk = self._walk(key, count)
+        walk = self._walk(bisect.bisect_left(self._points, point), count)
         if not self._zoned:
             return walk[:count]
         zones: set[str] = set()
@@ -94,13 +117,34 @@ class Ring:
         rest = [node_id for node_id in walk if node_id not in first]
         return first + rest[: count - len(first)]
 
+    def arcs(self, node_id: str, count: int) -> list[tuple[int, int]]:
+        """The ring positions whose first `count` preferred nodes include `node_id`, as sorted
+        inclusive ranges `(first, last)`: the share of the ring a node serves."""
+        arcs: list[tuple[int, int]] = []
+        for index, point in enumerate(self._points):
+            if node_id in self.preference_at(point, count):
+                # The positions after the point before, up to this one, walk from here; the
+                # arc into the first point also takes those after the last.
+                if index == 0:
+                    arcs += [(0, point), (self._points[-1] + 1, RING_SIZE - 1)]
+                else:
+                    arcs.append((self._points[index - 1] + 1, point))
+        merged: list[tuple[int, int]] = []
+        for first, last in sorted(arc for arc in arcs if arc[0] <= arc[1]):
+            if merged and merged[-1][1] + 1 >= first:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+            else:
+                merged.append((first, last))
+        return merged
+
     def primary(self, key: bytes) -> str | None:
         """The first node of the key's preference list; None for an empty ring."""
         preferred = self.preference(key, 1)
         return preferred[0] if preferred else None
 
-    def _walk(self, key: bytes, count: int) -> list[str]:
-        """Distinct node ids in ring order from the key, just far enough to decide `count`.
+    def _walk(self, start: int, count: int) -> list[str]:
+        """Distinct node ids in ring order from point index `start`, just far enough to decide
+        `count`.
 
         Without zones that is `count` nodes. With zones it also needs one node of each of
         the first `count` zones met (or of every zone), so it may walk further.
@@ -108,7 +152,6 @@ class Ring:
         zone_target = min(count, self._zone_count)
         seen: dict[str, None] = {}
         zones: set[str] = set()
-        start = bisect.bisect_left(self._points, key_point(key))
         size = len(self._owners)
         for step in range(size):
             owner = self._owners[(start + step) % size]

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from ringfs.node.cluster.map import ClusterMap, NodeInfo, parse_members
+from ringfs.node.cluster.ring import block_point
 from ringfs.node.errors import NodeError
 
 BLOCK = bytes(range(16))
@@ -31,10 +32,11 @@ def test_placement_follows_ring() -> None:
     cmap = ClusterMap(1, _nodes(5))
     assert cmap.replica_count() == 3
     assert cmap.write_quorum() == 2
-    order = cmap.ring().preference(BLOCK, 5)
+    order = cmap.ring().preference_at(block_point(BLOCK), 5)  # where the id begins
     assert _ids(cmap.placement(BLOCK)) == order[:3]
     assert _ids(cmap.fallbacks(BLOCK)) == order[3:]
     assert cmap.ring() is cmap.ring()
+    assert cmap.arcs("n1") == cmap.ring().arcs("n1", 3)
 
 
 @pytest.mark.parametrize(("up", "replicas", "quorum"), [(1, 1, 1), (2, 2, 2), (3, 3, 2), (7, 3, 2)])

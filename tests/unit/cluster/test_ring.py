@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 import subprocess
@@ -11,7 +12,14 @@ from collections import Counter
 
 import pytest
 
-from ringfs.node.cluster.ring import Ring, RingNode, key_point
+from ringfs.node.cluster.ring import (
+    RING_SIZE,
+    Ring,
+    RingNode,
+    block_ids_at,
+    block_point,
+    key_point,
+)
 
 KEY_COUNT = 100_000
 
@@ -188,3 +196,35 @@ def test_import_loads_no_trio_or_fuse(module: str) -> None:
         [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=30
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_a_block_sits_where_its_id_begins() -> None:
+    block = bytes.fromhex("0123456789abcdef") + bytes(8)
+    assert block_point(block) == 0x0123456789ABCDEF
+    first, last = block_ids_at(5, 9)
+    assert block_point(first) == 5
+    assert block_point(last) == 9
+    assert first < (5).to_bytes(8, "big") + b"\x00" * 7 + b"\x01" < last
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_arcs_hold_exactly_the_positions_a_node_serves(count: int) -> None:
+    zoned = [RingNode("a", zone="z1"), RingNode("b", zone="z1"), RingNode("c", zone="z2")]
+    for ring in (_ring(*FIVE), Ring(zoned, vnodes=16), Ring([RingNode("solo")], vnodes=3)):
+        rng = random.Random(count)
+        points = [rng.randrange(RING_SIZE) for _ in range(2000)] + [0, RING_SIZE - 1]
+        points += [p + d for p in ring._points for d in (-1, 0, 1) if 0 <= p + d < RING_SIZE]
+        for node in ring._nodes:
+            arcs = ring.arcs(node, count)
+            assert arcs == sorted(arcs)
+            assert all(a[1] + 1 < b[0] for a, b in itertools.pairwise(arcs))  # merged
+            for point in points:
+                inside = any(first <= point <= last for first, last in arcs)
+                assert inside == (node in ring.preference_at(point, count))
+
+
+def test_every_position_is_served_by_count_nodes() -> None:
+    ring = _ring(*FIVE)
+    share = {node: sum(last - first + 1 for first, last in ring.arcs(node, 3)) for node in FIVE}
+    assert sum(share.values()) == 3 * RING_SIZE
+    assert all(0.4 < size / RING_SIZE < 0.8 for size in share.values())  # about 3/5 each
