@@ -113,8 +113,9 @@ class Cluster:
         """Write a block to its replicas in parallel; return once a write quorum has it.
 
         Preferred nodes that fail (or are suspect from a recent failure) are replaced by the
-        next nodes on the ring (handoff; nothing moves the copy home later yet). The remaining
-        replicas finish in the background, each within `replica_grace` of the quorum. Raises
+        next nodes on the ring (handoff: the placement node fetches the block at its next
+        repair pass). The remaining replicas finish in the background, each within
+        `replica_grace` of the quorum. Raises
         `Unavailable` when fewer than the write quorum could store it.
         """
         await self._blocks_in_flight.acquire()
@@ -342,6 +343,14 @@ class Cluster:
     async def meta_status(self) -> list[tuple[NodeInfo, dict[str, Any] | None]]:
         """Each meta-group member's Raft status, or None if it does not answer."""
         return await self._ask_all("meta.status", self.map.meta_nodes())
+
+    async def repair_start(self) -> list[tuple[NodeInfo, dict[str, Any] | None]]:
+        """Have every node start a repair pass; their repair counters (see `repair_status`)."""
+        return await self._ask_all("repair.start")
+
+    async def repair_status(self) -> list[tuple[NodeInfo, dict[str, Any] | None]]:
+        """Every node's repair counters (cheap), or None for nodes that do not answer."""
+        return await self._ask_all("repair.status")
 
     async def _ask_all(
         self, method: str, nodes: Sequence[NodeInfo] | None = None

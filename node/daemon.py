@@ -19,6 +19,7 @@ from pathlib import Path
 
 import trio
 
+from ringfs.node.blocks.repair import RepairConfig
 from ringfs.node.blocks.space import Reserve
 from ringfs.node.blocks.store import BlockStore
 from ringfs.node.cluster.map import ClusterMap, NodeInfo
@@ -26,6 +27,7 @@ from ringfs.node.collector import Collector
 from ringfs.node.errors import ConfigError
 from ringfs.node.meta.replica import ReplicatedMeta
 from ringfs.node.raft.transport import RpcTransport
+from ringfs.node.repairer import Repairer
 from ringfs.node.rpc.client import ClientConfig, NodePool
 from ringfs.node.rpc.protocol import DEFAULT_LIMITS
 from ringfs.node.rpc.server import RpcServer, ServerConfig
@@ -61,6 +63,7 @@ class NodeConfig:
     # Seconds a block stays listed as garbage before the collector deletes it: readers that
     # opened a file before its contents were replaced may still be reading the old blocks.
     gc_grace: float = 60.0
+    repair: RepairConfig = RepairConfig()
     ssl_context: ssl.SSLContext | None = None
 
 
@@ -114,6 +117,10 @@ async def run(
         raise ConfigError("--snapshot-every must be at least 1")
     if not 0 < config.gc_grace < math.inf:
         raise ConfigError("--gc-grace must be a positive number of seconds")
+    if not (0 < config.repair.interval < math.inf and 0 < config.repair.rate < math.inf):
+        raise ConfigError("--repair-interval and --repair-rate must be positive")
+    if config.repair.transfers < 1:
+        raise ConfigError("--repair-transfers must be at least 1")
     if not MIN_CHUNK_SIZE <= config.chunk_size <= MAX_CHUNK_SIZE:
         raise ConfigError(f"chunk size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}")
     config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -149,8 +156,8 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
     async with trio.open_nursery() as nursery:
         meta: ReplicatedMeta | None = None
         collector: Collector | None = None
+        peers = NodePool(ClientConfig(config.secret, ssl_context=config.ssl_context), nursery)
         if config.node_id in meta_group:
-            peers = NodePool(ClientConfig(config.secret, ssl_context=config.ssl_context), nursery)
             transport = RpcTransport(cmap, peers, nursery)
             meta = ReplicatedMeta(
                 config.node_id,
@@ -164,6 +171,8 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
             log.info("node %s is in the meta group %s", config.node_id, ", ".join(meta_group))
             collector = Collector(meta, peers, cmap, config.gc_grace)
             nursery.start_soon(collector.run, name="gc")
-        service = NodeService(config.node_id, cmap, store, meta, collector)
+        repairer = Repairer(config.node_id, store, peers, cmap, config.repair)
+        service = NodeService(config.node_id, cmap, store, meta, repairer, collector)
         port = await nursery.start(RpcServer(server_config, service.handle, service.notified).serve)
+        nursery.start_soon(repairer.run, name="repair")
         task_status.started(port)

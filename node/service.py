@@ -22,6 +22,7 @@ from ringfs.node.errors import NOT_META, NodeError
 from ringfs.node.meta.commands import command_from_wire, encode_result, query_from_wire
 from ringfs.node.meta.replica import ReplicatedMeta
 from ringfs.node.raft.core import SnapshotRequest, message_from_wire
+from ringfs.node.repairer import Repairer
 from ringfs.node.rpc.protocol import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
@@ -68,12 +69,14 @@ class NodeService:
         cmap: ClusterMap,
         store: BlockStore,
         meta: ReplicatedMeta | None,
+        repairer: Repairer,
         collector: Collector | None = None,
     ) -> None:
         self.node_id = node_id
         self.cmap = cmap
         self.store = store
         self.meta = meta
+        self.repairer = repairer
         self.collector = collector
         # Disk writes at once: more only queue in the kernel and stretch every fsync.
         self._disk = trio.CapacityLimiter(4)
@@ -85,6 +88,8 @@ class NodeService:
             "block.put": self.block_put,
             "block.get": self.block_get,
             "block.delete": self.block_delete,
+            "repair.start": self.repair_start,
+            "repair.status": self.repair_status,
             "meta.apply": self.meta_apply,
             "meta.query": self.meta_query,
             "meta.status": self.meta_status,
@@ -124,6 +129,7 @@ class NodeService:
             "meta": self.meta is not None,
             "meta_stats": self.meta.stats() if self.meta is not None else None,
             "gc": self.collector.stats() if self.collector is not None else None,
+            "repair": self.repairer.stats(),
         }
 
     async def node_capacity(self, params: list[Any]) -> dict[str, Any]:
@@ -153,6 +159,15 @@ class NodeService:
         (block_id,) = _arity(params, 1, "block.delete")
         block_id = validate_block_id(block_id)
         return await trio.to_thread.run_sync(self.store.delete, block_id)
+
+    async def repair_start(self, params: list[Any]) -> dict[str, Any]:
+        _arity(params, 0, "repair.start")
+        self.repairer.ask()
+        return self.repairer.stats()
+
+    async def repair_status(self, params: list[Any]) -> dict[str, Any]:
+        _arity(params, 0, "repair.status")
+        return self.repairer.stats()
 
     def _meta(self) -> ReplicatedMeta:
         if self.meta is None:

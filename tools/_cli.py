@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ringfs.node.blocks.repair import RepairConfig
 from ringfs.node.blocks.space import Reserve
 from ringfs.node.errors import (
     AuthenticationError,
@@ -37,6 +38,7 @@ HANDLERS = {
     "mount": ("mount", "mount"),
     "node": ("serve", "node"),
     "status": ("ctl", "status"),
+    "repair": ("ctl", "repair"),
     "bench": ("bench", "main"),
     "latency": ("latency", "main"),
 }
@@ -146,6 +148,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds unreferenced blocks are kept before they are deleted (default 60)",
     )
+    node.add_argument(
+        "--repair-interval",
+        type=seconds,
+        default=RepairConfig.interval,
+        metavar="SECONDS",
+        help="seconds between repair passes, which store again the copies this node lacks "
+        f"(default {RepairConfig.interval:.0f}; a pass also runs at start and on `ringfs repair`)",
+    )
+    node.add_argument(
+        "--repair-rate",
+        type=size,
+        default=RepairConfig.rate,
+        metavar="SIZE",
+        help="bytes per second repair may copy to this node (default 32M)",
+    )
+    node.add_argument(
+        "--repair-transfers",
+        type=int,
+        default=RepairConfig.transfers,
+        metavar="N",
+        help=f"copies repair fetches at once (default {RepairConfig.transfers})",
+    )
 
     mount = sub.add_parser(
         "mount", help="mount an existing cluster", description="Mount a running ringfs cluster."
@@ -165,6 +189,22 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--cluster", metavar="HOST:PORT[,...]")
     status.add_argument("--secret-file", type=Path)
     status.add_argument("--data", type=Path, help="data directory of `ringfs up`")
+
+    repair = sub.add_parser(
+        "repair",
+        help="start a repair pass on every node; --wait until every copy is back",
+        description="Have every node start a repair pass now: each stores again the copies "
+        "of the blocks it should hold and lacks (fetched from the other nodes). With --wait, "
+        "show progress until every node has finished a pass with nothing missing. Without "
+        "--cluster, repairs the local cluster of `ringfs up`.",
+    )
+    repair.add_argument("--wait", action="store_true", help="wait until every copy is back")
+    repair.add_argument(
+        "--timeout", type=seconds, metavar="SECONDS", help="with --wait: give up after this long"
+    )
+    repair.add_argument("--cluster", metavar="HOST:PORT[,...]")
+    repair.add_argument("--secret-file", type=Path)
+    repair.add_argument("--data", type=Path, help="data directory of `ringfs up`")
 
     bench = sub.add_parser(
         "bench",

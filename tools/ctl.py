@@ -1,9 +1,16 @@
-"""`ringfs status`: the cluster map, and each node's reachability, blocks, bytes and capacity."""
+"""`ringfs status` and `ringfs repair`: what the cluster holds, and waiting until it is whole.
+
+`status` shows the cluster map, each node's reachability, blocks, bytes, capacity and repair
+progress, the garbage backlog and the meta group. `repair` has every node start a repair pass
+and, with `--wait`, waits until each has finished one with nothing missing.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import sys
+import time
+from typing import Any, TextIO
 
 import trio
 
@@ -40,7 +47,125 @@ async def _status(seeds: tuple[str, ...], secret: bytes) -> str:
         lines.append(
             _node_line(info.node_id, info.address, node_stats, roles.get(info.node_id, ""))
         )
-    return "\n".join([*lines, "", _garbage_line(stats), "", *_meta_lines(members)])
+    repair = [_repair_line(info.node_id, s["repair"]) for info, s in stats if s is not None]
+    return "\n".join([*lines, "", *repair, _garbage_line(stats), "", *_meta_lines(members)])
+
+
+def _repair_line(node_id: str, repair: dict[str, Any]) -> str:
+    """One node's repair: the pass under way or the last one, and what it stored again."""
+    line = f"repair {node_id}: "
+    current, last = repair["current"], repair["last"]
+    if current is not None:
+        line += (
+            f"pass {current['number']} at {100 * (repair['progress'] or 0):.0f}%, "
+            f"{current['checked']} blocks checked, {current['missing']} missing"
+        )
+    elif last is not None:
+        ago = _human_seconds(time.time() - last["finished"])
+        missing = last["missing"] - last["repaired"]
+        line += f"last pass {ago} ago, " + ("" if last["complete"] else "cut short, ")
+        line += f"{last['checked']} blocks checked, " + (
+            f"{missing} still missing" if missing else "none missing"
+        )
+    else:
+        line += "no pass yet"
+    if repair["repaired"]:
+        line += f"; {repair['repaired']} copies stored again ({_human(repair['repaired_bytes'])})"
+    return line
+
+
+def repair(args: argparse.Namespace) -> int:
+    seeds, secret = cluster_access(args)
+    return trio.run(_repair, seeds, secret, args.wait, args.timeout)
+
+
+async def _repair(seeds: tuple[str, ...], secret: bytes, wait: bool, limit: float | None) -> int:
+    config = ClusterConfig(seeds=seeds, client=ClientConfig(secret=secret, connect_timeout=2.0))
+    async with trio.open_nursery() as nursery:
+        cluster = await Cluster.create(config, nursery=nursery)
+        try:
+            started = await cluster.repair_start()
+            targets = {info.node_id: s["wanted"] for info, s in started if s is not None}
+            for info, answer in started:
+                print(
+                    f"{info.node_id}: repair pass {answer['wanted']} asked"
+                    if answer is not None
+                    else f"{info.node_id}: does not answer",
+                    file=sys.stderr,
+                )
+            if not wait:
+                return 0 if len(targets) == len(started) else 1
+            with trio.move_on_after(limit if limit is not None else float("inf")):
+                await _wait_whole(cluster, targets, sys.stderr)
+                return 0
+            print("repair: timed out", file=sys.stderr)
+            return 1
+        finally:
+            await cluster.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def _wait_whole(cluster: Cluster, targets: dict[str, int], out: TextIO) -> None:
+    """Until every node finished a pass that started after it was asked, with nothing missing.
+
+    A node that restarts in between starts counting its passes again: it is asked again.
+    """
+    bar = _ProgressBar(out)
+    while True:
+        answers = await cluster.repair_status()
+        done = 0.0
+        for info, stats in answers:
+            target = targets.get(info.node_id)
+            if stats is None:
+                continue
+            if target is None or stats["passes"] + 1 < target:  # new to us, or restarted
+                asked = await cluster.pool.call(info.address, "repair.start", [])
+                targets[info.node_id] = target = asked["wanted"]
+            done += _node_done(stats, target)
+        up = [(info, s) for info, s in answers if s is not None]
+        whole = sum(1 for info, s in up if s["clean"] >= targets[info.node_id])
+        copied = _human(sum(s["repaired_bytes"] for _, s in up))
+        bar.show(done / len(answers), f"{whole}/{len(answers)} nodes whole, {copied} copied")
+        if whole == len(answers):
+            bar.end()
+            return
+        await trio.sleep(0.5)
+
+
+def _node_done(stats: dict[str, Any], target: int) -> float:
+    """How far a node is towards a clean pass numbered at least `target`, from 0 to 1."""
+    if stats["clean"] >= target:
+        return 1.0
+    current = stats["current"]
+    if current is not None and current["number"] >= target:
+        return stats["progress"] or 0.0
+    return 0.0
+
+
+class _ProgressBar:
+    """A bar redrawn in place on a terminal; on anything else, a line when the text changes."""
+
+    WIDTH = 30
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.last = ""
+
+    def show(self, fraction: float, text: str) -> None:
+        filled = round(self.WIDTH * fraction)
+        line = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {100 * fraction:3.0f}% {text}"
+        if self.tty:
+            self.out.write(f"\r{line}\x1b[K")
+            self.out.flush()
+        elif text != self.last:
+            print(line, file=self.out)
+        self.last = text
+
+    def end(self) -> None:
+        if self.tty:
+            self.out.write("\n")
+            self.out.flush()
 
 
 def _node_line(node_id: str, address: str, stats: dict[str, Any] | None, role: str) -> str:
@@ -86,6 +211,14 @@ def _garbage_line(stats: list[tuple[NodeInfo, dict[str, Any] | None]]) -> str:
     if gc["failing"]:
         line += f"; deletes failing on {', '.join(gc['failing'])}"
     return line
+
+
+def _human_seconds(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}min"
+    return f"{seconds / 3600:.0f}h"
 
 
 def _human(count: int) -> str:

@@ -11,6 +11,7 @@ import signal
 import trio
 
 from ringfs.node import daemon
+from ringfs.node.blocks.repair import RepairConfig
 from ringfs.node.cluster.map import parse_members
 from ringfs.node.rpc.client import split_address
 from ringfs.tools.local import read_secret
@@ -30,6 +31,9 @@ def node(args: argparse.Namespace) -> int:
         snapshot_threshold=args.snapshot_every,
         reserve=args.reserve,
         gc_grace=args.gc_grace,
+        repair=RepairConfig(
+            interval=args.repair_interval, rate=args.repair_rate, transfers=args.repair_transfers
+        ),
     )
     trio.run(_serve, config)
     return 0

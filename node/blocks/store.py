@@ -24,7 +24,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,6 +264,10 @@ class BlockStore:
     def exists(self, block_id: bytes) -> bool:
         """Whether a copy is stored (not verified). Raises NodeError("EINVAL") for a bad id."""
         return self._path(block_id).is_file()
+
+    def absent(self, block_ids: Iterable[bytes]) -> list[bytes]:
+        """The ids of which no copy is stored (not verified: reads and scrub do that)."""
+        return [block_id for block_id in block_ids if not self._path(block_id).is_file()]
 
     def ids(self) -> Iterator[bytes]:
         """Every stored block id, in no particular order; ignores foreign files."""

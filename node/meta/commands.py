@@ -21,6 +21,7 @@ command or query class names the Python type of its result in ``RESULT``:
 ``list[DirEntry]``              array of ``[offset, name, attr_wire]``
 ``tuple[Attr, list[Chunk]]``    ``[attr_wire, [chunk_wire, ...]]``
 ``FsStats``                     ``[chunk_size, inode_count, stored_bytes]``
+``list[BlockRef]``              array of ``[block_id, checksum]``
 ``int``                         int
 ``list[Outcome]``               array of ``[result, error]``, one per command of a batch
 ==============================  ==========================================
@@ -209,6 +210,14 @@ class DirEntry(_Record):
     offset: int
     name: bytes
     attr: Attr
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRef(_Record):
+    """A block some chunk map references, as repair needs it: where it is and what it holds."""
+
+    block_id: bytes
+    checksum: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -588,7 +597,33 @@ Command = (
     | Release
     | Batch
 )
-Query = Lookup | GetAttr | ReadDir | ReadLink | GetXattr | ListXattr | ReadChunks | FsInfo | Garbage
+
+
+@dataclass(frozen=True, slots=True)
+class Blocks(_Message):
+    """Up to ``limit`` blocks of the storage nodes that some chunk map references, with ids
+    from ``first`` to ``last``, in id order: the blocks of an arc of the ring (see
+    `ringfs.node.cluster.ring.block_point`). Blocks the metadata keeps itself are not listed."""
+
+    OP: ClassVar[str] = "blocks"
+    RESULT: ClassVar[str] = "list[BlockRef]"
+    first: bytes
+    last: bytes
+    limit: int
+
+
+Query = (
+    Lookup
+    | GetAttr
+    | ReadDir
+    | ReadLink
+    | GetXattr
+    | ListXattr
+    | ReadChunks
+    | FsInfo
+    | Garbage
+    | Blocks
+)
 
 COMMANDS: dict[str, type[_Message]] = {
     c.OP: c
@@ -598,6 +633,7 @@ COMMANDS: dict[str, type[_Message]] = {
 QUERIES: dict[str, type[_Message]] = {
     c.OP: c
     for c in (Lookup, GetAttr, ReadDir, ReadLink, GetXattr, ListXattr, ReadChunks, FsInfo, Garbage)
+    + (Blocks,)
 }
 
 
@@ -771,6 +807,7 @@ _RESULT_DECODERS: dict[str, Callable[[object], Any]] = {
     "bytes": _bytes,
     "list[bytes]": _list_of(_bytes),
     "list[DirEntry]": _list_of(DirEntry.from_wire),
+    "list[BlockRef]": _list_of(BlockRef.from_wire),
     "tuple[Attr, list[Chunk]]": _attr_and_chunks,
     "FsStats": FsStats.from_wire,
 }

@@ -12,12 +12,14 @@ from typing import Any
 
 from ringfs.node.errors import NodeError
 from ringfs.node.meta import commands as cmd
-from ringfs.node.meta.commands import Attr, Chunk, DirEntry, FsStats
+from ringfs.node.meta.commands import Attr, BlockRef, Chunk, DirEntry, FsStats
 from ringfs.node.meta.schema import INODE_COLUMNS, Inode, Tables, check_xattr_name
 
 #: Most entries one ReadDir returns, whatever the limit asked: keeps replies far below the frame
 #: limit even with 255-byte names. Callers page until they get an empty list.
 READDIR_MAX = 1024
+#: Most blocks one Blocks query lists (about 200 KiB of answer).
+BLOCKS_MAX = 4096
 #: `.` and `..` take the first two offsets of every directory; entries follow their cookies.
 DOT_ENTRIES = 2
 
@@ -119,6 +121,17 @@ def _garbage(rows: Tables, q: cmd.Garbage) -> list[bytes]:
     return [row[0] for row in rows.run(sql, q.limit)]
 
 
+def _blocks(rows: Tables, q: cmd.Blocks) -> list[BlockRef]:
+    if q.limit <= 0:
+        raise NodeError("EINVAL", "limit must be positive")
+    sql = (
+        "SELECT c.block_id, c.checksum FROM chunks c WHERE c.block_id BETWEEN ? AND ? "
+        "AND NOT EXISTS (SELECT 1 FROM inline_blocks b WHERE b.block_id = c.block_id) "
+        "GROUP BY c.block_id ORDER BY c.block_id LIMIT ?"
+    )
+    return [BlockRef(*row) for row in rows.run(sql, q.first, q.last, min(q.limit, BLOCKS_MAX))]
+
+
 _HANDLERS: dict[str, Callable[[Tables, Any], Any]] = {
     cmd.Lookup.OP: _lookup,
     cmd.GetAttr.OP: _getattr,
@@ -129,4 +142,5 @@ _HANDLERS: dict[str, Callable[[Tables, Any], Any]] = {
     cmd.ReadChunks.OP: _read_chunks,
     cmd.FsInfo.OP: _fsinfo,
     cmd.Garbage.OP: _garbage,
+    cmd.Blocks.OP: _blocks,
 }

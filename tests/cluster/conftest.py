@@ -25,6 +25,7 @@ class LocalNodes:
     nursery: trio.Nursery
     configs: dict[str, daemon.NodeConfig] = field(default_factory=dict)
     scopes: dict[str, trio.CancelScope] = field(default_factory=dict)
+    stopped: dict[str, trio.Event] = field(default_factory=dict)
 
     @property
     def seeds(self) -> tuple[str, ...]:
@@ -44,15 +45,21 @@ class LocalNodes:
         config: daemon.NodeConfig,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        with trio.CancelScope() as scope:
-            self.scopes[config.node_id] = scope
-            async with trio.open_nursery() as inner:
-                await inner.start(daemon.run, config)
-                task_status.started()
+        stopped = self.stopped[config.node_id] = trio.Event()
+        try:
+            with trio.CancelScope() as scope:
+                self.scopes[config.node_id] = scope
+                async with trio.open_nursery() as inner:
+                    await inner.start(daemon.run, config)
+                    task_status.started()
+        finally:
+            stopped.set()
 
-    def stop(self, name: str) -> None:
-        """Cancel the node's tasks: its connections drop, as when the process dies."""
+    async def stop(self, name: str) -> None:
+        """Cancel the node's tasks, as when the process dies: its connections drop, and its
+        data directory is free to start it again once this returns."""
         self.scopes.pop(name).cancel()
+        await self.stopped[name].wait()
 
     async def client(self, **overrides: float) -> Cluster:
         config = ClusterConfig(self.seeds, ClientConfig(SECRET, **overrides))  # type: ignore[arg-type]

@@ -69,7 +69,7 @@ async def test_replaced_blocks_are_deleted_everywhere_after_the_grace_period(
     # The node outside the meta group goes down: it may hold a copy nobody could delete.
     meta = {node.node_id for node in nodes.map.meta_nodes()}
     outsider = next(name for name in nodes.configs if name not in meta)
-    nodes.stop(outsider)
+    await nodes.stop(outsider)
     expected_logs += [f"garbage collection: node {outsider} failed", "not stored"]
     new = await write_chunk(cluster, attr.ino, b"new contents", base=old)
     assert await garbage() == [old.block_id]

@@ -64,7 +64,7 @@ async def test_a_member_that_was_away_catches_up_from_a_snapshot_in_parts(
         await wait_for_filesystem(cluster)
         leader = await leader_of(cluster)
         away = next(name for name in nodes.configs if name != leader)
-        nodes.stop(away)
+        await nodes.stop(away)
         for i in range(DIRECTORIES):
             await cluster.meta_apply(Mkdir(ROOT_INO, b"d%03d-" % i + b"x" * 150, 0o755, 0, 0, 0))
         await nodes.start(away)

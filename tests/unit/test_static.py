@@ -63,7 +63,7 @@ def test_ruff() -> None:
 ROOM_IMPORTS = {
     "rpc": set(),
     "cluster": set(),
-    "blocks": set(),
+    "blocks": {"cluster"},
     "raft": {"rpc", "cluster"},
     "meta": {"raft"},
 }

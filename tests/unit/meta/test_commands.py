@@ -13,6 +13,8 @@ from ringfs.node.meta.commands import (
     QUERIES,
     Attr,
     Batch,
+    BlockRef,
+    Blocks,
     Chunk,
     ChunkUpdate,
     CommitChunks,
@@ -97,6 +99,7 @@ QUERY_SAMPLES = [
     ReadChunks(2, 0, 100),
     FsInfo(),
     Garbage(10),
+    Blocks(bytes(16), b"\xff" * 16, 100),
 ]
 
 
@@ -239,6 +242,7 @@ def test_entry_and_outcome_round_trip() -> None:
         (ReadLink(1), b"target"),
         (ListXattr(1), [b"user.a", b"user.b"]),
         (Garbage(5), [BLOCK]),
+        (Blocks(BLOCK, BLOCK, 5), [BlockRef(BLOCK, bytes(32))]),
         (ReadDir(1, 0, 5), [DirEntry(2, b"a", ATTR), DirEntry(9, b"b", ATTR)]),
         (ReadChunks(7, 0, 10), (ATTR, [CHUNK])),
         (FsInfo(), FsStats(4096, 3, 100)),

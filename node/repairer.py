@@ -1,0 +1,199 @@
+"""Repair on every node: the blocks it should hold and does not are fetched and stored.
+
+Each pass walks the arcs of the ring the node serves, asks the metadata leader for the blocks
+referenced there (`Blocks` query, in id order, a page at a time) and checks each against the
+store. A missing copy (the node restarted empty, lost part of its disk, or a read or scrub
+quarantined a corrupt copy) is fetched from another node (the block's placement first, then the
+rest of the ring, where handoff copies are), checked against the metadata's checksum, and
+stored. A pass runs when the node starts, every `interval` seconds, sooner after a pass that
+left copies missing, and when `repair.start` asks. Copies travel at most `rate` bytes per second,
+`transfers` at a time, so foreground reads and writes keep most of the node. Decisions are in
+`node/blocks/repair.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import trio
+
+from ringfs.node.blocks.repair import (
+    PAGE,
+    PassCursor,
+    RepairConfig,
+    RepairLedger,
+    TokenBucket,
+    ring_share,
+)
+from ringfs.node.blocks.store import BlockStore
+from ringfs.node.cluster.map import ClusterMap
+from ringfs.node.errors import NOT_LEADER, NOT_META, NodeError, Unavailable
+from ringfs.node.meta.commands import BlockRef, Blocks, Query, decode_result
+from ringfs.node.rpc.client import NodePool
+
+log = logging.getLogger(__name__)
+
+
+class Repairer:
+    """The repair loop of one node."""
+
+    def __init__(
+        self,
+        node_id: str,
+        store: BlockStore,
+        pool: NodePool,
+        cmap: ClusterMap,
+        config: RepairConfig,
+    ) -> None:
+        self.node_id = node_id
+        self.store = store
+        self.pool = pool
+        self.cmap = cmap
+        self.config = config
+        self.ledger = RepairLedger()
+        self._bucket = TokenBucket(config.rate, burst=max(config.rate, 8 * 1024 * 1024))
+        self._asked = trio.Event()
+        self._leader: str | None = None
+        self._arcs = cmap.arcs(node_id)
+        self._cursor: PassCursor | None = None
+
+    @property
+    def share(self) -> float:
+        """The share of the ring this node serves."""
+        return ring_share(self._arcs)
+
+    def ask(self) -> int:
+        """Have a pass start now (or right after the running one); returns its number."""
+        self._asked.set()
+        return self.ledger.ask()
+
+    async def run(self) -> None:
+        """Repair until cancelled."""
+        failures = 0
+        while True:
+            self._asked = trio.Event()
+            try:
+                await self._pass()
+            except (Unavailable, NodeError) as exc:
+                # The meta group may be electing (or starting, as this node is): soon again.
+                log.info("repair pass %d cut short: %s", self.ledger.passes, exc)
+                failures += 1
+                pause = min(2.0 ** (failures - 1), self.config.retry)
+            else:
+                failures = 0
+                last = self.ledger.last
+                pause = self.config.retry if last and last.left else self.config.interval
+            if self.ledger.wanted > self.ledger.passes:
+                continue
+            with trio.move_on_after(pause):
+                await self._asked.wait()
+
+    async def _pass(self) -> None:
+        """Walk this node's arcs once, fetching what the store lacks.
+
+        Raises `Unavailable` or `NodeError` when the metadata cannot list the blocks; the
+        pass then ends incomplete (the fetches it started finish first).
+        """
+        record = self.ledger.begin(time.time())
+        cursor = self._cursor = PassCursor(self._arcs)
+        log.debug("repair pass %d over %.0f%% of the ring", record.number, 100 * self.share)
+        limiter = trio.CapacityLimiter(self.config.transfers)
+        failure: Unavailable | NodeError | None = None
+        async with trio.open_nursery() as nursery:
+            while not cursor.done:
+                first, last = cursor.page()
+                try:
+                    refs: list[BlockRef] = await self._query(Blocks(first, last, PAGE))
+                except (Unavailable, NodeError) as exc:
+                    failure = exc
+                    break
+                ids = [ref.block_id for ref in refs]
+                absent = set(await trio.to_thread.run_sync(self.store.absent, ids))
+                record.checked += len(refs)
+                for ref in refs:
+                    if ref.block_id in absent:
+                        record.missing += 1
+                        await limiter.acquire_on_behalf_of(ref.block_id)
+                        nursery.start_soon(self._fetch, ref, limiter)
+                cursor.advance(ids, PAGE)
+        self.ledger.end(time.time(), complete=failure is None)
+        self._cursor = None
+        if failure is not None:
+            raise failure
+        if record.missing:
+            log.info(
+                "repair pass %d: %d of %d blocks were missing, %d stored again",
+                record.number,
+                record.missing,
+                record.checked,
+                record.repaired,
+            )
+
+    async def _fetch(self, ref: BlockRef, limiter: trio.CapacityLimiter) -> None:
+        """Copy one block here from a node that has a good copy."""
+        try:
+            sources = [n for n in self.cmap.placement(ref.block_id) if n.node_id != self.node_id]
+            sources += [n for n in self.cmap.fallbacks(ref.block_id) if n.node_id != self.node_id]
+            for node in sources:
+                try:
+                    data, stored = await self.pool.call(node.address, "block.get", [ref.block_id])
+                except (Unavailable, NodeError, TypeError, ValueError):
+                    continue
+                if stored != ref.checksum or not isinstance(data, bytes):
+                    continue
+                await trio.sleep(self._bucket.take(len(data), trio.current_time()))
+                try:
+                    await trio.to_thread.run_sync(self.store.put, ref.block_id, data, ref.checksum)
+                except NodeError as exc:  # a full disk, a failing one
+                    log.warning("repair: block %s not stored: %s", ref.block_id.hex(), exc)
+                    break
+                self.ledger.note_repaired(len(data))
+                return
+            else:
+                log.warning("repair: no node could give block %s", ref.block_id.hex())
+            assert self.ledger.current is not None
+            self.ledger.current.failed += 1
+        finally:
+            limiter.release_on_behalf_of(ref.block_id)
+
+    async def _query(self, query: Query) -> Any:
+        """Ask the meta-group leader, going to the leader a member names."""
+        members = {node.node_id: node.address for node in self.cmap.meta_nodes()}
+        order = sorted(members.values(), key=lambda address: address != self._leader)
+        tried: list[str] = []
+        while order:
+            address = order.pop(0)
+            tried.append(address)
+            try:
+                wire = await self.pool.call(address, "meta.query", [query.to_wire()])
+            except Unavailable:
+                continue
+            except NodeError as exc:
+                if exc.name not in (NOT_LEADER, NOT_META):
+                    raise
+                named = members.get(exc.detail)
+                if named is not None and named not in tried:
+                    order = [named, *(a for a in order if a != named)]
+                continue
+            self._leader = address
+            return decode_result(query, wire)
+        raise Unavailable("metadata (no meta-group leader answered)", tried)
+
+    def stats(self) -> dict[str, Any]:
+        """Cheap counters for `repair.status` and `node.stats`."""
+        ledger = self.ledger
+        cursor = self._cursor
+        return {
+            "passes": ledger.passes,
+            "clean": ledger.clean,
+            "wanted": ledger.wanted,
+            "repaired": ledger.repaired,
+            "repaired_bytes": ledger.repaired_bytes,
+            "share": self.share,
+            "rate": self.config.rate,
+            "current": None if ledger.current is None else ledger.current.to_wire(),
+            "progress": None if cursor is None else cursor.progress(),
+            "last": None if ledger.last is None else ledger.last.to_wire(),
+        }

@@ -1,0 +1,137 @@
+"""Repair against in-process nodes: a node stores again, from the others, every copy it should
+hold and lacks: after losing its blocks, after a copy went to a handoff while it was down, and
+after a read found its copy corrupt."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+from ringfs.fs.cluster import Cluster
+from ringfs.fs.mount import wait_for_filesystem
+from ringfs.node.meta.commands import Attr, Chunk, Mknod
+from tests.cluster.conftest import LocalNodes, start_nodes
+from tests.cluster.test_collector import holders, write_chunk
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], seconds: float = 20) -> None:
+    """Poll: the state lives in files, nothing to wait on."""
+    with trio.fail_after(seconds):
+        while not await check():  # noqa: ASYNC110
+            await trio.sleep(0.05)
+
+
+def block_file(nodes: LocalNodes, node: str, block_id: bytes) -> Path:
+    name = block_id.hex()
+    return nodes.root / node / "store" / "blocks" / name[:2] / name[2:4] / name
+
+
+async def write_files(cluster: Cluster, count: int) -> list[Chunk]:
+    chunks = []
+    for i in range(count):
+        attr: Attr = await cluster.meta_apply(Mknod(1, f"f{i}".encode(), 0o100644, 0, 0, 0, 0))
+        chunks.append(await write_chunk(cluster, attr.ino, os.urandom(1000 + i)))
+    return chunks
+
+
+def placed(nodes: LocalNodes, chunks: list[Chunk]) -> Callable[[], Awaitable[bool]]:
+    """Whether every block is held by exactly the nodes of its placement."""
+
+    async def check() -> bool:
+        return all(
+            holders(nodes, c.block_id) == {n.node_id for n in nodes.map.placement(c.block_id)}
+            for c in chunks
+        )
+
+    return check
+
+
+async def test_a_node_that_lost_its_blocks_stores_its_share_again(
+    tmp_path: Path, nursery: trio.Nursery, expected_logs: list[str]
+) -> None:
+    expected_logs.append("unavailable")  # the client may meet the stopped node
+    nodes = await start_nodes(tmp_path, nursery, count=4)
+    cluster = await nodes.client()
+    await wait_for_filesystem(cluster)
+    chunks = await write_files(cluster, 40)
+    await wait_until(placed(nodes, chunks))  # the trailing copies land
+
+    victim = "n2"
+    share = [c for c in chunks if victim in {n.node_id for n in nodes.map.placement(c.block_id)}]
+    assert 0 < len(share) < len(chunks)  # with 4 nodes and R = 3, some blocks are elsewhere
+    await nodes.stop(victim)
+    shutil.rmtree(nodes.root / victim / "store" / "blocks")
+    await nodes.start(victim)  # a pass runs at start
+
+    await wait_until(placed(nodes, chunks))
+    for chunk in share:
+        other = next(iter(holders(nodes, chunk.block_id) - {victim}))
+        mine = block_file(nodes, victim, chunk.block_id).read_bytes()
+        assert mine == block_file(nodes, other, chunk.block_id).read_bytes()
+    stats = dict(await cluster.repair_status())
+    repair = next(s for info, s in stats.items() if info.node_id == victim)
+    assert repair is not None
+    assert repair["repaired"] == len(share)
+    await wait_until(lambda: _clean(cluster, victim))
+
+
+async def _clean(cluster: Cluster, node: str) -> bool:
+    """Whether the node's last pass found nothing missing it could not store again."""
+    stats = {info.node_id: s for info, s in await cluster.repair_status()}
+    repair = stats[node]
+    return repair is not None and repair["clean"] >= 1 and repair["current"] is None
+
+
+async def test_a_copy_handed_off_while_its_node_was_down_reaches_it_when_it_is_back(
+    tmp_path: Path, nursery: trio.Nursery, expected_logs: list[str]
+) -> None:
+    expected_logs += ["not stored", "handing block", "unavailable"]
+    nodes = await start_nodes(tmp_path, nursery, count=4)
+    cluster = await nodes.client()
+    await wait_for_filesystem(cluster)
+    meta = {n.node_id for n in nodes.map.meta_nodes()}
+    down = next(name for name in nodes.configs if name not in meta)
+    await nodes.stop(down)
+    chunks = await write_files(cluster, 30)
+    mine = [c for c in chunks if down in {n.node_id for n in nodes.map.placement(c.block_id)}]
+    assert mine
+    assert not any(down in holders(nodes, c.block_id) for c in mine)
+
+    await nodes.start(down)
+    await wait_until(
+        lambda: _all_hold(nodes, down, [c.block_id for c in mine]),
+    )
+
+
+async def _all_hold(nodes: LocalNodes, node: str, block_ids: list[bytes]) -> bool:
+    return all(node in holders(nodes, block_id) for block_id in block_ids)
+
+
+async def test_a_corrupt_copy_found_by_a_read_is_stored_again(
+    tmp_path: Path, nursery: trio.Nursery, expected_logs: list[str]
+) -> None:
+    expected_logs += ["is corrupt", "reading another replica"]
+    nodes = await start_nodes(tmp_path, nursery, count=3)
+    cluster = await nodes.client()
+    await wait_for_filesystem(cluster)
+    chunks = await write_files(cluster, 3)
+    await wait_until(placed(nodes, chunks))
+    chunk = chunks[0]
+    first = nodes.map.placement(chunk.block_id)[0].node_id
+    path = block_file(nodes, first, chunk.block_id)
+    good = path.read_bytes()
+    path.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+
+    data = await cluster.get_block(chunk.block_id, chunk.checksum)  # the next replica answers
+    assert len(data) == chunk.length
+    assert not path.exists()  # quarantined
+    await cluster.repair_start()
+    await wait_until(lambda: _has(path, good))
+
+
+async def _has(path: Path, content: bytes) -> bool:
+    return path.exists() and path.read_bytes() == content  # noqa: ASYNC240 - a small file
