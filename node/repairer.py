@@ -22,13 +22,16 @@ import trio
 from ringfs.node.blocks.repair import (
     PAGE,
     PassCursor,
+    PassRecord,
     RepairConfig,
     RepairLedger,
     TokenBucket,
     ring_share,
+    within,
 )
 from ringfs.node.blocks.store import BlockStore
 from ringfs.node.cluster.map import ClusterMap
+from ringfs.node.cluster.ring import block_point
 from ringfs.node.errors import NOT_LEADER, NOT_META, NodeError, Unavailable
 from ringfs.node.meta.commands import BlockRef, Blocks, Query, decode_result
 from ringfs.node.rpc.client import NodePool
@@ -118,6 +121,8 @@ class Repairer:
                         await limiter.acquire_on_behalf_of(ref.block_id)
                         nursery.start_soon(self._fetch, ref, limiter)
                 cursor.advance(ids, PAGE)
+            if failure is None:
+                await self._release_misplaced(record, limiter, nursery)
         self.ledger.end(time.time(), complete=failure is None)
         self._cursor = None
         if failure is not None:
@@ -130,6 +135,40 @@ class Repairer:
                 record.checked,
                 record.repaired,
             )
+
+    async def _release_misplaced(
+        self, record: PassRecord, limiter: trio.CapacityLimiter, nursery: trio.Nursery
+    ) -> None:
+        """Look at the copies held here outside this node's arcs (handoffs): each is deleted
+        once every node of its placement holds a verified copy of it."""
+        held = await trio.to_thread.run_sync(lambda: list(self.store.ids()))
+        for block_id in held:
+            if within(self._arcs, block_point(block_id)):
+                continue
+            record.misplaced += 1
+            await limiter.acquire_on_behalf_of(block_id)
+            nursery.start_soon(self._release, block_id, record, limiter)
+
+    async def _release(
+        self, block_id: bytes, record: PassRecord, limiter: trio.CapacityLimiter
+    ) -> None:
+        try:
+            try:
+                _, mine = await trio.to_thread.run_sync(self.store.get, block_id)
+            except NodeError:
+                return  # gone meanwhile, or corrupt (and quarantined by the read)
+            for node in self.cmap.placement(block_id):
+                try:
+                    theirs = await self.pool.call(node.address, "block.verify", [block_id])
+                except (Unavailable, NodeError):
+                    return  # not there (yet): its own pass fetches it if a file needs it
+                if theirs != mine:
+                    return
+            if await trio.to_thread.run_sync(self.store.delete, block_id):
+                record.released += 1
+                log.debug("repair: released handoff copy of %s", block_id.hex())
+        finally:
+            limiter.release_on_behalf_of(block_id)
 
     async def _fetch(self, ref: BlockRef, limiter: trio.CapacityLimiter) -> None:
         """Copy one block here from a node that has a good copy."""

@@ -87,6 +87,7 @@ class NodeService:
             "map.get": self.map_get,
             "block.put": self.block_put,
             "block.get": self.block_get,
+            "block.verify": self.block_verify,
             "block.delete": self.block_delete,
             "repair.start": self.repair_start,
             "repair.status": self.repair_status,
@@ -154,6 +155,13 @@ class NodeService:
         async with self._disk:
             data, checksum = await trio.to_thread.run_sync(self.store.get, block_id)
         return [data, checksum]
+
+    async def block_verify(self, params: list[Any]) -> bytes:
+        (block_id,) = _arity(params, 1, "block.verify")
+        block_id = validate_block_id(block_id)
+        async with self._disk:
+            _, checksum = await trio.to_thread.run_sync(self.store.get, block_id)
+        return checksum
 
     async def block_delete(self, params: list[Any]) -> bool:
         (block_id,) = _arity(params, 1, "block.delete")

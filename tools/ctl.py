@@ -67,6 +67,8 @@ def _repair_line(node_id: str, repair: dict[str, Any]) -> str:
         line += f"{last['checked']} blocks checked, " + (
             f"{missing} still missing" if missing else "none missing"
         )
+        if held := last["misplaced"] - last["released"]:
+            line += f", {held} copies held for other nodes"
     else:
         line += "no pass yet"
     if repair["repaired"]:

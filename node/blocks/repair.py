@@ -11,6 +11,7 @@ Pure: the shell (`node/repairer.py`) does the queries, the fetches and the clock
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +85,12 @@ class PassCursor:
         return min(walked / total, 1.0)
 
 
+def within(arcs: Sequence[tuple[int, int]], point: int) -> bool:
+    """Whether a ring position is in one of the (sorted, disjoint) arcs."""
+    index = bisect.bisect_right(arcs, (point, RING_SIZE)) - 1
+    return index >= 0 and arcs[index][0] <= point <= arcs[index][1]
+
+
 def ring_share(arcs: Sequence[tuple[int, int]]) -> float:
     """The share of the ring the arcs cover."""
     return sum(last - first + 1 for first, last in arcs) / RING_SIZE
@@ -125,6 +132,8 @@ class PassRecord:
     repaired: int = 0  # copies fetched and stored
     repaired_bytes: int = 0
     failed: int = 0  # missing copies no node could give
+    misplaced: int = 0  # copies held here outside this node's arcs (handoffs)
+    released: int = 0  # of those, deleted once every placement node had verified it
     complete: bool = False  # walked every arc (not cut short)
 
     @property
@@ -142,6 +151,8 @@ class PassRecord:
             "repaired": self.repaired,
             "repaired_bytes": self.repaired_bytes,
             "failed": self.failed,
+            "misplaced": self.misplaced,
+            "released": self.released,
             "complete": self.complete,
         }
 

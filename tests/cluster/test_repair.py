@@ -101,10 +101,19 @@ async def test_a_copy_handed_off_while_its_node_was_down_reaches_it_when_it_is_b
     assert mine
     assert not any(down in holders(nodes, c.block_id) for c in mine)
 
-    await nodes.start(down)
-    await wait_until(
-        lambda: _all_hold(nodes, down, [c.block_id for c in mine]),
-    )
+    handed_off = {c.block_id: holders(nodes, c.block_id) - _placement(nodes, c) for c in mine}
+    assert all(handed_off.values())  # each went to a node outside its placement
+
+    await nodes.start(down)  # its pass at start fetches its copies
+    await wait_until(lambda: _all_hold(nodes, down, [c.block_id for c in mine]))
+    await cluster.repair_start()  # the next pass of the handoff holders lets them go
+    await wait_until(placed(nodes, chunks))
+    released = sum(s["last"]["released"] for _, s in await cluster.repair_status() if s)
+    assert released == sum(len(extra) for extra in handed_off.values())
+
+
+def _placement(nodes: LocalNodes, chunk: Chunk) -> set[str]:
+    return {node.node_id for node in nodes.map.placement(chunk.block_id)}
 
 
 async def _all_hold(nodes: LocalNodes, node: str, block_ids: list[bytes]) -> bool:

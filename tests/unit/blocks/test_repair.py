@@ -13,6 +13,7 @@ from ringfs.node.blocks.repair import (
     TokenBucket,
     ring_share,
     successor,
+    within,
 )
 from ringfs.node.cluster.ring import RING_SIZE, block_point
 
@@ -101,3 +102,11 @@ def test_the_ledger_counts_passes_and_knows_the_last_clean_one() -> None:
     assert ledger.clean == 3
     assert (ledger.repaired, ledger.repaired_bytes) == (1, 100)
     assert PassRecord(3, 1.0, missing=2, repaired=2).left == 0
+
+
+def test_within_finds_a_position_in_sorted_arcs() -> None:
+    arcs = [(0, 9), (20, 29), (RING_SIZE - 5, RING_SIZE - 1)]
+    inside = {0, 9, 20, 25, 29, RING_SIZE - 5, RING_SIZE - 1}
+    for point in [*inside, 10, 19, 30, RING_SIZE - 6]:
+        assert within(arcs, point) == (point in inside)
+    assert not within([], 5)
