@@ -20,6 +20,7 @@ from pathlib import Path
 import trio
 
 from ringfs.node.blocks.repair import RepairConfig
+from ringfs.node.blocks.scrub import ScrubConfig
 from ringfs.node.blocks.space import Reserve
 from ringfs.node.blocks.store import BlockStore
 from ringfs.node.cluster.map import ClusterMap, NodeInfo
@@ -31,6 +32,7 @@ from ringfs.node.repairer import Repairer
 from ringfs.node.rpc.client import ClientConfig, NodePool
 from ringfs.node.rpc.protocol import DEFAULT_LIMITS
 from ringfs.node.rpc.server import RpcServer, ServerConfig
+from ringfs.node.scrubber import Scrubber
 from ringfs.node.service import NodeService
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ MIN_CHUNK_SIZE = 4096
 MAX_CHUNK_SIZE = DEFAULT_LIMITS.max_bin_len
 LOCK_FILE = "lock"
 MAP_FILE = "cluster.json"
+SCRUB_FILE = "scrub.json"
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class NodeConfig:
     # opened a file before its contents were replaced may still be reading the old blocks.
     gc_grace: float = 60.0
     repair: RepairConfig = RepairConfig()
+    scrub: ScrubConfig = ScrubConfig()
     ssl_context: ssl.SSLContext | None = None
 
 
@@ -121,6 +125,8 @@ async def run(
         raise ConfigError("--repair-interval and --repair-rate must be positive")
     if config.repair.transfers < 1:
         raise ConfigError("--repair-transfers must be at least 1")
+    if not (0 < config.scrub.period < math.inf and 0 < config.scrub.rate < math.inf):
+        raise ConfigError("--scrub-period and --scrub-rate must be positive")
     if not MIN_CHUNK_SIZE <= config.chunk_size <= MAX_CHUNK_SIZE:
         raise ConfigError(f"chunk size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}")
     config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -172,7 +178,9 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
             collector = Collector(meta, peers, cmap, config.gc_grace)
             nursery.start_soon(collector.run, name="gc")
         repairer = Repairer(config.node_id, store, peers, cmap, config.repair)
-        service = NodeService(config.node_id, cmap, store, meta, repairer, collector)
+        scrubber = Scrubber(store, repairer, config.data_dir / SCRUB_FILE, config.scrub)
+        service = NodeService(config.node_id, cmap, store, meta, repairer, scrubber, collector)
         port = await nursery.start(RpcServer(server_config, service.handle, service.notified).serve)
         nursery.start_soon(repairer.run, name="repair")
+        nursery.start_soon(scrubber.run, name="scrub")
         task_status.started(port)

@@ -56,7 +56,7 @@ class Repairer:
         self.cmap = cmap
         self.config = config
         self.ledger = RepairLedger()
-        self._bucket = TokenBucket(config.rate, burst=max(config.rate, 8 * 1024 * 1024))
+        self._bucket = TokenBucket(config.rate, burst=config.rate)
         self._asked = trio.Event()
         self._leader: str | None = None
         self._arcs = cmap.arcs(node_id)

@@ -24,6 +24,7 @@ from ringfs.node.meta.replica import ReplicatedMeta
 from ringfs.node.raft.core import SnapshotRequest, message_from_wire
 from ringfs.node.repairer import Repairer
 from ringfs.node.rpc.protocol import PROTOCOL_VERSION
+from ringfs.node.scrubber import Scrubber
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class NodeService:
         store: BlockStore,
         meta: ReplicatedMeta | None,
         repairer: Repairer,
+        scrubber: Scrubber,
         collector: Collector | None = None,
     ) -> None:
         self.node_id = node_id
@@ -77,6 +79,7 @@ class NodeService:
         self.store = store
         self.meta = meta
         self.repairer = repairer
+        self.scrubber = scrubber
         self.collector = collector
         # Disk writes at once: more only queue in the kernel and stretch every fsync.
         self._disk = trio.CapacityLimiter(4)
@@ -131,6 +134,7 @@ class NodeService:
             "meta_stats": self.meta.stats() if self.meta is not None else None,
             "gc": self.collector.stats() if self.collector is not None else None,
             "repair": self.repairer.stats(),
+            "scrub": self.scrubber.stats(),
         }
 
     async def node_capacity(self, params: list[Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ringfs.node.blocks.repair import RepairConfig
+from ringfs.node.blocks.scrub import ScrubConfig
 from ringfs.node.blocks.space import Reserve
 from ringfs.node.errors import (
     AuthenticationError,
@@ -169,6 +170,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=RepairConfig.transfers,
         metavar="N",
         help=f"copies repair fetches at once (default {RepairConfig.transfers})",
+    )
+    node.add_argument(
+        "--scrub-period",
+        type=seconds,
+        default=ScrubConfig.period,
+        metavar="SECONDS",
+        help="seconds from the start of one scrub pass, which reads and verifies every block "
+        "stored here, to the start of the next (default 604800: a week)",
+    )
+    node.add_argument(
+        "--scrub-rate",
+        type=size,
+        default=ScrubConfig.rate,
+        metavar="SIZE",
+        help="bytes per second scrub reads (default 16M)",
     )
 
     mount = sub.add_parser(

@@ -48,7 +48,8 @@ async def _status(seeds: tuple[str, ...], secret: bytes) -> str:
             _node_line(info.node_id, info.address, node_stats, roles.get(info.node_id, ""))
         )
     repair = [_repair_line(info.node_id, s["repair"]) for info, s in stats if s is not None]
-    return "\n".join([*lines, "", *repair, _garbage_line(stats), "", *_meta_lines(members)])
+    scrub = [_scrub_line(info.node_id, s["scrub"]) for info, s in stats if s is not None]
+    return "\n".join([*lines, "", *repair, *scrub, _garbage_line(stats), "", *_meta_lines(members)])
 
 
 def _repair_line(node_id: str, repair: dict[str, Any]) -> str:
@@ -73,6 +74,25 @@ def _repair_line(node_id: str, repair: dict[str, Any]) -> str:
         line += "no pass yet"
     if repair["repaired"]:
         line += f"; {repair['repaired']} copies stored again ({_human(repair['repaired_bytes'])})"
+    return line
+
+
+def _scrub_line(node_id: str, scrub: dict[str, Any]) -> str:
+    """One node's scrub: the pass under way, and when the last full one finished."""
+    line = f"scrub {node_id}: "
+    if scrub["started"] is not None:
+        line += (
+            f"pass at {100 * scrub['progress']:.0f}%, {scrub['verified']} blocks verified "
+            f"({_human(scrub['verified_bytes'])}), {scrub['corrupt']} corrupt"
+        )
+    else:
+        line += "no pass under way"
+    if scrub["last_finished"] is not None:
+        ago = _human_seconds(time.time() - scrub["last_finished"])
+        line += (
+            f"; last full pass {ago} ago: {scrub['last_verified']} verified, "
+            f"{scrub['last_corrupt']} corrupt"
+        )
     return line
 
 

@@ -12,6 +12,7 @@ import trio
 
 from ringfs.node import daemon
 from ringfs.node.blocks.repair import RepairConfig
+from ringfs.node.blocks.scrub import ScrubConfig
 from ringfs.node.cluster.map import parse_members
 from ringfs.node.rpc.client import split_address
 from ringfs.tools.local import read_secret
@@ -34,6 +35,7 @@ def node(args: argparse.Namespace) -> int:
         repair=RepairConfig(
             interval=args.repair_interval, rate=args.repair_rate, transfers=args.repair_transfers
         ),
+        scrub=ScrubConfig(period=args.scrub_period, rate=args.scrub_rate),
     )
     trio.run(_serve, config)
     return 0

@@ -274,6 +274,20 @@ class BlockStore:
         for entry in self._files():
             yield bytes.fromhex(entry.name)
 
+    def ids_after(self, after: bytes | None) -> Iterator[bytes]:
+        """The stored ids greater than `after` (all if None), in id order, listing one
+        fan-out directory at a time."""
+        start = "" if after is None else after.hex()
+        for top in _sorted_hex_dirs(self._blocks, start[:2]):
+            for mid in _sorted_hex_dirs(top, start[2:4] if top.name == start[:2] else ""):
+                names = sorted(
+                    entry.name
+                    for entry in os.scandir(mid)
+                    if _is_block_name(entry.name) and entry.name > start
+                )
+                for name in names:
+                    yield bytes.fromhex(name)
+
     def _files(self) -> Iterator[os.DirEntry[str]]:
         for top in os.scandir(self._blocks):
             if not _is_hex_dir(top):
@@ -327,6 +341,12 @@ def _header_problem(header: bytes, size: int) -> str | None:
     if size != HEADER_SIZE + length:
         return f"size {size} does not match length {length}"
     return None
+
+
+def _sorted_hex_dirs(parent: Path | os.DirEntry[str], first: str) -> list[os.DirEntry[str]]:
+    """The fan-out directories in `parent` named `first` or later, in name order."""
+    found = [entry for entry in os.scandir(parent) if _is_hex_dir(entry) and entry.name >= first]
+    return sorted(found, key=lambda entry: entry.name)
 
 
 def _is_hex_dir(entry: os.DirEntry[str]) -> bool:

@@ -4,6 +4,7 @@ after a read found its copy corrupt."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Awaitable, Callable
@@ -13,6 +14,7 @@ import trio
 
 from ringfs.fs.cluster import Cluster
 from ringfs.fs.mount import wait_for_filesystem
+from ringfs.node.blocks.scrub import ScrubConfig, load
 from ringfs.node.meta.commands import Attr, Chunk, Mknod
 from tests.cluster.conftest import LocalNodes, start_nodes
 from tests.cluster.test_collector import holders, write_chunk
@@ -144,3 +146,72 @@ async def test_a_corrupt_copy_found_by_a_read_is_stored_again(
 
 async def _has(path: Path, content: bytes) -> bool:
     return path.exists() and path.read_bytes() == content  # noqa: ASYNC240 - a small file
+
+
+async def test_scrub_finds_corrupt_copies_and_repair_replaces_them(
+    tmp_path: Path, nursery: trio.Nursery, expected_logs: list[str]
+) -> None:
+    expected_logs += ["is corrupt"]
+    nodes = await start_nodes(
+        tmp_path, nursery, count=3, scrub=ScrubConfig(period=0.5, rate=100 * 1024 * 1024)
+    )
+    cluster = await nodes.client()
+    await wait_for_filesystem(cluster)
+    chunks = await write_files(cluster, 8)
+    await wait_until(placed(nodes, chunks))
+    good = {c.block_id: block_file(nodes, "n1", c.block_id).read_bytes() for c in chunks}
+    # One copy of some blocks, two copies of others: a flipped byte, a cut-off end.
+    damaged = {chunks[0].block_id: ["n1"], chunks[1].block_id: ["n2"]}
+    damaged |= {chunks[2].block_id: ["n1", "n3"], chunks[3].block_id: ["n2", "n3"]}
+    for block_id, names in damaged.items():
+        for name in names:
+            path = block_file(nodes, name, block_id)
+            content = path.read_bytes()
+            flipped = content[:-1] + bytes([content[-1] ^ 0x40])
+            path.write_bytes(flipped if name != "n3" else content[:-5])
+
+    async def restored() -> bool:
+        return all(
+            block_file(nodes, name, c.block_id).exists()
+            and block_file(nodes, name, c.block_id).read_bytes() == good[c.block_id]
+            for c in chunks
+            for name in ("n1", "n2", "n3")
+        )
+
+    await wait_until(restored)  # no read asked for them: scrub found them
+    for chunk in chunks:
+        data = await cluster.get_block(chunk.block_id, chunk.checksum)
+        assert data == good[chunk.block_id][-chunk.length :]
+    stats = {info.node_id: s for info, s in await cluster.node_stats()}
+    found = sum(s["scrub"]["corrupt"] + s["scrub"]["last_corrupt"] for s in stats.values() if s)
+    assert found >= 6
+    assert len(list((tmp_path / "n3" / "store" / "quarantine").iterdir())) == 2
+
+
+async def test_a_scrub_pass_goes_on_where_it_was_after_a_restart(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    slow = ScrubConfig(period=3600, rate=2_000)  # about two blocks a second
+    nodes = await start_nodes(tmp_path, nursery, count=3)
+    cluster = await nodes.client()
+    await wait_for_filesystem(cluster)
+    chunks = await write_files(cluster, 30)
+    await wait_until(placed(nodes, chunks))
+    await nodes.stop("n1")
+    nodes.configs["n1"] = dataclasses.replace(nodes.configs["n1"], scrub=slow)
+    (tmp_path / "n1" / "scrub.json").unlink()  # a pass is due at once
+    await nodes.start("n1")
+
+    async def verified(count: int) -> bool:
+        state = load(tmp_path / "n1" / "scrub.json")
+        return state.started is not None and state.verified >= count
+
+    await wait_until(lambda: verified(4))
+    before = load(tmp_path / "n1" / "scrub.json")
+    await nodes.stop("n1")
+    await nodes.start("n1")
+    stats = {info.node_id: s for info, s in await cluster.node_stats()}
+    scrub = stats["n1"]["scrub"]
+    assert scrub["started"] == before.started  # the same pass
+    assert scrub["verified"] >= before.verified
+    assert scrub["cursor"] >= before.cursor

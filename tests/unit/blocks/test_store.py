@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -336,3 +337,15 @@ def test_delete_is_durable(store: BlockStore, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr("ringfs.node.blocks.store.fsync_dir", synced.append)
     assert store.delete(ID) is True
     assert synced == [_file(store, ID).parent]
+
+
+def test_ids_after_lists_in_id_order_from_a_point(tmp_path: Path) -> None:
+    store = BlockStore(tmp_path)
+    rng = random.Random(5)
+    ids = sorted({rng.randbytes(16) for _ in range(200)} | {bytes(16), b"\xff" * 16})
+    for block_id in ids:
+        store.put(block_id, b"x", checksum(b"x"))
+    assert list(store.ids_after(None)) == ids
+    for after in (ids[0], ids[57], ids[-2], ids[-1], b"\x80" + bytes(15)):
+        assert list(store.ids_after(after)) == [i for i in ids if i > after]
+    assert store.absent([ids[3], b"\x01" * 16]) == [b"\x01" * 16]
