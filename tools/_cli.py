@@ -239,6 +239,20 @@ def build_parser() -> argparse.ArgumentParser:
         "3,600-file source tree instead",
     )
     bench.add_argument(
+        "--refill",
+        action="store_true",
+        help="instead: start a cluster of its own mounted on MOUNTPOINT (an empty directory), "
+        "write --size of files, wipe one node's blocks, and time its refill and a write and "
+        "read beside it",
+    )
+    bench.add_argument(
+        "--repair-rate",
+        type=size,
+        default=RepairConfig.rate,
+        metavar="SIZE",
+        help="with --refill: the nodes' --repair-rate (default 32M)",
+    )
+    bench.add_argument(
         "--compare",
         type=Path,
         action="append",

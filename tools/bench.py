@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ringfs.tools import treebench
+from ringfs.tools import refillbench, treebench
 from ringfs.tools.args import UserError
 
 # Writes in 1 MiB pieces, like cp on a filesystem that reports a 1 MiB st_blksize.
@@ -53,7 +53,8 @@ def _drop_caches() -> None:
         control.write("3\n")
 
 
-def _write(path: Path, size: int) -> float:
+def timed_write(path: Path, size: int) -> float:
+    """Write `size` bytes in 1 MiB pieces and fsync: MB/s."""
     piece = os.urandom(IO_SIZE)
     start = time.perf_counter()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -67,7 +68,8 @@ def _write(path: Path, size: int) -> float:
     return size / (time.perf_counter() - start) / 1e6
 
 
-def _read(path: Path) -> float:
+def timed_read(path: Path) -> float:
+    """Read a file back with cold caches (as root): MB/s."""
     _drop_caches()
     start = time.perf_counter()
     total = 0
@@ -116,9 +118,9 @@ def measure(directory: Path, config: BenchConfig, label: str) -> Result:
     work = Path(tempfile.mkdtemp(prefix="ringfs-bench-", dir=directory))
     try:
         print(f"[{label}] writing {config.size / 1e6:.0f} MB ...", flush=True)
-        write = _write(work / "big", config.size)
+        write = timed_write(work / "big", config.size)
         print(f"[{label}] reading it back ...", flush=True)
-        read = _read(work / "big")
+        read = timed_read(work / "big")
         print(f"[{label}] creating {config.files} small files ...", flush=True)
         creates = _create(work / "small", config.files)
         meta = {}
@@ -183,6 +185,9 @@ def main(args: argparse.Namespace) -> int:
     """`ringfs bench` with parsed arguments."""
     if not args.mountpoint.is_dir():
         raise UserError(f"{args.mountpoint} is not a directory")
+    if args.refill:
+        refillbench.run(args.mountpoint, args.size, args.repair_rate)
+        return 0
     if args.tree:
         targets = [("ringfs", args.mountpoint)]
         targets += [] if args.local is None else [("local", args.local)]

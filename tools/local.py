@@ -113,30 +113,58 @@ def running_nodes(cluster: LocalCluster, debug: bool = False) -> Iterator[str]:
 
     Raises `StartError` if a node fails to start (its log says why).
     """
-    ports = free_ports(NODE_COUNT)
-    names = [f"n{i + 1}" for i in range(NODE_COUNT)]
-    spec = ",".join(f"{name}={HOST}:{port}" for name, port in zip(names, ports, strict=True))
+    spec = node_spec(NODE_COUNT)
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        for name, port in zip(names, ports, strict=True):
-            argv = [sys.executable, "-m", "ringfs.tools", *(["--debug"] if debug else []),
-                    "node", "--name", name, "--data", str(cluster.data_dir / name),
-                    "--listen", f"{HOST}:{port}", "--cluster", spec,
-                    "--secret-file", str(cluster.secret_file)]  # fmt: skip
-            processes.append(
-                subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    preexec_fn=_die_with_parent,
-                )
-            )
-        for name, process in zip(names, processes, strict=True):
+        for name in spec_names(spec):
+            processes.append(start_node(cluster, name, spec, debug=debug))
+        for name, process in zip(spec_names(spec), processes, strict=True):
             _wait_ready(name, process)
         cluster.state_file.write_text(json.dumps({"members": spec, "pid": os.getpid()}))
         yield spec
     finally:
-        _stop(processes)
+        stop_nodes(processes)
+
+
+def node_spec(count: int) -> str:
+    """The `--cluster` spec of `count` local nodes n1, n2, ... on free loopback ports."""
+    ports = free_ports(count)
+    return ",".join(f"n{i + 1}={HOST}:{port}" for i, port in enumerate(ports))
+
+
+def spec_names(spec: str) -> list[str]:
+    return [member.split("=")[0] for member in spec.split(",")]
+
+
+def start_node(
+    cluster: LocalCluster,
+    name: str,
+    spec: str,
+    options: tuple[str, ...] = (),
+    debug: bool = False,
+    log: Path | None = None,
+    wait: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start node `name` of `spec` as a child that dies with this process, its messages going
+    to `log` (default: where this process's go). With `wait`, return once it listens (raises
+    `StartError` if it fails)."""
+    address = dict(member.split("=") for member in spec.split(","))[name]
+    argv = [sys.executable, "-m", "ringfs.tools", *(["--debug"] if debug else []),
+            "node", "--name", name, "--data", str(cluster.data_dir / name),
+            "--listen", address, "--cluster", spec,
+            "--secret-file", str(cluster.secret_file), *options]  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        stderr = None if log is None else stack.enter_context(open(log, "ab"))
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            preexec_fn=_die_with_parent,
+        )
+    if wait:
+        _wait_ready(name, process)
+    return process
 
 
 def _wait_ready(name: str, process: subprocess.Popen[bytes]) -> None:
@@ -150,7 +178,8 @@ def _wait_ready(name: str, process: subprocess.Popen[bytes]) -> None:
         )
 
 
-def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+def stop_nodes(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM, and wait for each (SIGKILL after 15 s)."""
     for process in processes:
         if process.poll() is None:
             process.terminate()
