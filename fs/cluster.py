@@ -333,7 +333,7 @@ class Cluster:
     # -- status ------------------------------------------------------------------------------
 
     async def node_stats(self) -> list[tuple[NodeInfo, dict[str, Any] | None]]:
-        """Every node's `node.stats` (walks its store), or None for nodes that do not answer."""
+        """Every node's `node.stats`, or None for nodes that do not answer."""
         return await self._ask_all("node.stats")
 
     async def node_capacity(self) -> list[tuple[NodeInfo, dict[str, Any] | None]]:

@@ -181,6 +181,13 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
         scrubber = Scrubber(store, repairer, config.data_dir / SCRUB_FILE, config.scrub)
         service = NodeService(config.node_id, cmap, store, meta, repairer, scrubber, collector)
         port = await nursery.start(RpcServer(server_config, service.handle, service.notified).serve)
+        nursery.start_soon(_count, store, name="count blocks")
         nursery.start_soon(repairer.run, name="repair")
         nursery.start_soon(scrubber.run, name="scrub")
         task_status.started(port)
+
+
+async def _count(store: BlockStore) -> None:
+    """The store's first count, in a worker thread: a large store takes a while, and the node
+    serves meanwhile (a node that stops does not wait for it)."""
+    await trio.to_thread.run_sync(store.count, abandon_on_cancel=True)

@@ -124,11 +124,12 @@ class NodeService:
 
     async def node_stats(self, params: list[Any]) -> dict[str, Any]:
         _arity(params, 0, "node.stats")
-        stats = await trio.to_thread.run_sync(self.store.stats)
+        stats = self.store.stats()
         return {
             "node_id": self.node_id,
             "blocks": stats.blocks,
             "bytes": stats.bytes,
+            "counted": stats.counted,
             **_capacity(stats.space),
             "meta": self.meta is not None,
             "meta_stats": self.meta.stats() if self.meta is not None else None,

@@ -194,7 +194,8 @@ def _node_line(node_id: str, address: str, stats: dict[str, Any] | None, role: s
     if stats is None:
         return f"{node_id:<10} {address:<22} {'unreachable':<12}"
     return (
-        f"{node_id:<10} {address:<22} {'up':<12} {stats['blocks']:>8} "
+        f"{node_id:<10} {address:<22} {'up':<12} "
+        f"{('' if stats['counted'] else '~') + str(stats['blocks']):>8} "
         f"{_human(stats['bytes']):>10} {_human(stats['capacity']):>10} "
         f"{_human(stats['free']):>10}  {role}"
     )

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ringfs.node.blocks.space import Capacity, Reserve, Space, footprint, refusal
+from ringfs.node.blocks.tally import Tally
 from ringfs.node.durable import fsync_dir
 from ringfs.node.errors import CORRUPT, NodeError
 
@@ -55,6 +56,8 @@ class StoreStats:
     blocks: int
     bytes: int  # data bytes, headers not counted
     space: Capacity
+    #: False while the first count of the store runs: blocks and bytes are a part of it.
+    counted: bool = True
 
 
 def checksum(data: bytes | memoryview) -> bytes:
@@ -92,6 +95,7 @@ class BlockStore:
         # Bytes that writes under way will take: statvfs may not show them yet.
         self._pending = 0
         self._pending_lock = threading.Lock()
+        self._tally = Tally()
         self._full = False
         self._blocks = root / "blocks"
         self._tmp = root / "tmp"
@@ -188,7 +192,12 @@ class BlockStore:
             finally:
                 os.close(fd)
             self._make_dirs(path.parent)
-            os.replace(tmp, path)
+            with self._tally.lock:
+                replaced = _size_of(path)
+                os.replace(tmp, path)
+                self._tally.changed(
+                    path_id(path), 0 if replaced else 1, len(data) - max(replaced - HEADER_SIZE, 0)
+                )
             fsync_dir(path.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
@@ -237,10 +246,13 @@ class BlockStore:
     def _quarantine_file(self, block_id: bytes, path: Path, problem: str) -> None:
         """Move a bad copy aside (kept for inspection) so it is never served again."""
         target = self._quarantine / f"{path.name}.{time.time_ns()}"
-        try:
-            os.replace(path, target)
-        except FileNotFoundError:
-            return  # a concurrent reader already moved it
+        with self._tally.lock:
+            size = _size_of(path)
+            try:
+                os.replace(path, target)
+            except FileNotFoundError:
+                return  # a concurrent reader already moved it
+            self._tally.changed(block_id, -1, -max(size - HEADER_SIZE, 0))
         log.warning("block %s is corrupt (%s): quarantined as %s", block_id.hex(), problem, target)
 
     def delete(self, block_id: bytes) -> bool:
@@ -252,7 +264,10 @@ class BlockStore:
         """
         path = self._path(block_id)
         try:
-            path.unlink()
+            with self._tally.lock:
+                size = _size_of(path)
+                path.unlink()
+                self._tally.changed(block_id, -1, -max(size - HEADER_SIZE, 0))
             fsync_dir(path.parent)
         except FileNotFoundError:
             return False
@@ -305,16 +320,31 @@ class BlockStore:
         return Capacity.of(space, self.reserve.bytes_for(space.total))
 
     def stats(self) -> StoreStats:
-        """Count blocks and data bytes (walks the store: O(blocks)) and read free space."""
-        blocks = data_bytes = 0
-        for entry in self._files():
-            try:
-                size = entry.stat().st_size
-            except FileNotFoundError:
-                continue  # deleted or quarantined while we walked
-            blocks += 1
-            data_bytes += max(0, size - HEADER_SIZE)
-        return StoreStats(blocks=blocks, bytes=data_bytes, space=self.capacity())
+        """What the store holds (kept as it changes, see `count`) and its free space."""
+        tally = self._tally
+        with tally.lock:
+            blocks, data_bytes, complete = tally.blocks, tally.data_bytes, tally.complete
+        return StoreStats(blocks, data_bytes, self.capacity(), complete)
+
+    def count(self) -> None:
+        """Walk the store once, in id order, to start the tally `stats` reports (slow on a
+        large store: run it in a worker thread beside the node's work)."""
+        after = ""
+        while True:
+            with self._tally.lock:
+                tops = [top for top in _sorted_hex_dirs(self._blocks, after) if top.name > after]
+                if not tops:
+                    self._tally.complete = True
+                    return
+                blocks = data_bytes = 0
+                for mid in _sorted_hex_dirs(tops[0], ""):
+                    for entry in os.scandir(mid):
+                        size = _entry_size(entry)
+                        if size is not None:
+                            blocks += 1
+                            data_bytes += max(0, size - HEADER_SIZE)
+                after = tops[0].name
+                self._tally.counted(bytes.fromhex(after) + b"\xff" * 15, blocks, data_bytes)
 
 
 def _verify(block_id: bytes, data: memoryview, expected: object) -> None:
@@ -341,6 +371,29 @@ def _header_problem(header: bytes, size: int) -> str | None:
     if size != HEADER_SIZE + length:
         return f"size {size} does not match length {length}"
     return None
+
+
+def path_id(path: Path) -> bytes:
+    """The id of the block stored at `path`."""
+    return bytes.fromhex(path.name)
+
+
+def _size_of(path: Path) -> int:
+    """The size of a file, 0 if there is none."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _entry_size(entry: os.DirEntry[str]) -> int | None:
+    """The size of a block file in a listing; None for anything else (or gone meanwhile)."""
+    if not _is_block_name(entry.name):
+        return None
+    try:
+        return entry.stat().st_size if entry.is_file() else None
+    except FileNotFoundError:
+        return None
 
 
 def _sorted_hex_dirs(parent: Path | os.DirEntry[str], first: str) -> list[os.DirEntry[str]]:

@@ -6,6 +6,8 @@ import errno
 import logging
 import os
 import random
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -54,7 +56,7 @@ def test_put_is_idempotent(store: BlockStore) -> None:
     before = _file(store, ID).stat()
     store.put(ID, DATA, checksum(DATA))
     assert _file(store, ID).stat().st_ino == before.st_ino
-    assert store.stats().blocks == 1
+    assert list(store.ids()) == [ID]
 
 
 def test_put_with_other_checksum_is_eexist(store: BlockStore) -> None:
@@ -183,15 +185,63 @@ def test_ids_ignore_foreign_files(store: BlockStore) -> None:
     assert list(store.ids()) == [ID]
 
 
-def test_stats(store: BlockStore) -> None:
+def test_stats(store: BlockStore, expected_logs: list[str]) -> None:
+    expected_logs.append("is corrupt")
+    assert not store.stats().counted  # nothing counted before the first walk
+    store.count()
     empty = store.stats()
-    assert (empty.blocks, empty.bytes) == (0, 0)
+    assert (empty.blocks, empty.bytes, empty.counted) == (0, 0, True)
     assert 0 <= empty.space.free <= empty.space.capacity
     assert empty.space.reserve == 0
     store.put(ID, DATA, checksum(DATA))
     store.put(OTHER, b"abc", checksum(b"abc"))
+    store.put(OTHER, b"abc", checksum(b"abc"))
     stats = store.stats()
     assert (stats.blocks, stats.bytes) == (2, len(DATA) + 3)
+    stored = _file(store, OTHER).read_bytes()
+    _file(store, OTHER).write_bytes(stored[:-1] + b"X")  # corrupt
+    with pytest.raises(NodeError):
+        store.get(OTHER)  # quarantined
+    store.delete(ID)
+    assert (store.stats().blocks, store.stats().bytes) == (0, 0)
+
+
+def _walked(store: BlockStore) -> tuple[int, int]:
+    sizes = [entry.stat().st_size - HEADER_SIZE for entry in store._files()]
+    return len(sizes), sum(sizes)
+
+
+def test_the_count_stays_exact_while_blocks_come_and_go(tmp_path: Path) -> None:
+    store = BlockStore(tmp_path)
+    rng = random.Random(3)
+    ids = [rng.randbytes(16) for _ in range(300)]
+    contents = {block_id: block_id * rng.randrange(1, 40) for block_id in ids}
+    for block_id in ids[::2]:
+        store.put(block_id, contents[block_id], checksum(contents[block_id]))
+    stop = threading.Event()
+
+    def churn(seed: int) -> None:
+        choice = random.Random(seed)
+        while not stop.is_set():
+            block_id = choice.choice(ids)
+            if choice.random() < 0.5:
+                store.put(block_id, contents[block_id], checksum(contents[block_id]))
+            else:
+                store.delete(block_id)
+
+    workers = [threading.Thread(target=churn, args=(seed,)) for seed in range(3)]
+    for worker in workers:
+        worker.start()
+    try:
+        store.count()
+        time.sleep(0.05)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    stats = store.stats()
+    assert stats.counted
+    assert (stats.blocks, stats.bytes) == _walked(store)
 
 
 @pytest.mark.parametrize("target", ["os.write", "os.fsync", "os.mkdir", "os.replace"])
