@@ -478,6 +478,18 @@ class Batch(_Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Abandon(_Message):
+    """Blocks a node holds that no chunk map references and that nobody committed for long:
+    uploads a client never committed. Each id no chunk references is put on the garbage list
+    (the collector deletes it from every node) and is refused by commits from then on, for
+    good; the ids some chunk references are the result."""
+
+    OP: ClassVar[str] = "abandon"
+    RESULT: ClassVar[str] = "list[bytes]"
+    block_ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ForgetGarbage(_Message):
     """Drop block ids from the garbage list once the collector deleted them."""
 
@@ -592,6 +604,7 @@ Command = (
     | RemoveXattr
     | Purge
     | ForgetGarbage
+    | Abandon
     | Reserve
     | Delegate
     | Release
@@ -628,7 +641,7 @@ Query = (
 COMMANDS: dict[str, type[_Message]] = {
     c.OP: c
     for c in (Init, Mknod, Mkdir, Symlink, Link, Unlink, Rmdir, Rename, Setattr, CommitChunks)
-    + (SetXattr, RemoveXattr, Purge, ForgetGarbage, Reserve, Delegate, Release, Batch)
+    + (SetXattr, RemoveXattr, Purge, ForgetGarbage, Abandon, Reserve, Delegate, Release, Batch)
 }
 QUERIES: dict[str, type[_Message]] = {
     c.OP: c

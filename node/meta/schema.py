@@ -43,6 +43,7 @@ CREATE INDEX IF NOT EXISTS chunks_by_block ON chunks (block_id);
 CREATE TABLE IF NOT EXISTS inline_blocks (block_id BLOB PRIMARY KEY, data BLOB NOT NULL)
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS garbage (seq INTEGER PRIMARY KEY, block_id BLOB NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS abandoned (block_id BLOB PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sessions (
@@ -58,8 +59,8 @@ INSERT OR IGNORE INTO counters VALUES
 COMMIT;
 """
 TABLES = (
-    "inodes", "dentries", "xattrs", "chunks", "inline_blocks", "garbage", "counters", "sessions",
-    "clients", "inode_ranges", "delegations",
+    "inodes", "dentries", "xattrs", "chunks", "inline_blocks", "garbage", "abandoned", "counters",
+    "sessions", "clients", "inode_ranges", "delegations",
 )  # fmt: skip
 # The columns of an `_Inode`, from `inodes i`.
 INODE_COLUMNS = (

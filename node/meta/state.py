@@ -538,15 +538,20 @@ class MetaState:
 
     def _check_base(self, ino: int, update: cmd.ChunkUpdate) -> None:
         """CHANGED unless the chunk still is what the writer built on. A block already listed
-        as garbage may be deleted at any moment: it is never referenced again."""
+        as garbage may be deleted at any moment, and an abandoned one may be gone: neither is
+        referenced again (ESTALE)."""
         sql = "SELECT block_id, length FROM chunks WHERE ino = ? AND idx = ?"
         row = self._rows.run(sql, ino, update.chunk.idx).fetchone()
         current = (b"", 0) if row is None else (row[0], row[1])
         if current != (update.base_block, update.base_length):
             raise NodeError(CHANGED, f"chunk {update.chunk.idx} changed")
-        garbage = "SELECT 1 FROM garbage WHERE block_id = ?"
-        if self._rows.one(garbage, update.chunk.block_id) is not None:
-            raise NodeError("ESTALE", f"block {update.chunk.block_id.hex()} was released")
+        block_id = update.chunk.block_id
+        released = (
+            "SELECT 1 FROM garbage WHERE block_id = ? "
+            "UNION ALL SELECT 1 FROM abandoned WHERE block_id = ?"
+        )
+        if self._rows.one(released, block_id, block_id) is not None:
+            raise NodeError("ESTALE", f"block {block_id.hex()} was released")
 
     def _drop_chunks(self, ino: int, first_idx: int) -> None:
         """Remove chunks from ``first_idx`` on; their blocks may become garbage."""
@@ -604,6 +609,16 @@ class MetaState:
         with self._lock:
             found = {d: self._holder(d) for d in dirs}
             return {d: holder for d, holder in found.items() if holder is not None}
+
+    def _apply_abandon(self, c: cmd.Abandon) -> list[bytes]:
+        referenced = []
+        for block_id in c.block_ids:
+            if self._rows.one("SELECT 1 FROM chunks WHERE block_id = ? LIMIT 1", block_id):
+                referenced.append(block_id)
+                continue
+            self._rows.run("INSERT OR IGNORE INTO abandoned VALUES (?)", block_id)
+            self._rows.run("INSERT OR IGNORE INTO garbage (block_id) VALUES (?)", block_id)
+        return referenced
 
     def _apply_forget_garbage(self, c: cmd.ForgetGarbage) -> None:
         for block_id in c.block_ids:

@@ -11,6 +11,7 @@ from ringfs.node.errors import NodeError, ProtocolError
 from ringfs.node.meta.commands import (
     COMMANDS,
     QUERIES,
+    Abandon,
     Attr,
     Batch,
     BlockRef,
@@ -83,6 +84,7 @@ COMMAND_SAMPLES = [
     RemoveXattr(2, b"user.x", 13),
     Purge((2, 7)),
     ForgetGarbage((BLOCK, bytes(16))),
+    Abandon((BLOCK,)),
     Mknod(1, b"f2", 0o100644, 0, 1000, 1000, 2, 40),
     Reserve(1024),
     Delegate(2),

@@ -24,6 +24,7 @@ from ringfs.node.meta.commands import (
     ROOT_INO,
     XATTR_CREATE,
     XATTR_REPLACE,
+    Abandon,
     Attr,
     Chunk,
     ChunkUpdate,
@@ -649,6 +650,21 @@ def test_garbage_tracks_block_references(meta: MetaState) -> None:
     query_fails(meta, Garbage(0), "EINVAL")
 
 
+def test_an_abandoned_upload_is_collected_and_never_committed(meta: MetaState) -> None:
+    f = mkfile(meta, ROOT_INO, b"f")
+    ok(meta, blind(meta, f, (chunk(0, 1),), CS, T0))
+    # Block 1 is referenced: left alone. Blocks 2 and 3 were uploaded and never committed.
+    assert ok(meta, Abandon((block(1), block(2), block(3)))) == [block(1)]
+    assert meta.query(Garbage(10)) == [block(2), block(3)]
+    fails(meta, blind(meta, f, (chunk(1, 2),), 2 * CS, T0), "ESTALE")
+    # Deleted from every node and forgotten by the collector: still never committed.
+    ok(meta, ForgetGarbage((block(2), block(3))))
+    assert meta.query(Garbage(10)) == []
+    fails(meta, blind(meta, f, (chunk(1, 3),), 2 * CS, T0), "ESTALE")
+    assert ok(meta, Abandon((block(2),))) == []  # again: nothing changes
+    assert meta.query(Garbage(10)) == [block(2)]
+
+
 def test_commit_applies_only_on_the_bases_it_was_built_on(meta: MetaState) -> None:
     f = mkfile(meta, ROOT_INO, b"f")
     ok(meta, blind(meta, f, (chunk(0, 1, 100),), 100))
@@ -1092,8 +1108,11 @@ def _command(draw: st.DrawFn, dump: list[Any]) -> Command:
         case 11:
             return RemoveXattr(draw(inos), draw(_NAMES), now)
         case _:
-            if draw(st.booleans()):
-                return Purge((draw(inos),))
+            match draw(st.integers(0, 2)):
+                case 0:
+                    return Purge((draw(inos),))
+                case 1:
+                    return Abandon((draw(block_ids),))
             return ForgetGarbage((draw(block_ids),))
 
 
@@ -1113,9 +1132,11 @@ def _check_invariants(tables: dict[str, list[Any]]) -> None:
             assert entries == (0 if ino == ROOT_INO else 1)
         else:
             assert nlink == entries
+    abandoned = {row[0] for row in tables["abandoned"]}
     for ino, idx, block_id, length, _sum in tables["chunks"]:
         assert idx * CS + length <= inodes[ino][6]
         assert block_id not in garbage
+        assert block_id not in abandoned
 
 
 @settings(max_examples=60, deadline=None)
