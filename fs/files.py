@@ -109,6 +109,8 @@ class FileContext:
     nursery: trio.Nursery
     #: A first chunk up to this size travels in the commit instead of to the storage nodes.
     inline_max: int = INLINE_MAX
+    #: Seconds an uploaded chunk waits at most for its commit (see `FileState._commit_later`).
+    commit_within: float = 30.0
 
 
 class _Upload:
@@ -168,6 +170,7 @@ class FileState:
         self._appended: list[tuple[int, int]] = []
         self._append_base = 0
         self._discarded = False
+        self._commit_planned = False
         self.failed: dict[int, BaseException] = {}
         self._flush_lock = trio.Lock()
         self._write_lock = trio.Lock()
@@ -394,6 +397,7 @@ class FileState:
                 self.chunks[idx] = chunk
                 self._to_commit[idx] = upload.upto
                 self.failed.pop(idx, None)
+                self._plan_commit()
         except (Unavailable, NodeError) as exc:
             log.error("inode %d chunk %d: upload failed: %s", self.ino, idx, exc)
             newest = self._newest[idx] == upload.seq and idx not in self._dirty
@@ -423,6 +427,31 @@ class FileState:
             # A partial chunk is likely written again: spare that write a read-back.
             self.ctx.cache.insert(block_id, bytes(view))
         return Chunk(idx, block_id, len(view), digest)
+
+    def _plan_commit(self) -> None:
+        """See that what was just uploaded is committed within `commit_within` seconds."""
+        if not self._commit_planned and not self._discarded:
+            self._commit_planned = True
+            self.ctx.nursery.start_soon(self._commit_later, name=f"commit {self.ino}")
+
+    async def _commit_later(self) -> None:
+        """Commit uploaded chunks that no flush committed meanwhile, as `fsync` would.
+
+        Storage nodes give up the blocks no file references after a while (`--orphan-age`):
+        without this, a file written for longer than that before its first close or fsync
+        would lose the blocks it uploaded first. A failure is logged; the next flush meets
+        it again.
+        """
+        try:
+            await trio.sleep(self.ctx.commit_within)
+        finally:
+            self._commit_planned = False
+        if self._discarded or not self._to_commit:
+            return
+        try:
+            await self.flush()
+        except (Unavailable, NodeError) as exc:
+            log.warning("inode %d: committing uploaded chunks failed: %s", self.ino, exc)
 
     # -- flushing ----------------------------------------------------------------------------
 

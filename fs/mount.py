@@ -50,6 +50,8 @@ class MountConfig:
     cache_bytes: int = 64 * 1024 * 1024
     # Files whose data the metadata keeps (see `INLINE_MAX`); 0: every block to the nodes.
     inline_max: int = INLINE_MAX
+    # Seconds an uploaded chunk waits at most for its commit (`FileState._commit_later`).
+    commit_within: float = 30.0
 
 
 def fuse_options(config: MountConfig) -> set[str]:
@@ -139,6 +141,7 @@ async def create_operations(
         chunk_size=info.chunk_size,
         nursery=nursery,
         inline_max=config.inline_max,
+        commit_within=config.commit_within,
     )
     operations = Operations(cluster, files, config.times, kernel)
     nursery.start_soon(meta.behind.run, name="write-behind")

@@ -50,16 +50,15 @@ class KernelLog:
 
 
 async def mount_ops(
-    nodes: LocalNodes, nursery: trio.Nursery, write_buffers: int = 16, inline_max: int | None = None
+    nodes: LocalNodes, nursery: trio.Nursery, write_buffers: int = 16, **overrides: Any
 ) -> Operations:
-    """A mount's handlers on `nodes`; `inline_max=0` sends every block to the storage nodes
-    (for tests of block uploads and fetches with small files)."""
+    """A mount's handlers on `nodes`, with `MountConfig` fields overridden (`inline_max=0`
+    sends every block to the storage nodes, for tests of uploads with small files)."""
     cluster = await nodes.client()
     config = MountConfig(
         cluster=cluster.config, mountpoint=Path("/unused"), write_buffers=write_buffers
     )
-    if inline_max is not None:
-        config = dataclasses.replace(config, inline_max=inline_max)
+    config = dataclasses.replace(config, **overrides)
     return await create_operations(cluster, config, nursery, KernelLog())
 
 
@@ -96,6 +95,23 @@ def _attributes(**values: int) -> pyfuse3.EntryAttributes:
 async def setattr_size(ops: Operations, ino: int, size: int, fh: int | None = None) -> None:
     """truncate(2) to `size`, as the kernel asks for it."""
     await ops.setattr(ino, _attributes(st_size=size), _fields("size"), fh, CTX)
+
+
+async def test_uploaded_chunks_are_committed_soon_without_a_flush(
+    small_chunks: LocalNodes, nursery: trio.Nursery
+) -> None:
+    writer = await mount_ops(small_chunks, nursery, commit_within=0.2)
+    reader = await mount_ops(small_chunks, nursery)
+    fh, ino = await create(writer, b"f")
+    data = os.urandom(3 * CHUNK)  # full chunks: each is uploaded as soon as it fills
+    await writer.write(fh, 0, data)
+    with trio.fail_after(10):
+        while (await reader.getattr(ino, CTX)).st_size < len(data):  # noqa: ASYNC110
+            await trio.sleep(0.05)
+    info = await reader.open(ino, os.O_RDONLY, CTX)
+    assert await reader.read(info.fh, 0, len(data)) == data  # no flush, no close
+    await writer.write(fh, len(data), b"tail")
+    await writer.release(fh)
 
 
 async def test_reads_see_own_writes_before_close_and_others_after(

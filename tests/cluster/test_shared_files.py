@@ -7,6 +7,7 @@ Each promise here is also checked with two real mounts in tests/e2e/test_shared_
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 import trio
@@ -42,12 +43,12 @@ async def content(ops: Operations, ino: int) -> bytes:
 
 
 async def two_clients(
-    nodes: LocalNodes, nursery: trio.Nursery, inline_max: int | None = None
+    nodes: LocalNodes, nursery: trio.Nursery, **overrides: Any
 ) -> tuple[Operations, Operations]:
-    """Two mounts' handlers; `inline_max` as for `mount_ops`."""
+    """Two mounts' handlers; `overrides` as for `mount_ops`."""
     return (
-        await mount_ops(nodes, nursery, inline_max=inline_max),
-        await mount_ops(nodes, nursery, inline_max=inline_max),
+        await mount_ops(nodes, nursery, **overrides),
+        await mount_ops(nodes, nursery, **overrides),
     )
 
 
