@@ -123,6 +123,8 @@ async def run(
         raise ConfigError("--gc-grace must be a positive number of seconds")
     if not (0 < config.repair.interval < math.inf and 0 < config.repair.rate < math.inf):
         raise ConfigError("--repair-interval and --repair-rate must be positive")
+    if not 0 < config.repair.orphan_age < math.inf:
+        raise ConfigError("--orphan-age must be a positive number of seconds")
     if config.repair.transfers < 1:
         raise ConfigError("--repair-transfers must be at least 1")
     if not (0 < config.scrub.period < math.inf and 0 < config.scrub.rate < math.inf):

@@ -27,13 +27,14 @@ from ringfs.node.blocks.repair import (
     RepairLedger,
     TokenBucket,
     ring_share,
+    unreferenced,
     within,
 )
 from ringfs.node.blocks.store import BlockStore
 from ringfs.node.cluster.map import ClusterMap
 from ringfs.node.cluster.ring import block_point
 from ringfs.node.errors import NOT_LEADER, NOT_META, NodeError, Unavailable
-from ringfs.node.meta.commands import BlockRef, Blocks, Query, decode_result
+from ringfs.node.meta.commands import Abandon, BlockRef, Blocks, Command, Query, decode_result
 from ringfs.node.rpc.client import NodePool
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,8 @@ class Repairer:
         log.debug("repair pass %d over %.0f%% of the ring", record.number, 100 * self.share)
         limiter = trio.CapacityLimiter(self.config.transfers)
         failure: Unavailable | NodeError | None = None
+        held = sorted(await trio.to_thread.run_sync(lambda: list(self.store.ids())))
+        orphans: list[bytes] = []
         async with trio.open_nursery() as nursery:
             while not cursor.done:
                 first, last = cursor.page()
@@ -120,9 +123,19 @@ class Repairer:
                         record.missing += 1
                         await limiter.acquire_on_behalf_of(ref.block_id)
                         nursery.start_soon(self._fetch, ref, limiter)
+                # The page listed every referenced id up to its last (up to the arc's end if
+                # it was not full): what this node holds in between, no file references.
+                orphans += unreferenced(held, first, ids[-1] if len(ids) >= PAGE else last, ids)
                 cursor.advance(ids, PAGE)
             if failure is None:
-                await self._release_misplaced(record, limiter, nursery)
+                outside = [b for b in held if not within(self._arcs, block_point(b))]
+                record.unreferenced = len(orphans)
+                await self._release_misplaced(outside, record, limiter, nursery)
+                try:
+                    # Copies outside the arcs were not listed: abandoning tells them apart.
+                    await self._abandon(orphans + outside, record)
+                except (Unavailable, NodeError) as exc:
+                    failure = exc
         self.ledger.end(time.time(), complete=failure is None)
         self._cursor = None
         if failure is not None:
@@ -136,15 +149,29 @@ class Repairer:
                 record.repaired,
             )
 
+    async def _abandon(self, candidates: list[bytes], record: PassRecord) -> None:
+        """Have the metadata abandon the copies older than the orphan age that no chunk map
+        references: it alone can tell, atomically with the commits, and it refuses them to
+        commits from then on; the garbage collector then deletes them everywhere."""
+        ages = await trio.to_thread.run_sync(self.store.ages, candidates)
+        old = [b for b in candidates if ages.get(b, 0.0) >= self.config.orphan_age]
+        for start in range(0, len(old), PAGE):
+            batch = tuple(old[start : start + PAGE])
+            referenced = await self._command(Abandon(batch))
+            record.abandoned += len(batch) - len(referenced)
+        if record.abandoned:
+            log.info("repair: %d blocks no file references abandoned", record.abandoned)
+
     async def _release_misplaced(
-        self, record: PassRecord, limiter: trio.CapacityLimiter, nursery: trio.Nursery
+        self,
+        outside: list[bytes],
+        record: PassRecord,
+        limiter: trio.CapacityLimiter,
+        nursery: trio.Nursery,
     ) -> None:
         """Look at the copies held here outside this node's arcs (handoffs): each is deleted
         once every node of its placement holds a verified copy of it."""
-        held = await trio.to_thread.run_sync(lambda: list(self.store.ids()))
-        for block_id in held:
-            if within(self._arcs, block_point(block_id)):
-                continue
+        for block_id in outside:
             record.misplaced += 1
             await limiter.acquire_on_behalf_of(block_id)
             nursery.start_soon(self._release, block_id, record, limiter)
@@ -199,6 +226,15 @@ class Repairer:
 
     async def _query(self, query: Query) -> Any:
         """Ask the meta-group leader, going to the leader a member names."""
+        return decode_result(query, await self._meta_call("meta.query", [query.to_wire()]))
+
+    async def _command(self, command: Command) -> Any:
+        """Apply a command that needs no session (it is idempotent) through the leader."""
+        params = [self.node_id.encode(), None, None, command.to_wire()]
+        result, _ = await self._meta_call("meta.apply", params)
+        return decode_result(command, result)
+
+    async def _meta_call(self, method: str, params: list[Any]) -> Any:
         members = {node.node_id: node.address for node in self.cmap.meta_nodes()}
         order = sorted(members.values(), key=lambda address: address != self._leader)
         tried: list[str] = []
@@ -206,7 +242,7 @@ class Repairer:
             address = order.pop(0)
             tried.append(address)
             try:
-                wire = await self.pool.call(address, "meta.query", [query.to_wire()])
+                wire = await self.pool.call(address, method, params)
             except Unavailable:
                 continue
             except NodeError as exc:
@@ -217,7 +253,7 @@ class Repairer:
                     order = [named, *(a for a in order if a != named)]
                 continue
             self._leader = address
-            return decode_result(query, wire)
+            return wire
         raise Unavailable("metadata (no meta-group leader answered)", tried)
 
     def stats(self) -> dict[str, Any]:

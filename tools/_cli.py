@@ -172,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"copies repair fetches at once (default {RepairConfig.transfers})",
     )
     node.add_argument(
+        "--orphan-age",
+        type=seconds,
+        default=RepairConfig.orphan_age,
+        metavar="SECONDS",
+        help="seconds a block no file references is kept before repair abandons it to the "
+        f"garbage collector: an upload nobody committed (default {RepairConfig.orphan_age:.0f})",
+    )
+    node.add_argument(
         "--scrub-period",
         type=seconds,
         default=ScrubConfig.period,

@@ -70,6 +70,11 @@ def _repair_line(node_id: str, repair: dict[str, Any]) -> str:
         )
         if held := last["misplaced"] - last["released"]:
             line += f", {held} copies held for other nodes"
+        if last["unreferenced"] or last["abandoned"]:
+            line += (
+                f", {last['unreferenced']} no file references "
+                f"({last['abandoned']} given to the collector)"
+            )
     else:
         line += "no pass yet"
     if repair["repaired"]:

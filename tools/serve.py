@@ -33,7 +33,10 @@ def node(args: argparse.Namespace) -> int:
         reserve=args.reserve,
         gc_grace=args.gc_grace,
         repair=RepairConfig(
-            interval=args.repair_interval, rate=args.repair_rate, transfers=args.repair_transfers
+            interval=args.repair_interval,
+            rate=args.repair_rate,
+            transfers=args.repair_transfers,
+            orphan_age=args.orphan_age,
         ),
         scrub=ScrubConfig(period=args.scrub_period, rate=args.scrub_rate),
     )

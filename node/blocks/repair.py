@@ -33,6 +33,9 @@ class RepairConfig:
     rate: float = 32 * MiB
     #: Copies fetched at once.
     transfers: int = 4
+    #: Seconds a block no chunk map references stays before it is abandoned (an upload is
+    #: committed within 30 s, see `FileContext.commit_within`).
+    orphan_age: float = 600.0
 
 
 def successor(block_id: bytes) -> bytes | None:
@@ -91,6 +94,16 @@ def within(arcs: Sequence[tuple[int, int]], point: int) -> bool:
     return index >= 0 and arcs[index][0] <= point <= arcs[index][1]
 
 
+def unreferenced(
+    held: Sequence[bytes], first: bytes, last: bytes, listed: Sequence[bytes]
+) -> list[bytes]:
+    """The ids from `first` to `last` of the sorted `held` that are not in `listed`: the
+    copies no chunk map references, when `listed` is every referenced id of that range."""
+    referenced = set(listed)
+    start, stop = bisect.bisect_left(held, first), bisect.bisect_right(held, last)
+    return [block_id for block_id in held[start:stop] if block_id not in referenced]
+
+
 def ring_share(arcs: Sequence[tuple[int, int]]) -> float:
     """The share of the ring the arcs cover."""
     return sum(last - first + 1 for first, last in arcs) / RING_SIZE
@@ -134,6 +147,8 @@ class PassRecord:
     failed: int = 0  # missing copies no node could give
     misplaced: int = 0  # copies held here outside this node's arcs (handoffs)
     released: int = 0  # of those, deleted once every placement node had verified it
+    unreferenced: int = 0  # copies held here that no chunk map references
+    abandoned: int = 0  # of those, older than the orphan age: put on the garbage list
     complete: bool = False  # walked every arc (not cut short)
 
     @property
@@ -153,6 +168,8 @@ class PassRecord:
             "failed": self.failed,
             "misplaced": self.misplaced,
             "released": self.released,
+            "unreferenced": self.unreferenced,
+            "abandoned": self.abandoned,
             "complete": self.complete,
         }
 

@@ -284,6 +284,16 @@ class BlockStore:
         """The ids of which no copy is stored (not verified: reads and scrub do that)."""
         return [block_id for block_id in block_ids if not self._path(block_id).is_file()]
 
+    def ages(self, block_ids: Iterable[bytes]) -> dict[bytes, float]:
+        """Seconds since each stored block was written (its file's mtime); absent ids are
+        left out."""
+        now = time.time()
+        ages = {}
+        for block_id in block_ids:
+            with contextlib.suppress(FileNotFoundError):
+                ages[block_id] = now - self._path(block_id).stat().st_mtime
+        return ages
+
     def ids(self) -> Iterator[bytes]:
         """Every stored block id, in no particular order; ignores foreign files."""
         for entry in self._files():

@@ -10,6 +10,7 @@ import trio
 
 from ringfs.fs.cluster import Cluster, ClusterConfig
 from ringfs.node import daemon
+from ringfs.node.blocks.repair import RepairConfig
 from ringfs.node.blocks.scrub import ScrubConfig
 from ringfs.node.cluster.map import ClusterMap, parse_members
 from ringfs.node.rpc.client import ClientConfig
@@ -75,6 +76,7 @@ async def start_nodes(
     snapshot_threshold: int = daemon.NodeConfig.snapshot_threshold,
     gc_grace: float = daemon.NodeConfig.gc_grace,
     scrub: ScrubConfig = daemon.NodeConfig.scrub,
+    repair: RepairConfig = daemon.NodeConfig.repair,
 ) -> LocalNodes:
     ports = free_ports(count)
     members = parse_members(",".join(f"n{i + 1}=127.0.0.1:{p}" for i, p in enumerate(ports)))
@@ -90,6 +92,7 @@ async def start_nodes(
             snapshot_threshold=snapshot_threshold,
             gc_grace=gc_grace,
             scrub=scrub,
+            repair=repair,
         )
         await nodes.start(member.node_id)
     return nodes

@@ -223,7 +223,7 @@ class Mount:
 
     def abort(self) -> None:
         """Lazy unmount, terminate, kill: leave nothing behind whatever state we are in."""
-        if os.path.ismount(self.path):
+        if is_mounted(self.path):
             subprocess.run(["fusermount3", "-uz", str(self.path)], check=False, capture_output=True)
         if self.process.poll() is None:
             self.process.terminate()
@@ -232,6 +232,13 @@ class Mount:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def is_mounted(path: Path) -> bool:
+    """Whether something is mounted on `path`, also a FUSE mount whose process died (whose
+    stat fails, so `os.path.ismount` says no)."""
+    with open("/proc/self/mounts") as mounts:
+        return any(line.split()[1] == str(path) for line in mounts)
 
 
 @pytest.fixture
@@ -254,7 +261,7 @@ def mount_factory(fuse: None, cluster: Cluster, tmp_path: Path) -> Iterator[Call
     finally:
         statuses = []
         for mount in mounts:
-            if mount.process.poll() is None or os.path.ismount(mount.path):
+            if mount.process.poll() is None or is_mounted(mount.path):
                 statuses.append((mount.path.name, mount.unmount(), mount.log()))
     bad = [(name, status, log) for name, status, log in statuses if status != 0]
     assert not bad, f"mount processes did not exit cleanly: {bad}"

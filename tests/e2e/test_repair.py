@@ -4,10 +4,13 @@ node is killed and every file still reads back."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,8 +21,11 @@ FILES = 12
 
 def block_files(node_data: Path) -> dict[str, bytes]:
     """Every block file of a node's store, by name."""
-    root = node_data / "store" / "blocks"
-    return {path.name: path.read_bytes() for path in root.glob("*/*/*") if path.is_file()}
+    found = {}
+    for path in list((node_data / "store" / "blocks").glob("*/*/*")):
+        with contextlib.suppress(FileNotFoundError):  # collected meanwhile
+            found[path.name] = path.read_bytes()
+    return found
 
 
 def repair_wait(cluster: Cluster) -> subprocess.CompletedProcess[str]:
@@ -61,3 +67,95 @@ def test_a_wiped_node_is_refilled_and_the_files_survive_losing_another(
     fresh = mount_factory("fresh")  # nothing cached: every block comes from the nodes
     for name, digest in digests.items():
         assert hashlib.sha256((fresh.path / name).read_bytes()).hexdigest() == digest
+
+
+def test_what_a_killed_mount_uploaded_and_never_committed_is_collected(
+    cluster: Cluster, mount_factory: Callable[..., Mount], expected_logs: list[str]
+) -> None:
+    expected_logs += ["unavailable", "abandoned"]
+    cluster.node_args = ("--orphan-age", "5", "--repair-interval", "0.5", "--gc-grace", "0.5")
+    for node in cluster.nodes:
+        cluster.stop(node)
+        cluster.start(node)
+    mount = mount_factory()
+    kept = os.urandom(1_000_000)
+    (mount.path / "kept").write_bytes(kept)
+    committed = [set(block_files(node.data)) for node in cluster.nodes]
+    assert all(len(names) == 1 for names in committed)
+
+    writer = subprocess.Popen(  # 40 MiB without a close: full chunks are uploaded as they fill
+        [sys.executable, "-c", WRITE_AND_WAIT, str(mount.path / "big")], stdout=subprocess.PIPE
+    )
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline() == b"written\n"
+        counts = [len(block_files(node.data)) for node in cluster.nodes]
+        assert all(count > 1 for count in counts), (counts, mount.log())  # uploaded
+        mount.process.kill()
+        mount.process.wait()
+    finally:
+        writer.kill()
+        writer.wait()
+        if writer.stdout is not None:
+            writer.stdout.close()
+        mount.abort()
+
+    deadline = time.monotonic() + 60
+    while [set(block_files(node.data)) for node in cluster.nodes] != committed:
+        assert time.monotonic() < deadline, "the uploads were not collected"
+        time.sleep(0.2)
+    fresh = mount_factory("fresh")
+    assert (fresh.path / "kept").read_bytes() == kept
+    assert not (fresh.path / "big").exists() or (fresh.path / "big").stat().st_size == 0
+
+
+# Writes 40 MiB and has the kernel write its cached pages to the mount (sync_file_range: no
+# fsync, so the mount uploads the full chunks and commits nothing), then waits.
+WRITE_AND_WAIT = """
+import ctypes, os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)
+piece = os.urandom(1 << 20)
+for _ in range(40):
+    os.write(fd, piece)
+libc = ctypes.CDLL(None, use_errno=True)
+libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+assert libc.sync_file_range(fd, 0, 0, 7) == 0  # WAIT_BEFORE | WRITE | WAIT_AFTER
+time.sleep(1)  # the uploads of the full chunks finish
+print("written", flush=True)
+time.sleep(600)
+"""
+
+
+def stored_bytes(node_data: Path) -> int:
+    """The bytes of every block file of a node's store."""
+    total = 0
+    for path in list((node_data / "store" / "blocks").glob("*/*/*")):
+        with contextlib.suppress(FileNotFoundError):
+            total += path.stat().st_size
+    return total
+
+
+def test_a_deleted_gigabyte_gives_its_space_back_on_every_node(
+    cluster: Cluster, mount_factory: Callable[..., Mount], tmp_path: Path
+) -> None:
+    cluster.node_args = ("--gc-grace", "1")
+    for node in cluster.nodes:
+        cluster.stop(node)
+        cluster.start(node)
+    mount = mount_factory()
+    (mount.path / "small").write_bytes(os.urandom(5_000_000))
+    before = [stored_bytes(node.data) for node in cluster.nodes]
+    source = tmp_path / "gigabyte"
+    with open(source, "wb") as out:
+        for _ in range(64):
+            out.write(os.urandom(16 << 20))
+    subprocess.run(["cp", str(source), str(mount.path / "big")], check=True)
+    repair_wait(cluster)  # the trailing copies are all there
+    after = [stored_bytes(node.data) for node in cluster.nodes]
+    assert all(now - then >= 1 << 30 for now, then in zip(after, before, strict=True))
+    (mount.path / "big").unlink()
+
+    deadline = time.monotonic() + 60
+    while [stored_bytes(node.data) for node in cluster.nodes] != before:
+        assert time.monotonic() < deadline, "the space did not come back"
+        time.sleep(0.2)

@@ -13,6 +13,7 @@ from ringfs.node.blocks.repair import (
     TokenBucket,
     ring_share,
     successor,
+    unreferenced,
     within,
 )
 from ringfs.node.cluster.ring import RING_SIZE, block_point
@@ -110,3 +111,12 @@ def test_within_finds_a_position_in_sorted_arcs() -> None:
     for point in [*inside, 10, 19, 30, RING_SIZE - 6]:
         assert within(arcs, point) == (point in inside)
     assert not within([], 5)
+
+
+def test_unreferenced_are_the_held_ids_a_page_did_not_list() -> None:
+    held = [bytes([n]) * 16 for n in (1, 3, 5, 7, 9)]
+    listed = [bytes([3]) * 16, bytes([4]) * 16]  # 4 is referenced but not held here
+    first, last = bytes([2]) * 16, bytes([7]) * 16
+    assert unreferenced(held, first, last, listed) == [bytes([5]) * 16, bytes([7]) * 16]
+    assert unreferenced(held, first, first, listed) == []
+    assert unreferenced([], first, last, listed) == []
