@@ -47,9 +47,27 @@ async def _status(seeds: tuple[str, ...], secret: bytes) -> str:
         lines.append(
             _node_line(info.node_id, info.address, node_stats, roles.get(info.node_id, ""))
         )
+    answering = [s for _, s in stats if s is not None]
+    lines.append(_total_line(answering))
     repair = [_repair_line(info.node_id, s["repair"]) for info, s in stats if s is not None]
     scrub = [_scrub_line(info.node_id, s["scrub"]) for info, s in stats if s is not None]
     return "\n".join([*lines, "", *repair, *scrub, _garbage_line(stats), "", *_meta_lines(members)])
+
+
+def _total_line(stats: list[dict[str, Any]]) -> str:
+    """The cluster's copies, and how far they are from where the ring wants them: copies
+    missing on their nodes and copies held for other nodes, as the nodes' last passes found."""
+    blocks = sum(s["blocks"] for s in stats)
+    counted = "" if all(s["counted"] for s in stats) else "~"
+    passes = [s["repair"]["current"] or s["repair"]["last"] for s in stats]
+    found = [p for p in passes if p is not None]
+    missing = sum(p["missing"] - p["repaired"] for p in found)
+    held = sum(p["misplaced"] - p["released"] for p in found)
+    return (
+        f"{'total':<10} {'':<22} {'':<12} {counted + str(blocks):>8} "
+        f"{_human(sum(s['bytes'] for s in stats)):>10}  "
+        f"{missing} copies missing on their nodes, {held} held for other nodes"
+    )
 
 
 def _repair_line(node_id: str, repair: dict[str, Any]) -> str:
@@ -57,9 +75,12 @@ def _repair_line(node_id: str, repair: dict[str, Any]) -> str:
     line = f"repair {node_id}: "
     current, last = repair["current"], repair["last"]
     if current is not None:
+        rate = current["repaired_bytes"] / max(time.time() - current["started"], 1e-3)
         line += (
             f"pass {current['number']} at {100 * (repair['progress'] or 0):.0f}%, "
-            f"{current['checked']} blocks checked, {current['missing']} missing"
+            f"{current['checked']} blocks checked, {current['missing']} missing, "
+            f"{current['repaired']} stored again at {_human(round(rate))}/s "
+            f"(at most {_human(round(repair['rate']))}/s)"
         )
     elif last is not None:
         ago = _human_seconds(time.time() - last["finished"])
@@ -86,9 +107,11 @@ def _scrub_line(node_id: str, scrub: dict[str, Any]) -> str:
     """One node's scrub: the pass under way, and when the last full one finished."""
     line = f"scrub {node_id}: "
     if scrub["started"] is not None:
+        rate = scrub["verified_bytes"] / max(time.time() - scrub["started"], 1e-3)
         line += (
             f"pass at {100 * scrub['progress']:.0f}%, {scrub['verified']} blocks verified "
-            f"({_human(scrub['verified_bytes'])}), {scrub['corrupt']} corrupt"
+            f"({_human(scrub['verified_bytes'])}, {_human(round(rate))}/s), "
+            f"{scrub['corrupt']} corrupt"
         )
     else:
         line += "no pass under way"
