@@ -7,11 +7,15 @@ period (`blocks/gc.py` decides), sends `block.delete` for each to every node of 
 (`ForgetGarbage`) the ids every node confirmed. An id some node did not confirm stays listed and
 is deleted again in a later round: deletes are idempotent.
 
+Each round also purges the orphans (files unlinked while open) of mounts that have not polled
+the change feed for `mount_expiry` seconds: a mount purges its own orphans at their last close
+or at unmount, and one that died never will.
+
 Why this loses nothing: an id enters the garbage list only when no chunk map references it,
 and the metadata refuses to commit a listed id again, so a deleted block is one no file can
-reach. The grace period covers readers holding an older chunk map. What it does not do (yet):
-blocks of uploads never committed, and copies that land after their block was collected (a
-slow trailing replica write), are never listed, so they stay on disk.
+reach. The grace period covers readers holding an older chunk map. Blocks no chunk map ever
+referenced (uploads never committed, copies that landed after their block was collected) are
+listed when the nodes' repair passes abandon them (`node/repairer.py`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import trio
 from ringfs.node.blocks.gc import BATCH, LIST_LIMIT, GarbageClock, deleted_everywhere, interval
 from ringfs.node.cluster.map import ClusterMap, NodeInfo
 from ringfs.node.errors import NodeError, Unavailable
-from ringfs.node.meta.commands import ForgetGarbage, Garbage, decode_result
+from ringfs.node.meta.commands import ForgetGarbage, Garbage, Orphans, Purge, decode_result
 from ringfs.node.meta.replica import ReplicatedMeta
 from ringfs.node.rpc.client import NodePool
 
@@ -33,19 +37,29 @@ log = logging.getLogger(__name__)
 
 #: Nodes sent deletes at once; each gets one delete at a time.
 NODES_IN_FLIGHT = 16
+#: Orphans purged with one command (as a mount purges them).
+PURGE_BATCH = 1024
 
 
 class Collector:
     """The garbage collector of one meta-group member."""
 
     def __init__(
-        self, meta: ReplicatedMeta, pool: NodePool, cmap: ClusterMap, grace: float
+        self,
+        meta: ReplicatedMeta,
+        pool: NodePool,
+        cmap: ClusterMap,
+        grace: float,
+        mount_expiry: float = 600.0,
     ) -> None:
         self.meta = meta
         self.pool = pool
         self.cmap = cmap
         self.clock = GarbageClock(grace)
+        self.mount_expiry = mount_expiry
         self._failing: set[str] = set()
+        self._leading_since: float | None = None
+        self.purged = 0  # orphans of mounts gone, since this node started
 
     async def run(self) -> None:
         """Collect until cancelled.
@@ -60,8 +74,12 @@ class Collector:
             more = False
             if not self._leads():
                 self.clock.reset()
+                self._leading_since = None
                 continue
+            if self._leading_since is None:
+                self._leading_since = trio.current_time()
             try:
+                await self._purge_orphans_of_gone_mounts(self._leading_since)
                 more = await self._round()
             except NodeError as exc:  # lost the lead, or the metadata refused
                 log.info("garbage collection round cut short: %s", exc)
@@ -90,6 +108,24 @@ class Collector:
             self.clock.forgotten(done)
             log.debug("collected %d garbage blocks", len(done))
         return len(done) == BATCH
+
+    async def _purge_orphans_of_gone_mounts(self, since: float) -> None:
+        """Purge the files a mount unlinked while it had them open, once that mount has not
+        polled the change feed for `mount_expiry` seconds (counted from `since`, when this
+        leader started): it died, or was cut off that long, without purging them itself."""
+        query = Orphans(0, LIST_LIMIT)
+        orphans = decode_result(query, await self.meta.query(query))
+        recalls = self.meta.recalls
+        expiry = self.mount_expiry
+        gone = tuple(o.ino for o in orphans if recalls.silent(o.client_id, since) >= expiry)
+        gone = gone[:PURGE_BATCH]
+        if not gone:
+            return
+        outcome, _ = await self.meta.apply(Purge(gone), None, None, None)
+        if outcome.error is not None:
+            raise NodeError(outcome.error, "purging the orphans of mounts gone")
+        self.purged += len(gone)
+        log.info("purged %d files that mounts gone away had unlinked while open", len(gone))
 
     async def _delete(
         self, block_ids: Sequence[bytes], nodes: Sequence[NodeInfo]
@@ -134,4 +170,5 @@ class Collector:
             "waiting": len(self.clock.first_seen),
             "collected": self.clock.collected,
             "failing": sorted(self._failing),
+            "purged": self.purged,
         }

@@ -67,6 +67,9 @@ class NodeConfig:
     # opened a file before its contents were replaced may still be reading the old blocks.
     gc_grace: float = 60.0
     repair: RepairConfig = RepairConfig()
+    # Seconds a mount may go without polling the change feed before the files it unlinked
+    # while open are purged (it is taken to be gone).
+    mount_expiry: float = 600.0
     scrub: ScrubConfig = ScrubConfig()
     ssl_context: ssl.SSLContext | None = None
 
@@ -123,6 +126,8 @@ async def run(
         raise ConfigError("--gc-grace must be a positive number of seconds")
     if not (0 < config.repair.interval < math.inf and 0 < config.repair.rate < math.inf):
         raise ConfigError("--repair-interval and --repair-rate must be positive")
+    if not 0 < config.mount_expiry < math.inf:
+        raise ConfigError("--mount-expiry must be a positive number of seconds")
     if not 0 < config.repair.orphan_age < math.inf:
         raise ConfigError("--orphan-age must be a positive number of seconds")
     if config.repair.transfers < 1:
@@ -177,7 +182,7 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
             )
             await nursery.start(meta.run)
             log.info("node %s is in the meta group %s", config.node_id, ", ".join(meta_group))
-            collector = Collector(meta, peers, cmap, config.gc_grace)
+            collector = Collector(meta, peers, cmap, config.gc_grace, config.mount_expiry)
             nursery.start_soon(collector.run, name="gc")
         repairer = Repairer(config.node_id, store, peers, cmap, config.repair)
         scrubber = Scrubber(store, repairer, config.data_dir / SCRUB_FILE, config.scrub)

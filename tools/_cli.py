@@ -150,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds unreferenced blocks are kept before they are deleted (default 60)",
     )
     node.add_argument(
+        "--mount-expiry",
+        type=seconds,
+        default=600.0,
+        metavar="SECONDS",
+        help="seconds a mount may go unheard from before the files it unlinked while open "
+        "are removed for good (default 600)",
+    )
+    node.add_argument(
         "--repair-interval",
         type=seconds,
         default=RepairConfig.interval,

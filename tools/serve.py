@@ -32,6 +32,7 @@ def node(args: argparse.Namespace) -> int:
         snapshot_threshold=args.snapshot_every,
         reserve=args.reserve,
         gc_grace=args.gc_grace,
+        mount_expiry=args.mount_expiry,
         repair=RepairConfig(
             interval=args.repair_interval,
             rate=args.repair_rate,

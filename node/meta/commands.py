@@ -22,6 +22,7 @@ command or query class names the Python type of its result in ``RESULT``:
 ``tuple[Attr, list[Chunk]]``    ``[attr_wire, [chunk_wire, ...]]``
 ``FsStats``                     ``[chunk_size, inode_count, stored_bytes]``
 ``list[BlockRef]``              array of ``[block_id, checksum]``
+``list[OrphanRef]``             array of ``[ino, client_id]``
 ``int``                         int
 ``list[Outcome]``               array of ``[result, error]``, one per command of a batch
 ==============================  ==========================================
@@ -218,6 +219,14 @@ class BlockRef(_Record):
 
     block_id: bytes
     checksum: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OrphanRef(_Record):
+    """An inode no entry names, kept for the client that unlinked it while it had it open."""
+
+    ino: int
+    client_id: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -625,6 +634,17 @@ class Blocks(_Message):
     limit: int
 
 
+@dataclass(frozen=True, slots=True)
+class Orphans(_Message):
+    """Up to ``limit`` orphans with an inode number above ``after``, in inode order, with the
+    client each is kept for."""
+
+    OP: ClassVar[str] = "orphans"
+    RESULT: ClassVar[str] = "list[OrphanRef]"
+    after: int
+    limit: int
+
+
 Query = (
     Lookup
     | GetAttr
@@ -636,6 +656,7 @@ Query = (
     | FsInfo
     | Garbage
     | Blocks
+    | Orphans
 )
 
 COMMANDS: dict[str, type[_Message]] = {
@@ -646,7 +667,7 @@ COMMANDS: dict[str, type[_Message]] = {
 QUERIES: dict[str, type[_Message]] = {
     c.OP: c
     for c in (Lookup, GetAttr, ReadDir, ReadLink, GetXattr, ListXattr, ReadChunks, FsInfo, Garbage)
-    + (Blocks,)
+    + (Blocks, Orphans)
 }
 
 
@@ -821,6 +842,7 @@ _RESULT_DECODERS: dict[str, Callable[[object], Any]] = {
     "list[bytes]": _list_of(_bytes),
     "list[DirEntry]": _list_of(DirEntry.from_wire),
     "list[BlockRef]": _list_of(BlockRef.from_wire),
+    "list[OrphanRef]": _list_of(OrphanRef.from_wire),
     "tuple[Attr, list[Chunk]]": _attr_and_chunks,
     "FsStats": FsStats.from_wire,
 }

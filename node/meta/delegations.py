@@ -62,8 +62,12 @@ class Recalls:
         """Whether `holder` has not polled for `HOLD_EXPIRY` seconds, counting from
         `waiting_since` at the earliest (a leader that just took over has not heard from
         anyone yet)."""
-        last = max(self._seen.get(holder, waiting_since), waiting_since)
-        return self._clock() - last > self._expiry
+        return self.silent(holder, waiting_since) > self._expiry
+
+    def silent(self, client: bytes, since: float) -> float:
+        """Seconds since `client` last polled the feed, counting from `since` at the
+        earliest (when this leader started listening)."""
+        return self._clock() - max(self._seen.get(client, since), since)
 
     def forget(self, holder: bytes) -> None:
         """`holder` lost everything it held."""

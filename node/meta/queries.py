@@ -12,13 +12,13 @@ from typing import Any
 
 from ringfs.node.errors import NodeError
 from ringfs.node.meta import commands as cmd
-from ringfs.node.meta.commands import Attr, BlockRef, Chunk, DirEntry, FsStats
+from ringfs.node.meta.commands import Attr, BlockRef, Chunk, DirEntry, FsStats, OrphanRef
 from ringfs.node.meta.schema import INODE_COLUMNS, Inode, Tables, check_xattr_name
 
 #: Most entries one ReadDir returns, whatever the limit asked: keeps replies far below the frame
 #: limit even with 255-byte names. Callers page until they get an empty list.
 READDIR_MAX = 1024
-#: Most blocks one Blocks query lists (about 200 KiB of answer).
+#: Most blocks one Blocks query (or orphans one Orphans query) lists: about 200 KiB of answer.
 BLOCKS_MAX = 4096
 #: `.` and `..` take the first two offsets of every directory; entries follow their cookies.
 DOT_ENTRIES = 2
@@ -132,6 +132,13 @@ def _blocks(rows: Tables, q: cmd.Blocks) -> list[BlockRef]:
     return [BlockRef(*row) for row in rows.run(sql, q.first, q.last, min(q.limit, BLOCKS_MAX))]
 
 
+def _orphans(rows: Tables, q: cmd.Orphans) -> list[OrphanRef]:
+    if q.limit <= 0:
+        raise NodeError("EINVAL", "limit must be positive")
+    sql = "SELECT ino, client_id FROM orphans WHERE ino > ? ORDER BY ino LIMIT ?"
+    return [OrphanRef(*row) for row in rows.run(sql, q.after, min(q.limit, BLOCKS_MAX))]
+
+
 _HANDLERS: dict[str, Callable[[Tables, Any], Any]] = {
     cmd.Lookup.OP: _lookup,
     cmd.GetAttr.OP: _getattr,
@@ -143,4 +150,5 @@ _HANDLERS: dict[str, Callable[[Tables, Any], Any]] = {
     cmd.FsInfo.OP: _fsinfo,
     cmd.Garbage.OP: _garbage,
     cmd.Blocks.OP: _blocks,
+    cmd.Orphans.OP: _orphans,
 }

@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS inline_blocks (block_id BLOB PRIMARY KEY, data BLOB N
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS garbage (seq INTEGER PRIMARY KEY, block_id BLOB NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS abandoned (block_id BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS orphans (ino INTEGER PRIMARY KEY, client_id BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sessions (
@@ -60,7 +61,7 @@ COMMIT;
 """
 TABLES = (
     "inodes", "dentries", "xattrs", "chunks", "inline_blocks", "garbage", "abandoned", "counters",
-    "sessions", "clients", "inode_ranges", "delegations",
+    "sessions", "clients", "inode_ranges", "delegations", "orphans",
 )  # fmt: skip
 # The columns of an `_Inode`, from `inodes i`.
 INODE_COLUMNS = (

@@ -350,7 +350,14 @@ class MetaState:
         node.ctime_ns = c.now_ns
         directory.touch(c.now_ns)
         self._rows.save(node, directory)
+        self._note_orphan(node)
         return node.attr()
+
+    def _note_orphan(self, node: Inode) -> None:
+        """An inode that lost its last name lives on while its client has it open: note
+        whose it is, so that it can be purged if that client goes away without doing it."""
+        if node.nlink == 0 and self._issuer is not None:
+            self._rows.run("INSERT OR REPLACE INTO orphans VALUES (?, ?)", node.ino, self._issuer)
 
     def _apply_rmdir(self, c: cmd.Rmdir) -> None:
         self._may_change(c.parent)
@@ -376,6 +383,7 @@ class MetaState:
         become garbage."""
         self._drop_chunks(ino, 0)
         self._rows.run("DELETE FROM delegations WHERE dir = ?", ino)
+        self._rows.run("DELETE FROM orphans WHERE ino = ?", ino)
         self._rows.delete(ino)
 
     # --- rename -------------------------------------------------------------------------------
@@ -438,6 +446,7 @@ class MetaState:
             else:
                 dst.nlink -= 1
                 self._rows.save(dst)
+                self._note_orphan(dst)
         self._rows.remove_entry(c.parent, c.name)
         self._rows.add_entry(c.new_parent, c.new_name, src.ino)
         if src.is_dir and old_dir is not new_dir:

@@ -159,3 +159,35 @@ def test_a_deleted_gigabyte_gives_its_space_back_on_every_node(
     while [stored_bytes(node.data) for node in cluster.nodes] != before:
         assert time.monotonic() < deadline, "the space did not come back"
         time.sleep(0.2)
+
+
+def test_a_file_a_killed_mount_unlinked_while_open_is_removed(
+    cluster: Cluster, mount_factory: Callable[..., Mount]
+) -> None:
+    cluster.node_args = ("--mount-expiry", "2", "--gc-grace", "0.5")
+    for node in cluster.nodes:
+        cluster.stop(node)
+        cluster.start(node)
+    mount = mount_factory()
+    (mount.path / "kept").write_bytes(os.urandom(1_000_000))
+    committed = [set(block_files(node.data)) for node in cluster.nodes]
+    (mount.path / "victim").write_bytes(os.urandom(3_000_000))
+    still_open = os.open(mount.path / "victim", os.O_RDONLY)
+    try:
+        (mount.path / "victim").unlink()  # an orphan: open here, so not purged yet
+        assert len(os.read(still_open, 10)) == 10
+        assert all(len(block_files(node.data)) == 2 for node in cluster.nodes)
+        mount.process.kill()
+        mount.process.wait()
+    finally:
+        with contextlib.suppress(OSError):  # ENOTCONN once the mount is dead
+            os.close(still_open)
+        mount.abort()
+
+    deadline = time.monotonic() + 60
+    while [set(block_files(node.data)) for node in cluster.nodes] != committed:
+        assert time.monotonic() < deadline, "the orphan of the killed mount stayed"
+        time.sleep(0.2)
+    assert "purged 1 files that mounts gone away had unlinked while open" in "".join(
+        cluster.log(node) for node in cluster.nodes
+    )

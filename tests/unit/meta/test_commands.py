@@ -34,6 +34,8 @@ from ringfs.node.meta.commands import (
     Lookup,
     Mkdir,
     Mknod,
+    OrphanRef,
+    Orphans,
     Outcome,
     Purge,
     ReadChunks,
@@ -102,6 +104,7 @@ QUERY_SAMPLES = [
     FsInfo(),
     Garbage(10),
     Blocks(bytes(16), b"\xff" * 16, 100),
+    Orphans(0, 10),
 ]
 
 
@@ -245,6 +248,7 @@ def test_entry_and_outcome_round_trip() -> None:
         (ListXattr(1), [b"user.a", b"user.b"]),
         (Garbage(5), [BLOCK]),
         (Blocks(BLOCK, BLOCK, 5), [BlockRef(BLOCK, bytes(32))]),
+        (Orphans(0, 5), [OrphanRef(7, b"client")]),
         (ReadDir(1, 0, 5), [DirEntry(2, b"a", ATTR), DirEntry(9, b"b", ATTR)]),
         (ReadChunks(7, 0, 10), (ATTR, [CHUNK])),
         (FsInfo(), FsStats(4096, 3, 100)),

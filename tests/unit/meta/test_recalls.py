@@ -45,3 +45,13 @@ def test_a_holder_expires_only_after_polling_stops_for_the_whole_expiry() -> Non
     recalls.want(B, [1])
     recalls.forget(B)
     assert recalls.wanted(B) == set()
+
+
+def test_silence_counts_from_the_last_poll_or_from_when_the_leader_began() -> None:
+    clock = Clock()
+    recalls = Recalls(clock)
+    recalls.seen(A)
+    clock.now += 50.0
+    assert recalls.silent(A, since=0.0) == 50.0
+    assert recalls.silent(A, since=clock.now - 10.0) == 10.0  # a leader of 10 s
+    assert recalls.silent(B, since=clock.now - 7.0) == 7.0  # never heard of since

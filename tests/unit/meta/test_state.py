@@ -44,6 +44,8 @@ from ringfs.node.meta.commands import (
     Lookup,
     Mkdir,
     Mknod,
+    OrphanRef,
+    Orphans,
     Outcome,
     Purge,
     ReadChunks,
@@ -359,6 +361,20 @@ def test_one_purge_deletes_every_orphan_it_names_and_nothing_else(meta: MetaStat
     query_fails(meta, GetAttr(b), "ENOENT")
     assert attr(meta, kept).nlink == 1
     assert names(meta, ROOT_INO) == [b"kept"]
+
+
+def test_an_orphan_is_noted_for_the_client_that_unlinked_it(meta: MetaState) -> None:
+    a, b, c = (mkfile(meta, ROOT_INO, name) for name in (b"a", b"b", b"c"))
+    ok(meta, Link(b, ROOT_INO, b"b2", T0))
+    meta.apply_batch([Entry(Unlink(ROOT_INO, b"a", T0), b"mount-1", 1)])
+    meta.apply_batch([Entry(Unlink(ROOT_INO, b"b", T0), b"mount-1", 2)])  # b2 still names b
+    meta.apply_batch([Entry(Rename(ROOT_INO, b"b2", ROOT_INO, b"c", 0, T0), b"mount-2", 1)])
+    ok(meta, Unlink(ROOT_INO, b"c", T0))  # no client: nobody to wait for
+    assert meta.query(Orphans(0, 10)) == [OrphanRef(a, b"mount-1"), OrphanRef(c, b"mount-2")]
+    assert meta.query(Orphans(a, 1)) == [OrphanRef(c, b"mount-2")]
+    ok(meta, Purge((a, b, c)))
+    assert meta.query(Orphans(0, 10)) == []
+    query_fails(meta, Orphans(0, 0), "EINVAL")
 
 
 def test_unlink_errors(meta: MetaState) -> None:
@@ -1132,6 +1148,8 @@ def _check_invariants(tables: dict[str, list[Any]]) -> None:
             assert entries == (0 if ino == ROOT_INO else 1)
         else:
             assert nlink == entries
+    for ino, _client in tables["orphans"]:
+        assert inodes[ino][2] == 0  # an orphan row names an inode without names
     abandoned = {row[0] for row in tables["abandoned"]}
     for ino, idx, block_id, length, _sum in tables["chunks"]:
         assert idx * CS + length <= inodes[ino][6]
