@@ -18,7 +18,7 @@ from ringfs.node.blocks.space import Capacity
 from ringfs.node.blocks.store import BlockStore, validate_block_id
 from ringfs.node.cluster.map import ClusterMap
 from ringfs.node.collector import Collector
-from ringfs.node.errors import NOT_META, NodeError
+from ringfs.node.errors import CORRUPT, NOT_META, NodeError
 from ringfs.node.meta.commands import command_from_wire, encode_result, query_from_wire
 from ringfs.node.meta.replica import ReplicatedMeta
 from ringfs.node.raft.core import SnapshotRequest, message_from_wire
@@ -156,17 +156,24 @@ class NodeService:
 
     async def block_get(self, params: list[Any]) -> list[bytes]:
         (block_id,) = _arity(params, 1, "block.get")
-        block_id = validate_block_id(block_id)
-        async with self._disk:
-            data, checksum = await trio.to_thread.run_sync(self.store.get, block_id)
+        data, checksum = await self._read(validate_block_id(block_id))
         return [data, checksum]
 
     async def block_verify(self, params: list[Any]) -> bytes:
         (block_id,) = _arity(params, 1, "block.verify")
-        block_id = validate_block_id(block_id)
-        async with self._disk:
-            _, checksum = await trio.to_thread.run_sync(self.store.get, block_id)
+        _, checksum = await self._read(validate_block_id(block_id))
         return checksum
+
+    async def _read(self, block_id: bytes) -> tuple[bytes, bytes]:
+        """A stored block, verified. A copy that fails is quarantined by the store, and a
+        repair pass is asked for, which stores a good one again from another node."""
+        try:
+            async with self._disk:
+                return await trio.to_thread.run_sync(self.store.get, block_id)
+        except NodeError as exc:
+            if exc.name == CORRUPT:
+                self.repairer.ask()
+            raise
 
     async def block_delete(self, params: list[Any]) -> bool:
         (block_id,) = _arity(params, 1, "block.delete")
