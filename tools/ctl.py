@@ -17,6 +17,7 @@ import trio
 from ringfs.fs.cluster import Cluster, ClusterConfig
 from ringfs.node.blocks.gc import LIST_LIMIT
 from ringfs.node.cluster.map import NodeInfo
+from ringfs.node.errors import NodeError, Unavailable
 from ringfs.node.rpc.client import ClientConfig
 from ringfs.tools.args import cluster_access
 
@@ -169,10 +170,13 @@ async def _wait_whole(cluster: Cluster, targets: dict[str, int], out: TextIO) ->
             if stats is None:
                 continue
             if target is None or stats["passes"] + 1 < target:  # new to us, or restarted
-                asked = await cluster.pool.call(info.address, "repair.start", [])
+                try:
+                    asked = await cluster.pool.call(info.address, "repair.start", [])
+                except (Unavailable, NodeError):
+                    continue  # gone again: asked once it answers
                 targets[info.node_id] = target = asked["wanted"]
             done += _node_done(stats, target)
-        up = [(info, s) for info, s in answers if s is not None]
+        up = [(info, s) for info, s in answers if s is not None and info.node_id in targets]
         whole = sum(1 for info, s in up if s["clean"] >= targets[info.node_id])
         copied = _human(sum(s["repaired_bytes"] for _, s in up))
         bar.show(done / len(answers), f"{whole}/{len(answers)} nodes whole, {copied} copied")

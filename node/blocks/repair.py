@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ringfs.node.cluster.ring import RING_SIZE, block_ids_at, block_point
@@ -157,21 +157,7 @@ class PassRecord:
         return self.missing - self.repaired
 
     def to_wire(self) -> dict[str, Any]:
-        return {
-            "number": self.number,
-            "started": self.started,
-            "finished": self.finished,
-            "checked": self.checked,
-            "missing": self.missing,
-            "repaired": self.repaired,
-            "repaired_bytes": self.repaired_bytes,
-            "failed": self.failed,
-            "misplaced": self.misplaced,
-            "released": self.released,
-            "unreferenced": self.unreferenced,
-            "abandoned": self.abandoned,
-            "complete": self.complete,
-        }
+        return asdict(self)
 
 
 @dataclass

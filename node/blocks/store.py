@@ -134,7 +134,7 @@ class BlockStore:
             return
         need = self._claim(HEADER_SIZE + len(view))
         try:
-            self._write(path, _HEADER.pack(MAGIC, len(view), checksum), view)
+            self._write(block_id, path, _HEADER.pack(MAGIC, len(view), checksum), view)
         finally:
             with self._pending_lock:
                 self._pending -= need
@@ -181,7 +181,7 @@ class BlockStore:
             raise NodeError("EEXIST", f"block {block_id.hex()}: stored with another checksum")
         return True
 
-    def _write(self, path: Path, header: bytes, data: memoryview) -> None:
+    def _write(self, block_id: bytes, path: Path, header: bytes, data: memoryview) -> None:
         tmp = self._tmp / f"{path.name}.{next(self._tmp_seq)}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -196,7 +196,7 @@ class BlockStore:
                 replaced = _size_of(path)
                 os.replace(tmp, path)
                 self._tally.changed(
-                    path_id(path), 0 if replaced else 1, len(data) - max(replaced - HEADER_SIZE, 0)
+                    block_id, 0 if replaced else 1, len(data) - max(replaced - HEADER_SIZE, 0)
                 )
             fsync_dir(path.parent)
         except OSError as exc:
@@ -282,7 +282,7 @@ class BlockStore:
 
     def absent(self, block_ids: Iterable[bytes]) -> list[bytes]:
         """The ids of which no copy is stored (not verified: reads and scrub do that)."""
-        return [block_id for block_id in block_ids if not self._path(block_id).is_file()]
+        return [block_id for block_id in block_ids if not self.exists(block_id)]
 
     def ages(self, block_ids: Iterable[bytes]) -> dict[bytes, float]:
         """Seconds since each stored block was written (its file's mtime); absent ids are
@@ -381,11 +381,6 @@ def _header_problem(header: bytes, size: int) -> str | None:
     if size != HEADER_SIZE + length:
         return f"size {size} does not match length {length}"
     return None
-
-
-def path_id(path: Path) -> bytes:
-    """The id of the block stored at `path`."""
-    return bytes.fromhex(path.name)
 
 
 def _size_of(path: Path) -> int:
