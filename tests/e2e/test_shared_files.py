@@ -12,10 +12,12 @@ checked byte for byte.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import stat
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -186,3 +188,31 @@ def test_cp_a_shows_content_mode_and_times_in_another_mount(
         st = os.stat(there)
         assert stat.S_IMODE(st.st_mode) == mode
         assert st.st_mtime_ns == 1_600_000_000 * 10**9 + 7
+
+
+def test_a_file_written_long_without_a_flush_shows_in_another_mount(
+    two: tuple[Path, Path],
+) -> None:
+    """Full chunks a mount uploaded are committed within 30 s though the writer neither
+    closes nor fsyncs: the other mount then reads them, byte for byte."""
+    a, b = two
+    data = os.urandom(3 * 4 * 1024 * 1024)  # three full 4 MiB chunks
+    fd = os.open(a / "long", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        # Have the kernel hand its cached pages to the mount without an fsync.
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.sync_file_range.argtypes = [
+            ctypes.c_int,
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_uint,
+        ]
+        assert libc.sync_file_range(fd, 0, 0, 7) == 0  # WAIT_BEFORE | WRITE | WAIT_AFTER
+        deadline = time.monotonic() + 60
+        while (b / "long").stat().st_size < len(data):
+            assert time.monotonic() < deadline, "never committed without a flush"
+            time.sleep(0.5)
+        assert (b / "long").read_bytes() == data
+    finally:
+        os.close(fd)
