@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from ringfs.node.errors import (
     IN_DOUBT,
     NOT_LEADER,
     NOT_META,
+    SESSION_EXPIRED,
     AuthenticationError,
     NodeError,
     NoReply,
@@ -30,7 +31,15 @@ from ringfs.node.errors import (
     Unavailable,
 )
 from ringfs.node.meta import commands
-from ringfs.node.meta.commands import Attr, Chunk, Command, Query, ReadChunks, decode_result
+from ringfs.node.meta.commands import (
+    Attr,
+    Chunk,
+    Command,
+    OpenSession,
+    Query,
+    ReadChunks,
+    decode_result,
+)
 from ringfs.node.meta.feed import Changes
 from ringfs.node.rpc.client import ClientConfig, NodePool
 
@@ -83,6 +92,10 @@ class Cluster:
         self.pool = pool
         self.map = cmap
         self.client_id = os.urandom(16)
+        self._session_open = False
+        self._opening = trio.Lock()
+        #: Called with the new client id when the metadata ended this client's session.
+        self.session_listeners: list[Callable[[bytes], None]] = []
         self._nursery = nursery
         self._blocks_in_flight = trio.Semaphore(config.blocks_in_flight)
         self._next_seq = 1
@@ -214,17 +227,23 @@ class Cluster:
         `NodeError` for a failed command, `Unavailable` after `meta_deadline` if no leader took
         it. A command a leader may have taken is retried until its outcome is known (see
         `_meta_call`): reporting a failure for it could not stop a later leader from
-        committing it.
+        committing it. One the metadata refused because it ended this client's session fails
+        (SESSION_EXPIRED), and the next command opens a new session.
         """
         if seq is None:
             seq = self.take_seq()
+        client_id = await self._session()
         self._unacked.add(seq)
         try:
             wire = await self._meta_call(
                 "meta.apply",
-                [self.client_id, seq, min(self._unacked), command.to_wire()],
+                [client_id, seq, min(self._unacked), command.to_wire()],
                 command=command.OP,
             )
+        except NodeError as exc:
+            if exc.name == SESSION_EXPIRED:
+                self._session_ended(client_id)
+            raise
         finally:
             self._unacked.discard(seq)
         if not (isinstance(wire, list) and len(wire) == 2 and isinstance(wire[1], list)):
@@ -234,6 +253,33 @@ class Cluster:
             return Answer(decode_result(command, result), [Attr.from_wire(a) for a in attrs])
         except NodeError as exc:
             raise ProtocolError(f"malformed {command.OP} answer: {exc}") from exc
+
+    async def _session(self) -> bytes:
+        """This client's id, once its session is open: a client that only reads (`ringfs
+        status`) never opens one."""
+        if not self._session_open:
+            async with self._opening:
+                if not self._session_open:
+                    opening = OpenSession()
+                    params = [self.client_id, None, None, opening.to_wire()]
+                    await self._meta_call("meta.apply", params, command=opening.OP)
+                    self._session_open = True
+        return self.client_id
+
+    def _session_ended(self, client_id: bytes) -> None:
+        """The metadata ended the session of `client_id` (it heard nothing from this client
+        for longer than its mount expiry): go on under a new id."""
+        if client_id != self.client_id:
+            return  # another command found out first
+        log.error(
+            "the cluster ended this client's session (no contact for longer than its mount "
+            "expiry): the directories it held and the files it had unlinked while open are "
+            "gone; commands in flight failed; going on with a new session"
+        )
+        self.client_id = os.urandom(16)
+        self._session_open = False
+        for listener in self.session_listeners:
+            listener(self.client_id)
 
     async def meta_query(self, query: Query) -> Any:
         """Run a linearizable read-only metadata query on the leader; returns the result."""

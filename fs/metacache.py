@@ -224,6 +224,12 @@ class MetaCache:
         self._early.clear()
         self._floor = self._tick = self._tick + 1
 
+    def new_session(self, client_id: bytes) -> None:
+        """The metadata ended this mount's session, and with it what the mount held: start
+        over as `client_id` (the feed names this mount's own changes by it)."""
+        self.client_id = client_id
+        self.clear()
+
     def _drop(self, key: int | Name) -> None:
         if isinstance(key, int):
             self._attrs.pop(key, None)

@@ -48,6 +48,11 @@ class Metadata:
         self.cluster = cluster
         self.cache = cache
         self.behind = WriteBehind(cluster, cache, write_behind)
+        cluster.session_listeners.append(self._session_ended)
+
+    def _session_ended(self, client_id: bytes) -> None:
+        self.cache.new_session(client_id)
+        self.behind.session_ended()
 
     async def apply(self, command: Command) -> Any:
         """Apply a command: answered here and queued if its outcome is known here (see

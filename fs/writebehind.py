@@ -361,6 +361,13 @@ class WriteBehind:
         self.recall(tuple(sorted(self.held)))
         await self.flushed()
 
+    def session_ended(self) -> None:
+        """The metadata ended this mount's session: the directories it held and the inode
+        numbers it reserved are not its any more."""
+        self.held.clear()
+        self._releasing.clear()
+        self._free = range(0)
+
     async def take_ino(self) -> int:
         """An inode number reserved for this mount, or 0 if none could be reserved (the
         leader then picks one)."""

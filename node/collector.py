@@ -7,9 +7,10 @@ period (`blocks/gc.py` decides), sends `block.delete` for each to every node of 
 (`ForgetGarbage`) the ids every node confirmed. An id some node did not confirm stays listed and
 is deleted again in a later round: deletes are idempotent.
 
-Each round also purges the orphans (files unlinked while open) of mounts that have not polled
-the change feed for `mount_expiry` seconds: a mount purges its own orphans at their last close
-or at unmount, and one that died never will.
+Each round also ends what the metadata keeps for mounts that have not polled the change feed
+for `mount_expiry` seconds (`Expire`): their sessions, reserved inode numbers, held directories
+and orphans (files unlinked while open). A mount gives these back at unmount; one that died
+never will. One that was only cut off finds its session ended, and opens another.
 
 Why this loses nothing: an id enters the garbage list only when no chunk map references it,
 and the metadata refuses to commit a listed id again, so a deleted block is one no file can
@@ -29,7 +30,7 @@ import trio
 from ringfs.node.blocks.gc import BATCH, LIST_LIMIT, GarbageClock, deleted_everywhere, interval
 from ringfs.node.cluster.map import ClusterMap, NodeInfo
 from ringfs.node.errors import NodeError, Unavailable
-from ringfs.node.meta.commands import ForgetGarbage, Garbage, Orphans, Purge, decode_result
+from ringfs.node.meta.commands import Clients, Expire, ForgetGarbage, Garbage, decode_result
 from ringfs.node.meta.replica import ReplicatedMeta
 from ringfs.node.rpc.client import NodePool
 
@@ -37,8 +38,8 @@ log = logging.getLogger(__name__)
 
 #: Nodes sent deletes at once; each gets one delete at a time.
 NODES_IN_FLIGHT = 16
-#: Orphans purged with one command (as a mount purges them).
-PURGE_BATCH = 1024
+#: Clients expired with one command.
+EXPIRE_BATCH = 256
 
 
 class Collector:
@@ -59,7 +60,7 @@ class Collector:
         self.mount_expiry = mount_expiry
         self._failing: set[str] = set()
         self._leading_since: float | None = None
-        self.purged = 0  # orphans of mounts gone, since this node started
+        self.expired = 0  # mounts gone whose leftovers this node ended, since it started
 
     async def run(self) -> None:
         """Collect until cancelled.
@@ -79,7 +80,7 @@ class Collector:
             if self._leading_since is None:
                 self._leading_since = trio.current_time()
             try:
-                await self._purge_orphans_of_gone_mounts(self._leading_since)
+                await self._expire_mounts_gone(self._leading_since)
                 more = await self._round()
             except NodeError as exc:  # lost the lead, or the metadata refused
                 log.info("garbage collection round cut short: %s", exc)
@@ -109,23 +110,28 @@ class Collector:
             log.debug("collected %d garbage blocks", len(done))
         return len(done) == BATCH
 
-    async def _purge_orphans_of_gone_mounts(self, since: float) -> None:
-        """Purge the files a mount unlinked while it had them open, once that mount has not
-        polled the change feed for `mount_expiry` seconds (counted from `since`, when this
-        leader started): it died, or was cut off that long, without purging them itself."""
-        query = Orphans(0, LIST_LIMIT)
-        orphans = decode_result(query, await self.meta.query(query))
-        recalls = self.meta.recalls
-        expiry = self.mount_expiry
-        gone = tuple(o.ino for o in orphans if recalls.silent(o.client_id, since) >= expiry)
-        gone = gone[:PURGE_BATCH]
-        if not gone:
-            return
-        outcome, _ = await self.meta.apply(Purge(gone), None, None, None)
-        if outcome.error is not None:
-            raise NodeError(outcome.error, "purging the orphans of mounts gone")
-        self.purged += len(gone)
-        log.info("purged %d files that mounts gone away had unlinked while open", len(gone))
+    async def _expire_mounts_gone(self, since: float) -> None:
+        """End what the metadata keeps for each client that has not polled the change feed
+        for `mount_expiry` seconds (counted from `since`, when this leader started): it died,
+        or was cut off that long."""
+        recalls, expiry = self.meta.recalls, self.mount_expiry
+        after = b""
+        while True:
+            query = Clients(after, LIST_LIMIT)
+            clients: list[bytes] = decode_result(query, await self.meta.query(query))
+            gone = tuple(c for c in clients if recalls.silent(c, since) >= expiry)
+            for first in range(0, len(gone), EXPIRE_BATCH):
+                batch = gone[first : first + EXPIRE_BATCH]
+                outcome, _ = await self.meta.apply(Expire(batch), None, None, None)
+                if outcome.error is not None:
+                    raise NodeError(outcome.error, "expiring the mounts gone")
+                for client in batch:
+                    recalls.forget(client)
+                self.expired += len(batch)
+                log.info("ended the sessions of %d mounts silent for %ds", len(batch), expiry)
+            if len(clients) < LIST_LIMIT:
+                return
+            after = clients[-1]
 
     async def _delete(
         self, block_ids: Sequence[bytes], nodes: Sequence[NodeInfo]
@@ -170,5 +176,5 @@ class Collector:
             "waiting": len(self.clock.first_seen),
             "collected": self.clock.collected,
             "failing": sorted(self._failing),
-            "purged": self.purged,
+            "expired": self.expired,
         }

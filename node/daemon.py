@@ -67,8 +67,8 @@ class NodeConfig:
     # opened a file before its contents were replaced may still be reading the old blocks.
     gc_grace: float = 60.0
     repair: RepairConfig = RepairConfig()
-    # Seconds a mount may go without polling the change feed before the files it unlinked
-    # while open are purged (it is taken to be gone).
+    # Seconds a mount may go without polling the change feed before its session ends and the
+    # files it unlinked while open are purged (it is taken to be gone).
     mount_expiry: float = 600.0
     scrub: ScrubConfig = ScrubConfig()
     ssl_context: ssl.SSLContext | None = None

@@ -30,6 +30,10 @@ IN_DOUBT = "EINDOUBT"
 #: nothing was changed and nothing is remembered for the session; the leader recalls the
 #: directory and proposes the command again. A mount never sees it.
 DELEGATED = "EDELEGATED"
+#: A command in a session the metadata ended (`Expire`: the client was silent too long) or
+#: never opened. It was not run now, and the outcome of any earlier copy is forgotten: the
+#: client must report it as failed and open a new session.
+SESSION_EXPIRED = "ESESSIONEXPIRED"
 
 
 class NodeError(Exception):

@@ -154,10 +154,10 @@ class Repairer:
         references: it alone can tell, atomically with the commits, and it refuses them to
         commits from then on; the garbage collector then deletes them everywhere."""
         ages = await trio.to_thread.run_sync(self.store.ages, candidates)
-        old = [b for b in candidates if ages.get(b, 0.0) >= self.config.orphan_age]
+        old = [b for b in candidates if b in ages and ages[b][0] >= self.config.orphan_age]
         for start in range(0, len(old), PAGE):
             batch = tuple(old[start : start + PAGE])
-            referenced = await self._command(Abandon(batch))
+            referenced = await self._command(Abandon(batch, tuple(ages[b][1] for b in batch)))
             record.abandoned += len(batch) - len(referenced)
         if record.abandoned:
             log.info("repair: %d blocks no file references abandoned", record.abandoned)

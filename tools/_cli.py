@@ -154,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=seconds,
         default=600.0,
         metavar="SECONDS",
-        help="seconds a mount may go unheard from before the files it unlinked while open "
-        "are removed for good (default 600)",
+        help="seconds a mount may go unheard from before its session ends and the files it "
+        "unlinked while open are removed for good (default 600)",
     )
     node.add_argument(
         "--repair-interval",

@@ -15,9 +15,9 @@ from typing import Any, TextIO
 import trio
 
 from ringfs.fs.cluster import Cluster, ClusterConfig
-from ringfs.node.blocks.gc import LIST_LIMIT
 from ringfs.node.cluster.map import NodeInfo
 from ringfs.node.errors import NodeError, Unavailable
+from ringfs.node.meta.commands import FsInfo, FsStats
 from ringfs.node.rpc.client import ClientConfig
 from ringfs.tools.args import cluster_access
 
@@ -34,6 +34,10 @@ async def _status(seeds: tuple[str, ...], secret: bytes) -> str:
         cluster = await Cluster.create(config, nursery=nursery)
         stats = await cluster.node_stats()
         members = await cluster.meta_status()
+        try:
+            fs: FsStats | None = await cluster.meta_query(FsInfo())
+        except (NodeError, Unavailable):
+            fs = None
         await cluster.aclose()
         nursery.cancel_scope.cancel()
     cmap = cluster.map
@@ -52,7 +56,9 @@ async def _status(seeds: tuple[str, ...], secret: bytes) -> str:
     lines.append(_total_line(answering))
     repair = [_repair_line(info.node_id, s["repair"]) for info, s in stats if s is not None]
     scrub = [_scrub_line(info.node_id, s["scrub"]) for info, s in stats if s is not None]
-    return "\n".join([*lines, "", *repair, *scrub, _garbage_line(stats), "", *_meta_lines(members)])
+    return "\n".join(
+        [*lines, "", *repair, *scrub, _garbage_line(stats, fs), "", *_meta_lines(members)]
+    )
 
 
 def _total_line(stats: list[dict[str, Any]]) -> str:
@@ -255,14 +261,15 @@ def _meta_lines(members: list[tuple[NodeInfo, dict[str, Any] | None]]) -> list[s
     return lines
 
 
-def _garbage_line(stats: list[tuple[NodeInfo, dict[str, Any] | None]]) -> str:
-    """The garbage collector's backlog and progress, as the leader's collector counts them."""
+def _garbage_line(stats: list[tuple[NodeInfo, dict[str, Any] | None]], fs: FsStats | None) -> str:
+    """The garbage collector's backlog, as the metadata counts it (the data of each block, not
+    its copies), and its progress, as the leader's collector counts it."""
     active = [(i, s["gc"]) for i, s in stats if s is not None and s["gc"] and s["gc"]["active"]]
-    if not active:
+    if not active or fs is None:
         return "garbage: no collector running (no meta leader)"
     info, gc = active[0]
-    waiting = f"{gc['waiting']}+" if gc["waiting"] >= LIST_LIMIT else str(gc["waiting"])
-    line = f"garbage: {waiting} blocks waiting, {gc['collected']} collected (on {info.node_id})"
+    waiting = f"{fs.garbage_blocks} blocks ({_human(fs.garbage_bytes)}) waiting"
+    line = f"garbage: {waiting}, {gc['collected']} collected (on {info.node_id})"
     if gc["failing"]:
         line += f"; deletes failing on {', '.join(gc['failing'])}"
     return line

@@ -284,14 +284,15 @@ class BlockStore:
         """The ids of which no copy is stored (not verified: reads and scrub do that)."""
         return [block_id for block_id in block_ids if not self.exists(block_id)]
 
-    def ages(self, block_ids: Iterable[bytes]) -> dict[bytes, float]:
-        """Seconds since each stored block was written (its file's mtime); absent ids are
-        left out."""
+    def ages(self, block_ids: Iterable[bytes]) -> dict[bytes, tuple[float, int]]:
+        """Seconds since each stored block was written (its file's mtime), and its data
+        length; absent ids are left out."""
         now = time.time()
         ages = {}
         for block_id in block_ids:
             with contextlib.suppress(FileNotFoundError):
-                ages[block_id] = now - self._path(block_id).stat().st_mtime
+                found = self._path(block_id).stat()
+                ages[block_id] = (now - found.st_mtime, max(found.st_size - HEADER_SIZE, 0))
         return ages
 
     def ids(self) -> Iterator[bytes]:

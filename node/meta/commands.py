@@ -20,9 +20,8 @@ command or query class names the Python type of its result in ``RESULT``:
 ``list[bytes]``                 array of bin
 ``list[DirEntry]``              array of ``[offset, name, attr_wire]``
 ``tuple[Attr, list[Chunk]]``    ``[attr_wire, [chunk_wire, ...]]``
-``FsStats``                     ``[chunk_size, inode_count, stored_bytes]``
+``FsStats``                     ``[chunk_size, inodes, stored, garbage_blocks, garbage_bytes]``
 ``list[BlockRef]``              array of ``[block_id, checksum]``
-``list[OrphanRef]``             array of ``[ino, client_id]``
 ``int``                         int
 ``list[Outcome]``               array of ``[result, error]``, one per command of a batch
 ==============================  ==========================================
@@ -222,20 +221,14 @@ class BlockRef(_Record):
 
 
 @dataclass(frozen=True, slots=True)
-class OrphanRef(_Record):
-    """An inode no entry names, kept for the client that unlinked it while it had it open."""
-
-    ino: int
-    client_id: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class FsStats(_Record):
-    """Filesystem-wide numbers for statfs."""
+    """Filesystem-wide numbers for statfs, and the garbage collector's backlog."""
 
     chunk_size: int
     inode_count: int
     stored_bytes: int
+    garbage_blocks: int
+    garbage_bytes: int
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -496,6 +489,28 @@ class Abandon(_Message):
     OP: ClassVar[str] = "abandon"
     RESULT: ClassVar[str] = "list[bytes]"
     block_ids: tuple[bytes, ...]
+    lengths: tuple[int, ...]  # of each block's data, as its node holds it
+
+
+@dataclass(frozen=True, slots=True)
+class OpenSession(_Message):
+    """Start the issuing client's session: from then on its commands with a sequence number
+    are applied at most once. A session that `Expire` ended is never open again, so a late
+    copy of a request from before cannot run twice."""
+
+    OP: ClassVar[str] = "open_session"
+    RESULT: ClassVar[str] = "None"
+
+
+@dataclass(frozen=True, slots=True)
+class Expire(_Message):
+    """End what the clients ``client_ids`` keep in the metadata once they went away: their
+    sessions, reserved inode numbers and held directories, and the files they unlinked while
+    they had them open."""
+
+    OP: ClassVar[str] = "expire"
+    RESULT: ClassVar[str] = "None"
+    client_ids: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -583,7 +598,7 @@ class ReadChunks(_Message):
 
 @dataclass(frozen=True, slots=True)
 class FsInfo(_Message):
-    """Chunk size, inode count and stored bytes."""
+    """Chunk size, inode count, stored bytes, and the blocks listed as garbage."""
 
     OP: ClassVar[str] = "fsinfo"
     RESULT: ClassVar[str] = "FsStats"
@@ -612,6 +627,8 @@ Command = (
     | SetXattr
     | RemoveXattr
     | Purge
+    | OpenSession
+    | Expire
     | ForgetGarbage
     | Abandon
     | Reserve
@@ -635,13 +652,13 @@ class Blocks(_Message):
 
 
 @dataclass(frozen=True, slots=True)
-class Orphans(_Message):
-    """Up to ``limit`` orphans with an inode number above ``after``, in inode order, with the
-    client each is kept for."""
+class Clients(_Message):
+    """Up to ``limit`` ids above ``after``, in order, of the clients the metadata keeps
+    something for: a session, reserved inode numbers, a held directory or an orphan."""
 
-    OP: ClassVar[str] = "orphans"
-    RESULT: ClassVar[str] = "list[OrphanRef]"
-    after: int
+    OP: ClassVar[str] = "clients"
+    RESULT: ClassVar[str] = "list[bytes]"
+    after: bytes
     limit: int
 
 
@@ -656,18 +673,19 @@ Query = (
     | FsInfo
     | Garbage
     | Blocks
-    | Orphans
+    | Clients
 )
 
 COMMANDS: dict[str, type[_Message]] = {
     c.OP: c
     for c in (Init, Mknod, Mkdir, Symlink, Link, Unlink, Rmdir, Rename, Setattr, CommitChunks)
-    + (SetXattr, RemoveXattr, Purge, ForgetGarbage, Abandon, Reserve, Delegate, Release, Batch)
+    + (SetXattr, RemoveXattr, Purge, OpenSession, Expire, ForgetGarbage, Abandon, Reserve)
+    + (Delegate, Release, Batch)
 }
 QUERIES: dict[str, type[_Message]] = {
     c.OP: c
     for c in (Lookup, GetAttr, ReadDir, ReadLink, GetXattr, ListXattr, ReadChunks, FsInfo, Garbage)
-    + (Blocks, Orphans)
+    + (Blocks, Clients)
 }
 
 
@@ -698,9 +716,10 @@ def _message_from_wire(obj: object, registry: dict[str, type[_Message]]) -> _Mes
 class Entry(_Record):
     """A command as it enters the log, with the client session that makes retries idempotent.
 
-    A command with both ``client_id`` and ``seq`` is applied at most once: a retry gets the
-    first outcome back. ``acked_below`` tells the state machine the client has its answers for
-    every seq below it, so those can be forgotten.
+    A command with both ``client_id`` and ``seq`` is applied at most once, in the session the
+    client opened (`OpenSession`): a retry gets the first outcome back. ``acked_below`` tells
+    the state machine the client has its answers for every seq below it, so those can be
+    forgotten.
     """
 
     command: Command
@@ -842,7 +861,6 @@ _RESULT_DECODERS: dict[str, Callable[[object], Any]] = {
     "list[bytes]": _list_of(_bytes),
     "list[DirEntry]": _list_of(DirEntry.from_wire),
     "list[BlockRef]": _list_of(BlockRef.from_wire),
-    "list[OrphanRef]": _list_of(OrphanRef.from_wire),
     "tuple[Attr, list[Chunk]]": _attr_and_chunks,
     "FsStats": FsStats.from_wire,
 }

@@ -12,13 +12,13 @@ from typing import Any
 
 from ringfs.node.errors import NodeError
 from ringfs.node.meta import commands as cmd
-from ringfs.node.meta.commands import Attr, BlockRef, Chunk, DirEntry, FsStats, OrphanRef
+from ringfs.node.meta.commands import Attr, BlockRef, Chunk, DirEntry, FsStats
 from ringfs.node.meta.schema import INODE_COLUMNS, Inode, Tables, check_xattr_name
 
 #: Most entries one ReadDir returns, whatever the limit asked: keeps replies far below the frame
 #: limit even with 255-byte names. Callers page until they get an empty list.
 READDIR_MAX = 1024
-#: Most blocks one Blocks query (or orphans one Orphans query) lists: about 200 KiB of answer.
+#: Most blocks one Blocks query (or clients one Clients query) lists: about 200 KiB of answer.
 BLOCKS_MAX = 4096
 #: `.` and `..` take the first two offsets of every directory; entries follow their cookies.
 DOT_ENTRIES = 2
@@ -111,7 +111,8 @@ def _read_chunks(rows: Tables, q: cmd.ReadChunks) -> tuple[Attr, list[Chunk]]:
 def _fsinfo(rows: Tables, q: cmd.FsInfo) -> FsStats:
     inodes = rows.one("SELECT COUNT(*) FROM inodes")
     stored = rows.one("SELECT COALESCE(SUM(length), 0) FROM chunks")
-    return FsStats(rows.counter("chunk_size"), inodes, stored)
+    garbage = rows.counter("garbage_blocks"), rows.counter("garbage_bytes")
+    return FsStats(rows.counter("chunk_size"), inodes, stored, *garbage)
 
 
 def _garbage(rows: Tables, q: cmd.Garbage) -> list[bytes]:
@@ -132,11 +133,16 @@ def _blocks(rows: Tables, q: cmd.Blocks) -> list[BlockRef]:
     return [BlockRef(*row) for row in rows.run(sql, q.first, q.last, min(q.limit, BLOCKS_MAX))]
 
 
-def _orphans(rows: Tables, q: cmd.Orphans) -> list[OrphanRef]:
+#: The tables that keep rows for a client, by its id.
+_CLIENT_TABLES = ("clients", "inode_ranges", "delegations", "orphans")
+
+
+def _clients(rows: Tables, q: cmd.Clients) -> list[bytes]:
     if q.limit <= 0:
         raise NodeError("EINVAL", "limit must be positive")
-    sql = "SELECT ino, client_id FROM orphans WHERE ino > ? ORDER BY ino LIMIT ?"
-    return [OrphanRef(*row) for row in rows.run(sql, q.after, min(q.limit, BLOCKS_MAX))]
+    union = " UNION ".join(f"SELECT client_id FROM {t} WHERE client_id > ?" for t in _CLIENT_TABLES)
+    params = (q.after,) * len(_CLIENT_TABLES) + (min(q.limit, BLOCKS_MAX),)
+    return [row[0] for row in rows.run(f"{union} ORDER BY 1 LIMIT ?", *params)]
 
 
 _HANDLERS: dict[str, Callable[[Tables, Any], Any]] = {
@@ -150,5 +156,5 @@ _HANDLERS: dict[str, Callable[[Tables, Any], Any]] = {
     cmd.FsInfo.OP: _fsinfo,
     cmd.Garbage.OP: _garbage,
     cmd.Blocks.OP: _blocks,
-    cmd.Orphans.OP: _orphans,
+    cmd.Clients.OP: _clients,
 }

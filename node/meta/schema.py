@@ -19,7 +19,7 @@ from ringfs.node.meta.commands import Attr
 from ringfs.node.meta.effects import DIR_BLOCKS
 
 #: Bumped when the schema changes incompatibly.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 BEGIN;
@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE INDEX IF NOT EXISTS chunks_by_block ON chunks (block_id);
 CREATE TABLE IF NOT EXISTS inline_blocks (block_id BLOB PRIMARY KEY, data BLOB NOT NULL)
     WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS garbage (seq INTEGER PRIMARY KEY, block_id BLOB NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS garbage (
+    seq INTEGER PRIMARY KEY, block_id BLOB NOT NULL UNIQUE, length INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS abandoned (block_id BLOB PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS orphans (ino INTEGER PRIMARY KEY, client_id BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
@@ -56,7 +57,8 @@ CREATE TABLE IF NOT EXISTS inode_ranges (
     client_id BLOB PRIMARY KEY, first INTEGER NOT NULL, stop INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS delegations (dir INTEGER PRIMARY KEY, client_id BLOB NOT NULL);
 INSERT OR IGNORE INTO counters VALUES
-    ('next_ino', 2), ('next_cookie', 1), ('chunk_size', 0), ('applied_index', 0);
+    ('next_ino', 2), ('next_cookie', 1), ('chunk_size', 0), ('applied_index', 0),
+    ('garbage_blocks', 0), ('garbage_bytes', 0);
 COMMIT;
 """
 TABLES = (

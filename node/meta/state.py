@@ -9,7 +9,9 @@ multi-row read that affects the state has an ORDER BY.
 
 A batch is one SQLite transaction (one fsync: group commit) with one SAVEPOINT per command,
 so a failing command rolls back only itself. Commands that carry (client id, seq) are applied
-at most once: a retry gets the stored outcome back.
+at most once: a retry gets the stored outcome back. That takes a session the client opened
+(`OpenSession`); once `Expire` ended it, its commands are refused (SESSION_EXPIRED), since the
+outcomes that would have caught a late copy are gone.
 
 Directories are deleted as soon as they are removed (they hold no data an open handle could
 still need); a regular file whose last link goes stays as an orphan with nlink 0 until a
@@ -31,7 +33,7 @@ from typing import Any
 
 import msgpack
 
-from ringfs.node.errors import CHANGED, DELEGATED, NodeError
+from ringfs.node.errors import CHANGED, DELEGATED, SESSION_EXPIRED, NodeError
 from ringfs.node.meta import commands as cmd
 from ringfs.node.meta.commands import Attr, Chunk, Entry, Outcome
 from ringfs.node.meta.effects import DIR_SIZE, attributes_set, created_mode, inherited
@@ -189,35 +191,33 @@ class MetaState:
         client, seq = entry.client_id, entry.seq
         self._issuer = client
         if client is None or seq is None:
-            outcome = self._apply_once(entry.command)
-        else:
-            stored = self._stored_outcome(client, seq)
-            outcome = self._apply_once(entry.command) if stored is None else stored
-            # A command held off by a delegation runs again once the leader recalled it.
-            if stored is None and outcome.error != DELEGATED:
-                blob = msgpack.packb(outcome.to_wire(), use_bin_type=True)
-                self._rows.run("INSERT INTO sessions VALUES (?, ?, ?)", client, seq, blob)
-        if client is not None and entry.acked_below is not None:
-            self._rows.run(
-                "DELETE FROM sessions WHERE client_id = ? AND seq < ?", client, entry.acked_below
-            )
-            self._rows.run(
-                "INSERT INTO clients VALUES (?, ?) ON CONFLICT (client_id) "
-                "DO UPDATE SET acked_below = max(acked_below, excluded.acked_below)",
-                client,
-                entry.acked_below,
-            )
+            return self._apply_once(entry.command)
+        acked_below = self._rows.one("SELECT acked_below FROM clients WHERE client_id = ?", client)
+        if acked_below is None:
+            # Expired, or never opened: an earlier copy may have run before the session's
+            # outcomes were dropped, so this one must not.
+            return Outcome(None, SESSION_EXPIRED)
+        stored = self._stored_outcome(client, seq, acked_below)
+        outcome = self._apply_once(entry.command) if stored is None else stored
+        # A command held off by a delegation runs again once the leader recalled it.
+        if stored is None and outcome.error != DELEGATED:
+            blob = msgpack.packb(outcome.to_wire(), use_bin_type=True)
+            self._rows.run("INSERT INTO sessions VALUES (?, ?, ?)", client, seq, blob)
+        if entry.acked_below is not None and entry.acked_below > acked_below:
+            sql = "DELETE FROM sessions WHERE client_id = ? AND seq < ?"
+            self._rows.run(sql, client, entry.acked_below)
+            sql = "UPDATE clients SET acked_below = ? WHERE client_id = ?"
+            self._rows.run(sql, entry.acked_below, client)
         return outcome
 
-    def _stored_outcome(self, client: bytes, seq: int) -> Outcome | None:
+    def _stored_outcome(self, client: bytes, seq: int, acked_below: int) -> Outcome | None:
         """The outcome of an earlier copy of this request, if there was one."""
         blob = self._rows.one(
             "SELECT outcome FROM sessions WHERE client_id = ? AND seq = ?", client, seq
         )
         if blob is not None:
             return Outcome.from_wire(msgpack.unpackb(blob, raw=False))
-        acked_below = self._rows.one("SELECT acked_below FROM clients WHERE client_id = ?", client)
-        if acked_below is not None and seq < acked_below:
+        if seq < acked_below:
             # The client has its answer and let us forget it: this is a late duplicate that
             # must not run twice. Nobody waits for this reply.
             return Outcome(None, "ESTALE")
@@ -523,7 +523,7 @@ class MetaState:
             # Bytes past the end of the file must read as zeros if it grows again: cut them off.
             length = min(chunk.length, size - chunk.idx * chunk_size)
             if length <= 0:
-                self._release_blocks([chunk.block_id])
+                self._release_blocks([(chunk.block_id, chunk.length)])
                 continue
             self._rows.run(
                 "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?)",
@@ -533,7 +533,7 @@ class MetaState:
                 sql = "INSERT OR IGNORE INTO inline_blocks VALUES (?, ?)"
                 self._rows.run(sql, chunk.block_id, chunk.data)
             if update.base_block and update.base_block != chunk.block_id:
-                self._release_blocks([update.base_block])
+                self._release_blocks([(update.base_block, update.base_length)])
         node.size = size
         node.ctime_ns = c.now_ns
         node.mtime_ns = c.now_ns if c.mtime_ns is None else c.mtime_ns
@@ -564,19 +564,30 @@ class MetaState:
 
     def _drop_chunks(self, ino: int, first_idx: int) -> None:
         """Remove chunks from ``first_idx`` on; their blocks may become garbage."""
-        sql = "SELECT block_id FROM chunks WHERE ino = ? AND idx >= ? ORDER BY idx"
-        blocks = [row[0] for row in self._rows.run(sql, ino, first_idx)]
+        sql = "SELECT block_id, length FROM chunks WHERE ino = ? AND idx >= ? ORDER BY idx"
+        blocks = [(row[0], row[1]) for row in self._rows.run(sql, ino, first_idx)]
         self._rows.run("DELETE FROM chunks WHERE ino = ? AND idx >= ?", ino, first_idx)
         self._release_blocks(blocks)
 
-    def _release_blocks(self, block_ids: list[bytes]) -> None:
-        """Blocks dropped from a chunk map become garbage unless another chunk still uses them;
-        one the metadata keeps goes at once (whoever read it holds its bytes)."""
-        for block_id in block_ids:
+    def _release_blocks(self, blocks: list[tuple[bytes, int]]) -> None:
+        """Blocks (id, length) dropped from a chunk map become garbage unless another chunk
+        still uses them; one the metadata keeps goes at once (whoever read it holds its
+        bytes)."""
+        for block_id, length in blocks:
             if self._rows.one("SELECT 1 FROM chunks WHERE block_id = ? LIMIT 1", block_id) is None:
                 kept = self._rows.run("DELETE FROM inline_blocks WHERE block_id = ?", block_id)
                 if not kept.rowcount:
-                    self._rows.run("INSERT OR IGNORE INTO garbage (block_id) VALUES (?)", block_id)
+                    self._to_garbage(block_id, length)
+
+    def _to_garbage(self, block_id: bytes, length: int) -> None:
+        """List a block as garbage, counting it (`FsInfo` tells the backlog without a walk)."""
+        sql = "INSERT OR IGNORE INTO garbage (block_id, length) VALUES (?, ?)"
+        if self._rows.run(sql, block_id, length).rowcount:
+            self._count_garbage(1, length)
+
+    def _count_garbage(self, blocks: int, length: int) -> None:
+        self._rows.set_counter("garbage_blocks", self._rows.counter("garbage_blocks") + blocks)
+        self._rows.set_counter("garbage_bytes", self._rows.counter("garbage_bytes") + length)
 
     # --- what clients decide themselves -------------------------------------------------------
 
@@ -605,6 +616,19 @@ class MetaState:
             sql = "DELETE FROM delegations WHERE dir = ? AND client_id = ?"
             self._rows.run(sql, directory, c.holder)
 
+    def _apply_open_session(self, c: cmd.OpenSession) -> None:
+        if self._issuer is None:
+            raise NodeError("EINVAL", "a session is a client's")
+        self._rows.run("INSERT OR IGNORE INTO clients VALUES (?, 0)", self._issuer)
+
+    def _apply_expire(self, c: cmd.Expire) -> None:
+        for client in c.client_ids:
+            sql = "SELECT ino FROM orphans WHERE client_id = ? ORDER BY ino"
+            for (ino,) in self._rows.run(sql, client).fetchall():
+                self._destroy(ino)
+            for table in ("delegations", "inode_ranges", "sessions", "clients"):
+                self._rows.run(f"DELETE FROM {table} WHERE client_id = ?", client)
+
     def _apply_batch(self, c: cmd.Batch) -> list[Outcome]:
         if any(isinstance(command, cmd.Batch) for command in c.commands):
             raise NodeError("EINVAL", "a batch holds no batch")
@@ -620,18 +644,23 @@ class MetaState:
             return {d: holder for d, holder in found.items() if holder is not None}
 
     def _apply_abandon(self, c: cmd.Abandon) -> list[bytes]:
+        if len(c.lengths) != len(c.block_ids) or min(c.lengths, default=0) < 0:
+            raise NodeError("EINVAL", "one length, not negative, per abandoned block")
         referenced = []
-        for block_id in c.block_ids:
+        for block_id, length in zip(c.block_ids, c.lengths, strict=True):
             if self._rows.one("SELECT 1 FROM chunks WHERE block_id = ? LIMIT 1", block_id):
                 referenced.append(block_id)
                 continue
             self._rows.run("INSERT OR IGNORE INTO abandoned VALUES (?)", block_id)
-            self._rows.run("INSERT OR IGNORE INTO garbage (block_id) VALUES (?)", block_id)
+            self._to_garbage(block_id, length)
         return referenced
 
     def _apply_forget_garbage(self, c: cmd.ForgetGarbage) -> None:
         for block_id in c.block_ids:
-            self._rows.run("DELETE FROM garbage WHERE block_id = ?", block_id)
+            sql = "DELETE FROM garbage WHERE block_id = ? RETURNING length"
+            row = self._rows.run(sql, block_id).fetchone()
+            if row is not None:
+                self._count_garbage(-1, -row[0])
 
     def _apply_setxattr(self, c: cmd.SetXattr) -> None:
         check_xattr_name(c.name)

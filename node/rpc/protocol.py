@@ -27,7 +27,7 @@ import msgpack
 
 from ringfs.node.errors import AuthenticationError, ProtocolError
 
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 MAGIC = "ringfs"
 REQUEST, RESPONSE, NOTIFICATION = 0, 1, 2
 NONCE_SIZE = 32

@@ -77,6 +77,7 @@ async def start_nodes(
     gc_grace: float = daemon.NodeConfig.gc_grace,
     scrub: ScrubConfig = daemon.NodeConfig.scrub,
     repair: RepairConfig = daemon.NodeConfig.repair,
+    mount_expiry: float = daemon.NodeConfig.mount_expiry,
 ) -> LocalNodes:
     ports = free_ports(count)
     members = parse_members(",".join(f"n{i + 1}=127.0.0.1:{p}" for i, p in enumerate(ports)))
@@ -93,6 +94,7 @@ async def start_nodes(
             gc_grace=gc_grace,
             scrub=scrub,
             repair=repair,
+            mount_expiry=mount_expiry,
         )
         await nodes.start(member.node_id)
     return nodes

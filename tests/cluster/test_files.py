@@ -318,7 +318,7 @@ async def test_retried_command_is_applied_once(nodes: LocalNodes) -> None:
     cluster = await nodes.client()
     await wait_for_filesystem(cluster)
     command = Mkdir(ROOT, b"once", 0o755, 0, 0, 0).to_wire()
-    params = [cluster.client_id, 41, 41, command]
+    params = [await cluster._session(), 41, 41, command]
     first, changed = await cluster._meta_call("meta.apply", params)
     again, unchanged = await cluster._meta_call("meta.apply", params)
     assert first == again

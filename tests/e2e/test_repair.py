@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -161,15 +162,28 @@ def test_a_deleted_gigabyte_gives_its_space_back_on_every_node(
         time.sleep(0.2)
 
 
-def test_a_file_a_killed_mount_unlinked_while_open_is_removed(
+def kept_for_clients(node_data: Path) -> int:
+    """Rows a node's metadata keeps for clients: sessions, reserved inode numbers, held
+    directories, orphans."""
+    db = sqlite3.connect(f"file:{node_data / 'meta.db'}?mode=ro", uri=True)
+    try:
+        tables = ("clients", "sessions", "inode_ranges", "delegations", "orphans")
+        return sum(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables)
+    finally:
+        db.close()
+
+
+def test_a_killed_mount_leaves_nothing_behind(
     cluster: Cluster, mount_factory: Callable[..., Mount]
 ) -> None:
+    """Its session, its held directories and the file it unlinked while open all go."""
     cluster.node_args = ("--mount-expiry", "2", "--gc-grace", "0.5")
     for node in cluster.nodes:
         cluster.stop(node)
         cluster.start(node)
     mount = mount_factory()
-    (mount.path / "kept").write_bytes(os.urandom(1_000_000))
+    (mount.path / "dir").mkdir()  # held by the mount
+    (mount.path / "dir" / "kept").write_bytes(os.urandom(1_000_000))
     committed = [set(block_files(node.data)) for node in cluster.nodes]
     (mount.path / "victim").write_bytes(os.urandom(3_000_000))
     still_open = os.open(mount.path / "victim", os.O_RDONLY)
@@ -177,6 +191,7 @@ def test_a_file_a_killed_mount_unlinked_while_open_is_removed(
         (mount.path / "victim").unlink()  # an orphan: open here, so not purged yet
         assert len(os.read(still_open, 10)) == 10
         assert all(len(block_files(node.data)) == 2 for node in cluster.nodes)
+        assert all(kept_for_clients(node.data) > 0 for node in cluster.nodes)
         mount.process.kill()
         mount.process.wait()
     finally:
@@ -188,6 +203,10 @@ def test_a_file_a_killed_mount_unlinked_while_open_is_removed(
     while [set(block_files(node.data)) for node in cluster.nodes] != committed:
         assert time.monotonic() < deadline, "the orphan of the killed mount stayed"
         time.sleep(0.2)
-    assert "purged 1 files that mounts gone away had unlinked while open" in "".join(
+    while any(kept_for_clients(node.data) for node in cluster.nodes):
+        assert time.monotonic() < deadline, "the killed mount's session stayed"
+        time.sleep(0.2)
+    assert "ended the sessions of 1 mounts silent for 2s" in "".join(
         cluster.log(node) for node in cluster.nodes
     )
+    assert sorted(os.listdir(mount_factory("again").path / "dir")) == ["kept"]

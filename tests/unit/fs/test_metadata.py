@@ -41,6 +41,7 @@ class Leader:
         self.results = list(results)
         self.seq = 0
         self.during: Callable[[], object] = lambda: None
+        self.session_listeners: list[Callable[[bytes], None]] = []
 
     def take_seq(self) -> int:
         self.seq += 1

@@ -4,7 +4,7 @@ leader: what the mount shows is what the leader holds once the batch is applied.
 from __future__ import annotations
 
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,6 +27,7 @@ from ringfs.node.meta.commands import (
     Lookup,
     Mkdir,
     Mknod,
+    OpenSession,
     Query,
     ReadDir,
     Release,
@@ -50,6 +51,7 @@ class StateLeader:
     def __init__(self, state: MetaState) -> None:
         self.state = state
         self.client_id = ME
+        self.session_listeners: list[Callable[[bytes], None]] = []
         self.sent: list[Command] = []
         self._seq = 0
 
@@ -77,6 +79,7 @@ class StateLeader:
 def state(tmp_path: Path) -> Iterator[MetaState]:
     with MetaState(tmp_path / "meta.db") as meta:
         meta.apply_batch([Entry(Init(4096, 0, 0, 1_000))])
+        meta.apply_batch([Entry(OpenSession(), client) for client in (ME, b"o")])
         yield meta
 
 

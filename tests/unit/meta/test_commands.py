@@ -18,10 +18,12 @@ from ringfs.node.meta.commands import (
     Blocks,
     Chunk,
     ChunkUpdate,
+    Clients,
     CommitChunks,
     Delegate,
     DirEntry,
     Entry,
+    Expire,
     ForgetGarbage,
     FsInfo,
     FsStats,
@@ -34,8 +36,7 @@ from ringfs.node.meta.commands import (
     Lookup,
     Mkdir,
     Mknod,
-    OrphanRef,
-    Orphans,
+    OpenSession,
     Outcome,
     Purge,
     ReadChunks,
@@ -85,8 +86,10 @@ COMMAND_SAMPLES = [
     SetXattr(2, b"user.x", b"\x00value", 1, 12),
     RemoveXattr(2, b"user.x", 13),
     Purge((2, 7)),
+    OpenSession(),
+    Expire((b"gone", b"also gone")),
     ForgetGarbage((BLOCK, bytes(16))),
-    Abandon((BLOCK,)),
+    Abandon((BLOCK,), (4096,)),
     Mknod(1, b"f2", 0o100644, 0, 1000, 1000, 2, 40),
     Reserve(1024),
     Delegate(2),
@@ -104,7 +107,7 @@ QUERY_SAMPLES = [
     FsInfo(),
     Garbage(10),
     Blocks(bytes(16), b"\xff" * 16, 100),
-    Orphans(0, 10),
+    Clients(b"", 10),
 ]
 
 
@@ -208,7 +211,7 @@ def test_malformed_queries_are_einval(wire: object) -> None:
 
 def test_values_round_trip_and_reject_bad_shapes() -> None:
     entry = DirEntry(5, b"name", ATTR)
-    stats = FsStats(4096, 10, 12345)
+    stats = FsStats(4096, 10, 12345, 2, 8192)
     assert Attr.from_wire(ATTR.to_wire()) == ATTR
     assert Chunk.from_wire(CHUNK.to_wire()) == CHUNK
     assert DirEntry.from_wire(entry.to_wire()) == entry
@@ -248,10 +251,10 @@ def test_entry_and_outcome_round_trip() -> None:
         (ListXattr(1), [b"user.a", b"user.b"]),
         (Garbage(5), [BLOCK]),
         (Blocks(BLOCK, BLOCK, 5), [BlockRef(BLOCK, bytes(32))]),
-        (Orphans(0, 5), [OrphanRef(7, b"client")]),
+        (Clients(b"a", 5), [b"b", b"c"]),
         (ReadDir(1, 0, 5), [DirEntry(2, b"a", ATTR), DirEntry(9, b"b", ATTR)]),
         (ReadChunks(7, 0, 10), (ATTR, [CHUNK])),
-        (FsInfo(), FsStats(4096, 3, 100)),
+        (FsInfo(), FsStats(4096, 3, 100, 1, 10)),
     ],
 )
 def test_results_round_trip_through_msgpack(request_: Any, value: Any) -> None:

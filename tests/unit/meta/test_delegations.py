@@ -27,6 +27,7 @@ from ringfs.node.meta.commands import (
     Lookup,
     Mkdir,
     Mknod,
+    OpenSession,
     Outcome,
     Release,
     Rename,
@@ -48,6 +49,7 @@ REG = stat.S_IFREG | 0o644
 def meta(tmp_path: Path) -> Iterator[MetaState]:
     with MetaState(tmp_path / "meta.db") as state:
         state.apply_batch([Entry(Init(4096, 0, 0, T0))])
+        state.apply_batch([Entry(OpenSession(), A), Entry(OpenSession(), B)])
         yield state
 
 
@@ -204,7 +206,7 @@ def test_predicted_attributes_are_what_the_state_machine_makes(
     """Each change the state machine applies gives the attributes `effects` predicts from the
     attributes before it, for the inode it makes, moves or unlinks and for its directory."""
     with tempfile.TemporaryDirectory() as tmp, MetaState(Path(tmp) / "m.db") as meta:
-        meta.apply_batch([Entry(Init(4096, 0, 0, T0))])
+        meta.apply_batch([Entry(Init(4096, 0, 0, T0)), Entry(OpenSession(), A)])
         d = ok(meta, A, Mkdir(ROOT_INO, b"d", 0o2775 if setgid else 0o755, 5, 6, T0)).ino
         if setgid:
             ok(meta, A, Setattr(d, 0o2775, None, None, None, None, None, T0))

@@ -17,6 +17,7 @@ from ringfs.node.meta.commands import (
     Init,
     Mkdir,
     Mknod,
+    OpenSession,
     Rename,
     Setattr,
     SetXattr,
@@ -109,7 +110,8 @@ def applied(machine: MetaMachine, index: int, *entries: Entry) -> list[Change]:
 
 
 def test_each_command_notes_the_inodes_and_names_it_changed(machine: MetaMachine) -> None:
-    [made] = applied(machine, 2, Entry(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 2), ME, 1, None))
+    opened = Entry(OpenSession(), ME)  # changes nothing in the namespace: no record
+    [made] = applied(machine, 1, opened, Entry(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 2), ME, 1, None))
     d = 2  # the first inode after the root
     assert made == Change(2, ME, 1, (ROOT_INO, d), ((ROOT_INO, b"d"),))
     f = 3

@@ -44,8 +44,7 @@ from ringfs.node.meta.commands import (
     Lookup,
     Mkdir,
     Mknod,
-    OrphanRef,
-    Orphans,
+    OpenSession,
     Outcome,
     Purge,
     ReadChunks,
@@ -125,6 +124,12 @@ def fails(meta: MetaState, command: Command, name: str) -> None:
     assert meta.dump() == before
 
 
+def open_sessions(meta: MetaState, *clients: bytes) -> None:
+    for client in clients:
+        [outcome] = meta.apply_batch([Entry(OpenSession(), client)])
+        assert outcome.error is None
+
+
 def query_fails(meta: MetaState, query: Any, name: str) -> None:
     with pytest.raises(NodeError) as info:
         meta.query(query)
@@ -154,6 +159,16 @@ def listing(
     return result
 
 
+def table(meta: MetaState, name: str) -> list[tuple[Any, ...]]:
+    [rows] = [rows for table, rows in meta.dump() if table == name]
+    return rows
+
+
+def garbage_backlog(meta: MetaState) -> tuple[int, int]:
+    stats: FsStats = meta.query(FsInfo())
+    return stats.garbage_blocks, stats.garbage_bytes
+
+
 def names(meta: MetaState, ino: int) -> list[bytes]:
     return [entry.name for entry in listing(meta, ino)]
 
@@ -169,7 +184,7 @@ def lookup_ino(meta: MetaState, parent: int, name: bytes) -> int:
 def test_init_creates_root_once(tmp_path: Path) -> None:
     with MetaState(tmp_path / "m.db") as meta:
         query_fails(meta, GetAttr(ROOT_INO), "ENOENT")
-        assert meta.query(FsInfo()) == FsStats(0, 0, 0)
+        assert meta.query(FsInfo()) == FsStats(0, 0, 0, 0, 0)
         fails(meta, Init(0, 0, 0, T0), "EINVAL")
         ok(meta, Init(CS, 5, 6, T0))
         root = attr(meta, ROOT_INO)
@@ -178,7 +193,7 @@ def test_init_creates_root_once(tmp_path: Path) -> None:
         before = meta.dump()
         ok(meta, Init(CS * 2, 7, 8, T0 + 1))
         assert meta.dump() == before
-        assert meta.query(FsInfo()) == FsStats(CS, 1, 0)
+        assert meta.query(FsInfo()) == FsStats(CS, 1, 0, 0, 0)
 
 
 def test_mknod_regular_file(meta: MetaState) -> None:
@@ -345,7 +360,7 @@ def test_unlink_keeps_orphan_until_purge(meta: MetaState) -> None:
     query_fails(meta, GetAttr(f), "ENOENT")
     query_fails(meta, ListXattr(f), "ENOENT")
     assert meta.query(Garbage(10)) == [block(1)]
-    assert meta.query(FsInfo()) == FsStats(CS, 1, 0)
+    assert meta.query(FsInfo()) == FsStats(CS, 1, 0, 1, 10)
     before = meta.dump()
     ok(meta, Purge((f,)))  # already gone
     ok(meta, Purge((ROOT_INO,)))  # has links
@@ -366,15 +381,14 @@ def test_one_purge_deletes_every_orphan_it_names_and_nothing_else(meta: MetaStat
 def test_an_orphan_is_noted_for_the_client_that_unlinked_it(meta: MetaState) -> None:
     a, b, c = (mkfile(meta, ROOT_INO, name) for name in (b"a", b"b", b"c"))
     ok(meta, Link(b, ROOT_INO, b"b2", T0))
+    open_sessions(meta, b"mount-1", b"mount-2")
     meta.apply_batch([Entry(Unlink(ROOT_INO, b"a", T0), b"mount-1", 1)])
     meta.apply_batch([Entry(Unlink(ROOT_INO, b"b", T0), b"mount-1", 2)])  # b2 still names b
     meta.apply_batch([Entry(Rename(ROOT_INO, b"b2", ROOT_INO, b"c", 0, T0), b"mount-2", 1)])
     ok(meta, Unlink(ROOT_INO, b"c", T0))  # no client: nobody to wait for
-    assert meta.query(Orphans(0, 10)) == [OrphanRef(a, b"mount-1"), OrphanRef(c, b"mount-2")]
-    assert meta.query(Orphans(a, 1)) == [OrphanRef(c, b"mount-2")]
+    assert table(meta, "orphans") == [(a, b"mount-1"), (c, b"mount-2")]
     ok(meta, Purge((a, b, c)))
-    assert meta.query(Orphans(0, 10)) == []
-    query_fails(meta, Orphans(0, 0), "EINVAL")
+    assert table(meta, "orphans") == []
 
 
 def test_unlink_errors(meta: MetaState) -> None:
@@ -589,7 +603,7 @@ def test_truncate_down_drops_and_shortens_chunks(meta: MetaState) -> None:
     cut = ok(meta, Setattr(f, None, None, None, CS, None, None, T0 + 21))
     assert meta.query(ReadChunks(f, 0, 100)) == (cut, [chunk(0, 1)])
     assert meta.query(Garbage(10)) == [block(3), block(2)]
-    assert meta.query(FsInfo()) == FsStats(CS, 2, CS)
+    assert meta.query(FsInfo()) == FsStats(CS, 2, CS, 2, 100 + 904)  # as the chunks held them
 
 
 def test_truncate_up_only_sets_size(meta: MetaState) -> None:
@@ -626,7 +640,7 @@ def test_commit_chunks(meta: MetaState) -> None:
     # Committing the same block again is no change of block.
     ok(meta, blind(meta, f, (chunk(0, 5),), CS, T0 + 52))
     assert meta.query(Garbage(10)) == [block(1)]
-    assert meta.query(FsInfo()) == FsStats(CS, 2, CS + 10)
+    assert meta.query(FsInfo()) == FsStats(CS, 2, CS + 10, 1, CS)
 
 
 def test_commit_cuts_chunks_past_the_end(meta: MetaState) -> None:
@@ -661,8 +675,10 @@ def test_garbage_tracks_block_references(meta: MetaState) -> None:
     assert meta.query(Garbage(1)) == [block(1)]
     # A block on the garbage list may be deleted at any moment: it is never referenced again.
     fails(meta, blind(meta, g, (chunk(1, 1),), 2 * CS, T0), "ESTALE")
+    assert meta.query(FsInfo()).garbage_blocks == 2
     ok(meta, ForgetGarbage((block(2), block(99))))
     assert meta.query(Garbage(10)) == [block(1)]
+    assert garbage_backlog(meta) == (1, CS)
     query_fails(meta, Garbage(0), "EINVAL")
 
 
@@ -670,14 +686,19 @@ def test_an_abandoned_upload_is_collected_and_never_committed(meta: MetaState) -
     f = mkfile(meta, ROOT_INO, b"f")
     ok(meta, blind(meta, f, (chunk(0, 1),), CS, T0))
     # Block 1 is referenced: left alone. Blocks 2 and 3 were uploaded and never committed.
-    assert ok(meta, Abandon((block(1), block(2), block(3)))) == [block(1)]
+    three = (block(1), block(2), block(3))
+    assert ok(meta, Abandon(three, (CS, 7, 9))) == [block(1)]
     assert meta.query(Garbage(10)) == [block(2), block(3)]
+    assert garbage_backlog(meta) == (2, 16)  # the lengths the nodes gave
+    fails(meta, Abandon(three, (1, 2)), "EINVAL")
+    fails(meta, Abandon((block(4),), (-1,)), "EINVAL")
     fails(meta, blind(meta, f, (chunk(1, 2),), 2 * CS, T0), "ESTALE")
     # Deleted from every node and forgotten by the collector: still never committed.
     ok(meta, ForgetGarbage((block(2), block(3))))
     assert meta.query(Garbage(10)) == []
+    assert garbage_backlog(meta) == (0, 0)
     fails(meta, blind(meta, f, (chunk(1, 3),), 2 * CS, T0), "ESTALE")
-    assert ok(meta, Abandon((block(2),))) == []  # again: nothing changes
+    assert ok(meta, Abandon((block(2),), (7,))) == []  # again: nothing changes
     assert meta.query(Garbage(10)) == [block(2)]
 
 
@@ -924,6 +945,7 @@ def test_a_bug_after_the_handler_fails_the_entry_alone_and_a_retry_runs_it_again
     meta: MetaState, monkeypatch: pytest.MonkeyPatch, expected_logs: list[str]
 ) -> None:
     expected_logs.append("metadata command mkdir failed")
+    open_sessions(meta, b"client-1")
     mkdir_d = Entry(Mkdir(ROOT_INO, b"d", 0o755, UID, GID, T0), b"client-1", 1)
     handler = MetaState._apply_mkdir
     monkeypatch.setattr(MetaState, "_apply_mkdir", lambda self, c: object())  # unencodable
@@ -974,6 +996,7 @@ def test_a_full_disk_rolls_back_the_whole_batch_and_propagates(meta: MetaState) 
 
 
 def test_same_request_applies_once(meta: MetaState) -> None:
+    open_sessions(meta, b"client-1", b"client-2")
     mkdir_a = Entry(Mkdir(ROOT_INO, b"a", 0o755, UID, GID, T0), b"client-1", 1)
     [first] = meta.apply_batch([mkdir_a])
     assert first.error is None
@@ -987,6 +1010,7 @@ def test_same_request_applies_once(meta: MetaState) -> None:
 
 
 def test_stored_errors_are_replayed(meta: MetaState) -> None:
+    open_sessions(meta, b"c")
     rmdir = Entry(Rmdir(ROOT_INO, b"d", T0), b"c", 5)
     assert meta.apply_batch([rmdir]) == [Outcome(None, "ENOENT")]
     mkdir(meta, ROOT_INO, b"d")
@@ -1001,9 +1025,9 @@ def test_unsessioned_commands_apply_every_time(meta: MetaState) -> None:
 
 def test_acked_below_forgets_sessions(meta: MetaState) -> None:
     def sessions() -> list[tuple[Any, ...]]:
-        [rows] = [rows for table, rows in meta.dump() if table == "sessions"]
-        return [row[:2] for row in rows]
+        return [row[:2] for row in table(meta, "sessions")]
 
+    open_sessions(meta, b"c", b"other")
     creates = [Entry(Mkdir(ROOT_INO, b"d%d" % i, 0o755, UID, GID, T0), b"c", i) for i in range(3)]
     meta.apply_batch(creates)
     meta.apply_batch([Entry(Mkdir(ROOT_INO, b"x", 0, 0, 0, T0), b"other", 0)])
@@ -1128,7 +1152,7 @@ def _command(draw: st.DrawFn, dump: list[Any]) -> Command:
                 case 0:
                     return Purge((draw(inos),))
                 case 1:
-                    return Abandon((draw(block_ids),))
+                    return Abandon((draw(block_ids),), (draw(st.integers(0, CS)),))
             return ForgetGarbage((draw(block_ids),))
 
 
@@ -1137,6 +1161,9 @@ def _check_invariants(tables: dict[str, list[Any]]) -> None:
     inodes = {row[0]: row for row in tables["inodes"]}
     dentries = tables["dentries"]
     garbage = {row[1] for row in tables["garbage"]}
+    counters = dict(tables["counters"])
+    assert counters["garbage_blocks"] == len(tables["garbage"])
+    assert counters["garbage_bytes"] == sum(row[2] for row in tables["garbage"])
     for parent, _name, ino, _cookie in dentries:
         assert stat.S_ISDIR(inodes[parent][1])
         assert ino in inodes
