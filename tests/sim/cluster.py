@@ -489,6 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import hashlib
 
+    from tests.sim.seeds import print_run
+
     parser = argparse.ArgumentParser(prog="python -m tests.sim.cluster")
     parser.add_argument("--digest", action="store_true", help="print only a hash of the run")
     parser.add_argument("seeds", nargs="+", type=int)
@@ -500,11 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.digest:
             print(seed, hashlib.sha256(result.digest().encode()).hexdigest())
             continue
-        print(result.report(f"python -m tests.sim.cluster {seed}"))
-        print("history:")
-        for op in sorted(result.history, key=lambda o: o.invoke):
-            print(f"  {op}")
-        print("ok" if result.ok else "FAILED")
+        print_run(result.report(f"python -m tests.sim.cluster {seed}"), result.history, result.ok)
     return 1 if failed else 0
 
 

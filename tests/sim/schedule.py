@@ -7,7 +7,7 @@ import random
 
 from tests.sim.network import Faults
 
-__all__ = ["Config", "FaultEvent", "draw_config"]
+__all__ = ["Config", "FaultEvent", "draw_config", "draw_faults", "draw_schedule"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +68,7 @@ class Config:
         return "\n".join(lines)
 
 
-def _draw_faults(rng: random.Random) -> Faults:
+def draw_faults(rng: random.Random) -> Faults:
     lo = rng.uniform(0.001, 0.01)
     hi = lo + rng.choice([0.005, 0.02, 0.08, 0.3])
     return Faults(
@@ -78,10 +78,10 @@ def _draw_faults(rng: random.Random) -> Faults:
     )
 
 
-def _draw_schedule(
+def draw_schedule(
     rng: random.Random, nodes: tuple[str, ...], duration: float
 ) -> tuple[FaultEvent, ...]:
-    events = [FaultEvent(0.0, "faults", faults=_draw_faults(rng))]
+    events = [FaultEvent(0.0, "faults", faults=draw_faults(rng))]
     t = 0.0
     while True:
         t += rng.expovariate(1 / 1.5)
@@ -103,7 +103,7 @@ def _draw_schedule(
             target = rng.choice([*nodes, "leader", "leader"])
             events.append(FaultEvent(at, "crash", node=target, length=length))
         elif kind < 0.9:
-            events.append(FaultEvent(at, "faults", faults=_draw_faults(rng)))
+            events.append(FaultEvent(at, "faults", faults=draw_faults(rng)))
     return tuple(events)
 
 
@@ -143,7 +143,7 @@ def draw_config(seed: int) -> Config:
         snapshot_threshold=rng.choice([5, 20, 100, 1000]),
         durable_apply=rng.random() < 0.5,
         wire=rng.random() < 0.3,
-        schedule=tuple(sorted((*_draw_schedule(rng, nodes, fault_time), *losses), key=_at)),
+        schedule=tuple(sorted((*draw_schedule(rng, nodes, fault_time), *losses), key=_at)),
     )
 
 

@@ -24,6 +24,7 @@ from ringfs.node.raft.core import HardState, Message, VoteResponse
 from ringfs.node.raft.shell import RaftNode
 from tests.sim.cluster import SimResult, draw_config, simulate
 from tests.sim.durable import MemoryStorage
+from tests.sim.seeds import seed_params
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,12 +51,6 @@ DEFAULT_SEEDS = sorted({*range(200), *FOUND_BUGS})
 SLOW_SEEDS = range(10_000, 12_500)
 
 
-def _seeds(default: Iterable[int]) -> list[pytest.ParameterSet]:
-    chosen = os.environ.get("RINGFS_SIM_SEEDS")
-    seeds = [int(s) for s in chosen.split(",")] if chosen else list(default)
-    return [pytest.param(seed, id=f"seed_{seed}") for seed in seeds]
-
-
 def _check(seed: int, test: str) -> None:
     result = simulate(draw_config(seed))
     if not result.ok:
@@ -73,13 +68,13 @@ def storage_faults_reported(expected_logs: list[str]) -> None:
     expected_logs += ["restarted without entries it had acknowledged", "storage failed"]
 
 
-@pytest.mark.parametrize("seed", _seeds(DEFAULT_SEEDS))
+@pytest.mark.parametrize("seed", seed_params(DEFAULT_SEEDS))
 def test_raft_sim(seed: int) -> None:
     _check(seed, "test_raft_sim")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", _seeds(SLOW_SEEDS))
+@pytest.mark.parametrize("seed", seed_params(SLOW_SEEDS))
 def test_raft_sim_slow(seed: int) -> None:
     _check(seed, "test_raft_sim_slow")
 
