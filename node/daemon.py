@@ -19,6 +19,7 @@ from pathlib import Path
 
 import trio
 
+from ringfs.node.agreement import agree_on_map
 from ringfs.node.blocks.repair import RepairConfig
 from ringfs.node.blocks.scrub import ScrubConfig
 from ringfs.node.blocks.space import Reserve
@@ -28,6 +29,7 @@ from ringfs.node.collector import Collector
 from ringfs.node.errors import ConfigError
 from ringfs.node.meta.replica import ReplicatedMeta
 from ringfs.node.raft.transport import RpcTransport
+from ringfs.node.register import NodeRegister, RegisterStore
 from ringfs.node.repairer import Repairer
 from ringfs.node.rpc.client import ClientConfig, NodePool
 from ringfs.node.rpc.protocol import DEFAULT_LIMITS
@@ -186,11 +188,17 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
             nursery.start_soon(collector.run, name="gc")
         repairer = Repairer(config.node_id, store, peers, cmap, config.repair)
         scrubber = Scrubber(store, repairer, config.data_dir / SCRUB_FILE, config.scrub)
-        service = NodeService(config.node_id, cmap, store, meta, repairer, scrubber, collector)
+        acceptors = {node.node_id: node.address for node in cmap.nodes}
+        register = NodeRegister(config.node_id, RegisterStore(config.data_dir), peers, acceptors)
+        service = NodeService(
+            config.node_id, cmap, store, meta, repairer, scrubber, register, collector
+        )
         port = await nursery.start(RpcServer(server_config, service.handle, service.notified).serve)
         nursery.start_soon(_count, store, name="count blocks")
         nursery.start_soon(repairer.run, name="repair")
         nursery.start_soon(scrubber.run, name="scrub")
+        # Serving already: the other nodes' agreement needs this node's acceptor.
+        nursery.start_soon(agree_on_map, register, cmap, name="map agreement")
         task_status.started(port)
 
 

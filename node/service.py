@@ -22,6 +22,7 @@ from ringfs.node.errors import CORRUPT, NOT_META, NodeError
 from ringfs.node.meta.commands import command_from_wire, encode_result, query_from_wire
 from ringfs.node.meta.replica import ReplicatedMeta
 from ringfs.node.raft.core import SnapshotRequest, message_from_wire
+from ringfs.node.register import NodeRegister
 from ringfs.node.repairer import Repairer
 from ringfs.node.rpc.protocol import PROTOCOL_VERSION
 from ringfs.node.scrubber import Scrubber
@@ -72,6 +73,7 @@ class NodeService:
         meta: ReplicatedMeta | None,
         repairer: Repairer,
         scrubber: Scrubber,
+        register: NodeRegister,
         collector: Collector | None = None,
     ) -> None:
         self.node_id = node_id
@@ -80,6 +82,7 @@ class NodeService:
         self.meta = meta
         self.repairer = repairer
         self.scrubber = scrubber
+        self.register = register
         self.collector = collector
         # Disk writes at once: more only queue in the kernel and stretch every fsync.
         self._disk = trio.CapacityLimiter(4)
@@ -99,6 +102,8 @@ class NodeService:
             "meta.status": self.meta_status,
             "meta.changes": self.meta_changes,
             "raft.snapshot_part": self.raft_snapshot_part,
+            "paxos.prepare": register.paxos_prepare,
+            "paxos.accept": register.paxos_accept,
         }
         self._notifications: dict[str, Callable[[list[Any]], None]] = {
             "raft.message": self.raft_message,

@@ -460,6 +460,12 @@ BAD_REQUESTS = {
     ),
     "snapshot part from itself": ("raft.snapshot_part", ["n1", 5, 9, 1, 0, b"x"], "EINVAL"),
     "meta.query a command": ("meta.query", [["mkdir", 1, b"n", 0o755, 0, 0, 0]], "EINVAL"),
+    "paxos.prepare arity": ("paxos.prepare", [], "EINVAL"),
+    "paxos.prepare negative ballot": ("paxos.prepare", [[-1, "x"]], "EINVAL"),
+    "paxos.prepare bool ballot": ("paxos.prepare", [[True, "x"]], "EINVAL"),
+    "paxos.accept arity": ("paxos.accept", [[5, "x"]], "EINVAL"),
+    "paxos.accept malformed register": ("paxos.accept", [[5, "x"], [1, None]], "EINVAL"),
+    "paxos.accept malformed recent": ("paxos.accept", [[5, "x"], [1, None, [[1, 2]]]], "EINVAL"),
 }
 
 

@@ -1,0 +1,90 @@
+"""The cluster map register on in-process nodes: the nodes agree on one map at start, a node
+started with other members stops, and proposals from several places apply one after another."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from ringfs.node import daemon
+from ringfs.node.cluster.map import parse_members
+from ringfs.node.errors import ConfigError
+from ringfs.node.register import NodeRegister, RegisterStore
+from ringfs.node.rpc.client import ClientConfig, NodePool
+from tests.cluster.conftest import SECRET, LocalNodes, start_nodes
+from tests.conftest import free_ports
+
+
+def agreed(nodes: LocalNodes, name: str) -> Any:
+    """What the node's acceptor last accepted (None before it accepted anything)."""
+    return RegisterStore(nodes.root / name).state.value.value
+
+
+async def wait_agreed(nodes: LocalNodes) -> dict[str, Any]:
+    with trio.fail_after(20):
+        while any(agreed(nodes, name) is None for name in nodes.configs):  # noqa: ASYNC110
+            await trio.sleep(0.05)
+    values = {name: agreed(nodes, name) for name in nodes.configs}
+    return values
+
+
+async def test_the_nodes_agree_on_one_map(tmp_path: Path, nursery: trio.Nursery) -> None:
+    nodes = await start_nodes(tmp_path, nursery)
+    values = await wait_agreed(nodes)
+    assert len({value["cluster"] for value in values.values()}) == 1
+    maps = [value["map"] for value in values.values()]
+    assert maps == [nodes.map.to_wire()] * 3
+
+
+async def test_a_node_started_with_other_members_stops(
+    tmp_path: Path, nursery: trio.Nursery, expected_logs: list[str]
+) -> None:
+    nodes = await start_nodes(tmp_path, nursery)
+    await wait_agreed(nodes)
+    (port,) = free_ports(1)
+    known = {name: config.port for name, config in nodes.configs.items()}
+    members = parse_members(
+        f"n1=127.0.0.1:{known['n1']},n2=127.0.0.1:{known['n2']},x=127.0.0.1:{port}"
+    )
+    stranger = daemon.NodeConfig(
+        node_id="x", data_dir=tmp_path / "x", secret=SECRET, port=port, members=members
+    )
+    with pytest.raises(BaseExceptionGroup) as stopped, trio.fail_after(20):
+        async with trio.open_nursery() as inner:
+            await inner.start(daemon.run, stranger)
+    refusal = "this node was started with members n1, n2, x, but the cluster agreed on n1, n2, n3"
+    assert stopped.group_contains(ConfigError, match=f"^{refusal}$", depth=None)
+
+
+async def test_changes_from_several_proposers_apply_one_after_another(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    nodes = await start_nodes(tmp_path, nursery)
+    before = (await wait_agreed(nodes))["n1"]
+    acceptors = {name: f"127.0.0.1:{config.port}" for name, config in nodes.configs.items()}
+
+    def count(value: Any) -> tuple[Any, Any]:
+        after = value.get("count", 0) + 1
+        return {**value, "count": after}, after
+
+    results: list[int] = []
+    pool = NodePool(ClientConfig(SECRET), nursery)
+
+    def register(name: str) -> NodeRegister:
+        (tmp_path / name).mkdir()
+        return NodeRegister(name, RegisterStore(tmp_path / name), pool, acceptors)
+
+    async def proposer(name: str) -> None:
+        mine = register(name)
+        for _ in range(5):
+            results.append(await mine.propose(count, trio.current_time() + 20))
+
+    async with trio.open_nursery() as proposers:
+        for number in range(4):
+            proposers.start_soon(proposer, f"p{number}")
+    assert sorted(results) == list(range(1, 21))  # each applied once, none lost
+    read = await register("reader").propose(lambda value: (value, value), trio.current_time() + 20)
+    assert read == {**before, "count": 20}
