@@ -184,10 +184,13 @@ async def test_scrub_finds_corrupt_copies_and_repair_replaces_them(
     for chunk in chunks:
         data = await cluster.get_block(chunk.block_id, chunk.checksum)
         assert data == good[chunk.block_id][-chunk.length :]
-    stats = {info.node_id: s for info, s in await cluster.node_stats()}
-    found = sum(s["scrub"]["corrupt"] + s["scrub"]["last_corrupt"] for s in stats.values() if s)
-    assert found >= 6
-    assert len(list((tmp_path / "n3" / "store" / "quarantine").iterdir())) == 2
+    # Every damaged copy was set aside: found by a scrub, or by a repair that read it as a
+    # source (the counts of a pass cannot tell, as passes follow each other every 0.5 s).
+    quarantined = {
+        name: len(list((tmp_path / name / "store" / "quarantine").iterdir()))
+        for name in ("n1", "n2", "n3")
+    }
+    assert quarantined == {"n1": 2, "n2": 2, "n3": 2}
 
 
 async def test_a_scrub_pass_goes_on_where_it_was_after_a_restart(
