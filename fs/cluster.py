@@ -110,6 +110,9 @@ class Cluster:
         """
         pool = NodePool(config.client, nursery)
         cmap = await _fetch_map(pool, config.seeds)
+        # From now on, a node of another cluster is refused (one reached through a stale
+        # seed list, or a map that names a node of another cluster).
+        config.client.identity.cluster_id = cmap.cluster_id
         log.debug(
             "cluster map epoch %d: %s",
             cmap.epoch,

@@ -1,14 +1,16 @@
 """Agreeing on the cluster map: the first map the register holds is the cluster's.
 
-Each node, when it starts, proposes to the register (`ringfs.node.register`) a change
-that founds the cluster with the map it was started with if the register is still empty, and
-otherwise keeps what is there. Every node thus learns the one map the cluster agreed on, and
-one started with other members or replication settings stops with a clear error instead of
-forming a second cluster with its own placement and its own metadata group.
+Each node, when it starts, proposes to the register (`ringfs.node.register`) a change that
+founds the cluster with the map it was started with, under a new random cluster id, if the
+register is still empty, and otherwise keeps what is there. Every node thus learns the one map
+the cluster agreed on and its id. One started with other members or replication settings stops
+with a clear error instead of forming a second cluster with its own placement and its own
+metadata group.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -27,11 +29,12 @@ ROUND = 30.0
 
 
 def founding(mine: ClusterMap, cluster_id: str) -> Change:
-    """The change each node proposes at start: found the cluster with `mine` (as cluster
-    `cluster_id`) if nothing is agreed yet; either way, its result is what is agreed."""
+    """The change each node proposes at start: found the cluster with `mine` as cluster
+    `cluster_id` if nothing is agreed yet; either way, its result is what is agreed."""
+    founded = dataclasses.replace(mine, cluster_id=cluster_id).to_wire()
 
     def change(current: Any) -> tuple[Any, Any]:
-        agreed = current if current is not None else {"cluster": cluster_id, "map": mine.to_wire()}
+        agreed = founded if current is None else current
         return agreed, agreed
 
     return change
@@ -51,15 +54,17 @@ def disagreement(agreed: ClusterMap, mine: ClusterMap) -> str | None:
             f"this node was started with {mine.replicas} replicas, but the cluster agreed on "
             f"{agreed.replicas}"
         )
+    if mine.cluster_id and mine.cluster_id != agreed.cluster_id:
+        return f"this node belongs to cluster {mine.cluster_id}, not {agreed.cluster_id}"
     return None
 
 
-async def agree_on_map(register: NodeRegister, mine: ClusterMap) -> tuple[str, ClusterMap]:
-    """The cluster id and the map the cluster agreed on, once a majority of the register's
+async def agree_on_map(register: NodeRegister, mine: ClusterMap) -> ClusterMap:
+    """The map the cluster agreed on, with its cluster id, once a majority of the register's
     acceptors answered (it waits as long as it takes, saying so every `ROUND` seconds).
 
     Raises ConfigError when that map is not this node's."""
-    change = founding(mine, os.urandom(8).hex())
+    change = founding(mine, mine.cluster_id or os.urandom(8).hex())
     while True:
         try:
             value = await register.propose(change, trio.current_time() + ROUND)
@@ -67,11 +72,11 @@ async def agree_on_map(register: NodeRegister, mine: ClusterMap) -> tuple[str, C
             log.info("cluster map: not agreed yet (%s); asking again", exc)
             continue
         try:
-            cluster_id, agreed = value["cluster"], ClusterMap.from_wire(value["map"])
-        except (TypeError, KeyError, NodeError) as exc:
+            agreed = ClusterMap.from_wire(value)
+        except NodeError as exc:
             raise ConfigError(f"the cluster map register holds no map: {exc}") from exc
         problem = disagreement(agreed, mine)
         if problem is not None:
             raise ConfigError(problem)
-        log.info("cluster %s: map agreed (%d nodes)", cluster_id, len(agreed.nodes))
-        return cluster_id, agreed
+        log.info("cluster %s: map agreed (%d nodes)", agreed.cluster_id, len(agreed.nodes))
+        return agreed

@@ -32,7 +32,7 @@ from ringfs.node.raft.transport import RpcTransport
 from ringfs.node.register import NodeRegister, RegisterStore
 from ringfs.node.repairer import Repairer
 from ringfs.node.rpc.client import ClientConfig, NodePool
-from ringfs.node.rpc.protocol import DEFAULT_LIMITS
+from ringfs.node.rpc.protocol import DEFAULT_LIMITS, ClusterIdentity
 from ringfs.node.rpc.server import RpcServer, ServerConfig
 from ringfs.node.scrubber import Scrubber
 from ringfs.node.service import NodeService
@@ -160,18 +160,21 @@ def _exclusive(data_dir: Path) -> Iterator[None]:
 async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
     cmap = resolve_map(config)
     store = BlockStore(config.data_dir / "store", config.reserve)
+    identity = ClusterIdentity(cmap.cluster_id)
     server_config = ServerConfig(
         secret=config.secret,
         node_id=config.node_id,
         host=config.host,
         port=config.port,
         ssl_context=config.ssl_context,
+        identity=identity,
     )
     meta_group = tuple(node.node_id for node in cmap.meta_nodes())
     async with trio.open_nursery() as nursery:
         meta: ReplicatedMeta | None = None
         collector: Collector | None = None
-        peers = NodePool(ClientConfig(config.secret, ssl_context=config.ssl_context), nursery)
+        client = ClientConfig(config.secret, ssl_context=config.ssl_context, identity=identity)
+        peers = NodePool(client, nursery)
         if config.node_id in meta_group:
             transport = RpcTransport(cmap, peers, nursery)
             meta = ReplicatedMeta(
@@ -191,15 +194,27 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
         acceptors = {node.node_id: node.address for node in cmap.nodes}
         register = NodeRegister(config.node_id, RegisterStore(config.data_dir), peers, acceptors)
         service = NodeService(
-            config.node_id, cmap, store, meta, repairer, scrubber, register, collector
+            config.node_id, cmap, identity, store, meta, repairer, scrubber, register, collector
         )
         port = await nursery.start(RpcServer(server_config, service.handle, service.notified).serve)
         nursery.start_soon(_count, store, name="count blocks")
         nursery.start_soon(repairer.run, name="repair")
         nursery.start_soon(scrubber.run, name="scrub")
         # Serving already: the other nodes' agreement needs this node's acceptor.
-        nursery.start_soon(agree_on_map, register, cmap, name="map agreement")
+        path = config.data_dir / MAP_FILE
+        nursery.start_soon(_join, register, cmap, service, path, name="map agreement")
         task_status.started(port)
+
+
+async def _join(register: NodeRegister, cmap: ClusterMap, service: NodeService, path: Path) -> None:
+    """Agree on the cluster map; from then on, refuse peers of other clusters (the server and
+    the peers' pool share the identity) and keep the cluster id in `path`."""
+    agreed = await agree_on_map(register, cmap)
+    service.identity.cluster_id = agreed.cluster_id
+    if cmap.cluster_id != agreed.cluster_id:
+        named = replace(cmap, cluster_id=agreed.cluster_id)
+        service.cmap = named
+        await trio.to_thread.run_sync(named.save, path)
 
 
 async def _count(store: BlockStore) -> None:

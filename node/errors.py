@@ -68,6 +68,10 @@ class AuthenticationError(ProtocolError):
     """The peer did not prove it holds the cluster secret, or speaks another version."""
 
 
+class ForeignCluster(AuthenticationError):
+    """The peer holds the secret but belongs to another cluster (another cluster id)."""
+
+
 class Unavailable(Exception):
     """No replica or node could answer in time: surfaces as EIO at the mount."""
 

@@ -24,7 +24,7 @@ from ringfs.node.meta.replica import ReplicatedMeta
 from ringfs.node.raft.core import SnapshotRequest, message_from_wire
 from ringfs.node.register import NodeRegister
 from ringfs.node.repairer import Repairer
-from ringfs.node.rpc.protocol import PROTOCOL_VERSION
+from ringfs.node.rpc.protocol import PROTOCOL_VERSION, ClusterIdentity
 from ringfs.node.scrubber import Scrubber
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class NodeService:
         self,
         node_id: str,
         cmap: ClusterMap,
+        identity: ClusterIdentity,
         store: BlockStore,
         meta: ReplicatedMeta | None,
         repairer: Repairer,
@@ -78,6 +79,7 @@ class NodeService:
     ) -> None:
         self.node_id = node_id
         self.cmap = cmap
+        self.identity = identity
         self.store = store
         self.meta = meta
         self.repairer = repairer

@@ -43,7 +43,8 @@ async def _status(seeds: tuple[str, ...], secret: bytes) -> str:
     cmap = cluster.map
     roles = {info.node_id: f"meta {s['role']}" if s else "meta" for info, s in members}
     lines = [
-        f"cluster map epoch {cmap.epoch}, {len(cmap.nodes)} nodes, "
+        f"cluster {cmap.cluster_id or '(not agreed yet)'}, map epoch {cmap.epoch}, "
+        f"{len(cmap.nodes)} nodes, "
         f"replicas {cmap.replica_count()} (write quorum {cmap.write_quorum()})",
         f"{'NODE':<10} {'ADDRESS':<22} {'STATE':<12} {'BLOCKS':>8} {'DATA':>10} "
         f"{'CAPACITY':>10} {'FREE':>10}  ROLE",

@@ -36,7 +36,7 @@ META_GROUP_SIZE = 3
 META_KEY = b"meta"
 
 _NODE_KEYS = frozenset({"id", "host", "port", "weight", "zone", "state"})
-_MAP_KEYS = frozenset({"epoch", "replicas", "nodes"})
+_MAP_KEYS = frozenset({"epoch", "replicas", "nodes", "cluster"})
 
 
 @dataclass(frozen=True)
@@ -72,11 +72,15 @@ class NodeInfo:
 
 @dataclass(frozen=True)
 class ClusterMap:
-    """A version of the membership; a change makes a new map with a higher epoch."""
+    """A version of the membership; a change makes a new map with a higher epoch.
+
+    `cluster_id` names the cluster once its nodes agreed on a map ("" before): nodes and
+    mounts of another cluster are refused at the handshake."""
 
     epoch: int
     nodes: tuple[NodeInfo, ...]
     replicas: int = DEFAULT_REPLICAS
+    cluster_id: str = ""
 
     def __post_init__(self) -> None:
         """Raises ValueError for a negative epoch, replicas < 1 or duplicate node ids."""
@@ -146,6 +150,7 @@ class ClusterMap:
     def to_wire(self) -> dict[str, Any]:
         """A plain dict (str keys, ints, floats, strs, lists) for msgpack and JSON."""
         return {
+            "cluster": self.cluster_id,
             "epoch": self.epoch,
             "replicas": self.replicas,
             "nodes": [
@@ -166,6 +171,8 @@ class ClusterMap:
         """Rebuild a map from `to_wire` output; raises NodeError("EINVAL") if it is malformed
         in any way (missing or unknown keys, wrong types, invalid values)."""
         try:
+            if isinstance(obj, dict) and "cluster" not in obj:  # saved before cluster ids
+                obj = {**obj, "cluster": ""}
             fields = _exact_keys(obj, _MAP_KEYS, "cluster map")
             raw_nodes = fields["nodes"]
             if not isinstance(raw_nodes, list):
@@ -174,6 +181,7 @@ class ClusterMap:
                 epoch=_int(fields["epoch"], "epoch"),
                 nodes=tuple(_node_from_wire(raw) for raw in raw_nodes),
                 replicas=_int(fields["replicas"], "replicas"),
+                cluster_id=_str(fields["cluster"], "cluster id"),
             )
         except ValueError as exc:
             raise NodeError("EINVAL", f"malformed cluster map: {exc}") from exc

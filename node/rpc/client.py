@@ -20,6 +20,7 @@ import trio
 from ringfs.node.errors import NodeError, NoReply, ProtocolError, Unavailable
 from ringfs.node.rpc.protocol import (
     Buffer,
+    ClusterIdentity,
     Connection,
     HandshakeDone,
     Limits,
@@ -44,6 +45,8 @@ class ClientConfig:
     request_timeout: float = 15.0
     ssl_context: ssl.SSLContext | None = None
     limits: Limits = field(default_factory=Limits)
+    # The cluster this client belongs to, once known: nodes of another are refused.
+    identity: ClusterIdentity = field(default_factory=ClusterIdentity)
 
 
 class _Slot:
@@ -88,7 +91,9 @@ class RpcConnection:
             try:
                 if config.ssl_context is not None:
                     stream = trio.SSLStream(stream, config.ssl_context, server_hostname=host)
-                conn = Connection(Role.CLIENT, config.secret, limits=config.limits)
+                conn = Connection(
+                    Role.CLIENT, config.secret, limits=config.limits, identity=config.identity
+                )
                 await _handshake(stream, conn)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 await trio.aclose_forcefully(stream)

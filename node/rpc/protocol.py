@@ -25,9 +25,9 @@ from typing import Any
 
 import msgpack
 
-from ringfs.node.errors import AuthenticationError, ProtocolError
+from ringfs.node.errors import AuthenticationError, ForeignCluster, ProtocolError
 
-PROTOCOL_VERSION = 7
+PROTOCOL_VERSION = 8
 MAGIC = "ringfs"
 REQUEST, RESPONSE, NOTIFICATION = 0, 1, 2
 NONCE_SIZE = 32
@@ -221,6 +221,22 @@ def parse_message(obj: Any) -> Request | Response | Notification:
     raise ProtocolError(f"unknown message kind {_describe(obj[0])} or arity {len(obj)}")
 
 
+@dataclass
+class ClusterIdentity:
+    """The id of the cluster this end belongs to, "" until it is known (a node learns it once
+    the cluster map is agreed, a mount from the first map it fetches). Shared by the
+    connections of one node or mount: once known, a peer of another cluster is refused."""
+
+    cluster_id: str = ""
+
+    def foreign(self, peer_cluster: str) -> bool:
+        return bool(self.cluster_id and peer_cluster and peer_cluster != self.cluster_id)
+
+
+#: How a refusal for a peer of another cluster starts (see `Connection._expect`).
+_FOREIGN = "cluster "
+
+
 class Connection:
     """One end of a ringfs connection: handshake, framing and msgid bookkeeping.
 
@@ -237,6 +253,7 @@ class Connection:
         node_id: str = "",
         limits: Limits = DEFAULT_LIMITS,
         nonce: bytes | None = None,
+        identity: ClusterIdentity | None = None,
     ) -> None:
         if not secret:
             raise ValueError("the cluster secret must not be empty")
@@ -245,6 +262,7 @@ class Connection:
         self.peer_id = ""
         self._secret = secret
         self._node_id = node_id
+        self._identity = identity if identity is not None else ClusterIdentity()
         self._nonce = nonce if nonce is not None else os.urandom(NONCE_SIZE)
         self._peer_nonce = b""
         self._outgoing: list[Buffer] = []
@@ -366,7 +384,10 @@ class Connection:
         if not (isinstance(obj, list) and len(obj) >= 3 and obj[0] == MAGIC):
             raise ProtocolError(f"expected handshake {step!r}")
         if len(obj) == 4 and obj[2] == "refused" and isinstance(obj[3], str):
-            raise AuthenticationError(f"refused by peer: {obj[3][:200]}")
+            reason = obj[3][:200]
+            if reason.startswith(_FOREIGN):
+                raise ForeignCluster(f"the node belongs to {reason}")
+            raise AuthenticationError(f"refused by peer: {reason}")
         if obj[1] != PROTOCOL_VERSION:
             if self.role is Role.SERVER:
                 self._queue(
@@ -378,8 +399,10 @@ class Connection:
                     ]
                 )
             raise AuthenticationError(f"peer speaks protocol version {_describe(obj[1])}")
-        if len(obj) != arity or obj[2] != step:
+        if obj[2] != step:
             raise ProtocolError(f"expected handshake {step!r}, got {_describe(obj[2])}")
+        if len(obj) != arity:
+            raise ProtocolError(f"handshake {step!r} of {len(obj)} elements, not {arity}")
         return obj
 
     def _handshake(self, obj: Any) -> Event | None:
@@ -399,24 +422,36 @@ class Connection:
             ):
                 raise AuthenticationError("server did not prove it holds the cluster secret")
             client_proof = proof(self._secret, b"client", self._peer_nonce, self._nonce)
-            self._queue([MAGIC, PROTOCOL_VERSION, "auth", client_proof])
+            cluster = self._identity.cluster_id
+            self._queue([MAGIC, PROTOCOL_VERSION, "auth", client_proof, cluster])
             self._state = _State.AWAIT_WELCOME
             return None
         if self._state is _State.AWAIT_AUTH:
-            _, _, _, client_proof = self._expect(obj, "auth", 4)
+            _, _, _, client_proof, cluster = self._expect(obj, "auth", 5)
             expected = proof(self._secret, b"client", self._nonce, self._peer_nonce)
             if not isinstance(client_proof, bytes) or not hmac.compare_digest(
                 client_proof, expected
             ):
                 self._queue([MAGIC, PROTOCOL_VERSION, "refused", "wrong cluster secret"])
                 raise AuthenticationError("client did not prove it holds the cluster secret")
-            self._queue([MAGIC, PROTOCOL_VERSION, "welcome", self._node_id])
+            mine = self._identity.cluster_id
+            if not isinstance(cluster, str) or len(cluster) > 64:
+                raise ProtocolError("auth without a cluster id")
+            if self._identity.foreign(cluster):
+                reason = f"{_FOREIGN}{mine}, not {cluster}"
+                self._queue([MAGIC, PROTOCOL_VERSION, "refused", reason])
+                raise ForeignCluster(f"a client of cluster {cluster}, not {mine}")
+            self._queue([MAGIC, PROTOCOL_VERSION, "welcome", self._node_id, mine])
             self._state = _State.OPEN
             return HandshakeDone(peer_id="")
         if self._state is _State.AWAIT_WELCOME:
-            _, _, _, node_id = self._expect(obj, "welcome", 4)
-            if not isinstance(node_id, str):
-                raise ProtocolError("welcome without a node id")
+            _, _, _, node_id, cluster = self._expect(obj, "welcome", 5)
+            if not isinstance(node_id, str) or not isinstance(cluster, str):
+                raise ProtocolError("welcome without a node id and cluster id")
+            if self._identity.foreign(cluster):
+                raise ForeignCluster(
+                    f"node {node_id} belongs to cluster {cluster}, not {self._identity.cluster_id}"
+                )
             self.peer_id = node_id
             self._state = _State.OPEN
             return HandshakeDone(peer_id=node_id)

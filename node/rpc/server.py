@@ -21,7 +21,14 @@ import trio
 
 from ringfs.node.errors import AuthenticationError, NodeError, ProtocolError
 from ringfs.node.rpc.client import RECEIVE_SIZE
-from ringfs.node.rpc.protocol import Connection, Limits, Notification, Request, Role
+from ringfs.node.rpc.protocol import (
+    ClusterIdentity,
+    Connection,
+    Limits,
+    Notification,
+    Request,
+    Role,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,8 @@ class ServerConfig:
     max_connections: int = 256
     ssl_context: ssl.SSLContext | None = None
     limits: Limits = field(default_factory=Limits)
+    # The cluster this node belongs to, once known: clients of another are refused.
+    identity: ClusterIdentity = field(default_factory=ClusterIdentity)
 
 
 class RpcServer:
@@ -100,7 +109,11 @@ class _Session:
         self.peer = peer
         config = server.config
         self.conn = Connection(
-            Role.SERVER, config.secret, node_id=config.node_id, limits=config.limits
+            Role.SERVER,
+            config.secret,
+            node_id=config.node_id,
+            limits=config.limits,
+            identity=config.identity,
         )
         self.send_lock = trio.Lock()
         self.room = trio.Semaphore(config.limits.max_in_flight)

@@ -234,7 +234,7 @@ async def test_wrong_secret_is_refused_with_a_reason(
             unpacker.feed(data)
         assert challenge[2] == "challenge"
         wrong = proof(b"guessed secret", b"client", challenge[3], nonce)
-        await stream.send_all(msgpack.packb([MAGIC, PROTOCOL_VERSION, "auth", wrong]))
+        await stream.send_all(msgpack.packb([MAGIC, PROTOCOL_VERSION, "auth", wrong, ""]))
         rest = await read_until_closed(stream)
         await stream.aclose()
     assert rest is not None, "node kept a connection open after a failed proof"

@@ -10,10 +10,11 @@ import pytest
 import trio
 
 from ringfs.node import daemon
-from ringfs.node.cluster.map import parse_members
-from ringfs.node.errors import ConfigError
+from ringfs.node.cluster.map import ClusterMap, parse_members
+from ringfs.node.errors import ConfigError, Unavailable
 from ringfs.node.register import NodeRegister, RegisterStore
 from ringfs.node.rpc.client import ClientConfig, NodePool
+from ringfs.node.rpc.protocol import ClusterIdentity
 from tests.cluster.conftest import SECRET, LocalNodes, start_nodes
 from tests.conftest import free_ports
 
@@ -31,12 +32,27 @@ async def wait_agreed(nodes: LocalNodes) -> dict[str, Any]:
     return values
 
 
-async def test_the_nodes_agree_on_one_map(tmp_path: Path, nursery: trio.Nursery) -> None:
+async def test_the_nodes_agree_on_one_map(
+    tmp_path: Path, nursery: trio.Nursery, expected_logs: list[str]
+) -> None:
+    expected_logs += ["belongs to cluster", "a client of cluster another"]  # both ends warn
     nodes = await start_nodes(tmp_path, nursery)
     values = await wait_agreed(nodes)
-    assert len({value["cluster"] for value in values.values()}) == 1
-    maps = [value["map"] for value in values.values()]
-    assert maps == [nodes.map.to_wire()] * 3
+    [cluster_id] = {value["cluster"] for value in values.values()}
+    assert list(values.values()) == [ClusterMap(1, nodes.map.nodes, 3, cluster_id).to_wire()] * 3
+
+    # Each node keeps the id, names it in map.get, and refuses clients of other clusters.
+    def kept(name: str) -> str:
+        return ClusterMap.load(nodes.root / name / "cluster.json").cluster_id
+
+    with trio.fail_after(10):
+        while any(kept(name) != cluster_id for name in nodes.configs):  # noqa: ASYNC110
+            await trio.sleep(0.05)
+    client = await nodes.client()
+    assert client.map.cluster_id == cluster_id
+    stranger = NodePool(ClientConfig(SECRET, identity=ClusterIdentity("another")), nursery)
+    with pytest.raises(Unavailable, match=f"the node belongs to cluster {cluster_id}, not another"):
+        await stranger.call(client.map.nodes[0].address, "node.info", [])
 
 
 async def test_a_node_started_with_other_members_stops(
@@ -66,9 +82,9 @@ async def test_changes_from_several_proposers_apply_one_after_another(
     before = (await wait_agreed(nodes))["n1"]
     acceptors = {name: f"127.0.0.1:{config.port}" for name, config in nodes.configs.items()}
 
-    def count(value: Any) -> tuple[Any, Any]:
-        after = value.get("count", 0) + 1
-        return {**value, "count": after}, after
+    def count(value: Any) -> tuple[Any, Any]:  # a change of the map: the next epoch
+        after = value["epoch"] + 1
+        return {**value, "epoch": after}, after
 
     results: list[int] = []
     pool = NodePool(ClientConfig(SECRET), nursery)
@@ -85,6 +101,7 @@ async def test_changes_from_several_proposers_apply_one_after_another(
     async with trio.open_nursery() as proposers:
         for number in range(4):
             proposers.start_soon(proposer, f"p{number}")
-    assert sorted(results) == list(range(1, 21))  # each applied once, none lost
+    first = before["epoch"] + 1
+    assert sorted(results) == list(range(first, first + 20))  # each applied once, none lost
     read = await register("reader").propose(lambda value: (value, value), trio.current_time() + 20)
-    assert read == {**before, "count": 20}
+    assert read == {**before, "epoch": first + 19}

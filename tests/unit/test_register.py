@@ -28,7 +28,7 @@ from ringfs.node.register import (
 )
 
 MEMBERS = parse_members("n1=127.0.0.1:7001,n2=127.0.0.1:7002,n3=127.0.0.1:7003")
-VALUE = Register(4, {"cluster": "c0ffee", "map": [1, 2]}, (("a1", True), ("b2", None)))
+VALUE = Register(4, {"cluster": "c0ffee", "nodes": [1, 2]}, (("a1", True), ("b2", None)))
 
 
 def test_answers_round_trip_through_their_wire_form() -> None:
@@ -82,7 +82,7 @@ def test_the_first_map_founds_the_cluster_and_later_ones_keep_it() -> None:
     mine = ClusterMap(1, MEMBERS, 3)
     change = founding(mine, "c0ffee")
     founded, result = change(None)
-    assert founded == result == {"cluster": "c0ffee", "map": mine.to_wire()}
+    assert founded == result == ClusterMap(1, MEMBERS, 3, "c0ffee").to_wire()
     other = founding(ClusterMap(1, MEMBERS[:2], 2), "beef")
     assert other(founded) == (founded, founded)
 
@@ -98,4 +98,9 @@ def test_a_map_with_other_members_or_replicas_disagrees() -> None:
     )
     assert disagreement(agreed, ClusterMap(1, MEMBERS, 2)) == (
         "this node was started with 2 replicas, but the cluster agreed on 3"
+    )
+    named = ClusterMap(1, MEMBERS, 3, "c0ffee")
+    assert disagreement(named, ClusterMap(1, MEMBERS, 3)) is None  # learns its id
+    assert disagreement(named, ClusterMap(1, MEMBERS, 3, "beef")) == (
+        "this node belongs to cluster beef, not c0ffee"
     )

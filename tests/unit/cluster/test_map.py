@@ -96,6 +96,12 @@ def test_wire_round_trip() -> None:
     assert ClusterMap.from_wire(wire) == cmap
 
 
+def test_a_map_saved_before_cluster_ids_loads_without_one() -> None:
+    assert ClusterMap.from_wire(_drop("cluster")) == ClusterMap(3, _nodes(2))
+    named = ClusterMap(3, _nodes(2), cluster_id="c0ffee")
+    assert ClusterMap.from_wire(named.to_wire()) == named
+
+
 def _wire() -> dict[str, Any]:
     return ClusterMap(3, _nodes(2)).to_wire()
 
@@ -127,6 +133,7 @@ def _set_node(key: str, value: object) -> dict[str, Any]:
         _set("epoch", "3"),
         _set("epoch", True),
         _set("epoch", -1),
+        _set("cluster", 5),
         _set("replicas", 0),
         _set("nodes", {}),
         _set("nodes", ["n1"]),

@@ -18,7 +18,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from ringfs.node.errors import AuthenticationError, ProtocolError
+from ringfs.node.errors import AuthenticationError, ForeignCluster, ProtocolError
 from ringfs.node.rpc.protocol import (
     MAGIC,
     NONCE_SIZE,
@@ -27,6 +27,7 @@ from ringfs.node.rpc.protocol import (
     RESPONSE,
     ZERO_COPY_MIN,
     Buffer,
+    ClusterIdentity,
     Connection,
     Event,
     HandshakeDone,
@@ -170,7 +171,8 @@ def test_server_rejects_client_with_wrong_secret_and_says_why() -> None:
     # here is forged: it ignores the server's proof and answers with its own (wrong) one.
     client, server, challenge = server_after_hello()
     server_nonce = challenge[3]
-    forged = [MAGIC, PROTOCOL_VERSION, "auth", proof(WRONG, b"client", server_nonce, CLIENT_NONCE)]
+    forged_proof = proof(WRONG, b"client", server_nonce, CLIENT_NONCE)
+    forged = [MAGIC, PROTOCOL_VERSION, "auth", forged_proof, ""]
     with pytest.raises(AuthenticationError):
         server.receive_data(pack(forged))
     refused = unpack_all(wire(server.data_to_send()))
@@ -194,10 +196,56 @@ def test_client_reports_the_servers_refusal() -> None:
 
 def test_server_proof_reflected_back_is_refused() -> None:
     client, server, challenge = server_after_hello()
-    reflected = [MAGIC, PROTOCOL_VERSION, "auth", challenge[4]]
+    reflected = [MAGIC, PROTOCOL_VERSION, "auth", challenge[4], ""]
     with pytest.raises(AuthenticationError):
         server.receive_data(pack(reflected))
     assert_dead(server)
+
+
+def identified_pair(client_cluster: str, server_cluster: str) -> tuple[Connection, Connection]:
+    client = Connection(
+        Role.CLIENT, SECRET, nonce=CLIENT_NONCE, identity=ClusterIdentity(client_cluster)
+    )
+    server = Connection(
+        Role.SERVER,
+        SECRET,
+        node_id=NODE_ID,
+        nonce=SERVER_NONCE,
+        identity=ClusterIdentity(server_cluster),
+    )
+    return client, server
+
+
+@pytest.mark.parametrize(("mine", "theirs"), [("c1", "c1"), ("", "c1"), ("c1", ""), ("", "")])
+def test_ends_of_one_cluster_or_not_known_yet_connect(mine: str, theirs: str) -> None:
+    client, server = identified_pair(mine, theirs)
+    handshake(client, server)
+    assert client.is_open
+    assert server.is_open
+
+
+def test_a_node_refuses_a_client_of_another_cluster_and_says_why() -> None:
+    client, server = identified_pair("c2", "c1")
+    server.receive_data(wire(client.data_to_send()))
+    client.receive_data(wire(server.data_to_send()))
+    with pytest.raises(ForeignCluster, match="a client of cluster c2, not c1"):
+        server.receive_data(wire(client.data_to_send()))
+    assert_dead(server)
+    with pytest.raises(ForeignCluster, match="the node belongs to cluster c1, not c2"):
+        client.receive_data(wire(server.data_to_send()))
+    assert_dead(client)
+
+
+def test_a_client_refuses_a_node_of_another_cluster() -> None:
+    client, server = identified_pair("c2", "")  # the node does not know its cluster yet
+    server.receive_data(wire(client.data_to_send()))
+    client.receive_data(wire(server.data_to_send()))
+    auth = unpack_all(wire(client.data_to_send()))[0]
+    assert (auth[2], auth[4]) == ("auth", "c2")  # the client names its cluster
+    forged = pack([MAGIC, PROTOCOL_VERSION, "welcome", NODE_ID, "c1"])
+    with pytest.raises(ForeignCluster, match=f"node {NODE_ID} belongs to cluster c1, not c2"):
+        client.receive_data(forged)
+    assert_dead(client)
 
 
 def test_server_refuses_other_protocol_version_and_says_why() -> None:
