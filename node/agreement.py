@@ -31,7 +31,7 @@ ROUND = 30.0
 def founding(mine: ClusterMap, cluster_id: str) -> Change:
     """The change each node proposes at start: found the cluster with `mine` as cluster
     `cluster_id` if nothing is agreed yet; either way, its result is what is agreed."""
-    founded = dataclasses.replace(mine, cluster_id=cluster_id).to_wire()
+    founded = dataclasses.replace(mine.pinned(), cluster_id=cluster_id).to_wire()
 
     def change(current: Any) -> tuple[Any, Any]:
         agreed = founded if current is None else current
@@ -54,9 +54,19 @@ def disagreement(agreed: ClusterMap, mine: ClusterMap) -> str | None:
             f"this node was started with {mine.replicas} replicas, but the cluster agreed on "
             f"{agreed.replicas}"
         )
+    our_meta, their_meta = _meta_ids(mine), _meta_ids(agreed)
+    if our_meta != their_meta:
+        return (
+            f"this node takes {', '.join(our_meta)} for the meta group, but the cluster agreed "
+            f"on {', '.join(their_meta)}"
+        )
     if mine.cluster_id and mine.cluster_id != agreed.cluster_id:
         return f"this node belongs to cluster {mine.cluster_id}, not {agreed.cluster_id}"
     return None
+
+
+def _meta_ids(cmap: ClusterMap) -> list[str]:
+    return [node.node_id for node in cmap.meta_nodes()]
 
 
 async def agree_on_map(register: NodeRegister, mine: ClusterMap) -> ClusterMap:

@@ -208,11 +208,12 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
 
 async def _join(register: NodeRegister, cmap: ClusterMap, service: NodeService, path: Path) -> None:
     """Agree on the cluster map; from then on, refuse peers of other clusters (the server and
-    the peers' pool share the identity) and keep the cluster id in `path`."""
+    the peers' pool share the identity) and keep the cluster id and the pinned meta group in
+    `path`."""
     agreed = await agree_on_map(register, cmap)
     service.identity.cluster_id = agreed.cluster_id
-    if cmap.cluster_id != agreed.cluster_id:
-        named = replace(cmap, cluster_id=agreed.cluster_id)
+    if (cmap.cluster_id, cmap.meta) != (agreed.cluster_id, agreed.meta):
+        named = replace(cmap, cluster_id=agreed.cluster_id, meta=agreed.meta)
         service.cmap = named
         await trio.to_thread.run_sync(named.save, path)
 

@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ META_GROUP_SIZE = 3
 META_KEY = b"meta"
 
 _NODE_KEYS = frozenset({"id", "host", "port", "weight", "zone", "state"})
-_MAP_KEYS = frozenset({"epoch", "replicas", "nodes", "cluster"})
+_MAP_KEYS = frozenset({"epoch", "replicas", "nodes", "cluster", "meta"})
 
 
 @dataclass(frozen=True)
@@ -75,12 +75,15 @@ class ClusterMap:
     """A version of the membership; a change makes a new map with a higher epoch.
 
     `cluster_id` names the cluster once its nodes agreed on a map ("" before): nodes and
-    mounts of another cluster are refused at the handshake."""
+    mounts of another cluster are refused at the handshake. `meta` pins the meta group (node
+    ids) once agreed, so that a change of weights or members never moves it by the way; empty,
+    the ring picks it (`meta_nodes`)."""
 
     epoch: int
     nodes: tuple[NodeInfo, ...]
     replicas: int = DEFAULT_REPLICAS
     cluster_id: str = ""
+    meta: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Raises ValueError for a negative epoch, replicas < 1 or duplicate node ids."""
@@ -91,6 +94,8 @@ class ClusterMap:
         ids = [node.node_id for node in self.nodes]
         if len(set(ids)) != len(ids):
             raise ValueError(f"duplicate node ids in {ids}")
+        if len(set(self.meta)) != len(self.meta) or not set(self.meta) <= set(ids):
+            raise ValueError(f"the meta group {list(self.meta)} must be distinct members")
 
     @cached_property
     def _ring(self) -> Ring:
@@ -136,13 +141,19 @@ class ClusterMap:
         return self._infos(order[self.replica_count() :])
 
     def meta_nodes(self) -> list[NodeInfo]:
-        """The meta group: the first min(3, n) nodes the ring picks for the key b"meta"."""
+        """The meta group: as pinned, or the first min(3, n) nodes the ring picks for the key
+        b"meta"."""
         return list(self._meta_nodes)
 
     @cached_property
     def _meta_nodes(self) -> tuple[NodeInfo, ...]:
         # Asked for on every metadata call: worked out once per map.
-        return tuple(self._infos(self._ring.preference(META_KEY, META_GROUP_SIZE)))
+        ids = self.meta or self._ring.preference(META_KEY, META_GROUP_SIZE)
+        return tuple(self._infos(list(ids)))
+
+    def pinned(self) -> ClusterMap:
+        """This map with its meta group pinned as the ring picks it now."""
+        return replace(self, meta=tuple(node.node_id for node in self.meta_nodes()))
 
     def _infos(self, node_ids: list[str]) -> list[NodeInfo]:
         return [self._by_id[node_id] for node_id in node_ids]
@@ -151,6 +162,7 @@ class ClusterMap:
         """A plain dict (str keys, ints, floats, strs, lists) for msgpack and JSON."""
         return {
             "cluster": self.cluster_id,
+            "meta": list(self.meta),
             "epoch": self.epoch,
             "replicas": self.replicas,
             "nodes": [
@@ -171,8 +183,8 @@ class ClusterMap:
         """Rebuild a map from `to_wire` output; raises NodeError("EINVAL") if it is malformed
         in any way (missing or unknown keys, wrong types, invalid values)."""
         try:
-            if isinstance(obj, dict) and "cluster" not in obj:  # saved before cluster ids
-                obj = {**obj, "cluster": ""}
+            if isinstance(obj, dict):  # saved before cluster ids and pinned meta groups
+                obj = {"cluster": "", "meta": [], **obj}
             fields = _exact_keys(obj, _MAP_KEYS, "cluster map")
             raw_nodes = fields["nodes"]
             if not isinstance(raw_nodes, list):
@@ -182,6 +194,7 @@ class ClusterMap:
                 nodes=tuple(_node_from_wire(raw) for raw in raw_nodes),
                 replicas=_int(fields["replicas"], "replicas"),
                 cluster_id=_str(fields["cluster"], "cluster id"),
+                meta=_meta(fields["meta"]),
             )
         except ValueError as exc:
             raise NodeError("EINVAL", f"malformed cluster map: {exc}") from exc
@@ -264,6 +277,12 @@ def _int(value: object, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ValueError(f"{what} must be an integer")
     return value
+
+
+def _meta(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(node_id, str) for node_id in value):
+        raise ValueError("meta must be a list of node ids")
+    return tuple(value)
 
 
 def _str(value: object, what: str) -> str:

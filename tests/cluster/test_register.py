@@ -39,17 +39,18 @@ async def test_the_nodes_agree_on_one_map(
     nodes = await start_nodes(tmp_path, nursery)
     values = await wait_agreed(nodes)
     [cluster_id] = {value["cluster"] for value in values.values()}
-    assert list(values.values()) == [ClusterMap(1, nodes.map.nodes, 3, cluster_id).to_wire()] * 3
+    founded = ClusterMap(1, nodes.map.nodes, 3, cluster_id, ("n2", "n1", "n3"))
+    assert list(values.values()) == [founded.to_wire()] * 3
 
     # Each node keeps the id, names it in map.get, and refuses clients of other clusters.
-    def kept(name: str) -> str:
-        return ClusterMap.load(nodes.root / name / "cluster.json").cluster_id
+    def kept(name: str) -> ClusterMap:
+        return ClusterMap.load(nodes.root / name / "cluster.json")
 
     with trio.fail_after(10):
-        while any(kept(name) != cluster_id for name in nodes.configs):  # noqa: ASYNC110
+        while any(kept(name) != founded for name in nodes.configs):  # noqa: ASYNC110
             await trio.sleep(0.05)
     client = await nodes.client()
-    assert client.map.cluster_id == cluster_id
+    assert client.map == founded
     stranger = NodePool(ClientConfig(SECRET, identity=ClusterIdentity("another")), nursery)
     with pytest.raises(Unavailable, match=f"the node belongs to cluster {cluster_id}, not another"):
         await stranger.call(client.map.nodes[0].address, "node.info", [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -247,6 +248,24 @@ def test_two_nodes_cannot_share_a_data_directory(cluster: Cluster) -> None:
         str(cluster.secret_file),
     )
     assert_one_line_error(result, "is in use by another node")
+
+
+def test_a_node_started_with_other_members_stops_with_one_line(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """It would otherwise form a second cluster, with a placement and a meta group of its own."""
+    n1, n2 = cluster.nodes[0], cluster.nodes[1]
+    address = f"127.0.0.1:{free_ports(1)[0]}"
+    result = ringfs(
+        "node", "--name", "x", "--data", str(tmp_path / "x"), "--listen", address,
+        "--secret-file", str(cluster.secret_file),
+        "--cluster", f"n1={n1.address},n2={n2.address},x={address}",
+    )  # fmt: skip
+    assert_one_line_error(
+        result, "this node was started with members n1, n2, x, but the cluster agreed on n1, n2, n3"
+    )
+    first = cluster.status().splitlines()[0]  # the cluster goes on, named by its id
+    assert re.match(r"cluster [0-9a-f]{16}, map epoch 1, 3 nodes", first), first
 
 
 def test_a_storage_node_never_loads_the_fuse_client() -> None:

@@ -82,7 +82,8 @@ def test_the_first_map_founds_the_cluster_and_later_ones_keep_it() -> None:
     mine = ClusterMap(1, MEMBERS, 3)
     change = founding(mine, "c0ffee")
     founded, result = change(None)
-    assert founded == result == ClusterMap(1, MEMBERS, 3, "c0ffee").to_wire()
+    pinned = tuple(node.node_id for node in mine.meta_nodes())
+    assert founded == result == ClusterMap(1, MEMBERS, 3, "c0ffee", pinned).to_wire()
     other = founding(ClusterMap(1, MEMBERS[:2], 2), "beef")
     assert other(founded) == (founded, founded)
 
@@ -99,8 +100,12 @@ def test_a_map_with_other_members_or_replicas_disagrees() -> None:
     assert disagreement(agreed, ClusterMap(1, MEMBERS, 2)) == (
         "this node was started with 2 replicas, but the cluster agreed on 3"
     )
-    named = ClusterMap(1, MEMBERS, 3, "c0ffee")
+    named = ClusterMap(1, MEMBERS, 3, "c0ffee").pinned()
     assert disagreement(named, ClusterMap(1, MEMBERS, 3)) is None  # learns its id
-    assert disagreement(named, ClusterMap(1, MEMBERS, 3, "beef")) == (
+    elsewhere = ClusterMap(1, MEMBERS, 3, meta=("n3", "n1", "n2"))
+    assert disagreement(named, elsewhere) == (
+        "this node takes n3, n1, n2 for the meta group, but the cluster agreed on n2, n1, n3"
+    )
+    assert disagreement(named, ClusterMap(1, MEMBERS, 3, "beef").pinned()) == (
         "this node belongs to cluster beef, not c0ffee"
     )

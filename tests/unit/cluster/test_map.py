@@ -97,9 +97,29 @@ def test_wire_round_trip() -> None:
 
 
 def test_a_map_saved_before_cluster_ids_loads_without_one() -> None:
-    assert ClusterMap.from_wire(_drop("cluster")) == ClusterMap(3, _nodes(2))
-    named = ClusterMap(3, _nodes(2), cluster_id="c0ffee")
+    old = _drop("cluster")
+    del old["meta"]
+    assert ClusterMap.from_wire(old) == ClusterMap(3, _nodes(2))
+    named = ClusterMap(3, _nodes(2), cluster_id="c0ffee", meta=("n1",))
     assert ClusterMap.from_wire(named.to_wire()) == named
+
+
+def test_a_pinned_meta_group_stays_when_the_ring_changes() -> None:
+    five = ClusterMap(1, _nodes(5))
+    pinned = five.pinned()
+    assert [n.node_id for n in pinned.meta_nodes()] == [n.node_id for n in five.meta_nodes()]
+    heavier = tuple(
+        NodeInfo(n.node_id, n.host, n.port, weight=9.0) if n.node_id not in pinned.meta else n
+        for n in five.nodes
+    )
+    moved = ClusterMap(2, heavier)
+    assert moved.meta_nodes() != five.meta_nodes()  # the ring alone would move the group
+    kept = ClusterMap(2, heavier, meta=pinned.meta)
+    assert kept.meta_nodes() == pinned.meta_nodes()
+    with pytest.raises(ValueError, match="distinct members"):
+        ClusterMap(1, _nodes(3), meta=("n1", "n9"))
+    with pytest.raises(ValueError, match="distinct members"):
+        ClusterMap(1, _nodes(3), meta=("n1", "n1"))
 
 
 def _wire() -> dict[str, Any]:
@@ -134,6 +154,8 @@ def _set_node(key: str, value: object) -> dict[str, Any]:
         _set("epoch", True),
         _set("epoch", -1),
         _set("cluster", 5),
+        _set("meta", "n1"),
+        _set("meta", ["n9"]),
         _set("replicas", 0),
         _set("nodes", {}),
         _set("nodes", ["n1"]),
