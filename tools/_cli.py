@@ -27,7 +27,7 @@ from ringfs.node.errors import (
     Unavailable,
 )
 from ringfs.tools import background
-from ringfs.tools.args import UserError, reserve, seconds, size
+from ringfs.tools.args import UserError, node_count, reserve, seconds, size
 
 log = logging.getLogger("ringfs")
 
@@ -106,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         type=Path,
         help="data directory (default: $XDG_DATA_HOME/ringfs, or ~/.local/share/ringfs)",
+    )
+    up.add_argument(
+        "--nodes",
+        type=node_count,
+        metavar="N",
+        help="nodes to start, 1 to 16 (default: as many as the data directory holds, or 3 "
+        "for a new one)",
     )
     _add_mount_options(up)
 

@@ -81,6 +81,17 @@ def seconds(text: str) -> float:
     return value
 
 
+#: Most nodes `ringfs up` starts on one machine.
+MAX_LOCAL_NODES = 16
+
+
+def node_count(text: str) -> int:
+    """'5' -> 5: how many local nodes `ringfs up` starts."""
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LOCAL_NODES:
+        raise argparse.ArgumentTypeError(f"not a node count from 1 to {MAX_LOCAL_NODES}: {text!r}")
+    return int(text)
+
+
 def cluster_access(args: argparse.Namespace) -> tuple[tuple[str, ...], bytes]:
     """The node addresses and secret of `--cluster`/`--secret-file`, or else of the local
     cluster of `ringfs up` in `--data` (or the default data directory)."""

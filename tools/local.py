@@ -1,10 +1,10 @@
-"""The embedded default: a local 3-node cluster on loopback, mounted, in one command.
+"""The embedded default: a local cluster on loopback, mounted, in one command.
 
-`ringfs up MOUNTPOINT` starts three `ringfs node` processes (data under the user's data
-directory, or `--data`), mounts them, and stays in the background until the filesystem is
-unmounted with `fusermount3 -u`; then it stops the nodes. Run again on the same data, it
-finds the same files: nodes are named n1..n3 and the ring places by name, so new ports on
-the next run change nothing.
+`ringfs up MOUNTPOINT` starts three `ringfs node` processes (`--nodes N` for more; data under
+the user's data directory, or `--data`), mounts them, and stays in the background until the
+filesystem is unmounted with `fusermount3 -u`; then it stops the nodes. Run again on the same
+data, it finds the same files: nodes are named n1, n2, ... and the ring places by name, so new
+ports on the next run change nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 from ringfs.tools.background import StartError
 
 HOST = "127.0.0.1"
+#: Nodes `ringfs up` starts on a new data directory.
 NODE_COUNT = 3
 STATE_FILE = "up.json"
 SECRET_FILE = "secret"
@@ -52,6 +53,19 @@ class LocalCluster:
     @property
     def log_file(self) -> Path:
         return self.data_dir / "ringfs.log"
+
+    def node_count(self, asked: int | None) -> int:
+        """How many nodes to start: as many as the data directory holds (a cluster's members
+        are fixed when it is founded), `asked` or `NODE_COUNT` for a new one.
+
+        Raises `StartError` when `asked` is not what the data directory holds."""
+        held = sum(1 for path in self.data_dir.glob("n*/cluster.json") if path.is_file())
+        if held and asked not in (None, held):
+            raise StartError(
+                f"{self.data_dir} holds a cluster of {held} nodes, not {asked}: a cluster's "
+                "members are fixed when it is first started"
+            )
+        return held or asked or NODE_COUNT
 
     def members(self) -> str | None:
         """The `--cluster` spec of the last run, if any (for `ringfs status`)."""
@@ -108,12 +122,12 @@ def _die_with_parent() -> None:
 
 
 @contextlib.contextmanager
-def running_nodes(cluster: LocalCluster, debug: bool = False) -> Iterator[str]:
-    """Start the local nodes, yield the `--cluster` spec once all listen, stop them after.
+def running_nodes(cluster: LocalCluster, count: int, debug: bool = False) -> Iterator[str]:
+    """Start `count` local nodes, yield the `--cluster` spec once all listen, stop them after.
 
     Raises `StartError` if a node fails to start (its log says why).
     """
-    spec = node_spec(NODE_COUNT)
+    spec = node_spec(count)
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for name in spec_names(spec):

@@ -68,16 +68,17 @@ def up(args: argparse.Namespace) -> int:
         args.options = [*(args.options or []), "allow_other"]
     cluster = LocalCluster((args.data or default_data_dir()).absolute())
     mountpoint = checks.mountpoint(args.mountpoint)
+    count = cluster.node_count(args.nodes)
     secret = ensure_secret(cluster.secret_file)
     if not args.foreground:
-        _in_background(args, ["up", str(mountpoint), "--data", str(cluster.data_dir)],
-                       cluster.log_file)  # fmt: skip
+        argv = ["up", str(mountpoint), "--data", str(cluster.data_dir), "--nodes", str(count)]
+        _in_background(args, argv, cluster.log_file)
         print(
             f"ringfs is mounted on {mountpoint} (data in {cluster.data_dir}); "
             f"unmount with: fusermount3 -u {mountpoint}"
         )
         return 0
-    with running_nodes(cluster, debug=args.debug) as spec:
+    with running_nodes(cluster, count, debug=args.debug) as spec:
         config = _config(checks.seeds(spec), secret, mountpoint, args)
         trio.run(_mount_and_report, config, args.ready_fd)
     return 0

@@ -67,8 +67,8 @@ class Up:
         self.data = data
         self.mountpoint = mountpoint
 
-    def start(self) -> None:
-        result = ringfs("up", str(self.mountpoint), "--data", str(self.data))
+    def start(self, *options: str) -> None:
+        result = ringfs("up", str(self.mountpoint), "--data", str(self.data), *options)
         assert result.returncode == 0, result.stderr
         assert os.path.ismount(self.mountpoint)
 
@@ -115,6 +115,27 @@ def test_up_again_finds_the_same_files(up: Up, tmp_path: Path) -> None:
     up.start()
     assert (up.mountpoint / "dir" / "file").read_bytes() == payload
     assert os.readlink(up.mountpoint / "link") == "dir/file"
+    up.stop()
+
+
+@pytest.mark.fuse
+def test_up_starts_as_many_nodes_as_asked_and_keeps_them(up: Up) -> None:
+    up.start("--nodes", "5")
+    payload = os.urandom(3 * 1024 * 1024)
+    (up.mountpoint / "file").write_bytes(payload)
+    status = ringfs("status", "--data", str(up.data))
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.count(" up ") == 5
+    roles = re.findall(r"\smeta (?:leader|follower)$", status.stdout, re.MULTILINE)
+    assert len(roles) == 3  # a meta group of three among the five
+    up.stop()
+    assert not _processes_using(up.data)
+
+    refused = ringfs("up", str(up.mountpoint), "--data", str(up.data), "--nodes", "3")
+    assert_one_line_error(refused, "holds a cluster of 5 nodes, not 3")
+    up.start()  # as many as it holds
+    assert (up.mountpoint / "file").read_bytes() == payload
+    assert ringfs("status", "--data", str(up.data)).stdout.count(" up ") == 5
     up.stop()
 
 
