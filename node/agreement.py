@@ -30,12 +30,11 @@ ROUND = 30.0
 
 def founding(mine: ClusterMap, cluster_id: str) -> Change:
     """The change each node proposes at start: found the cluster with `mine` as cluster
-    `cluster_id` if nothing is agreed yet; either way, its result is what is agreed."""
+    `cluster_id` if nothing is agreed yet, else keep what is."""
     founded = dataclasses.replace(mine.pinned(), cluster_id=cluster_id).to_wire()
 
     def change(current: Any) -> tuple[Any, Any]:
-        agreed = founded if current is None else current
-        return agreed, agreed
+        return (founded if current is None else current), None
 
     return change
 
@@ -77,7 +76,7 @@ async def agree_on_map(register: NodeRegister, mine: ClusterMap) -> ClusterMap:
     change = founding(mine, mine.cluster_id or os.urandom(8).hex())
     while True:
         try:
-            value = await register.propose(change, trio.current_time() + ROUND)
+            _, value = await register.propose(change, trio.current_time() + ROUND)
         except (Unavailable, InDoubt) as exc:
             log.info("cluster map: not agreed yet (%s); asking again", exc)
             continue

@@ -206,11 +206,17 @@ class NodeRegister:
 
     # -- proposer --------------------------------------------------------------------------
 
-    async def propose(self, change: Change, deadline: float) -> Any:
-        """Apply `change` to the register and return its result; retries with higher ballots
-        until `deadline` (trio time), then raises Unavailable. Raises InDoubt (see
-        `ringfs.node.cluster.paxos`) if a retry cannot tell whether it was applied."""
-        change_id = os.urandom(8).hex()
+    async def read(self, deadline: float) -> Any:
+        """The register's value, as a majority holds it (see `propose`)."""
+        _, value = await self.propose(lambda value: (value, None), deadline, read=True)
+        return value
+
+    async def propose(self, change: Change, deadline: float, read: bool = False) -> tuple[Any, Any]:
+        """Apply `change` to the register; return its result and the register's value after
+        it. Retries with higher ballots until `deadline` (trio time), then raises Unavailable.
+        Raises InDoubt (see `ringfs.node.cluster.paxos`) if a retry cannot tell whether it was
+        applied. With `read`, the value is kept and the change only gives the result."""
+        change_id = "" if read else os.urandom(8).hex()
         above: Ballot | None = None
         sent: int | None = None
         while trio.current_time() < deadline:
@@ -227,7 +233,7 @@ class NodeRegister:
                 above = conflict.seen
             sent = proposal.sent
             if proposal.done:
-                return proposal.result
+                return proposal.result, proposal.value.value
             await trio.sleep(self._rng.uniform(0, BACKOFF))
         raise Unavailable("the cluster map register (no majority of its acceptors answered)")
 

@@ -218,8 +218,9 @@ class Proposal:
     `start` gives the prepares; `receive` takes each answer and gives what to send next.
     `done` is set once a majority accepted (then `result` is the change's answer and `value`
     the register's new `Register`); a `Reject` raises Conflict. `change_id` names the change
-    in every attempt of it; `sent_since` is the lowest serial an earlier attempt of it could
-    have been applied at (see `sent`), None if none sent a value.
+    in every attempt of it ("" for a read: the value is accepted again as it is, which makes
+    it the register's for sure, and nothing is recorded); `sent_since` is the lowest serial an
+    earlier attempt of it could have been applied at (see `sent`), None if none sent a value.
     """
 
     def __init__(
@@ -278,7 +279,9 @@ class Proposal:
         apply the change to it, unless it was applied already."""
         current: Register = max(self._promises.values(), key=lambda p: p.accepted).value
         applied, result = current.result_of(self.change_id)
-        if applied:
+        if not self.change_id:  # a read: the value stays, and nothing is recorded
+            self.value, self.result = current, self.change(current.value)[1]
+        elif applied:
             self.value, self.result = current, result
         elif self.sent_since is None or current.remembers_since(self.sent_since):
             value, self.result = self.change(current.value)

@@ -97,12 +97,14 @@ async def test_changes_from_several_proposers_apply_one_after_another(
     async def proposer(name: str) -> None:
         mine = register(name)
         for _ in range(5):
-            results.append(await mine.propose(count, trio.current_time() + 20))
+            result, value = await mine.propose(count, trio.current_time() + 20)
+            assert value["epoch"] >= result
+            results.append(result)
 
     async with trio.open_nursery() as proposers:
         for number in range(4):
             proposers.start_soon(proposer, f"p{number}")
     first = before["epoch"] + 1
     assert sorted(results) == list(range(first, first + 20))  # each applied once, none lost
-    read = await register("reader").propose(lambda value: (value, value), trio.current_time() + 20)
+    read = await register("reader").read(trio.current_time() + 20)
     assert read == {**before, "epoch": first + 19}

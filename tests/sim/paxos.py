@@ -194,12 +194,13 @@ class _Node:
         if attempt.proposal.done:
             attempt.finished.set()
 
-    async def propose(self, change: Change) -> Any:
-        """Apply `change` to the register; retries with higher ballots until it is done.
-        Raises Crashed if this node crashed meanwhile, InDoubt if a retry cannot tell."""
+    async def propose(self, change: Change, read: bool = False) -> Any:
+        """Apply `change` to the register (only ask, with `read`); retries with higher
+        ballots until it is done. Raises Crashed if this node crashed meanwhile, InDoubt if a
+        retry cannot tell."""
         above: Ballot | None = None
         incarnation = self.incarnation
-        change_id = f"{self.node_id}.{incarnation}.{next(self._changes)}"
+        change_id = "" if read else f"{self.node_id}.{incarnation}.{next(self._changes)}"
         sent: int | None = None
         while True:
             if not self.up or self.incarnation != incarnation:
@@ -325,7 +326,7 @@ class _Sim:
             issued += 1
             result, known = None, False
             try:
-                result = await node.propose(change)
+                result = await node.propose(change, read=kind == READ)
                 known = True
             except (Crashed, InDoubt):
                 issued -= until is None

@@ -128,3 +128,13 @@ def test_the_next_attempt_knows_what_earlier_ones_sent() -> None:
     assert first.sent == 3  # it would be change 3
     later = Proposal("p", NODES, Ballot(2, "p"), incr, "c1", sent_since=first.sent)
     assert later.sent == 3
+
+
+def test_a_read_keeps_the_value_and_records_nothing() -> None:
+    ballot = Ballot(3, "p")
+    current = Register(7, "map", (("c1", 1),))
+    read = Proposal("p", NODES, ballot, lambda value: (value, f"saw {value}"), "")
+    read.receive(promise("a", ballot, Ballot(2, "q"), current))
+    accepts = read.receive(promise("b", ballot, Ballot(1, "q"), Register()))
+    assert [a.value for a in accepts] == [current] * 3  # accepted again as it is
+    assert read.result == "saw map"
