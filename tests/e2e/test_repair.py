@@ -145,6 +145,7 @@ def test_a_deleted_gigabyte_gives_its_space_back_on_every_node(
         cluster.start(node)
     mount = mount_factory()
     (mount.path / "small").write_bytes(os.urandom(5_000_000))
+    repair_wait(cluster)  # its third copies too: the close returned once two were stored
     before = [stored_bytes(node.data) for node in cluster.nodes]
     source = tmp_path / "gigabyte"
     with open(source, "wb") as out:
@@ -157,8 +158,8 @@ def test_a_deleted_gigabyte_gives_its_space_back_on_every_node(
     (mount.path / "big").unlink()
 
     deadline = time.monotonic() + 60
-    while [stored_bytes(node.data) for node in cluster.nodes] != before:
-        assert time.monotonic() < deadline, "the space did not come back"
+    while (now := [stored_bytes(node.data) for node in cluster.nodes]) != before:
+        assert time.monotonic() < deadline, f"the space did not come back: {now} != {before}"
         time.sleep(0.2)
 
 
