@@ -45,6 +45,9 @@ from ringfs.node.rpc.client import ClientConfig, NodePool
 
 log = logging.getLogger(__name__)
 
+#: Seconds between two looks at the cluster map by a mount.
+MAP_FOLLOW_INTERVAL = 5.0
+
 
 @dataclass(frozen=True)
 class ClusterConfig:
@@ -122,6 +125,31 @@ class Cluster:
 
     async def aclose(self) -> None:
         await self.pool.aclose()
+
+    async def follow_map(self) -> None:
+        """Ask a node for the cluster map every `MAP_FOLLOW_INTERVAL` seconds, until
+        cancelled, and go by a newer one (of the same cluster): a node's new address, or a
+        new placement, reaches this client without a remount."""
+        while True:
+            await trio.sleep(MAP_FOLLOW_INTERVAL)
+            for address in self.pool.order([node.address for node in self.map.nodes]):
+                try:
+                    found = ClusterMap.from_wire(await self.pool.call(address, "map.get", []))
+                except (Unavailable, NodeError):
+                    continue
+                if self._newer(found):
+                    log.info("cluster map epoch %d (was %d)", found.epoch, self.map.epoch)
+                    self.map = found
+                    self.config.client.identity.cluster_id = found.cluster_id
+                break
+
+    def _newer(self, found: ClusterMap) -> bool:
+        """Whether `found` is a later map of this client's cluster: a higher epoch, or the
+        first one named after the nodes agreed (the map this client started with may be
+        older than the agreement)."""
+        if self.map.cluster_id not in ("", found.cluster_id):
+            return False
+        return found.epoch > self.map.epoch or (not self.map.cluster_id and found.cluster_id != "")
 
     # -- blocks ------------------------------------------------------------------------------
 

@@ -145,6 +145,7 @@ async def create_operations(
     )
     operations = Operations(cluster, files, config.times, kernel)
     nursery.start_soon(meta.behind.run, name="write-behind")
+    nursery.start_soon(cluster.follow_map, name="map")
     nursery.start_soon(
         follow_changes, cluster, cache, operations.changed_elsewhere, meta.behind.recall
     )

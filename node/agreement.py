@@ -1,11 +1,15 @@
-"""Agreeing on the cluster map: the first map the register holds is the cluster's.
+"""Agreeing on the cluster map, and following it: the register holds the cluster's map.
 
 Each node, when it starts, proposes to the register (`ringfs.node.register`) a change that
 founds the cluster with the map it was started with, under a new random cluster id, if the
 register is still empty, and otherwise keeps what is there. Every node thus learns the one map
 the cluster agreed on and its id. One started with other members or replication settings stops
 with a clear error instead of forming a second cluster with its own placement and its own
-metadata group.
+metadata group. A node started with new member addresses (`--cluster`) proposes them, so a
+cluster moved to other ports or hosts agrees on where its nodes are. From then on the node
+goes by the register's map, and reads it again every `FOLLOW_INTERVAL` seconds to follow its
+changes. An operator's change (`map.change`) is proposed by the node asked, as a function of
+the map the register holds when it is decided.
 """
 
 from __future__ import annotations
@@ -13,19 +17,25 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import trio
 
-from ringfs.node.cluster.map import ClusterMap
+from ringfs.node.cluster.changes import change_map
+from ringfs.node.cluster.map import ClusterMap, MapView
 from ringfs.node.cluster.paxos import Change, InDoubt
 from ringfs.node.errors import ConfigError, NodeError, Unavailable
 from ringfs.node.register import NodeRegister
+from ringfs.node.rpc.protocol import ClusterIdentity
 
 log = logging.getLogger(__name__)
 
 #: Seconds one round of proposals may take before the node says it is still waiting.
 ROUND = 30.0
+#: Seconds between two reads of the register by a node that follows it.
+FOLLOW_INTERVAL = 5.0
 
 
 def founding(mine: ClusterMap, cluster_id: str) -> Change:
@@ -35,6 +45,30 @@ def founding(mine: ClusterMap, cluster_id: str) -> Change:
 
     def change(current: Any) -> tuple[Any, Any]:
         return (founded if current is None else current), None
+
+    return change
+
+
+def readdress(given: ClusterMap) -> Change:
+    """The change a node started with `--cluster` proposes: the addresses it was given, in a
+    new epoch, unless the map has them already (or is no map: then it is left alone)."""
+    addresses = {node.node_id: (node.host, node.port) for node in given.nodes}
+
+    def change(current: Any) -> tuple[Any, Any]:
+        try:
+            cmap = ClusterMap.from_wire(current)
+        except NodeError:
+            return current, None
+        nodes = tuple(
+            dataclasses.replace(node, host=host, port=port)
+            if (host, port) != (node.host, node.port)
+            else node
+            for node in cmap.nodes
+            for host, port in [addresses.get(node.node_id, (node.host, node.port))]
+        )
+        if nodes == cmap.nodes:
+            return current, None
+        return dataclasses.replace(cmap, nodes=nodes, epoch=cmap.epoch + 1).to_wire(), None
 
     return change
 
@@ -89,3 +123,83 @@ async def agree_on_map(register: NodeRegister, mine: ClusterMap) -> ClusterMap:
             raise ConfigError(problem)
         log.info("cluster %s: map agreed (%d nodes)", agreed.cluster_id, len(agreed.nodes))
         return agreed
+
+
+def requested(operation: str, arguments: list[Any]) -> Change:
+    """An operator's change of the map (`ringfs.node.cluster.changes`), applied to whatever
+    map the register holds when it is decided; its result is why it could not be, if so."""
+
+    def change(current: Any) -> tuple[Any, Any]:
+        try:
+            cmap = ClusterMap.from_wire(current)
+            return change_map(cmap, operation, arguments).to_wire(), None
+        except (NodeError, ValueError) as exc:
+            return current, str(exc)
+
+    return change
+
+
+class MapKeeper:
+    """This node's side of the cluster map: it agrees on it at start, then goes by the
+    register's map, follows its changes, makes the changes operators ask for, and keeps the
+    map in the data directory (`path`)."""
+
+    def __init__(
+        self,
+        register: NodeRegister,
+        view: MapView,
+        identity: ClusterIdentity,
+        path: Path,
+        changed: Callable[[], object],
+    ) -> None:
+        """`changed` is called each time the node goes by a newer map."""
+        self.register = register
+        self.view = view
+        self.identity = identity
+        self.path = path
+        self.changed = changed
+
+    async def run(self, given: bool) -> None:
+        """Agree on the map (with the addresses of `view.current` if this node was `given`
+        them on its command line), then follow it until cancelled.
+
+        Raises ConfigError when the cluster agreed on another map (see `agree_on_map`)."""
+        agreed = await agree_on_map(self.register, self.view.current)
+        self.identity.cluster_id = agreed.cluster_id
+        while given:
+            try:
+                change = readdress(self.view.current)
+                _, value = await self.register.propose(change, trio.current_time() + ROUND)
+                agreed = ClusterMap.from_wire(value)
+                break
+            except (Unavailable, InDoubt) as exc:
+                log.info("cluster map: new addresses not agreed yet (%s); asking again", exc)
+        if agreed != self.view.current:
+            await self._adopt(agreed)
+        while True:
+            await trio.sleep(FOLLOW_INTERVAL)
+            try:
+                agreed = ClusterMap.from_wire(await self.register.read(trio.current_time() + ROUND))
+            except (Unavailable, NodeError) as exc:
+                log.debug("cluster map: not read (%s)", exc)
+                continue
+            if agreed.epoch > self.view.current.epoch:
+                await self._adopt(agreed)
+
+    async def change(self, operation: str, arguments: list[Any]) -> ClusterMap:
+        """Make an operator's change and go by the map it gives. Raises ValueError saying why
+        the change cannot be made, Unavailable when no majority of acceptors answers."""
+        deadline = trio.current_time() + ROUND
+        refusal, value = await self.register.propose(requested(operation, arguments), deadline)
+        if refusal is not None:
+            raise ValueError(refusal)
+        agreed = ClusterMap.from_wire(value)
+        if agreed.epoch > self.view.current.epoch:
+            await self._adopt(agreed)
+        return agreed
+
+    async def _adopt(self, cmap: ClusterMap) -> None:
+        log.info("cluster %s: going by map epoch %d", cmap.cluster_id, cmap.epoch)
+        self.view.current = cmap
+        self.changed()
+        await trio.to_thread.run_sync(cmap.save, self.path)

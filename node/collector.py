@@ -28,7 +28,7 @@ from typing import Any
 import trio
 
 from ringfs.node.blocks.gc import BATCH, LIST_LIMIT, GarbageClock, deleted_everywhere, interval
-from ringfs.node.cluster.map import ClusterMap, NodeInfo
+from ringfs.node.cluster.map import MapView, NodeInfo
 from ringfs.node.errors import NodeError, Unavailable
 from ringfs.node.meta.commands import Clients, Expire, ForgetGarbage, Garbage, decode_result
 from ringfs.node.meta.replica import ReplicatedMeta
@@ -49,13 +49,13 @@ class Collector:
         self,
         meta: ReplicatedMeta,
         pool: NodePool,
-        cmap: ClusterMap,
+        view: MapView,
         grace: float,
         mount_expiry: float = 600.0,
     ) -> None:
         self.meta = meta
         self.pool = pool
-        self.cmap = cmap
+        self.view = view
         self.clock = GarbageClock(grace)
         self.mount_expiry = mount_expiry
         self._failing: set[str] = set()
@@ -100,8 +100,9 @@ class Collector:
         due = self.clock.due(now)
         if not due:
             return False
-        confirmed = await self._delete(due, self.cmap.nodes)
-        done = deleted_everywhere(due, confirmed, [node.node_id for node in self.cmap.nodes])
+        nodes = self.view.current.nodes
+        confirmed = await self._delete(due, nodes)
+        done = deleted_everywhere(due, confirmed, [node.node_id for node in nodes])
         if done:
             outcome, _ = await self.meta.apply(ForgetGarbage(tuple(done)), None, None, None)
             if outcome.error is not None:

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import trio
 
-from ringfs.node.agreement import agree_on_map
+from ringfs.node.agreement import MapKeeper
 from ringfs.node.blocks.repair import RepairConfig
 from ringfs.node.blocks.scrub import ScrubConfig
 from ringfs.node.blocks.space import Reserve
 from ringfs.node.blocks.store import BlockStore
-from ringfs.node.cluster.map import ClusterMap, NodeInfo
+from ringfs.node.cluster.map import ClusterMap, MapView, NodeInfo
 from ringfs.node.collector import Collector
 from ringfs.node.errors import ConfigError
 from ringfs.node.meta.replica import ReplicatedMeta
@@ -159,6 +159,7 @@ def _exclusive(data_dir: Path) -> Iterator[None]:
 
 async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
     cmap = resolve_map(config)
+    view = MapView(cmap)
     store = BlockStore(config.data_dir / "store", config.reserve)
     identity = ClusterIdentity(cmap.cluster_id)
     server_config = ServerConfig(
@@ -176,7 +177,7 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
         client = ClientConfig(config.secret, ssl_context=config.ssl_context, identity=identity)
         peers = NodePool(client, nursery)
         if config.node_id in meta_group:
-            transport = RpcTransport(cmap, peers, nursery)
+            transport = RpcTransport(view, peers, nursery)
             meta = ReplicatedMeta(
                 config.node_id,
                 meta_group,
@@ -187,35 +188,33 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
             )
             await nursery.start(meta.run)
             log.info("node %s is in the meta group %s", config.node_id, ", ".join(meta_group))
-            collector = Collector(meta, peers, cmap, config.gc_grace, config.mount_expiry)
+            collector = Collector(meta, peers, view, config.gc_grace, config.mount_expiry)
             nursery.start_soon(collector.run, name="gc")
-        repairer = Repairer(config.node_id, store, peers, cmap, config.repair)
+        repairer = Repairer(config.node_id, store, peers, view, config.repair)
         scrubber = Scrubber(store, repairer, config.data_dir / SCRUB_FILE, config.scrub)
-        acceptors = {node.node_id: node.address for node in cmap.nodes}
-        register = NodeRegister(config.node_id, RegisterStore(config.data_dir), peers, acceptors)
+        register = NodeRegister(config.node_id, RegisterStore(config.data_dir), peers, view)
+        # A new map may place blocks elsewhere: repair moves them there.
+        keeper = MapKeeper(register, view, identity, config.data_dir / MAP_FILE, repairer.ask)
         service = NodeService(
-            config.node_id, cmap, identity, store, meta, repairer, scrubber, register, collector
+            config.node_id,
+            view,
+            identity,
+            store,
+            meta,
+            repairer,
+            scrubber,
+            register,
+            keeper,
+            collector,
         )
         port = await nursery.start(RpcServer(server_config, service.handle, service.notified).serve)
         nursery.start_soon(_count, store, name="count blocks")
         nursery.start_soon(repairer.run, name="repair")
         nursery.start_soon(scrubber.run, name="scrub")
         # Serving already: the other nodes' agreement needs this node's acceptor.
-        path = config.data_dir / MAP_FILE
-        nursery.start_soon(_join, register, cmap, service, path, name="map agreement")
+        given = config.members is not None
+        nursery.start_soon(keeper.run, given, name="cluster map")
         task_status.started(port)
-
-
-async def _join(register: NodeRegister, cmap: ClusterMap, service: NodeService, path: Path) -> None:
-    """Agree on the cluster map; from then on, refuse peers of other clusters (the server and
-    the peers' pool share the identity) and keep the cluster id and the pinned meta group in
-    `path`."""
-    agreed = await agree_on_map(register, cmap)
-    service.identity.cluster_id = agreed.cluster_id
-    if (cmap.cluster_id, cmap.meta) != (agreed.cluster_id, agreed.meta):
-        named = replace(cmap, cluster_id=agreed.cluster_id, meta=agreed.meta)
-        service.cmap = named
-        await trio.to_thread.run_sync(named.save, path)
 
 
 async def _count(store: BlockStore) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 import trio
 
+from ringfs.node.cluster.map import MapView
 from ringfs.node.cluster.paxos import (
     Accept,
     Accepted,
@@ -166,13 +167,13 @@ class NodeRegister:
         node_id: str,
         store: RegisterStore,
         pool: NodePool,
-        acceptors: dict[str, str],
+        view: MapView,
     ) -> None:
-        """`acceptors`: node id -> address of every acceptor, this node included."""
+        """The acceptors are the members of the map `view` goes by, this node included."""
         self.node_id = node_id
         self.store = store
         self.pool = pool
-        self.acceptors = acceptors
+        self.view = view
         self._acceptor = Acceptor(node_id, store.state)
         self._ballots = Ballots(node_id, store.counter)
         self._saving = trio.Lock()
@@ -223,9 +224,8 @@ class NodeRegister:
             async with self._saving:
                 ballot = self._ballots.next(above)
                 await self._save()  # the counter, before the ballot is used
-            proposal = Proposal(
-                self.node_id, tuple(self.acceptors), ballot, change, change_id, sent
-            )
+            acceptors = tuple(node.node_id for node in self.view.current.nodes)
+            proposal = Proposal(self.node_id, acceptors, ballot, change, change_id, sent)
             try:
                 with trio.move_on_at(min(deadline, trio.current_time() + ATTEMPT_TIMEOUT)):
                     await self._attempt(proposal)
@@ -274,6 +274,6 @@ class NodeRegister:
         else:
             method = "paxos.accept"
             params = [ballot_to_wire(message.ballot), register_to_wire(message.value)]
-        address = self.acceptors[message.dst]
+        address = self.view.current.node(message.dst).address
         wire = await self.pool.call(address, method, params, time_limit=ATTEMPT_TIMEOUT)
         return answer_from_wire(wire, message.dst, self.node_id, message.ballot)

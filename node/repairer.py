@@ -31,7 +31,7 @@ from ringfs.node.blocks.repair import (
     within,
 )
 from ringfs.node.blocks.store import BlockStore
-from ringfs.node.cluster.map import ClusterMap
+from ringfs.node.cluster.map import MapView
 from ringfs.node.cluster.ring import block_point
 from ringfs.node.errors import NOT_LEADER, NOT_META, NodeError, Unavailable
 from ringfs.node.meta.commands import Abandon, BlockRef, Blocks, Command, Query, decode_result
@@ -48,19 +48,19 @@ class Repairer:
         node_id: str,
         store: BlockStore,
         pool: NodePool,
-        cmap: ClusterMap,
+        view: MapView,
         config: RepairConfig,
     ) -> None:
         self.node_id = node_id
         self.store = store
         self.pool = pool
-        self.cmap = cmap
+        self.view = view
         self.config = config
         self.ledger = RepairLedger()
         self._bucket = TokenBucket(config.rate, burst=config.rate)
         self._asked = trio.Event()
         self._leader: str | None = None
-        self._arcs = cmap.arcs(node_id)
+        self._arcs = view.current.arcs(node_id)
         self._cursor: PassCursor | None = None
 
     @property
@@ -101,6 +101,7 @@ class Repairer:
         pass then ends incomplete (the fetches it started finish first).
         """
         record = self.ledger.begin(time.time())
+        self._arcs = self.view.current.arcs(self.node_id)  # the map may have changed
         cursor = self._cursor = PassCursor(self._arcs)
         log.debug("repair pass %d over %.0f%% of the ring", record.number, 100 * self.share)
         limiter = trio.CapacityLimiter(self.config.transfers)
@@ -184,7 +185,7 @@ class Repairer:
                 _, mine = await trio.to_thread.run_sync(self.store.get, block_id)
             except NodeError:
                 return  # gone meanwhile, or corrupt (and quarantined by the read)
-            for node in self.cmap.placement(block_id):
+            for node in self.view.current.placement(block_id):
                 try:
                     theirs = await self.pool.call(node.address, "block.verify", [block_id])
                 except (Unavailable, NodeError):
@@ -200,8 +201,12 @@ class Repairer:
     async def _fetch(self, ref: BlockRef, limiter: trio.CapacityLimiter) -> None:
         """Copy one block here from a node that has a good copy."""
         try:
-            sources = [n for n in self.cmap.placement(ref.block_id) if n.node_id != self.node_id]
-            sources += [n for n in self.cmap.fallbacks(ref.block_id) if n.node_id != self.node_id]
+            sources = [
+                n for n in self.view.current.placement(ref.block_id) if n.node_id != self.node_id
+            ]
+            sources += [
+                n for n in self.view.current.fallbacks(ref.block_id) if n.node_id != self.node_id
+            ]
             for node in sources:
                 try:
                     data, stored = await self.pool.call(node.address, "block.get", [ref.block_id])
@@ -235,7 +240,7 @@ class Repairer:
         return decode_result(command, result)
 
     async def _meta_call(self, method: str, params: list[Any]) -> Any:
-        members = {node.node_id: node.address for node in self.cmap.meta_nodes()}
+        members = {node.node_id: node.address for node in self.view.current.meta_nodes()}
         order = sorted(members.values(), key=lambda address: address != self._leader)
         tried: list[str] = []
         while order:

@@ -14,11 +14,13 @@ from typing import Any
 
 import trio
 
+from ringfs.node.agreement import MapKeeper
 from ringfs.node.blocks.space import Capacity
 from ringfs.node.blocks.store import BlockStore, validate_block_id
-from ringfs.node.cluster.map import ClusterMap
+from ringfs.node.cluster.map import MapView
+from ringfs.node.cluster.paxos import InDoubt
 from ringfs.node.collector import Collector
-from ringfs.node.errors import CORRUPT, NOT_META, NodeError
+from ringfs.node.errors import CORRUPT, NOT_META, NodeError, Unavailable
 from ringfs.node.meta.commands import command_from_wire, encode_result, query_from_wire
 from ringfs.node.meta.replica import ReplicatedMeta
 from ringfs.node.raft.core import SnapshotRequest, message_from_wire
@@ -68,23 +70,25 @@ class NodeService:
     def __init__(
         self,
         node_id: str,
-        cmap: ClusterMap,
+        view: MapView,
         identity: ClusterIdentity,
         store: BlockStore,
         meta: ReplicatedMeta | None,
         repairer: Repairer,
         scrubber: Scrubber,
         register: NodeRegister,
+        keeper: MapKeeper,
         collector: Collector | None = None,
     ) -> None:
         self.node_id = node_id
-        self.cmap = cmap
+        self.view = view
         self.identity = identity
         self.store = store
         self.meta = meta
         self.repairer = repairer
         self.scrubber = scrubber
         self.register = register
+        self.keeper = keeper
         self.collector = collector
         # Disk writes at once: more only queue in the kernel and stretch every fsync.
         self._disk = trio.CapacityLimiter(4)
@@ -93,6 +97,7 @@ class NodeService:
             "node.stats": self.node_stats,
             "node.capacity": self.node_capacity,
             "map.get": self.map_get,
+            "map.change": self.map_change,
             "block.put": self.block_put,
             "block.get": self.block_get,
             "block.verify": self.block_verify,
@@ -127,7 +132,11 @@ class NodeService:
 
     async def node_info(self, params: list[Any]) -> dict[str, Any]:
         _arity(params, 0, "node.info")
-        return {"node_id": self.node_id, "protocol": PROTOCOL_VERSION, "epoch": self.cmap.epoch}
+        return {
+            "node_id": self.node_id,
+            "protocol": PROTOCOL_VERSION,
+            "epoch": self.view.current.epoch,
+        }
 
     async def node_stats(self, params: list[Any]) -> dict[str, Any]:
         _arity(params, 0, "node.stats")
@@ -151,7 +160,18 @@ class NodeService:
 
     async def map_get(self, params: list[Any]) -> dict[str, Any]:
         _arity(params, 0, "map.get")
-        return self.cmap.to_wire()
+        return self.view.current.to_wire()
+
+    async def map_change(self, params: list[Any]) -> dict[str, Any]:
+        operation, arguments = _arity(params, 2, "map.change")
+        if not isinstance(operation, str) or not isinstance(arguments, list):
+            raise NodeError("EINVAL", "map.change takes [operation, [argument...]]")
+        try:
+            return (await self.keeper.change(operation, arguments)).to_wire()
+        except ValueError as exc:
+            raise NodeError("EINVAL", str(exc)) from None
+        except (Unavailable, InDoubt) as exc:  # no majority of the register's acceptors
+            raise NodeError("EAGAIN", str(exc)) from None
 
     async def block_put(self, params: list[Any]) -> None:
         block_id, checksum, data = _arity(params, 3, "block.put")
@@ -198,7 +218,7 @@ class NodeService:
 
     def _meta(self) -> ReplicatedMeta:
         if self.meta is None:
-            holder = self.cmap.meta_nodes()[0].node_id
+            holder = self.view.current.meta_nodes()[0].node_id
             raise NodeError(NOT_META, holder)
         return self.meta
 

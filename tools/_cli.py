@@ -40,6 +40,7 @@ HANDLERS = {
     "node": ("serve", "node"),
     "status": ("ctl", "status"),
     "repair": ("ctl", "repair"),
+    "weight": ("ctl", "weight"),
     "bench": ("bench", "main"),
     "latency": ("latency", "main"),
 }
@@ -244,6 +245,21 @@ def build_parser() -> argparse.ArgumentParser:
     repair.add_argument("--cluster", metavar="HOST:PORT[,...]")
     repair.add_argument("--secret-file", type=Path)
     repair.add_argument("--data", type=Path, help="data directory of `ringfs up`")
+
+    weight = sub.add_parser(
+        "weight",
+        help="change a node's weight: its share of the data",
+        description="Give NODE a share of the ring, and so of the blocks, in proportion to "
+        "WEIGHT (every node starts with 1). The change is agreed by the cluster's nodes and "
+        "each of them goes by it within seconds; their repair passes then move the blocks to "
+        "where the new placement wants them (see `ringfs status`). Without --cluster, changes "
+        "the local cluster of `ringfs up`.",
+    )
+    weight.add_argument("node", help="the node's id")
+    weight.add_argument("weight", type=float, help="a number above 0, at most 100")
+    weight.add_argument("--cluster", metavar="HOST:PORT[,...]")
+    weight.add_argument("--secret-file", type=Path)
+    weight.add_argument("--data", type=Path, help="data directory of `ringfs up`")
 
     bench = sub.add_parser(
         "bench",

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import trio
 
 from ringfs.fs.cluster import Cluster, ClusterConfig
-from ringfs.node.cluster.map import NodeInfo
+from ringfs.node.cluster.map import ClusterMap, NodeInfo
 from ringfs.node.errors import NodeError, Unavailable
 from ringfs.node.meta.commands import FsInfo, FsStats
 from ringfs.node.rpc.client import ClientConfig
@@ -130,6 +130,37 @@ def _scrub_line(node_id: str, scrub: dict[str, Any]) -> str:
             f"{scrub['last_corrupt']} corrupt"
         )
     return line
+
+
+def weight(args: argparse.Namespace) -> int:
+    seeds, secret = cluster_access(args)
+    cmap = trio.run(_change_map, seeds, secret, "weight", [args.node, args.weight])
+    print(f"cluster map epoch {cmap.epoch}: {args.node} has weight {args.weight:g}")
+    return 0
+
+
+async def _change_map(
+    seeds: tuple[str, ...], secret: bytes, operation: str, arguments: list[Any]
+) -> ClusterMap:
+    """Have a node make the change; the map it gives. Raises NodeError (EINVAL: the change
+    cannot be made, and why), Unavailable when no node could."""
+    config = ClusterConfig(seeds=seeds, client=ClientConfig(secret=secret, connect_timeout=2.0))
+    async with trio.open_nursery() as nursery:
+        cluster = await Cluster.create(config, nursery=nursery)
+        try:
+            tried = []
+            for node in cluster.map.nodes:
+                tried.append(node.address)
+                try:
+                    params = [operation, arguments]
+                    wire = await cluster.pool.call(node.address, "map.change", params, 40.0)
+                except Unavailable:
+                    continue
+                return ClusterMap.from_wire(wire)
+            raise Unavailable("the cluster map (no node made the change)", tried)
+        finally:
+            await cluster.aclose()
+            nursery.cancel_scope.cancel()
 
 
 def repair(args: argparse.Namespace) -> int:

@@ -231,6 +231,15 @@ class ClusterMap:
         return cls.from_wire(obj)
 
 
+class MapView:
+    """The map a node goes by now. It is replaced whole when the cluster agrees on a newer
+    one, so every part of the node reads `current` each time it places something, instead
+    of keeping a map of its own."""
+
+    def __init__(self, cmap: ClusterMap) -> None:
+        self.current = cmap
+
+
 def parse_members(spec: str) -> tuple[NodeInfo, ...]:
     """Parse "n1=127.0.0.1:7001,n2=[::1]:7002" into up nodes of weight 1.
 

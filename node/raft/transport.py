@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from ringfs.node.cluster.map import ClusterMap
+from ringfs.node.cluster.map import MapView
 from ringfs.node.errors import NodeError, Unavailable
 from ringfs.node.raft import images
 from ringfs.node.raft.core import Message, SnapshotRequest, message_to_wire
@@ -39,15 +39,15 @@ MAX_QUEUED = 64
 class RpcTransport:
     """`Transport` for `RaftNode`: never blocks the Raft loop, never raises for the network."""
 
-    def __init__(self, cmap: ClusterMap, pool: NodePool, nursery: trio.Nursery) -> None:
-        self._cmap = cmap
+    def __init__(self, view: MapView, pool: NodePool, nursery: trio.Nursery) -> None:
+        self._view = view
         self._pool = pool
         self._nursery = nursery
         self._outboxes: dict[str, _Outbox] = {}
 
     def send(self, message: Message, snapshot: Path | None = None) -> None:
         try:
-            address = self._cmap.node(message.dst).address
+            address = self._view.current.node(message.dst).address
         except KeyError:
             log.warning("raft message to %r dropped: not in the cluster map", message.dst[:64])
             return

@@ -3,14 +3,15 @@ started with other members stops, and proposals from several places apply one af
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from ringfs.node import daemon
-from ringfs.node.cluster.map import ClusterMap, parse_members
+from ringfs.node import agreement, daemon
+from ringfs.node.cluster.map import ClusterMap, MapView, parse_members
 from ringfs.node.errors import ConfigError, Unavailable
 from ringfs.node.register import NodeRegister, RegisterStore
 from ringfs.node.rpc.client import ClientConfig, NodePool
@@ -32,6 +33,15 @@ async def wait_agreed(nodes: LocalNodes) -> dict[str, Any]:
     return values
 
 
+async def wait_kept(nodes: LocalNodes, cmap: ClusterMap) -> None:
+    """Until every node goes by `cmap`: it keeps the map it goes by in its data directory."""
+    with trio.fail_after(20):
+        while any(  # noqa: ASYNC110
+            ClusterMap.load(nodes.root / name / "cluster.json") != cmap for name in nodes.configs
+        ):
+            await trio.sleep(0.05)
+
+
 async def test_the_nodes_agree_on_one_map(
     tmp_path: Path, nursery: trio.Nursery, expected_logs: list[str]
 ) -> None:
@@ -43,12 +53,7 @@ async def test_the_nodes_agree_on_one_map(
     assert list(values.values()) == [founded.to_wire()] * 3
 
     # Each node keeps the id, names it in map.get, and refuses clients of other clusters.
-    def kept(name: str) -> ClusterMap:
-        return ClusterMap.load(nodes.root / name / "cluster.json")
-
-    with trio.fail_after(10):
-        while any(kept(name) != founded for name in nodes.configs):  # noqa: ASYNC110
-            await trio.sleep(0.05)
+    await wait_kept(nodes, founded)
     client = await nodes.client()
     assert client.map == founded
     stranger = NodePool(ClientConfig(SECRET, identity=ClusterIdentity("another")), nursery)
@@ -81,7 +86,7 @@ async def test_changes_from_several_proposers_apply_one_after_another(
 ) -> None:
     nodes = await start_nodes(tmp_path, nursery)
     before = (await wait_agreed(nodes))["n1"]
-    acceptors = {name: f"127.0.0.1:{config.port}" for name, config in nodes.configs.items()}
+    view = MapView(nodes.map)
 
     def count(value: Any) -> tuple[Any, Any]:  # a change of the map: the next epoch
         after = value["epoch"] + 1
@@ -92,7 +97,7 @@ async def test_changes_from_several_proposers_apply_one_after_another(
 
     def register(name: str) -> NodeRegister:
         (tmp_path / name).mkdir()
-        return NodeRegister(name, RegisterStore(tmp_path / name), pool, acceptors)
+        return NodeRegister(name, RegisterStore(tmp_path / name), pool, view)
 
     async def proposer(name: str) -> None:
         mine = register(name)
@@ -108,3 +113,51 @@ async def test_changes_from_several_proposers_apply_one_after_another(
     assert sorted(results) == list(range(first, first + 20))  # each applied once, none lost
     read = await register("reader").read(trio.current_time() + 20)
     assert read == {**before, "epoch": first + 19}
+
+
+async def test_the_nodes_follow_the_registers_map(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(agreement, "FOLLOW_INTERVAL", 0.2)
+    nodes = await start_nodes(tmp_path, nursery)
+    await wait_agreed(nodes)
+    (tmp_path / "operator").mkdir()
+    pool = NodePool(ClientConfig(SECRET), nursery)
+    operator = NodeRegister(
+        "operator", RegisterStore(tmp_path / "operator"), pool, MapView(nodes.map)
+    )
+
+    def heavier_n3(value: Any) -> tuple[Any, Any]:
+        cmap = ClusterMap.from_wire(value)
+        nodes_ = tuple(
+            dataclasses.replace(n, weight=2.0) if n.node_id == "n3" else n for n in cmap.nodes
+        )
+        return dataclasses.replace(cmap, nodes=nodes_, epoch=cmap.epoch + 1).to_wire(), None
+
+    _, changed = await operator.propose(heavier_n3, trio.current_time() + 20)
+    expected = ClusterMap.from_wire(changed)
+    assert expected.epoch == 2
+    client = await nodes.client()
+    await wait_kept(nodes, expected)
+    for node in client.map.nodes:
+        told = await client.pool.call(node.address, "map.get", [])
+        assert ClusterMap.from_wire(told) == expected
+
+
+async def test_nodes_started_with_new_addresses_agree_on_them(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    nodes = await start_nodes(tmp_path, nursery)
+    before = ClusterMap.from_wire((await wait_agreed(nodes))["n1"])
+    for name in list(nodes.configs):
+        await nodes.stop(name)
+    ports = free_ports(3)
+    members = parse_members(",".join(f"n{i + 1}=127.0.0.1:{p}" for i, p in enumerate(ports)))
+    for name, config in list(nodes.configs.items()):
+        port = ports[int(name[1:]) - 1]
+        nodes.configs[name] = dataclasses.replace(config, port=port, members=members)
+        await nodes.start(name)
+    moved = dataclasses.replace(before, nodes=members, epoch=before.epoch + 1)
+    await wait_kept(nodes, moved)
+    client = await nodes.client()
+    assert client.map == moved  # what map.get tells a mount

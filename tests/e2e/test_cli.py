@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cluster, free_ports, ringfs_argv
+from tests.e2e.conftest import Cluster, free_ports, ringfs_argv, wait_for
 from tests.e2e.test_posix_perms import as_nobody
 
 COMMANDS = ["up", "node", "mount", "status", "bench", "latency"]
@@ -287,6 +287,24 @@ def test_a_node_started_with_other_members_stops_with_one_line(
     )
     first = cluster.status().splitlines()[0]  # the cluster goes on, named by its id
     assert re.match(r"cluster [0-9a-f]{16}, map epoch 1, 3 nodes", first), first
+
+
+def test_weight_changes_the_map_every_node_goes_by(cluster: Cluster) -> None:
+    access = ["--cluster", cluster.seeds, "--secret-file", str(cluster.secret_file)]
+    result = ringfs("weight", "n2", "2.5", *access)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "cluster map epoch 2: n2 has weight 2.5\n"
+
+    def kept() -> list[tuple[int, float]]:
+        maps = [json.loads((node.data / "cluster.json").read_text()) for node in cluster.nodes]
+        return [
+            (m["epoch"], next(n["weight"] for n in m["nodes"] if n["id"] == "n2")) for m in maps
+        ]
+
+    wait_for(lambda: kept() == [(2, 2.5)] * 3, "every node to go by the new map", timeout=20)
+    assert re.match(r"cluster [0-9a-f]{16}, map epoch 2,", cluster.status())
+    assert_one_line_error(ringfs("weight", "n9", "2", *access), "no node 'n9' in the cluster map")
+    assert_one_line_error(ringfs("weight", "n2", "0", *access), "a weight is a number above 0")
 
 
 def test_a_storage_node_never_loads_the_fuse_client() -> None:

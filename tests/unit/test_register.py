@@ -3,12 +3,13 @@ founding change and its check."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ringfs.node.agreement import disagreement, founding
+from ringfs.node.agreement import disagreement, founding, readdress
 from ringfs.node.cluster.map import ClusterMap, parse_members
 from ringfs.node.cluster.paxos import (
     Accepted,
@@ -110,3 +111,14 @@ def test_a_map_with_other_members_or_replicas_disagrees() -> None:
     assert disagreement(named, ClusterMap(1, MEMBERS, 3, "beef").pinned()) == (
         "this node belongs to cluster beef, not c0ffee"
     )
+
+
+def test_new_addresses_come_in_a_new_epoch_once() -> None:
+    agreed = ClusterMap(4, MEMBERS, 3, "c0ffee").pinned()
+    given = ClusterMap(5, parse_members("n1=10.0.0.1:7001,n2=127.0.0.1:7002,n3=127.0.0.1:7009"))
+    change = readdress(given)
+    moved, result = change(agreed.to_wire())
+    assert result is None
+    assert ClusterMap.from_wire(moved) == dataclasses.replace(agreed, nodes=given.nodes, epoch=5)
+    assert change(moved) == (moved, None)  # already there: nothing changes
+    assert change({"not": "a map"}) == ({"not": "a map"}, None)

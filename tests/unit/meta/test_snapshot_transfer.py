@@ -15,7 +15,7 @@ import msgpack
 import trio
 import trio.testing
 
-from ringfs.node.cluster.map import ClusterMap, parse_members
+from ringfs.node.cluster.map import ClusterMap, MapView, parse_members
 from ringfs.node.meta.commands import ROOT_INO, Entry, Init, SetXattr
 from ringfs.node.meta.replica import MetaMachine
 from ringfs.node.raft.core import Entry as LogEntry
@@ -81,7 +81,7 @@ async def test_an_image_larger_than_the_memory_bound_transfers_and_installs(
     (tmp_path / "n2").mkdir()
     follower = MetaMachine(tmp_path / "n2" / "meta.db")
     wire = Wire(ImageReceiver(tmp_path / "n2" / "incoming"))
-    transport = RpcTransport(ClusterMap(1, MEMBERS), wire, nursery)  # type: ignore[arg-type]
+    transport = RpcTransport(MapView(ClusterMap(1, MEMBERS)), wire, nursery)  # type: ignore[arg-type]
     meta = SnapshotMeta(index, 1, ("n1", "n2"))
     tracemalloc.start()
     try:

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from ringfs.node.cluster.map import ClusterMap, parse_members
+from ringfs.node.cluster.map import ClusterMap, MapView, parse_members
 from ringfs.node.raft import images
 from ringfs.node.raft.core import SnapshotMeta, SnapshotRequest, VoteRequest, message_from_wire
 from ringfs.node.raft.transport import RpcTransport
@@ -58,7 +58,7 @@ async def test_messages_queued_together_leave_in_one_write_in_order(
     nursery: trio.Nursery,
 ) -> None:
     pool = Pool()
-    transport = RpcTransport(ClusterMap(1, MEMBERS), pool, nursery)  # type: ignore[arg-type]
+    transport = RpcTransport(MapView(ClusterMap(1, MEMBERS)), pool, nursery)  # type: ignore[arg-type]
     for term in (1, 2, 3):
         transport.send(vote(term))
     await trio.testing.wait_all_tasks_blocked()
@@ -78,7 +78,7 @@ async def test_a_snapshot_offered_while_one_travels_is_dropped(
 ) -> None:
     pool = Pool()
     pool.hold = True
-    transport = RpcTransport(ClusterMap(1, MEMBERS), pool, nursery)  # type: ignore[arg-type]
+    transport = RpcTransport(MapView(ClusterMap(1, MEMBERS)), pool, nursery)  # type: ignore[arg-type]
     transport.send(request(10), image(tmp_path, b"first image"))
     await pool.part_sent.wait()  # its first part is on its way
     transport.send(request(20), image(tmp_path, b"the second image"))
@@ -97,7 +97,7 @@ async def test_a_message_for_a_node_outside_the_map_is_dropped(
 ) -> None:
     expected_logs.append("not in the cluster map")
     pool = Pool()
-    transport = RpcTransport(ClusterMap(1, MEMBERS), pool, nursery)  # type: ignore[arg-type]
+    transport = RpcTransport(MapView(ClusterMap(1, MEMBERS)), pool, nursery)  # type: ignore[arg-type]
     transport.send(VoteRequest("n1", "n9", 2, 0, 0, False))
     transport.send(vote(3))
     await trio.testing.wait_all_tasks_blocked()
@@ -110,7 +110,7 @@ async def test_an_image_goes_part_by_part_each_read_when_its_turn_comes(
     monkeypatch.setattr(images, "SNAPSHOT_PART", 4)
     pool = Pool()
     pool.hold = True
-    transport = RpcTransport(ClusterMap(1, MEMBERS), pool, nursery)  # type: ignore[arg-type]
+    transport = RpcTransport(MapView(ClusterMap(1, MEMBERS)), pool, nursery)  # type: ignore[arg-type]
     path = image(tmp_path, b"abcdefghij")
     transport.send(request(10), path)
     await pool.part_sent.wait()
@@ -125,7 +125,7 @@ async def test_an_image_deleted_before_its_turn_is_not_sent(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     pool = Pool()
-    transport = RpcTransport(ClusterMap(1, MEMBERS), pool, nursery)  # type: ignore[arg-type]
+    transport = RpcTransport(MapView(ClusterMap(1, MEMBERS)), pool, nursery)  # type: ignore[arg-type]
     path = image(tmp_path, b"gone")
     path.unlink()  # a newer snapshot replaced it: that one is offered next
     transport.send(request(10), path)

@@ -1,0 +1,43 @@
+"""Changes of the cluster map an operator asks for, as pure functions of the map.
+
+Each returns the next map (epoch + 1) or raises ValueError saying, in one line, why the change
+cannot be made. The node that proposes one applies it to the register's current map
+(`ringfs.node.register`), so two operators racing cannot undo each other's change.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from ringfs.node.cluster.map import ClusterMap
+
+#: Changes by name, with the number of arguments each takes (see `change_map`).
+OPERATIONS = {"weight": 2}
+
+
+def reweigh(cmap: ClusterMap, node_id: str, weight: float) -> ClusterMap:
+    """`node_id` takes a share of the ring in proportion to `weight` (1 by default)."""
+    if node_id not in {node.node_id for node in cmap.nodes}:
+        raise ValueError(f"no node {node_id!r} in the cluster map")
+    if not (math.isfinite(weight) and 0 < weight <= 100):
+        raise ValueError(f"a weight is a number above 0 and at most 100, not {weight}")
+    nodes = tuple(
+        replace(node, weight=float(weight)) if node.node_id == node_id else node
+        for node in cmap.nodes
+    )
+    return replace(cmap, nodes=nodes, epoch=cmap.epoch + 1)
+
+
+def change_map(cmap: ClusterMap, operation: str, arguments: list[object]) -> ClusterMap:
+    """Apply the operation named `operation`; ValueError for an unknown one or bad arguments."""
+    if operation not in OPERATIONS or len(arguments) != OPERATIONS[operation]:
+        raise ValueError(f"unknown map change {operation!r} with {len(arguments)} arguments")
+    node_id, weight = arguments
+    if (
+        not isinstance(node_id, str)
+        or not isinstance(weight, int | float)
+        or isinstance(weight, bool)
+    ):
+        raise ValueError("weight takes a node id and a number")
+    return reweigh(cmap, node_id, float(weight))

@@ -1,0 +1,40 @@
+"""Operators' changes of the cluster map, as pure functions."""
+
+from __future__ import annotations
+
+import pytest
+
+from ringfs.node.cluster.changes import change_map, reweigh
+from ringfs.node.cluster.map import ClusterMap, parse_members
+
+MAP = ClusterMap(4, parse_members("a=h:1,b=h:2,c=h:3,d=h:4"), 3, "c0ffee", ("a", "b", "c"))
+
+
+def test_a_new_weight_comes_in_the_next_epoch_and_changes_nothing_else() -> None:
+    heavier = reweigh(MAP, "d", 3)
+    assert heavier.epoch == 5
+    assert [n.weight for n in heavier.nodes] == [1.0, 1.0, 1.0, 3.0]
+    assert (heavier.cluster_id, heavier.meta, heavier.replicas) == ("c0ffee", MAP.meta, 3)
+    ids = [bytes([i]) * 16 for i in range(256)]
+    share = sum("d" in {n.node_id for n in heavier.placement(i)} for i in ids)
+    assert share > sum("d" in {n.node_id for n in MAP.placement(i)} for i in ids)
+    assert change_map(MAP, "weight", ["d", 3]) == heavier
+
+
+@pytest.mark.parametrize(
+    ("operation", "arguments", "why"),
+    [
+        ("weight", ["x", 2], "no node 'x'"),
+        ("weight", ["d", 0], "above 0"),
+        ("weight", ["d", float("nan")], "above 0"),
+        ("weight", ["d", 101], "at most 100"),
+        ("weight", ["d", True], "a node id and a number"),
+        ("weight", ["d"], "unknown map change"),
+        ("explode", [], "unknown map change"),
+    ],
+)
+def test_a_change_that_cannot_be_made_says_why(
+    operation: str, arguments: list[object], why: str
+) -> None:
+    with pytest.raises(ValueError, match=why):
+        change_map(MAP, operation, arguments)
