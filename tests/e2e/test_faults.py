@@ -22,9 +22,10 @@ pytestmark = pytest.mark.fuse
 
 
 def node_lines(text: str) -> dict[str, str]:
-    """node -> its line in the node table of `ringfs status` (before the meta group's)."""
+    """node -> its line in the node table of `ringfs status` (before the meta group's; the
+    `total` line after the nodes' is not one)."""
     table = text.split("\n\n", 1)[0].splitlines()[2:]
-    return {line.split()[0]: line for line in table}
+    return {line.split()[0]: line for line in table if not line.startswith("total ")}
 
 
 def test_copy_survives_sigkill_of_a_storage_node(
