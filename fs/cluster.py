@@ -223,9 +223,11 @@ class Cluster:
         raise Unavailable(f"block {block_id.hex()}", tried)
 
     def read_order(self, block_id: bytes) -> list[str]:
-        """Replicas first (healthy before suspect), then the rest of the ring (handoffs)."""
+        """Replicas first (healthy before suspect), then the rest of the ring (handoffs),
+        then the nodes being drained."""
         preferred = [node.address for node in self.map.placement(block_id)]
         rest = [node.address for node in self.map.fallbacks(block_id)]
+        rest += [node.address for node in self.map.draining()]
         return self.pool.order(preferred) + self.pool.order(rest)
 
     # -- metadata ----------------------------------------------------------------------------

@@ -201,12 +201,13 @@ class Repairer:
     async def _fetch(self, ref: BlockRef, limiter: trio.CapacityLimiter) -> None:
         """Copy one block here from a node that has a good copy."""
         try:
-            sources = [
-                n for n in self.view.current.placement(ref.block_id) if n.node_id != self.node_id
+            cmap = self.view.current
+            candidates = [
+                *cmap.placement(ref.block_id),
+                *cmap.fallbacks(ref.block_id),
+                *cmap.draining(),
             ]
-            sources += [
-                n for n in self.view.current.fallbacks(ref.block_id) if n.node_id != self.node_id
-            ]
+            sources = [n for n in candidates if n.node_id != self.node_id]
             for node in sources:
                 try:
                     data, stored = await self.pool.call(node.address, "block.get", [ref.block_id])

@@ -41,6 +41,7 @@ HANDLERS = {
     "status": ("ctl", "status"),
     "repair": ("ctl", "repair"),
     "weight": ("ctl", "weight"),
+    "drain": ("ctl", "drain"),
     "bench": ("bench", "main"),
     "latency": ("latency", "main"),
 }
@@ -260,6 +261,20 @@ def build_parser() -> argparse.ArgumentParser:
     weight.add_argument("--cluster", metavar="HOST:PORT[,...]")
     weight.add_argument("--secret-file", type=Path)
     weight.add_argument("--data", type=Path, help="data directory of `ringfs up`")
+
+    drain = sub.add_parser(
+        "drain",
+        help="move every block off a node",
+        description="Take NODE out of the placement: it still serves what it holds, the other "
+        "nodes' repair passes copy its blocks to where the ring now places them, and its own "
+        "deletes each once they hold it (see `ringfs status`). A meta-group member cannot be "
+        "drained yet, nor a node the remaining ones would be too few for the replicas. Without "
+        "--cluster, changes the local cluster of `ringfs up`.",
+    )
+    drain.add_argument("node", help="the node's id")
+    drain.add_argument("--cluster", metavar="HOST:PORT[,...]")
+    drain.add_argument("--secret-file", type=Path)
+    drain.add_argument("--data", type=Path, help="data directory of `ringfs up`")
 
     bench = sub.add_parser(
         "bench",

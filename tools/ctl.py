@@ -139,6 +139,13 @@ def weight(args: argparse.Namespace) -> int:
     return 0
 
 
+def drain(args: argparse.Namespace) -> int:
+    seeds, secret = cluster_access(args)
+    cmap = trio.run(_change_map, seeds, secret, "drain", [args.node])
+    print(f"cluster map epoch {cmap.epoch}: {args.node} is draining")
+    return 0
+
+
 async def _change_map(
     seeds: tuple[str, ...], secret: bytes, operation: str, arguments: list[Any]
 ) -> ClusterMap:

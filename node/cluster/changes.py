@@ -13,7 +13,7 @@ from dataclasses import replace
 from ringfs.node.cluster.map import ClusterMap
 
 #: Changes by name, with the number of arguments each takes (see `change_map`).
-OPERATIONS = {"weight": 2}
+OPERATIONS = {"weight": 2, "drain": 1}
 
 
 def reweigh(cmap: ClusterMap, node_id: str, weight: float) -> ClusterMap:
@@ -29,10 +29,35 @@ def reweigh(cmap: ClusterMap, node_id: str, weight: float) -> ClusterMap:
     return replace(cmap, nodes=nodes, epoch=cmap.epoch + 1)
 
 
+def drain(cmap: ClusterMap, node_id: str) -> ClusterMap:
+    """`node_id` takes no placement any more: the others' repair passes copy its blocks to
+    where the ring now places them, and its own pass deletes each once they hold it. It still
+    serves what it holds meanwhile."""
+    if node_id not in {node.node_id for node in cmap.nodes}:
+        raise ValueError(f"no node {node_id!r} in the cluster map")
+    if cmap.node(node_id).state != "up":
+        raise ValueError(f"node {node_id} is {cmap.node(node_id).state}, not up")
+    if node_id in {node.node_id for node in cmap.meta_nodes()}:
+        raise ValueError(f"node {node_id} is in the meta group, which cannot move yet")
+    staying = sum(1 for node in cmap.nodes if node.state == "up") - 1
+    if staying < cmap.replicas:
+        raise ValueError(
+            f"draining {node_id} would leave {staying} nodes for {cmap.replicas} copies"
+        )
+    nodes = tuple(
+        replace(node, state="draining") if node.node_id == node_id else node for node in cmap.nodes
+    )
+    return replace(cmap, nodes=nodes, epoch=cmap.epoch + 1)
+
+
 def change_map(cmap: ClusterMap, operation: str, arguments: list[object]) -> ClusterMap:
     """Apply the operation named `operation`; ValueError for an unknown one or bad arguments."""
     if operation not in OPERATIONS or len(arguments) != OPERATIONS[operation]:
         raise ValueError(f"unknown map change {operation!r} with {len(arguments)} arguments")
+    if operation == "drain":
+        if not isinstance(arguments[0], str):
+            raise ValueError("drain takes a node id")
+        return drain(cmap, arguments[0])
     node_id, weight = arguments
     if (
         not isinstance(node_id, str)

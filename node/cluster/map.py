@@ -140,6 +140,11 @@ class ClusterMap:
         order = self._ring.preference_at(block_point(block_id), len(self._ring))
         return self._infos(order[self.replica_count() :])
 
+    def draining(self) -> list[NodeInfo]:
+        """The nodes being drained: they take no placement, but may still hold a block's
+        only copies until repair moved them, so reads and repair look there last."""
+        return [node for node in self.nodes if node.state == "draining"]
+
     def meta_nodes(self) -> list[NodeInfo]:
         """The meta group: as pinned, or the first min(3, n) nodes the ring picks for the key
         b"meta"."""

@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from ringfs.fs import cluster as cluster_module
+from ringfs.fs.cluster import Cluster
 from ringfs.fs.mount import wait_for_filesystem
 from ringfs.node import agreement
 from ringfs.node.blocks.repair import RepairConfig
@@ -35,9 +36,11 @@ def placed(
     return check
 
 
-async def test_a_weight_change_is_followed_and_the_blocks_move(
+async def four_nodes_with_files(
     tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[LocalNodes, Cluster, list[Chunk]]:
+    """Four nodes that follow the map and repair within a second or so, a client that follows
+    it too, and 40 one-block files in place."""
     monkeypatch.setattr(agreement, "FOLLOW_INTERVAL", 0.2)
     monkeypatch.setattr(cluster_module, "MAP_FOLLOW_INTERVAL", 0.2)
     repair = RepairConfig(interval=1.0, retry=1.0)
@@ -47,6 +50,13 @@ async def test_a_weight_change_is_followed_and_the_blocks_move(
     nursery.start_soon(client.follow_map)
     chunks = await write_files(client, 40)
     await wait_until(placed(nodes, chunks, nodes.map))
+    return nodes, client, chunks
+
+
+async def test_a_weight_change_is_followed_and_the_blocks_move(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nodes, client, chunks = await four_nodes_with_files(tmp_path, nursery, monkeypatch)
 
     n1 = client.map.node("n1").address
     with pytest.raises(NodeError, match="no node 'n9'"):
@@ -65,3 +75,24 @@ async def test_a_weight_change_is_followed_and_the_blocks_move(
     for chunk in chunks:
         data = await client.get_block(chunk.block_id, chunk.checksum)
         assert len(data) == chunk.length
+
+
+async def test_a_drained_node_gives_its_blocks_away(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nodes, client, chunks = await four_nodes_with_files(tmp_path, nursery, monkeypatch)
+    [outside] = {n.node_id for n in nodes.map.nodes} - {n.node_id for n in nodes.map.meta_nodes()}
+    held = [c for c in chunks if outside in holders(nodes, c.block_id)]
+    assert held
+
+    address = client.map.node(outside).address
+    wire = await client.pool.call(address, "map.change", ["drain", [outside]])
+    drained = ClusterMap.from_wire(wire)
+    assert drained.node(outside).state == "draining"
+    await wait_until(placed(nodes, chunks, drained), seconds=60)
+    assert all(outside not in holders(nodes, c.block_id) for c in chunks)
+    for chunk in held:
+        assert len(await client.get_block(chunk.block_id, chunk.checksum)) == chunk.length
+    meta = client.map.meta_nodes()[0].address
+    with pytest.raises(NodeError, match="is in the meta group"):
+        await client.pool.call(meta, "map.change", ["drain", [client.map.meta_nodes()[0].node_id]])

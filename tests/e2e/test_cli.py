@@ -305,6 +305,8 @@ def test_weight_changes_the_map_every_node_goes_by(cluster: Cluster) -> None:
     assert re.match(r"cluster [0-9a-f]{16}, map epoch 2,", cluster.status())
     assert_one_line_error(ringfs("weight", "n9", "2", *access), "no node 'n9' in the cluster map")
     assert_one_line_error(ringfs("weight", "n2", "0", *access), "a weight is a number above 0")
+    # With three nodes, each one is in the meta group: none can be drained yet.
+    assert_one_line_error(ringfs("drain", "n1", *access), "is in the meta group")
 
 
 def test_a_storage_node_never_loads_the_fuse_client() -> None:

@@ -38,3 +38,26 @@ def test_a_change_that_cannot_be_made_says_why(
 ) -> None:
     with pytest.raises(ValueError, match=why):
         change_map(MAP, operation, arguments)
+
+
+def test_a_drained_node_takes_no_placement_and_is_read_last() -> None:
+    drained = change_map(MAP, "drain", ["d"])
+    assert (drained.epoch, drained.node("d").state) == (5, "draining")
+    assert [n.node_id for n in drained.draining()] == ["d"]
+    ids = [bytes([i]) * 16 for i in range(256)]
+    assert all("d" not in {n.node_id for n in drained.placement(i)} for i in ids)
+    assert drained.arcs("d") == []
+
+
+@pytest.mark.parametrize(
+    ("cmap", "node", "why"),
+    [
+        (MAP, "x", "no node 'x'"),
+        (MAP, "a", "a is in the meta group"),
+        (change_map(MAP, "drain", ["d"]), "d", "d is draining, not up"),
+        (ClusterMap(1, MAP.nodes, 4, meta=MAP.meta), "d", "leave 3 nodes for 4 copies"),
+    ],
+)
+def test_a_drain_that_cannot_be_made_says_why(cmap: ClusterMap, node: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        change_map(cmap, "drain", [node])
