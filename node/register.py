@@ -223,7 +223,8 @@ class NodeRegister:
         while trio.current_time() < deadline:
             async with self._saving:
                 ballot = self._ballots.next(above)
-                await self._save()  # the counter, before the ballot is used
+                if self._ballots.saved_up_to > self.store.counter:
+                    await self._save()  # the counter, before the ballot is used
             acceptors = tuple(node.node_id for node in self.view.current.nodes)
             proposal = Proposal(self.node_id, acceptors, ballot, change, change_id, sent)
             try:

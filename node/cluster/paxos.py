@@ -180,9 +180,16 @@ class Acceptor:
         return Reject(self.node_id, message.src, message.ballot, self.state.promised)
 
 
+#: Ballots a proposer may use per save of its counter: saving is an fsync, and a node reads
+#: the register every few seconds.
+BALLOTS_PER_SAVE = 100
+
+
 class Ballots:
     """A proposer's ballot counter. `next` gives a ballot above every one used and seen;
-    `saved_up_to` is how far the shell must have saved the counter before using it."""
+    `saved_up_to` is how far the shell must have saved the counter before using it. It runs
+    `BALLOTS_PER_SAVE` ahead, so that a save is needed once per that many ballots; after a
+    restart, the counter starts from what was saved, above every ballot used."""
 
     def __init__(self, proposer: str, saved: int = 0) -> None:
         self.proposer = proposer
@@ -191,7 +198,8 @@ class Ballots:
 
     def next(self, above: Ballot | None = None) -> Ballot:
         self._last = max(self._last, 0 if above is None else above.counter) + 1
-        self.saved_up_to = max(self.saved_up_to, self._last)
+        if self._last > self.saved_up_to:
+            self.saved_up_to = self._last + BALLOTS_PER_SAVE
         return Ballot(self._last, self.proposer)
 
 
@@ -278,7 +286,7 @@ class Proposal:
         """The current value is the one accepted at the highest ballot among the promises:
         apply the change to it, unless it was applied already."""
         current: Register = max(self._promises.values(), key=lambda p: p.accepted).value
-        applied, result = current.result_of(self.change_id)
+        applied, result = current.result_of(self.change_id) if self.change_id else (False, None)
         if not self.change_id:  # a read: the value stays, and nothing is recorded
             self.value, self.result = current, self.change(current.value)[1]
         elif applied:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from ringfs.node.cluster.paxos import (
+    BALLOTS_PER_SAVE,
     RECENT,
     Accept,
     Accepted,
@@ -54,8 +55,12 @@ def test_an_acceptor_promises_only_upward_and_accepts_what_it_did_not_refuse() -
 def test_ballots_rise_above_what_was_seen_and_saved() -> None:
     ballots = Ballots("p", saved=7)
     assert ballots.next() == Ballot(8, "p")
-    assert ballots.next(Ballot(20, "q")) == Ballot(21, "p")
-    assert ballots.saved_up_to == 21
+    assert ballots.saved_up_to == 8 + BALLOTS_PER_SAVE  # saved once for the next hundred
+    assert ballots.next() == Ballot(9, "p")
+    assert ballots.saved_up_to == 8 + BALLOTS_PER_SAVE
+    assert ballots.next(Ballot(200, "q")) == Ballot(201, "p")
+    assert ballots.saved_up_to == 201 + BALLOTS_PER_SAVE
+    assert Ballots("p", saved=ballots.saved_up_to).next() > Ballot(201, "p")  # after a restart
     assert Ballot(21, "p") < Ballot(21, "q") < Ballot(22, "a")
 
 
