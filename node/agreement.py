@@ -52,23 +52,16 @@ def founding(mine: ClusterMap, cluster_id: str) -> Change:
 def readdress(given: ClusterMap) -> Change:
     """The change a node started with `--cluster` proposes: the addresses it was given, in a
     new epoch, unless the map has them already (or is no map: then it is left alone)."""
-    addresses = {node.node_id: (node.host, node.port) for node in given.nodes}
 
     def change(current: Any) -> tuple[Any, Any]:
         try:
             cmap = ClusterMap.from_wire(current)
         except NodeError:
             return current, None
-        nodes = tuple(
-            dataclasses.replace(node, host=host, port=port)
-            if (host, port) != (node.host, node.port)
-            else node
-            for node in cmap.nodes
-            for host, port in [addresses.get(node.node_id, (node.host, node.port))]
-        )
-        if nodes == cmap.nodes:
+        moved = cmap.readdressed(given.nodes)
+        if moved == cmap:
             return current, None
-        return dataclasses.replace(cmap, nodes=nodes, epoch=cmap.epoch + 1).to_wire(), None
+        return dataclasses.replace(moved, epoch=cmap.epoch + 1).to_wire(), None
 
     return change
 

@@ -14,7 +14,7 @@ import math
 import os
 import ssl
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -98,13 +98,10 @@ def resolve_map(config: NodeConfig) -> ClusterMap:
             "--cluster names other nodes than the map stored in "
             f"{path} ({', '.join(sorted(n.node_id for n in stored.nodes))})"
         )
-    elif {n.node_id: n.address for n in stored.nodes} != {n.node_id: n.address for n in members}:
-        moved = {n.node_id: n for n in members}
-        nodes = tuple(
-            replace(n, host=moved[n.node_id].host, port=moved[n.node_id].port) for n in stored.nodes
-        )
-        cmap = replace(stored, epoch=stored.epoch + 1, nodes=nodes)
-        log.info("node addresses changed: cluster map epoch %d", cmap.epoch)
+    elif (moved := stored.readdressed(members)) != stored:
+        # The epoch moves when the cluster agrees on them (`ringfs.node.agreement`).
+        cmap = moved
+        log.info("node addresses changed: proposing them to the cluster")
     else:
         cmap = stored
     if config.node_id not in {n.node_id for n in cmap.nodes}:
@@ -198,7 +195,6 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
         service = NodeService(
             config.node_id,
             view,
-            identity,
             store,
             meta,
             repairer,

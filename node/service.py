@@ -26,7 +26,7 @@ from ringfs.node.meta.replica import ReplicatedMeta
 from ringfs.node.raft.core import SnapshotRequest, message_from_wire
 from ringfs.node.register import NodeRegister
 from ringfs.node.repairer import Repairer
-from ringfs.node.rpc.protocol import PROTOCOL_VERSION, ClusterIdentity
+from ringfs.node.rpc.protocol import PROTOCOL_VERSION
 from ringfs.node.scrubber import Scrubber
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,6 @@ class NodeService:
         self,
         node_id: str,
         view: MapView,
-        identity: ClusterIdentity,
         store: BlockStore,
         meta: ReplicatedMeta | None,
         repairer: Repairer,
@@ -82,12 +81,10 @@ class NodeService:
     ) -> None:
         self.node_id = node_id
         self.view = view
-        self.identity = identity
         self.store = store
         self.meta = meta
         self.repairer = repairer
         self.scrubber = scrubber
-        self.register = register
         self.keeper = keeper
         self.collector = collector
         # Disk writes at once: more only queue in the kernel and stretch every fsync.

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Any
 
-from ringfs.node.cluster.map import ClusterMap
+from ringfs.node.cluster.map import ClusterMap, NodeInfo
 
 #: Changes by name, with the number of arguments each takes (see `change_map`).
 OPERATIONS = {"weight": 2, "drain": 1}
@@ -18,25 +19,19 @@ OPERATIONS = {"weight": 2, "drain": 1}
 
 def reweigh(cmap: ClusterMap, node_id: str, weight: float) -> ClusterMap:
     """`node_id` takes a share of the ring in proportion to `weight` (1 by default)."""
-    if node_id not in {node.node_id for node in cmap.nodes}:
-        raise ValueError(f"no node {node_id!r} in the cluster map")
+    _member(cmap, node_id)
     if not (math.isfinite(weight) and 0 < weight <= 100):
         raise ValueError(f"a weight is a number above 0 and at most 100, not {weight}")
-    nodes = tuple(
-        replace(node, weight=float(weight)) if node.node_id == node_id else node
-        for node in cmap.nodes
-    )
-    return replace(cmap, nodes=nodes, epoch=cmap.epoch + 1)
+    return _changed(cmap, node_id, weight=float(weight))
 
 
 def drain(cmap: ClusterMap, node_id: str) -> ClusterMap:
     """`node_id` takes no placement any more: the others' repair passes copy its blocks to
     where the ring now places them, and its own pass deletes each once they hold it. It still
     serves what it holds meanwhile."""
-    if node_id not in {node.node_id for node in cmap.nodes}:
-        raise ValueError(f"no node {node_id!r} in the cluster map")
-    if cmap.node(node_id).state != "up":
-        raise ValueError(f"node {node_id} is {cmap.node(node_id).state}, not up")
+    state = _member(cmap, node_id).state
+    if state != "up":
+        raise ValueError(f"node {node_id} is {state}, not up")
     if node_id in {node.node_id for node in cmap.meta_nodes()}:
         raise ValueError(f"node {node_id} is in the meta group, which cannot move yet")
     staying = sum(1 for node in cmap.nodes if node.state == "up") - 1
@@ -44,8 +39,20 @@ def drain(cmap: ClusterMap, node_id: str) -> ClusterMap:
         raise ValueError(
             f"draining {node_id} would leave {staying} nodes for {cmap.replicas} copies"
         )
+    return _changed(cmap, node_id, state="draining")
+
+
+def _member(cmap: ClusterMap, node_id: str) -> NodeInfo:
+    try:
+        return cmap.node(node_id)
+    except KeyError:
+        raise ValueError(f"no node {node_id!r} in the cluster map") from None
+
+
+def _changed(cmap: ClusterMap, node_id: str, **fields: Any) -> ClusterMap:
+    """The next map, with `fields` changed in the entry of `node_id`."""
     nodes = tuple(
-        replace(node, state="draining") if node.node_id == node_id else node for node in cmap.nodes
+        replace(node, **fields) if node.node_id == node_id else node for node in cmap.nodes
     )
     return replace(cmap, nodes=nodes, epoch=cmap.epoch + 1)
 

@@ -156,6 +156,18 @@ class ClusterMap:
         ids = self.meta or self._ring.preference(META_KEY, META_GROUP_SIZE)
         return tuple(self._infos(list(ids)))
 
+    def readdressed(self, given: tuple[NodeInfo, ...]) -> ClusterMap:
+        """This map with the addresses `given` has for its members (matched by id), in the
+        same epoch."""
+        moved = {node.node_id: node for node in given}
+        nodes = tuple(
+            replace(node, host=there.host, port=there.port)
+            if (there := moved.get(node.node_id)) is not None
+            else node
+            for node in self.nodes
+        )
+        return replace(self, nodes=nodes)
+
     def pinned(self) -> ClusterMap:
         """This map with its meta group pinned as the ring picks it now."""
         return replace(self, meta=tuple(node.node_id for node in self.meta_nodes()))

@@ -104,6 +104,15 @@ def test_a_map_saved_before_cluster_ids_loads_without_one() -> None:
     assert ClusterMap.from_wire(named.to_wire()) == named
 
 
+def test_new_addresses_are_matched_by_id_in_the_same_epoch() -> None:
+    cmap = ClusterMap(3, _nodes(3), cluster_id="c0ffee")
+    given = (NodeInfo("n2", "10.0.0.2", 9002), NodeInfo("n9", "10.0.0.9", 9009))
+    moved = cmap.readdressed(given)
+    assert [n.address for n in moved.nodes] == ["127.0.0.1:7001", "10.0.0.2:9002", "127.0.0.1:7003"]
+    assert (moved.epoch, moved.cluster_id) == (3, "c0ffee")
+    assert cmap.readdressed(cmap.nodes) == cmap
+
+
 def test_a_pinned_meta_group_stays_when_the_ring_changes() -> None:
     five = ClusterMap(1, _nodes(5))
     pinned = five.pinned()
