@@ -9,9 +9,10 @@ It never returns half an answer: a call either succeeds, raises the node's `Node
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -534,6 +535,20 @@ class _ReplicatedWrite:
                 self.quorum_reached.set()
             if self._active == 0:
                 self._all_done.set()
+
+
+@contextlib.asynccontextmanager
+async def connected(seeds: tuple[str, ...], secret: bytes) -> AsyncIterator[Cluster]:
+    """A client of the cluster for a command-line tool (2 s to reach each node), closed with
+    its connections when the block ends."""
+    config = ClusterConfig(seeds=seeds, client=ClientConfig(secret=secret, connect_timeout=2.0))
+    async with trio.open_nursery() as nursery:
+        cluster = await Cluster.create(config, nursery=nursery)
+        try:
+            yield cluster
+        finally:
+            await cluster.aclose()
+            nursery.cancel_scope.cancel()
 
 
 async def _fetch_map(pool: NodePool, seeds: Sequence[str]) -> ClusterMap:

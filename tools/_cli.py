@@ -81,6 +81,13 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
 
+def _add_cluster_access(parser: argparse.ArgumentParser) -> None:
+    """How a command reaches a cluster: --cluster with --secret-file, or the `ringfs up` one."""
+    parser.add_argument("--cluster", metavar="HOST:PORT[,...]")
+    parser.add_argument("--secret-file", type=Path)
+    parser.add_argument("--data", type=Path, help="data directory of `ringfs up`")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ringfs", description="ringfs: a replicated distributed filesystem you mount."
@@ -227,9 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bytes per node, the metadata node. Without --cluster, shows the "
         "local cluster of `ringfs up`.",
     )
-    status.add_argument("--cluster", metavar="HOST:PORT[,...]")
-    status.add_argument("--secret-file", type=Path)
-    status.add_argument("--data", type=Path, help="data directory of `ringfs up`")
+    _add_cluster_access(status)
 
     repair = sub.add_parser(
         "repair",
@@ -243,9 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     repair.add_argument(
         "--timeout", type=seconds, metavar="SECONDS", help="with --wait: give up after this long"
     )
-    repair.add_argument("--cluster", metavar="HOST:PORT[,...]")
-    repair.add_argument("--secret-file", type=Path)
-    repair.add_argument("--data", type=Path, help="data directory of `ringfs up`")
+    _add_cluster_access(repair)
 
     weight = sub.add_parser(
         "weight",
@@ -258,9 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     weight.add_argument("node", help="the node's id")
     weight.add_argument("weight", type=float, help="a number above 0, at most 100")
-    weight.add_argument("--cluster", metavar="HOST:PORT[,...]")
-    weight.add_argument("--secret-file", type=Path)
-    weight.add_argument("--data", type=Path, help="data directory of `ringfs up`")
+    _add_cluster_access(weight)
 
     drain = sub.add_parser(
         "drain",
@@ -272,9 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cluster, changes the local cluster of `ringfs up`.",
     )
     drain.add_argument("node", help="the node's id")
-    drain.add_argument("--cluster", metavar="HOST:PORT[,...]")
-    drain.add_argument("--secret-file", type=Path)
-    drain.add_argument("--data", type=Path, help="data directory of `ringfs up`")
+    _add_cluster_access(drain)
 
     bench = sub.add_parser(
         "bench",
@@ -324,9 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cluster of `ringfs up`.",
     )
     latency.add_argument("mountpoint", type=Path)
-    latency.add_argument("--cluster", metavar="HOST:PORT[,...]")
-    latency.add_argument("--secret-file", type=Path)
-    latency.add_argument("--data", type=Path, help="data directory of `ringfs up`")
+    _add_cluster_access(latency)
     latency.add_argument("--rounds", type=int, default=500, help="times each operation (500)")
     return parser
 

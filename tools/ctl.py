@@ -14,11 +14,10 @@ from typing import Any, TextIO
 
 import trio
 
-from ringfs.fs.cluster import Cluster, ClusterConfig
+from ringfs.fs.cluster import Cluster, connected
 from ringfs.node.cluster.map import ClusterMap, NodeInfo
 from ringfs.node.errors import NodeError, Unavailable
 from ringfs.node.meta.commands import FsInfo, FsStats
-from ringfs.node.rpc.client import ClientConfig
 from ringfs.tools.args import cluster_access
 
 
@@ -29,17 +28,13 @@ def status(args: argparse.Namespace) -> int:
 
 
 async def _status(seeds: tuple[str, ...], secret: bytes) -> str:
-    config = ClusterConfig(seeds=seeds, client=ClientConfig(secret=secret, connect_timeout=2.0))
-    async with trio.open_nursery() as nursery:
-        cluster = await Cluster.create(config, nursery=nursery)
+    async with connected(seeds, secret) as cluster:
         stats = await cluster.node_stats()
         members = await cluster.meta_status()
         try:
             fs: FsStats | None = await cluster.meta_query(FsInfo())
         except (NodeError, Unavailable):
             fs = None
-        await cluster.aclose()
-        nursery.cancel_scope.cancel()
     cmap = cluster.map
     roles = {info.node_id: f"meta {s['role']}" if s else "meta" for info, s in members}
     lines = [
@@ -151,23 +146,17 @@ async def _change_map(
 ) -> ClusterMap:
     """Have a node make the change; the map it gives. Raises NodeError (EINVAL: the change
     cannot be made, and why), Unavailable when no node could."""
-    config = ClusterConfig(seeds=seeds, client=ClientConfig(secret=secret, connect_timeout=2.0))
-    async with trio.open_nursery() as nursery:
-        cluster = await Cluster.create(config, nursery=nursery)
-        try:
-            tried = []
-            for node in cluster.map.nodes:
-                tried.append(node.address)
-                try:
-                    params = [operation, arguments]
-                    wire = await cluster.pool.call(node.address, "map.change", params, 40.0)
-                except Unavailable:
-                    continue
-                return ClusterMap.from_wire(wire)
-            raise Unavailable("the cluster map (no node made the change)", tried)
-        finally:
-            await cluster.aclose()
-            nursery.cancel_scope.cancel()
+    async with connected(seeds, secret) as cluster:
+        tried = []
+        for node in cluster.map.nodes:
+            tried.append(node.address)
+            try:
+                params = [operation, arguments]
+                wire = await cluster.pool.call(node.address, "map.change", params, 40.0)
+            except Unavailable:
+                continue
+            return ClusterMap.from_wire(wire)
+        raise Unavailable("the cluster map (no node made the change)", tried)
 
 
 def repair(args: argparse.Namespace) -> int:
@@ -176,29 +165,23 @@ def repair(args: argparse.Namespace) -> int:
 
 
 async def _repair(seeds: tuple[str, ...], secret: bytes, wait: bool, limit: float | None) -> int:
-    config = ClusterConfig(seeds=seeds, client=ClientConfig(secret=secret, connect_timeout=2.0))
-    async with trio.open_nursery() as nursery:
-        cluster = await Cluster.create(config, nursery=nursery)
-        try:
-            started = await cluster.repair_start()
-            targets = {info.node_id: s["wanted"] for info, s in started if s is not None}
-            for info, answer in started:
-                print(
-                    f"{info.node_id}: repair pass {answer['wanted']} asked"
-                    if answer is not None
-                    else f"{info.node_id}: does not answer",
-                    file=sys.stderr,
-                )
-            if not wait:
-                return 0 if len(targets) == len(started) else 1
-            with trio.move_on_after(limit if limit is not None else float("inf")):
-                await _wait_whole(cluster, targets, sys.stderr)
-                return 0
-            print("repair: timed out", file=sys.stderr)
-            return 1
-        finally:
-            await cluster.aclose()
-            nursery.cancel_scope.cancel()
+    async with connected(seeds, secret) as cluster:
+        started = await cluster.repair_start()
+        targets = {info.node_id: s["wanted"] for info, s in started if s is not None}
+        for info, answer in started:
+            print(
+                f"{info.node_id}: repair pass {answer['wanted']} asked"
+                if answer is not None
+                else f"{info.node_id}: does not answer",
+                file=sys.stderr,
+            )
+        if not wait:
+            return 0 if len(targets) == len(started) else 1
+        with trio.move_on_after(limit if limit is not None else float("inf")):
+            await _wait_whole(cluster, targets, sys.stderr)
+            return 0
+        print("repair: timed out", file=sys.stderr)
+        return 1
 
 
 async def _wait_whole(cluster: Cluster, targets: dict[str, int], out: TextIO) -> None:

@@ -21,10 +21,9 @@ from pathlib import Path
 
 import trio
 
-from ringfs.fs.cluster import Cluster, ClusterConfig
+from ringfs.fs.cluster import Cluster, connected
 from ringfs.node.blocks.store import BLOCK_ID_SIZE, checksum
 from ringfs.node.meta.commands import ROOT_INO, GetAttr, Setattr
-from ringfs.node.rpc.client import ClientConfig
 from ringfs.tools.args import UserError, cluster_access
 
 SMALL_FILE = 4096
@@ -101,9 +100,7 @@ def _mount_lines(mountpoint: Path, rounds: int) -> None:
 
 
 async def _cluster_lines(seeds: tuple[str, ...], secret: bytes, rounds: int) -> None:
-    config = ClusterConfig(seeds=seeds, client=ClientConfig(secret=secret, connect_timeout=2.0))
-    async with trio.open_nursery() as nursery:
-        cluster = await Cluster.create(config, nursery=nursery)
+    async with connected(seeds, secret) as cluster:
         # Blocks first: the last one's third copy lands while the metadata lines run, not
         # while the connections close.
         block = memoryview(os.urandom(SMALL_FILE))
@@ -114,8 +111,6 @@ async def _cluster_lines(seeds: tuple[str, ...], secret: bytes, rounds: int) -> 
         await _timed_async(
             "direct: metadata command (Setattr)", lambda i: _touch(cluster, i), rounds
         )
-        await cluster.aclose()
-        nursery.cancel_scope.cancel()
 
 
 async def _getattr(cluster: Cluster) -> None:
