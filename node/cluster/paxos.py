@@ -36,7 +36,7 @@ used.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,6 +211,15 @@ class Conflict(Exception):
         self.seen = seen
 
 
+class Reconfigured(Exception):
+    """The register's value names other acceptors than this attempt asked: try again with
+    those of `value`."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__("the register's acceptors changed")
+        self.value = value
+
+
 class InDoubt(Exception):
     """An earlier attempt of this change may have been applied, and the register no longer
     remembers: whether the change happened cannot be known."""
@@ -218,6 +227,12 @@ class InDoubt(Exception):
 
 #: A change: the new value from the current one, and what to tell the caller.
 Change = Callable[[Any], tuple[Any, Any]]
+#: The acceptors a value names (None: the value does not say, the proposer's stand).
+AcceptorsOf = Callable[[Any], "frozenset[str] | None"]
+
+
+def _unnamed(value: Any) -> frozenset[str] | None:
+    return None
 
 
 class Proposal:
@@ -229,6 +244,15 @@ class Proposal:
     in every attempt of it ("" for a read: the value is accepted again as it is, which makes
     it the register's for sure, and nothing is recorded); `sent_since` is the lowest serial an
     earlier attempt of it could have been applied at (see `sent`), None if none sent a value.
+
+    The acceptors may change with the value (`acceptors_of`), one added or removed per change,
+    so that any majority of the set before meets any majority of the set after. A proposer
+    whose set is older than the value it finds raises Reconfigured instead of writing: going on
+    with a set two changes behind could lose a change. It starts again asking a majority of
+    that set and of the value's (`joined`), and so on until the value it finds names one of the
+    sets it asked; it then writes to a majority of each. Asking only the value's set instead
+    could go back and forth forever between two sets, each holding a newer value that names
+    the other, of which neither was chosen.
     """
 
     def __init__(
@@ -239,14 +263,17 @@ class Proposal:
         change: Change,
         change_id: str,
         sent_since: int | None = None,
+        acceptors_of: AcceptorsOf = _unnamed,
+        joined: tuple[frozenset[str], ...] = (),
     ) -> None:
         self.proposer = proposer
-        self.acceptors = acceptors
+        self.sets = (frozenset(acceptors), *joined)
+        self.acceptors = (*acceptors, *sorted(frozenset().union(*joined) - set(acceptors)))
         self.ballot = ballot
         self.change = change
         self.change_id = change_id
         self.sent_since = sent_since
-        self.majority = len(acceptors) // 2 + 1
+        self.acceptors_of = acceptors_of
         self._promises: dict[str, Promise] = {}
         self._accepted: set[str] = set()
         self.accepting = False
@@ -266,26 +293,35 @@ class Proposal:
         return [Prepare(self.proposer, dst, self.ballot) for dst in self.acceptors]
 
     def receive(self, message: Message) -> list[Message]:
-        """What to send on this answer; raises Conflict on a rejection of this ballot, and
-        InDoubt when the change may have been applied and the register no longer tells."""
+        """What to send on this answer; raises Conflict on a rejection of this ballot,
+        Reconfigured when the value names other acceptors, and InDoubt when the change may have
+        been applied and the register no longer tells."""
         if self.done or message.ballot != self.ballot or message.src not in self.acceptors:
             return []  # late, duplicated, or for another attempt
         if isinstance(message, Reject):
             raise Conflict(message.promised)
         if isinstance(message, Promise) and not self.accepting:
             self._promises[message.src] = message
-            if len(self._promises) < self.majority:
+            if not self._quorum(self._promises.keys()):
                 return []
             return self._accept()
         if isinstance(message, Accepted) and self.accepting:
             self._accepted.add(message.src)
-            self.done = len(self._accepted) >= self.majority
+            self.done = self._quorum(self._accepted)
         return []
+
+    def _quorum(self, answered: Iterable[str]) -> bool:
+        """Whether `answered` holds a majority of each set of acceptors asked."""
+        got = set(answered)
+        return all(len(members & got) > len(members) // 2 for members in self.sets)
 
     def _accept(self) -> list[Message]:
         """The current value is the one accepted at the highest ballot among the promises:
         apply the change to it, unless it was applied already."""
         current: Register = max(self._promises.values(), key=lambda p: p.accepted).value
+        named = self.acceptors_of(current.value)
+        if named is not None and named not in self.sets:
+            raise Reconfigured(current.value)
         applied, result = current.result_of(self.change_id) if self.change_id else (False, None)
         if not self.change_id:  # a read: the value stays, and nothing is recorded
             self.value, self.result = current, self.change(current.value)[1]

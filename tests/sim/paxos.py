@@ -4,8 +4,12 @@
 proposer (`ringfs.node.cluster.paxos`), on the seeded `SimNetwork` (loss, duplication, delays
 that reorder, partitions), with crashes that keep only what a node saved: its acceptor state,
 saved before each answer, and its ballot counter, saved before each ballot is used. A few
-clients read, write, compare-and-set and increment the register through any node. Then
-everything heals and each client must complete a few more operations.
+clients read, write, compare-and-set and increment the register through any node. In half
+the seeds the acceptors change meanwhile: the value is then (members, x), the clients work on
+x, and a changer adds or removes one acceptor at a time out of five nodes, starting from three;
+each proposer starts from the members it last saw (after a crash, the first ones), so stale
+proposers are the rule. Then everything heals and each client must complete a few more
+operations.
 
 A run passes when the history is linearizable (`tests.sim.linearizability`, the register as
 one key), no ballot was accepted with two values, and every client got its operations done
@@ -15,6 +19,7 @@ replays the same run (`python -m tests.sim.paxos SEED`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import random
@@ -39,6 +44,7 @@ from ringfs.node.cluster.paxos import (
     Message,
     Prepare,
     Proposal,
+    Reconfigured,
 )
 from tests.sim.linearizability import CAS, INCR, READ, WRITE, Op, Verdict, check
 from tests.sim.network import CALM, SimNetwork
@@ -52,12 +58,16 @@ ATTEMPT_TIMEOUT = 0.3
 #: After healing, every client must complete its operations within this.
 SETTLE_LIMIT = 30.0
 POST_HEAL_OPS = 3
+#: How often a proposal starts from an older set of acceptors than the last its node saw.
+STALE = 0.3
 
 
 @dataclasses.dataclass(frozen=True)
 class RegisterConfig:
     seed: int
     nodes: tuple[str, ...]
+    #: The acceptors at the start; fewer than `nodes` when they change during the run.
+    members: tuple[str, ...]
     clients: int
     ops: int
     fault_time: float
@@ -65,21 +75,28 @@ class RegisterConfig:
 
     def describe(self) -> str:
         lines = [
-            f"seed {self.seed}: nodes {','.join(self.nodes)}, {self.clients} clients, "
-            f"{self.ops} ops, faults for {self.fault_time:.1f}s",
+            f"seed {self.seed}: nodes {','.join(self.nodes)} (acceptors "
+            f"{','.join(self.members)}{', changing' if self.changing else ''}), "
+            f"{self.clients} clients, {self.ops} ops, faults for {self.fault_time:.1f}s",
             "fault schedule:",
         ]
         lines += [f"  {event}" for event in self.schedule]
         return "\n".join(lines)
 
+    @property
+    def changing(self) -> bool:
+        return self.members != self.nodes
+
 
 def draw_register_config(seed: int) -> RegisterConfig:
     rng = random.Random(f"register-{seed}")
-    nodes = tuple(f"n{i}" for i in range(5 if rng.random() < 0.3 else 3))
+    changing = rng.random() < 0.5
+    nodes = tuple(f"n{i}" for i in range(5 if changing or rng.random() < 0.3 else 3))
     fault_time = round(rng.uniform(3.0, 12.0), 1)
     return RegisterConfig(
         seed=seed,
         nodes=nodes,
+        members=nodes[:3] if changing else nodes,
         clients=rng.randint(2, 5),
         ops=rng.randint(30, 120),
         fault_time=fault_time,
@@ -125,6 +142,7 @@ class _Attempt:
         self.finished = trio.Event()
         self.conflict: Ballot | None = None
         self.in_doubt: InDoubt | None = None
+        self.reconfigured: Reconfigured | None = None
         self.crashed = False
 
 
@@ -141,12 +159,15 @@ class _Node:
         self.ballots = Ballots(node_id)
         self.attempts: dict[Ballot, _Attempt] = {}
         self._changes = itertools.count()
+        #: The acceptors this proposer asks first: the last it saw, not saved.
+        self.view = sim.config.members
 
     def start(self) -> None:
         disk = self.sim.disk
         self.acceptor = Acceptor(self.node_id, disk.acceptors.get(self.node_id, AcceptorState()))
         self.ballots = Ballots(self.node_id, disk.counters.get(self.node_id, 0))
         self.attempts = {}
+        self.view = self.sim.config.members
         self.up = True
         self.incarnation += 1
         self.sim.network.attach(self.node_id, self.deliver)
@@ -191,6 +212,10 @@ class _Node:
             attempt.in_doubt = doubt
             attempt.finished.set()
             return
+        except Reconfigured as moved:
+            attempt.reconfigured = moved
+            attempt.finished.set()
+            return
         if attempt.proposal.done:
             attempt.finished.set()
 
@@ -202,13 +227,18 @@ class _Node:
         incarnation = self.incarnation
         change_id = "" if read else f"{self.node_id}.{incarnation}.{next(self._changes)}"
         sent: int | None = None
+        if self.rng.random() < STALE:  # as a node cut off for a while would
+            self.view = self.rng.choice(self.sim.member_sets)
+        joined: tuple[frozenset[str], ...] = ()  # the sets values named on the way
         while True:
             if not self.up or self.incarnation != incarnation:
                 raise Crashed(self.node_id)
             ballot = self.ballots.next(above)
             self.sim.disk.counters[self.node_id] = self.ballots.saved_up_to
-            nodes = self.sim.config.nodes
-            proposal = Proposal(self.node_id, nodes, ballot, change, change_id, sent)
+            members_of = _members_of if self.sim.config.changing else _unnamed
+            proposal = Proposal(
+                self.node_id, self.view, ballot, change, change_id, sent, members_of, joined
+            )
             attempt = self.attempts[ballot] = _Attempt(proposal)
             try:
                 self.send(proposal.start())
@@ -221,11 +251,57 @@ class _Node:
                 raise Crashed(self.node_id)
             if attempt.in_doubt is not None:
                 raise attempt.in_doubt
+            if attempt.reconfigured is not None:
+                joined += (frozenset(_members(attempt.reconfigured.value, self.view)),)
             if proposal.done:
+                self.view = _members(proposal.value.value, self.view)
+                if self.view not in self.sim.member_sets:
+                    self.sim.member_sets.append(self.view)
                 return proposal.result
             if attempt.conflict is not None:
                 above = attempt.conflict
             await trio.sleep(self.rng.uniform(0.0, 0.05))  # dueling proposers draw apart
+
+
+def _members(value: Any, otherwise: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(value[0]) if isinstance(value, tuple | list) else otherwise
+
+
+def _members_of(value: Any) -> frozenset[str] | None:
+    return frozenset(value[0]) if isinstance(value, tuple | list) else None
+
+
+def _unnamed(value: Any) -> None:
+    return None
+
+
+def _on_x(change: Change, members: tuple[str, ...]) -> Change:
+    """`change` made to the x of a (members, x) value (None: (`members`, None))."""
+
+    def lifted(value: Any) -> tuple[Any, Any]:
+        current, x = value if value is not None else (members, None)
+        after, result = change(x)
+        return (current, after), result
+
+    return lifted
+
+
+def _one_acceptor_more_or_less(
+    nodes: tuple[str, ...], members: tuple[str, ...], rng: random.Random
+) -> Change:
+    """Add a node that is not an acceptor or remove one that is, keeping three to five (the
+    value None is (`members`, None))."""
+    pick = rng.random()
+
+    def change(value: Any) -> tuple[Any, Any]:
+        current, x = value if value is not None else (members, None)
+        outside = [node for node in nodes if node not in current]
+        if outside and (len(current) <= 3 or pick < 0.5):
+            return (tuple(sorted((*current, outside[int(pick * len(outside))]))), x), None
+        gone = current[int(pick * len(current))]
+        return (tuple(node for node in current if node != gone), x), None
+
+    return change
 
 
 def _operation(rng: random.Random) -> tuple[str, tuple[Any, ...], Change]:
@@ -259,6 +335,8 @@ class _Sim:
         self._stamps = itertools.count()
         self._op_ids = itertools.count()
         self._chosen: dict[Ballot, Any] = {}
+        #: Every set of acceptors the register has had: a proposer may start from any.
+        self.member_sets: list[tuple[str, ...]] = [config.members]
         self.client_rngs = [
             random.Random(f"client-{config.seed}-{n}") for n in range(config.clients)
         ]
@@ -308,6 +386,19 @@ class _Sim:
             if not node.up:
                 node.start()
 
+    async def change_acceptors(self) -> None:
+        """While faults last, now and then add or remove one acceptor through any node."""
+        rng = random.Random(f"acceptors-{self.config.seed}")
+        while trio.current_time() < self.config.fault_time:
+            await trio.sleep(rng.uniform(0.05, 0.5))
+            up = [node for node in self.nodes.values() if node.up]
+            if not up or not self.config.changing:
+                continue
+            node = rng.choice(up)
+            change = _one_acceptor_more_or_less(self.config.nodes, self.config.members, rng)
+            with contextlib.suppress(Crashed, InDoubt):
+                await node.propose(change)
+
     async def client(self, number: int, ops: int, until: float | None) -> None:
         """Issue `ops` operations one after another, none after `until` if given (else only
         completed ones count). Each runs until it is done, its node crashes or it is in
@@ -321,6 +412,8 @@ class _Sim:
                 continue
             node = rng.choice(up)
             kind, args, change = _operation(rng)
+            if self.config.changing:
+                change = _on_x(change, self.config.members)
             invoke, invoke_time = next(self._stamps), trio.current_time()
             op_id = next(self._op_ids)
             issued += 1
@@ -355,6 +448,7 @@ def simulate_register(config: RegisterConfig) -> RegisterResult:
             with trio.move_on_at(config.fault_time + SETTLE_LIMIT) as settling:
                 async with trio.open_nursery() as phase:
                     phase.start_soon(sim.run_schedule)
+                    phase.start_soon(sim.change_acceptors)
                     for number in range(config.clients):
                         share = config.ops // config.clients
                         phase.start_soon(sim.client, number, share, config.fault_time)

@@ -21,6 +21,7 @@ from ringfs.node.cluster.paxos import (
     Prepare,
     Promise,
     Proposal,
+    Reconfigured,
     Register,
     Reject,
 )
@@ -143,3 +144,60 @@ def test_a_read_keeps_the_value_and_records_nothing() -> None:
     accepts = read.receive(promise("b", ballot, Ballot(1, "q"), Register()))
     assert [a.value for a in accepts] == [current] * 3  # accepted again as it is
     assert read.result == "saw map"
+
+
+def members_of(value: Any) -> frozenset[str] | None:
+    return None if value is None else frozenset(value[0])
+
+
+def test_a_proposer_with_an_older_set_of_acceptors_asks_the_values_set_too() -> None:
+    ballot = Ballot(5, "p")
+    proposal = Proposal("p", NODES, ballot, incr, "c1", None, members_of)
+    grown = Register(2, (("a", "b", "c", "d"), 7), ())
+    proposal.receive(promise("a", ballot, Ballot(1, "x"), Register(1, (NODES, 6), ())))
+    with pytest.raises(Reconfigured) as moved:
+        proposal.receive(promise("b", ballot, Ballot(2, "y"), grown))
+    assert moved.value.value == grown.value
+    assert not proposal.accepting  # nothing was sent that another proposer must finish
+
+    def bump(value: Any) -> tuple[Any, Any]:
+        members, x = value
+        return (members, x + 1), x + 1
+
+    four = frozenset("abcd")
+    again = Proposal("p", NODES, Ballot(6, "p"), bump, "c1", None, members_of, (four,))
+    assert [prepare.dst for prepare in again.start()] == ["a", "b", "c", "d"]
+    assert again.receive(promise("d", again.ballot, Ballot(2, "y"), grown)) == []
+    # a and d are a majority of neither set: wait for a majority of each.
+    assert again.receive(promise("a", again.ballot, Ballot(2, "y"), grown)) == []
+    accepts = again.receive(promise("b", again.ballot, Ballot(2, "y"), grown))
+    assert [accept.dst for accept in accepts] == ["a", "b", "c", "d"]
+    assert accepts[0].value.value == (("a", "b", "c", "d"), 8)
+    for src in "abc":
+        again.receive(Accepted(src, "p", again.ballot))
+    assert again.done  # a majority of each set accepted
+
+
+def test_two_sets_whose_newest_values_name_each_other_make_progress_together() -> None:
+    """Neither value was chosen: one set's newest names the other, and back. Asking only the
+    named set would go back and forth for ever."""
+    four, three = ("a", "b", "c", "d"), ("a", "b", "c")
+    to_three = Register(6, (three, 1), ())  # accepted by d alone, at ballot 53
+    to_four = Register(6, (four, 1), ())  # accepted by b alone, at ballot 50
+    older = Register(5, (four, 0), ())
+    first = Proposal("p", four, Ballot(60, "p"), incr_x, "c1", None, members_of)
+    first.receive(promise("d", first.ballot, Ballot(53, "d"), to_three))
+    first.receive(promise("a", first.ballot, Ballot(13, "a"), older))
+    with pytest.raises(Reconfigured):
+        first.receive(promise("b", first.ballot, Ballot(50, "d"), to_four))
+    joint = Proposal(
+        "p", four, Ballot(61, "p"), incr_x, "c1", None, members_of, (frozenset(three),)
+    )
+    for src, accepted, value in [("d", 53, to_three), ("b", 50, to_four), ("a", 13, older)]:
+        accepts = joint.receive(promise(src, joint.ballot, Ballot(accepted, src), value))
+    assert accepts[0].value.value == (three, 2)  # built on the newest: it names a set asked
+
+
+def incr_x(value: Any) -> tuple[Any, Any]:
+    members, x = value
+    return (members, x + 1), x + 1
