@@ -133,16 +133,22 @@ class Cluster:
         new placement, reaches this client without a remount."""
         while True:
             await trio.sleep(MAP_FOLLOW_INTERVAL)
-            for address in self.pool.order([node.address for node in self.map.nodes]):
-                try:
-                    found = ClusterMap.from_wire(await self.pool.call(address, "map.get", []))
-                except (Unavailable, NodeError):
-                    continue
-                if self._newer(found):
-                    log.info("cluster map epoch %d (was %d)", found.epoch, self.map.epoch)
-                    self.map = found
-                    self.config.client.identity.cluster_id = found.cluster_id
-                break
+            await self.refresh_map()
+
+    async def refresh_map(self) -> ClusterMap:
+        """Ask the first node that answers for the cluster map, and go by it if it is newer;
+        returns the map this client goes by."""
+        for address in self.pool.order([node.address for node in self.map.holders()]):
+            try:
+                found = ClusterMap.from_wire(await self.pool.call(address, "map.get", []))
+            except (Unavailable, NodeError):
+                continue
+            if self._newer(found):
+                log.info("cluster map epoch %d (was %d)", found.epoch, self.map.epoch)
+                self.map = found
+                self.config.client.identity.cluster_id = found.cluster_id
+            break
+        return self.map
 
     def _newer(self, found: ClusterMap) -> bool:
         """Whether `found` is a later map of this client's cluster: a higher epoch, or the
@@ -425,17 +431,17 @@ class Cluster:
         return await self._ask_all("meta.status", self.map.meta_nodes())
 
     async def repair_start(self) -> list[tuple[NodeInfo, dict[str, Any] | None]]:
-        """Have every node start a repair pass; their repair counters (see `repair_status`)."""
-        return await self._ask_all("repair.start")
+        """Have every node holding blocks start a repair pass; their repair counters."""
+        return await self._ask_all("repair.start", self.map.holders())
 
     async def repair_status(self) -> list[tuple[NodeInfo, dict[str, Any] | None]]:
-        """Every node's repair counters (cheap), or None for nodes that do not answer."""
-        return await self._ask_all("repair.status")
+        """The repair counters (cheap) of every node holding blocks; None for those silent."""
+        return await self._ask_all("repair.status", self.map.holders())
 
     async def _ask_all(
         self, method: str, nodes: Sequence[NodeInfo] | None = None
     ) -> list[tuple[NodeInfo, dict[str, Any] | None]]:
-        nodes = self.map.nodes if nodes is None else nodes
+        nodes = self.map.members() if nodes is None else nodes
         answers: dict[str, dict[str, Any] | None] = {}
 
         async def ask(node: NodeInfo) -> None:

@@ -24,10 +24,11 @@ from typing import Any
 import trio
 
 from ringfs.node.cluster.changes import change_map
-from ringfs.node.cluster.map import ClusterMap, MapView
+from ringfs.node.cluster.map import ClusterMap, MapView, NodeInfo
 from ringfs.node.cluster.paxos import Change, InDoubt
-from ringfs.node.errors import ConfigError, NodeError, Unavailable
+from ringfs.node.errors import ConfigError, Departed, NodeError, Unavailable
 from ringfs.node.register import NodeRegister
+from ringfs.node.rpc.client import NodePool
 from ringfs.node.rpc.protocol import ClusterIdentity
 
 log = logging.getLogger(__name__)
@@ -49,16 +50,17 @@ def founding(mine: ClusterMap, cluster_id: str) -> Change:
     return change
 
 
-def readdress(given: ClusterMap) -> Change:
-    """The change a node started with `--cluster` proposes: the addresses it was given, in a
-    new epoch, unless the map has them already (or is no map: then it is left alone)."""
+def readdress(given: tuple[NodeInfo, ...]) -> Change:
+    """The change a node started with `--cluster` proposes: the addresses it was `given` (of
+    the members the map has), in a new epoch, unless the map has them already (or is no map:
+    then it is left alone)."""
 
     def change(current: Any) -> tuple[Any, Any]:
         try:
             cmap = ClusterMap.from_wire(current)
         except NodeError:
             return current, None
-        moved = cmap.readdressed(given.nodes)
+        moved = cmap.readdressed(given)
         if moved == cmap:
             return current, None
         return dataclasses.replace(moved, epoch=cmap.epoch + 1).to_wire(), None
@@ -67,10 +69,19 @@ def readdress(given: ClusterMap) -> Change:
 
 
 def disagreement(agreed: ClusterMap, mine: ClusterMap) -> str | None:
-    """Why a node started with `mine` cannot serve in the cluster that agreed on `agreed`."""
+    """Why a node started with `mine` cannot serve in the cluster that agreed on `agreed`.
+
+    A node that was in the cluster (its map has the cluster id) goes by the cluster's map,
+    whatever changed since. One that starts for the first time must have been given the map
+    the cluster was founded with, or, if the cluster changed since, members it still has."""
+    if mine.cluster_id:
+        if mine.cluster_id != agreed.cluster_id:
+            return f"this node belongs to cluster {mine.cluster_id}, not {agreed.cluster_id}"
+        return None
     ours = sorted(node.node_id for node in mine.nodes)
     theirs = sorted(node.node_id for node in agreed.nodes)
-    if ours != theirs:
+    founding = agreed.epoch == 1
+    if (ours != theirs) if founding else not set(ours) <= set(theirs):
         return (
             f"this node was started with members {', '.join(ours)}, but the cluster agreed on "
             f"{', '.join(theirs)}"
@@ -81,13 +92,11 @@ def disagreement(agreed: ClusterMap, mine: ClusterMap) -> str | None:
             f"{agreed.replicas}"
         )
     our_meta, their_meta = _meta_ids(mine), _meta_ids(agreed)
-    if our_meta != their_meta:
+    if founding and our_meta != their_meta:
         return (
             f"this node takes {', '.join(our_meta)} for the meta group, but the cluster agreed "
             f"on {', '.join(their_meta)}"
         )
-    if mine.cluster_id and mine.cluster_id != agreed.cluster_id:
-        return f"this node belongs to cluster {mine.cluster_id}, not {agreed.cluster_id}"
     return None
 
 
@@ -116,6 +125,33 @@ async def agree_on_map(register: NodeRegister, mine: ClusterMap) -> ClusterMap:
             raise ConfigError(problem)
         log.info("cluster %s: map agreed (%d nodes)", agreed.cluster_id, len(agreed.nodes))
         return agreed
+
+
+async def join(pool: NodePool, seeds: tuple[str, ...], joining: NodeInfo) -> ClusterMap:
+    """Have a node of the cluster (the first of `seeds` that answers) add `joining` to the map;
+    returns the map with it. Asks again while no majority of the register's acceptors answers.
+
+    Raises ConfigError when the cluster refuses it (an id or address in use) or no seed
+    answers."""
+    arguments = [joining.node_id, joining.host, joining.port, joining.weight, joining.zone]
+    while True:
+        failures: list[str] = []
+        undecided = False  # a seed answered, but its register had no majority yet
+        for seed in seeds:
+            try:
+                wire = await pool.call(seed, "map.change", ["add", arguments], time_limit=ROUND)
+                return ClusterMap.from_wire(wire)
+            except Unavailable as exc:
+                failures.append(str(exc))
+            except NodeError as exc:
+                if exc.name != "EAGAIN":
+                    raise ConfigError(f"joining through {seed}: {exc.detail}") from None
+                failures.append(f"{seed}: {exc.detail}")
+                undecided = True
+        if not undecided:
+            raise ConfigError(f"no node to join answered: {'; '.join(failures)}")
+        log.info("joining: not agreed yet (%s); asking again", "; ".join(failures))
+        await trio.sleep(1.0)
 
 
 def requested(operation: str, arguments: list[Any]) -> Change:
@@ -152,23 +188,23 @@ class MapKeeper:
         self.path = path
         self.changed = changed
 
-    async def run(self, given: bool) -> None:
-        """Agree on the map (with the addresses of `view.current` if this node was `given`
-        them on its command line), then follow it until cancelled.
+    async def run(self, given: tuple[NodeInfo, ...] | None) -> None:
+        """Agree on the map (with the addresses this node was `given` on its command line, if
+        any), then follow it until cancelled.
 
-        Raises ConfigError when the cluster agreed on another map (see `agree_on_map`)."""
+        Raises ConfigError when the cluster agreed on another map (see `agree_on_map`), and
+        Departed once this node is removed from it."""
         agreed = await agree_on_map(self.register, self.view.current)
         self.identity.cluster_id = agreed.cluster_id
-        while given:
+        while given is not None:
             try:
-                change = readdress(self.view.current)
+                change = readdress(given)
                 _, value = await self.register.propose(change, trio.current_time() + ROUND)
                 agreed = ClusterMap.from_wire(value)
                 break
             except (Unavailable, InDoubt) as exc:
                 log.info("cluster map: new addresses not agreed yet (%s); asking again", exc)
-        if agreed != self.view.current:
-            await self._adopt(agreed)
+        await self._adopt(agreed)
         while True:
             await trio.sleep(FOLLOW_INTERVAL)
             try:
@@ -181,7 +217,8 @@ class MapKeeper:
 
     async def change(self, operation: str, arguments: list[Any]) -> ClusterMap:
         """Make an operator's change and go by the map it gives. Raises ValueError saying why
-        the change cannot be made, Unavailable when no majority of acceptors answers."""
+        the change cannot be made, Unavailable when no majority of acceptors answers, and
+        Departed if the change removed this node."""
         deadline = trio.current_time() + ROUND
         refusal, value = await self.register.propose(requested(operation, arguments), deadline)
         if refusal is not None:
@@ -192,7 +229,11 @@ class MapKeeper:
         return agreed
 
     async def _adopt(self, cmap: ClusterMap) -> None:
+        """Go by `cmap`; raises Departed if this node is no longer in it."""
         log.info("cluster %s: going by map epoch %d", cmap.cluster_id, cmap.epoch)
+        node_id = self.register.node_id
+        if node_id not in {node.node_id for node in cmap.nodes if node.state != "removed"}:
+            raise Departed(f"node {node_id} was removed from cluster {cmap.cluster_id}")
         self.view.current = cmap
         self.changed()
         await trio.to_thread.run_sync(cmap.save, self.path)

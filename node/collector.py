@@ -100,7 +100,9 @@ class Collector:
         due = self.clock.due(now)
         if not due:
             return False
-        nodes = self.view.current.nodes
+        # A node marked out or removed is not waited for: if it comes back, its repair pass
+        # finds the copies no file references and has them collected again.
+        nodes = self.view.current.holders()
         confirmed = await self._delete(due, nodes)
         done = deleted_everywhere(due, confirmed, [node.node_id for node in nodes])
         if done:

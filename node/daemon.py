@@ -19,14 +19,15 @@ from pathlib import Path
 
 import trio
 
-from ringfs.node.agreement import MapKeeper
+from ringfs.node.agreement import MapKeeper, join
 from ringfs.node.blocks.repair import RepairConfig
 from ringfs.node.blocks.scrub import ScrubConfig
 from ringfs.node.blocks.space import Reserve
 from ringfs.node.blocks.store import BlockStore
-from ringfs.node.cluster.map import ClusterMap, MapView, NodeInfo
+from ringfs.node.cluster.map import MAP_FILE, ClusterMap, MapView, NodeInfo
 from ringfs.node.collector import Collector
 from ringfs.node.errors import ConfigError
+from ringfs.node.lifecycle import Lifecycle
 from ringfs.node.meta.replica import ReplicatedMeta
 from ringfs.node.raft.transport import RpcTransport
 from ringfs.node.register import NodeRegister, RegisterStore
@@ -44,7 +45,6 @@ DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 MIN_CHUNK_SIZE = 4096
 MAX_CHUNK_SIZE = DEFAULT_LIMITS.max_bin_len
 LOCK_FILE = "lock"
-MAP_FILE = "cluster.json"
 SCRUB_FILE = "scrub.json"
 
 
@@ -74,6 +74,13 @@ class NodeConfig:
     mount_expiry: float = 600.0
     scrub: ScrubConfig = ScrubConfig()
     ssl_context: ssl.SSLContext | None = None
+    # Addresses of nodes of the cluster this node joins, on its first start (instead of
+    # `members`), with the weight and zone it joins with.
+    join: tuple[str, ...] = ()
+    weight: float = 1.0
+    zone: str = ""
+    # Seconds a node may not answer the meta-group leader before it is marked out.
+    out_after: float = 600.0
 
 
 def resolve_map(config: NodeConfig) -> ClusterMap:
@@ -93,13 +100,16 @@ def resolve_map(config: NodeConfig) -> ClusterMap:
         cmap = stored
     elif stored is None:
         cmap = ClusterMap(epoch=1, nodes=members, replicas=config.replicas)
-    elif {n.node_id for n in stored.nodes} != {n.node_id for n in members}:
+    elif not stored.cluster_id and {n.node_id for n in stored.nodes} != {
+        n.node_id for n in members
+    }:
         raise ConfigError(
             "--cluster names other nodes than the map stored in "
             f"{path} ({', '.join(sorted(n.node_id for n in stored.nodes))})"
         )
     elif (moved := stored.readdressed(members)) != stored:
-        # The epoch moves when the cluster agrees on them (`ringfs.node.agreement`).
+        # Of the members the map has (others may have joined or left since: the cluster's
+        # map tells); the epoch moves when the cluster agrees on them (`ringfs.node.agreement`).
         cmap = moved
         log.info("node addresses changed: proposing them to the cluster")
     else:
@@ -125,6 +135,10 @@ async def run(
         raise ConfigError("--gc-grace must be a positive number of seconds")
     if not (0 < config.repair.interval < math.inf and 0 < config.repair.rate < math.inf):
         raise ConfigError("--repair-interval and --repair-rate must be positive")
+    if not 0 < config.out_after < math.inf:
+        raise ConfigError("--out-after must be a positive number of seconds")
+    if config.join and config.port == 0:
+        raise ConfigError("--join needs the address others reach this node at: --listen HOST:PORT")
     if not 0 < config.mount_expiry < math.inf:
         raise ConfigError("--mount-expiry must be a positive number of seconds")
     if not 0 < config.repair.orphan_age < math.inf:
@@ -154,25 +168,38 @@ def _exclusive(data_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+async def _join(config: NodeConfig, peers: NodePool) -> None:
+    """On the first start with `--join`: be added to the cluster's map, and keep it."""
+    if config.join and not (config.data_dir / MAP_FILE).exists():
+        joining = NodeInfo(config.node_id, config.host, config.port, config.weight, config.zone)
+        cmap = await join(peers, config.join, joining)
+        await trio.to_thread.run_sync(cmap.save, config.data_dir / MAP_FILE)
+        log.info(
+            "node %s joined cluster %s (map epoch %d)", config.node_id, cmap.cluster_id, cmap.epoch
+        )
+
+
 async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
-    cmap = resolve_map(config)
-    view = MapView(cmap)
-    store = BlockStore(config.data_dir / "store", config.reserve)
-    identity = ClusterIdentity(cmap.cluster_id)
-    server_config = ServerConfig(
-        secret=config.secret,
-        node_id=config.node_id,
-        host=config.host,
-        port=config.port,
-        ssl_context=config.ssl_context,
-        identity=identity,
-    )
-    meta_group = tuple(node.node_id for node in cmap.meta_nodes())
+    identity = ClusterIdentity()
     async with trio.open_nursery() as nursery:
-        meta: ReplicatedMeta | None = None
-        collector: Collector | None = None
         client = ClientConfig(config.secret, ssl_context=config.ssl_context, identity=identity)
         peers = NodePool(client, nursery)
+        await _join(config, peers)
+        cmap = resolve_map(config)
+        identity.cluster_id = cmap.cluster_id
+        view = MapView(cmap)
+        store = BlockStore(config.data_dir / "store", config.reserve)
+        server_config = ServerConfig(
+            secret=config.secret,
+            node_id=config.node_id,
+            host=config.host,
+            port=config.port,
+            ssl_context=config.ssl_context,
+            identity=identity,
+        )
+        meta_group = tuple(node.node_id for node in cmap.meta_nodes())
+        meta: ReplicatedMeta | None = None
+        collector: Collector | None = None
         if config.node_id in meta_group:
             transport = RpcTransport(view, peers, nursery)
             meta = ReplicatedMeta(
@@ -208,8 +235,17 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
         nursery.start_soon(repairer.run, name="repair")
         nursery.start_soon(scrubber.run, name="scrub")
         # Serving already: the other nodes' agreement needs this node's acceptor.
-        given = config.members is not None
-        nursery.start_soon(keeper.run, given, name="cluster map")
+        nursery.start_soon(keeper.run, config.members, name="cluster map")
+        lifecycle = Lifecycle(
+            config.node_id,
+            keeper,
+            repairer,
+            store,
+            peers,
+            leads=lambda: meta is not None and meta.raft.raft.role == "leader",
+            out_after=config.out_after,
+        )
+        nursery.start_soon(lifecycle.run, name="lifecycle")
         task_status.started(port)
 
 

@@ -90,6 +90,11 @@ class ConfigError(Exception):
     """A node or mount cannot start with this configuration: a user mistake, one line."""
 
 
+class Departed(Exception):
+    """This node was removed from the cluster map (it was drained, or an operator removed it):
+    it has nothing more to serve, and stops."""
+
+
 class StorageFailure(Exception):
     """This node's own metadata storage failed (a full disk, an I/O error). The node stops
     rather than answer from a state its peers do not share; its Raft log replays the rest

@@ -19,7 +19,7 @@ from typing import Any
 import msgpack
 import trio
 
-from ringfs.node.cluster.map import MapView
+from ringfs.node.cluster.map import ClusterMap, MapView
 from ringfs.node.cluster.paxos import (
     Accept,
     Accepted,
@@ -34,6 +34,7 @@ from ringfs.node.cluster.paxos import (
     Prepare,
     Promise,
     Proposal,
+    Reconfigured,
     Register,
     Reject,
 )
@@ -108,6 +109,20 @@ def answer_from_wire(obj: object, src: str, dst: str, ballot: Ballot) -> Message
     raise NodeError("EINVAL", f"malformed register answer from {src}")
 
 
+def acceptors_of(value: object) -> dict[str, str] | None:
+    """The acceptors a register value names, with their addresses: those of the map it holds
+    (None when it holds none, as before the cluster is founded)."""
+    try:
+        return ClusterMap.from_wire(value).acceptors()
+    except NodeError:
+        return None
+
+
+def _acceptor_ids(value: object) -> frozenset[str] | None:
+    named = acceptors_of(value)
+    return None if named is None else frozenset(named)
+
+
 # -- the acceptor's durable state ------------------------------------------------------------
 
 
@@ -169,7 +184,8 @@ class NodeRegister:
         pool: NodePool,
         view: MapView,
     ) -> None:
-        """The acceptors are the members of the map `view` goes by, this node included."""
+        """A proposal asks the acceptors of the map `view` goes by, and also those the
+        register's value names if they differ (see `Proposal`)."""
         self.node_id = node_id
         self.store = store
         self.pool = pool
@@ -220,37 +236,47 @@ class NodeRegister:
         change_id = "" if read else os.urandom(8).hex()
         above: Ballot | None = None
         sent: int | None = None
+        view = self.view.current.acceptors()
+        addresses = dict(view)
+        joined: tuple[frozenset[str], ...] = ()  # the sets values named on the way
         while trio.current_time() < deadline:
             async with self._saving:
                 ballot = self._ballots.next(above)
                 if self._ballots.saved_up_to > self.store.counter:
                     await self._save()  # the counter, before the ballot is used
-            acceptors = tuple(node.node_id for node in self.view.current.nodes)
-            proposal = Proposal(self.node_id, acceptors, ballot, change, change_id, sent)
+            proposal = Proposal(
+                self.node_id, tuple(view), ballot, change, change_id, sent, _acceptor_ids, joined
+            )
             try:
                 with trio.move_on_at(min(deadline, trio.current_time() + ATTEMPT_TIMEOUT)):
-                    await self._attempt(proposal)
+                    await self._attempt(proposal, addresses)
             except Conflict as conflict:
                 above = conflict.seen
+            except Reconfigured as moved:
+                # Drawing apart as after a conflict: its prepares may have cut another short.
+                named = acceptors_of(moved.value) or {}
+                addresses |= named
+                joined += (frozenset(named),)
             sent = proposal.sent
             if proposal.done:
                 return proposal.result, proposal.value.value
             await trio.sleep(self._rng.uniform(0, BACKOFF))
         raise Unavailable("the cluster map register (no majority of its acceptors answered)")
 
-    async def _attempt(self, proposal: Proposal) -> None:
-        """Run one proposal until it is done; raises Conflict or InDoubt."""
+    async def _attempt(self, proposal: Proposal, addresses: dict[str, str]) -> None:
+        """Run one proposal, its acceptors at `addresses`, until it is done; raises Conflict,
+        Reconfigured or InDoubt."""
         failure: list[BaseException] = []
         async with trio.open_nursery() as nursery:
 
             async def exchange(message: Prepare | Accept) -> None:
                 try:
-                    reply = await self._send(message)
+                    reply = await self._send(message, addresses[message.dst])
                     follow = proposal.receive(reply)
                 except (Unavailable, NodeError) as exc:
                     log.debug("register: %s did not answer: %s", message.dst, exc)
                     return
-                except (Conflict, InDoubt) as exc:  # this attempt is over
+                except (Conflict, Reconfigured, InDoubt) as exc:  # this attempt is over
                     failure.append(exc)
                     nursery.cancel_scope.cancel()
                     return
@@ -266,8 +292,8 @@ class NodeRegister:
         if failure:
             raise failure[0]
 
-    async def _send(self, message: Prepare | Accept) -> Message:
-        """Deliver one message to its acceptor (this node's own, or over RPC)."""
+    async def _send(self, message: Prepare | Accept, address: str) -> Message:
+        """Deliver one message to its acceptor (this node's own, or over RPC at `address`)."""
         if message.dst == self.node_id:
             return await self.answer(message)
         if isinstance(message, Prepare):
@@ -275,6 +301,5 @@ class NodeRegister:
         else:
             method = "paxos.accept"
             params = [ballot_to_wire(message.ballot), register_to_wire(message.value)]
-        address = self.view.current.node(message.dst).address
         wire = await self.pool.call(address, method, params, time_limit=ATTEMPT_TIMEOUT)
         return answer_from_wire(wire, message.dst, self.node_id, message.ballot)

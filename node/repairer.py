@@ -30,7 +30,7 @@ from ringfs.node.blocks.repair import (
     unreferenced,
     within,
 )
-from ringfs.node.blocks.store import BlockStore
+from ringfs.node.blocks.store import BlockStore, checksum
 from ringfs.node.cluster.map import MapView
 from ringfs.node.cluster.ring import block_point
 from ringfs.node.errors import NOT_LEADER, NOT_META, NodeError, Unavailable
@@ -88,7 +88,12 @@ class Repairer:
             else:
                 failures = 0
                 last = self.ledger.last
-                pause = self.config.retry if last and last.left else self.config.interval
+                # A node being drained (no arcs: its pass is cheap) looks again soon at the
+                # copies it holds (some may have come after its pass, from a writer that did not
+                # know the map yet), so that it leaves once they are all placed elsewhere.
+                draining = not self._arcs and self.store.stats().blocks > 0
+                behind = draining or (last is not None and last.left > 0)
+                pause = self.config.retry if behind else self.config.interval
             if self.ledger.wanted > self.ledger.passes:
                 continue
             with trio.move_on_after(pause):
@@ -170,8 +175,9 @@ class Repairer:
         limiter: trio.CapacityLimiter,
         nursery: trio.Nursery,
     ) -> None:
-        """Look at the copies held here outside this node's arcs (handoffs): each is deleted
-        once every node of its placement holds a verified copy of it."""
+        """Look at the copies held here outside this node's arcs (handoffs, or all of them on
+        a node being drained): each is given to the nodes of its placement that lack it, and
+        deleted once every one of them holds a verified copy."""
         for block_id in outside:
             record.misplaced += 1
             await limiter.acquire_on_behalf_of(block_id)
@@ -182,14 +188,18 @@ class Repairer:
     ) -> None:
         try:
             try:
-                _, mine = await trio.to_thread.run_sync(self.store.get, block_id)
+                data, mine = await trio.to_thread.run_sync(self.store.get, block_id)
             except NodeError:
                 return  # gone meanwhile, or corrupt (and quarantined by the read)
             for node in self.view.current.placement(block_id):
                 try:
                     theirs = await self.pool.call(node.address, "block.verify", [block_id])
-                except (Unavailable, NodeError):
-                    return  # not there (yet): its own pass fetches it if a file needs it
+                except NodeError as exc:
+                    if exc.name != "ENOENT" or not await self._hand(node.address, block_id, data):
+                        return
+                    theirs = mine
+                except Unavailable:
+                    return  # its own pass fetches it, if a file needs it
                 if theirs != mine:
                     return
             if await trio.to_thread.run_sync(self.store.delete, block_id):
@@ -197,6 +207,18 @@ class Repairer:
                 log.debug("repair: released handoff copy of %s", block_id.hex())
         finally:
             limiter.release_on_behalf_of(block_id)
+
+    async def _hand(self, address: str, block_id: bytes, data: bytes) -> bool:
+        """Give a placement node that lacks it this node's copy (a handoff held here, or the
+        copy of a node being drained), so that it need not wait for its own next pass."""
+        await trio.sleep(self._bucket.take(len(data), trio.current_time()))
+        try:
+            await self.pool.call(address, "block.put", [block_id, checksum(data), data])
+        except (Unavailable, NodeError) as exc:
+            log.debug("repair: block %s not handed to %s: %s", block_id.hex(), address, exc)
+            return False
+        self.ledger.note_handed(len(data))
+        return True
 
     async def _fetch(self, ref: BlockRef, limiter: trio.CapacityLimiter) -> None:
         """Copy one block here from a node that has a good copy."""
@@ -272,6 +294,8 @@ class Repairer:
             "wanted": ledger.wanted,
             "repaired": ledger.repaired,
             "repaired_bytes": ledger.repaired_bytes,
+            "handed": ledger.handed,
+            "handed_bytes": ledger.handed_bytes,
             "share": self.share,
             "rate": self.config.rate,
             "current": None if ledger.current is None else ledger.current.to_wire(),

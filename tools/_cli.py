@@ -22,6 +22,7 @@ from ringfs.node.blocks.space import Reserve
 from ringfs.node.errors import (
     AuthenticationError,
     ConfigError,
+    Departed,
     NodeError,
     StorageFailure,
     Unavailable,
@@ -40,8 +41,11 @@ HANDLERS = {
     "node": ("serve", "node"),
     "status": ("ctl", "status"),
     "repair": ("ctl", "repair"),
-    "weight": ("ctl", "weight"),
-    "drain": ("ctl", "drain"),
+    "weight": ("members", "weight"),
+    "drain": ("members", "drain"),
+    "remove": ("members", "remove"),
+    "replace": ("members", "replace"),
+    "add-node": ("members", "add_node"),
     "bench": ("bench", "main"),
     "latency": ("latency", "main"),
 }
@@ -132,7 +136,30 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--data", type=Path, required=True, help="data directory")
     node.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on")
     node.add_argument(
-        "--cluster", metavar="ID=HOST:PORT,...", help="all members (required on the first start)"
+        "--cluster",
+        metavar="ID=HOST:PORT,...",
+        help="all members, to found a cluster (on the first start; later, new addresses)",
+    )
+    node.add_argument(
+        "--join",
+        metavar="HOST:PORT[,...]",
+        help="instead of --cluster: join the cluster of these nodes (on the first start, with "
+        "an empty data directory); the node takes its share of the data, moved to it by repair",
+    )
+    node.add_argument(
+        "--weight",
+        type=float,
+        default=1.0,
+        help="with --join: this node's share of the data relative to the others (default 1)",
+    )
+    node.add_argument("--zone", default="", help="with --join: this node's failure zone")
+    node.add_argument(
+        "--out-after",
+        type=seconds,
+        default=600.0,
+        metavar="SECONDS",
+        help="seconds a node may not answer before the cluster marks it out and copies its data "
+        "to the others (default 600); it joins again when it comes back",
     )
     node.add_argument("--secret-file", type=Path, required=True, help="the cluster secret")
     node.add_argument("--replicas", type=int, default=3, help="copies of each block (default 3)")
@@ -265,15 +292,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     drain = sub.add_parser(
         "drain",
-        help="move every block off a node",
+        help="move every block off a node, then remove it",
         description="Take NODE out of the placement: it still serves what it holds, the other "
         "nodes' repair passes copy its blocks to where the ring now places them, and its own "
-        "deletes each once they hold it (see `ringfs status`). A meta-group member cannot be "
-        "drained yet, nor a node the remaining ones would be too few for the replicas. Without "
-        "--cluster, changes the local cluster of `ringfs up`.",
+        "deletes each once they hold it; once it holds nothing it leaves the cluster and stops. "
+        "With --wait, shows its blocks going down until it has left. A meta-group member "
+        "cannot be drained yet, nor a node the remaining ones would be too few for the "
+        "replicas. Without --cluster, changes the local cluster of `ringfs up`.",
     )
     drain.add_argument("node", help="the node's id")
+    drain.add_argument("--wait", action="store_true", help="wait until the node has left")
     _add_cluster_access(drain)
+
+    remove = sub.add_parser(
+        "remove",
+        help="remove a dead node: its data is copied again from the others",
+        description="Remove NODE from the cluster for good (a dead node, or one whose disk is "
+        "lost): the other nodes' repair passes copy its blocks from the remaining copies to "
+        "where the ring now places them. A live node is better drained. A meta-group member "
+        "cannot be removed yet, nor a node the remaining ones would be too few for the "
+        "replicas. Without --cluster, changes the local cluster of `ringfs up`.",
+    )
+    remove.add_argument("node", help="the node's id")
+    _add_cluster_access(remove)
+
+    replace = sub.add_parser(
+        "replace",
+        help="have a newly joined node take an old node's place",
+        description="NEW, a node that has joined (started with --join; best just after, while "
+        "it holds little of its own), takes OLD's place on the ring, its weight and zone: "
+        "exactly OLD's blocks move, and they move to NEW. OLD drains and leaves (or, if it was "
+        "marked out, is removed). Without --cluster, changes the local cluster of `ringfs up`.",
+    )
+    replace.add_argument("old", help="the id of the node to replace")
+    replace.add_argument("new", help="the id of the joined node that takes its place")
+    _add_cluster_access(replace)
+
+    add_node = sub.add_parser(
+        "add-node",
+        help="start one more node in the local cluster of `ringfs up`",
+        description="Start one more node (the next name, n4 after n1..n3) in the running "
+        "local cluster of `ringfs up`: it joins, takes its share of the data, and stops with "
+        "the others at unmount. For a cluster of your own, start `ringfs node --join`.",
+    )
+    add_node.add_argument(
+        "--data", type=Path, help="data directory of `ringfs up` (default: as `ringfs up`)"
+    )
 
     bench = sub.add_parser(
         "bench",
@@ -347,6 +411,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise leaf from None
     except KeyboardInterrupt:
         return 130
+    except Departed as exc:  # a node that left the cluster is done, not failed
+        log.info("%s: stopping", exc)
+        return 0
     except (UserError, ConfigError, background.StartError, ValueError) as exc:
         return _fail(str(exc), ready_fd)
     except AuthenticationError as exc:

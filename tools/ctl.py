@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import trio
 
 from ringfs.fs.cluster import Cluster, connected
-from ringfs.node.cluster.map import ClusterMap, NodeInfo
+from ringfs.node.cluster.map import NodeInfo
 from ringfs.node.errors import NodeError, Unavailable
 from ringfs.node.meta.commands import FsInfo, FsStats
 from ringfs.tools.args import cluster_access
@@ -46,7 +46,9 @@ async def _status(seeds: tuple[str, ...], secret: bytes) -> str:
     ]
     for info, node_stats in stats:
         lines.append(
-            _node_line(info.node_id, info.address, node_stats, roles.get(info.node_id, ""))
+            _node_line(
+                info.node_id, info.address, info.state, node_stats, roles.get(info.node_id, "")
+            )
         )
     answering = [s for _, s in stats if s is not None]
     lines.append(_total_line(answering))
@@ -103,6 +105,8 @@ def _repair_line(node_id: str, repair: dict[str, Any]) -> str:
         line += "no pass yet"
     if repair["repaired"]:
         line += f"; {repair['repaired']} copies stored again ({_human(repair['repaired_bytes'])})"
+    if repair["handed"]:
+        line += f"; {repair['handed']} copies handed on ({_human(repair['handed_bytes'])})"
     return line
 
 
@@ -125,38 +129,6 @@ def _scrub_line(node_id: str, scrub: dict[str, Any]) -> str:
             f"{scrub['last_corrupt']} corrupt"
         )
     return line
-
-
-def weight(args: argparse.Namespace) -> int:
-    seeds, secret = cluster_access(args)
-    cmap = trio.run(_change_map, seeds, secret, "weight", [args.node, args.weight])
-    print(f"cluster map epoch {cmap.epoch}: {args.node} has weight {args.weight:g}")
-    return 0
-
-
-def drain(args: argparse.Namespace) -> int:
-    seeds, secret = cluster_access(args)
-    cmap = trio.run(_change_map, seeds, secret, "drain", [args.node])
-    print(f"cluster map epoch {cmap.epoch}: {args.node} is draining")
-    return 0
-
-
-async def _change_map(
-    seeds: tuple[str, ...], secret: bytes, operation: str, arguments: list[Any]
-) -> ClusterMap:
-    """Have a node make the change; the map it gives. Raises NodeError (EINVAL: the change
-    cannot be made, and why), Unavailable when no node could."""
-    async with connected(seeds, secret) as cluster:
-        tried = []
-        for node in cluster.map.nodes:
-            tried.append(node.address)
-            try:
-                params = [operation, arguments]
-                wire = await cluster.pool.call(node.address, "map.change", params, 40.0)
-            except Unavailable:
-                continue
-            return ClusterMap.from_wire(wire)
-        raise Unavailable("the cluster map (no node made the change)", tried)
 
 
 def repair(args: argparse.Namespace) -> int:
@@ -189,7 +161,7 @@ async def _wait_whole(cluster: Cluster, targets: dict[str, int], out: TextIO) ->
 
     A node that restarts in between starts counting its passes again: it is asked again.
     """
-    bar = _ProgressBar(out)
+    bar = ProgressBar(out)
     while True:
         answers = await cluster.repair_status()
         done = 0.0
@@ -224,7 +196,7 @@ def _node_done(stats: dict[str, Any], target: int) -> float:
     return 0.0
 
 
-class _ProgressBar:
+class ProgressBar:
     """A bar redrawn in place on a terminal; on anything else, a line when the text changes."""
 
     WIDTH = 30
@@ -250,11 +222,13 @@ class _ProgressBar:
             self.out.flush()
 
 
-def _node_line(node_id: str, address: str, stats: dict[str, Any] | None, role: str) -> str:
+def _node_line(
+    node_id: str, address: str, state: str, stats: dict[str, Any] | None, role: str
+) -> str:
     if stats is None:
         return f"{node_id:<10} {address:<22} {'unreachable':<12}"
     return (
-        f"{node_id:<10} {address:<22} {'up':<12} "
+        f"{node_id:<10} {address:<22} {state:<12} "
         f"{('' if stats['counted'] else '~') + str(stats['blocks']):>8} "
         f"{_human(stats['bytes']):>10} {_human(stats['capacity']):>10} "
         f"{_human(stats['free']):>10}  {role}"

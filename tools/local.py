@@ -4,7 +4,8 @@
 the user's data directory, or `--data`), mounts them, and stays in the background until the
 filesystem is unmounted with `fusermount3 -u`; then it stops the nodes. Run again on the same
 data, it finds the same files: nodes are named n1, n2, ... and the ring places by name, so new
-ports on the next run change nothing.
+ports on the next run change nothing. `ringfs add-node` has it start one more node, which joins
+the running cluster (SIGUSR1 asks for it; the state file tells when it is in).
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from ringfs.node.cluster.map import MAP_FILE, ClusterMap
+from ringfs.node.errors import NodeError
 from ringfs.tools.background import StartError
 
 HOST = "127.0.0.1"
@@ -54,25 +59,60 @@ class LocalCluster:
     def log_file(self) -> Path:
         return self.data_dir / "ringfs.log"
 
-    def node_count(self, asked: int | None) -> int:
-        """How many nodes to start: as many as the data directory holds (a cluster's members
-        are fixed when it is founded), `asked` or `NODE_COUNT` for a new one.
+    def node_names(self, asked: int | None) -> list[str]:
+        """The nodes to start: those the data directory holds (but removed ones), or for a
+        new one `asked` or `NODE_COUNT` nodes n1, n2, ...
 
         Raises `StartError` when `asked` is not what the data directory holds."""
-        held = sum(1 for path in self.data_dir.glob("n*/cluster.json") if path.is_file())
-        if held and asked not in (None, held):
+        held = [
+            name for name in self._held() if not _removed(self.data_dir / name / MAP_FILE, name)
+        ]
+        if held and asked not in (None, len(held)):
             raise StartError(
-                f"{self.data_dir} holds a cluster of {held} nodes, not {asked}: a cluster's "
-                "members are fixed when it is first started"
+                f"{self.data_dir} holds a cluster of {len(held)} nodes, not {asked}: "
+                "add one to a running cluster with `ringfs add-node`"
             )
-        return held or asked or NODE_COUNT
+        return held or [f"n{i + 1}" for i in range(asked or NODE_COUNT)]
+
+    def next_name(self) -> str:
+        """The name for one more node: past every name used, so a removed one is not reused."""
+        return f"n{max((_index(name) for name in self._held()), default=0) + 1}"
+
+    def _held(self) -> list[str]:
+        names = [path.parent.name for path in self.data_dir.glob("n*/" + MAP_FILE)]
+        return sorted((name for name in names if _index(name) > 0), key=_index)
 
     def members(self) -> str | None:
-        """The `--cluster` spec of the last run, if any (for `ringfs status`)."""
+        """The `--cluster` spec of the running (or last) run, if any (for `ringfs status`)."""
+        state = self.state()
+        return None if state is None else str(state.get("members"))
+
+    def state(self) -> dict[str, Any] | None:
+        """What the supervisor of `ringfs up` wrote: its pid, the members' spec, and how the
+        last `add-node` went."""
         try:
-            return str(json.loads(self.state_file.read_text())["members"])
-        except (OSError, ValueError, KeyError):
+            state = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
             return None
+        return state if isinstance(state, dict) else None
+
+    def write_state(self, **fields: Any) -> None:
+        state = {**(self.state() or {}), **fields}
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.state_file)
+
+
+def _index(name: str) -> int:
+    digits = name[1:]
+    return int(digits) if name.startswith("n") and digits.isdigit() else 0
+
+
+def _removed(path: Path, name: str) -> bool:
+    try:
+        return ClusterMap.load(path).node(name).state == "removed"
+    except (OSError, NodeError, KeyError):
+        return False
 
 
 def default_data_dir() -> Path:
@@ -116,34 +156,113 @@ def free_ports(count: int) -> list[int]:
 
 
 def _die_with_parent() -> None:
-    """In the child: get SIGTERM if the supervisor dies, so no node outlives its cluster."""
+    """In the child: get SIGTERM if the supervisor dies, so no node outlives its cluster.
+    (The kernel sends it when the thread that started the child ends, not the process.)"""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+class LocalNodes:
+    """The node processes of a running `ringfs up`, which `start_next` adds to."""
+
+    def __init__(self, cluster: LocalCluster, debug: bool) -> None:
+        self.cluster = cluster
+        self.debug = debug
+        self.spec = ""
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, names: list[str]) -> None:
+        """Start the nodes `names` and wait until they all listen."""
+        self.spec = node_spec(names)
+        for name in names:
+            self.processes.append(start_node(self.cluster, name, self.spec, debug=self.debug))
+        for name, process in zip(names, self.processes, strict=True):
+            _wait_ready(name, process)
+        self.cluster.write_state(members=self.spec, pid=os.getpid(), added=None)
+
+    def start_next(self) -> Joining:
+        """Start one more node that joins the cluster. Call it from the main thread: a node
+        gets SIGTERM when the thread that started it ends (see `_die_with_parent`)."""
+        name = self.cluster.next_name()
+        [port] = free_ports(1)
+        entry = f"{name}={HOST}:{port}"
+        seeds = ",".join(member.split("=")[1] for member in self.spec.split(","))
+        process = start_node(self.cluster, name, entry, ("--join", seeds), self.debug)
+        self.processes.append(process)
+        return Joining(name, entry, process)
+
+    def wait_joined(self, joining: Joining) -> None:
+        """Wait until the node `start_next` started listens; the state file says how it went."""
+        try:
+            _wait_ready(joining.name, joining.process)
+        except StartError as exc:
+            self.cluster.write_state(added={"name": joining.name, "error": str(exc)})
+            return
+        self.spec = f"{self.spec},{joining.entry}"
+        self.cluster.write_state(members=self.spec, added={"name": joining.name, "error": None})
+
+
+@dataclass(frozen=True)
+class Joining:
+    """A node on its way in: its name, its `--cluster` entry, its process."""
+
+    name: str
+    entry: str
+    process: subprocess.Popen[bytes]
+
+
 @contextlib.contextmanager
-def running_nodes(cluster: LocalCluster, count: int, debug: bool = False) -> Iterator[str]:
-    """Start `count` local nodes, yield the `--cluster` spec once all listen, stop them after.
+def running_nodes(
+    cluster: LocalCluster, names: list[str], debug: bool = False
+) -> Iterator[LocalNodes]:
+    """Start the local nodes `names`, yield them once all listen, stop them (and those added
+    since) after.
 
     Raises `StartError` if a node fails to start (its log says why).
     """
-    spec = node_spec(count)
-    processes: list[subprocess.Popen[bytes]] = []
+    nodes = LocalNodes(cluster, debug)
     try:
-        for name in spec_names(spec):
-            processes.append(start_node(cluster, name, spec, debug=debug))
-        for name, process in zip(spec_names(spec), processes, strict=True):
-            _wait_ready(name, process)
-        cluster.state_file.write_text(json.dumps({"members": spec, "pid": os.getpid()}))
-        yield spec
+        nodes.start(names)
+        yield nodes
     finally:
-        stop_nodes(processes)
+        stop_nodes(nodes.processes)
 
 
-def node_spec(count: int) -> str:
-    """The `--cluster` spec of `count` local nodes n1, n2, ... on free loopback ports."""
-    ports = free_ports(count)
-    return ",".join(f"n{i + 1}={HOST}:{port}" for i, port in enumerate(ports))
+def add_local_node(cluster: LocalCluster, timeout: float = 2 * NODE_START_TIMEOUT) -> str:
+    """Have the running `ringfs up` on `cluster` start one more node; its name once it joined.
+
+    Raises `StartError` when none runs there or the node did not start."""
+    state = cluster.state()
+    pid = state.get("pid") if state is not None else None
+    if not isinstance(pid, int) or not _alive(pid):
+        raise StartError(f"no `ringfs up` runs on {cluster.data_dir}")
+    name = cluster.next_name()
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        added = (cluster.state() or {}).get("added")
+        if isinstance(added, dict) and added.get("name") == name:
+            if added.get("error"):
+                raise StartError(str(added["error"]))
+            return name
+        time.sleep(0.2)
+    raise StartError(f"node {name} did not start within {timeout:.0f} s; see {cluster.log_file}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def node_spec(names: list[str]) -> str:
+    """The `--cluster` spec of the local nodes `names` on free loopback ports."""
+    ports = free_ports(len(names))
+    return ",".join(f"{name}={HOST}:{port}" for name, port in zip(names, ports, strict=True))
 
 
 def spec_names(spec: str) -> list[str]:
@@ -163,9 +282,11 @@ def start_node(
     to `log` (default: where this process's go). With `wait`, return once it listens (raises
     `StartError` if it fails)."""
     address = dict(member.split("=") for member in spec.split(","))[name]
+    # A node given --join is told where to join instead of all members.
+    members = [] if "--join" in options else ["--cluster", spec]
     argv = [sys.executable, "-m", "ringfs.tools", *(["--debug"] if debug else []),
             "node", "--name", name, "--data", str(cluster.data_dir / name),
-            "--listen", address, "--cluster", spec,
+            "--listen", address, *members,
             "--secret-file", str(cluster.secret_file), *options]  # fmt: skip
     with contextlib.ExitStack() as stack:
         stderr = None if log is None else stack.enter_context(open(log, "ab"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from pathlib import Path
 
 import trio
@@ -16,6 +17,7 @@ from ringfs.tools import args as checks
 from ringfs.tools import background
 from ringfs.tools.local import (
     LocalCluster,
+    LocalNodes,
     default_data_dir,
     ensure_secret,
     read_secret,
@@ -23,10 +25,25 @@ from ringfs.tools.local import (
 )
 
 
-async def _mount_and_report(config: fs_mount.MountConfig, ready_fd: int | None) -> None:
+async def _mount_and_report(
+    config: fs_mount.MountConfig, ready_fd: int | None, local: LocalNodes | None = None
+) -> None:
+    """Mount until unmounted; for `ringfs up`, start one more `local` node on each SIGUSR1
+    (`ringfs add-node`) meanwhile."""
     async with trio.open_nursery() as nursery:
-        await nursery.start(fs_mount.run, config)
-        background.report(ready_fd, background.READY)
+        if local is not None:
+            nursery.start_soon(_grow_on_signal, local)
+        async with trio.open_nursery() as mounted:  # until unmounted
+            await mounted.start(fs_mount.run, config)
+            background.report(ready_fd, background.READY)
+        nursery.cancel_scope.cancel()
+
+
+async def _grow_on_signal(local: LocalNodes) -> None:
+    with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+        async for _ in signals:
+            joining = local.start_next()
+            await trio.to_thread.run_sync(local.wait_joined, joining)
 
 
 def _config(
@@ -68,17 +85,17 @@ def up(args: argparse.Namespace) -> int:
         args.options = [*(args.options or []), "allow_other"]
     cluster = LocalCluster((args.data or default_data_dir()).absolute())
     mountpoint = checks.mountpoint(args.mountpoint)
-    count = cluster.node_count(args.nodes)
+    names = cluster.node_names(args.nodes)
     secret = ensure_secret(cluster.secret_file)
     if not args.foreground:
-        argv = ["up", str(mountpoint), "--data", str(cluster.data_dir), "--nodes", str(count)]
+        argv = ["up", str(mountpoint), "--data", str(cluster.data_dir), "--nodes", str(len(names))]
         _in_background(args, argv, cluster.log_file)
         print(
             f"ringfs is mounted on {mountpoint} (data in {cluster.data_dir}); "
             f"unmount with: fusermount3 -u {mountpoint}"
         )
         return 0
-    with running_nodes(cluster, count, debug=args.debug) as spec:
-        config = _config(checks.seeds(spec), secret, mountpoint, args)
-        trio.run(_mount_and_report, config, args.ready_fd)
+    with running_nodes(cluster, names, debug=args.debug) as nodes:
+        config = _config(checks.seeds(nodes.spec), secret, mountpoint, args)
+        trio.run(_mount_and_report, config, args.ready_fd, nodes)
     return 0

@@ -48,7 +48,7 @@ def run(mountpoint: Path, size: int, repair_rate: int) -> None:
     with tempfile.TemporaryDirectory(prefix="ringfs-refill-") as tmp:
         cluster = LocalCluster(Path(tmp))
         ensure_secret(cluster.secret_file)
-        spec = node_spec(3)
+        spec = node_spec(["n1", "n2", "n3"])
         options = ("--repair-rate", str(repair_rate))
         nodes: dict[str, subprocess.Popen[bytes]] = {}
         try:

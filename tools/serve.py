@@ -15,6 +15,7 @@ from ringfs.node.blocks.repair import RepairConfig
 from ringfs.node.blocks.scrub import ScrubConfig
 from ringfs.node.cluster.map import parse_members
 from ringfs.node.rpc.client import split_address
+from ringfs.tools.args import UserError, seeds
 from ringfs.tools.local import read_secret
 
 
@@ -40,7 +41,13 @@ def node(args: argparse.Namespace) -> int:
             orphan_age=args.orphan_age,
         ),
         scrub=ScrubConfig(period=args.scrub_period, rate=args.scrub_rate),
+        join=seeds(args.join) if args.join else (),
+        weight=args.weight,
+        zone=args.zone,
+        out_after=args.out_after,
     )
+    if args.join and args.cluster:
+        raise UserError("give --cluster (to found a cluster) or --join (to join one), not both")
     trio.run(_serve, config)
     return 0
 

@@ -147,6 +147,7 @@ class PassRecord:
     failed: int = 0  # missing copies no node could give
     misplaced: int = 0  # copies held here outside this node's arcs (handoffs)
     released: int = 0  # of those, deleted once every placement node had verified it
+    handed: int = 0  # copies given to placement nodes that lacked them (before releasing)
     unreferenced: int = 0  # copies held here that no chunk map references
     abandoned: int = 0  # of those, older than the orphan age: put on the garbage list
     complete: bool = False  # walked every arc (not cut short)
@@ -171,6 +172,8 @@ class RepairLedger:
     clean: int = 0
     repaired: int = 0
     repaired_bytes: int = 0
+    handed: int = 0
+    handed_bytes: int = 0
     #: The pass a `repair.start` asked for: the next one to start.
     wanted: int = 0
 
@@ -193,6 +196,12 @@ class RepairLedger:
         """A pass is wanted that starts from now: return its number."""
         self.wanted = self.passes + 1
         return self.wanted
+
+    def note_handed(self, size: int) -> None:
+        assert self.current is not None
+        self.current.handed += 1
+        self.handed += 1
+        self.handed_bytes += size
 
     def note_repaired(self, size: int) -> None:
         assert self.current is not None

@@ -1,45 +1,135 @@
-"""Changes of the cluster map an operator asks for, as pure functions of the map.
+"""Changes of the cluster map, as pure functions of the map.
 
-Each returns the next map (epoch + 1) or raises ValueError saying, in one line, why the change
-cannot be made. The node that proposes one applies it to the register's current map
-(`ringfs.node.register`), so two operators racing cannot undo each other's change.
+Each returns the next map (epoch + 1), the same map when it is made already (so that a retried
+change is harmless), or raises ValueError saying, in one line, why the change cannot be made.
+The node that proposes one applies it to the register's current map (`ringfs.node.register`),
+so two operators racing cannot undo each other's change.
+
+Every change adds or removes at most one acceptor of the register (every member but a removed
+one): a majority of the acceptors before and a majority after then always share a member, which
+is what lets a proposer that still goes by the older set run safely (see
+`ringfs.node.cluster.paxos.Proposal`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from ringfs.node.cluster.map import ClusterMap, NodeInfo
+from ringfs.node.cluster.map import PLACED, ClusterMap, NodeInfo
 
-#: Changes by name, with the number of arguments each takes (see `change_map`).
-OPERATIONS = {"weight": 2, "drain": 1}
+
+def add(
+    cmap: ClusterMap, node_id: str, host: str, port: int, weight: float, zone: str
+) -> ClusterMap:
+    """A new node joins: it takes placements at once, and reads look there last until its
+    first complete repair pass filled it (`activate`)."""
+    _check_weight(weight)
+    joining = NodeInfo(node_id, host, port, float(weight), zone, state="joining")
+    for node in cmap.nodes:
+        if node.node_id == node_id:
+            if node.state == "removed":
+                raise ValueError(f"node id {node_id} was removed: a new node takes a new id")
+            if (node.host, node.port) != (host, port):
+                raise ValueError(f"node {node_id} is a member already, at {node.address}")
+            return cmap  # joined already (a retry)
+        if node.state != "removed" and (node.host, node.port) == (host, port):
+            raise ValueError(f"{joining.address} is the address of node {node.node_id}")
+    return replace(cmap, nodes=(*cmap.nodes, joining), epoch=cmap.epoch + 1)
+
+
+def activate(cmap: ClusterMap, node_id: str) -> ClusterMap:
+    """A joining node holds every block placed on it: reads no longer pass it over."""
+    state = _member(cmap, node_id).state
+    if state == "active":
+        return cmap
+    _expect(node_id, state, "joining")
+    return _changed(cmap, node_id, state="active")
 
 
 def reweigh(cmap: ClusterMap, node_id: str, weight: float) -> ClusterMap:
     """`node_id` takes a share of the ring in proportion to `weight` (1 by default)."""
     _member(cmap, node_id)
-    if not (math.isfinite(weight) and 0 < weight <= 100):
-        raise ValueError(f"a weight is a number above 0 and at most 100, not {weight}")
+    _check_weight(weight)
     return _changed(cmap, node_id, weight=float(weight))
 
 
 def drain(cmap: ClusterMap, node_id: str) -> ClusterMap:
     """`node_id` takes no placement any more: the others' repair passes copy its blocks to
     where the ring now places them, and its own pass deletes each once they hold it. It still
-    serves what it holds meanwhile."""
-    state = _member(cmap, node_id).state
-    if state != "up":
-        raise ValueError(f"node {node_id} is {state}, not up")
-    if node_id in {node.node_id for node in cmap.meta_nodes()}:
-        raise ValueError(f"node {node_id} is in the meta group, which cannot move yet")
-    staying = sum(1 for node in cmap.nodes if node.state == "up") - 1
-    if staying < cmap.replicas:
-        raise ValueError(
-            f"draining {node_id} would leave {staying} nodes for {cmap.replicas} copies"
-        )
+    serves what it holds meanwhile, and leaves the cluster (`leave`) once it holds nothing."""
+    node = _member(cmap, node_id)
+    if node.state == "draining":
+        return cmap
+    _expect(node_id, node.state, "active", "joining")
+    _not_meta(cmap, node_id, "drained")
+    _enough_left(cmap, node_id, "draining")
     return _changed(cmap, node_id, state="draining")
+
+
+def leave(cmap: ClusterMap, node_id: str) -> ClusterMap:
+    """A drained node that holds nothing any more leaves the cluster."""
+    state = _member(cmap, node_id).state
+    if state == "removed":
+        return cmap
+    _expect(node_id, state, "draining")
+    return _changed(cmap, node_id, state="removed")
+
+
+def remove(cmap: ClusterMap, node_id: str) -> ClusterMap:
+    """`node_id` is gone for good (a dead node): the survivors' repair passes copy its blocks
+    from the other copies to where the ring now places them."""
+    node = _member(cmap, node_id)
+    if node.state == "removed":
+        return cmap
+    _not_meta(cmap, node_id, "removed")
+    if node.state in PLACED:
+        _enough_left(cmap, node_id, "removing")
+    return _changed(cmap, node_id, state="removed")
+
+
+def mark_out(cmap: ClusterMap, node_id: str) -> ClusterMap:
+    """`node_id` was down longer than the out-time: its blocks are placed on the others and
+    copied there, as for a removed node, but it joins again when it comes back (`rejoin`)."""
+    node = _member(cmap, node_id)
+    if node.state == "down-out":
+        return cmap
+    _expect(node_id, node.state, "active", "joining")
+    _enough_left(cmap, node_id, "marking out")
+    return _changed(cmap, node_id, state="down-out")
+
+
+def rejoin(cmap: ClusterMap, node_id: str) -> ClusterMap:
+    """A node marked out is back: it joins again (filling up what changed while it was out)."""
+    state = _member(cmap, node_id).state
+    if state in PLACED:
+        return cmap
+    _expect(node_id, state, "down-out")
+    return _changed(cmap, node_id, state="joining")
+
+
+def replace_node(cmap: ClusterMap, old_id: str, new_id: str) -> ClusterMap:
+    """The node `new_id` (best just joined: it holds little of its own yet) takes the place of
+    `old_id` on the ring (its points, weight and zone), so only `old_id`'s blocks move, and
+    they move to `new_id`. `old_id` drains (or, if it was out, is removed)."""
+    old, new = _member(cmap, old_id), _member(cmap, new_id)
+    if new.ring == old.ring_name and old.state not in PLACED:
+        return cmap  # replaced already
+    _expect(new_id, new.state, "joining", "active")
+    _expect(old_id, old.state, "active", "joining", "down-out")
+    _not_meta(cmap, old_id, "replaced")
+    after = "removed" if old.state == "down-out" else "draining"
+    nodes = tuple(
+        replace(new, ring=old.ring_name, weight=old.weight, zone=old.zone)
+        if node.node_id == new_id
+        else replace(node, state=after)
+        if node.node_id == old_id
+        else node
+        for node in cmap.nodes
+    )
+    return replace(cmap, nodes=nodes, epoch=cmap.epoch + 1)
 
 
 def _member(cmap: ClusterMap, node_id: str) -> NodeInfo:
@@ -47,6 +137,29 @@ def _member(cmap: ClusterMap, node_id: str) -> NodeInfo:
         return cmap.node(node_id)
     except KeyError:
         raise ValueError(f"no node {node_id!r} in the cluster map") from None
+
+
+def _expect(node_id: str, state: str, *allowed: str) -> None:
+    if state not in allowed:
+        raise ValueError(f"node {node_id} is {state}, not {' or '.join(allowed)}")
+
+
+def _check_weight(weight: float) -> None:
+    if not (math.isfinite(weight) and 0 < weight <= 100):
+        raise ValueError(f"a weight is a number above 0 and at most 100, not {weight}")
+
+
+def _not_meta(cmap: ClusterMap, node_id: str, what: str) -> None:
+    if node_id in {node.node_id for node in cmap.meta_nodes()}:
+        raise ValueError(f"node {node_id} is in the meta group, which cannot be {what} yet")
+
+
+def _enough_left(cmap: ClusterMap, node_id: str, doing: str) -> None:
+    staying = sum(1 for node in cmap.nodes if node.state in PLACED) - 1
+    if staying < cmap.replicas:
+        raise ValueError(
+            f"{doing} {node_id} would leave {staying} nodes for {cmap.replicas} copies"
+        )
 
 
 def _changed(cmap: ClusterMap, node_id: str, **fields: Any) -> ClusterMap:
@@ -57,19 +170,40 @@ def _changed(cmap: ClusterMap, node_id: str, **fields: Any) -> ClusterMap:
     return replace(cmap, nodes=nodes, epoch=cmap.epoch + 1)
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _port(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _text(value: object) -> bool:
+    return isinstance(value, str)
+
+
+#: Each change by name: the function, and a check for each of its arguments (after the map).
+OPERATIONS: dict[str, tuple[Callable[..., ClusterMap], tuple[Callable[[object], bool], ...]]] = {
+    "add": (add, (_text, _text, _port, _number, _text)),
+    "activate": (activate, (_text,)),
+    "weight": (reweigh, (_text, _number)),
+    "drain": (drain, (_text,)),
+    "leave": (leave, (_text,)),
+    "remove": (remove, (_text,)),
+    "out": (mark_out, (_text,)),
+    "rejoin": (rejoin, (_text,)),
+    "replace": (replace_node, (_text, _text)),
+}
+
+
 def change_map(cmap: ClusterMap, operation: str, arguments: list[object]) -> ClusterMap:
     """Apply the operation named `operation`; ValueError for an unknown one or bad arguments."""
-    if operation not in OPERATIONS or len(arguments) != OPERATIONS[operation]:
-        raise ValueError(f"unknown map change {operation!r} with {len(arguments)} arguments")
-    if operation == "drain":
-        if not isinstance(arguments[0], str):
-            raise ValueError("drain takes a node id")
-        return drain(cmap, arguments[0])
-    node_id, weight = arguments
-    if (
-        not isinstance(node_id, str)
-        or not isinstance(weight, int | float)
-        or isinstance(weight, bool)
+    if operation not in OPERATIONS:
+        raise ValueError(f"unknown map change {operation!r}")
+    function, checks = OPERATIONS[operation]
+    if len(arguments) != len(checks) or not all(
+        check(argument) for check, argument in zip(checks, arguments, strict=True)
     ):
-        raise ValueError("weight takes a node id and a number")
-    return reweigh(cmap, node_id, float(weight))
+        names = function.__code__.co_varnames[1 : 1 + len(checks)]
+        raise ValueError(f"{operation} takes {', '.join(names)}")
+    return function(cmap, *arguments)

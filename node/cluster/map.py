@@ -22,9 +22,20 @@ from ringfs.node.errors import NodeError
 
 log = logging.getLogger(__name__)
 
-#: Node states: "up" takes new placements; "draining" is still a member (it serves and hands
-#: its blocks off) but gets nothing new; "removed" is kept only so its id is not reused.
-STATES = frozenset({"up", "draining", "removed"})
+#: Node states. "joining" and "active" nodes take placements; a joining node is still filling
+#: up (reads look there last) and becomes active after its first complete repair pass.
+#: "draining" is still a member (it serves and hands its blocks off) but gets nothing new, and
+#: is removed once it holds nothing. "down-out" was down longer than the out-time: its blocks
+#: were placed elsewhere; it joins again when it comes back. "removed" is kept only so its id
+#: is not reused. Every member but a removed one is an acceptor of the map's register.
+STATES = frozenset({"joining", "active", "draining", "down-out", "removed"})
+#: The states that take placements.
+PLACED = frozenset({"joining", "active"})
+#: The states of members that serve what they hold.
+HOLDING = PLACED | {"draining"}
+
+#: The file, in a node's data directory, that keeps the map it goes by.
+MAP_FILE = "cluster.json"
 
 #: Default replication factor R (see design "Data").
 DEFAULT_REPLICAS = 3
@@ -35,7 +46,7 @@ META_GROUP_SIZE = 3
 #: The ring key whose preference list is the meta group.
 META_KEY = b"meta"
 
-_NODE_KEYS = frozenset({"id", "host", "port", "weight", "zone", "state"})
+_NODE_KEYS = frozenset({"id", "host", "port", "weight", "zone", "state", "ring"})
 _MAP_KEYS = frozenset({"epoch", "replicas", "nodes", "cluster", "meta"})
 
 
@@ -48,7 +59,10 @@ class NodeInfo:
     port: int
     weight: float = 1.0
     zone: str = ""
-    state: str = "up"
+    state: str = "active"
+    #: The name its ring points come from: "" for its own id; a node that replaced another
+    #: takes that one's, so that only the replaced node's blocks move (to it).
+    ring: str = ""
 
     def __post_init__(self) -> None:
         """Raises ValueError for an empty id or host, a bad port, weight or state."""
@@ -62,6 +76,10 @@ class NodeInfo:
             raise ValueError(f"node {self.node_id!r}: weight must be positive")
         if self.state not in STATES:
             raise ValueError(f"node {self.node_id!r}: unknown state {self.state!r}")
+
+    @property
+    def ring_name(self) -> str:
+        return self.ring or self.node_id
 
     @property
     def address(self) -> str:
@@ -96,14 +114,17 @@ class ClusterMap:
             raise ValueError(f"duplicate node ids in {ids}")
         if len(set(self.meta)) != len(self.meta) or not set(self.meta) <= set(ids):
             raise ValueError(f"the meta group {list(self.meta)} must be distinct members")
+        names = [node.ring_name for node in self.nodes if node.state in PLACED]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two placed nodes take the same ring points: {sorted(names)}")
 
     @cached_property
     def _ring(self) -> Ring:
         # Draining nodes keep serving what they hold but take no new placements.
         return Ring(
-            RingNode(node.node_id, node.weight, node.zone)
+            RingNode(node.node_id, node.weight, node.zone, node.ring)
             for node in self.nodes
-            if node.state == "up"
+            if node.state in PLACED
         )
 
     @cached_property
@@ -111,15 +132,23 @@ class ClusterMap:
         return {node.node_id: node for node in self.nodes}
 
     def ring(self) -> Ring:
-        """The ring over the "up" nodes (built once per map)."""
+        """The ring over the placed nodes (built once per map)."""
         return self._ring
 
     def node(self, node_id: str) -> NodeInfo:
         """The member with this id; raises KeyError if the map has none."""
         return self._by_id[node_id]
 
+    def members(self) -> list[NodeInfo]:
+        """The nodes not removed."""
+        return [node for node in self.nodes if node.state != "removed"]
+
+    def acceptors(self) -> dict[str, str]:
+        """The register's acceptors (every member not removed), by id, with their addresses."""
+        return {node.node_id: node.address for node in self.members()}
+
     def replica_count(self) -> int:
-        """R: the configured replicas, fewer when fewer nodes are up."""
+        """R: the configured replicas, fewer when fewer nodes are placed."""
         return min(self.replicas, len(self._ring))
 
     def write_quorum(self) -> int:
@@ -135,7 +164,7 @@ class ClusterMap:
         return self._ring.arcs(node_id, self.replica_count())
 
     def fallbacks(self, block_id: bytes) -> list[NodeInfo]:
-        """The other up nodes in ring order after the placement: where hinted copies go and
+        """The other placed nodes in ring order after the placement: where hinted copies go and
         where reads look next."""
         order = self._ring.preference_at(block_point(block_id), len(self._ring))
         return self._infos(order[self.replica_count() :])
@@ -144,6 +173,11 @@ class ClusterMap:
         """The nodes being drained: they take no placement, but may still hold a block's
         only copies until repair moved them, so reads and repair look there last."""
         return [node for node in self.nodes if node.state == "draining"]
+
+    def holders(self) -> list[NodeInfo]:
+        """The members that may hold blocks and are expected to answer: all but those marked
+        out or removed."""
+        return [node for node in self.nodes if node.state in HOLDING]
 
     def meta_nodes(self) -> list[NodeInfo]:
         """The meta group: as pinned, or the first min(3, n) nodes the ring picks for the key
@@ -190,6 +224,7 @@ class ClusterMap:
                     "weight": node.weight,
                     "zone": node.zone,
                     "state": node.state,
+                    "ring": node.ring,
                 }
                 for node in self.nodes
             ],
@@ -258,7 +293,7 @@ class MapView:
 
 
 def parse_members(spec: str) -> tuple[NodeInfo, ...]:
-    """Parse "n1=127.0.0.1:7001,n2=[::1]:7002" into up nodes of weight 1.
+    """Parse "n1=127.0.0.1:7001,n2=[::1]:7002" into active nodes of weight 1.
 
     Raises ValueError naming the offending entry: empty spec or entry, missing '=', missing
     or bad port, duplicate id.
@@ -329,4 +364,5 @@ def _node_from_wire(raw: object) -> NodeInfo:
         weight=float(weight),
         zone=_str(fields["zone"], "node zone"),
         state=_str(fields["state"], "node state"),
+        ring=_str(fields["ring"], "node ring name"),
     )

@@ -20,11 +20,13 @@ DEFAULT_VNODES = 128
 
 @dataclass(frozen=True)
 class RingNode:
-    """A ring member: its id, its relative capacity and its failure zone ("" = none)."""
+    """A ring member: its id, its relative capacity, its failure zone ("" = none) and the name
+    its points come from ("" = its id; see `Ring`)."""
 
     node_id: str
     weight: float = 1.0
     zone: str = ""
+    name: str = ""
 
 
 def _point(data: bytes) -> int:
@@ -60,8 +62,10 @@ class Ring:
     """An immutable ring; build a new one when membership changes.
 
     Node X owns `round(weight * vnodes)` points (at least one), point i being
-    `blake2b(f"{X}\\x00{i}")`, so a node's points depend only on its own id and weight: adding
-    or removing a node moves only the keys that land on its points.
+    `blake2b(f"{X}\\x00{i}")`, X its name (its id unless it took another node's), so a node's
+    points depend only on its own name and weight: adding or removing a node moves only the
+    keys that land on its points, and a node that takes a departed node's name takes exactly
+    that node's keys.
     """
 
     def __init__(self, nodes: Iterable[RingNode], vnodes: int = DEFAULT_VNODES) -> None:
@@ -77,7 +81,7 @@ class Ring:
             self._nodes[node.node_id] = node
         # Ties between equal points (practically never) break by node id, so order is total.
         ring = sorted(
-            (_point(f"{node.node_id}\x00{i}".encode()), node.node_id)
+            (_point(f"{node.name or node.node_id}\x00{i}".encode()), node.node_id)
             for node in self._nodes.values()
             for i in range(max(1, round(node.weight * vnodes)))
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from ringfs.node import daemon
 from ringfs.node.blocks.repair import RepairConfig
 from ringfs.node.blocks.scrub import ScrubConfig
 from ringfs.node.cluster.map import ClusterMap, parse_members
+from ringfs.node.errors import Departed
 from ringfs.node.rpc.client import ClientConfig
 from tests.conftest import free_ports
 
@@ -28,6 +30,7 @@ class LocalNodes:
     configs: dict[str, daemon.NodeConfig] = field(default_factory=dict)
     scopes: dict[str, trio.CancelScope] = field(default_factory=dict)
     stopped: dict[str, trio.Event] = field(default_factory=dict)
+    departed: set[str] = field(default_factory=set)
 
     @property
     def seeds(self) -> tuple[str, ...]:
@@ -54,8 +57,26 @@ class LocalNodes:
                 async with trio.open_nursery() as inner:
                     await inner.start(daemon.run, config)
                     task_status.started()
+        except* Departed:  # it left the cluster: it stops, as the process would
+            self.departed.add(config.node_id)
         finally:
             stopped.set()
+
+    async def join(self, name: str, **overrides: object) -> None:
+        """Start a new node `name` with an empty data directory that joins through the
+        others, configured as the first node but for `overrides`."""
+        [port] = free_ports(1)
+        first = next(iter(self.configs.values()))
+        self.configs[name] = dataclasses.replace(
+            first,
+            node_id=name,
+            data_dir=self.root / name,
+            port=port,
+            members=None,
+            join=self.seeds,
+            **overrides,  # type: ignore[arg-type]
+        )
+        await self.start(name)
 
     async def stop(self, name: str) -> None:
         """Cancel the node's tasks, as when the process dies: its connections drop, and its
@@ -78,6 +99,7 @@ async def start_nodes(
     scrub: ScrubConfig = daemon.NodeConfig.scrub,
     repair: RepairConfig = daemon.NodeConfig.repair,
     mount_expiry: float = daemon.NodeConfig.mount_expiry,
+    out_after: float = daemon.NodeConfig.out_after,
 ) -> LocalNodes:
     ports = free_ports(count)
     members = parse_members(",".join(f"n{i + 1}=127.0.0.1:{p}" for i, p in enumerate(ports)))
@@ -95,6 +117,7 @@ async def start_nodes(
             scrub=scrub,
             repair=repair,
             mount_expiry=mount_expiry,
+            out_after=out_after,
         )
         await nodes.start(member.node_id)
     return nodes

@@ -113,10 +113,21 @@ def test_a_map_with_other_members_or_replicas_disagrees() -> None:
     )
 
 
+def test_a_node_of_the_cluster_goes_by_its_map_whatever_changed_since() -> None:
+    grown = ClusterMap(7, (*MEMBERS, *parse_members("n4=127.0.0.1:7004")), 3, "c0ffee")
+    assert disagreement(grown, ClusterMap(3, MEMBERS, 3, "c0ffee")) is None
+    # Started for the first time with the founding members, after the cluster grew.
+    assert disagreement(grown, ClusterMap(1, MEMBERS, 3)) is None
+    stranger = parse_members("n1=127.0.0.1:7001,x=127.0.0.1:7009")
+    assert disagreement(grown, ClusterMap(1, stranger, 3)) == (
+        "this node was started with members n1, x, but the cluster agreed on n1, n2, n3, n4"
+    )
+
+
 def test_new_addresses_come_in_a_new_epoch_once() -> None:
     agreed = ClusterMap(4, MEMBERS, 3, "c0ffee").pinned()
     given = ClusterMap(5, parse_members("n1=10.0.0.1:7001,n2=127.0.0.1:7002,n3=127.0.0.1:7009"))
-    change = readdress(given)
+    change = readdress(given.nodes)
     moved, result = change(agreed.to_wire())
     assert result is None
     assert ClusterMap.from_wire(moved) == dataclasses.replace(agreed, nodes=given.nodes, epoch=5)

@@ -1,13 +1,28 @@
-"""Operators' changes of the cluster map, as pure functions."""
+"""Changes of the cluster map, as pure functions."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
-from ringfs.node.cluster.changes import change_map, reweigh
+from ringfs.node.cluster.changes import OPERATIONS, change_map, reweigh
 from ringfs.node.cluster.map import ClusterMap, parse_members
 
 MAP = ClusterMap(4, parse_members("a=h:1,b=h:2,c=h:3,d=h:4"), 3, "c0ffee", ("a", "b", "c"))
+IDS = [bytes([i, j]) * 8 for i in range(256) for j in (0, 128)]
+
+
+def holders(cmap: ClusterMap, node_id: str) -> set[bytes]:
+    return {b for b in IDS if node_id in {n.node_id for n in cmap.placement(b)}}
+
+
+def moved(before: ClusterMap, after: ClusterMap) -> int:
+    """Copies that must move: (block, node) placements in `after` that `before` lacks."""
+    return sum(
+        len({n.node_id for n in after.placement(b)} - {n.node_id for n in before.placement(b)})
+        for b in IDS
+    )
 
 
 def test_a_new_weight_comes_in_the_next_epoch_and_changes_nothing_else() -> None:
@@ -15,9 +30,7 @@ def test_a_new_weight_comes_in_the_next_epoch_and_changes_nothing_else() -> None
     assert heavier.epoch == 5
     assert [n.weight for n in heavier.nodes] == [1.0, 1.0, 1.0, 3.0]
     assert (heavier.cluster_id, heavier.meta, heavier.replicas) == ("c0ffee", MAP.meta, 3)
-    ids = [bytes([i]) * 16 for i in range(256)]
-    share = sum("d" in {n.node_id for n in heavier.placement(i)} for i in ids)
-    assert share > sum("d" in {n.node_id for n in MAP.placement(i)} for i in ids)
+    assert len(holders(heavier, "d")) > len(holders(MAP, "d"))
     assert change_map(MAP, "weight", ["d", 3]) == heavier
 
 
@@ -28,8 +41,13 @@ def test_a_new_weight_comes_in_the_next_epoch_and_changes_nothing_else() -> None
         ("weight", ["d", 0], "above 0"),
         ("weight", ["d", float("nan")], "above 0"),
         ("weight", ["d", 101], "at most 100"),
-        ("weight", ["d", True], "a node id and a number"),
-        ("weight", ["d"], "unknown map change"),
+        ("weight", ["d", True], "weight takes node_id, weight"),
+        ("weight", ["d"], "weight takes node_id, weight"),
+        ("add", ["e", "h", "5", 1, ""], "add takes node_id, host, port, weight, zone"),
+        ("add", ["e", "h", 70000, 1, ""], "port 70000 is out of range"),
+        ("add", ["e", "h", 4, 1, ""], "h:4 is the address of node d"),
+        ("add", ["d", "h", 9, 1, ""], "node d is a member already, at h:4"),
+        ("activate", ["x"], "no node .x."),
         ("explode", [], "unknown map change"),
     ],
 )
@@ -44,8 +62,7 @@ def test_a_drained_node_takes_no_placement_and_is_read_last() -> None:
     drained = change_map(MAP, "drain", ["d"])
     assert (drained.epoch, drained.node("d").state) == (5, "draining")
     assert [n.node_id for n in drained.draining()] == ["d"]
-    ids = [bytes([i]) * 16 for i in range(256)]
-    assert all("d" not in {n.node_id for n in drained.placement(i)} for i in ids)
+    assert holders(drained, "d") == set()
     assert drained.arcs("d") == []
 
 
@@ -54,10 +71,93 @@ def test_a_drained_node_takes_no_placement_and_is_read_last() -> None:
     [
         (MAP, "x", "no node 'x'"),
         (MAP, "a", "a is in the meta group"),
-        (change_map(MAP, "drain", ["d"]), "d", "d is draining, not up"),
+        (change_map(MAP, "remove", ["d"]), "d", "d is removed, not active or joining"),
         (ClusterMap(1, MAP.nodes, 4, meta=MAP.meta), "d", "leave 3 nodes for 4 copies"),
     ],
 )
 def test_a_drain_that_cannot_be_made_says_why(cmap: ClusterMap, node: str, why: str) -> None:
     with pytest.raises(ValueError, match=why):
         change_map(cmap, "drain", [node])
+
+
+def test_a_joining_node_takes_its_share_and_only_that() -> None:
+    joined = change_map(MAP, "add", ["e", "h", 5, 1.0, ""])
+    assert (joined.epoch, joined.node("e").state) == (5, "joining")
+    # Every copy that moves, moves to the new node: about a fifth of all copies.
+    assert moved(MAP, joined) == len(holders(joined, "e"))
+    assert 0.1 < len(holders(joined, "e")) / len(IDS) < 0.9
+    assert change_map(joined, "add", ["e", "h", 5, 1.0, ""]) is joined  # a retry
+    active = change_map(joined, "activate", ["e"])
+    assert active.node("e").state == "active"
+    assert active.placement(IDS[0]) == joined.placement(IDS[0])
+
+
+def test_a_drained_node_leaves_and_its_id_is_not_taken_again() -> None:
+    left = change_map(change_map(MAP, "drain", ["d"]), "leave", ["d"])
+    assert left.node("d").state == "removed"
+    assert "d" not in left.acceptors()
+    with pytest.raises(ValueError, match="d was removed"):
+        change_map(left, "add", ["d", "h", 4, 1.0, ""])
+    with pytest.raises(ValueError, match="d is active, not draining"):
+        change_map(MAP, "leave", ["d"])
+
+
+def test_a_node_out_joins_again_when_back() -> None:
+    out = change_map(MAP, "out", ["d"])
+    assert out.node("d").state == "down-out"
+    assert holders(out, "d") == set()
+    assert "d" in out.acceptors()
+    back = change_map(out, "rejoin", ["d"])
+    assert back.node("d").state == "joining"
+    assert holders(back, "d") == holders(MAP, "d")
+    with pytest.raises(ValueError, match="marking out c would leave 2 nodes for 3 copies"):
+        change_map(out, "out", ["c"])
+
+
+def test_a_replacement_takes_exactly_the_old_nodes_blocks() -> None:
+    joined = change_map(MAP, "add", ["e", "h", 5, 1.0, "z"])
+    replaced = change_map(joined, "replace", ["d", "e"])
+    assert (replaced.node("d").state, replaced.node("e").ring) == ("draining", "d")
+    assert holders(replaced, "e") == holders(MAP, "d")
+    for block in IDS:  # the placement of every block is the old one, e for d
+        old = [n.node_id for n in MAP.placement(block)]
+        assert [n.node_id for n in replaced.placement(block)] == [
+            "e" if node == "d" else node for node in old
+        ]
+    assert change_map(replaced, "replace", ["d", "e"]) is replaced  # a retry
+    out_then_replaced = change_map(change_map(joined, "out", ["d"]), "replace", ["d", "e"])
+    assert out_then_replaced.node("d").state == "removed"
+    with pytest.raises(ValueError, match="node a is in the meta group"):
+        change_map(joined, "replace", ["a", "e"])
+
+
+def test_a_removed_dead_node_leaves_its_blocks_to_the_others() -> None:
+    removed = change_map(MAP, "remove", ["d"])
+    assert removed.node("d").state == "removed"
+    assert holders(removed, "d") == set()
+    assert moved(MAP, removed) == len(holders(MAP, "d"))
+
+
+def test_every_change_adds_or_removes_at_most_one_acceptor() -> None:
+    """What keeps the register safe across changes (see `changes`): walk every sequence of
+    three changes from a few maps."""
+    starts = [MAP, change_map(MAP, "add", ["e", "h", 5, 1.0, ""])]
+    steps = [
+        (name, arguments)
+        for name in OPERATIONS
+        for arguments in {
+            "add": [["f", "h", 6, 1.0, ""]],
+            "weight": [["d", 2.0]],
+            "replace": [["d", "e"], ["c", "f"]],
+        }.get(name, [[node] for node in "abcdef"])
+    ]
+    for start in starts:
+        for sequence in itertools.product(steps, repeat=2):
+            cmap = start
+            for name, arguments in sequence:
+                try:
+                    after = change_map(cmap, name, list(arguments))
+                except ValueError:
+                    continue
+                assert len(set(cmap.acceptors()) ^ set(after.acceptors())) <= 1
+                cmap = after
