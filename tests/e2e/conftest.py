@@ -8,7 +8,9 @@ back to a lazy unmount, then terminate, then kill, so nothing is left behind.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -309,3 +311,85 @@ def nobody() -> list[str]:
     if probe.returncode != 0 or probe.stdout.strip() != str(NOBODY):
         pytest.skip(f"cannot run a program as nobody: {probe.stderr.strip()[-300:]}")
     return prefix
+
+
+# -- `ringfs` commands and `ringfs up` --------------------------------------------------------
+
+
+def ringfs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ringfs_argv(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def processes_using(path: Path) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(path).encode() in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+class Up:
+    """`ringfs up` on one data directory; makes sure it is down again at the end."""
+
+    def __init__(self, data: Path, mountpoint: Path) -> None:
+        self.data = data
+        self.mountpoint = mountpoint
+
+    def start(self, *options: str) -> None:
+        result = ringfs("up", str(self.mountpoint), "--data", str(self.data), *options)
+        assert result.returncode == 0, result.stderr
+        assert os.path.ismount(self.mountpoint)
+
+    def stop(self) -> None:
+        pid = json.loads((self.data / "up.json").read_text())["pid"]
+        subprocess.run(["fusermount3", "-u", str(self.mountpoint)], check=True)
+        deadline = time.monotonic() + 30
+        while alive(pid) or processes_using(self.data):
+            assert time.monotonic() < deadline, "ringfs up did not stop its nodes"
+            time.sleep(0.1)
+
+    def abort(self) -> None:
+        if os.path.ismount(self.mountpoint):
+            subprocess.run(["fusermount3", "-uz", str(self.mountpoint)], check=False)
+        for pid in processes_using(self.data):
+            os.kill(pid, 9)
+
+
+@pytest.fixture
+def up(fuse: None, tmp_path: Path) -> Iterator[Up]:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    instance = Up(tmp_path / "data", mountpoint)
+    try:
+        yield instance
+    finally:
+        instance.abort()
+
+
+def node_states(up: Up) -> dict[str, tuple[str, bool]]:
+    """Each node `ringfs status` lists: its state, and whether it is in the meta group."""
+    status = ringfs("status", "--data", str(up.data))
+    assert status.returncode == 0, status.stderr
+    rows = [
+        line.split() for line in status.stdout.splitlines() if re.match(r"n\d+ +\S+:\d+ ", line)
+    ]
+    return {row[0]: (row[2], "meta" in row) for row in rows}

@@ -10,25 +10,27 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cluster, free_ports, ringfs_argv, wait_for
+from tests.e2e.conftest import (
+    Cluster,
+    Up,
+    alive,
+    free_ports,
+    node_states,
+    processes_using,
+    ringfs,
+    ringfs_argv,
+    wait_for,
+)
 from tests.e2e.test_posix_perms import as_nobody
 
-COMMANDS = ["up", "node", "mount", "status", "bench", "latency"]
-
-
-def ringfs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ringfs_argv(*args),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+COMMANDS = [
+    "up", "node", "mount", "status", "repair", "weight", "drain", "remove", "replace",
+    "add-node", "bench", "latency",
+]  # fmt: skip
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> None:
@@ -37,65 +39,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], expected: st
     lines = [line for line in result.stderr.splitlines() if line.startswith("ringfs: ")]
     assert len(lines) == 1, result.stderr
     assert expected in lines[0], result.stderr
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _processes_using(path: Path) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if str(path).encode() in cmdline:
-                found.append(int(entry.name))
-    return found
-
-
-class Up:
-    """`ringfs up` on one data directory; makes sure it is down again at the end."""
-
-    def __init__(self, data: Path, mountpoint: Path) -> None:
-        self.data = data
-        self.mountpoint = mountpoint
-
-    def start(self, *options: str) -> None:
-        result = ringfs("up", str(self.mountpoint), "--data", str(self.data), *options)
-        assert result.returncode == 0, result.stderr
-        assert os.path.ismount(self.mountpoint)
-
-    def stop(self) -> None:
-        pid = json.loads((self.data / "up.json").read_text())["pid"]
-        subprocess.run(["fusermount3", "-u", str(self.mountpoint)], check=True)
-        deadline = time.monotonic() + 30
-        while _alive(pid) or _processes_using(self.data):
-            assert time.monotonic() < deadline, "ringfs up did not stop its nodes"
-            time.sleep(0.1)
-
-    def abort(self) -> None:
-        if os.path.ismount(self.mountpoint):
-            subprocess.run(["fusermount3", "-uz", str(self.mountpoint)], check=False)
-        for pid in _processes_using(self.data):
-            os.kill(pid, 9)
-
-
-@pytest.fixture
-def up(fuse: None, tmp_path: Path) -> Iterator[Up]:
-    mountpoint = tmp_path / "mnt"
-    mountpoint.mkdir()
-    instance = Up(tmp_path / "data", mountpoint)
-    try:
-        yield instance
-    finally:
-        instance.abort()
 
 
 @pytest.mark.fuse
@@ -107,7 +50,7 @@ def test_up_again_finds_the_same_files(up: Up, tmp_path: Path) -> None:
     os.symlink("dir/file", up.mountpoint / "link")
     status = ringfs("status", "--data", str(up.data))
     assert status.returncode == 0, status.stderr
-    assert status.stdout.count(" up ") == 3
+    assert status.stdout.count(" active ") == 3
     up.stop()
     assert not os.path.ismount(up.mountpoint)
     assert os.listdir(up.mountpoint) == []
@@ -125,17 +68,53 @@ def test_up_starts_as_many_nodes_as_asked_and_keeps_them(up: Up) -> None:
     (up.mountpoint / "file").write_bytes(payload)
     status = ringfs("status", "--data", str(up.data))
     assert status.returncode == 0, status.stderr
-    assert status.stdout.count(" up ") == 5
+    assert status.stdout.count(" active ") == 5
     roles = re.findall(r"\smeta (?:leader|follower)$", status.stdout, re.MULTILINE)
     assert len(roles) == 3  # a meta group of three among the five
     up.stop()
-    assert not _processes_using(up.data)
+    assert not processes_using(up.data)
 
     refused = ringfs("up", str(up.mountpoint), "--data", str(up.data), "--nodes", "3")
     assert_one_line_error(refused, "holds a cluster of 5 nodes, not 3")
     up.start()  # as many as it holds
     assert (up.mountpoint / "file").read_bytes() == payload
-    assert ringfs("status", "--data", str(up.data)).stdout.count(" up ") == 5
+    assert ringfs("status", "--data", str(up.data)).stdout.count(" active ") == 5
+    up.stop()
+
+
+@pytest.mark.fuse
+def test_a_local_cluster_grows_a_node_replaces_one_and_drains_it(up: Up) -> None:
+    up.start("--nodes", "4")
+    payload = os.urandom(9 * 1024 * 1024 + 5)
+    (up.mountpoint / "file").write_bytes(payload)
+    [old] = [name for name, (_, meta) in node_states(up).items() if not meta]
+
+    added = ringfs("add-node", "--data", str(up.data))
+    assert added.returncode == 0, added.stderr
+    assert added.stdout == "node n5 joined the local cluster\n"
+    wait_for(lambda: node_states(up).get("n5", ("",))[0] == "active", "n5 to fill up", 60)
+
+    replaced = ringfs("replace", old, "n5", "--data", str(up.data))
+    assert replaced.returncode == 0, replaced.stderr
+    assert f"n5 takes the place of {old}, which is draining" in replaced.stdout
+    wait_for(lambda: old not in node_states(up), f"{old} to leave", 60)
+    assert (up.mountpoint / "file").read_bytes() == payload
+
+    drained = ringfs("drain", "n5", "--wait", "--data", str(up.data), timeout=120)
+    assert drained.returncode == 0, drained.stderr
+    assert drained.stdout.endswith("n5 has left the cluster\n")
+    assert "blocks left on n5" in drained.stderr
+    assert sorted(node_states(up)) == sorted({"n1", "n2", "n3", "n4"} - {old})
+    assert (up.mountpoint / "file").read_bytes() == payload
+    meta = next(name for name, (_, meta) in node_states(up).items() if meta)
+    assert_one_line_error(
+        ringfs("remove", meta, "--data", str(up.data)), f"node {meta} is in the meta group"
+    )
+    up.stop()
+
+    up.start()  # the nodes that are left, and no other
+    assert sorted(node_states(up)) == sorted({"n1", "n2", "n3", "n4"} - {old})
+    assert (up.mountpoint / "file").read_bytes() == payload
     up.stop()
 
 
@@ -334,17 +313,17 @@ def test_mount_returns_once_mounted_and_unmounts_cleanly(
         assert os.path.ismount(mountpoint)
         (mountpoint / "hello").write_text("hello")
         assert (mountpoint / "hello").read_text() == "hello"
-        pids = _processes_using(mountpoint)
+        pids = processes_using(mountpoint)
         assert pids, "no process serves the mount"
         subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True)
         deadline = time.monotonic() + 30
-        while any(_alive(pid) for pid in pids):
+        while any(alive(pid) for pid in pids):
             assert time.monotonic() < deadline, "the mount process did not exit after unmount"
             time.sleep(0.1)
     finally:
         if os.path.ismount(mountpoint):
             subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
-        for pid in _processes_using(mountpoint):
+        for pid in processes_using(mountpoint):
             os.kill(pid, 9)
 
 
