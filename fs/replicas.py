@@ -22,6 +22,7 @@ Pure: the caller passes the time (`trio.current_time()`) and may pass a seeded `
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 
@@ -69,8 +70,8 @@ class ReadLoad:
         node.sent_sum += now
 
     def answered(self, address: str, sent_at: float, now: float) -> None:
-        """The read sent at `sent_at` came back at `now` (with data or an error: the node
-        answered): it is no longer out, and its time goes into the estimate."""
+        """The read sent at `sent_at` brought its data back at `now`: it is no longer out,
+        and its time goes into the estimate."""
         node = self._back(address, sent_at)
         took = now - sent_at
         if node.measured_at is None:
@@ -79,9 +80,10 @@ class ReadLoad:
             node.latency = ALPHA * took + (1 - ALPHA) * self._faded(node, now)
         node.measured_at = now
 
-    def failed(self, address: str, sent_at: float) -> None:
-        """The read sent at `sent_at` got no answer: it is no longer out. Its time says
-        nothing of the node's speed (the pool's suspects deal with nodes that fail)."""
+    def dropped(self, address: str, sent_at: float) -> None:
+        """The read sent at `sent_at` ended without data (an error, no answer, cancelled): it
+        is no longer out. Its time says nothing of how fast the node reads (the pool's
+        suspects deal with nodes that fail)."""
         self._back(address, sent_at)
 
     def _back(self, address: str, sent_at: float) -> _Node:
@@ -95,7 +97,7 @@ class ReadLoad:
     def _faded(node: _Node, now: float) -> float:
         if node.measured_at is None:
             return 0.0
-        return node.latency * 0.5 ** (max(now - node.measured_at, 0.0) / HALF_LIFE)
+        return node.latency * math.pow(0.5, max(now - node.measured_at, 0.0) / HALF_LIFE)
 
     def cost(self, address: str, now: float) -> float:
         """(reads out + 1) x the latency: the faded estimate, or the mean age of the reads

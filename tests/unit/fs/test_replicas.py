@@ -111,10 +111,10 @@ def test_a_new_node_costs_the_floor_and_its_first_answer_sets_the_estimate() -> 
     assert 0.05 < load.cost("a:1", 6.05) < 0.25
 
 
-def test_a_failed_read_is_no_longer_out_and_leaves_the_estimate() -> None:
+def test_a_dropped_read_is_no_longer_out_and_leaves_the_estimate() -> None:
     load = measured({"a:1": 0.02})
     load.sent("a:1", 10)
-    load.failed("a:1", 10)
+    load.dropped("a:1", 10)
     assert load.cost("a:1", 10) == pytest.approx(0.02)
 
 
