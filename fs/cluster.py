@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from ringfs.fs.replicas import ReadLoad
 from ringfs.node.cluster.map import ClusterMap, NodeInfo
 from ringfs.node.errors import (
     CORRUPT,
@@ -105,6 +106,7 @@ class Cluster:
         self._next_seq = 1
         self._unacked: set[int] = set()
         self._meta_leader: str | None = None
+        self.reads = ReadLoad()
 
     @classmethod
     async def create(cls, config: ClusterConfig, *, nursery: trio.Nursery) -> Cluster:
@@ -186,7 +188,8 @@ class Cluster:
         return StoredBlock(block_id, checksum, tuple(write.stored))
 
     async def get_block(self, block_id: bytes, checksum: bytes) -> bytes:
-        """Read a block from one replica, falling back along the ring on any failure.
+        """Read a block from one replica, falling back to the next (see `read_order`) on any
+        failure.
 
         The node verifies the block's checksum before answering; a copy that fails it is
         reported (logged) and the next replica is tried. Raises `Unavailable` if none answers.
@@ -195,7 +198,7 @@ class Cluster:
         for address in self.read_order(block_id):
             tried.append(address)
             try:
-                reply = await self.pool.call(address, "block.get", [block_id])
+                reply = await self._block_get(address, block_id)
             except Unavailable:
                 continue
             except NodeError as exc:
@@ -229,13 +232,30 @@ class Cluster:
             return data
         raise Unavailable(f"block {block_id.hex()}", tried)
 
+    async def _block_get(self, address: str, block_id: bytes) -> Any:
+        """`block.get` on one node, counted in its read load while it is out."""
+        sent_at = trio.current_time()
+        self.reads.sent(address, sent_at)
+        try:
+            reply = await self.pool.call(address, "block.get", [block_id])
+        except BaseException:
+            self.reads.dropped(address, sent_at)
+            raise
+        self.reads.answered(address, sent_at, trio.current_time())
+        return reply
+
     def read_order(self, block_id: bytes) -> list[str]:
-        """Replicas first (healthy before suspect), then the rest of the ring (handoffs),
-        then the nodes being drained."""
-        preferred = [node.address for node in self.map.placement(block_id)]
-        rest = [node.address for node in self.map.fallbacks(block_id)]
+        """The block's replicas in an order drawn by their read load (see
+        `ringfs.fs.replicas`; suspect ones last), then those still joining (they may not have
+        it yet), then the rest of the ring (handoffs), then the nodes being drained, healthy
+        before suspect."""
+        placement = self.map.placement(block_id)
+        preferred = [(node.address, node.weight) for node in placement if node.state == "active"]
+        rest = [node.address for node in placement if node.state != "active"]
+        rest += [node.address for node in self.map.fallbacks(block_id)]
         rest += [node.address for node in self.map.draining()]
-        return self.pool.order(preferred) + self.pool.order(rest)
+        now = trio.current_time()
+        return self.reads.order(preferred, now, self.pool.is_suspect) + self.pool.order(rest)
 
     # -- metadata ----------------------------------------------------------------------------
 

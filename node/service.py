@@ -89,6 +89,8 @@ class NodeService:
         self.collector = collector
         # Disk writes at once: more only queue in the kernel and stretch every fsync.
         self._disk = trio.CapacityLimiter(4)
+        # Blocks served to `block.get` since the node started: how reads spread over nodes.
+        self.reads = 0
         self._methods: dict[str, Method] = {
             "node.info": self.node_info,
             "node.stats": self.node_stats,
@@ -149,6 +151,7 @@ class NodeService:
             "gc": self.collector.stats() if self.collector is not None else None,
             "repair": self.repairer.stats(),
             "scrub": self.scrubber.stats(),
+            "reads": self.reads,
         }
 
     async def node_capacity(self, params: list[Any]) -> dict[str, Any]:
@@ -181,6 +184,7 @@ class NodeService:
     async def block_get(self, params: list[Any]) -> list[bytes]:
         (block_id,) = _arity(params, 1, "block.get")
         data, checksum = await self._read(validate_block_id(block_id))
+        self.reads += 1
         return [data, checksum]
 
     async def block_verify(self, params: list[Any]) -> bytes:

@@ -363,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
         "read beside it",
     )
     bench.add_argument(
+        "--spread",
+        action="store_true",
+        help="instead: start a cluster of its own mounted on MOUNTPOINT (an empty directory), "
+        "write --size of files, and show how reading them spreads over the nodes, with one "
+        "node throttled and without",
+    )
+    bench.add_argument(
         "--repair-rate",
         type=size,
         default=RepairConfig.rate,

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ringfs.tools import refillbench, treebench
+from ringfs.tools import readspreadbench, refillbench, treebench
 from ringfs.tools.args import UserError
 
 # Writes in 1 MiB pieces, like cp on a filesystem that reports a 1 MiB st_blksize.
@@ -187,6 +187,9 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"{args.mountpoint} is not a directory")
     if args.refill:
         refillbench.run(args.mountpoint, args.size, args.repair_rate)
+        return 0
+    if args.spread:
+        readspreadbench.run(args.mountpoint, args.size)
         return 0
     if args.tree:
         targets = [("ringfs", args.mountpoint)]

@@ -1,8 +1,9 @@
 """`ringfs status` and `ringfs repair`: what the cluster holds, and waiting until it is whole.
 
-`status` shows the cluster map, each node's reachability, blocks, bytes, capacity and repair
-progress, the garbage backlog and the meta group. `repair` has every node start a repair pass
-and, with `--wait`, waits until each has finished one with nothing missing.
+`status` shows the cluster map, each node's reachability, blocks, bytes, capacity, the blocks
+it served to reads, and repair progress, the garbage backlog and the meta group. `repair` has
+every node start a repair pass and, with `--wait`, waits until each has finished one with
+nothing missing.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ async def _status(seeds: tuple[str, ...], secret: bytes) -> str:
         f"{len(cmap.nodes)} nodes, "
         f"replicas {cmap.replica_count()} (write quorum {cmap.write_quorum()})",
         f"{'NODE':<10} {'ADDRESS':<22} {'STATE':<12} {'BLOCKS':>8} {'DATA':>10} "
-        f"{'CAPACITY':>10} {'FREE':>10}  ROLE",
+        f"{'CAPACITY':>10} {'FREE':>10} {'READS':>8}  ROLE",
     ]
     for info, node_stats in stats:
         lines.append(
@@ -231,7 +232,7 @@ def _node_line(
         f"{node_id:<10} {address:<22} {state:<12} "
         f"{('' if stats['counted'] else '~') + str(stats['blocks']):>8} "
         f"{_human(stats['bytes']):>10} {_human(stats['capacity']):>10} "
-        f"{_human(stats['free']):>10}  {role}"
+        f"{_human(stats['free']):>10} {stats['reads']:>8}  {role}"
     )
 
 

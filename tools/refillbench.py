@@ -45,17 +45,31 @@ WIPED = "n2"
 
 
 def run(mountpoint: Path, size: int, repair_rate: int) -> None:
-    with tempfile.TemporaryDirectory(prefix="ringfs-refill-") as tmp:
+    options = ("--repair-rate", str(repair_rate))
+    with (
+        own_cluster("ringfs-refill-", options) as (cluster, spec, nodes),
+        mounted(cluster, spec, mountpoint),
+    ):
+        _measure(cluster, spec, options, nodes, mountpoint, size, repair_rate)
+
+
+@contextlib.contextmanager
+def own_cluster(
+    prefix: str, options: tuple[str, ...] = ()
+) -> Iterator[tuple[LocalCluster, str, dict[str, subprocess.Popen[bytes]]]]:
+    """Three local nodes started with `options`, their data in a new temporary directory named
+    after `prefix`: the cluster, its `--cluster` spec and the node processes by name (the
+    caller may stop one and put another in its place). All stopped and removed at the end,
+    also on errors."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         cluster = LocalCluster(Path(tmp))
         ensure_secret(cluster.secret_file)
         spec = node_spec(["n1", "n2", "n3"])
-        options = ("--repair-rate", str(repair_rate))
         nodes: dict[str, subprocess.Popen[bytes]] = {}
         try:
             for name in spec_names(spec):
                 nodes[name] = _start(cluster, name, spec, options)
-            with _mounted(cluster, spec, mountpoint):
-                _measure(cluster, spec, options, nodes, mountpoint, size, repair_rate)
+            yield cluster, spec, nodes
         finally:
             stop_nodes(list(nodes.values()))
 
@@ -131,7 +145,9 @@ async def _refilled(spec: str, secret: bytes) -> int | None:
 
 
 @contextlib.contextmanager
-def _mounted(cluster: LocalCluster, spec: str, mountpoint: Path) -> Iterator[None]:
+def mounted(cluster: LocalCluster, spec: str, mountpoint: Path) -> Iterator[None]:
+    """The cluster of `spec` mounted on `mountpoint` (an empty directory) for the block, its
+    messages going to mount.log in the data directory; unmounted at the end, also on errors."""
     if os.path.ismount(mountpoint) or any(mountpoint.iterdir()):
         raise UserError(f"{mountpoint} must be an empty directory that is not a mount point")
     argv = [sys.executable, "-m", "ringfs.tools", "mount", spec, str(mountpoint),
