@@ -10,6 +10,7 @@ It never returns half an answer: a call either succeeds, raises the node's `Node
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -23,6 +24,7 @@ from ringfs.node.cluster.map import ClusterMap, NodeInfo
 from ringfs.node.errors import (
     CORRUPT,
     IN_DOUBT,
+    NEWER_MAP,
     NOT_LEADER,
     NOT_META,
     SESSION_EXPIRED,
@@ -145,12 +147,25 @@ class Cluster:
                 found = ClusterMap.from_wire(await self.pool.call(address, "map.get", []))
             except (Unavailable, NodeError):
                 continue
-            if self._newer(found):
-                log.info("cluster map epoch %d (was %d)", found.epoch, self.map.epoch)
-                self.map = found
-                self.config.client.identity.cluster_id = found.cluster_id
+            self._go_by(found)
             break
         return self.map
+
+    def offered(self, detail: str) -> bool:
+        """A node answered with its map (`NEWER_MAP`): go by it if it is newer; whether it was."""
+        try:
+            found = ClusterMap.from_wire(json.loads(detail))
+        except (ValueError, NodeError):
+            return False
+        return self._go_by(found)
+
+    def _go_by(self, found: ClusterMap) -> bool:
+        if not self._newer(found):
+            return False
+        log.info("cluster map epoch %d (was %d)", found.epoch, self.map.epoch)
+        self.map = found
+        self.config.client.identity.cluster_id = found.cluster_id
+        return True
 
     def _newer(self, found: ClusterMap) -> bool:
         """Whether `found` is a later map of this client's cluster: a higher epoch, or the
@@ -195,14 +210,18 @@ class Cluster:
         reported (logged) and the next replica is tried. Raises `Unavailable` if none answers.
         """
         tried: list[str] = []
-        for address in self.read_order(block_id):
+        order = self.read_order(block_id)
+        while order:
+            address = order.pop(0)
             tried.append(address)
             try:
                 reply = await self._block_get(address, block_id)
             except Unavailable:
                 continue
             except NodeError as exc:
-                if exc.name == CORRUPT:
+                if exc.name == NEWER_MAP and self.offered(exc.detail):
+                    order = [a for a in self.read_order(block_id) if a not in tried]
+                elif exc.name == CORRUPT:
                     log.warning(
                         "node %s: block %s is corrupt, reading another replica",
                         address,
@@ -237,7 +256,7 @@ class Cluster:
         sent_at = trio.current_time()
         self.reads.sent(address, sent_at)
         try:
-            reply = await self.pool.call(address, "block.get", [block_id])
+            reply = await self.pool.call(address, "block.get", [block_id, self.map.epoch])
         except BaseException:
             self.reads.dropped(address, sent_at)
             raise
@@ -488,6 +507,7 @@ class _ReplicatedWrite:
         self.data = data
         self.checksum = checksum
         cmap = cluster.map
+        self.epoch = cmap.epoch  # sent along: a node that knows a newer map answers with it
         self.spares = [node.address for node in cmap.fallbacks(block_id)]
         # A node that failed lately is handed off at once, while a spare is left.
         self.targets = [self._instead_of_suspect(n.address) for n in cmap.placement(block_id)]
@@ -533,14 +553,33 @@ class _ReplicatedWrite:
             self.quorum_reached.set()
             slot.release()
 
+    def _replan(self, refused: str) -> None:
+        """After a newer map came: the nodes it places the block on (then the rest of its
+        ring) that are not writing it or done, in place of the spares of the older map."""
+        cmap = self.cluster.map
+        self.epoch = cmap.epoch
+        busy = {refused, *self.stored, *self._writing}
+        order = [*cmap.placement(self.block_id), *cmap.fallbacks(self.block_id)]
+        self.spares = [node.address for node in order if node.address not in busy]
+
     async def _replicate(self, address: str) -> None:
         pool = self.cluster.pool
         try:
             while True:
                 self._writing.add(address)
                 try:
-                    await pool.call(address, "block.put", [self.block_id, self.checksum, self.data])
+                    params = [self.block_id, self.checksum, self.data, self.epoch]
+                    await pool.call(address, "block.put", params)
                 except (Unavailable, NodeError) as exc:
+                    if isinstance(exc, NodeError) and exc.name == NEWER_MAP:
+                        # Placed by an older map: the newer one's nodes take it instead.
+                        self._writing.discard(address)
+                        if self.cluster.offered(exc.detail):
+                            self._replan(address)
+                        if self.spares:
+                            address = self.spares.pop(0)
+                            continue
+                        return
                     log.warning(
                         "node %s: block %s not stored (%s)", address, self.block_id.hex(), exc
                     )

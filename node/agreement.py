@@ -15,6 +15,7 @@ the map the register holds when it is decided.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -187,6 +188,7 @@ class MapKeeper:
         self.identity = identity
         self.path = path
         self.changed = changed
+        self._wake = trio.Event()
 
     async def run(self, given: tuple[NodeInfo, ...] | None) -> None:
         """Agree on the map (with the addresses this node was `given` on its command line, if
@@ -206,7 +208,9 @@ class MapKeeper:
                 log.info("cluster map: new addresses not agreed yet (%s); asking again", exc)
         await self._adopt(agreed)
         while True:
-            await trio.sleep(FOLLOW_INTERVAL)
+            with trio.move_on_after(FOLLOW_INTERVAL):
+                await self._wake.wait()
+            self._wake = trio.Event()
             try:
                 agreed = ClusterMap.from_wire(await self.register.read(trio.current_time() + ROUND))
             except (Unavailable, NodeError) as exc:
@@ -214,6 +218,22 @@ class MapKeeper:
                 continue
             if agreed.epoch > self.view.current.epoch:
                 await self._adopt(agreed)
+
+    def heard_of(self, epoch: int) -> None:
+        """A peer or client goes by map `epoch`: if it is newer, read the register now."""
+        if epoch > self.view.current.epoch:
+            self._wake.set()
+
+    async def offered(self, detail: str) -> None:
+        """A node answered with its map (`NEWER_MAP`): go by it if it is a newer one of this
+        cluster (every node goes only by maps the register agreed on)."""
+        try:
+            cmap = ClusterMap.from_wire(json.loads(detail))
+        except (ValueError, NodeError):
+            return
+        current = self.view.current
+        if cmap.cluster_id == current.cluster_id and cmap.epoch > current.epoch:
+            await self._adopt(cmap)
 
     async def change(self, operation: str, arguments: list[Any]) -> ClusterMap:
         """Make an operator's change and go by the map it gives. Raises ValueError saying why

@@ -214,11 +214,13 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
             log.info("node %s is in the meta group %s", config.node_id, ", ".join(meta_group))
             collector = Collector(meta, peers, view, config.gc_grace, config.mount_expiry)
             nursery.start_soon(collector.run, name="gc")
-        repairer = Repairer(config.node_id, store, peers, view, config.repair)
-        scrubber = Scrubber(store, repairer, config.data_dir / SCRUB_FILE, config.scrub)
         register = NodeRegister(config.node_id, RegisterStore(config.data_dir), peers, view)
         # A new map may place blocks elsewhere: repair moves them there.
-        keeper = MapKeeper(register, view, identity, config.data_dir / MAP_FILE, repairer.ask)
+        keeper = MapKeeper(
+            register, view, identity, config.data_dir / MAP_FILE, lambda: repairer.ask()
+        )
+        repairer = Repairer(config.node_id, store, peers, view, config.repair, keeper.offered)
+        scrubber = Scrubber(store, repairer, config.data_dir / SCRUB_FILE, config.scrub)
         service = NodeService(
             config.node_id,
             view,

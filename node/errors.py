@@ -35,6 +35,10 @@ DELEGATED = "EDELEGATED"
 #: client must report it as failed and open a new session.
 SESSION_EXPIRED = "ESESSIONEXPIRED"
 
+#: The caller placed a block by an older cluster map than the node's, and the node cannot do
+#: what it asked under the newer one; the detail is the node's map (JSON): go by it and retry.
+NEWER_MAP = "ENEWMAP"
+
 
 class NodeError(Exception):
     """A failure with a wire name: raised by node logic, sent as an error reply, raised again

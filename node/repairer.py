@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -33,7 +34,7 @@ from ringfs.node.blocks.repair import (
 from ringfs.node.blocks.store import BlockStore, checksum
 from ringfs.node.cluster.map import MapView
 from ringfs.node.cluster.ring import block_point
-from ringfs.node.errors import NOT_LEADER, NOT_META, NodeError, Unavailable
+from ringfs.node.errors import NEWER_MAP, NOT_LEADER, NOT_META, NodeError, Unavailable
 from ringfs.node.meta.commands import Abandon, BlockRef, Blocks, Command, Query, decode_result
 from ringfs.node.rpc.client import NodePool
 
@@ -50,12 +51,15 @@ class Repairer:
         pool: NodePool,
         view: MapView,
         config: RepairConfig,
+        offered: Callable[[str], Awaitable[None]],
     ) -> None:
+        """`offered` takes the map a node answered with (`NEWER_MAP`)."""
         self.node_id = node_id
         self.store = store
         self.pool = pool
         self.view = view
         self.config = config
+        self.offered = offered
         self.ledger = RepairLedger()
         self._bucket = TokenBucket(config.rate, burst=config.rate)
         self._asked = trio.Event()
@@ -212,9 +216,12 @@ class Repairer:
         """Give a placement node that lacks it this node's copy (a handoff held here, or the
         copy of a node being drained), so that it need not wait for its own next pass."""
         await trio.sleep(self._bucket.take(len(data), trio.current_time()))
+        epoch = self.view.current.epoch
         try:
-            await self.pool.call(address, "block.put", [block_id, checksum(data), data])
+            await self.pool.call(address, "block.put", [block_id, checksum(data), data, epoch])
         except (Unavailable, NodeError) as exc:
+            if isinstance(exc, NodeError) and exc.name == NEWER_MAP:
+                await self.offered(exc.detail)
             log.debug("repair: block %s not handed to %s: %s", block_id.hex(), address, exc)
             return False
         self.ledger.note_handed(len(data))
@@ -232,8 +239,13 @@ class Repairer:
             sources = [n for n in candidates if n.node_id != self.node_id]
             for node in sources:
                 try:
-                    data, stored = await self.pool.call(node.address, "block.get", [ref.block_id])
-                except (Unavailable, NodeError, TypeError, ValueError):
+                    params = [ref.block_id, cmap.epoch]
+                    data, stored = await self.pool.call(node.address, "block.get", params)
+                except NodeError as exc:
+                    if exc.name == NEWER_MAP:
+                        await self.offered(exc.detail)  # the next pass goes by it
+                    continue
+                except (Unavailable, TypeError, ValueError):
                     continue
                 if stored != ref.checksum or not isinstance(data, bytes):
                     continue

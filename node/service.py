@@ -8,6 +8,7 @@ threads; the metadata is applied and queried on the event loop (see `ringfs.node
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,10 +18,10 @@ import trio
 from ringfs.node.agreement import MapKeeper
 from ringfs.node.blocks.space import Capacity
 from ringfs.node.blocks.store import BlockStore, validate_block_id
-from ringfs.node.cluster.map import MapView
+from ringfs.node.cluster.map import PLACED, MapView
 from ringfs.node.cluster.paxos import InDoubt
 from ringfs.node.collector import Collector
-from ringfs.node.errors import CORRUPT, NOT_META, NodeError, Unavailable
+from ringfs.node.errors import CORRUPT, NEWER_MAP, NOT_META, NodeError, Unavailable
 from ringfs.node.meta.commands import command_from_wire, encode_result, query_from_wire
 from ringfs.node.meta.replica import ReplicatedMeta
 from ringfs.node.raft.core import SnapshotRequest, message_from_wire
@@ -34,9 +35,12 @@ log = logging.getLogger(__name__)
 Method = Callable[[list[Any]], Awaitable[Any]]
 
 
-def _arity(params: list[Any], count: int, method: str) -> list[Any]:
-    if len(params) != count:
-        raise NodeError("EINVAL", f"{method} takes {count} parameters, got {len(params)}")
+def _arity(params: list[Any], count: int, method: str, most: int | None = None) -> list[Any]:
+    """`params`, if there are `count` of them (up to `most` if given)."""
+    most = count if most is None else most
+    if not count <= len(params) <= most:
+        takes = f"{count}" if most == count else f"{count} to {most}"
+        raise NodeError("EINVAL", f"{method} takes {takes} parameters, got {len(params)}")
     return params
 
 
@@ -174,18 +178,42 @@ class NodeService:
             raise NodeError("EAGAIN", str(exc)) from None
 
     async def block_put(self, params: list[Any]) -> None:
-        block_id, checksum, data = _arity(params, 3, "block.put")
+        block_id, checksum, data, *rest = _arity(params, 3, "block.put", most=4)
         block_id = validate_block_id(block_id)
         checksum = _bytes(checksum, "checksum")
         data = _bytes(data, "data")
+        if self._placed_before(rest) and self.view.current.node(self.node_id).state not in PLACED:
+            # A writer that does not know this node takes no blocks any more (it is drained):
+            # its copy here could be the one to go when this node leaves.
+            raise self._newer_map()
         async with self._disk:
             await trio.to_thread.run_sync(self.store.put, block_id, data, checksum)
 
     async def block_get(self, params: list[Any]) -> list[bytes]:
-        (block_id,) = _arity(params, 1, "block.get")
-        data, checksum = await self._read(validate_block_id(block_id))
+        block_id, *rest = _arity(params, 1, "block.get", most=2)
+        try:
+            data, checksum = await self._read(validate_block_id(block_id))
+        except NodeError as exc:
+            if exc.name == "ENOENT" and self._placed_before(rest):
+                raise self._newer_map() from None  # the block may have moved
+            raise
         self.reads += 1
         return [data, checksum]
+
+    def _placed_before(self, rest: list[Any]) -> bool:
+        """Whether the caller placed by an older map than this node's (the optional last
+        parameter of block.put and block.get, its epoch); one that knows a newer map has this
+        node read the register at once."""
+        if not rest:
+            return False
+        epoch = rest[0]
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise NodeError("EINVAL", "the map epoch must be a natural number")
+        self.keeper.heard_of(epoch)
+        return epoch < self.view.current.epoch
+
+    def _newer_map(self) -> NodeError:
+        return NodeError(NEWER_MAP, json.dumps(self.view.current.to_wire()))
 
     async def block_verify(self, params: list[Any]) -> bytes:
         (block_id,) = _arity(params, 1, "block.verify")

@@ -4,6 +4,9 @@ an old one. Each time the blocks end on exactly the new placement and every one 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from ringfs.fs.mount import wait_for_filesystem
 from ringfs.node import agreement, lifecycle
 from ringfs.node.blocks.repair import RepairConfig
 from ringfs.node.cluster.map import ClusterMap
+from ringfs.node.errors import NEWER_MAP, NodeError
 from ringfs.node.meta.commands import Chunk
 from tests.cluster.conftest import LocalNodes, start_nodes
 from tests.cluster.test_collector import holders
@@ -30,11 +34,13 @@ async def cluster_with_files(
     monkeypatch: pytest.MonkeyPatch,
     count: int,
     out_after: float = 600.0,
+    moves_every: float = 0.2,
 ) -> tuple[LocalNodes, Cluster, list[Chunk]]:
-    """`count` nodes that follow the map, move and repair within a second or so, a client that
-    follows it too, and 40 one-block files in place."""
+    """`count` nodes that follow the map, repair within a second or so and make their own
+    moves every `moves_every` seconds, a client that follows the map too, and 40 one-block
+    files in place."""
     monkeypatch.setattr(agreement, "FOLLOW_INTERVAL", 0.2)
-    monkeypatch.setattr(lifecycle, "INTERVAL", 0.2)
+    monkeypatch.setattr(lifecycle, "INTERVAL", moves_every)
     monkeypatch.setattr(cluster_module, "MAP_FOLLOW_INTERVAL", 0.2)
     nodes = await start_nodes(tmp_path, nursery, count, repair=FAST_REPAIR, out_after=out_after)
     client = await nodes.client()
@@ -168,3 +174,54 @@ async def test_a_new_node_replaces_an_old_one_and_takes_exactly_its_blocks(
     await wait_until(lambda: placed_on(nodes, chunks, client.map), seconds=60)
     assert {c.block_id for c in chunks if "n5" in holders(nodes, c.block_id)} == had
     await all_read_back(client, chunks)
+
+
+async def test_a_writer_with_an_older_map_is_told_the_new_one_and_writes_by_it(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The drained node stays until the end (it would leave at its next own move).
+    nodes, client, _ = await cluster_with_files(tmp_path, nursery, monkeypatch, 4, moves_every=600)
+    [outside] = {n.node_id for n in nodes.map.nodes} - {n.node_id for n in nodes.map.meta_nodes()}
+    stale = await nodes.client()  # goes by epoch 1, and does not follow the map by itself
+    n1 = client.map.node("n1").address
+    await client.pool.call(n1, "map.change", ["drain", [outside]])
+    await wait_until(lambda: drained_everywhere(nodes, client, outside))
+
+    block = next(
+        b for b in (os.urandom(16) for _ in range(1000)) if placed_on_node(stale, b, outside)
+    )
+    data = os.urandom(4096)
+    stored = await stale.put_block(block, memoryview(data), hashlib.sha256(data).digest())
+    assert stale.map.node(outside).state == "draining"  # it learned the map from the answer
+    assert client.map.node(outside).address not in stored.nodes
+    assert len(stored.nodes) >= 2
+    assert outside not in holders(nodes, block)
+
+
+async def test_a_reader_with_an_older_map_is_told_the_new_one(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nodes, client, _ = await cluster_with_files(tmp_path, nursery, monkeypatch, 4)
+    n1 = client.map.node("n1").address
+    await client.pool.call(n1, "map.change", ["weight", ["n4", 2]])
+    await wait_until(lambda: drained_everywhere(nodes, client, None))
+    missing = os.urandom(16)
+    with pytest.raises(NodeError, match="ENOENT"):
+        await client.pool.call(n1, "block.get", [missing, client.map.epoch])
+    with pytest.raises(NodeError) as newer:
+        await client.pool.call(n1, "block.get", [missing, 1])
+    assert newer.value.name == NEWER_MAP
+    assert ClusterMap.from_wire(json.loads(newer.value.detail)) == client.map
+
+
+def placed_on_node(client: Cluster, block: bytes, node_id: str) -> bool:
+    return node_id in {n.node_id for n in client.map.placement(block)}
+
+
+async def drained_everywhere(nodes: LocalNodes, client: Cluster, node_id: str | None) -> bool:
+    """Whether every node goes by the map the client sees now (a newer one than epoch 1)."""
+    cmap = await client.refresh_map()
+    if cmap.epoch == 1:
+        return False
+    told = [await client.pool.call(n.address, "map.get", []) for n in cmap.holders()]
+    return all(ClusterMap.from_wire(t).epoch == cmap.epoch for t in told)
