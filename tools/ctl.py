@@ -53,6 +53,8 @@ async def _status(seeds: tuple[str, ...], secret: bytes) -> str:
         )
     answering = [s for _, s in stats if s is not None]
     lines.append(_total_line(answering))
+    if moving := _moving_line(answering, time.time()):
+        lines.append(moving)
     repair = [_repair_line(info.node_id, s["repair"]) for info, s in stats if s is not None]
     scrub = [_scrub_line(info.node_id, s["scrub"]) for info, s in stats if s is not None]
     return "\n".join(
@@ -74,6 +76,29 @@ def _total_line(stats: list[dict[str, Any]]) -> str:
         f"{_human(sum(s['bytes'] for s in stats)):>10}  "
         f"{missing} copies missing on their nodes, {held} held for other nodes"
     )
+
+
+def _moving_line(stats: list[dict[str, Any]], now: float) -> str | None:
+    """How far the copies are from where the map wants them, in bytes, and when the repair
+    passes will have moved them at the rate they go now (after a change of the map, or while
+    a node refills). None when nothing is missing."""
+    missing = 0
+    rate = 0.0
+    for node in stats:
+        repair = node["repair"]
+        record = repair["current"] or repair["last"]
+        if record is not None:
+            missing += record["missing"] - record["repaired"]
+        if (current := repair["current"]) is not None:
+            rate += current["repaired_bytes"] / max(now - current["started"], 1e-3)
+    if not missing:
+        return None
+    blocks = sum(s["blocks"] for s in stats)
+    size = missing * sum(s["bytes"] for s in stats) // max(blocks, 1)
+    line = f"moving: {missing} copies (about {_human(size)}) to the nodes the map places them on"
+    if rate < 1:
+        return line + ", at the nodes' next repair passes"
+    return line + f", at {_human(round(rate))}/s: about {_human_seconds(size / rate)} left"
 
 
 def _repair_line(node_id: str, repair: dict[str, Any]) -> str:
