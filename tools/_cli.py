@@ -370,11 +370,19 @@ def build_parser() -> argparse.ArgumentParser:
         "node throttled and without",
     )
     bench.add_argument(
+        "--moves",
+        action="store_true",
+        help="instead: start a cluster of its own mounted on MOUNTPOINT (an empty directory), "
+        "write --size of files, have a 4th node join and drain it again, and show the bytes "
+        "each step moved next to what the placement change asks for, with a write and read "
+        "beside it",
+    )
+    bench.add_argument(
         "--repair-rate",
         type=size,
         default=RepairConfig.rate,
         metavar="SIZE",
-        help="with --refill: the nodes' --repair-rate (default 32M)",
+        help="with --refill or --moves: the nodes' --repair-rate (default 32M)",
     )
     bench.add_argument(
         "--compare",

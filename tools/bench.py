@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ringfs.tools import readspreadbench, refillbench, treebench
+from ringfs.tools import movebench, readspreadbench, refillbench, treebench
 from ringfs.tools.args import UserError
 
 # Writes in 1 MiB pieces, like cp on a filesystem that reports a 1 MiB st_blksize.
@@ -190,6 +190,9 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if args.spread:
         readspreadbench.run(args.mountpoint, args.size)
+        return 0
+    if args.moves:
+        movebench.run(args.mountpoint, args.size, args.repair_rate)
         return 0
     if args.tree:
         targets = [("ringfs", args.mountpoint)]

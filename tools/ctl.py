@@ -40,7 +40,7 @@ async def _status(seeds: tuple[str, ...], secret: bytes) -> str:
     roles = {info.node_id: f"meta {s['role']}" if s else "meta" for info, s in members}
     lines = [
         f"cluster {cmap.cluster_id or '(not agreed yet)'}, map epoch {cmap.epoch}, "
-        f"{len(cmap.nodes)} nodes, "
+        f"{len(cmap.members())} nodes, "
         f"replicas {cmap.replica_count()} (write quorum {cmap.write_quorum()})",
         f"{'NODE':<10} {'ADDRESS':<22} {'STATE':<12} {'BLOCKS':>8} {'DATA':>10} "
         f"{'CAPACITY':>10} {'FREE':>10} {'READS':>8}  ROLE",
@@ -53,9 +53,9 @@ async def _status(seeds: tuple[str, ...], secret: bytes) -> str:
         )
     answering = [s for _, s in stats if s is not None]
     lines.append(_total_line(answering))
-    if moving := _moving_line(answering, time.time()):
-        lines.append(moving)
+    moving = _moving_line(answering, time.time())
     repair = [_repair_line(info.node_id, s["repair"]) for info, s in stats if s is not None]
+    repair = [moving, *repair] if moving else repair
     scrub = [_scrub_line(info.node_id, s["scrub"]) for info, s in stats if s is not None]
     return "\n".join(
         [*lines, "", *repair, *scrub, _garbage_line(stats, fs), "", *_meta_lines(members)]

@@ -88,7 +88,7 @@ def _measure(
         bench.timed_write(mountpoint / f"fill{i:04d}", FILE_SIZE)
     secret = cluster.secret_file.read_bytes().strip()
     os.sync()  # the nodes' writeback of the fill must not weigh on the idle figures
-    idle = [_probe(mountpoint / "probe")]
+    idle = [probe(mountpoint / "probe")]
 
     stop_nodes([nodes[WIPED]])
     shutil.rmtree(cluster.data_dir / WIPED / "store")
@@ -96,9 +96,9 @@ def _measure(
     started = time.monotonic()
     during = []
     while (refilled := trio.run(_refilled, spec, secret)) is None:
-        during.append(_probe(mountpoint / "probe"))
+        during.append(probe(mountpoint / "probe"))
     seconds = time.monotonic() - started
-    idle.append(_probe(mountpoint / "probe"))
+    idle.append(probe(mountpoint / "probe"))
 
     print(
         f"\nrefill of {WIPED}: {refilled / MiB:.0f} MiB in {seconds:.1f} s: "
@@ -118,7 +118,7 @@ def _start(
     return start_node(cluster, name, spec, options, log=cluster.log_file, wait=True)
 
 
-def _probe(path: Path) -> tuple[float, float]:
+def probe(path: Path) -> tuple[float, float]:
     """A sequential write (with fsync) and a cold read of `PROBE` bytes, in MB/s."""
     write = bench.timed_write(path, PROBE)
     read = bench.timed_read(path)

@@ -60,7 +60,7 @@ def test_copy_survives_sigkill_of_a_storage_node(
     cluster.start(victim)
     lines = node_lines(cluster.status())
     assert "unreachable" not in lines[victim.name]
-    assert " up " in lines[victim.name]
+    assert " active " in lines[victim.name]
     # Still readable with every node back, through a second mount (no cached pages).
     second = mount_factory("second").path
     assert filecmp.cmp(source, second / "copy.bin", shallow=False)

@@ -82,7 +82,7 @@ def assert_all_running(cluster: Cluster) -> None:
     exited = {n.name: n.process.poll() for n in cluster.nodes if n.process is not None}
     assert all(status is None for status in exited.values()), f"nodes exited: {exited}"
     lines = node_lines(cluster.status())
-    assert all(" up " in lines[n.name] for n in cluster.nodes), lines
+    assert all(" active " in lines[n.name] for n in cluster.nodes), lines
 
 
 @dataclass

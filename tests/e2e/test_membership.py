@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ringfs.node.cluster.map import ClusterMap
+from ringfs.tools.movebench import holdings, moved_bytes, placement_moves
 from tests.e2e.conftest import Up, node_states, ringfs, wait_for
 
 pytestmark = pytest.mark.fuse
@@ -80,37 +81,9 @@ class Traffic:
             self._stop.wait(0.05)
 
 
-def holdings(up: Up) -> dict[str, dict[str, int]]:
-    """The block files each node's store holds now, with their sizes."""
-    return {
-        node.name: {path.name: path.stat().st_size for path in node.glob("store/blocks/*/*/*")}
-        for node in up.data.glob("n*")
-        if node.is_dir()
-    }
-
-
-def moved_bytes(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> int:
-    """The bytes of blocks that existed before and are now on a node that lacked them."""
-    existing = {block for held in before.values() for block in held}
-    return sum(
-        size
-        for node, held in after.items()
-        for block, size in held.items()
-        if block in existing and block not in before.get(node, {})
-    )
-
-
-def placement_moves(blocks: dict[str, int], before: ClusterMap, after: ClusterMap) -> int:
-    """The bytes the change of placement from `before` to `after` must copy: each block's size
-    for each node that its placement gained."""
-    return sum(
-        size
-        * len(
-            {n.node_id for n in after.placement(bytes.fromhex(block))}
-            - {n.node_id for n in before.placement(bytes.fromhex(block))}
-        )
-        for block, size in blocks.items()
-    )
+def stored(held: dict[str, dict[str, int]]) -> int:
+    """The bytes of the distinct blocks in `held`."""
+    return sum({block: size for blocks in held.values() for block, size in blocks.items()}.values())
 
 
 def agreed_map(up: Up) -> ClusterMap:
@@ -147,8 +120,7 @@ def test_three_to_five_nodes_and_back_under_a_writer_and_a_reader(
             [("add", "n4", 4), ("add", "n5", 5), ("drain", "n5", 4), ("drain", "n4", 3)]
         ):
             repaired_whole(up)
-            before, map_before = holdings(up), agreed_map(up)
-            unique = {block: size for held in before.values() for block, size in held.items()}
+            before, map_before = holdings(up.data), agreed_map(up)
             if command == "add":
                 result = ringfs("add-node", "--data", str(up.data))
                 assert result.stdout == f"node {name} joined the local cluster\n", result.stderr
@@ -158,12 +130,12 @@ def test_three_to_five_nodes_and_back_under_a_writer_and_a_reader(
             repaired_whole(up)
             epoch = map_before.epoch
             wait_for(lambda e=epoch: agreed_map(up).epoch > e, "n1 to follow the map")
-            ideal = placement_moves(unique, map_before, agreed_map(up))
-            moved = moved_bytes(before, holdings(up))
+            ideal = placement_moves(before, map_before, agreed_map(up))
+            moved = moved_bytes(before, holdings(up.data))
             steps.append(
                 f"step {step + 1}: {command} {name} -> {nodes_after} nodes: {moved / 2**20:.1f} "
                 f"MiB / {ideal / 2**20:.1f} MiB ({moved / ideal:.2f}x), "
-                f"{sum(unique.values()) / 2**20:.1f} MiB stored before"
+                f"{stored(before) / 2**20:.1f} MiB stored before"
             )
             assert len(node_states(up)) == nodes_after
             assert not traffic.failures, traffic.failures

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.fuse
 def blocks_on_nodes(cluster: Cluster) -> int:
     """The blocks all storage nodes hold, as `ringfs status` counts them."""
     lines = cluster.status().splitlines()
-    rows = [line.split() for line in lines if line.startswith("n") and " up " in line]
+    rows = [line.split() for line in lines if line.startswith("n") and " active " in line]
     assert len(rows) == 3, lines
     return sum(int(row[3]) for row in rows)
 
