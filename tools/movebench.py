@@ -14,10 +14,8 @@ removed at the end, also on errors.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,12 +26,10 @@ from ringfs.fs.cluster import Cluster, connected
 from ringfs.node.blocks.repair import PAGE, successor
 from ringfs.node.cluster.map import MAP_FILE, ClusterMap
 from ringfs.node.meta.commands import Blocks
-from ringfs.tools import bench
 from ringfs.tools.local import HOST, LocalCluster, free_ports, start_node
-from ringfs.tools.refillbench import mounted, own_cluster, probe
+from ringfs.tools.refillbench import fill, mounted, own_cluster, probe
 
 MiB = 1024 * 1024
-FILE_SIZE = 64 * MiB
 JOINING = "n4"
 
 #: The block files of each node's store, with their sizes.
@@ -97,10 +93,7 @@ def _measure(
     size: int,
     repair_rate: int,
 ) -> None:
-    print(f"writing {size / MiB:.0f} MiB in {FILE_SIZE // MiB} MiB files ...", file=sys.stderr)
-    for i in range(max(1, size // FILE_SIZE)):
-        bench.timed_write(mountpoint / f"fill{i:04d}", FILE_SIZE)
-    os.sync()
+    fill(mountpoint, size)
     seeds = tuple(member.split("=")[1] for member in spec.split(","))
     secret = cluster.secret_file.read_bytes().strip()
     idle = [probe(mountpoint / "probe")]

@@ -83,11 +83,8 @@ def _measure(
     size: int,
     repair_rate: int,
 ) -> None:
-    print(f"writing {size / MiB:.0f} MiB in {FILE_SIZE // MiB} MiB files ...", file=sys.stderr)
-    for i in range(max(1, size // FILE_SIZE)):
-        bench.timed_write(mountpoint / f"fill{i:04d}", FILE_SIZE)
+    fill(mountpoint, size)
     secret = cluster.secret_file.read_bytes().strip()
-    os.sync()  # the nodes' writeback of the fill must not weigh on the idle figures
     idle = [probe(mountpoint / "probe")]
 
     stop_nodes([nodes[WIPED]])
@@ -116,6 +113,15 @@ def _start(
     cluster: LocalCluster, name: str, spec: str, options: tuple[str, ...]
 ) -> subprocess.Popen[bytes]:
     return start_node(cluster, name, spec, options, log=cluster.log_file, wait=True)
+
+
+def fill(mountpoint: Path, size: int) -> None:
+    """Write `size` bytes through the mount in `FILE_SIZE` files, and have the nodes' disks
+    take them in (their writeback must not weigh on the figures that follow)."""
+    print(f"writing {size / MiB:.0f} MiB in {FILE_SIZE // MiB} MiB files ...", file=sys.stderr)
+    for i in range(max(1, size // FILE_SIZE)):
+        bench.timed_write(mountpoint / f"fill{i:04d}", FILE_SIZE)
+    os.sync()
 
 
 def probe(path: Path) -> tuple[float, float]:

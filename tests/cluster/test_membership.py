@@ -99,7 +99,7 @@ async def test_a_drained_node_leaves_and_stops(
     tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     nodes, client, chunks = await cluster_with_files(tmp_path, nursery, monkeypatch, 4)
-    [outside] = {n.node_id for n in nodes.map.nodes} - {n.node_id for n in nodes.map.meta_nodes()}
+    outside = outside_meta(nodes)
 
     await client.pool.call(client.map.node("n1").address, "map.change", ["drain", [outside]])
     await wait_until(map_where(client, lambda m: m.node(outside).state == "removed"), seconds=60)
@@ -116,7 +116,7 @@ async def test_a_dead_node_removed_is_copied_again_from_the_others(
     tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     nodes, client, chunks = await cluster_with_files(tmp_path, nursery, monkeypatch, 4)
-    [outside] = {n.node_id for n in nodes.map.nodes} - {n.node_id for n in nodes.map.meta_nodes()}
+    outside = outside_meta(nodes)
     await nodes.stop(outside)
 
     wire = await client.pool.call(
@@ -139,7 +139,7 @@ async def test_a_node_down_past_the_out_time_is_copied_away_and_rejoins(
     nodes, client, chunks = await cluster_with_files(
         tmp_path, nursery, monkeypatch, 4, out_after=2.0
     )
-    [outside] = {n.node_id for n in nodes.map.nodes} - {n.node_id for n in nodes.map.meta_nodes()}
+    outside = outside_meta(nodes)
     await nodes.stop(outside)
 
     await wait_until(map_where(client, lambda m: m.node(outside).state == "down-out"), seconds=30)
@@ -160,7 +160,7 @@ async def test_a_new_node_replaces_an_old_one_and_takes_exactly_its_blocks(
     tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     nodes, client, chunks = await cluster_with_files(tmp_path, nursery, monkeypatch, 4)
-    [old] = {n.node_id for n in nodes.map.nodes} - {n.node_id for n in nodes.map.meta_nodes()}
+    old = outside_meta(nodes)
     had = {c.block_id for c in chunks if old in holders(nodes, c.block_id)}
 
     await nodes.join("n5", repair=FAST_REPAIR)
@@ -181,7 +181,7 @@ async def test_a_writer_with_an_older_map_is_told_the_new_one_and_writes_by_it(
 ) -> None:
     # The drained node stays until the end (it would leave at its next own move).
     nodes, client, _ = await cluster_with_files(tmp_path, nursery, monkeypatch, 4, moves_every=600)
-    [outside] = {n.node_id for n in nodes.map.nodes} - {n.node_id for n in nodes.map.meta_nodes()}
+    outside = outside_meta(nodes)
     stale = await nodes.client()  # goes by epoch 1, and does not follow the map by itself
     n1 = client.map.node("n1").address
     await client.pool.call(n1, "map.change", ["drain", [outside]])
@@ -212,6 +212,12 @@ async def test_a_reader_with_an_older_map_is_told_the_new_one(
         await client.pool.call(n1, "block.get", [missing, 1])
     assert newer.value.name == NEWER_MAP
     assert ClusterMap.from_wire(json.loads(newer.value.detail)) == client.map
+
+
+def outside_meta(nodes: LocalNodes) -> str:
+    """The one node of four that is not in the meta group (which cannot move yet)."""
+    [outside] = {n.node_id for n in nodes.map.nodes} - {n.node_id for n in nodes.map.meta_nodes()}
+    return outside
 
 
 def placed_on_node(client: Cluster, block: bytes, node_id: str) -> bool:

@@ -24,9 +24,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_ports
+from tests.e2e import netns
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
+#: The port of every node of `hosted_cluster`: each is alone on its host, so a fixed port
+#: collides with nothing.
+HOSTED_PORT = 7070
 STOP_TIMEOUT = 20.0
 
 pytestmark = pytest.mark.fuse
@@ -267,6 +271,37 @@ def mount_factory(fuse: None, cluster: Cluster, tmp_path: Path) -> Iterator[Call
                 statuses.append((mount.path.name, mount.unmount(), mount.log()))
     bad = [(name, status, log) for name, status, log in statuses if status != 0]
     assert not bad, f"mount processes did not exit cleanly: {bad}"
+
+
+@pytest.fixture
+def hosts(request: pytest.FixtureRequest) -> Iterator[list[netns.Host]]:
+    """A host (network namespace) for each node of a test module's `HOSTS` (default 3),
+    removed after the test."""
+    reason = netns.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    with netns.hosts(getattr(request.module, "HOSTS", 3)) as made:
+        yield made
+
+
+@pytest.fixture
+def hosted_cluster(hosts: list[netns.Host], tmp_path: Path) -> Iterator[Cluster]:
+    """A node on each of `hosts` (all on port `HOSTED_PORT`), started, and stopped after.
+    A module whose tests need it for mounts overrides `cluster` with it."""
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("hosted-test-secret\n")
+    cluster = Cluster(tmp_path, secret_file, [
+        NodeProcess(f"n{i + 1}", HOSTED_PORT, tmp_path / f"n{i + 1}", host=host.address,
+                    prefix=host.prefix)
+        for i, host in enumerate(hosts)
+    ])  # fmt: skip
+    try:
+        for node in cluster.nodes:
+            cluster.start(node)
+        yield cluster
+    finally:
+        for node in cluster.nodes:
+            cluster.stop(node)
 
 
 @pytest.fixture

@@ -5,8 +5,7 @@ network heals the cut-off node goes by the new map and the drained node leaves."
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -16,35 +15,13 @@ from tests.e2e.conftest import Cluster, Mount, NodeProcess, ringfs, ringfs_argv,
 
 pytestmark = pytest.mark.fuse
 
-PORT = 7070  # each node is alone on its host: a fixed port collides with nothing
+HOSTS = 5
 
 
 @pytest.fixture
-def hosts() -> Iterator[list[netns.Host]]:
-    reason = netns.unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    with netns.hosts(5) as made:
-        yield made
-
-
-@pytest.fixture
-def cluster(hosts: list[netns.Host], tmp_path: Path) -> Iterator[Cluster]:
-    """Five nodes on five hosts (overrides the loopback cluster, so mounts use this one)."""
-    secret_file = tmp_path / "secret"
-    secret_file.write_text("membership-partition-test-secret\n")
-    cluster = Cluster(tmp_path, secret_file, [
-        NodeProcess(f"n{i + 1}", PORT, tmp_path / f"n{i + 1}", host=host.address,
-                    prefix=host.prefix)
-        for i, host in enumerate(hosts)
-    ])  # fmt: skip
-    try:
-        for node in cluster.nodes:
-            cluster.start(node)
-        yield cluster
-    finally:
-        for node in cluster.nodes:
-            cluster.stop(node)
+def cluster(hosted_cluster: Cluster) -> Cluster:
+    """The nodes on hosts of their own (so mounts use these)."""
+    return hosted_cluster
 
 
 def epoch_and_state(node: NodeProcess, of: str) -> tuple[int, str]:

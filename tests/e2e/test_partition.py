@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,6 @@ from tests.e2e.conftest import Cluster, Mount, NodeProcess, wait_for
 
 pytestmark = pytest.mark.fuse
 
-# Each node is alone on its host (namespace), so a fixed port cannot collide with anything.
-PORT = 7070
 
 # Run on a host: ask one node, through a ringfs client, for its view of the meta group, and
 # (if a name is given) try to commit a directory. Prints JSON: {"status": ..., "committed": ...}.
@@ -51,31 +49,9 @@ trio.run(main, sys.argv[1], open(sys.argv[2], "rb").read().strip(), sys.argv[3])
 
 
 @pytest.fixture
-def hosts() -> Iterator[list[netns.Host]]:
-    reason = netns.unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    with netns.hosts(3) as made:
-        yield made
-
-
-@pytest.fixture
-def cluster(hosts: list[netns.Host], tmp_path: Path) -> Iterator[Cluster]:
-    """The nodes on three hosts (overrides the loopback cluster, so mounts use this one)."""
-    secret_file = tmp_path / "secret"
-    secret_file.write_text("partition-test-secret\n")
-    cluster = Cluster(tmp_path, secret_file, [
-        NodeProcess(f"n{i + 1}", PORT, tmp_path / f"n{i + 1}", host=host.address,
-                    prefix=host.prefix)
-        for i, host in enumerate(hosts)
-    ])  # fmt: skip
-    try:
-        for node in cluster.nodes:
-            cluster.start(node)
-        yield cluster
-    finally:
-        for node in cluster.nodes:
-            cluster.stop(node)
+def cluster(hosted_cluster: Cluster) -> Cluster:
+    """The nodes on hosts of their own (so mounts use these)."""
+    return hosted_cluster
 
 
 def probe(host: netns.Host, node: NodeProcess, secret: Path, name: str = "") -> dict[str, Any]:
