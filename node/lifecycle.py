@@ -140,6 +140,7 @@ class Lifecycle:
                 await self.keeper.change("out", [node_id])
             except ValueError as exc:  # too few nodes would be left: it stays in
                 log.warning("node %s stays in: %s", node_id, exc)
+                self.timer.answered(node_id, now)  # asked again after another out-time
 
     async def _ping(self, node_id: str, address: str, now: float) -> None:
         try:
