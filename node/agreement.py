@@ -7,9 +7,10 @@ the cluster agreed on and its id. One started with other members or replication 
 with a clear error instead of forming a second cluster with its own placement and its own
 metadata group. A node started with new member addresses (`--cluster`) proposes them, so a
 cluster moved to other ports or hosts agrees on where its nodes are. From then on the node
-goes by the register's map, and reads it again every `FOLLOW_INTERVAL` seconds to follow its
-changes. An operator's change (`map.change`) is proposed by the node asked, as a function of
-the map the register holds when it is decided.
+goes by the register's map, and reads it again every `FOLLOW_INTERVAL` seconds (at once when a
+peer or client names a newer epoch) to follow its changes. A change (`map.change`: an
+operator's, a new node's `add` through `join`, a node's own move) is proposed by the node asked,
+as a function of the map the register holds when it is decided.
 """
 
 from __future__ import annotations

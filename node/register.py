@@ -255,6 +255,7 @@ class NodeRegister:
             except Reconfigured as moved:
                 # Drawing apart as after a conflict: its prepares may have cut another short.
                 named = acceptors_of(moved.value) or {}
+                log.debug("register: the value names acceptors %s too", sorted(named))
                 addresses |= named
                 joined += (frozenset(named),)
             sent = proposal.sent

@@ -251,8 +251,8 @@ class ProgressBar:
 def _node_line(
     node_id: str, address: str, state: str, stats: dict[str, Any] | None, role: str
 ) -> str:
-    if stats is None:
-        return f"{node_id:<10} {address:<22} {'unreachable':<12}"
+    if stats is None:  # a node marked out is expected not to answer: say so instead
+        return f"{node_id:<10} {address:<22} {state if state == 'down-out' else 'unreachable':<12}"
     return (
         f"{node_id:<10} {address:<22} {state:<12} "
         f"{('' if stats['counted'] else '~') + str(stats['blocks']):>8} "

@@ -231,3 +231,33 @@ async def drained_everywhere(nodes: LocalNodes, client: Cluster, node_id: str | 
         return False
     told = [await client.pool.call(n.address, "map.get", []) for n in cmap.holders()]
     return all(ClusterMap.from_wire(t).epoch == cmap.epoch for t in told)
+
+
+async def test_a_node_back_after_several_changes_finds_the_new_acceptors(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the node outside the meta group is down, the acceptors change three times (n5
+    joins, n6 joins, n5 is removed): the map it kept names acceptors changes old. Back, it
+    must walk forward to the current ones through the register."""
+    nodes, client, chunks = await cluster_with_files(tmp_path, nursery, monkeypatch, 4)
+    outside = outside_meta(nodes)
+    await nodes.stop(outside)
+    await nodes.join("n5", repair=FAST_REPAIR)
+    await nodes.join("n6", repair=FAST_REPAIR)
+    await nodes.stop("n5")
+    n1 = client.map.node("n1").address
+    newest = ClusterMap.from_wire(await client.pool.call(n1, "map.change", ["remove", ["n5"]]))
+    assert set(newest.acceptors()) == {"n1", "n2", "n3", "n4", "n6"}
+    kept = ClusterMap.load(nodes.root / outside / "cluster.json")
+    assert set(kept.acceptors()) == {"n1", "n2", "n3", "n4"}
+
+    await nodes.start(outside)
+
+    async def caught_up() -> bool:
+        kept = ClusterMap.load(nodes.root / outside / "cluster.json")
+        return kept.epoch >= newest.epoch
+
+    await wait_until(caught_up)
+    assert ClusterMap.load(nodes.root / outside / "cluster.json").node("n5").state == "removed"
+    await wait_until(lambda: placed_on(nodes, chunks, client.map), seconds=60)
+    await all_read_back(client, chunks)

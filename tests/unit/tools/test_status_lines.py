@@ -1,10 +1,11 @@
-"""The `moving:` line of `ringfs status`: what is left to move, and when it will be done."""
+"""Lines of `ringfs status`: what is left to move and when it will be done, and a node's state
+when it does not answer."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ringfs.tools.ctl import _moving_line
+from ringfs.tools.ctl import _moving_line, _node_line
 
 MiB = 2**20
 
@@ -42,3 +43,8 @@ def test_missing_copies_no_pass_is_moving_yet() -> None:
         "moving: 5 copies (about 20.0MiB) to the nodes the map places them on, "
         "at the nodes' next repair passes"
     )
+
+
+def test_a_node_that_does_not_answer_shows_as_marked_out_or_unreachable() -> None:
+    assert _node_line("n4", "h:4", "down-out", None, "").split() == ["n4", "h:4", "down-out"]
+    assert _node_line("n3", "h:3", "active", None, "").split() == ["n3", "h:3", "unreachable"]
