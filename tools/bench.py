@@ -21,9 +21,8 @@ from pathlib import Path
 
 from ringfs.tools import movebench, readspreadbench, refillbench, treebench
 from ringfs.tools.args import UserError
+from ringfs.tools.timing import timed_read, timed_write
 
-# Writes in 1 MiB pieces, like cp on a filesystem that reports a 1 MiB st_blksize.
-IO_SIZE = 1024 * 1024
 # Concurrent writers for the metadata workload.
 WRITER_COUNTS = (1, 4, 16)
 
@@ -45,38 +44,6 @@ class Result:
     files_per_s: float
     # writers -> metadata operations per second
     meta_ops_s: dict[int, float]
-
-
-def _drop_caches() -> None:
-    """Make the read come from the filesystem, not memory (needs root; skipped otherwise)."""
-    with contextlib.suppress(OSError), open("/proc/sys/vm/drop_caches", "w") as control:
-        control.write("3\n")
-
-
-def timed_write(path: Path, size: int) -> float:
-    """Write `size` bytes in 1 MiB pieces and fsync: MB/s."""
-    piece = os.urandom(IO_SIZE)
-    start = time.perf_counter()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        written = 0
-        while written < size:
-            written += os.write(fd, piece[: min(IO_SIZE, size - written)])
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return size / (time.perf_counter() - start) / 1e6
-
-
-def timed_read(path: Path) -> float:
-    """Read a file back with cold caches (as root): MB/s."""
-    _drop_caches()
-    start = time.perf_counter()
-    total = 0
-    with open(path, "rb", buffering=0) as source:
-        while chunk := source.read(IO_SIZE):
-            total += len(chunk)
-    return total / (time.perf_counter() - start) / 1e6
 
 
 def _create(directory: Path, count: int) -> float:

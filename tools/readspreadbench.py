@@ -26,7 +26,7 @@ from typing import TypeVar
 import trio
 
 from ringfs.fs.cluster import Cluster, connected
-from ringfs.tools import bench
+from ringfs.tools import timing
 from ringfs.tools.local import LocalCluster
 from ringfs.tools.refillbench import mounted, own_cluster
 
@@ -85,7 +85,7 @@ def _measure(
     print(f"writing {len(files) * FILE_SIZE / MiB:.0f} MiB ...", file=sys.stderr)
     with mounted(cluster, spec, mountpoint):
         for name in files:
-            bench.timed_write(mountpoint / name, FILE_SIZE)
+            timing.timed_write(mountpoint / name, FILE_SIZE)
     slow = trio.run(_ask, seeds, secret, not_the_leader)
     phases: list[tuple[str, contextlib.AbstractContextManager[None]]] = [
         ("no throttle", contextlib.nullcontext()),
@@ -113,7 +113,7 @@ def _measure(
 
 def _read(path: Path) -> None:
     with open(path, "rb", buffering=0) as source:
-        while source.read(bench.IO_SIZE):
+        while source.read(timing.IO_SIZE):
             pass
 
 

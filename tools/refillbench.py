@@ -27,7 +27,7 @@ import trio
 
 from ringfs.fs.cluster import Cluster, ClusterConfig
 from ringfs.node.rpc.client import ClientConfig
-from ringfs.tools import bench
+from ringfs.tools import timing
 from ringfs.tools.args import UserError
 from ringfs.tools.local import (
     LocalCluster,
@@ -120,14 +120,14 @@ def fill(mountpoint: Path, size: int) -> None:
     take them in (their writeback must not weigh on the figures that follow)."""
     print(f"writing {size / MiB:.0f} MiB in {FILE_SIZE // MiB} MiB files ...", file=sys.stderr)
     for i in range(max(1, size // FILE_SIZE)):
-        bench.timed_write(mountpoint / f"fill{i:04d}", FILE_SIZE)
+        timing.timed_write(mountpoint / f"fill{i:04d}", FILE_SIZE)
     os.sync()
 
 
 def probe(path: Path) -> tuple[float, float]:
     """A sequential write (with fsync) and a cold read of `PROBE` bytes, in MB/s."""
-    write = bench.timed_write(path, PROBE)
-    read = bench.timed_read(path)
+    write = timing.timed_write(path, PROBE)
+    read = timing.timed_read(path)
     path.unlink()
     return write, read
 
