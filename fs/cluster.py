@@ -459,27 +459,29 @@ class Cluster:
 
     async def node_stats(self) -> list[tuple[NodeInfo, dict[str, Any] | None]]:
         """Every node's `node.stats`, or None for nodes that do not answer."""
-        return await self._ask_all("node.stats")
+        return await self.ask_all("node.stats")
 
     async def node_capacity(self) -> list[tuple[NodeInfo, dict[str, Any] | None]]:
         """Every node's `node.capacity` (cheap: for statfs), or None if it does not answer."""
-        return await self._ask_all("node.capacity")
+        return await self.ask_all("node.capacity")
 
     async def meta_status(self) -> list[tuple[NodeInfo, dict[str, Any] | None]]:
         """Each meta-group member's Raft status, or None if it does not answer."""
-        return await self._ask_all("meta.status", self.map.meta_nodes())
+        return await self.ask_all("meta.status", self.map.meta_nodes())
 
     async def repair_start(self) -> list[tuple[NodeInfo, dict[str, Any] | None]]:
         """Have every node holding blocks start a repair pass; their repair counters."""
-        return await self._ask_all("repair.start", self.map.holders())
+        return await self.ask_all("repair.start", self.map.holders())
 
     async def repair_status(self) -> list[tuple[NodeInfo, dict[str, Any] | None]]:
         """The repair counters (cheap) of every node holding blocks; None for those silent."""
-        return await self._ask_all("repair.status", self.map.holders())
+        return await self.ask_all("repair.status", self.map.holders())
 
-    async def _ask_all(
+    async def ask_all(
         self, method: str, nodes: Sequence[NodeInfo] | None = None
     ) -> list[tuple[NodeInfo, dict[str, Any] | None]]:
+        """Each node's answer to `method` (no parameters) at once: of `nodes`, or of every
+        member; None for a node that does not answer."""
         nodes = self.map.members() if nodes is None else nodes
         answers: dict[str, dict[str, Any] | None] = {}
 

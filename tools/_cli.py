@@ -314,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
         "replicas. Without --cluster, changes the local cluster of `ringfs up`.",
     )
     remove.add_argument("node", help="the node's id")
+    remove.add_argument(
+        "--wait", action="store_true", help="wait until every block is back to its copies"
+    )
     _add_cluster_access(remove)
 
     replace = sub.add_parser(
@@ -326,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replace.add_argument("old", help="the id of the node to replace")
     replace.add_argument("new", help="the id of the joined node that takes its place")
+    replace.add_argument(
+        "--wait", action="store_true", help="wait until OLD has left and NEW holds its blocks"
+    )
     _add_cluster_access(replace)
 
     add_node = sub.add_parser(

@@ -176,13 +176,13 @@ async def _repair(seeds: tuple[str, ...], secret: bytes, wait: bool, limit: floa
         if not wait:
             return 0 if len(targets) == len(started) else 1
         with trio.move_on_after(limit if limit is not None else float("inf")):
-            await _wait_whole(cluster, targets, sys.stderr)
+            await wait_whole(cluster, targets, sys.stderr)
             return 0
         print("repair: timed out", file=sys.stderr)
         return 1
 
 
-async def _wait_whole(cluster: Cluster, targets: dict[str, int], out: TextIO) -> None:
+async def wait_whole(cluster: Cluster, targets: dict[str, int], out: TextIO) -> None:
     """Until every node finished a pass that started after it was asked, with nothing missing.
 
     A node that restarts in between starts counting its passes again: it is asked again.

@@ -17,7 +17,7 @@ from ringfs.fs.cluster import Cluster, connected
 from ringfs.node.cluster.map import ClusterMap
 from ringfs.node.errors import NodeError, Unavailable
 from ringfs.tools.args import cluster_access
-from ringfs.tools.ctl import ProgressBar
+from ringfs.tools.ctl import ProgressBar, wait_whole
 from ringfs.tools.local import LocalCluster, add_local_node, default_data_dir
 
 #: Seconds between two looks at a draining node.
@@ -44,10 +44,10 @@ def drain(args: argparse.Namespace) -> int:
 def remove(args: argparse.Namespace) -> int:
     seeds, secret = cluster_access(args)
     cmap = trio.run(_change_map, seeds, secret, "remove", [args.node])
-    print(
-        f"cluster map epoch {cmap.epoch}: {args.node} is removed; its blocks are copied again "
-        "from the others (`ringfs repair --wait` shows when they are all back)"
-    )
+    print(f"cluster map epoch {cmap.epoch}: {args.node} is removed")
+    if args.wait:
+        trio.run(_wait_placed, seeds, secret, cmap.epoch, sys.stderr)
+        print(f"every block is back to {cmap.replica_count()} copies")
     return 0
 
 
@@ -58,6 +58,11 @@ def replace(args: argparse.Namespace) -> int:
         f"cluster map epoch {cmap.epoch}: {args.new} takes the place of {args.old}, which is "
         f"{cmap.node(args.old).state}"
     )
+    if args.wait:
+        if cmap.node(args.old).state == "draining":
+            trio.run(_wait_left, seeds, secret, args.old, sys.stderr)
+        trio.run(_wait_placed, seeds, secret, cmap.epoch, sys.stderr)
+        print(f"{args.new} holds every block {args.old} held")
     return 0
 
 
@@ -100,6 +105,20 @@ async def _wait_left(seeds: tuple[str, ...], secret: bytes, node_id: str, out: T
                 bar.show(fraction, f"{held} blocks left on {node_id}")
             await trio.sleep(POLL)
         bar.end()
+
+
+async def _wait_placed(seeds: tuple[str, ...], secret: bytes, epoch: int, out: TextIO) -> None:
+    """Once every node holding blocks goes by map `epoch` or a later one, show their repair
+    passes until each has finished one with nothing missing (as `ringfs repair --wait`)."""
+    async with connected(seeds, secret) as cluster:
+        while True:
+            cmap = await cluster.refresh_map()
+            told = await cluster.ask_all("node.info", cmap.holders())
+            if all(info is not None and info["epoch"] >= epoch for _, info in told):
+                break
+            await trio.sleep(POLL)
+        started = await cluster.repair_start()
+        await wait_whole(cluster, {n.node_id: s["wanted"] for n, s in started if s}, out)
 
 
 async def _blocks_held(cluster: Cluster, node_id: str) -> int | None:

@@ -94,10 +94,15 @@ def test_a_local_cluster_grows_a_node_replaces_one_and_drains_it(up: Up) -> None
     assert added.stdout == "node n5 joined the local cluster\n"
     wait_for(lambda: node_states(up).get("n5", ("",))[0] == "active", "n5 to fill up", 60)
 
-    replaced = ringfs("replace", old, "n5", "--data", str(up.data))
+    replaced = ringfs("replace", old, "n5", "--wait", "--data", str(up.data), timeout=120)
     assert replaced.returncode == 0, replaced.stderr
-    assert f"n5 takes the place of {old}, which is draining" in replaced.stdout
-    wait_for(lambda: old not in node_states(up), f"{old} to leave", 60)
+    assert re.fullmatch(
+        rf"cluster map epoch \d+: n5 takes the place of {old}, which is draining\n"
+        rf"n5 holds every block {old} held\n",
+        replaced.stdout,
+    ), replaced.stdout
+    assert "nodes whole" in replaced.stderr  # the progress of the repair passes
+    assert old not in node_states(up)
     assert (up.mountpoint / "file").read_bytes() == payload
 
     drained = ringfs("drain", "n5", "--wait", "--data", str(up.data), timeout=120)
