@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds one round of proposals may take before the node says it is still waiting.
 ROUND = 30.0
+#: Seconds a change asked of this node (`map.change`) waits for a majority of acceptors before
+#: it is answered with EAGAIN: an operator learns soon that the change cannot be made now.
+CHANGE_WAIT = 10.0
 #: Seconds between two reads of the register by a node that follows it.
 FOLLOW_INTERVAL = 5.0
 
@@ -240,7 +243,7 @@ class MapKeeper:
         """Make an operator's change and go by the map it gives. Raises ValueError saying why
         the change cannot be made, Unavailable when no majority of acceptors answers, and
         Departed if the change removed this node."""
-        deadline = trio.current_time() + ROUND
+        deadline = trio.current_time() + CHANGE_WAIT
         refusal, value = await self.register.propose(requested(operation, arguments), deadline)
         if refusal is not None:
             raise ValueError(refusal)
