@@ -191,10 +191,11 @@ class NodeService:
 
     async def block_get(self, params: list[Any]) -> list[bytes]:
         block_id, *rest = _arity(params, 1, "block.get", most=2)
+        older = self._placed_before(rest)
         try:
             data, checksum = await self._read(validate_block_id(block_id))
         except NodeError as exc:
-            if exc.name == "ENOENT" and self._placed_before(rest):
+            if exc.name == "ENOENT" and older:
                 raise self._newer_map() from None  # the block may have moved
             raise
         self.reads += 1

@@ -13,6 +13,7 @@ is what lets a proposer that still goes by the older set run safely (see
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import replace
@@ -204,6 +205,6 @@ def change_map(cmap: ClusterMap, operation: str, arguments: list[object]) -> Clu
     if len(arguments) != len(checks) or not all(
         check(argument) for check, argument in zip(checks, arguments, strict=True)
     ):
-        names = function.__code__.co_varnames[1 : 1 + len(checks)]
+        names = list(inspect.signature(function).parameters)[1:]  # after the map
         raise ValueError(f"{operation} takes {', '.join(names)}")
     return function(cmap, *arguments)

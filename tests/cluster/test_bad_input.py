@@ -407,6 +407,16 @@ async def test_block_put_with_a_path_as_id_bytes_stays_inside_the_store(node: No
     await assert_healthy(node)
 
 
+async def test_a_bad_map_epoch_is_einval_even_for_a_block_that_is_there(node: Node) -> None:
+    block_id, data = os.urandom(16), b"stored"
+    with trio.fail_after(DEADLINE):
+        await node.pool.call(node.address, "block.put", [block_id, sha256(data), data])
+    for epoch in (-1, True, "1", 1.5):
+        await expect_error(node, "block.get", [block_id, epoch], "EINVAL")
+        await expect_error(node, "block.put", [block_id, sha256(data), data, epoch], "EINVAL")
+    await assert_healthy(node)
+
+
 async def test_block_put_with_a_bad_checksum_is_ebadmsg_and_stores_nothing(node: Node) -> None:
     block_id = os.urandom(16)
     data = os.urandom(100_000)
