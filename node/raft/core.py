@@ -162,6 +162,7 @@ class Raft(LeaderSide, FollowerSide):
         self._reset_timer()
         self._votes = {}
         self._peers = Peers(self._id)
+        self._learners = frozenset()
         self._term_start = self._probe = self._heartbeat_elapsed = self._now = 0
         self._reads = deque()
         self._out = Ready()
@@ -202,8 +203,14 @@ class Raft(LeaderSide, FollowerSide):
 
     @property
     def match_index(self) -> dict[NodeId, int]:
-        """Each follower's replicated prefix, as the leader knows it; empty on other roles."""
+        """Each follower's (and learner's) replicated prefix, as the leader knows it; empty on
+        other roles."""
         return {peer: p.match for peer, p in self._peers.progress.items()}
+
+    @property
+    def learners(self) -> frozenset[NodeId]:
+        """The non-voters this leader replicates to (see `set_learners`)."""
+        return self._learners
 
     def status(self) -> dict[str, object]:
         """A snapshot of this node's state, for status pages and logs."""
@@ -217,6 +224,7 @@ class Raft(LeaderSide, FollowerSide):
             "last_index": self.last_index,
             "snapshot_index": self._log.base,
             "match_index": self.match_index,
+            "learners": sorted(self._learners),
             "recovering": self._recovering,
         }
 
@@ -281,6 +289,21 @@ class Raft(LeaderSide, FollowerSide):
         if self._commit < self._term_start:
             raise ConfigChangePending("this leader has not committed an entry of its term yet")
         return self._propose(EntryKind.CONFIG, (encode_voters(new),))
+
+    def set_learners(self, learners: Sequence[NodeId]) -> Ready:
+        """Replicate to `learners` too (voters among them are ignored), so that a server about
+        to be added catches up, by snapshot if the log was compacted, before it counts (thesis
+        §4.2.1): added empty, it would hold up every commit until it caught up. They count for
+        nothing. A leader's alone: they are forgotten when it stops leading.
+
+        Raises NotLeader on other roles, ValueError for a bad node id.
+        """
+        self._require_leader()
+        old, self._learners = self._learners, frozenset(map(check_node_id, learners))
+        self._sync_progress()
+        for peer in sorted(self._learners - old):
+            self._replicate(peer, Why.HEARTBEAT)
+        return self._take()
 
     def read_index(self, read_id: int) -> Ready:
         """Start a linearizable read (ReadIndex); it comes back in `Ready.reads` with the index

@@ -59,8 +59,9 @@ class LeaderSide(Member):
 
     def _replicate(self, peer: NodeId, why: Why) -> None:
         p = self._peers.progress[peer]
-        if p.next <= self._log.base:
-            # The entries it needs are compacted away: it needs the snapshot.
+        if p.next <= self._log.base or self._from_snapshot(peer, p):
+            # The entries it needs are compacted away (or it is a new server to fill from
+            # scratch, where one image beats the whole log): it needs the snapshot.
             if p.snapshot_wait == 0:
                 p.snapshot_wait = self._lo
                 self._emit(Ready(send_snapshot=(peer,)))
@@ -76,6 +77,11 @@ class LeaderSide(Member):
             self._send_append(peer, p.next - 1, entries)
         if entries and not p.probing:
             p.next = entries[-1].index + 1
+
+    def _from_snapshot(self, peer: NodeId, p: Progress) -> bool:
+        """A learner with an empty log catches up by snapshot, once anything is committed:
+        the caller takes one if it has none (thesis §4.2.1, §5.4)."""
+        return peer in self._learners and p.next == 1 and p.match == 0 and self._commit > 0
 
     def _send_append(self, peer: NodeId, prev_index: int, entries: tuple[Entry, ...]) -> None:
         prev_term = self._log.term_at(prev_index)

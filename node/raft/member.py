@@ -63,6 +63,7 @@ class Member:
     _votes: dict[NodeId, bool]
     # Leader state.
     _peers: Peers
+    _learners: frozenset[NodeId]  # non-voters it replicates to, so they catch up
     _term_start: int
     _probe: int
     _heartbeat_elapsed: int
@@ -99,11 +100,13 @@ class Member:
         self._emit(Ready(truncate_from=index))
 
     def _sync_progress(self) -> None:
-        """The leader replicates to the voters, and to the previous configuration's until the
-        change commits, so that a removed node learns it is out and stays quiet."""
+        """The leader replicates to the voters and its learners, and to the previous
+        configuration's until the change commits, so that a removed node learns it is out and
+        stays quiet."""
         if self._role != LEADER:
             return
-        peers = set(self.voters)
+        self._learners -= set(self.voters)  # a learner made a voter
+        peers = set(self.voters) | self._learners
         if self._log.config_index > self._commit:
             peers.update(self._log.config_at(self._log.config_index - 1))
         self._peers.sync(peers, self.last_index + 1, self._now)
@@ -129,6 +132,7 @@ class Member:
             self._term, self._voted_for = term, None
         was, self._role, self._leader = self._role, FOLLOWER, leader
         if was == LEADER:
+            self._learners = frozenset()
             self._peers.sync((), 0, 0)
             self._emit(Ready(failed_reads=tuple(r.read_id for r in self._reads)))
             self._reads.clear()

@@ -17,7 +17,7 @@ a term within reach).
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -326,7 +326,9 @@ def _check_append(m: AppendRequest) -> None:
         term = entry.term
 
 
-def refusal(message: Message, node_id: NodeId, members: frozenset[NodeId], term: int) -> str | None:
+def refusal(
+    message: Message, node_id: NodeId, members: Collection[NodeId], term: int
+) -> str | None:
     """Why a well-formed `message` must not reach the core of member `node_id`, whose term is
     `term` and whose group is `members`; None if it may. The core answers every message it
     steps, so one from outside the group would send to a node nobody can reach."""

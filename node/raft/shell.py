@@ -21,7 +21,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -142,8 +142,12 @@ class RaftNode:
         snapshot_share: float | None = None,
         blocking_io: bool = True,
         incarnation: Callable[[], int] = time.time_ns,
+        peers: Callable[[], Collection[str]] | None = None,
     ) -> None:
-        """`snapshot_threshold` and `snapshot_share`: when to snapshot (see `Snapshots`).
+        """`voters`: the group's initial configuration (before its log says otherwise).
+        `peers`: the nodes it takes messages from (by default `voters`): every node that may
+        be in the group, as the configuration changes.
+        `snapshot_threshold` and `snapshot_share`: when to snapshot (see `Snapshots`).
         `blocking_io=False` runs storage and state machine calls inline (the simulation,
         whose fakes never block: worker threads would break its deterministic clock).
         `incarnation` numbers each start of the core, higher each time (see `Raft`): the
@@ -184,7 +188,7 @@ class RaftNode:
         self._read_after: list[tuple[int, int]] = []
         self._next_read = 1
         self._was_leader = False
-        self._members = frozenset(voters)
+        self._peers = peers or (lambda: voters)
         self._warned: set[str] = set()
         self._nursery: trio.Nursery | None = None
         # Why this member stopped taking part (its storage failed), until it reopened.
@@ -308,7 +312,7 @@ class RaftNode:
         `refusal` names a reason for (with a WARNING once per cause)."""
         if self._failure is not None:
             return False
-        reason = refusal(message, self.node_id, self._members, self.raft.term)
+        reason = refusal(message, self.node_id, self._peers(), self.raft.term)
         if reason is not None:
             cause = reason.split(" ", 1)[0]
             self._warn_once(cause, "node %s: raft message dropped: %s", self.node_id, reason)
@@ -552,6 +556,26 @@ class RaftNode:
             raise waiter.failure
         # Inline, like `apply`: one indexed SQLite read costs less than a thread hop.
         return query(self.machine)
+
+    def set_learners(self, learners: Sequence[str]) -> None:
+        """Have the leader replicate to `learners` too (see `Raft.set_learners`).
+
+        Raises NotLeader on other roles and while the storage failed."""
+        self._require_working()
+        self._submit(self.raft.set_learners(learners))
+
+    def propose_config(self, voters: tuple[str, ...]) -> int:
+        """Propose the configuration `voters` (one voter more or fewer); returns the index of
+        its entry, committed once `raft.commit_index` reaches it. Raises what
+        `Raft.propose_config` raises, and NotLeader while the storage failed."""
+        self._require_working()
+        index, ready = self.raft.propose_config(voters)
+        self._submit(ready)
+        return index
+
+    def _require_working(self) -> None:
+        if self._failure is not None:
+            raise NotLeader(None)
 
     def status(self) -> dict[str, Any]:
         """The core's view, what is applied, and why the member stopped, if it did."""

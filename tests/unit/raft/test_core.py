@@ -22,6 +22,7 @@ from ringfs.node.raft.core import (
     CANDIDATE,
     FOLLOWER,
     LEADER,
+    NEW_MEMBER,
     PRE_CANDIDATE,
     AppendRequest,
     AppendResponse,
@@ -251,6 +252,8 @@ class Net:
         self.queue.extend(ready.messages)
         for peer in ready.send_snapshot:
             self.snapshot_offers.append((node_id, peer))
+            if raft.snapshot is None:  # as the shell does: it takes one
+                self.compact(node_id)
             assert raft.snapshot is not None
             self.queue.append(SnapshotRequest(node_id, peer, raft.term, raft.snapshot))
         for e in ready.committed:
@@ -938,6 +941,72 @@ def test_add_a_fourth_node() -> None:
     net.heal()
     net.run(2)
     assert net.nodes[leader].commit_index == index
+
+
+def test_a_learner_catches_up_by_snapshot_and_counts_for_nothing() -> None:
+    net, leader = settled_net()
+    for i in range(5):
+        net.propose(leader, f"w{i}".encode())
+    net.run(2)
+    net.compact(leader)
+    net.start("n4", IDS3, hard_state=NEW_MEMBER)
+    net.handle(leader, net.nodes[leader].set_learners(("n4",)))
+    net.run(LO)
+    assert (leader, "n4") in net.snapshot_offers
+    assert net.machines["n4"] == net.machines[leader]
+    assert net.nodes[leader].match_index["n4"] == net.nodes[leader].last_index
+    assert net.nodes[leader].learners == {"n4"}
+    assert net.nodes[leader].voters == IDS3
+    # Not a voter: the leader and the learner alone commit nothing.
+    net.isolate(*(n for n in IDS3 if n != leader))
+    index = net.propose(leader, b"needs two voters")
+    net.deliver()
+    assert net.nodes["n4"].last_index == index
+    assert net.nodes[leader].commit_index < index
+    net.heal()
+    net.run(2)
+    assert net.nodes[leader].commit_index == index
+    # Made a voter, it stops being a learner; a new leader forgets learners.
+    net.handle(leader, net.nodes[leader].propose_config((*IDS3, "n4"))[1])
+    net.run(2)
+    assert net.nodes[leader].learners == set()
+    with pytest.raises(NotLeader):
+        net.nodes[next(n for n in IDS3 if n != leader)].set_learners(("n5",))
+
+
+def test_an_empty_learner_catches_up_by_snapshot_even_from_a_whole_log() -> None:
+    net, leader = settled_net()
+    for i in range(5):
+        net.propose(leader, f"w{i}".encode())
+    net.run(2)
+    assert net.nodes[leader].snapshot is None
+    net.start("n4", IDS3, hard_state=NEW_MEMBER)
+    net.handle(leader, net.nodes[leader].set_learners(("n4",)))
+    net.run(LO)
+    assert (leader, "n4") in net.snapshot_offers
+    assert net.nodes["n4"].snapshot is not None
+    assert net.machines["n4"] == net.machines[leader]
+    # A learner with entries of its own is brought up by entries as usual.
+    offers = len(net.snapshot_offers)
+    net.crash("n4")
+    net.propose(leader, b"while away")
+    net.run(2)
+    net.restart("n4")
+    net.run(LO)
+    assert net.machines["n4"] == net.machines[leader]
+    assert len(net.snapshot_offers) == offers
+
+
+def test_learners_are_dropped_when_leadership_ends() -> None:
+    net, leader = settled_net()
+    net.start("n4", IDS3, hard_state=NEW_MEMBER)
+    net.handle(leader, net.nodes[leader].set_learners(("n4",)))
+    net.run(2)
+    assert "n4" in net.nodes[leader].match_index
+    net.isolate(leader)
+    net.run_until(lambda: net.nodes[leader].role != LEADER)
+    assert net.nodes[leader].learners == set()
+    assert net.nodes[leader].match_index == {}
 
 
 def test_remove_a_follower() -> None:
