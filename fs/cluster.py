@@ -279,12 +279,12 @@ class Cluster:
     # -- metadata ----------------------------------------------------------------------------
 
     def _meta_candidates(self) -> list[str]:
-        """Meta-group members to try: the last leader we heard of first, then the others,
+        """Meta-group members to try: the last leader we heard of first (it may be a member
+        the map has taken out of the group and the Raft group not yet), then the others,
         healthy ones before those that failed lately."""
         members = [node.address for node in self.map.meta_nodes()]
-        if self._meta_leader in members:
-            members.remove(self._meta_leader)
-            members.insert(0, self._meta_leader)
+        if self._meta_leader is not None:
+            members = [self._meta_leader, *(m for m in members if m != self._meta_leader)]
         return self.pool.order(members)
 
     def take_seq(self) -> int:
@@ -428,7 +428,9 @@ class Cluster:
                     if exc.name not in (NOT_LEADER, NOT_META, IN_DOUBT):
                         raise
                     in_doubt = in_doubt or exc.name == IN_DOUBT
-                    self._follow(exc.detail)
+                    if not self._follow(exc.detail):
+                        await self.refresh_map()  # a leader this client's map lacks
+                        self._follow(exc.detail)
                     leader = self._meta_leader
                     if leader not in (None, address) and not self.pool.is_suspect(leader):
                         redirected = True
@@ -450,10 +452,11 @@ class Cluster:
             delay = min(delay * 2, 1.0)
         raise Unavailable("metadata (no meta-group leader answered)", sorted(set(tried)))
 
-    def _follow(self, leader_id: str) -> None:
-        """Remember the leader a member named (if it is a member we know)."""
-        members = {node.node_id: node.address for node in self.map.meta_nodes()}
-        self._meta_leader = members.get(leader_id)
+    def _follow(self, leader_id: str) -> bool:
+        """Remember the leader a member named; whether the map knows it (a member named no
+        leader, or one the map lacks: then none is remembered)."""
+        self._meta_leader = self.map.address_of(leader_id) if leader_id else None
+        return self._meta_leader is not None or not leader_id
 
     # -- status ------------------------------------------------------------------------------
 
@@ -466,8 +469,14 @@ class Cluster:
         return await self.ask_all("node.capacity")
 
     async def meta_status(self) -> list[tuple[NodeInfo, dict[str, Any] | None]]:
-        """Each meta-group member's Raft status, or None if it does not answer."""
-        return await self.ask_all("meta.status", self.map.meta_nodes())
+        """The Raft status of each member of the map's meta group (None if it does not
+        answer), then of each other member that holds a replica (one the group is adding or
+        removing)."""
+        wanted = {node.node_id for node in self.map.meta_nodes()}
+        answers = await self.ask_all("meta.status", self.map.members())
+        return [(n, s) for n, s in answers if n.node_id in wanted] + [
+            (n, s) for n, s in answers if n.node_id not in wanted and s is not None
+        ]
 
     async def repair_start(self) -> list[tuple[NodeInfo, dict[str, Any] | None]]:
         """Have every node holding blocks start a repair pass; their repair counters."""

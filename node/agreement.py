@@ -96,17 +96,13 @@ def disagreement(agreed: ClusterMap, mine: ClusterMap) -> str | None:
             f"this node was started with {mine.replicas} replicas, but the cluster agreed on "
             f"{agreed.replicas}"
         )
-    our_meta, their_meta = _meta_ids(mine), _meta_ids(agreed)
+    our_meta, their_meta = list(mine.meta_ids()), list(agreed.meta_ids())
     if founding and our_meta != their_meta:
         return (
             f"this node takes {', '.join(our_meta)} for the meta group, but the cluster agreed "
             f"on {', '.join(their_meta)}"
         )
     return None
-
-
-def _meta_ids(cmap: ClusterMap) -> list[str]:
-    return [node.node_id for node in cmap.meta_nodes()]
 
 
 async def agree_on_map(register: NodeRegister, mine: ClusterMap) -> ClusterMap:

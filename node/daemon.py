@@ -1,8 +1,8 @@
 """A storage node process: its data directory, its cluster map, its services.
 
 `run(config)` is what `ringfs node` runs. The data directory holds the block store, the
-node's copy of the cluster map and, on the three nodes the ring picks for the key `meta` (the
-meta group), a replica of the metadata with its Raft log.
+node's copy of the cluster map and, on the members of the meta group (three nodes, first those
+the ring picks for the key `meta`), a replica of the metadata with its Raft log.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ringfs.node.cluster.map import MAP_FILE, ClusterMap, MapView, NodeInfo
 from ringfs.node.collector import Collector
 from ringfs.node.errors import ConfigError
 from ringfs.node.lifecycle import Lifecycle
-from ringfs.node.meta.replica import ReplicatedMeta
+from ringfs.node.meta.replica import MetaGroup, ReplicatedMeta
 from ringfs.node.raft.transport import RpcTransport
 from ringfs.node.register import NodeRegister, RegisterStore
 from ringfs.node.repairer import Repairer
@@ -36,6 +36,7 @@ from ringfs.node.rpc.client import ClientConfig, NodePool
 from ringfs.node.rpc.protocol import DEFAULT_LIMITS, ClusterIdentity
 from ringfs.node.rpc.server import RpcServer, ServerConfig
 from ringfs.node.scrubber import Scrubber
+from ringfs.node.seat import MetaSeat
 from ringfs.node.service import NodeService
 
 log = logging.getLogger(__name__)
@@ -197,23 +198,26 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
             ssl_context=config.ssl_context,
             identity=identity,
         )
-        meta_group = tuple(node.node_id for node in cmap.meta_nodes())
-        meta: ReplicatedMeta | None = None
-        collector: Collector | None = None
-        if config.node_id in meta_group:
-            transport = RpcTransport(view, peers, nursery)
-            meta = ReplicatedMeta(
+        transport = RpcTransport(view, peers, nursery)
+        seat = MetaSeat(
+            config.node_id,
+            config.data_dir,
+            view,
+            lambda: ReplicatedMeta(
                 config.node_id,
-                meta_group,
+                MetaGroup(
+                    founders=view.current.meta_founders(),
+                    wanted=lambda: view.current.meta_ids(),
+                    members=lambda: view.current.acceptors(),
+                ),
                 config.data_dir,
                 transport,
                 config.chunk_size,
                 config.snapshot_threshold,
-            )
-            await nursery.start(meta.run)
-            log.info("node %s is in the meta group %s", config.node_id, ", ".join(meta_group))
-            collector = Collector(meta, peers, view, config.gc_grace, config.mount_expiry)
-            nursery.start_soon(collector.run, name="gc")
+            ),
+            lambda meta: Collector(meta, peers, view, config.gc_grace, config.mount_expiry),
+        )
+        await nursery.start(seat.run)
         register = NodeRegister(config.node_id, RegisterStore(config.data_dir), peers, view)
         # A new map may place blocks elsewhere: repair moves them there.
         keeper = MapKeeper(
@@ -225,12 +229,11 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
             config.node_id,
             view,
             store,
-            meta,
             repairer,
             scrubber,
             register,
             keeper,
-            collector,
+            seat,
         )
         port = await nursery.start(RpcServer(server_config, service.handle, service.notified).serve)
         nursery.start_soon(_count, store, name="count blocks")
@@ -244,7 +247,7 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
             repairer,
             store,
             peers,
-            leads=lambda: meta is not None and meta.raft.raft.role == "leader",
+            seat=seat,
             out_after=config.out_after,
         )
         nursery.start_soon(lifecycle.run, name="lifecycle")

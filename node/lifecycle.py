@@ -2,9 +2,10 @@
 
 A node makes its own moves: back after being marked out, it joins again; joining, it becomes
 active once a complete repair pass found nothing missing (it holds every block placed on it);
-draining, it leaves once it holds no block. The meta-group leader marks out a node that has
-not answered for `out_after` seconds (as Ceph marks an OSD out after ten minutes down), so its
-blocks are placed on the others and repair copies them there. Each move is a change of the
+draining, it leaves once it holds no block and the meta group no longer counts it (see
+`ringfs.node.seat`). The meta-group leader marks out a node that has not answered for
+`out_after` seconds (as Ceph marks an OSD out after ten minutes down), so its blocks are
+placed on the others and repair copies them there. Each move is a change of the
 map (`ringfs.node.cluster.changes`) through the register. Decisions are the pure functions
 here; `Lifecycle` runs them.
 """
@@ -12,7 +13,7 @@ here; `Lifecycle` runs them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import trio
@@ -24,6 +25,7 @@ from ringfs.node.cluster.paxos import InDoubt
 from ringfs.node.errors import NodeError, Unavailable
 from ringfs.node.repairer import Repairer
 from ringfs.node.rpc.client import NodePool
+from ringfs.node.seat import MetaSeat
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +35,15 @@ INTERVAL = 5.0
 PING_LIMIT = 5.0
 
 
-def own_move(state: str, filled: bool, empty: bool) -> str | None:
+def own_move(state: str, filled: bool, empty: bool, seated: bool) -> str | None:
     """The change a node in `state` makes to its own entry: `filled` when a complete repair
-    pass since it joined found nothing missing, `empty` when its store holds no block."""
+    pass since it joined found nothing missing, `empty` when its store holds no block,
+    `seated` while it holds a seat in the meta group (which must be handed over first)."""
     if state == "down-out":
         return "rejoin"
     if state == "joining" and filled:
         return "activate"
-    if state == "draining" and empty:
+    if state == "draining" and empty and not seated:
         return "leave"
     return None
 
@@ -82,7 +85,7 @@ class Lifecycle:
         repairer: Repairer,
         store: BlockStore,
         pool: NodePool,
-        leads: Callable[[], bool],
+        seat: MetaSeat,
         out_after: float,
     ) -> None:
         self.node_id = node_id
@@ -90,7 +93,7 @@ class Lifecycle:
         self.repairer = repairer
         self.store = store
         self.pool = pool
-        self.leads = leads
+        self.seat = seat
         self.timer = OutTimer(out_after)
         #: The repair pass that, found clean, shows a joining node filled.
         self._filling_pass: int | None = None
@@ -101,7 +104,7 @@ class Lifecycle:
             await trio.sleep(INTERVAL)
             try:
                 await self._own_move()
-                if self.leads():
+                if self.seat.leads():
                     await self._mark_out()
                 else:
                     self.timer.reset()
@@ -115,7 +118,8 @@ class Lifecycle:
         elif self._filling_pass is None:
             self._filling_pass = self.repairer.ask()
         filled = self._filling_pass is not None and self.repairer.ledger.clean >= self._filling_pass
-        move = own_move(state, filled, empty=state == "draining" and self._holds_nothing())
+        empty = state == "draining" and self._holds_nothing()
+        move = own_move(state, filled, empty, seated=self.seat.replica is not None)
         if move is not None:
             cmap = await self.keeper.change(move, [self.node_id])
             log.info("cluster map epoch %d: %s (%s)", cmap.epoch, self.node_id, move)

@@ -275,8 +275,10 @@ class Repairer:
         return decode_result(command, result)
 
     async def _meta_call(self, method: str, params: list[Any]) -> Any:
-        members = {node.node_id: node.address for node in self.view.current.meta_nodes()}
-        order = sorted(members.values(), key=lambda address: address != self._leader)
+        members = [node.address for node in self.view.current.meta_nodes()]
+        if self._leader is not None and self._leader not in members:
+            members.append(self._leader)  # out of the map's group, maybe not the Raft group's
+        order = sorted(members, key=lambda address: address != self._leader)
         tried: list[str] = []
         while order:
             address = order.pop(0)
@@ -288,7 +290,7 @@ class Repairer:
             except NodeError as exc:
                 if exc.name not in (NOT_LEADER, NOT_META):
                     raise
-                named = members.get(exc.detail)
+                named = self.view.current.address_of(exc.detail)
                 if named is not None and named not in tried:
                     order = [named, *(a for a in order if a != named)]
                 continue

@@ -20,7 +20,6 @@ from ringfs.node.blocks.space import Capacity
 from ringfs.node.blocks.store import BlockStore, validate_block_id
 from ringfs.node.cluster.map import PLACED, MapView
 from ringfs.node.cluster.paxos import InDoubt
-from ringfs.node.collector import Collector
 from ringfs.node.errors import CORRUPT, NEWER_MAP, NOT_META, NodeError, Unavailable
 from ringfs.node.meta.commands import command_from_wire, encode_result, query_from_wire
 from ringfs.node.meta.replica import ReplicatedMeta
@@ -29,6 +28,7 @@ from ringfs.node.register import NodeRegister
 from ringfs.node.repairer import Repairer
 from ringfs.node.rpc.protocol import PROTOCOL_VERSION
 from ringfs.node.scrubber import Scrubber
+from ringfs.node.seat import MetaSeat
 
 log = logging.getLogger(__name__)
 
@@ -76,21 +76,19 @@ class NodeService:
         node_id: str,
         view: MapView,
         store: BlockStore,
-        meta: ReplicatedMeta | None,
         repairer: Repairer,
         scrubber: Scrubber,
         register: NodeRegister,
         keeper: MapKeeper,
-        collector: Collector | None = None,
+        seat: MetaSeat,
     ) -> None:
         self.node_id = node_id
         self.view = view
         self.store = store
-        self.meta = meta
         self.repairer = repairer
         self.scrubber = scrubber
         self.keeper = keeper
-        self.collector = collector
+        self.seat = seat
         # Disk writes at once: more only queue in the kernel and stretch every fsync.
         self._disk = trio.CapacityLimiter(4)
         # Blocks served to `block.get` since the node started: how reads spread over nodes.
@@ -144,15 +142,16 @@ class NodeService:
     async def node_stats(self, params: list[Any]) -> dict[str, Any]:
         _arity(params, 0, "node.stats")
         stats = self.store.stats()
+        meta, collector = self.seat.replica, self.seat.collector
         return {
             "node_id": self.node_id,
             "blocks": stats.blocks,
             "bytes": stats.bytes,
             "counted": stats.counted,
             **_capacity(stats.space),
-            "meta": self.meta is not None,
-            "meta_stats": self.meta.stats() if self.meta is not None else None,
-            "gc": self.collector.stats() if self.collector is not None else None,
+            "meta": meta is not None,
+            "meta_stats": meta.stats() if meta is not None else None,
+            "gc": collector.stats() if collector is not None else None,
             "repair": self.repairer.stats(),
             "scrub": self.scrubber.stats(),
             "reads": self.reads,
@@ -247,10 +246,11 @@ class NodeService:
         return self.repairer.stats()
 
     def _meta(self) -> ReplicatedMeta:
-        if self.meta is None:
+        meta = self.seat.replica
+        if meta is None:
             holder = self.view.current.meta_nodes()[0].node_id
             raise NodeError(NOT_META, holder)
-        return self.meta
+        return meta
 
     async def meta_apply(self, params: list[Any]) -> Any:
         client_id, seq, acked_below, command = _arity(params, 4, "meta.apply")
@@ -297,6 +297,6 @@ class NodeService:
         size, offset = _seq(size, "size"), _seq(offset, "offset")
         data = _bytes(data, "snapshot part")
         meta = self._meta()
-        if src not in meta.raft.raft.voters or src == self.node_id:
-            raise NodeError("EINVAL", "snapshot part from a node outside the meta group")
+        if src not in self.view.current.acceptors() or src == self.node_id:
+            raise NodeError("EINVAL", "snapshot part from a node outside the cluster")
         await meta.images.add_part(src, term, last_index, size, offset, data)

@@ -297,8 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
         "nodes' repair passes copy its blocks to where the ring now places them, and its own "
         "deletes each once they hold it; once it holds nothing it leaves the cluster and stops. "
         "With --wait, shows its blocks going down until it has left. A meta-group member "
-        "cannot be drained yet, nor a node the remaining ones would be too few for the "
-        "replicas. Without --cluster, changes the local cluster of `ringfs up`.",
+        "hands its place in the group to the ring's next pick first. A node the remaining ones "
+        "would be too few for the replicas cannot be drained. Without --cluster, changes the "
+        "local cluster of `ringfs up`.",
     )
     drain.add_argument("node", help="the node's id")
     drain.add_argument("--wait", action="store_true", help="wait until the node has left")
@@ -310,8 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Remove NODE from the cluster for good (a dead node, or one whose disk is "
         "lost): the other nodes' repair passes copy its blocks from the remaining copies to "
         "where the ring now places them. A live node is better drained. A meta-group member "
-        "cannot be removed yet, nor a node the remaining ones would be too few for the "
-        "replicas. Without --cluster, changes the local cluster of `ringfs up`.",
+        "is replaced in the group by the ring's next pick. A node the remaining ones would be "
+        "too few for the replicas cannot be removed. Without --cluster, changes the local "
+        "cluster of `ringfs up`.",
     )
     remove.add_argument("node", help="the node's id")
     remove.add_argument(
@@ -325,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="NEW, a node that has joined (started with --join; best just after, while "
         "it holds little of its own), takes OLD's place on the ring, its weight and zone: "
         "exactly OLD's blocks move, and they move to NEW. OLD drains and leaves (or, if it was "
-        "marked out, is removed). Without --cluster, changes the local cluster of `ringfs up`.",
+        "marked out, is removed); if it is in the meta group, NEW takes its place there too. "
+        "Without --cluster, changes the local cluster of `ringfs up`.",
     )
     replace.add_argument("old", help="the id of the node to replace")
     replace.add_argument("new", help="the id of the joined node that takes its place")

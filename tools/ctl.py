@@ -277,10 +277,19 @@ def _meta_lines(members: list[tuple[NodeInfo, dict[str, Any] | None]]) -> list[s
             continue
         lag = leader["last_index"] - member["last_index"] if leader is not None else 0
         lines.append(
-            f"{info.node_id:<10} {member['role']:<14} {member['last_index']:>10} "
+            f"{info.node_id:<10} {_meta_role(info.node_id, member, leader):<14} "
+            f"{member['last_index']:>10} "
             f"{member['applied_index']:>9} {max(lag, 0):>6} {member['snapshot_index']:>9}"
         )
     return lines
+
+
+def _meta_role(node_id: str, member: dict[str, Any], leader: dict[str, Any] | None) -> str:
+    """A member's role, or, for a node the leader's configuration does not count (yet or any
+    more), what it is to the group."""
+    if leader is None or node_id in leader["voters"]:
+        return str(member["role"])
+    return "learner" if node_id in leader["learners"] else "not a voter"
 
 
 def _garbage_line(stats: list[tuple[NodeInfo, dict[str, Any] | None]], fs: FsStats | None) -> str:

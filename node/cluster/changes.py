@@ -5,6 +5,11 @@ change is harmless), or raises ValueError saying, in one line, why the change ca
 The node that proposes one applies it to the register's current map (`ringfs.node.register`),
 so two operators racing cannot undo each other's change.
 
+A change that takes a member of the meta group out of the placements (drain, remove, replace)
+puts another in its place in the map's meta group, which the Raft group then follows one
+server at a time (`ringfs.node.meta.membership`). A member marked out stays in it: it is
+expected back, and Raft carries on without one member meanwhile.
+
 Every change adds or removes at most one acceptor of the register (every member but a removed
 one): a majority of the acceptors before and a majority after then always share a member, which
 is what lets a proposer that still goes by the older set run safely (see
@@ -65,9 +70,8 @@ def drain(cmap: ClusterMap, node_id: str) -> ClusterMap:
     if node.state == "draining":
         return cmap
     _expect(node_id, node.state, "active", "joining")
-    _not_meta(cmap, node_id, "drained")
     _enough_left(cmap, node_id, "draining")
-    return _changed(cmap, node_id, state="draining")
+    return _out_of_meta(_changed(cmap, node_id, state="draining"), node_id)
 
 
 def leave(cmap: ClusterMap, node_id: str) -> ClusterMap:
@@ -85,10 +89,9 @@ def remove(cmap: ClusterMap, node_id: str) -> ClusterMap:
     node = _member(cmap, node_id)
     if node.state == "removed":
         return cmap
-    _not_meta(cmap, node_id, "removed")
     if node.state in PLACED:
         _enough_left(cmap, node_id, "removing")
-    return _changed(cmap, node_id, state="removed")
+    return _out_of_meta(_changed(cmap, node_id, state="removed"), node_id)
 
 
 def mark_out(cmap: ClusterMap, node_id: str) -> ClusterMap:
@@ -120,7 +123,6 @@ def replace_node(cmap: ClusterMap, old_id: str, new_id: str) -> ClusterMap:
         return cmap  # replaced already
     _expect(new_id, new.state, "joining", "active")
     _expect(old_id, old.state, "active", "joining", "down-out")
-    _not_meta(cmap, old_id, "replaced")
     after = "removed" if old.state == "down-out" else "draining"
     nodes = tuple(
         replace(new, ring=old.ring_name, weight=old.weight, zone=old.zone)
@@ -130,7 +132,10 @@ def replace_node(cmap: ClusterMap, old_id: str, new_id: str) -> ClusterMap:
         else node
         for node in cmap.nodes
     )
-    return replace(cmap, nodes=nodes, epoch=cmap.epoch + 1)
+    replaced = replace(cmap, nodes=nodes, epoch=cmap.epoch + 1)
+    if new_id in cmap.meta:
+        return _out_of_meta(replaced, old_id)
+    return replace(replaced, meta=tuple(new_id if n == old_id else n for n in cmap.meta))
 
 
 def _member(cmap: ClusterMap, node_id: str) -> NodeInfo:
@@ -150,9 +155,19 @@ def _check_weight(weight: float) -> None:
         raise ValueError(f"a weight is a number above 0 and at most 100, not {weight}")
 
 
-def _not_meta(cmap: ClusterMap, node_id: str, what: str) -> None:
-    if node_id in {node.node_id for node in cmap.meta_nodes()}:
-        raise ValueError(f"node {node_id} is in the meta group, which cannot be {what} yet")
+def _out_of_meta(cmap: ClusterMap, node_id: str) -> ClusterMap:
+    """`cmap` with `node_id`, which takes no placement any more, out of its meta group, and
+    the ring's next pick in its place (the Raft group follows: the new member is added
+    first, then `node_id` removed)."""
+    if node_id not in cmap.meta:
+        return cmap
+    successor = cmap.successor(cmap.meta)
+    meta = tuple(
+        chosen
+        for chosen in (successor if n == node_id else n for n in cmap.meta)
+        if chosen is not None
+    )
+    return replace(cmap, meta=meta)
 
 
 def _enough_left(cmap: ClusterMap, node_id: str, doing: str) -> None:

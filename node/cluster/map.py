@@ -47,7 +47,7 @@ META_GROUP_SIZE = 3
 META_KEY = b"meta"
 
 _NODE_KEYS = frozenset({"id", "host", "port", "weight", "zone", "state", "ring"})
-_MAP_KEYS = frozenset({"epoch", "replicas", "nodes", "cluster", "meta"})
+_MAP_KEYS = frozenset({"epoch", "replicas", "nodes", "cluster", "meta", "founders"})
 
 
 @dataclass(frozen=True)
@@ -95,13 +95,18 @@ class ClusterMap:
     `cluster_id` names the cluster once its nodes agreed on a map ("" before): nodes and
     mounts of another cluster are refused at the handshake. `meta` pins the meta group (node
     ids) once agreed, so that a change of weights or members never moves it by the way; empty,
-    the ring picks it (`meta_nodes`)."""
+    the ring picks it (`meta_nodes`). A change that takes a member out of the meta group puts
+    another in its place, and the Raft group follows (`ringfs.node.meta.membership`).
+    `founders` is the meta group the cluster was founded with: the Raft group's configuration
+    before its log holds one, which every member starts from (a member added later is then
+    no voter until the log says so)."""
 
     epoch: int
     nodes: tuple[NodeInfo, ...]
     replicas: int = DEFAULT_REPLICAS
     cluster_id: str = ""
     meta: tuple[str, ...] = ()
+    founders: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Raises ValueError for a negative epoch, replicas < 1 or duplicate node ids."""
@@ -112,8 +117,12 @@ class ClusterMap:
         ids = [node.node_id for node in self.nodes]
         if len(set(ids)) != len(ids):
             raise ValueError(f"duplicate node ids in {ids}")
-        if len(set(self.meta)) != len(self.meta) or not set(self.meta) <= set(ids):
-            raise ValueError(f"the meta group {list(self.meta)} must be distinct members")
+        if self.meta and not self.founders:
+            # Pinned before meta groups changed: it is the one the cluster was founded with.
+            object.__setattr__(self, "founders", self.meta)
+        for group in (self.meta, self.founders):
+            if len(set(group)) != len(group) or not set(group) <= set(ids):
+                raise ValueError(f"the meta group {list(group)} must be distinct members")
         names = [node.ring_name for node in self.nodes if node.state in PLACED]
         if len(set(names)) != len(names):
             raise ValueError(f"two placed nodes take the same ring points: {sorted(names)}")
@@ -138,6 +147,12 @@ class ClusterMap:
     def node(self, node_id: str) -> NodeInfo:
         """The member with this id; raises KeyError if the map has none."""
         return self._by_id[node_id]
+
+    def address_of(self, node_id: str) -> str | None:
+        """The address of the member `node_id`; None if the map has no such member (or it
+        was removed)."""
+        node = self._by_id.get(node_id)
+        return None if node is None or node.state == "removed" else node.address
 
     def members(self) -> list[NodeInfo]:
         """The nodes not removed."""
@@ -184,6 +199,10 @@ class ClusterMap:
         b"meta"."""
         return list(self._meta_nodes)
 
+    def meta_ids(self) -> tuple[str, ...]:
+        """The ids of the meta group (`meta_nodes`)."""
+        return tuple(node.node_id for node in self._meta_nodes)
+
     @cached_property
     def _meta_nodes(self) -> tuple[NodeInfo, ...]:
         # Asked for on every metadata call: worked out once per map.
@@ -204,7 +223,20 @@ class ClusterMap:
 
     def pinned(self) -> ClusterMap:
         """This map with its meta group pinned as the ring picks it now."""
-        return replace(self, meta=tuple(node.node_id for node in self.meta_nodes()))
+        return replace(self, meta=self.meta_ids())
+
+    def meta_founders(self) -> tuple[str, ...]:
+        """The meta group the cluster was founded with (see the class); the ring's pick
+        before one was pinned."""
+        return self.founders or self.meta_ids()
+
+    def successor(self, meta: tuple[str, ...]) -> str | None:
+        """The placed node the ring picks next for the meta group beyond `meta` (None if
+        every placed node is in it): who takes a leaving member's place."""
+        for node_id in self._ring.preference(META_KEY, len(self._ring)):
+            if node_id not in meta:
+                return node_id
+        return None
 
     def _infos(self, node_ids: list[str]) -> list[NodeInfo]:
         return [self._by_id[node_id] for node_id in node_ids]
@@ -214,6 +246,7 @@ class ClusterMap:
         return {
             "cluster": self.cluster_id,
             "meta": list(self.meta),
+            "founders": list(self.founders),
             "epoch": self.epoch,
             "replicas": self.replicas,
             "nodes": [
@@ -236,7 +269,7 @@ class ClusterMap:
         in any way (missing or unknown keys, wrong types, invalid values)."""
         try:
             if isinstance(obj, dict):  # saved before cluster ids and pinned meta groups
-                obj = {"cluster": "", "meta": [], **obj}
+                obj = {"cluster": "", "meta": [], "founders": [], **obj}
             fields = _exact_keys(obj, _MAP_KEYS, "cluster map")
             raw_nodes = fields["nodes"]
             if not isinstance(raw_nodes, list):
@@ -247,6 +280,7 @@ class ClusterMap:
                 replicas=_int(fields["replicas"], "replicas"),
                 cluster_id=_str(fields["cluster"], "cluster id"),
                 meta=_meta(fields["meta"]),
+                founders=_meta(fields["founders"]),
             )
         except ValueError as exc:
             raise NodeError("EINVAL", f"malformed cluster map: {exc}") from exc

@@ -19,7 +19,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -41,6 +41,7 @@ from ringfs.node.meta.commands import (
 )
 from ringfs.node.meta.delegations import Recalls
 from ringfs.node.meta.feed import Change, ChangeFeed, Changes
+from ringfs.node.meta.membership import MetaMembership
 from ringfs.node.meta.state import MetaState
 from ringfs.node.raft.core import Entry as LogEntry
 from ringfs.node.raft.core import EntryKind, NotLeader, SnapshotMeta
@@ -241,13 +242,25 @@ class MetaMachine:
         return {"batches": self.batches, "commands": self.commands, "commands_per_batch": per_batch}
 
 
+@dataclasses.dataclass(frozen=True)
+class MetaGroup:
+    """What a member knows of its group from the cluster map: `founders`, the configuration
+    the group started with; `wanted`, the group the map names now (the Raft group follows it:
+    `ringfs.node.meta.membership`); `members`, every node that may be in the group, whose
+    Raft messages it takes."""
+
+    founders: tuple[str, ...]
+    wanted: Callable[[], Sequence[str]]
+    members: Callable[[], Collection[str]]
+
+
 class ReplicatedMeta:
     """The metadata service of a meta-group member."""
 
     def __init__(
         self,
         node_id: str,
-        voters: tuple[str, ...],
+        group: MetaGroup,
         data_dir: Path,
         transport: Transport,
         chunk_size: int,
@@ -261,14 +274,16 @@ class ReplicatedMeta:
         self.images = ImageReceiver(data_dir / "incoming")
         self.raft = RaftNode(
             node_id,
-            voters,
+            group.founders,
             self.storage,
             self.machine,
             transport,
             rng=random.Random(),
             snapshot_threshold=snapshot_every or SNAPSHOT_MIN_ENTRIES,
             snapshot_share=SNAPSHOT_SHARE if snapshot_every is None else None,
+            peers=group.members,
         )
+        self.membership = MetaMembership(self.raft, group.wanted)
         self.chunk_size = chunk_size
         self.recalls = Recalls(trio.current_time)
 
@@ -278,6 +293,7 @@ class ReplicatedMeta:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.raft.run)
                 nursery.start_soon(self._ensure_initialized, name="meta-init")
+                nursery.start_soon(self.membership.run, name="meta-membership")
                 task_status.started()
         finally:
             self.images.close()

@@ -27,7 +27,7 @@ import msgpack
 
 from ringfs.node.errors import AuthenticationError, ForeignCluster, ProtocolError
 
-PROTOCOL_VERSION = 9
+PROTOCOL_VERSION = 10
 MAGIC = "ringfs"
 REQUEST, RESPONSE, NOTIFICATION = 0, 1, 2
 NONCE_SIZE = 32

@@ -8,21 +8,22 @@ from ringfs.node.lifecycle import OutTimer, own_move
 
 
 @pytest.mark.parametrize(
-    ("state", "filled", "empty", "move"),
+    ("state", "filled", "empty", "seated", "move"),
     [
-        ("down-out", False, False, "rejoin"),
-        ("joining", False, False, None),
-        ("joining", True, False, "activate"),
-        ("active", True, True, None),
-        ("draining", True, False, None),
-        ("draining", False, True, "leave"),
-        ("removed", True, True, None),
+        ("down-out", False, False, False, "rejoin"),
+        ("joining", False, False, False, None),
+        ("joining", True, False, False, "activate"),
+        ("active", True, True, False, None),
+        ("draining", True, False, False, None),
+        ("draining", False, True, False, "leave"),
+        ("draining", False, True, True, None),  # the meta group still counts on it
+        ("removed", True, True, False, None),
     ],
 )
 def test_a_node_moves_itself_only_when_it_is_time(
-    state: str, filled: bool, empty: bool, move: str | None
+    state: str, filled: bool, empty: bool, seated: bool, move: str | None
 ) -> None:
-    assert own_move(state, filled, empty) == move
+    assert own_move(state, filled, empty, seated) == move
 
 
 def test_a_node_is_overdue_after_the_out_time_of_silence() -> None:

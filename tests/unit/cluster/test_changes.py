@@ -70,7 +70,6 @@ def test_a_drained_node_takes_no_placement_and_is_read_last() -> None:
     ("cmap", "node", "why"),
     [
         (MAP, "x", "no node 'x'"),
-        (MAP, "a", "a is in the meta group"),
         (change_map(MAP, "remove", ["d"]), "d", "d is removed, not active or joining"),
         (ClusterMap(1, MAP.nodes, 4, meta=MAP.meta), "d", "leave 3 nodes for 4 copies"),
     ],
@@ -127,8 +126,25 @@ def test_a_replacement_takes_exactly_the_old_nodes_blocks() -> None:
     assert change_map(replaced, "replace", ["d", "e"]) is replaced  # a retry
     out_then_replaced = change_map(change_map(joined, "out", ["d"]), "replace", ["d", "e"])
     assert out_then_replaced.node("d").state == "removed"
-    with pytest.raises(ValueError, match="node a is in the meta group"):
-        change_map(joined, "replace", ["a", "e"])
+    assert change_map(joined, "replace", ["a", "e"]).meta == ("e", "b", "c")
+    # A replacement already in the meta group: the ring's next pick takes the place.
+    first, *rest = change_map(joined, "replace", ["a", "b"]).meta
+    assert first in ("d", "e")
+    assert rest == ["b", "c"]
+
+
+@pytest.mark.parametrize("operation", ["drain", "remove"])
+def test_a_meta_member_taken_out_is_followed_by_the_rings_next_pick(operation: str) -> None:
+    after = change_map(MAP, operation, ["b"])
+    assert after.meta == ("a", "d", "c")
+    assert after.founders == MAP.meta_founders() == ("a", "b", "c")
+    # With no placed node left outside it, the group shrinks.
+    three = ClusterMap(1, MAP.nodes[:3], 2, "c0ffee", ("a", "b", "c"))
+    assert change_map(three, operation, ["b"]).meta == ("a", "c")
+
+
+def test_a_member_marked_out_stays_in_the_meta_group() -> None:
+    assert change_map(MAP, "out", ["a"]).meta == MAP.meta
 
 
 def test_a_removed_dead_node_leaves_its_blocks_to_the_others() -> None:
