@@ -1,8 +1,10 @@
 """The simulation harness: a Raft group, its clients and its faults, in one trio run.
 
-`simulate(draw_config(seed))` runs what the seed draws: the group (3 or 5 nodes), the network's
-faults, a fault schedule (partitions that heal, crashes and restarts of any node including
-the leader, restarts with nothing or with an older copy of the node's storage), and a
+`simulate(draw_config(seed))` runs what the seed draws: the group (3 or 5 nodes, and in some
+runs one or two spares), the network's faults, a fault schedule (partitions that heal, crashes
+and restarts of any node including the leader, restarts with nothing or with an older copy of
+the node's storage, or, in the runs with spares, changes of the group the cluster wants, which
+the leader's `MetaMembership` follows as on a node), and a
 register/counter workload run by a few clients through whichever node they believe leads.
 Then it heals everything, lets the group settle, and returns a `SimResult`: the client-visible
 history, the invariant violations the `Monitor` saw, and what happened.
@@ -36,6 +38,7 @@ import trio
 import trio._core._run as _trio_run
 import trio.testing
 
+from ringfs.node.meta.membership import MetaMembership
 from ringfs.node.raft.core import (
     LEADER,
     Entry,
@@ -141,6 +144,9 @@ class _Cluster:
         self._op_ids = itertools.count()
         self.history: list[Op] = []
         self.healed_at = 0.0
+        # The group the cluster wants (the map's meta group): "move" events change it, and
+        # each node's `MetaMembership` brings the group there while it leads.
+        self.wanted = config.first_voters()
 
     def stamp(self) -> int:
         """The real-time order of client events (several can share a clock reading)."""
@@ -158,7 +164,7 @@ class _Cluster:
         machine = KVMachine(node_id, disk, self.monitor, self.config.durable_apply, self._new_file)
         node = _SimNode(
             node_id,
-            self.config.nodes,
+            self.config.first_voters(),
             disk.storage,
             machine,
             self.network.transport(node_id),
@@ -167,6 +173,7 @@ class _Cluster:
             snapshot_threshold=self.config.snapshot_threshold,
             blocking_io=False,
             incarnation=_incarnation,
+            peers=lambda: self.config.nodes,
         )
         self._instrument(node_id, node)
         self.monitor.restarted(node_id, machine.applied_index())
@@ -214,7 +221,10 @@ class _Cluster:
     ) -> None:
         with trio.CancelScope() as scope:
             self._scopes[node_id] = scope
-            await node.run(task_status=task_status)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                nursery.start_soon(MetaMembership(node, lambda: self.wanted).run)
+                task_status.started()
 
     def crash(self, node_id: str) -> None:
         if node_id not in self.live:
@@ -279,6 +289,17 @@ class _Cluster:
                 self._nursery.start_soon(self.storage_faults.lose, event)
             elif event.action == "full":
                 self._nursery.start_soon(self.storage_faults.fail, event)
+            elif event.action == "move":
+                self.move(self.resolve(event.node))
+
+    def move(self, target: str | None) -> None:
+        """The group wanted gets another node in place of `target` (a member drawn at random
+        if `target` is none)."""
+        if target not in self.wanted:
+            target = self.rng.choice(self.wanted)
+        other = self.rng.choice([n for n in self.config.nodes if n not in self.wanted])
+        self.wanted = tuple(other if n == target else n for n in self.wanted)
+        self.monitor.note(f"the group wanted is {','.join(self.wanted)} ({other} for {target})")
 
     async def _heal_later(self, after: float, generation: int) -> None:
         await trio.sleep(after)
@@ -305,20 +326,30 @@ class _Cluster:
     # -- convergence -------------------------------------------------------------------------
 
     async def wait_converged(self, deadline: float) -> str | None:
-        """Wait until every node applied the same state; None, or what did not converge."""
+        """Wait until the group is the one wanted and every member applied the same state;
+        None, or what did not converge."""
         while True:
             leader = self.leader()
             if leader is not None:
-                commit = self.live[leader].raft.commit_index
+                raft = self.live[leader].raft
+                members = [self.live[n] for n in raft.voters if n in self.live]
                 states = {
                     (n.machine.applied_index(), json.dumps(n.machine.data, sort_keys=True))  # type: ignore[attr-defined]
-                    for n in self.live.values()
+                    for n in members
                 }
-                if len(states) == 1 and next(iter(states))[0] == commit:
+                if (
+                    set(raft.voters) == set(self.wanted)
+                    and len(members) == len(raft.voters)
+                    and len(states) == 1
+                    and next(iter(states))[0] == raft.commit_index
+                ):
                     return None
             if trio.current_time() >= deadline:
                 status = {i: n.status() for i, n in self.live.items()}
-                return f"the nodes did not converge after healing: {status}"
+                return (
+                    f"the nodes did not converge after healing to the group "
+                    f"{','.join(self.wanted)}: {status}"
+                )
             await trio.sleep(0.25)
 
 

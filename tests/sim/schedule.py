@@ -15,7 +15,7 @@ class FaultEvent:
     """One scheduled fault. ``node`` may be "leader": whoever leads at that moment."""
 
     at: float
-    action: str  # "faults", "isolate", "split", "crash", "wipe", "rewind", "full"
+    action: str  # "faults", "isolate", "split", "crash", "wipe", "rewind", "full", "move"
     node: str | None = None
     groups: tuple[tuple[str, ...], ...] = ()
     faults: Faults | None = None
@@ -33,6 +33,7 @@ class FaultEvent:
             "full": f"the disk of {self.node} fails for {self.length:.2f}s",
             "rewind": f"crash {self.node}, restart after {self.length:.2f}s with its storage "
             f"as it was {self.age:.2f}s before",
+            "move": f"the group wanted gets another node in place of {self.node}",
         }[self.action]
         return f"t={self.at:7.3f} {what}"
 
@@ -53,6 +54,13 @@ class Config:
     durable_apply: bool
     wire: bool  # messages go through the wire encoding and msgpack
     schedule: tuple[FaultEvent, ...]
+    # The group's first configuration, when it is not all of `nodes`: the others are spares,
+    # and "move" events change the group the cluster wants, which the leader follows.
+    founders: tuple[str, ...] = ()
+
+    def first_voters(self) -> tuple[str, ...]:
+        """The configuration every node starts from."""
+        return self.founders or self.nodes
 
     def describe(self) -> str:
         lines = [
@@ -61,8 +69,10 @@ class Config:
             f"healing, faults for {self.fault_time:.1f}s, op timeout {self.op_timeout:.1f}s, "
             f"snapshot every {self.snapshot_threshold}, "
             f"durable apply {self.durable_apply}, wire {self.wire}",
-            "fault schedule:",
         ]
+        if self.founders:
+            lines.append(f"first voters {','.join(self.founders)}; the others are spares")
+        lines.append("fault schedule:")
         lines += [f"  {event}" for event in self.schedule]
         lines.append(f"  t={self.fault_time:7.3f} heal everything, restart crashed nodes")
         return "\n".join(lines)
@@ -124,13 +134,34 @@ def _draw_storage_faults(
     return events
 
 
+def _draw_moves(rng: random.Random, founders: tuple[str, ...], duration: float) -> list[FaultEvent]:
+    """One to three changes of the group the cluster wants, each taking a member (maybe the
+    leader) out for another node, at any time of the fault phase."""
+    return [
+        FaultEvent(
+            round(rng.uniform(0.05, 0.8) * duration, 3), "move", rng.choice([*founders, "leader"])
+        )
+        for _ in range(rng.randint(1, 3))
+    ]
+
+
 def draw_config(seed: int) -> Config:
-    """The run of ``seed``: group, workload and fault schedule."""
+    """The run of ``seed``: group, workload and fault schedule.
+
+    In three runs in ten the group changes (one or two spare nodes, and "move" events); those
+    runs lose no storage, whose fault model assumes a fixed group. The others are drawn as
+    before the group could change."""
     rng = random.Random(f"config-{seed}")
-    nodes = tuple(f"n{i}" for i in range(5 if rng.random() < 0.25 else 3))
+    founders = tuple(f"n{i}" for i in range(5 if rng.random() < 0.25 else 3))
     fault_time = round(rng.uniform(5.0, 20.0), 1)
     # Drawn apart, so that adding them left every other fault of a seed as it was.
-    losses = _draw_storage_faults(random.Random(f"storage-{seed}"), nodes, fault_time)
+    members = random.Random(f"members-{seed}")
+    spares = tuple(f"s{i}" for i in range(members.choice([1, 2]))) if members.random() < 0.3 else ()
+    nodes = founders + spares
+    if spares:
+        changes = _draw_moves(members, founders, fault_time)
+    else:
+        changes = _draw_storage_faults(random.Random(f"storage-{seed}"), nodes, fault_time)
     return Config(
         seed=seed,
         nodes=nodes,
@@ -143,7 +174,8 @@ def draw_config(seed: int) -> Config:
         snapshot_threshold=rng.choice([5, 20, 100, 1000]),
         durable_apply=rng.random() < 0.5,
         wire=rng.random() < 0.3,
-        schedule=tuple(sorted((*draw_schedule(rng, nodes, fault_time), *losses), key=_at)),
+        schedule=tuple(sorted((*draw_schedule(rng, nodes, fault_time), *changes), key=_at)),
+        founders=founders if spares else (),
     )
 
 

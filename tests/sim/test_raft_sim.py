@@ -1,8 +1,9 @@
 """Deterministic simulation of a Raft group under faults: safety, linearizability, progress.
 
-Each seed is one run (see `tests/sim/cluster.py`): a fault schedule and a client workload,
-then healing. A run fails on any invariant violation, a non-linearizable client history, an
-exception from a node, or a group that does not serve every client and converge after healing.
+Each seed is one run (see `tests/sim/cluster.py`): a fault schedule (in some runs with changes
+of the group the cluster wants) and a client workload, then healing. A run fails on any
+invariant violation, a non-linearizable client history, an exception from a node, or a group
+that does not serve every client and converge after healing.
 
 Replay one seed:    pytest 'tests/sim/test_raft_sim.py::test_raft_sim[seed_179]'
 or any seeds:       RINGFS_SIM_SEEDS=179,2024 pytest tests/sim/test_raft_sim.py -k raft_sim
@@ -44,6 +45,11 @@ FOUND_BUGS = {
     # A leader whose disk filled stopped, but its core still said leader: the simulation (and
     # the node's garbage collector) took it for one (fixed: RaftNode._stop steps it down).
     11390: "stopped member's core still leading",
+    # A learner was taken for caught up when nothing was committed yet at the leader's last
+    # look (a mark of 0): added with an empty log, it and a founder that had heard nothing
+    # were half of four voters, and, both recovering, voted for nobody (fixed:
+    # MetaMembership._caught_up needs a mark above 0).
+    140: "learner added before it caught up",
 }
 # The default suite: about 0.1 s per seed on a small machine.
 DEFAULT_SEEDS = sorted({*range(200), *FOUND_BUGS})
