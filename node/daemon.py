@@ -150,7 +150,9 @@ async def run(
         raise ConfigError("--scrub-period and --scrub-rate must be positive")
     if not MIN_CHUNK_SIZE <= config.chunk_size <= MAX_CHUNK_SIZE:
         raise ConfigError(f"chunk size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}")
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Private, whatever made it: it holds the blocks of every file, whatever their modes.
+    config.data_dir.chmod(0o700)
     with _exclusive(config.data_dir):
         await _serve(config, task_status)
 

@@ -120,10 +120,22 @@ def default_data_dir() -> Path:
     return Path(base) / "ringfs"
 
 
+#: The bits a cluster secret must hold at least.
+SECRET_BITS = 128
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_BASE64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_")
+
+
+def keep_private() -> None:
+    """Have every file and directory this process creates readable by its owner only: data
+    directories hold the blocks and metadata of every file, whatever the files' own modes."""
+    os.umask(0o077)
+
+
 def ensure_secret(path: Path) -> bytes:
     """The cluster secret stored at `path`, created (readable by the owner only) if missing."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(secrets.token_hex(32) + "\n")
@@ -131,14 +143,34 @@ def ensure_secret(path: Path) -> bytes:
 
 
 def read_secret(path: Path) -> bytes:
-    """Read a secret file; raises ValueError naming the file if it is missing or empty."""
+    """Read a secret file; raises ValueError naming the file if it cannot be read, is not
+    private (like ssh, any access for its group or others is refused) or is too short."""
     try:
+        mode = path.stat().st_mode
         secret = path.read_bytes().strip()
     except OSError as exc:
         raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from exc
-    if not secret:
-        raise ValueError(f"secret file {path} is empty")
+    if mode & 0o077:
+        raise ValueError(
+            f"secret file {path} is open to others (mode {mode & 0o777:04o}): "
+            f"make it private with chmod 600 {path}"
+        )
+    if secret_bits(secret) < SECRET_BITS:
+        raise ValueError(
+            f"secret file {path} holds about {secret_bits(secret)} bits, fewer than "
+            f"{SECRET_BITS}: write a longer one, e.g. openssl rand -hex 32 > {path}"
+        )
     return secret
+
+
+def secret_bits(secret: bytes) -> int:
+    """What a secret can hold at most: 4 bits a character if it is all hex digits, 6 if it is
+    all base64, else 8 a byte."""
+    if set(secret) <= _HEX:
+        return 4 * len(secret)
+    if set(secret) <= _BASE64:
+        return 6 * len(secret)
+    return 8 * len(secret)
 
 
 def free_ports(count: int) -> list[int]:

@@ -20,6 +20,7 @@ from ringfs.tools.local import (
     LocalNodes,
     default_data_dir,
     ensure_secret,
+    keep_private,
     read_secret,
     running_nodes,
 )
@@ -79,11 +80,14 @@ def mount(args: argparse.Namespace) -> int:
 
 
 def up(args: argparse.Namespace) -> int:
+    keep_private()  # the data directory, its logs and its secret
     if os.geteuid() == 0:
         # Root mounts for the whole machine, as JuiceFS does: other users get in, and the
         # kernel holds each of them to the modes (default_permissions is always on).
         args.options = [*(args.options or []), "allow_other"]
     cluster = LocalCluster((args.data or default_data_dir()).absolute())
+    cluster.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    cluster.data_dir.chmod(0o700)
     mountpoint = checks.mountpoint(args.mountpoint)
     names = cluster.node_names(args.nodes)
     secret = ensure_secret(cluster.secret_file)

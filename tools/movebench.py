@@ -26,7 +26,7 @@ from ringfs.fs.cluster import Cluster, connected
 from ringfs.node.blocks.repair import PAGE, successor
 from ringfs.node.cluster.map import MAP_FILE, ClusterMap
 from ringfs.node.meta.commands import Blocks
-from ringfs.tools.local import HOST, LocalCluster, free_ports, start_node
+from ringfs.tools.local import HOST, LocalCluster, free_ports, read_secret, start_node
 from ringfs.tools.refillbench import fill, mounted, own_cluster, probe
 
 MiB = 1024 * 1024
@@ -95,7 +95,7 @@ def _measure(
 ) -> None:
     fill(mountpoint, size)
     seeds = tuple(member.split("=")[1] for member in spec.split(","))
-    secret = cluster.secret_file.read_bytes().strip()
+    secret = read_secret(cluster.secret_file)
     idle = [probe(mountpoint / "probe")]
     rows = []
 

@@ -27,7 +27,7 @@ import trio
 
 from ringfs.fs.cluster import Cluster, connected
 from ringfs.tools import timing
-from ringfs.tools.local import LocalCluster
+from ringfs.tools.local import LocalCluster, read_secret
 from ringfs.tools.refillbench import mounted, own_cluster
 
 T = TypeVar("T")
@@ -80,7 +80,7 @@ def _measure(
     size: int,
 ) -> None:
     seeds = tuple(member.split("=")[1] for member in spec.split(","))
-    secret = cluster.secret_file.read_bytes().strip()
+    secret = read_secret(cluster.secret_file)
     files = [f"f{i:04d}" for i in range(max(1, size // FILE_SIZE))]
     print(f"writing {len(files) * FILE_SIZE / MiB:.0f} MiB ...", file=sys.stderr)
     with mounted(cluster, spec, mountpoint):

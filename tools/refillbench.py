@@ -33,6 +33,7 @@ from ringfs.tools.local import (
     LocalCluster,
     ensure_secret,
     node_spec,
+    read_secret,
     spec_names,
     start_node,
     stop_nodes,
@@ -84,7 +85,7 @@ def _measure(
     repair_rate: int,
 ) -> None:
     fill(mountpoint, size)
-    secret = cluster.secret_file.read_bytes().strip()
+    secret = read_secret(cluster.secret_file)
     idle = [probe(mountpoint / "probe")]
 
     stop_nodes([nodes[WIPED]])

@@ -16,10 +16,11 @@ from ringfs.node.blocks.scrub import ScrubConfig
 from ringfs.node.cluster.map import parse_members
 from ringfs.node.rpc.client import split_address
 from ringfs.tools.args import UserError, seeds
-from ringfs.tools.local import read_secret
+from ringfs.tools.local import keep_private, read_secret
 
 
 def node(args: argparse.Namespace) -> int:
+    keep_private()
     host, port = split_address(args.listen)
     config = daemon.NodeConfig(
         node_id=args.name,

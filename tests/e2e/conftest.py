@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import select
 import shutil
 import signal
@@ -47,6 +48,13 @@ def fuse_available() -> str | None:
 
 def ringfs_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "ringfs.tools", *args]
+
+
+def write_secret(path: Path) -> Path:
+    """A new cluster secret at `path`, as an operator makes one: private and long enough."""
+    path.write_text(secrets.token_hex(32) + "\n")
+    path.chmod(0o600)
+    return path
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 40) -> None:
@@ -172,9 +180,7 @@ def fuse() -> None:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    secret_file = tmp_path / "secret"
-    secret_file.write_text("test-cluster-secret\n")
-    secret_file.chmod(0o600)
+    secret_file = write_secret(tmp_path / "secret")
     ports = free_ports(3)
     result = Cluster(
         tmp_path,
@@ -288,8 +294,7 @@ def hosts(request: pytest.FixtureRequest) -> Iterator[list[netns.Host]]:
 def hosted_cluster(hosts: list[netns.Host], tmp_path: Path) -> Iterator[Cluster]:
     """A node on each of `hosts` (all on port `HOSTED_PORT`), started, and stopped after.
     A module whose tests need it for mounts overrides `cluster` with it."""
-    secret_file = tmp_path / "secret"
-    secret_file.write_text("hosted-test-secret\n")
+    secret_file = write_secret(tmp_path / "secret")
     cluster = Cluster(tmp_path, secret_file, [
         NodeProcess(f"n{i + 1}", HOSTED_PORT, tmp_path / f"n{i + 1}", host=host.address,
                     prefix=host.prefix)

@@ -24,6 +24,7 @@ from tests.e2e.conftest import (
     ringfs,
     ringfs_argv,
     wait_for,
+    write_secret,
 )
 from tests.e2e.test_posix_perms import as_nobody
 
@@ -73,6 +74,7 @@ def test_up_starts_as_many_nodes_as_asked_and_keeps_them(up: Up) -> None:
     assert len(roles) == 3  # a meta group of three among the five
     up.stop()
     assert not processes_using(up.data)
+    assert_private(up.data)  # the secret, the log, every node's directory
 
     refused = ringfs("up", str(up.mountpoint), "--data", str(up.data), "--nodes", "3")
     assert_one_line_error(refused, "holds a cluster of 5 nodes, not 3")
@@ -150,7 +152,7 @@ def test_missing_mountpoint(tmp_path: Path) -> None:
 
 
 def test_port_in_use(tmp_path: Path) -> None:
-    (tmp_path / "secret").write_text("s")
+    write_secret(tmp_path / "secret")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -172,7 +174,7 @@ def test_port_in_use(tmp_path: Path) -> None:
 
 
 def test_unreachable_cluster(tmp_path: Path) -> None:
-    (tmp_path / "secret").write_text("s")
+    write_secret(tmp_path / "secret")
     (tmp_path / "mnt").mkdir()
     port = free_ports(1)[0]
     result = ringfs(
@@ -190,8 +192,7 @@ def test_unreachable_cluster(tmp_path: Path) -> None:
 
 
 def test_wrong_secret(cluster: Cluster, tmp_path: Path) -> None:
-    wrong = tmp_path / "wrong"
-    wrong.write_text("not the secret")
+    wrong = write_secret(tmp_path / "wrong")
     (tmp_path / "mnt").mkdir()
     result = ringfs("status", "--cluster", cluster.seeds, "--secret-file", str(wrong))
     assert_one_line_error(result, "authentication failed")
@@ -200,13 +201,42 @@ def test_wrong_secret(cluster: Cluster, tmp_path: Path) -> None:
     assert not os.path.ismount(tmp_path / "mnt")
 
 
+def test_a_secret_file_open_to_others_or_too_short_is_refused(tmp_path: Path) -> None:
+    secret = write_secret(tmp_path / "secret")
+    access = ["--cluster", "127.0.0.1:1", "--secret-file", str(secret)]
+    for mode in (0o640, 0o604, 0o620):
+        secret.chmod(mode)
+        assert_one_line_error(ringfs("status", *access), f"is open to others (mode 0{mode:o})")
+    secret.chmod(0o600)
+    secret.write_text("0123456789abcdef0123456789abcde\n")  # 31 hex digits: 124 bits
+    assert_one_line_error(ringfs("status", *access), "holds about 124 bits, fewer than 128")
+    secret.write_text("0123456789abcdef0123456789abcdef\n")
+    assert_one_line_error(ringfs("status", *access), "cannot reach the cluster")
+
+
+def assert_private(root: Path) -> None:
+    """`root` is open to its owner only, and so is everything in it."""
+    assert root.stat().st_mode & 0o777 == 0o700, root
+    for path in root.rglob("*"):
+        if not path.is_symlink():
+            assert path.stat().st_mode & 0o077 == 0, f"{path}: {path.stat().st_mode:o}"
+
+
+@pytest.mark.fuse
+def test_data_directories_and_their_files_are_private(cluster: Cluster, mounted: Path) -> None:
+    (mounted / "file").write_bytes(b"x" * 100_000)
+    (mounted / "file").chmod(0o644)
+    for node in cluster.nodes:
+        assert_private(node.data)
+
+
 def test_missing_secret_file(tmp_path: Path) -> None:
     result = ringfs("status", "--cluster", "127.0.0.1:1", "--secret-file", str(tmp_path / "nope"))
     assert_one_line_error(result, "cannot read secret file")
 
 
 def test_node_configuration_errors_are_one_line(tmp_path: Path) -> None:
-    (tmp_path / "secret").write_text("s")
+    write_secret(tmp_path / "secret")
     port = free_ports(1)[0]
     common = ["--listen", f"127.0.0.1:{port}", "--secret-file", str(tmp_path / "secret")]
     result = ringfs("node", "--name", "n1", "--data", str(tmp_path / "n1"), *common)
