@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,10 @@ T = TypeVar("T")
 
 # How many bytes to ask the kernel for at once: big enough that a 4 MiB block takes few loops.
 RECEIVE_SIZE = 1024 * 1024
+# TCP keepalive (see `keep_alive`): a dead peer is found about two minutes after it went quiet.
+KEEPALIVE_IDLE = 60
+KEEPALIVE_INTERVAL = 10
+KEEPALIVE_PROBES = 6
 
 
 @dataclass(frozen=True)
@@ -85,9 +90,11 @@ class RpcConnection:
         host, port = split_address(address)
         with trio.move_on_after(config.connect_timeout) as scope:
             try:
-                stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+                tcp = await trio.open_tcp_stream(host, port)
             except OSError as exc:
                 raise Unavailable(f"node {address}: {exc.strerror or exc}", [address]) from exc
+            keep_alive(tcp)
+            stream: trio.abc.Stream = tcp
             try:
                 if config.ssl_context is not None:
                     stream = trio.SSLStream(stream, config.ssl_context, server_hostname=host)
@@ -235,6 +242,18 @@ class RpcConnection:
 
     async def aclose(self) -> None:
         await self._fail_all(Unavailable(f"node {self.address}: closed", [self.address]))
+
+
+def keep_alive(stream: trio.SocketStream) -> None:
+    """Have TCP probe an idle connection (after `KEEPALIVE_IDLE` s, every `KEEPALIVE_INTERVAL`
+    s, `KEEPALIVE_PROBES` times), so a peer that vanished without a word (power lost, cut off)
+    is found and its connection closed instead of held for ever."""
+    sock = stream.socket
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_KEEPIDLE"):  # Linux
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
 
 
 async def _handshake(stream: trio.abc.Stream, conn: Connection) -> None:

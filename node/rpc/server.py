@@ -1,7 +1,8 @@
 """Server side of the wire protocol on trio: accept, authenticate, dispatch, answer.
 
 Each connection is handshaken first (nothing is served before the peer proved it holds the
-secret), then every request runs as its own task so a slow block write never holds up a
+secret; until then it counts in a budget of its own, `ringfs.node.rpc.admission`), then every
+request runs as its own task so a slow block write never holds up a
 metadata call on the same connection. At most `Limits.max_in_flight` requests run per
 connection: beyond that the server simply stops reading, and TCP pushes back on the client.
 A protocol violation closes that one connection with a logged reason.
@@ -20,7 +21,8 @@ from typing import Any
 import trio
 
 from ringfs.node.errors import AuthenticationError, NodeError, ProtocolError
-from ringfs.node.rpc.client import RECEIVE_SIZE
+from ringfs.node.rpc.admission import Admission
+from ringfs.node.rpc.client import RECEIVE_SIZE, keep_alive
 from ringfs.node.rpc.protocol import (
     ClusterIdentity,
     Connection,
@@ -46,7 +48,11 @@ class ServerConfig:
     handshake_timeout: float = 5.0
     # Seconds a started message may take to arrive completely.
     frame_timeout: float = 60.0
+    # Authenticated connections; those still in their handshake have a budget of their own
+    # (see `ringfs.node.rpc.admission`).
     max_connections: int = 256
+    max_pending: int = 64
+    max_pending_per_address: int = 8
     ssl_context: ssl.SSLContext | None = None
     limits: Limits = field(default_factory=Limits)
     # The cluster this node belongs to, once known: clients of another are refused.
@@ -63,6 +69,10 @@ class RpcServer:
         self._handler = handler
         self._notified = notified
         self._connection_slots = trio.Semaphore(config.max_connections)
+        self._admission = Admission(config.max_pending, config.max_pending_per_address)
+        # When each address last had a pending connection closed for a newer one (logged
+        # once a minute per address: a flood must not flood the log too).
+        self._evictions_logged: dict[str, float] = {}
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled; reports the bound port through `task_status`.
@@ -79,25 +89,61 @@ class RpcServer:
     async def _handle_stream(self, stream: trio.SocketStream) -> None:
         peer = _peer_name(stream)
         if self._connection_slots.value == 0:
-            log.warning(
-                "refusing connection from %s: %d connections open",
-                peer,
-                self.config.max_connections,
-            )
+            # Only peers that authenticated hold those slots: refused before any handshake.
+            self._refuse(peer)
             await trio.aclose_forcefully(stream)
             return
-        async with self._connection_slots:
-            wrapped: trio.abc.Stream = stream
-            if self.config.ssl_context is not None:
-                wrapped = trio.SSLStream(stream, self.config.ssl_context, server_side=True)
-            try:
-                await _Session(self, wrapped, peer).run()
-            except Exception:
-                # The edge of the node: a bug met by one connection ends that connection,
-                # loudly, and not the node with every other client.
-                log.exception("connection from %s failed", peer)
-            finally:
-                await trio.aclose_forcefully(wrapped)
+        keep_alive(stream)
+        wrapped: trio.abc.Stream = stream
+        if self.config.ssl_context is not None:
+            wrapped = trio.SSLStream(stream, self.config.ssl_context, server_side=True)
+        session = _Session(self, wrapped, peer)
+        for evicted in self._admission.arrive(session, peer.rpartition(":")[0]):
+            assert isinstance(evicted, _Session)
+            self._evicted(evicted)
+        try:
+            await session.run()
+        except Exception:
+            # The edge of the node: a bug met by one connection ends that connection,
+            # loudly, and not the node with every other client.
+            log.exception("connection from %s failed", peer)
+        finally:
+            self._admission.leave(session)
+            await trio.aclose_forcefully(wrapped)
+
+    def _evicted(self, session: _Session) -> None:
+        """Close a connection still in its handshake to make room for a newer one."""
+        session.pending.cancel()
+        address, now = session.peer.rpartition(":")[0], trio.current_time()
+        if now - self._evictions_logged.get(address, -math.inf) >= 60:
+            self._evictions_logged[address] = now
+            log.warning(
+                "closing connections from %s that have not authenticated, to let newer ones "
+                "in (%d pending at most, %d from one address); logged once a minute",
+                address,
+                self.config.max_pending,
+                self.config.max_pending_per_address,
+            )
+
+    def authenticated(self, session: _Session) -> bool:
+        """Move a connection that just authenticated into the budget of those that did;
+        False (and a warning) if that one is full."""
+        self._admission.leave(session)
+        try:
+            self._connection_slots.acquire_nowait()
+        except trio.WouldBlock:
+            self._refuse(session.peer)  # the last slots went during its handshake
+            return False
+        return True
+
+    def _refuse(self, peer: str) -> None:
+        log.warning(
+            "refusing connection from %s: %d connections open", peer, self.config.max_connections
+        )
+
+    def closed(self) -> None:
+        """An authenticated connection ended: its slot is free."""
+        self._connection_slots.release()
 
 
 class _Session:
@@ -119,18 +165,28 @@ class _Session:
         self.room = trio.Semaphore(config.limits.max_in_flight)
         # Requests that arrived in the same read as the end of the handshake.
         self.early: list[Request] = []
+        # The handshake's scope: cancelled when a newer connection takes its place.
+        self.pending = trio.CancelScope()
 
     async def run(self) -> None:
         try:
-            with trio.fail_after(self.server.config.handshake_timeout):
+            with self.pending, trio.fail_after(self.server.config.handshake_timeout):
                 while not self.conn.is_open:
                     if not await self._receive():
                         return
-            async with trio.open_nursery() as nursery:
-                # Errors are caught inside the nursery: a bad peer ends its own connection
-                # (and the requests it has running), never the node.
-                await self._serve_requests(nursery)
-                nursery.cancel_scope.cancel()
+            if self.pending.cancelled_caught:
+                log.debug("closed connection from %s in its handshake", self.peer)
+                return
+            if not self.server.authenticated(self):
+                return
+            try:
+                async with trio.open_nursery() as nursery:
+                    # Errors are caught inside the nursery: a bad peer ends its own
+                    # connection (and the requests it has running), never the node.
+                    await self._serve_requests(nursery)
+                    nursery.cancel_scope.cancel()
+            finally:
+                self.server.closed()
         except AuthenticationError as exc:
             log.warning("connection from %s refused: %s", self.peer, exc)
             await self._flush_handshake()
