@@ -237,7 +237,8 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
             keeper,
             seat,
         )
-        port = await nursery.start(RpcServer(server_config, service.handle, service.notified).serve)
+        server = RpcServer(server_config, service.handle, service.notified, service.intake)
+        port = await nursery.start(server.serve)
         nursery.start_soon(_count, store, name="count blocks")
         nursery.start_soon(repairer.run, name="repair")
         nursery.start_soon(scrubber.run, name="scrub")

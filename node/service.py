@@ -26,6 +26,7 @@ from ringfs.node.meta.replica import ReplicatedMeta
 from ringfs.node.raft.core import SnapshotRequest, message_from_wire
 from ringfs.node.register import NodeRegister
 from ringfs.node.repairer import Repairer
+from ringfs.node.rpc.intake import Intake
 from ringfs.node.rpc.protocol import PROTOCOL_VERSION
 from ringfs.node.scrubber import Scrubber
 from ringfs.node.seat import MetaSeat
@@ -89,6 +90,8 @@ class NodeService:
         self.scrubber = scrubber
         self.keeper = keeper
         self.seat = seat
+        #: What the node's connections hold of received messages (the server shares it).
+        self.intake = Intake()
         # Disk writes at once: more only queue in the kernel and stretch every fsync.
         self._disk = trio.CapacityLimiter(4)
         # Blocks served to `block.get` since the node started: how reads spread over nodes.
@@ -152,6 +155,7 @@ class NodeService:
             "meta": meta is not None,
             "meta_stats": meta.stats() if meta is not None else None,
             "gc": collector.stats() if collector is not None else None,
+            "intake": self.intake.stats(),
             "repair": self.repairer.stats(),
             "scrub": self.scrubber.stats(),
             "reads": self.reads,

@@ -20,7 +20,7 @@ import hmac
 import os
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
@@ -70,6 +70,8 @@ class Request:
     msgid: int
     method: str
     params: list[Any]
+    # Its bytes on the wire, as received (0 for one built here): what it costs to hold.
+    size: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -298,6 +300,11 @@ class Connection:
         return self._state is _State.OPEN
 
     @property
+    def buffered(self) -> int:
+        """Bytes received of a message not complete yet."""
+        return self._fed - self._boundary
+
+    @property
     def partial_frame(self) -> int | None:
         """Stream offset where an incomplete received message starts, or None if there is none.
 
@@ -324,7 +331,7 @@ class Connection:
         """Feed bytes from the peer; return the events they complete."""
         if self._state is _State.CLOSED:
             raise ProtocolError("connection is closed")
-        objects: list[Any] = []
+        objects: list[tuple[Any, int]] = []  # each with its size on the wire
         view = memoryview(data)
         try:
             for start in range(0, len(view), FEED_SLICE):
@@ -333,7 +340,7 @@ class Connection:
                 self._unpacker.feed(piece)
                 self._fed += len(piece)
                 for obj in self._unpacker:
-                    objects.append(obj)
+                    objects.append((obj, self._unpacker.tell() - self._boundary))
                     self._boundary = self._unpacker.tell()
                 self._check_frame_start(piece, base)
                 if self._state is not _State.OPEN and self._fed - self._boundary > HANDSHAKE_MAX:
@@ -346,8 +353,8 @@ class Connection:
             raise
         events: list[Event] = []
         try:
-            for obj in objects:
-                event = self._receive_object(obj)
+            for obj, size in objects:
+                event = self._receive_object(obj, size)
                 if event is not None:
                     events.append(event)
         except ProtocolError:
@@ -363,7 +370,7 @@ class Connection:
                 f"message starts with byte 0x{piece[start - base]:02x}, not an array"
             )
 
-    def _receive_object(self, obj: Any) -> Event | None:
+    def _receive_object(self, obj: Any, size: int) -> Event | None:
         if self._state is not _State.OPEN:
             return self._handshake(obj)
         message = parse_message(obj)
@@ -371,6 +378,7 @@ class Connection:
             if self.role is not Role.SERVER:
                 raise ProtocolError("a client does not serve requests")
             self._unanswered += 1
+            message = replace(message, size=size)
         elif isinstance(message, Response):
             if message.msgid in self._abandoned:
                 self._abandoned.discard(message.msgid)

@@ -4,7 +4,8 @@ Each connection is handshaken first (nothing is served before the peer proved it
 secret; until then it counts in a budget of its own, `ringfs.node.rpc.admission`), then every
 request runs as its own task so a slow block write never holds up a
 metadata call on the same connection. At most `Limits.max_in_flight` requests run per
-connection: beyond that the server simply stops reading, and TCP pushes back on the client.
+connection, and large messages share a node-wide budget (`ringfs.node.rpc.intake`): beyond
+either, the server simply stops reading, and TCP pushes back on the client.
 A protocol violation closes that one connection with a logged reason.
 """
 
@@ -23,6 +24,7 @@ import trio
 from ringfs.node.errors import AuthenticationError, NodeError, ProtocolError
 from ringfs.node.rpc.admission import Admission
 from ringfs.node.rpc.client import RECEIVE_SIZE, keep_alive
+from ringfs.node.rpc.intake import UNCHARGED_PARTIAL, Intake
 from ringfs.node.rpc.protocol import (
     ClusterIdentity,
     Connection,
@@ -63,11 +65,20 @@ class RpcServer:
     """Serves `handler(method, params)` to authenticated peers."""
 
     def __init__(
-        self, config: ServerConfig, handler: Handler, notified: NotificationHandler | None = None
+        self,
+        config: ServerConfig,
+        handler: Handler,
+        notified: NotificationHandler | None = None,
+        intake: Intake | None = None,
     ) -> None:
+        """`intake`: what the connections may hold of received messages (see
+        `ringfs.node.rpc.intake`); by default a budget of this server's own."""
         self.config = config
         self._handler = handler
         self._notified = notified
+        self.intake = intake or Intake()
+        if self.intake.budget.capacity < config.limits.max_frame:
+            raise ValueError("the intake budget must hold at least one whole message")
         self._connection_slots = trio.Semaphore(config.max_connections)
         self._admission = Admission(config.max_pending, config.max_pending_per_address)
         # When each address last had a pending connection closed for a newer one (logged
@@ -200,18 +211,29 @@ class _Session:
     async def _serve_requests(self, nursery: trio.Nursery) -> None:
         frame_timeout = self.server.config.frame_timeout
         frame_started, frame = math.inf, None
+        tokens = self.server.intake.big_frames
+        token = False  # holds one of the node's tokens for a large unfinished message
         try:
             for request in self.early:
                 await self._start(request, nursery)
             self.early.clear()
             while True:
+                if not token and self.conn.buffered >= UNCHARGED_PARTIAL:
+                    await tokens.acquire()
+                    token = True
+                    if frame_started < math.inf:
+                        frame_started = trio.current_time()  # the wait was not the peer's
+                room = RECEIVE_SIZE if token else UNCHARGED_PARTIAL - self.conn.buffered
                 # A message that has started must finish in time: a peer cannot park a
                 # half-sent frame in our buffer forever, however slowly it trickles in.
                 with trio.fail_at(frame_started + frame_timeout):
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                    data = await self.stream.receive_some(room)
                 if not data:
                     return
                 await self._dispatch(data, nursery)
+                if token and self.conn.buffered < UNCHARGED_PARTIAL:
+                    tokens.release()  # its message is complete and charged
+                    token = False
                 if self.conn.partial_frame is None:
                     frame_started, frame = math.inf, None
                 elif self.conn.partial_frame != frame:
@@ -226,6 +248,9 @@ class _Session:
             )
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             log.debug("connection from %s dropped", self.peer)
+        finally:
+            if token:
+                tokens.release()
 
     async def _flush_handshake(self) -> None:
         """Best effort: tell a refused peer why before closing."""
@@ -280,10 +305,18 @@ class _Session:
             await self.stream.send_all(buffer)
 
     async def _start(self, request: Request, nursery: trio.Nursery) -> None:
-        await self.room.acquire()
-        nursery.start_soon(self._serve, request, name=f"rpc {request.method}")
+        """Start serving `request` once the node has room for it (its bytes, if it is large,
+        and a request slot of this connection): meanwhile this connection reads nothing."""
+        budget = self.server.intake.budget
+        charged = await budget.acquire(self.server.intake.charge(request.size))
+        try:
+            await self.room.acquire()
+        except BaseException:
+            budget.release(charged)
+            raise
+        nursery.start_soon(self._serve, request, charged, name=f"rpc {request.method}")
 
-    async def _serve(self, request: Request) -> None:
+    async def _serve(self, request: Request, charged: int) -> None:
         try:
             error: tuple[str, str] | None = None
             result: Any = None
@@ -310,6 +343,7 @@ class _Session:
             log.debug("peer %s went away before msgid %d was answered", self.peer, request.msgid)
         finally:
             self.room.release()
+            self.server.intake.budget.release(charged)
 
 
 def _peer_name(stream: trio.SocketStream) -> str:

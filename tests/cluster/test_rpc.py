@@ -2,7 +2,9 @@
 through `RpcConnection` and `NodePool`.
 
 Multiplexing (many calls, one connection, out of order), error replies, deadlines, connection
-failures, authentication, and the per-node connection and per-connection in-flight limits.
+failures, authentication, the per-node connection and per-connection in-flight limits, and
+the node-wide intake: large requests wait for room in one budget, and only a few connections at
+a time buffer a large unfinished message; nothing is refused, everything is answered.
 Every test runs under `trio.fail_after`, so nothing can hang.
 """
 
@@ -20,6 +22,7 @@ import trio
 
 from ringfs.node.errors import AuthenticationError, NodeError, Unavailable
 from ringfs.node.rpc.client import ClientConfig, NodePool, RpcConnection
+from ringfs.node.rpc.intake import UNCHARGED_PARTIAL, Intake
 from ringfs.node.rpc.protocol import Connection, Limits, Role, encode
 from ringfs.node.rpc.server import NotificationHandler, RpcServer, ServerConfig
 
@@ -81,10 +84,11 @@ async def start_server(
     nursery: trio.Nursery,
     handler: Handler,
     notified: NotificationHandler | None = None,
+    intake: Intake | None = None,
     **options: Any,
 ) -> str:
     config = ServerConfig(secret=SECRET, node_id=NODE_ID, **options)
-    server = RpcServer(config, handler, notified)
+    server = RpcServer(config, handler, notified, intake)
     port = await nursery.start(server.serve)
     return f"127.0.0.1:{port}"
 
@@ -470,3 +474,77 @@ async def test_a_request_pipelined_behind_the_handshake_is_served(
     await stream.aclose()
     # The node is still serving everyone else.
     assert await NodePool(client_config(), nursery).call(address, "echo", [1]) == 1
+
+
+# -- the node-wide intake (ringfs.node.rpc.intake) ------------------------------------------
+
+MiB = 1024 * 1024
+# Messages of at most 1 MiB, so that a small budget still holds a whole one.
+SMALL_LIMITS = Limits(max_frame=MiB + 4096, max_bin_len=MiB)
+
+
+async def test_large_requests_wait_for_room_and_small_ones_do_not(
+    nursery: trio.Nursery, handler: Handler, clients: Clients
+) -> None:
+    intake = Intake(max_bytes=int(1.5 * MiB), big_frames=4)
+    address = await start_server(nursery, handler, intake=intake, limits=SMALL_LIMITS)
+    payload = b"x" * (400 * 1024)
+    answers: list[int] = []
+    with trio.fail_after(DEADLINE):
+        connections = [await clients.connect(address) for _ in range(4)]
+
+        async def large(n: int) -> None:
+            reply = await connections[n].call("wait", [n, payload], time_limit=DEADLINE)
+            answers.append(reply)
+
+        async with trio.open_nursery() as calls:
+            for n in range(4):
+                calls.start_soon(large, n)
+            await handler.wait_running(3)
+            while intake.stats()["waiting"] < 1:  # noqa: ASYNC110 - no event signals it
+                await trio.sleep(0.01)
+            assert handler.running == 3  # the fourth does not fit
+            assert intake.stats()["held"] <= int(1.5 * MiB)
+            # A small request on another connection is not held up.
+            other = await clients.connect(address)
+            assert await other.call("echo", ["small"], time_limit=2) == "small"
+            handler.release.set()
+    assert sorted(answers) == [0, 1, 2, 3]
+    assert intake.stats() == {"held": 0, "waiting": 0, "big_frames": 0}
+
+
+async def test_few_connections_at_once_buffer_a_large_unfinished_message(
+    nursery: trio.Nursery, handler: Handler
+) -> None:
+    intake = Intake(max_bytes=16 * MiB, big_frames=2)
+    address = await start_server(nursery, handler, intake=intake, limits=SMALL_LIMITS)
+    host, port = address.rsplit(":", 1)
+    streams, messages = [], []
+    with trio.fail_after(DEADLINE):
+        for n in range(4):
+            stream = await trio.open_tcp_stream(host, int(port))
+            conn = Connection(Role.CLIENT, SECRET, limits=SMALL_LIMITS)
+            while not conn.is_open:
+                for buffer in conn.data_to_send():
+                    await stream.send_all(buffer)
+                if not conn.is_open:
+                    conn.receive_data(await stream.receive_some(65536))
+            _, buffers = conn.send_request("sleep", [0, f"answer {n}", b"y" * 900_000])
+            message = b"".join(bytes(b) for b in buffers)
+            await stream.send_all(message[: 2 * UNCHARGED_PARTIAL])  # and stall
+            streams.append(stream)
+            messages.append(message)
+        while intake.stats()["big_frames"] < 2:  # noqa: ASYNC110 - no event signals it
+            await trio.sleep(0.01)
+        await trio.sleep(0.2)
+        assert intake.stats()["big_frames"] == 2  # the other two wait, unread past 256 KiB
+        for stream, message in zip(streams, messages, strict=True):
+            await stream.send_all(message[2 * UNCHARGED_PARTIAL :])
+        for n, stream in enumerate(streams):
+            received = b""
+            while f"answer {n}".encode() not in received:
+                data = await stream.receive_some(65536)
+                assert data, "the node closed the connection"
+                received += data
+            await stream.aclose()
+    assert intake.stats() == {"held": 0, "waiting": 0, "big_frames": 0}
