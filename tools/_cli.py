@@ -256,10 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser(
         "status",
-        help="show nodes, capacity and the metadata node",
-        description="Show the cluster: nodes, reachability, blocks and "
-        "bytes per node, the metadata node. Without --cluster, shows the "
-        "local cluster of `ringfs up`.",
+        help="show what is wrong, nodes, capacity, repair and the meta group",
+        description="Show the cluster: what is wrong with it, in words (a node that does not "
+        "answer, a meta-group member lagging or stopped, copies missing, a disk nearly "
+        "full), then nodes, reachability, blocks and bytes per node, repair, scrub and the "
+        "meta group. Cheap: counters only. Without --cluster, shows the local cluster of "
+        "`ringfs up`.",
+    )
+    status.add_argument(
+        "--json", action="store_true", help="print it all as one JSON document, for scripts"
     )
     _add_cluster_access(status)
 

@@ -9,6 +9,8 @@ nothing missing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import time
 from typing import Any, TextIO
@@ -16,19 +18,26 @@ from typing import Any, TextIO
 import trio
 
 from ringfs.fs.cluster import Cluster, connected
-from ringfs.node.cluster.map import NodeInfo
+from ringfs.node.cluster.map import ClusterMap
 from ringfs.node.errors import NodeError, Unavailable
 from ringfs.node.meta.commands import FsInfo, FsStats
 from ringfs.tools.args import cluster_access
+from ringfs.tools.health import Answers, missing_copies, problems
 
 
 def status(args: argparse.Namespace) -> int:
     seeds, secret = cluster_access(args)
-    print(trio.run(_status, seeds, secret))
+    gathered = trio.run(_gather, seeds, secret)
+    print(_as_json(*gathered) if args.json else _as_text(*gathered))
     return 0
 
 
-async def _status(seeds: tuple[str, ...], secret: bytes) -> str:
+Gathered = tuple[ClusterMap, Answers, Answers, "FsStats | None"]
+
+
+async def _gather(seeds: tuple[str, ...], secret: bytes) -> Gathered:
+    """The map, every node's `node.stats`, the meta group's `meta.status` and the
+    filesystem's counters (None where nothing answered)."""
     async with connected(seeds, secret) as cluster:
         stats = await cluster.node_stats()
         members = await cluster.meta_status()
@@ -36,12 +45,35 @@ async def _status(seeds: tuple[str, ...], secret: bytes) -> str:
             fs: FsStats | None = await cluster.meta_query(FsInfo())
         except (NodeError, Unavailable):
             fs = None
-    cmap = cluster.map
+    return cluster.map, stats, members, fs
+
+
+def _as_json(cmap: ClusterMap, stats: Answers, members: Answers, fs: FsStats | None) -> str:
+    """Everything gathered, as one JSON document (`docs/operations.md` describes it)."""
+    document = {
+        "cluster": cmap.cluster_id,
+        "epoch": cmap.epoch,
+        "replicas": cmap.replica_count(),
+        "write_quorum": cmap.write_quorum(),
+        "problems": problems(cmap, stats, members),
+        "nodes": [
+            {"id": info.node_id, "address": info.address, "state": info.state, "stats": s}
+            for info, s in stats
+        ],
+        "meta": [{"id": info.node_id, "status": s} for info, s in members],
+        "fs": None if fs is None else dataclasses.asdict(fs),
+    }
+    return json.dumps(document, indent=2, default=str)
+
+
+def _as_text(cmap: ClusterMap, stats: Answers, members: Answers, fs: FsStats | None) -> str:
     roles = {info.node_id: f"meta {s['role']}" if s else "meta" for info, s in members}
+    found = problems(cmap, stats, members)
     lines = [
         f"cluster {cmap.cluster_id or '(not agreed yet)'}, map epoch {cmap.epoch}, "
         f"{len(cmap.members())} nodes, "
         f"replicas {cmap.replica_count()} (write quorum {cmap.write_quorum()})",
+        *([f"problem: {text}" for text in found] or ["health: no problem found"]),
         f"{'NODE':<10} {'ADDRESS':<22} {'STATE':<12} {'BLOCKS':>8} {'DATA':>10} "
         f"{'CAPACITY':>10} {'FREE':>10} {'READS':>8}  ROLE",
     ]
@@ -68,9 +100,8 @@ def _total_line(stats: list[dict[str, Any]]) -> str:
     blocks = sum(s["blocks"] for s in stats)
     counted = "" if all(s["counted"] for s in stats) else "~"
     passes = [s["repair"]["current"] or s["repair"]["last"] for s in stats]
-    found = [p for p in passes if p is not None]
-    missing = sum(p["missing"] - p["repaired"] for p in found)
-    held = sum(p["misplaced"] - p["released"] for p in found)
+    missing = missing_copies(stats)
+    held = sum(p["misplaced"] - p["released"] for p in passes if p is not None)
     return (
         f"{'total':<10} {'':<22} {'':<12} {counted + str(blocks):>8} "
         f"{_human(sum(s['bytes'] for s in stats)):>10}  "
@@ -82,14 +113,10 @@ def _moving_line(stats: list[dict[str, Any]], now: float) -> str | None:
     """How far the copies are from where the map wants them, in bytes, and when the repair
     passes will have moved them at the rate they go now (after a change of the map, or while
     a node refills). None when nothing is missing."""
-    missing = 0
+    missing = missing_copies(stats)
     rate = 0.0
     for node in stats:
-        repair = node["repair"]
-        record = repair["current"] or repair["last"]
-        if record is not None:
-            missing += record["missing"] - record["repaired"]
-        if (current := repair["current"]) is not None:
+        if (current := node["repair"]["current"]) is not None:
             rate += current["repaired_bytes"] / max(now - current["started"], 1e-3)
     if not missing:
         return None
@@ -261,7 +288,7 @@ def _node_line(
     )
 
 
-def _meta_lines(members: list[tuple[NodeInfo, dict[str, Any] | None]]) -> list[str]:
+def _meta_lines(members: Answers) -> list[str]:
     """The meta group: leader, term, and each member's log position, lag and snapshot."""
     answering = [s for _, s in members if s is not None]
     leader = next((s for s in answering if s["role"] == "leader"), None)
@@ -292,7 +319,7 @@ def _meta_role(node_id: str, member: dict[str, Any], leader: dict[str, Any] | No
     return "learner" if node_id in leader["learners"] else "not a voter"
 
 
-def _garbage_line(stats: list[tuple[NodeInfo, dict[str, Any] | None]], fs: FsStats | None) -> str:
+def _garbage_line(stats: Answers, fs: FsStats | None) -> str:
     """The garbage collector's backlog, as the metadata counts it (the data of each block, not
     its copies), and its progress, as the leader's collector counts it."""
     active = [(i, s["gc"]) for i, s in stats if s is not None and s["gc"] and s["gc"]["active"]]

@@ -159,10 +159,11 @@ class Cluster:
             node.process.stdout.close()
         node.process = None
 
-    def status(self) -> str:
-        """What `ringfs status` prints for this cluster."""
+    def status(self, *options: str) -> str:
+        """What `ringfs status` (with `options`) prints for this cluster."""
+        access = ("--cluster", self.seeds, "--secret-file", str(self.secret_file))
         result = subprocess.run(
-            ringfs_argv("status", "--cluster", self.seeds, "--secret-file", str(self.secret_file)),
+            ringfs_argv("status", *access, *options),
             check=True, capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         return result.stdout

@@ -4,6 +4,7 @@ copy runs; a mount stopped with files open."""
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import re
 import signal
@@ -24,7 +25,8 @@ pytestmark = pytest.mark.fuse
 def node_lines(text: str) -> dict[str, str]:
     """node -> its line in the node table of `ringfs status` (before the meta group's; the
     `total` line after the nodes' is not one)."""
-    table = text.split("\n\n", 1)[0].splitlines()[2:]
+    lines = text.split("\n\n", 1)[0].splitlines()
+    table = lines[next(i for i, line in enumerate(lines) if line.startswith("NODE ")) + 1 :]
     return {line.split()[0]: line for line in table if not line.startswith("total ")}
 
 
@@ -54,8 +56,14 @@ def test_copy_survives_sigkill_of_a_storage_node(
             copy.wait()
 
     assert filecmp.cmp(source, target, shallow=False)
-    lines = node_lines(cluster.status())
-    assert "unreachable" in lines[victim.name]
+    status = cluster.status()
+    assert "unreachable" in node_lines(status)[victim.name]
+    assert f"problem: node {victim.name} ({victim.address}) does not answer" in status, status
+    document = json.loads(cluster.status("--json"))
+    assert f"node {victim.name} ({victim.address}) does not answer" in document["problems"]
+    stats = {node["id"]: node["stats"] for node in document["nodes"]}
+    assert stats[victim.name] is None
+    assert all(stats[n.name]["blocks"] > 0 for n in cluster.nodes if n is not victim)
 
     cluster.start(victim)
     lines = node_lines(cluster.status())

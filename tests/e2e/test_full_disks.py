@@ -172,6 +172,8 @@ def test_all_disks_full_gives_enospc_promptly_and_the_metadata_goes_on(
     assert fs.f_bavail * fs.f_frsize < 2 * FILE_SIZE
     change_the_namespace(filled.mounted, filled.written, dirs=100)
     assert_all_running(cluster)
+    status = cluster.status()  # says so, in words, for each node
+    assert all(f"problem: node {n.name}'s disk is" in status for n in cluster.nodes), status
     # Everything written and closed before the disks filled reads back, from a fresh mount.
     assert_reads_back(mount_factory("second").path, filled.written)
 
