@@ -10,6 +10,7 @@ It never returns half an answer: a call either succeeds, raises the node's `Node
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -614,10 +615,10 @@ class _ReplicatedWrite:
 
 
 @contextlib.asynccontextmanager
-async def connected(seeds: tuple[str, ...], secret: bytes) -> AsyncIterator[Cluster]:
+async def connected(seeds: tuple[str, ...], client: ClientConfig) -> AsyncIterator[Cluster]:
     """A client of the cluster for a command-line tool (2 s to reach each node), closed with
     its connections when the block ends."""
-    config = ClusterConfig(seeds=seeds, client=ClientConfig(secret=secret, connect_timeout=2.0))
+    config = ClusterConfig(seeds=seeds, client=dataclasses.replace(client, connect_timeout=2.0))
     async with trio.open_nursery() as nursery:
         cluster = await Cluster.create(config, nursery=nursery)
         try:

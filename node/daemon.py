@@ -12,7 +12,6 @@ import fcntl
 import logging
 import math
 import os
-import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from ringfs.node.repairer import Repairer
 from ringfs.node.rpc.client import ClientConfig, NodePool
 from ringfs.node.rpc.protocol import DEFAULT_LIMITS, ClusterIdentity
 from ringfs.node.rpc.server import RpcServer, ServerConfig
+from ringfs.node.rpc.tls import TlsFiles
 from ringfs.node.scrubber import Scrubber
 from ringfs.node.seat import MetaSeat
 from ringfs.node.service import NodeService
@@ -74,7 +74,8 @@ class NodeConfig:
     # files it unlinked while open are purged (it is taken to be gone).
     mount_expiry: float = 600.0
     scrub: ScrubConfig = ScrubConfig()
-    ssl_context: ssl.SSLContext | None = None
+    # TLS for every connection, both ways (see `ringfs.node.rpc.tls`); None: plain TCP.
+    tls: TlsFiles | None = None
     # Addresses of nodes of the cluster this node joins, on its first start (instead of
     # `members`), with the weight and zone it joins with.
     join: tuple[str, ...] = ()
@@ -185,7 +186,12 @@ async def _join(config: NodeConfig, peers: NodePool) -> None:
 async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
     identity = ClusterIdentity()
     async with trio.open_nursery() as nursery:
-        client = ClientConfig(config.secret, ssl_context=config.ssl_context, identity=identity)
+        tls = config.tls
+        client = ClientConfig(
+            config.secret,
+            ssl_context=tls.client_context() if tls else None,
+            identity=identity,
+        )
         peers = NodePool(client, nursery)
         await _join(config, peers)
         cmap = resolve_map(config)
@@ -197,7 +203,7 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
             node_id=config.node_id,
             host=config.host,
             port=config.port,
-            ssl_context=config.ssl_context,
+            ssl_context=tls.server_context() if tls else None,
             identity=identity,
         )
         transport = RpcTransport(view, peers, nursery)

@@ -47,6 +47,7 @@ HANDLERS = {
     "replace": ("members", "replace"),
     "add-node": ("members", "add_node"),
     "bench": ("bench", "main"),
+    "tls-init": ("tlsinit", "tls_init"),
     "latency": ("latency", "main"),
 }
 
@@ -86,10 +87,23 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_cluster_access(parser: argparse.ArgumentParser) -> None:
-    """How a command reaches a cluster: --cluster with --secret-file, or the `ringfs up` one."""
+    """How a command reaches a cluster: --cluster with --secret-file (and TLS files if its
+    nodes use TLS), or the `ringfs up` one."""
     parser.add_argument("--cluster", metavar="HOST:PORT[,...]")
     parser.add_argument("--secret-file", type=Path)
+    _add_tls(parser)
     parser.add_argument("--data", type=Path, help="data directory of `ringfs up`")
+
+
+def _add_tls(parser: argparse.ArgumentParser) -> None:
+    """--tls-ca, --tls-cert and --tls-key (all three, or none: plain TCP)."""
+    parser.add_argument(
+        "--tls-ca", type=Path, metavar="FILE", help="the cluster's CA certificate (PEM): use TLS"
+    )
+    parser.add_argument(
+        "--tls-cert", type=Path, metavar="FILE", help="this node's or client's certificate (PEM)"
+    )
+    parser.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key (PEM)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         "to the others (default 600); it joins again when it comes back",
     )
     node.add_argument("--secret-file", type=Path, required=True, help="the cluster secret")
+    _add_tls(node)
     node.add_argument("--replicas", type=int, default=3, help="copies of each block (default 3)")
     node.add_argument(
         "--chunk-size",
@@ -252,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("cluster", metavar="CLUSTER", help="HOST:PORT[,HOST:PORT...] of any nodes")
     mount.add_argument("mountpoint", type=Path)
     mount.add_argument("--secret-file", type=Path, required=True, help="the cluster secret")
+    _add_tls(mount)
     _add_mount_options(mount)
 
     status = sub.add_parser(
@@ -352,6 +368,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_node.add_argument(
         "--data", type=Path, help="data directory of `ringfs up` (default: as `ringfs up`)"
     )
+
+    tls_init = sub.add_parser(
+        "tls-init",
+        help="make a CA and TLS certificates for a test cluster (with openssl)",
+        description="Write DIR/ca.pem and DIR/ca.key (a new cluster CA, unless DIR has one) "
+        "and, for each NAME, DIR/NAME.pem and DIR/NAME.key signed by it. Give each node and "
+        "client --tls-ca DIR/ca.pem --tls-cert DIR/NAME.pem --tls-key DIR/NAME.key.",
+    )
+    tls_init.add_argument("directory", type=Path, metavar="DIR")
+    tls_init.add_argument("names", nargs="+", metavar="NAME", help="a node's or client's name")
 
     bench = sub.add_parser(
         "bench",

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 from ringfs.node.blocks.space import Reserve
-from ringfs.node.rpc.client import split_address
+from ringfs.node.rpc.client import ClientConfig, split_address
+from ringfs.node.rpc.tls import TlsFiles, tls_files
 from ringfs.tools.local import LocalCluster, default_data_dir, read_secret
 
 
@@ -92,13 +93,24 @@ def node_count(text: str) -> int:
     return int(text)
 
 
-def cluster_access(args: argparse.Namespace) -> tuple[tuple[str, ...], bytes]:
-    """The node addresses and secret of `--cluster`/`--secret-file`, or else of the local
-    cluster of `ringfs up` in `--data` (or the default data directory)."""
+def tls(args: argparse.Namespace) -> TlsFiles | None:
+    """The TLS files of `--tls-ca`, `--tls-cert` and `--tls-key` (None without)."""
+    return tls_files(args.tls_ca, args.tls_cert, args.tls_key)
+
+
+def client_config(secret: bytes, args: argparse.Namespace) -> ClientConfig:
+    """How a client reaches the nodes: the secret, and TLS if the options ask for it."""
+    files = tls(args)
+    return ClientConfig(secret, ssl_context=files.client_context() if files else None)
+
+
+def cluster_access(args: argparse.Namespace) -> tuple[tuple[str, ...], ClientConfig]:
+    """The node addresses and client settings (secret, TLS) of `--cluster`/`--secret-file`, or
+    else of the local cluster of `ringfs up` in `--data` (or the default data directory)."""
     if args.cluster:
         if args.secret_file is None:
             raise UserError("--cluster needs --secret-file")
-        return seeds(args.cluster), read_secret(args.secret_file)
+        return seeds(args.cluster), client_config(read_secret(args.secret_file), args)
     local = LocalCluster((args.data or default_data_dir()).absolute())
     spec = local.members()
     if spec is None:
@@ -106,4 +118,4 @@ def cluster_access(args: argparse.Namespace) -> tuple[tuple[str, ...], bytes]:
             f"no local cluster in {local.data_dir}; give --cluster and "
             "--secret-file for another one"
         )
-    return seeds(spec), read_secret(local.secret_file)
+    return seeds(spec), ClientConfig(read_secret(local.secret_file))

@@ -21,13 +21,14 @@ from ringfs.fs.cluster import Cluster, connected
 from ringfs.node.cluster.map import ClusterMap
 from ringfs.node.errors import NodeError, Unavailable
 from ringfs.node.meta.commands import FsInfo, FsStats
+from ringfs.node.rpc.client import ClientConfig
 from ringfs.tools.args import cluster_access
 from ringfs.tools.health import Answers, missing_copies, problems
 
 
 def status(args: argparse.Namespace) -> int:
-    seeds, secret = cluster_access(args)
-    gathered = trio.run(_gather, seeds, secret)
+    seeds, client = cluster_access(args)
+    gathered = trio.run(_gather, seeds, client)
     print(_as_json(*gathered) if args.json else _as_text(*gathered))
     return 0
 
@@ -35,10 +36,10 @@ def status(args: argparse.Namespace) -> int:
 Gathered = tuple[ClusterMap, Answers, Answers, "FsStats | None"]
 
 
-async def _gather(seeds: tuple[str, ...], secret: bytes) -> Gathered:
+async def _gather(seeds: tuple[str, ...], client: ClientConfig) -> Gathered:
     """The map, every node's `node.stats`, the meta group's `meta.status` and the
     filesystem's counters (None where nothing answered)."""
-    async with connected(seeds, secret) as cluster:
+    async with connected(seeds, client) as cluster:
         stats = await cluster.node_stats()
         members = await cluster.meta_status()
         try:
@@ -185,12 +186,14 @@ def _scrub_line(node_id: str, scrub: dict[str, Any]) -> str:
 
 
 def repair(args: argparse.Namespace) -> int:
-    seeds, secret = cluster_access(args)
-    return trio.run(_repair, seeds, secret, args.wait, args.timeout)
+    seeds, client = cluster_access(args)
+    return trio.run(_repair, seeds, client, args.wait, args.timeout)
 
 
-async def _repair(seeds: tuple[str, ...], secret: bytes, wait: bool, limit: float | None) -> int:
-    async with connected(seeds, secret) as cluster:
+async def _repair(
+    seeds: tuple[str, ...], client: ClientConfig, wait: bool, limit: float | None
+) -> int:
+    async with connected(seeds, client) as cluster:
         started = await cluster.repair_start()
         targets = {info.node_id: s["wanted"] for info, s in started if s is not None}
         for info, answer in started:

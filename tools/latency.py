@@ -24,6 +24,7 @@ import trio
 from ringfs.fs.cluster import Cluster, connected
 from ringfs.node.blocks.store import BLOCK_ID_SIZE, checksum
 from ringfs.node.meta.commands import ROOT_INO, GetAttr, Setattr
+from ringfs.node.rpc.client import ClientConfig
 from ringfs.tools.args import UserError, cluster_access
 
 SMALL_FILE = 4096
@@ -99,8 +100,8 @@ def _mount_lines(mountpoint: Path, rounds: int) -> None:
         work.rmdir()
 
 
-async def _cluster_lines(seeds: tuple[str, ...], secret: bytes, rounds: int) -> None:
-    async with connected(seeds, secret) as cluster:
+async def _cluster_lines(seeds: tuple[str, ...], client: ClientConfig, rounds: int) -> None:
+    async with connected(seeds, client) as cluster:
         # Blocks first: the last one's third copy lands while the metadata lines run, not
         # while the connections close.
         block = memoryview(os.urandom(SMALL_FILE))
@@ -129,7 +130,7 @@ def main(args: argparse.Namespace) -> int:
     """`ringfs latency` with parsed arguments."""
     if not args.mountpoint.is_dir():
         raise UserError(f"{args.mountpoint} is not a directory")
-    seeds, secret = cluster_access(args)
+    seeds, client = cluster_access(args)
     _mount_lines(args.mountpoint, args.rounds)
-    trio.run(_cluster_lines, seeds, secret, args.rounds)
+    trio.run(_cluster_lines, seeds, client, args.rounds)
     return 0

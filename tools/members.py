@@ -16,6 +16,7 @@ import trio
 from ringfs.fs.cluster import Cluster, connected
 from ringfs.node.cluster.map import ClusterMap
 from ringfs.node.errors import NodeError, Unavailable
+from ringfs.node.rpc.client import ClientConfig
 from ringfs.tools.args import cluster_access
 from ringfs.tools.ctl import ProgressBar, wait_whole
 from ringfs.tools.local import LocalCluster, add_local_node, default_data_dir
@@ -25,43 +26,43 @@ POLL = 1.0
 
 
 def weight(args: argparse.Namespace) -> int:
-    seeds, secret = cluster_access(args)
-    cmap = trio.run(_change_map, seeds, secret, "weight", [args.node, args.weight])
+    seeds, client = cluster_access(args)
+    cmap = trio.run(_change_map, seeds, client, "weight", [args.node, args.weight])
     print(f"cluster map epoch {cmap.epoch}: {args.node} has weight {args.weight:g}")
     return 0
 
 
 def drain(args: argparse.Namespace) -> int:
-    seeds, secret = cluster_access(args)
-    cmap = trio.run(_change_map, seeds, secret, "drain", [args.node])
+    seeds, client = cluster_access(args)
+    cmap = trio.run(_change_map, seeds, client, "drain", [args.node])
     print(f"cluster map epoch {cmap.epoch}: {args.node} is draining")
     if args.wait:
-        trio.run(_wait_left, seeds, secret, args.node, sys.stderr)
+        trio.run(_wait_left, seeds, client, args.node, sys.stderr)
         print(f"{args.node} has left the cluster")
     return 0
 
 
 def remove(args: argparse.Namespace) -> int:
-    seeds, secret = cluster_access(args)
-    cmap = trio.run(_change_map, seeds, secret, "remove", [args.node])
+    seeds, client = cluster_access(args)
+    cmap = trio.run(_change_map, seeds, client, "remove", [args.node])
     print(f"cluster map epoch {cmap.epoch}: {args.node} is removed")
     if args.wait:
-        trio.run(_wait_placed, seeds, secret, cmap.epoch, sys.stderr)
+        trio.run(_wait_placed, seeds, client, cmap.epoch, sys.stderr)
         print(f"every block is back to {cmap.replica_count()} copies")
     return 0
 
 
 def replace(args: argparse.Namespace) -> int:
-    seeds, secret = cluster_access(args)
-    cmap = trio.run(_change_map, seeds, secret, "replace", [args.old, args.new])
+    seeds, client = cluster_access(args)
+    cmap = trio.run(_change_map, seeds, client, "replace", [args.old, args.new])
     print(
         f"cluster map epoch {cmap.epoch}: {args.new} takes the place of {args.old}, which is "
         f"{cmap.node(args.old).state}"
     )
     if args.wait:
         if cmap.node(args.old).state == "draining":
-            trio.run(_wait_left, seeds, secret, args.old, sys.stderr)
-        trio.run(_wait_placed, seeds, secret, cmap.epoch, sys.stderr)
+            trio.run(_wait_left, seeds, client, args.old, sys.stderr)
+        trio.run(_wait_placed, seeds, client, cmap.epoch, sys.stderr)
         print(f"{args.new} holds every block {args.old} held")
     return 0
 
@@ -73,11 +74,11 @@ def add_node(args: argparse.Namespace) -> int:
 
 
 async def _change_map(
-    seeds: tuple[str, ...], secret: bytes, operation: str, arguments: list[Any]
+    seeds: tuple[str, ...], client: ClientConfig, operation: str, arguments: list[Any]
 ) -> ClusterMap:
     """Have a node make the change; the map it gives. Raises NodeError (EINVAL: the change
     cannot be made, and why), Unavailable when no node could."""
-    async with connected(seeds, secret) as cluster:
+    async with connected(seeds, client) as cluster:
         tried = []
         for node in cluster.map.holders():
             tried.append(node.address)
@@ -90,9 +91,11 @@ async def _change_map(
         raise Unavailable("the cluster map (no node made the change)", tried)
 
 
-async def _wait_left(seeds: tuple[str, ...], secret: bytes, node_id: str, out: TextIO) -> None:
+async def _wait_left(
+    seeds: tuple[str, ...], client: ClientConfig, node_id: str, out: TextIO
+) -> None:
     """Show the draining node's blocks going down, until it has left the map."""
-    async with connected(seeds, secret) as cluster:
+    async with connected(seeds, client) as cluster:
         bar = ProgressBar(out)
         most, fraction = 1, 0.0
         while (await cluster.refresh_map()).node(node_id).state == "draining":
@@ -107,10 +110,12 @@ async def _wait_left(seeds: tuple[str, ...], secret: bytes, node_id: str, out: T
         bar.end()
 
 
-async def _wait_placed(seeds: tuple[str, ...], secret: bytes, epoch: int, out: TextIO) -> None:
+async def _wait_placed(
+    seeds: tuple[str, ...], client: ClientConfig, epoch: int, out: TextIO
+) -> None:
     """Once every node holding blocks goes by map `epoch` or a later one, show their repair
     passes until each has finished one with nothing missing (as `ringfs repair --wait`)."""
-    async with connected(seeds, secret) as cluster:
+    async with connected(seeds, client) as cluster:
         while True:
             cmap = await cluster.refresh_map()
             told = await cluster.ask_all("node.info", cmap.holders())

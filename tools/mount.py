@@ -48,12 +48,10 @@ async def _grow_on_signal(local: LocalNodes) -> None:
 
 
 def _config(
-    seeds: tuple[str, ...], secret: bytes, mountpoint: Path, args: argparse.Namespace
+    seeds: tuple[str, ...], client: ClientConfig, mountpoint: Path, args: argparse.Namespace
 ) -> fs_mount.MountConfig:
     return fs_mount.MountConfig(
-        cluster=ClusterConfig(
-            seeds=seeds, client=ClientConfig(secret=secret), meta_deadline=args.meta_deadline
-        ),
+        cluster=ClusterConfig(seeds=seeds, client=client, meta_deadline=args.meta_deadline),
         mountpoint=mountpoint,
         fuse_options=tuple(checks.fuse_options(args)),
     )
@@ -73,9 +71,13 @@ def mount(args: argparse.Namespace) -> int:
         secret_file = str(args.secret_file.absolute())
         log = default_data_dir() / f"mount-{mountpoint.name or 'root'}.log"
         argv = ["mount", args.cluster, str(mountpoint), "--secret-file", secret_file]
+        for option, path in (("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert),
+                             ("--tls-key", args.tls_key)):  # fmt: skip
+            argv += [option, str(path.absolute())] if path is not None else []
         _in_background(args, argv, log)
         return 0
-    trio.run(_mount_and_report, _config(seeds, secret, mountpoint, args), args.ready_fd)
+    config = _config(seeds, checks.client_config(secret, args), mountpoint, args)
+    trio.run(_mount_and_report, config, args.ready_fd)
     return 0
 
 
@@ -100,6 +102,6 @@ def up(args: argparse.Namespace) -> int:
         )
         return 0
     with running_nodes(cluster, names, debug=args.debug) as nodes:
-        config = _config(checks.seeds(nodes.spec), secret, mountpoint, args)
+        config = _config(checks.seeds(nodes.spec), ClientConfig(secret), mountpoint, args)
         trio.run(_mount_and_report, config, args.ready_fd, nodes)
     return 0

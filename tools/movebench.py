@@ -26,6 +26,7 @@ from ringfs.fs.cluster import Cluster, connected
 from ringfs.node.blocks.repair import PAGE, successor
 from ringfs.node.cluster.map import MAP_FILE, ClusterMap
 from ringfs.node.meta.commands import Blocks
+from ringfs.node.rpc.client import ClientConfig
 from ringfs.tools.local import HOST, LocalCluster, free_ports, read_secret, start_node
 from ringfs.tools.refillbench import fill, mounted, own_cluster, probe
 
@@ -149,7 +150,7 @@ def _agreed(cluster: LocalCluster) -> ClusterMap:
 
 
 async def _ask(seeds: tuple[str, ...], secret: bytes, method: str, params: list[Any]) -> Any:
-    async with connected(seeds, secret) as cluster:
+    async with connected(seeds, ClientConfig(secret)) as cluster:
         return await cluster.pool.call(seeds[0], method, params)
 
 
@@ -157,7 +158,7 @@ async def _referenced(seeds: tuple[str, ...], secret: bytes) -> set[str]:
     """The ids (hex) of the blocks some file references now."""
     ids: set[str] = set()
     first: bytes | None = bytes(16)
-    async with connected(seeds, secret) as cluster:
+    async with connected(seeds, ClientConfig(secret)) as cluster:
         while first is not None:
             refs = await cluster.meta_query(Blocks(first, b"\xff" * 16, PAGE))
             ids.update(ref.block_id.hex() for ref in refs)
@@ -168,7 +169,7 @@ async def _referenced(seeds: tuple[str, ...], secret: bytes) -> set[str]:
 async def _settled(seeds: tuple[str, ...], secret: bytes, since: int) -> bool:
     """Whether the map moved past epoch `since` to a map with no node joining or draining, and
     every node holding blocks finished a clean repair pass that started under it."""
-    async with connected(seeds, secret) as cluster:
+    async with connected(seeds, ClientConfig(secret)) as cluster:
         cmap = await cluster.refresh_map()
         if cmap.epoch <= since or any(n.state in ("joining", "draining") for n in cmap.nodes):
             return False

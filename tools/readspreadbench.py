@@ -26,6 +26,7 @@ from typing import TypeVar
 import trio
 
 from ringfs.fs.cluster import Cluster, connected
+from ringfs.node.rpc.client import ClientConfig
 from ringfs.tools import timing
 from ringfs.tools.local import LocalCluster, read_secret
 from ringfs.tools.refillbench import mounted, own_cluster
@@ -132,5 +133,5 @@ async def not_the_leader(cluster: Cluster) -> str:
 async def _ask(
     seeds: tuple[str, ...], secret: bytes, question: Callable[[Cluster], Awaitable[T]]
 ) -> T:
-    async with connected(seeds, secret) as cluster:
+    async with connected(seeds, ClientConfig(secret)) as cluster:
         return await question(cluster)

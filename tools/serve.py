@@ -15,6 +15,7 @@ from ringfs.node.blocks.repair import RepairConfig
 from ringfs.node.blocks.scrub import ScrubConfig
 from ringfs.node.cluster.map import parse_members
 from ringfs.node.rpc.client import split_address
+from ringfs.tools import args as checks
 from ringfs.tools.args import UserError, seeds
 from ringfs.tools.local import keep_private, read_secret
 
@@ -46,6 +47,7 @@ def node(args: argparse.Namespace) -> int:
         weight=args.weight,
         zone=args.zone,
         out_after=args.out_after,
+        tls=checks.tls(args),
     )
     if args.join and args.cluster:
         raise UserError("give --cluster (to found a cluster) or --join (to join one), not both")

@@ -104,7 +104,8 @@ class RpcConnection:
                 await _handshake(stream, conn)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 await trio.aclose_forcefully(stream)
-                raise Unavailable(f"node {address}: handshake failed: {exc}", [address]) from exc
+                reason = _reason(exc)
+                raise Unavailable(f"node {address}: handshake failed: {reason}", [address]) from exc
             except BaseException:
                 await trio.aclose_forcefully(stream)
                 raise
@@ -242,6 +243,14 @@ class RpcConnection:
 
     async def aclose(self) -> None:
         await self._fail_all(Unavailable(f"node {self.address}: closed", [self.address]))
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, with the TLS error a broken stream hides as its cause."""
+    cause = exc.__cause__
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS: {cause.reason or cause}"
+    return str(exc) or type(exc).__name__
 
 
 def keep_alive(stream: trio.SocketStream) -> None:

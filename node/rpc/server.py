@@ -205,8 +205,12 @@ class _Session:
             log.warning("closing connection from %s: %s", self.peer, exc)
         except trio.TooSlowError:
             log.warning("closing connection from %s: no handshake in time", self.peer)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            log.debug("connection from %s dropped", self.peer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if isinstance(exc.__cause__, ssl.SSLError):
+                reason = exc.__cause__.reason or exc.__cause__
+                log.warning("connection from %s refused: TLS: %s", self.peer, reason)
+            else:
+                log.debug("connection from %s dropped", self.peer)
 
     async def _serve_requests(self, nursery: trio.Nursery) -> None:
         frame_timeout = self.server.config.frame_timeout
