@@ -127,6 +127,10 @@ class RpcServer:
         session.pending.cancel()
         address, now = session.peer.rpartition(":")[0], trio.current_time()
         if now - self._evictions_logged.get(address, -math.inf) >= 60:
+            if len(self._evictions_logged) > 1024:  # many addresses: forget the quiet ones
+                self._evictions_logged = {
+                    a: t for a, t in self._evictions_logged.items() if now - t < 60
+                }
             self._evictions_logged[address] = now
             log.warning(
                 "closing connections from %s that have not authenticated, to let newer ones "
