@@ -19,7 +19,6 @@ from tests.e2e.conftest import (
     Up,
     alive,
     free_ports,
-    node_states,
     processes_using,
     ringfs,
     ringfs_argv,
@@ -81,46 +80,6 @@ def test_up_starts_as_many_nodes_as_asked_and_keeps_them(up: Up) -> None:
     up.start()  # as many as it holds
     assert (up.mountpoint / "file").read_bytes() == payload
     assert ringfs("status", "--data", str(up.data)).stdout.count(" active ") == 5
-    up.stop()
-
-
-@pytest.mark.fuse
-def test_a_local_cluster_grows_a_node_replaces_one_and_drains_it(up: Up) -> None:
-    up.start("--nodes", "4")
-    payload = os.urandom(9 * 1024 * 1024 + 5)
-    (up.mountpoint / "file").write_bytes(payload)
-    [old] = [name for name, (_, meta) in node_states(up).items() if not meta]
-
-    added = ringfs("add-node", "--data", str(up.data))
-    assert added.returncode == 0, added.stderr
-    assert added.stdout == "node n5 joined the local cluster\n"
-    wait_for(lambda: node_states(up).get("n5", ("",))[0] == "active", "n5 to fill up", 60)
-
-    replaced = ringfs("replace", old, "n5", "--wait", "--data", str(up.data), timeout=120)
-    assert replaced.returncode == 0, replaced.stderr
-    assert re.fullmatch(
-        rf"cluster map epoch \d+: n5 takes the place of {old}, which is draining\n"
-        rf"n5 holds every block {old} held\n",
-        replaced.stdout,
-    ), replaced.stdout
-    assert "nodes whole" in replaced.stderr  # the progress of the repair passes
-    assert old not in node_states(up)
-    assert (up.mountpoint / "file").read_bytes() == payload
-
-    drained = ringfs("drain", "n5", "--wait", "--data", str(up.data), timeout=120)
-    assert drained.returncode == 0, drained.stderr
-    assert drained.stdout.endswith("n5 has left the cluster\n")
-    assert "blocks left on n5" in drained.stderr
-    assert sorted(node_states(up)) == sorted({"n1", "n2", "n3", "n4"} - {old})
-    assert (up.mountpoint / "file").read_bytes() == payload
-    assert_one_line_error(
-        ringfs("remove", "n1", "--data", str(up.data)), "removing n1 would leave 2 nodes for 3"
-    )
-    up.stop()
-
-    up.start()  # the nodes that are left, and no other
-    assert sorted(node_states(up)) == sorted({"n1", "n2", "n3", "n4"} - {old})
-    assert (up.mountpoint / "file").read_bytes() == payload
     up.stop()
 
 

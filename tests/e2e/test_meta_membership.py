@@ -1,6 +1,7 @@
 """Members of the meta group are drained and replaced while metadata operations run through
 the mount: the Raft group takes in the new member (caught up first) before the old one goes,
-no operation fails, and none is lost."""
+no operation fails, and none is lost. It is also the test of what `ringfs add-node`, `drain
+--wait` and `replace --wait` print on a `ringfs up` cluster, and of `ringfs up` again after."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import Up, node_states, ringfs, wait_for
+from tests.e2e.test_cli import assert_one_line_error
 
 pytestmark = pytest.mark.fuse
 
@@ -109,7 +111,7 @@ def test_drain_the_meta_leader_then_replace_a_member_under_metadata_traffic(
 ) -> None:
     group = {name for name, (_, meta) in node_states(up).items() if meta}
     assert len(group) == 3
-    leader = settled_group(up, group)
+    leader = first_leader = settled_group(up, group)
     traffic.wait_for_more(20)
 
     # The leader itself drains: the fourth node joins the group, then the leader leaves it.
@@ -117,6 +119,7 @@ def test_drain_the_meta_leader_then_replace_a_member_under_metadata_traffic(
     drained = ringfs("drain", leader, "--wait", "--data", str(up.data), timeout=300)
     assert drained.returncode == 0, drained.stderr
     assert drained.stdout.endswith(f"{leader} has left the cluster\n"), drained.stdout
+    assert f"blocks left on {leader}" in drained.stderr  # its progress bar
     group = group - {leader} | {spare}
     leader = settled_group(up, group)
     traffic.wait_for_more(20)
@@ -127,6 +130,12 @@ def test_drain_the_meta_leader_then_replace_a_member_under_metadata_traffic(
     [old] = sorted(group - {leader})[:1]
     replaced = ringfs("replace", old, "n5", "--wait", "--data", str(up.data), timeout=300)
     assert replaced.returncode == 0, replaced.stderr
+    assert re.fullmatch(
+        rf"cluster map epoch \d+: n5 takes the place of {old}, which is draining\n"
+        rf"n5 holds every block {old} held\n",
+        replaced.stdout,
+    ), replaced.stdout
+    assert "nodes whole" in replaced.stderr  # the progress of the repair passes
     wait_for(lambda: old not in node_states(up), f"{old} to leave", 60)
     group = group - {old} | {"n5"}
     settled_group(up, group)
@@ -142,4 +151,15 @@ def test_drain_the_meta_leader_then_replace_a_member_under_metadata_traffic(
         # The last directory may have been made before the traffic stopped, unacknowledged.
         names[:-1] == sorted(p.parent.name for p in traffic.acknowledged)
     )
+    left = sorted({"n1", "n2", "n3", "n4", "n5"} - {first_leader, old})
+    assert_one_line_error(
+        ringfs("remove", left[0], "--data", str(up.data)),
+        f"removing {left[0]} would leave 2 nodes for 3",
+    )
+    up.stop()
+
+    up.start()  # the nodes that are left, and no other
+    assert sorted(node_states(up)) == left
+    some = next(iter(traffic.acknowledged))
+    assert some.read_bytes() == traffic.acknowledged[some]
     up.stop()
