@@ -50,6 +50,9 @@ class ServerConfig:
     handshake_timeout: float = 5.0
     # Seconds a started message may take to arrive completely.
     frame_timeout: float = 60.0
+    # Seconds an authenticated connection may sit with no request running and nothing
+    # arriving before it is closed (its slot freed); a client opens a new one when it needs it.
+    idle_timeout: float = 600.0
     # Authenticated connections; those still in their handshake have a budget of their own
     # (see `ringfs.node.rpc.admission`).
     max_connections: int = 256
@@ -182,6 +185,8 @@ class _Session:
         self.early: list[Request] = []
         # The handshake's scope: cancelled when a newer connection takes its place.
         self.pending = trio.CancelScope()
+        # The wait for the next message: its deadline is the idle timeout while nothing runs.
+        self.idle = trio.CancelScope()
 
     async def run(self) -> None:
         try:
@@ -234,8 +239,15 @@ class _Session:
                 room = RECEIVE_SIZE if token else UNCHARGED_PARTIAL - self.conn.buffered
                 # A message that has started must finish in time: a peer cannot park a
                 # half-sent frame in our buffer forever, however slowly it trickles in.
-                with trio.fail_at(frame_started + frame_timeout):
+                with (
+                    trio.CancelScope(deadline=self._idle_until()) as self.idle,
+                    trio.fail_at(frame_started + frame_timeout),
+                ):
                     data = await self.stream.receive_some(room)
+                if self.idle.cancelled_caught:
+                    log.info("closing connection from %s: idle for %.0f s", self.peer,
+                             self.server.config.idle_timeout)  # fmt: skip
+                    return
                 if not data:
                     return
                 await self._dispatch(data, nursery)
@@ -259,6 +271,14 @@ class _Session:
         finally:
             if token:
                 tokens.release()
+
+    def _idle_until(self) -> float:
+        """When to close the connection if nothing arrives: `idle_timeout` from now if no
+        request runs and no message is under way, else never (a running request answers)."""
+        config = self.server.config
+        if self.room.value < config.limits.max_in_flight or self.conn.buffered:
+            return math.inf
+        return trio.current_time() + config.idle_timeout
 
     async def _flush_handshake(self) -> None:
         """Best effort: tell a refused peer why before closing."""
@@ -352,6 +372,7 @@ class _Session:
         finally:
             self.room.release()
             self.server.intake.budget.release(charged)
+            self.idle.deadline = self._idle_until()  # the last one done: idle from now
 
 
 def _peer_name(stream: trio.SocketStream) -> str:

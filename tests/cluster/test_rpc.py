@@ -548,3 +548,21 @@ async def test_few_connections_at_once_buffer_a_large_unfinished_message(
                 received += data
             await stream.aclose()
     assert intake.stats() == {"held": 0, "waiting": 0, "big_frames": 0}
+
+
+async def test_an_idle_connection_is_closed_and_the_next_call_opens_another(
+    nursery: trio.Nursery, handler: Handler, clients: Clients
+) -> None:
+    address = await start_server(nursery, handler, idle_timeout=0.3)
+    pool = clients.pool()
+    with trio.fail_after(DEADLINE):
+        assert await pool.call(address, "echo", ["first"]) == "first"
+        first = await pool.connection(address)
+        # A request that runs longer than the idle time keeps its connection.
+        assert await pool.call(address, "sleep", [0.6, "slow"]) == "slow"
+        assert await pool.connection(address) is first
+        while not first.closed:  # noqa: ASYNC110 - no event signals the peer's close
+            await trio.sleep(0.05)
+        assert await pool.call(address, "echo", ["again"]) == "again"
+        assert await pool.connection(address) is not first
+        assert not pool.is_suspect(address)  # an idle close is no failure
