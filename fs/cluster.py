@@ -110,6 +110,9 @@ class Cluster:
         self._unacked: set[int] = set()
         self._meta_leader: str | None = None
         self.reads = ReadLoad()
+        #: Block data stored at a write quorum, and read, since the client started.
+        self.bytes_written = 0
+        self.bytes_read = 0
 
     @classmethod
     async def create(cls, config: ClusterConfig, *, nursery: trio.Nursery) -> Cluster:
@@ -201,6 +204,7 @@ class Cluster:
                 f"{write.quorum} needed replicas",
                 write.failed,
             )
+        self.bytes_written += len(data)
         return StoredBlock(block_id, checksum, tuple(write.stored))
 
     async def get_block(self, block_id: bytes, checksum: bytes) -> bytes:
@@ -249,6 +253,7 @@ class Cluster:
                     checksum.hex(),
                 )
                 continue
+            self.bytes_read += len(data)
             return data
         raise Unavailable(f"block {block_id.hex()}", tried)
 

@@ -10,6 +10,7 @@ purged, and the changes the mount answered itself are sent with its directories 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -27,9 +28,11 @@ from ringfs.fs.files import READAHEAD_CHUNKS, FileContext
 from ringfs.fs.metacache import MetaCache
 from ringfs.fs.metadata import Metadata
 from ringfs.fs.operations import CacheTimes, KernelCache, Operations
+from ringfs.fs.telemetry import MountMetrics
 from ringfs.fs.watcher import follow_changes
 from ringfs.node.errors import Unavailable
 from ringfs.node.meta.commands import INLINE_MAX, FsInfo, FsStats
+from ringfs.node.metrics_http import serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,8 @@ class MountConfig:
     inline_max: int = INLINE_MAX
     # Seconds an uploaded chunk waits at most for its commit (`FileState._commit_later`).
     commit_within: float = 30.0
+    # Where to serve Prometheus metrics (host, port); None: nowhere.
+    metrics: tuple[str, int] | None = None
 
 
 def fuse_options(config: MountConfig) -> set[str]:
@@ -173,7 +178,14 @@ async def run(
     secret, RuntimeError if the kernel refuses the mount.
     """
     async with trio.open_nursery() as nursery:
-        cluster = await Cluster.create(config.cluster, nursery=nursery)
+        metrics = MountMetrics()
+        client = dataclasses.replace(config.cluster.client, observe=metrics.call)
+        cluster_config = dataclasses.replace(config.cluster, client=client)
+        cluster = await Cluster.create(cluster_config, nursery=nursery)
+        metrics.watch(cluster)
+        if config.metrics is not None:
+            host, port = config.metrics
+            await nursery.start(serve_metrics, host, port, metrics.render)
         kernel = FuseKernelCache(nursery)
         operations = await create_operations(cluster, config, nursery, kernel)
         pyfuse3.init(operations, str(config.mountpoint), fuse_options(config))

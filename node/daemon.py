@@ -28,6 +28,7 @@ from ringfs.node.collector import Collector
 from ringfs.node.errors import ConfigError
 from ringfs.node.lifecycle import Lifecycle
 from ringfs.node.meta.replica import MetaGroup, ReplicatedMeta
+from ringfs.node.metrics_http import serve_metrics
 from ringfs.node.raft.transport import RpcTransport
 from ringfs.node.register import NodeRegister, RegisterStore
 from ringfs.node.repairer import Repairer
@@ -76,6 +77,8 @@ class NodeConfig:
     scrub: ScrubConfig = ScrubConfig()
     # TLS for every connection, both ways (see `ringfs.node.rpc.tls`); None: plain TCP.
     tls: TlsFiles | None = None
+    # Where to serve Prometheus metrics (host, port); None: nowhere.
+    metrics: tuple[str, int] | None = None
     # Addresses of nodes of the cluster this node joins, on its first start (instead of
     # `members`), with the weight and zone it joins with.
     join: tuple[str, ...] = ()
@@ -243,8 +246,17 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
             keeper,
             seat,
         )
-        server = RpcServer(server_config, service.handle, service.notified, service.intake)
+        server = RpcServer(
+            server_config,
+            service.handle,
+            service.notified,
+            service.intake,
+            service.metrics.request,
+        )
         port = await nursery.start(server.serve)
+        if config.metrics is not None:
+            host, metrics_port = config.metrics
+            await nursery.start(serve_metrics, host, metrics_port, service.metrics.render)
         nursery.start_soon(_count, store, name="count blocks")
         nursery.start_soon(repairer.run, name="repair")
         nursery.start_soon(scrubber.run, name="scrub")

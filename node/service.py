@@ -30,6 +30,7 @@ from ringfs.node.rpc.intake import Intake
 from ringfs.node.rpc.protocol import PROTOCOL_VERSION
 from ringfs.node.scrubber import Scrubber
 from ringfs.node.seat import MetaSeat
+from ringfs.node.telemetry import NodeMetrics
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ class NodeService:
         self._notifications: dict[str, Callable[[list[Any]], None]] = {
             "raft.message": self.raft_message,
         }
+        self.metrics = NodeMetrics(self._methods, self.stats)
 
     async def handle(self, method: str, params: list[Any]) -> Any:
         """Run one request; raises `NodeError` (ENOSYS for an unknown method)."""
@@ -144,10 +146,15 @@ class NodeService:
 
     async def node_stats(self, params: list[Any]) -> dict[str, Any]:
         _arity(params, 0, "node.stats")
+        return self.stats()
+
+    def stats(self) -> dict[str, Any]:
+        """The node's counters (cheap: nothing is walked), for `node.stats` and metrics."""
         stats = self.store.stats()
         meta, collector = self.seat.replica, self.seat.collector
         return {
             "node_id": self.node_id,
+            "epoch": self.view.current.epoch,
             "blocks": stats.blocks,
             "bytes": stats.bytes,
             "counted": stats.counted,
@@ -191,6 +198,7 @@ class NodeService:
             raise self._newer_map()
         async with self._disk:
             await trio.to_thread.run_sync(self.store.put, block_id, data, checksum)
+        self.metrics.wrote(len(data))
 
     async def block_get(self, params: list[Any]) -> list[bytes]:
         block_id, *rest = _arity(params, 1, "block.get", most=2)
@@ -202,6 +210,7 @@ class NodeService:
                 raise self._newer_map() from None  # the block may have moved
             raise
         self.reads += 1
+        self.metrics.read(len(data))
         return [data, checksum]
 
     def _placed_before(self, rest: list[Any]) -> bool:

@@ -95,6 +95,15 @@ def _add_cluster_access(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, help="data directory of `ringfs up`")
 
 
+def _add_metrics(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (no secret: bind it to an "
+        "address only your scraper reaches)",
+    )
+
+
 def _add_tls(parser: argparse.ArgumentParser) -> None:
     """--tls-ca, --tls-cert and --tls-key (all three, or none: plain TCP)."""
     parser.add_argument(
@@ -177,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     node.add_argument("--secret-file", type=Path, required=True, help="the cluster secret")
     _add_tls(node)
+    _add_metrics(node)
     node.add_argument("--replicas", type=int, default=3, help="copies of each block (default 3)")
     node.add_argument(
         "--chunk-size",
@@ -268,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("mountpoint", type=Path)
     mount.add_argument("--secret-file", type=Path, required=True, help="the cluster secret")
     _add_tls(mount)
+    _add_metrics(mount)
     _add_mount_options(mount)
 
     status = sub.add_parser(

@@ -12,7 +12,7 @@ import trio
 
 from ringfs.fs import mount as fs_mount
 from ringfs.fs.cluster import ClusterConfig
-from ringfs.node.rpc.client import ClientConfig
+from ringfs.node.rpc.client import ClientConfig, split_address
 from ringfs.tools import args as checks
 from ringfs.tools import background
 from ringfs.tools.local import (
@@ -48,10 +48,15 @@ async def _grow_on_signal(local: LocalNodes) -> None:
 
 
 def _config(
-    seeds: tuple[str, ...], client: ClientConfig, mountpoint: Path, args: argparse.Namespace
+    seeds: tuple[str, ...],
+    client: ClientConfig,
+    mountpoint: Path,
+    args: argparse.Namespace,
+    metrics: tuple[str, int] | None = None,
 ) -> fs_mount.MountConfig:
     return fs_mount.MountConfig(
         cluster=ClusterConfig(seeds=seeds, client=client, meta_deadline=args.meta_deadline),
+        metrics=metrics,
         mountpoint=mountpoint,
         fuse_options=tuple(checks.fuse_options(args)),
     )
@@ -74,9 +79,11 @@ def mount(args: argparse.Namespace) -> int:
         for option, path in (("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert),
                              ("--tls-key", args.tls_key)):  # fmt: skip
             argv += [option, str(path.absolute())] if path is not None else []
+        argv += ["--metrics", args.metrics] if args.metrics else []
         _in_background(args, argv, log)
         return 0
-    config = _config(seeds, checks.client_config(secret, args), mountpoint, args)
+    metrics = split_address(args.metrics) if args.metrics else None
+    config = _config(seeds, checks.client_config(secret, args), mountpoint, args, metrics)
     trio.run(_mount_and_report, config, args.ready_fd)
     return 0
 

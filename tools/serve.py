@@ -48,6 +48,7 @@ def node(args: argparse.Namespace) -> int:
         zone=args.zone,
         out_after=args.out_after,
         tls=checks.tls(args),
+        metrics=split_address(args.metrics) if args.metrics else None,
     )
     if args.join and args.cluster:
         raise UserError("give --cluster (to found a cluster) or --join (to join one), not both")

@@ -32,6 +32,8 @@ from ringfs.node.rpc.protocol import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Told of each request answered: method, error name or None, seconds (for metrics).
+Observer = Callable[[str, str | None, float], None]
 
 # How many bytes to ask the kernel for at once: big enough that a 4 MiB block takes few loops.
 RECEIVE_SIZE = 1024 * 1024
@@ -52,6 +54,8 @@ class ClientConfig:
     limits: Limits = field(default_factory=Limits)
     # The cluster this client belongs to, once known: nodes of another are refused.
     identity: ClusterIdentity = field(default_factory=ClusterIdentity)
+    # Told of each call: method, error name or None, seconds (for metrics).
+    observe: Observer | None = None
 
 
 class _Slot:
@@ -351,7 +355,19 @@ class NodePool:
     ) -> Any:
         """Call `method` on the node at `address`; failures mark the node suspect."""
         limit = time_limit or self.config.request_timeout
-        return await self._through(address, lambda rpc: rpc.call(method, params, limit))
+        observe, started = self.config.observe, trio.current_time()
+        error: str | None = None
+        try:
+            return await self._through(address, lambda rpc: rpc.call(method, params, limit))
+        except NodeError as exc:
+            error = exc.name
+            raise
+        except Unavailable:
+            error = "unavailable"
+            raise
+        finally:
+            if observe is not None:
+                observe(method, error, trio.current_time() - started)
 
     async def notify(
         self, address: str, method: str, batch: Sequence[Sequence[Any]], time_limit: float

@@ -23,7 +23,7 @@ import trio
 
 from ringfs.node.errors import AuthenticationError, NodeError, ProtocolError
 from ringfs.node.rpc.admission import Admission
-from ringfs.node.rpc.client import RECEIVE_SIZE, keep_alive
+from ringfs.node.rpc.client import RECEIVE_SIZE, Observer, keep_alive
 from ringfs.node.rpc.intake import UNCHARGED_PARTIAL, Intake
 from ringfs.node.rpc.protocol import (
     ClusterIdentity,
@@ -73,12 +73,15 @@ class RpcServer:
         handler: Handler,
         notified: NotificationHandler | None = None,
         intake: Intake | None = None,
+        observe: Observer | None = None,
     ) -> None:
         """`intake`: what the connections may hold of received messages (see
-        `ringfs.node.rpc.intake`); by default a budget of this server's own."""
+        `ringfs.node.rpc.intake`); by default a budget of this server's own. `observe` is
+        told of each request answered: its method, error name (None) and seconds taken."""
         self.config = config
         self._handler = handler
         self._notified = notified
+        self.observe = observe
         self.intake = intake or Intake()
         if self.intake.budget.capacity < config.limits.max_frame:
             raise ValueError("the intake budget must hold at least one whole message")
@@ -348,6 +351,7 @@ class _Session:
         try:
             error: tuple[str, str] | None = None
             result: Any = None
+            started = trio.current_time()
             try:
                 result = await self.server._handler(request.method, request.params)
             except NodeError as exc:
@@ -364,6 +368,8 @@ class _Session:
                 request.msgid,
                 error[0] if error else "ok",
             )
+            if (observe := self.server.observe) is not None:
+                observe(request.method, error[0] if error else None, trio.current_time() - started)
             async with self.send_lock:
                 for buffer in self.conn.send_response(request.msgid, error, result):
                     await self.stream.send_all(buffer)

@@ -74,6 +74,8 @@ class NodeProcess:
     host: str = HOST
     # Run the node through this (e.g. `ip netns exec NS`) to put it on another test host.
     prefix: tuple[str, ...] = ()
+    # More `ringfs node` options for this node alone (e.g. its own --metrics address).
+    args: tuple[str, ...] = ()
 
     @property
     def address(self) -> str:
@@ -119,6 +121,7 @@ class Cluster:
                     "--secret-file",
                     str(self.secret_file),
                     *self.node_args,
+                    *node.args,
                 ),
             ],
             stdin=subprocess.DEVNULL,
