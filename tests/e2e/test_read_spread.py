@@ -15,6 +15,8 @@ from ringfs.fs.cluster import Cluster as Client
 from ringfs.fs.cluster import connected
 from ringfs.node.blocks.store import BLOCK_ID_SIZE, checksum
 from ringfs.node.errors import NodeError
+from ringfs.node.rpc.client import ClientConfig
+from ringfs.tools.local import read_secret
 from ringfs.tools.readspreadbench import not_the_leader, served, throttled
 from tests.e2e.conftest import Cluster
 from tests.e2e.test_faults import node_lines
@@ -30,7 +32,7 @@ Block = tuple[bytes, bytes]
 @pytest.fixture
 async def client(cluster: Cluster) -> AsyncIterator[Client]:
     seeds = tuple(node.address for node in cluster.nodes)
-    async with connected(seeds, cluster.secret_file.read_bytes().strip()) as client:
+    async with connected(seeds, ClientConfig(read_secret(cluster.secret_file))) as client:
         yield client
 
 
