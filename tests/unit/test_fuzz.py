@@ -9,7 +9,8 @@ the edge maps to a clear answer (`ProtocolError`, `AuthenticationError`, `NodeEr
 keeps its invariants (its term never goes back, its commit index never passes its log).
 
 The default run draws `FAST` examples per target (each a list of inputs: a few thousand inputs
-in all); the slow tier (`pytest -m slow`) draws `SLOW` per target, 100,000 examples in all. A
+in all); the slow tier (`pytest -m slow`) draws `SLOW` per target, in `PARTS` tests each,
+100,000 examples in all. A
 live node under bad input, answering a normal client after it, is in
 `tests/cluster/test_bad_input.py`.
 """
@@ -33,7 +34,10 @@ from ringfs.node.register import ballot_from_wire, register_from_wire
 from ringfs.node.rpc.protocol import Connection, Role, parse_message
 
 FAST = 300
+# The slow tier runs each target in `PARTS` tests of `SLOW // PARTS` examples, each well within
+# the per-test timeout.
 SLOW = 25_000
+PARTS = 10
 SECRET = b"fuzz secret of sixteen bytes or more"
 IDS = ("n1", "n2", "n3")
 
@@ -146,29 +150,39 @@ def test_a_raft_core_steps_any_message_that_decodes(wires: list[Any], seed: int)
         assert commit <= raft.commit_index <= raft.last_index
 
 
-@pytest.mark.slow
-@settings(max_examples=SLOW, deadline=None)
+slow = pytest.mark.parametrize(
+    "part", [pytest.param(n, marks=pytest.mark.slow) for n in range(PARTS)]
+)
+slow_settings = settings(max_examples=SLOW // PARTS, deadline=None)
+
+
+@slow
+@slow_settings
 @given(st.lists(st.binary(max_size=64) | inputs.map(lambda v: msgpack.packb(v)), max_size=6))
-def test_the_frame_decoder_and_handshake_take_any_bytes_slow(chunks: list[bytes]) -> None:
+def test_the_frame_decoder_and_handshake_take_any_bytes_slow(
+    part: int, chunks: list[bytes]
+) -> None:
     test_the_frame_decoder_and_handshake_take_any_bytes.hypothesis.inner_test(chunks)
 
 
-@pytest.mark.slow
-@settings(max_examples=SLOW, deadline=None)
+@slow
+@slow_settings
 @given(st.lists(inputs, max_size=8))
-def test_an_authenticated_connection_takes_any_message_slow(objects: list[Any]) -> None:
+def test_an_authenticated_connection_takes_any_message_slow(part: int, objects: list[Any]) -> None:
     test_an_authenticated_connection_takes_any_message.hypothesis.inner_test(objects)
 
 
-@pytest.mark.slow
-@settings(max_examples=SLOW, deadline=None)
+@slow
+@slow_settings
 @given(inputs)
-def test_every_method_parameter_decoder_refuses_cleanly_slow(obj: Any) -> None:
+def test_every_method_parameter_decoder_refuses_cleanly_slow(part: int, obj: Any) -> None:
     test_every_method_parameter_decoder_refuses_cleanly.hypothesis.inner_test(obj)
 
 
-@pytest.mark.slow
-@settings(max_examples=SLOW, deadline=None)
+@slow
+@slow_settings
 @given(st.lists(messages | inputs, max_size=12), st.integers(0, 2**32))
-def test_a_raft_core_steps_any_message_that_decodes_slow(wires: list[Any], seed: int) -> None:
+def test_a_raft_core_steps_any_message_that_decodes_slow(
+    part: int, wires: list[Any], seed: int
+) -> None:
     test_a_raft_core_steps_any_message_that_decodes.hypothesis.inner_test(wires, seed)
