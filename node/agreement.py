@@ -249,11 +249,12 @@ class MapKeeper:
         return agreed
 
     async def _adopt(self, cmap: ClusterMap) -> None:
-        """Go by `cmap`; raises Departed if this node is no longer in it."""
+        """Go by `cmap`; raises Departed if this node is no longer in it (having kept that
+        map first, so that a start after this one knows, as `ringfs up` does before it)."""
         log.info("cluster %s: going by map epoch %d", cmap.cluster_id, cmap.epoch)
         node_id = self.register.node_id
+        await trio.to_thread.run_sync(cmap.save, self.path)
         if node_id not in {node.node_id for node in cmap.nodes if node.state != "removed"}:
             raise Departed(f"node {node_id} was removed from cluster {cmap.cluster_id}")
         self.view.current = cmap
         self.changed()
-        await trio.to_thread.run_sync(cmap.save, self.path)

@@ -18,7 +18,7 @@ from ringfs.fs.cluster import Cluster
 from ringfs.fs.mount import wait_for_filesystem
 from ringfs.node import agreement, lifecycle
 from ringfs.node.blocks.repair import RepairConfig
-from ringfs.node.cluster.map import ClusterMap
+from ringfs.node.cluster.map import MAP_FILE, ClusterMap
 from ringfs.node.errors import NEWER_MAP, NodeError
 from ringfs.node.meta.commands import Chunk
 from tests.cluster.conftest import LocalNodes, start_nodes
@@ -106,6 +106,9 @@ async def test_a_drained_node_leaves_and_stops(
     with trio.fail_after(10):
         await nodes.stopped[outside].wait()
     assert outside in nodes.departed
+    # It keeps the map that removed it: started again (as `ringfs up` would), it knows.
+    kept = ClusterMap.load(nodes.configs[outside].data_dir / MAP_FILE)
+    assert kept.node(outside).state == "removed"
     assert all(outside not in holders(nodes, c.block_id) for c in chunks)
     assert await placed_on(nodes, chunks, client.map)
     assert outside not in client.map.acceptors()
