@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ringfs.node.rpc.client import split_address
 from ringfs.node.rpc.protocol import Connection, Role
+from ringfs.tools.args import seeds
 from ringfs.tools.local import read_secret
 from ringfs.tools.refillbench import own_cluster
 
@@ -45,7 +46,8 @@ def stalled_block_put(address: str, secret: bytes) -> socket.socket:
             sock.sendall(buffer)
         if not conn.is_open:
             conn.receive_data(sock.recv(65536))
-    _, buffers = conn.send_request("block.put", [os.urandom(16), os.urandom(MESSAGE), None])
+    block_put = [os.urandom(16), bytes(32), os.urandom(MESSAGE)]  # id, checksum, data
+    _, buffers = conn.send_request("block.put", block_put)
     message = b"".join(bytes(buffer) for buffer in buffers)[:-HELD_BACK]
     sock.setblocking(False)
     sent, deadline = 0, time.monotonic() + 5
@@ -60,7 +62,7 @@ def stalled_block_put(address: str, secret: bytes) -> socket.socket:
 def main(argv: list[str]) -> int:
     connections = int(argv[0]) if argv else 30
     with own_cluster("ringfs-intake-") as (cluster, spec, nodes):
-        address = spec.split(",")[0].split("=", 1)[1]
+        address = seeds(spec)[0]
         secret = read_secret(cluster.secret_file)
         time.sleep(SETTLE)
         before = resident_mib(nodes["n1"].pid)

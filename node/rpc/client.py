@@ -355,7 +355,10 @@ class NodePool:
     ) -> Any:
         """Call `method` on the node at `address`; failures mark the node suspect."""
         limit = time_limit or self.config.request_timeout
-        observe, started = self.config.observe, trio.current_time()
+        observe = self.config.observe
+        if observe is None:
+            return await self._through(address, lambda rpc: rpc.call(method, params, limit))
+        started = trio.current_time()
         error: str | None = None
         try:
             return await self._through(address, lambda rpc: rpc.call(method, params, limit))
@@ -366,8 +369,7 @@ class NodePool:
             error = "unavailable"
             raise
         finally:
-            if observe is not None:
-                observe(method, error, trio.current_time() - started)
+            observe(method, error, trio.current_time() - started)
 
     async def notify(
         self, address: str, method: str, batch: Sequence[Sequence[Any]], time_limit: float

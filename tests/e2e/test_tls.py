@@ -5,6 +5,7 @@ certificate of another CA, is refused in one line."""
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def tls_cluster(cluster: Cluster, tmp_path: Path) -> Cluster:
     return cluster
 
 
-def status(cluster: Cluster, *options: str) -> object:
+def status(cluster: Cluster, *options: str) -> subprocess.CompletedProcess[str]:
     return ringfs("status", "--cluster", cluster.seeds, "--secret-file",
                   str(cluster.secret_file), *options)  # fmt: skip
 
