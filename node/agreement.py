@@ -189,6 +189,8 @@ class MapKeeper:
         self.path = path
         self.changed = changed
         self._wake = trio.Event()
+        # Set once the cluster agreed on its map at this start: changes wait for it.
+        self._agreed = trio.Event()
 
     async def run(self, given: tuple[NodeInfo, ...] | None) -> None:
         """Agree on the map (with the addresses this node was `given` on its command line, if
@@ -198,6 +200,7 @@ class MapKeeper:
         Departed once this node is removed from it."""
         agreed = await agree_on_map(self.register, self.view.current)
         self.identity.cluster_id = agreed.cluster_id
+        self._agreed.set()
         while given is not None:
             try:
                 change = readdress(given)
@@ -240,6 +243,10 @@ class MapKeeper:
         the change cannot be made, Unavailable when no majority of acceptors answers, and
         Departed if the change removed this node."""
         deadline = trio.current_time() + CHANGE_WAIT
+        with trio.move_on_at(deadline):
+            await self._agreed.wait()  # the register holds no map before
+        if not self._agreed.is_set():
+            raise Unavailable("the cluster map (not agreed at this node's start yet)")
         refusal, value = await self.register.propose(requested(operation, arguments), deadline)
         if refusal is not None:
             raise ValueError(refusal)

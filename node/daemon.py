@@ -23,6 +23,7 @@ from ringfs.node.blocks.repair import RepairConfig
 from ringfs.node.blocks.scrub import ScrubConfig
 from ringfs.node.blocks.space import Reserve
 from ringfs.node.blocks.store import BlockStore
+from ringfs.node.cluster.keys import key_lookup
 from ringfs.node.cluster.map import MAP_FILE, ClusterMap, MapView, NodeInfo
 from ringfs.node.collector import Collector
 from ringfs.node.errors import ConfigError
@@ -208,6 +209,7 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
             port=config.port,
             ssl_context=tls.server_context() if tls else None,
             identity=identity,
+            keys=key_lookup(config.secret, lambda name: view.current.key_salt(name)),
         )
         transport = RpcTransport(view, peers, nursery)
         seat = MetaSeat(
@@ -230,9 +232,8 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
         )
         await nursery.start(seat.run)
         register = NodeRegister(config.node_id, RegisterStore(config.data_dir), peers, view)
-        # A new map may place blocks elsewhere: repair moves them there.
         keeper = MapKeeper(
-            register, view, identity, config.data_dir / MAP_FILE, lambda: repairer.ask()
+            register, view, identity, config.data_dir / MAP_FILE, lambda: _map_changed()
         )
         repairer = Repairer(config.node_id, store, peers, view, config.repair, keeper.offered)
         scrubber = Scrubber(store, repairer, config.data_dir / SCRUB_FILE, config.scrub)
@@ -252,7 +253,13 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
             service.notified,
             service.intake,
             service.metrics.request,
+            service.handle_client,
         )
+
+        def _map_changed() -> None:
+            repairer.ask()  # the new map may place blocks elsewhere: repair moves them there
+            server.recheck_keys()  # and may have revoked client keys
+
         port = await nursery.start(server.serve)
         if config.metrics is not None:
             host, metrics_port = config.metrics

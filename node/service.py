@@ -2,8 +2,11 @@
 
 The methods are listed in `docs/protocol.md`. Every parameter comes off the network, so each
 handler checks types and arity and answers EINVAL for anything else; block ids are validated by
-the store, so no request can name a path outside it. Block reads and writes run in worker
-threads; the metadata is applied and queried on the event loop (see `ringfs.node.raft.shell`).
+the store, so no request can name a path outside it. Peers with the cluster secret (nodes and
+operators' tools) may call every method; clients with a key only what a mount needs
+(`CLIENT_METHODS`, `CLIENT_COMMANDS`, `CLIENT_QUERIES`), and are answered EPERM for the rest.
+Block reads and writes run in worker threads; the metadata is applied and queried on the event
+loop (see `ringfs.node.raft.shell`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,14 @@ from ringfs.node.blocks.store import BlockStore, validate_block_id
 from ringfs.node.cluster.map import PLACED, MapView
 from ringfs.node.cluster.paxos import InDoubt
 from ringfs.node.errors import CORRUPT, NEWER_MAP, NOT_META, NodeError, Unavailable
-from ringfs.node.meta.commands import command_from_wire, encode_result, query_from_wire
+from ringfs.node.meta import commands as cmd
+from ringfs.node.meta.commands import (
+    Command,
+    Query,
+    command_from_wire,
+    encode_result,
+    query_from_wire,
+)
 from ringfs.node.meta.replica import ReplicatedMeta
 from ringfs.node.raft.core import SnapshotRequest, message_from_wire
 from ringfs.node.register import NodeRegister
@@ -35,6 +45,25 @@ from ringfs.node.telemetry import NodeMetrics
 log = logging.getLogger(__name__)
 
 Method = Callable[[list[Any]], Awaitable[Any]]
+
+#: What a client key may call: what a mount needs to read and write files.
+CLIENT_METHODS = frozenset(
+    {"node.info", "node.capacity", "map.get", "block.put", "block.get"}
+    | {"meta.apply", "meta.query", "meta.changes"}
+)
+#: The metadata commands and queries of a client key: all but the nodes' own upkeep (the
+#: first command, abandoned uploads, expired sessions, collected garbage, repair's listings).
+CLIENT_COMMANDS = frozenset(
+    c.OP
+    for c in (cmd.Mknod, cmd.Mkdir, cmd.Symlink, cmd.Link, cmd.Unlink, cmd.Rmdir, cmd.Rename)
+    + (cmd.Setattr, cmd.CommitChunks, cmd.SetXattr, cmd.RemoveXattr, cmd.Purge, cmd.Reserve)
+    + (cmd.OpenSession, cmd.Delegate, cmd.Release, cmd.Batch)
+)
+CLIENT_QUERIES = frozenset(
+    c.OP
+    for c in (cmd.Lookup, cmd.GetAttr, cmd.ReadDir, cmd.ReadLink, cmd.GetXattr, cmd.ListXattr)
+    + (cmd.ReadChunks, cmd.FsInfo)
+)
 
 
 def _arity(params: list[Any], count: int, method: str, most: int | None = None) -> list[Any]:
@@ -123,11 +152,23 @@ class NodeService:
         self.metrics = NodeMetrics(self._methods, self.stats)
 
     async def handle(self, method: str, params: list[Any]) -> Any:
-        """Run one request; raises `NodeError` (ENOSYS for an unknown method)."""
+        """Run one request of a peer with the cluster secret; raises `NodeError` (ENOSYS for
+        an unknown method)."""
         handler = self._methods.get(method)
         if handler is None:
             raise NodeError("ENOSYS", f"unknown method {method[:64]!r}")
         return await handler(params)
+
+    async def handle_client(self, method: str, params: list[Any]) -> Any:
+        """Run one request of a client with a key; raises `NodeError`, EPERM for what only
+        nodes may do."""
+        if method not in CLIENT_METHODS and method in self._methods:
+            raise NodeError("EPERM", f"{method} is for nodes: a client key may not call it")
+        if method == "meta.apply":
+            return await self._meta_apply(params, _client_command)
+        if method == "meta.query":
+            return await self._meta_query(params, _client_query)
+        return await self.handle(method, params)
 
     def notified(self, method: str, params: list[Any]) -> None:
         """Take one notification (a one-way call); raises `NodeError` to have it refused."""
@@ -137,7 +178,9 @@ class NodeService:
         handler(params)
 
     async def node_info(self, params: list[Any]) -> dict[str, Any]:
-        _arity(params, 0, "node.info")
+        """Who this node is and the map epoch it goes by; given the caller's epoch (optional),
+        a node behind reads the register at once."""
+        self._placed_before(_arity(params, 0, "node.info", most=1))
         return {
             "node_id": self.node_id,
             "protocol": PROTOCOL_VERSION,
@@ -266,10 +309,13 @@ class NodeService:
         return meta
 
     async def meta_apply(self, params: list[Any]) -> Any:
+        return await self._meta_apply(params, command_from_wire)
+
+    async def _meta_apply(self, params: list[Any], decode: Callable[[Any], Command]) -> Any:
         client_id, seq, acked_below, command = _arity(params, 4, "meta.apply")
         meta = self._meta()
         outcome, attrs = await meta.apply(
-            command_from_wire(command),
+            decode(command),
             _bytes(client_id, "client id"),
             _optional_seq(seq, "seq"),
             _optional_seq(acked_below, "acked_below"),
@@ -279,8 +325,11 @@ class NodeService:
         return [outcome.result, [attr.to_wire() for attr in attrs]]
 
     async def meta_query(self, params: list[Any]) -> Any:
+        return await self._meta_query(params, query_from_wire)
+
+    async def _meta_query(self, params: list[Any], decode: Callable[[Any], Query]) -> Any:
         (query,) = _arity(params, 1, "meta.query")
-        return encode_result(await self._meta().query(query_from_wire(query)))
+        return encode_result(await self._meta().query(decode(query)))
 
     async def meta_changes(self, params: list[Any]) -> list[Any]:
         since, client_id = _arity(params, 2, "meta.changes")
@@ -313,3 +362,26 @@ class NodeService:
         if src not in self.view.current.acceptors() or src == self.node_id:
             raise NodeError("EINVAL", "snapshot part from a node outside the cluster")
         await meta.images.add_part(src, term, last_index, size, offset, data)
+
+
+def _client_command(wire: Any) -> Command:
+    """A command a client key may apply (each command of a batch too); EPERM for others."""
+    command = command_from_wire(wire)
+    _check_client_command(command)
+    return command
+
+
+def _check_client_command(command: Command) -> None:
+    if command.OP not in CLIENT_COMMANDS:
+        raise NodeError("EPERM", f"{command.OP} is for nodes: a client key may not apply it")
+    if isinstance(command, cmd.Batch):
+        for each in command.commands:
+            _check_client_command(each)
+
+
+def _client_query(wire: Any) -> Query:
+    """A query a client key may make; EPERM for others."""
+    query = query_from_wire(wire)
+    if query.OP not in CLIENT_QUERIES:
+        raise NodeError("EPERM", f"{query.OP} is for nodes: a client key may not ask it")
+    return query

@@ -48,6 +48,7 @@ HANDLERS = {
     "add-node": ("members", "add_node"),
     "bench": ("bench", "main"),
     "tls-init": ("tlsinit", "tls_init"),
+    "key": ("keys", "main"),
     "latency": ("latency", "main"),
 }
 
@@ -276,7 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mount.add_argument("cluster", metavar="CLUSTER", help="HOST:PORT[,HOST:PORT...] of any nodes")
     mount.add_argument("mountpoint", type=Path)
-    mount.add_argument("--secret-file", type=Path, required=True, help="the cluster secret")
+    credential = mount.add_mutually_exclusive_group(required=True)
+    credential.add_argument(
+        "--key-file", type=Path, help="a client key (`ringfs key add`): what a mount should use"
+    )
+    credential.add_argument(
+        "--secret-file", type=Path, help="the cluster secret: the mount may act as a node"
+    )
     _add_tls(mount)
     _add_metrics(mount)
     _add_mount_options(mount)
@@ -379,6 +386,38 @@ def build_parser() -> argparse.ArgumentParser:
     add_node.add_argument(
         "--data", type=Path, help="data directory of `ringfs up` (default: as `ringfs up`)"
     )
+
+    key = sub.add_parser(
+        "key",
+        help="issue, revoke and list the client keys mounts connect with",
+        description="A client key lets a mount read and write files and nothing else: it "
+        "cannot speak for a node (Raft, the cluster map, repair, garbage collection). Give "
+        "each mount a key of its own (`ringfs mount --key-file`), and keep the cluster "
+        "secret on the nodes and the operators' machines. Keys are issued and revoked while "
+        "the cluster runs; a revoked key's connections are closed at once. Without "
+        "--cluster, manages the local cluster of `ringfs up`.",
+    )
+    actions = key.add_subparsers(dest="action", required=True, metavar="ACTION")
+    key_add = actions.add_parser(
+        "add",
+        help="issue a key and write it to a file",
+        description="Issue the client key NAME and write it to --out (default NAME.key), "
+        "readable by its owner only. Hand that file to the mount.",
+    )
+    key_add.add_argument("name", help="1 to 64 letters, digits, '.', '_', '@' or '-'")
+    key_add.add_argument("--out", type=Path, metavar="FILE", help="where to write the key")
+    _add_cluster_access(key_add)
+    key_revoke = actions.add_parser(
+        "revoke",
+        help="revoke a key: its mounts are cut off",
+        description="Revoke the client key NAME: every node refuses it and closes the "
+        "connections opened with it, as soon as it goes by the new cluster map (this waits "
+        "until every node does, up to 15 s).",
+    )
+    key_revoke.add_argument("name")
+    _add_cluster_access(key_revoke)
+    key_list = actions.add_parser("list", help="list the keys in force")
+    _add_cluster_access(key_list)
 
     tls_init = sub.add_parser(
         "tls-init",

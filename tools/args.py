@@ -98,10 +98,11 @@ def tls(args: argparse.Namespace) -> TlsFiles | None:
     return tls_files(args.tls_ca, args.tls_cert, args.tls_key)
 
 
-def client_config(secret: bytes, args: argparse.Namespace) -> ClientConfig:
-    """How a client reaches the nodes: the secret, and TLS if the options ask for it."""
+def client_config(secret: bytes, args: argparse.Namespace, key: str = "") -> ClientConfig:
+    """How a client reaches the nodes: the cluster secret, or the secret of the client key
+    `key`, and TLS if the options ask for it."""
     files = tls(args)
-    return ClientConfig(secret, ssl_context=files.client_context() if files else None)
+    return ClientConfig(secret, key, ssl_context=files.client_context() if files else None)
 
 
 def cluster_access(args: argparse.Namespace) -> tuple[tuple[str, ...], ClientConfig]:

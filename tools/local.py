@@ -145,22 +145,56 @@ def ensure_secret(path: Path) -> bytes:
 def read_secret(path: Path) -> bytes:
     """Read a secret file; raises ValueError naming the file if it cannot be read, is not
     private (like ssh, any access for its group or others is refused) or is too short."""
-    try:
-        mode = path.stat().st_mode
-        secret = path.read_bytes().strip()
-    except OSError as exc:
-        raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from exc
-    if mode & 0o077:
-        raise ValueError(
-            f"secret file {path} is open to others (mode {mode & 0o777:04o}): "
-            f"make it private with chmod 600 {path}"
-        )
+    secret = _read_private(path, "secret file").strip()
     if secret_bits(secret) < SECRET_BITS:
         raise ValueError(
             f"secret file {path} holds about {secret_bits(secret)} bits, fewer than "
             f"{SECRET_BITS}: write a longer one, e.g. openssl rand -hex 32 > {path}"
         )
     return secret
+
+
+#: The first word of a key file: "ringfs-key NAME SECRET-IN-HEX".
+KEY_FILE_TAG = "ringfs-key"
+
+
+def write_key_file(path: Path, name: str, secret: bytes) -> None:
+    """Write a client key where only its owner can read it; refuses to replace a file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(f"{KEY_FILE_TAG} {name} {secret.hex()}\n")
+
+
+def read_key_file(path: Path) -> tuple[str, bytes]:
+    """The name and secret of a key file (`write_key_file`); raises ValueError naming the
+    file if it cannot be read, is not private, or is not a key."""
+    words = _read_private(path, "key file").decode(errors="replace").split()
+    try:
+        tag, name, secret = words
+        if tag != KEY_FILE_TAG:
+            raise ValueError
+        return name, bytes.fromhex(secret)
+    except ValueError:
+        raise ValueError(
+            f"{path} is not a ringfs key file (one line: {KEY_FILE_TAG} NAME SECRET, as "
+            "`ringfs key add` writes)"
+        ) from None
+
+
+def _read_private(path: Path, what: str) -> bytes:
+    """The bytes of a file that only its owner may read (like ssh, any access for its group
+    or others is refused); ValueError naming it otherwise."""
+    try:
+        mode = path.stat().st_mode
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    if mode & 0o077:
+        raise ValueError(
+            f"{what} {path} is open to others (mode {mode & 0o777:04o}): "
+            f"make it private with chmod 600 {path}"
+        )
+    return data
 
 
 def secret_bits(secret: bytes) -> int:

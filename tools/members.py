@@ -27,14 +27,14 @@ POLL = 1.0
 
 def weight(args: argparse.Namespace) -> int:
     seeds, client = cluster_access(args)
-    cmap = trio.run(_change_map, seeds, client, "weight", [args.node, args.weight])
+    cmap = trio.run(change_map, seeds, client, "weight", [args.node, args.weight])
     print(f"cluster map epoch {cmap.epoch}: {args.node} has weight {args.weight:g}")
     return 0
 
 
 def drain(args: argparse.Namespace) -> int:
     seeds, client = cluster_access(args)
-    cmap = trio.run(_change_map, seeds, client, "drain", [args.node])
+    cmap = trio.run(change_map, seeds, client, "drain", [args.node])
     print(f"cluster map epoch {cmap.epoch}: {args.node} is draining")
     if args.wait:
         trio.run(_wait_left, seeds, client, args.node, sys.stderr)
@@ -44,7 +44,7 @@ def drain(args: argparse.Namespace) -> int:
 
 def remove(args: argparse.Namespace) -> int:
     seeds, client = cluster_access(args)
-    cmap = trio.run(_change_map, seeds, client, "remove", [args.node])
+    cmap = trio.run(change_map, seeds, client, "remove", [args.node])
     print(f"cluster map epoch {cmap.epoch}: {args.node} is removed")
     if args.wait:
         trio.run(_wait_placed, seeds, client, cmap.epoch, sys.stderr)
@@ -54,7 +54,7 @@ def remove(args: argparse.Namespace) -> int:
 
 def replace(args: argparse.Namespace) -> int:
     seeds, client = cluster_access(args)
-    cmap = trio.run(_change_map, seeds, client, "replace", [args.old, args.new])
+    cmap = trio.run(change_map, seeds, client, "replace", [args.old, args.new])
     print(
         f"cluster map epoch {cmap.epoch}: {args.new} takes the place of {args.old}, which is "
         f"{cmap.node(args.old).state}"
@@ -73,7 +73,7 @@ def add_node(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _change_map(
+async def change_map(
     seeds: tuple[str, ...], client: ClientConfig, operation: str, arguments: list[Any]
 ) -> ClusterMap:
     """Have a node make the change; the map it gives. Raises NodeError (EINVAL: the change

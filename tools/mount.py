@@ -15,15 +15,20 @@ from ringfs.fs.cluster import ClusterConfig
 from ringfs.node.rpc.client import ClientConfig, split_address
 from ringfs.tools import args as checks
 from ringfs.tools import background
+from ringfs.tools.keys import issued_key
 from ringfs.tools.local import (
     LocalCluster,
     LocalNodes,
     default_data_dir,
     ensure_secret,
     keep_private,
+    read_key_file,
     read_secret,
     running_nodes,
 )
+
+#: The client key the mount of `ringfs up` connects with.
+LOCAL_KEY = "up"
 
 
 async def _mount_and_report(
@@ -71,19 +76,22 @@ def _in_background(args: argparse.Namespace, argv: list[str], log: Path) -> None
 def mount(args: argparse.Namespace) -> int:
     mountpoint = checks.mountpoint(args.mountpoint)
     seeds = checks.seeds(args.cluster)
-    secret = read_secret(args.secret_file)
+    if args.key_file is not None:
+        key, secret = read_key_file(args.key_file)
+    else:
+        key, secret = "", read_secret(args.secret_file)
     if not args.foreground:
-        secret_file = str(args.secret_file.absolute())
         log = default_data_dir() / f"mount-{mountpoint.name or 'root'}.log"
-        argv = ["mount", args.cluster, str(mountpoint), "--secret-file", secret_file]
-        for option, path in (("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert),
+        argv = ["mount", args.cluster, str(mountpoint)]
+        for option, path in (("--key-file", args.key_file), ("--secret-file", args.secret_file),
+                             ("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert),
                              ("--tls-key", args.tls_key)):  # fmt: skip
             argv += [option, str(path.absolute())] if path is not None else []
         argv += ["--metrics", args.metrics] if args.metrics else []
         _in_background(args, argv, log)
         return 0
     metrics = split_address(args.metrics) if args.metrics else None
-    config = _config(seeds, checks.client_config(secret, args), mountpoint, args, metrics)
+    config = _config(seeds, checks.client_config(secret, args, key), mountpoint, args, metrics)
     trio.run(_mount_and_report, config, args.ready_fd)
     return 0
 
@@ -109,6 +117,9 @@ def up(args: argparse.Namespace) -> int:
         )
         return 0
     with running_nodes(cluster, names, debug=args.debug) as nodes:
-        config = _config(checks.seeds(nodes.spec), ClientConfig(secret), mountpoint, args)
+        seeds = checks.seeds(nodes.spec)
+        # The mount is a client: it holds a key of its own, not the nodes' secret.
+        client = trio.run(issued_key, seeds, ClientConfig(secret), LOCAL_KEY)
+        config = _config(seeds, client, mountpoint, args)
         trio.run(_mount_and_report, config, args.ready_fd, nodes)
     return 0

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from ringfs.node.cluster.keys import MAX_KEYS, SALT_SIZE, check_key_name
 from ringfs.node.cluster.map import PLACED, ClusterMap, NodeInfo
 
 
@@ -138,6 +139,35 @@ def replace_node(cmap: ClusterMap, old_id: str, new_id: str) -> ClusterMap:
     return replace(replaced, meta=tuple(new_id if n == old_id else n for n in cmap.meta))
 
 
+def issue_key(cmap: ClusterMap, name: str, salt: str) -> ClusterMap:
+    """The client key `name`, derived with `salt` (hex), is in force from this map on."""
+    check_key_name(name)
+    try:
+        salt_bytes = bytes.fromhex(salt)
+    except ValueError:
+        salt_bytes = b""
+    if len(salt_bytes) != SALT_SIZE:
+        raise ValueError(f"a key's salt is {SALT_SIZE} bytes in hex")
+    held = cmap.key_salt(name)
+    if held == salt_bytes:
+        return cmap  # issued already (a retry)
+    if held is not None:
+        raise ValueError(f"key {name} exists: revoke it first, or choose another name")
+    if len(cmap.keys) >= MAX_KEYS:
+        raise ValueError(f"the cluster has {MAX_KEYS} keys, the most it holds: revoke some")
+    keys = tuple(sorted((*cmap.keys, (name, salt_bytes))))
+    return replace(cmap, keys=keys, epoch=cmap.epoch + 1)
+
+
+def revoke_key(cmap: ClusterMap, name: str) -> ClusterMap:
+    """The client key `name` is refused from this map on; every node closes the connections
+    it opened."""
+    if cmap.key_salt(name) is None:
+        return cmap  # revoked already, or never issued
+    keys = tuple(key for key in cmap.keys if key[0] != name)
+    return replace(cmap, keys=keys, epoch=cmap.epoch + 1)
+
+
 def _member(cmap: ClusterMap, node_id: str) -> NodeInfo:
     try:
         return cmap.node(node_id)
@@ -209,6 +239,8 @@ OPERATIONS: dict[str, tuple[Callable[..., ClusterMap], tuple[Callable[[object], 
     "out": (mark_out, (_text,)),
     "rejoin": (rejoin, (_text,)),
     "replace": (replace_node, (_text, _text)),
+    "issue-key": (issue_key, (_text, _text)),
+    "revoke-key": (revoke_key, (_text,)),
 }
 
 

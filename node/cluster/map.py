@@ -16,6 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from ringfs.node.cluster.keys import MAX_KEYS, SALT_SIZE, check_key_name
 from ringfs.node.cluster.ring import Ring, RingNode, block_point
 from ringfs.node.durable import fsync_dir
 from ringfs.node.errors import NodeError
@@ -47,7 +48,7 @@ META_GROUP_SIZE = 3
 META_KEY = b"meta"
 
 _NODE_KEYS = frozenset({"id", "host", "port", "weight", "zone", "state", "ring"})
-_MAP_KEYS = frozenset({"epoch", "replicas", "nodes", "cluster", "meta", "founders"})
+_MAP_KEYS = frozenset({"epoch", "replicas", "nodes", "cluster", "meta", "founders", "keys"})
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,8 @@ class ClusterMap:
     another in its place, and the Raft group follows (`ringfs.node.meta.membership`).
     `founders` is the meta group the cluster was founded with: the Raft group's configuration
     before its log holds one, which every member starts from (a member added later is then
-    no voter until the log says so)."""
+    no voter until the log says so). `keys` are the client keys in force, each a name and
+    the salt its secret is derived with (`ringfs.node.cluster.keys`), in name order."""
 
     epoch: int
     nodes: tuple[NodeInfo, ...]
@@ -107,6 +109,7 @@ class ClusterMap:
     cluster_id: str = ""
     meta: tuple[str, ...] = ()
     founders: tuple[str, ...] = ()
+    keys: tuple[tuple[str, bytes], ...] = ()
 
     def __post_init__(self) -> None:
         """Raises ValueError for a negative epoch, replicas < 1 or duplicate node ids."""
@@ -126,6 +129,13 @@ class ClusterMap:
         names = [node.ring_name for node in self.nodes if node.state in PLACED]
         if len(set(names)) != len(names):
             raise ValueError(f"two placed nodes take the same ring points: {sorted(names)}")
+        key_names = [name for name, _ in self.keys]
+        if key_names != sorted(set(key_names)) or len(key_names) > MAX_KEYS:
+            raise ValueError(f"keys must be at most {MAX_KEYS}, distinct, in name order")
+        for name, salt in self.keys:
+            check_key_name(name)
+            if len(salt) != SALT_SIZE:
+                raise ValueError(f"key {name}: a salt is {SALT_SIZE} bytes")
 
     @cached_property
     def _ring(self) -> Ring:
@@ -238,6 +248,15 @@ class ClusterMap:
                 return node_id
         return None
 
+    def key_salt(self, name: str) -> bytes | None:
+        """The salt of the client key `name`, None if it is not in force."""
+        return self._keys.get(name)
+
+    @cached_property
+    def _keys(self) -> dict[str, bytes]:
+        # Looked up at every client's handshake: built once per map.
+        return dict(self.keys)
+
     def _infos(self, node_ids: list[str]) -> list[NodeInfo]:
         return [self._by_id[node_id] for node_id in node_ids]
 
@@ -247,6 +266,7 @@ class ClusterMap:
             "cluster": self.cluster_id,
             "meta": list(self.meta),
             "founders": list(self.founders),
+            "keys": [[name, salt.hex()] for name, salt in self.keys],
             "epoch": self.epoch,
             "replicas": self.replicas,
             "nodes": [
@@ -268,8 +288,8 @@ class ClusterMap:
         """Rebuild a map from `to_wire` output; raises NodeError("EINVAL") if it is malformed
         in any way (missing or unknown keys, wrong types, invalid values)."""
         try:
-            if isinstance(obj, dict):  # saved before cluster ids and pinned meta groups
-                obj = {"cluster": "", "meta": [], "founders": [], **obj}
+            if isinstance(obj, dict):  # saved before cluster ids, meta groups and keys
+                obj = {"cluster": "", "meta": [], "founders": [], "keys": [], **obj}
             fields = _exact_keys(obj, _MAP_KEYS, "cluster map")
             raw_nodes = fields["nodes"]
             if not isinstance(raw_nodes, list):
@@ -281,6 +301,7 @@ class ClusterMap:
                 cluster_id=_str(fields["cluster"], "cluster id"),
                 meta=_meta(fields["meta"]),
                 founders=_meta(fields["founders"]),
+                keys=_keys(fields["keys"]),
             )
         except ValueError as exc:
             raise NodeError("EINVAL", f"malformed cluster map: {exc}") from exc
@@ -378,6 +399,19 @@ def _meta(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(node_id, str) for node_id in value):
         raise ValueError("meta must be a list of node ids")
     return tuple(value)
+
+
+def _keys(value: object) -> tuple[tuple[str, bytes], ...]:
+    if not isinstance(value, list) or len(value) > MAX_KEYS:
+        raise ValueError(f"keys must be a list of at most {MAX_KEYS}")
+    keys = []
+    for pair in value:
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise ValueError("a key is a [name, salt in hex] pair")
+        if not (isinstance(pair[0], str) and isinstance(pair[1], str)):
+            raise ValueError("a key is a [name, salt in hex] pair")
+        keys.append((pair[0], bytes.fromhex(pair[1])))
+    return tuple(keys)
 
 
 def _str(value: object, what: str) -> str:

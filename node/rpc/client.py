@@ -45,9 +45,11 @@ KEEPALIVE_PROBES = 6
 
 @dataclass(frozen=True)
 class ClientConfig:
-    """How a client talks to nodes."""
+    """How a client talks to nodes: with the cluster secret (`key` empty: as a node, or an
+    operator's tool) or with the secret of the client key `key` (as a mount)."""
 
     secret: bytes
+    key: str = ""
     connect_timeout: float = 3.0
     request_timeout: float = 15.0
     ssl_context: ssl.SSLContext | None = None
@@ -103,7 +105,11 @@ class RpcConnection:
                 if config.ssl_context is not None:
                     stream = trio.SSLStream(stream, config.ssl_context, server_hostname=host)
                 conn = Connection(
-                    Role.CLIENT, config.secret, limits=config.limits, identity=config.identity
+                    Role.CLIENT,
+                    config.secret,
+                    key=config.key,
+                    limits=config.limits,
+                    identity=config.identity,
                 )
                 await _handshake(stream, conn)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:

@@ -1,7 +1,8 @@
 """The ringfs wire protocol, sans-IO: bytes in, messages out; messages in, buffers out.
 
-A connection is a TCP stream of msgpack objects. It opens with a mutual challenge-response on the
-cluster secret (HMAC-SHA256) and then carries msgpack-RPC messages:
+A connection is a TCP stream of msgpack objects. It opens with a mutual challenge-response
+(HMAC-SHA256) on the cluster secret, which nodes hold, or on the secret of a client key the
+client names (`ringfs.node.cluster.keys`), and then carries msgpack-RPC messages:
 
     request       [0, msgid, method, params]
     response      [1, msgid, error, result]     error is None or [name, detail]
@@ -19,7 +20,7 @@ import hashlib
 import hmac
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,7 +28,7 @@ import msgpack
 
 from ringfs.node.errors import AuthenticationError, ForeignCluster, ProtocolError
 
-PROTOCOL_VERSION = 10
+PROTOCOL_VERSION = 11
 MAGIC = "ringfs"
 REQUEST, RESPONSE, NOTIFICATION = 0, 1, 2
 NONCE_SIZE = 32
@@ -89,9 +90,11 @@ class Notification:
 
 @dataclass(frozen=True)
 class HandshakeDone:
-    """Both sides proved they hold the secret; `peer_id` names the server (empty on the server)."""
+    """Both sides proved they hold the secret; `peer_id` names the server (empty on the
+    server), `key` the client key the client proved it holds ("" for the cluster secret)."""
 
     peer_id: str
+    key: str = ""
 
 
 Event = Request | Response | Notification | HandshakeDone
@@ -223,6 +226,12 @@ def parse_message(obj: Any) -> Request | Response | Notification:
     raise ProtocolError(f"unknown message kind {_describe(obj[0])} or arity {len(obj)}")
 
 
+#: Finds the secret of a client key by its name: None if no such key is in force.
+KeyLookup = Callable[[str], bytes | None]
+#: The longest key name a hello may carry.
+KEY_NAME_MAX = 64
+
+
 @dataclass
 class ClusterIdentity:
     """The id of the cluster this end belongs to, "" until it is known (a node learns it once
@@ -245,6 +254,10 @@ class Connection:
     Feed received bytes to `receive_data`; it returns the events they complete and queues any
     handshake reply in `data_to_send()`. Raises `ProtocolError` (or `AuthenticationError`) when the
     peer misbehaves; the connection is then dead and must be closed.
+
+    A client proves it holds `secret`: the cluster secret, or the secret of the client key it
+    names (`key`). A server holds the cluster secret and finds a key's secret with `keys`
+    (without it, only the cluster secret is taken); `key` then names the client's key.
     """
 
     def __init__(
@@ -252,6 +265,8 @@ class Connection:
         role: Role,
         secret: bytes,
         *,
+        key: str = "",
+        keys: KeyLookup | None = None,
         node_id: str = "",
         limits: Limits = DEFAULT_LIMITS,
         nonce: bytes | None = None,
@@ -262,6 +277,8 @@ class Connection:
         self.role = role
         self.limits = limits
         self.peer_id = ""
+        self.key = key
+        self._keys = keys
         self._secret = secret
         self._node_id = node_id
         self._identity = identity if identity is not None else ClusterIdentity()
@@ -289,7 +306,7 @@ class Connection:
         )
         if role is Role.CLIENT:
             self._state = _State.AWAIT_CHALLENGE
-            self._queue([MAGIC, PROTOCOL_VERSION, "hello", self._nonce])
+            self._queue([MAGIC, PROTOCOL_VERSION, "hello", self._nonce, key])
         else:
             self._state = _State.AWAIT_HELLO
 
@@ -298,6 +315,12 @@ class Connection:
     @property
     def is_open(self) -> bool:
         return self._state is _State.OPEN
+
+    @property
+    def secret(self) -> bytes:
+        """The secret the handshake proves (a server: proved, once open): the cluster
+        secret, or that of the client key `key`."""
+        return self._secret
 
     @property
     def buffered(self) -> int:
@@ -415,8 +438,11 @@ class Connection:
 
     def _handshake(self, obj: Any) -> Event | None:
         if self._state is _State.AWAIT_HELLO:
-            _, _, _, nonce = self._expect(obj, "hello", 4)
+            _, _, _, nonce, key = self._expect(obj, "hello", 5)
             self._peer_nonce = self._check_nonce(nonce)
+            if key != "":
+                self._secret = self._key_secret(key)
+                self.key = key
             server_proof = proof(self._secret, b"server", self._peer_nonce, self._nonce)
             self._queue([MAGIC, PROTOCOL_VERSION, "challenge", self._nonce, server_proof])
             self._state = _State.AWAIT_AUTH
@@ -428,7 +454,7 @@ class Connection:
             if not isinstance(server_proof, bytes) or not hmac.compare_digest(
                 server_proof, expected
             ):
-                raise AuthenticationError("server did not prove it holds the cluster secret")
+                raise AuthenticationError(f"server did not prove it holds {self._held()}")
             client_proof = proof(self._secret, b"client", self._peer_nonce, self._nonce)
             cluster = self._identity.cluster_id
             self._queue([MAGIC, PROTOCOL_VERSION, "auth", client_proof, cluster])
@@ -440,8 +466,9 @@ class Connection:
             if not isinstance(client_proof, bytes) or not hmac.compare_digest(
                 client_proof, expected
             ):
-                self._queue([MAGIC, PROTOCOL_VERSION, "refused", "wrong cluster secret"])
-                raise AuthenticationError("client did not prove it holds the cluster secret")
+                reason = f"wrong secret for key {self.key}" if self.key else "wrong cluster secret"
+                self._queue([MAGIC, PROTOCOL_VERSION, "refused", reason])
+                raise AuthenticationError(f"client did not prove it holds {self._held()}")
             mine = self._identity.cluster_id
             if not isinstance(cluster, str) or len(cluster) > 64:
                 raise ProtocolError("auth without a cluster id")
@@ -451,7 +478,7 @@ class Connection:
                 raise ForeignCluster(f"a client of cluster {cluster}, not {mine}")
             self._queue([MAGIC, PROTOCOL_VERSION, "welcome", self._node_id, mine])
             self._state = _State.OPEN
-            return HandshakeDone(peer_id="")
+            return HandshakeDone(peer_id="", key=self.key)
         if self._state is _State.AWAIT_WELCOME:
             _, _, _, node_id, cluster = self._expect(obj, "welcome", 5)
             if not isinstance(node_id, str) or not isinstance(cluster, str):
@@ -464,6 +491,21 @@ class Connection:
             self._state = _State.OPEN
             return HandshakeDone(peer_id=node_id)
         raise ProtocolError(f"unexpected message in state {self._state.name}")
+
+    def _held(self) -> str:
+        """What the handshake proves, in words."""
+        return f"the secret of key {self.key}" if self.key else "the cluster secret"
+
+    def _key_secret(self, key: Any) -> bytes:
+        """The secret of the client key a hello names; refuses one not in force."""
+        if not isinstance(key, str) or len(key) > KEY_NAME_MAX:
+            raise ProtocolError("hello names a key that is no name")
+        secret = self._keys(key) if self._keys is not None else None
+        if secret is None:
+            reason = f"no key {key!r} in force (never issued, or revoked)"
+            self._queue([MAGIC, PROTOCOL_VERSION, "refused", reason])
+            raise AuthenticationError(f"client names {reason}")
+        return secret
 
     @staticmethod
     def _check_nonce(nonce: Any) -> bytes:

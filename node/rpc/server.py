@@ -1,9 +1,11 @@
 """Server side of the wire protocol on trio: accept, authenticate, dispatch, answer.
 
 Each connection is handshaken first (nothing is served before the peer proved it holds the
-secret; until then it counts in a budget of its own, `ringfs.node.rpc.admission`), then every
-request runs as its own task so a slow block write never holds up a
-metadata call on the same connection. At most `Limits.max_in_flight` requests run per
+cluster secret or a client key; until then it counts in a budget of its own,
+`ringfs.node.rpc.admission`), then every request runs as its own task so a slow block write
+never holds up a metadata call on the same connection. A peer with the cluster secret is served
+by the handler for nodes, one with a client key by the handler for clients, and is cut off as
+soon as its key is revoked (`recheck_keys`). At most `Limits.max_in_flight` requests run per
 connection, and large messages share a node-wide budget (`ringfs.node.rpc.intake`): beyond
 either, the server simply stops reading, and TCP pushes back on the client.
 A protocol violation closes that one connection with a logged reason.
@@ -28,6 +30,7 @@ from ringfs.node.rpc.intake import UNCHARGED_PARTIAL, Intake
 from ringfs.node.rpc.protocol import (
     ClusterIdentity,
     Connection,
+    KeyLookup,
     Limits,
     Notification,
     Request,
@@ -62,10 +65,13 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     # The cluster this node belongs to, once known: clients of another are refused.
     identity: ClusterIdentity = field(default_factory=ClusterIdentity)
+    # The client keys in force (None: only peers with the cluster secret are served).
+    keys: KeyLookup | None = None
 
 
 class RpcServer:
-    """Serves `handler(method, params)` to authenticated peers."""
+    """Serves `handler(method, params)` to peers with the cluster secret, and
+    `client_handler(method, params)` to those with a client key (`ServerConfig.keys`)."""
 
     def __init__(
         self,
@@ -74,13 +80,20 @@ class RpcServer:
         notified: NotificationHandler | None = None,
         intake: Intake | None = None,
         observe: Observer | None = None,
+        client_handler: Handler | None = None,
     ) -> None:
-        """`intake`: what the connections may hold of received messages (see
-        `ringfs.node.rpc.intake`); by default a budget of this server's own. `observe` is
+        """`notified` takes the notifications of peers with the cluster secret (a client's
+        close its connection). `intake`: what the connections may hold of received messages
+        (see `ringfs.node.rpc.intake`); by default a budget of this server's own. `observe` is
         told of each request answered: its method, error name (None) and seconds taken."""
+        if (config.keys is None) != (client_handler is None):
+            raise ValueError("client keys and a handler for clients go together")
         self.config = config
         self._handler = handler
+        self._client_handler = client_handler
         self._notified = notified
+        # The connections of clients, by the key each proved it holds.
+        self._keyed: dict[_Session, str] = {}
         self.observe = observe
         self.intake = intake or Intake()
         if self.intake.budget.capacity < config.limits.max_frame:
@@ -162,9 +175,35 @@ class RpcServer:
             "refusing connection from %s: %d connections open", peer, self.config.max_connections
         )
 
-    def closed(self) -> None:
+    def closed(self, session: _Session) -> None:
         """An authenticated connection ended: its slot is free."""
+        self._keyed.pop(session, None)
         self._connection_slots.release()
+
+    def handler_for(self, session: _Session) -> Handler:
+        """What serves an authenticated connection: the client handler if it holds a key."""
+        if not session.conn.key:
+            return self._handler
+        assert self._client_handler is not None  # no key is taken without one
+        self._keyed[session] = session.conn.key
+        return self._client_handler
+
+    def recheck_keys(self) -> int:
+        """Close the connections of clients whose key is no longer in force (revoked, or
+        issued again with another secret); call it when the keys may have changed. Returns
+        how many were closed."""
+        keys = self.config.keys
+        assert keys is not None or not self._keyed
+        revoked = [
+            session
+            for session, key in self._keyed.items()
+            if keys is None or keys(key) != session.conn.secret
+        ]
+        for session in revoked:
+            log.warning("closing connection from %s: its key %s was revoked", session.peer,
+                        self._keyed.pop(session))  # fmt: skip
+            session.cut_off()
+        return len(revoked)
 
 
 class _Session:
@@ -178,10 +217,13 @@ class _Session:
         self.conn = Connection(
             Role.SERVER,
             config.secret,
+            keys=config.keys,
             node_id=config.node_id,
             limits=config.limits,
             identity=config.identity,
         )
+        # What serves its requests, once it authenticated (see `RpcServer.handler_for`).
+        self.handler: Handler = _unauthenticated
         self.send_lock = trio.Lock()
         self.room = trio.Semaphore(config.limits.max_in_flight)
         # Requests that arrived in the same read as the end of the handshake.
@@ -190,6 +232,12 @@ class _Session:
         self.pending = trio.CancelScope()
         # The wait for the next message: its deadline is the idle timeout while nothing runs.
         self.idle = trio.CancelScope()
+        # Serving the authenticated connection: cancelled when its key is revoked.
+        self.serving = trio.CancelScope()
+
+    def cut_off(self) -> None:
+        """End the connection, and the requests it has running."""
+        self.serving.cancel()
 
     async def run(self) -> None:
         try:
@@ -203,13 +251,15 @@ class _Session:
             if not self.server.authenticated(self):
                 return
             try:
-                async with trio.open_nursery() as nursery:
-                    # Errors are caught inside the nursery: a bad peer ends its own
-                    # connection (and the requests it has running), never the node.
-                    await self._serve_requests(nursery)
-                    nursery.cancel_scope.cancel()
+                self.handler = self.server.handler_for(self)
+                with self.serving:
+                    async with trio.open_nursery() as nursery:
+                        # Errors are caught inside the nursery: a bad peer ends its own
+                        # connection (and the requests it has running), never the node.
+                        await self._serve_requests(nursery)
+                        nursery.cancel_scope.cancel()
             finally:
-                self.server.closed()
+                self.server.closed(self)
         except AuthenticationError as exc:
             log.warning("connection from %s refused: %s", self.peer, exc)
             await self._flush_handshake()
@@ -319,6 +369,8 @@ class _Session:
     def _notified(self, notification: Notification) -> None:
         """Hand a notification to the server's handler, in arrival order. Nobody waits for an
         answer, so a refusal is only logged."""
+        if self.conn.key:
+            raise ProtocolError(f"a client sent notification {notification.method[:64]!r}")
         handler = self.server._notified
         if handler is None:
             log.debug("notification %s from %s ignored", notification.method, self.peer)
@@ -353,7 +405,7 @@ class _Session:
             result: Any = None
             started = trio.current_time()
             try:
-                result = await self.server._handler(request.method, request.params)
+                result = await self.handler(request.method, request.params)
             except NodeError as exc:
                 error = (exc.name, exc.detail)
             except Exception:
@@ -379,6 +431,10 @@ class _Session:
             self.room.release()
             self.server.intake.budget.release(charged)
             self.idle.deadline = self._idle_until()  # the last one done: idle from now
+
+
+async def _unauthenticated(method: str, params: list[Any]) -> Any:
+    raise NodeError("EPERM", "not authenticated")
 
 
 def _peer_name(stream: trio.SocketStream) -> str:

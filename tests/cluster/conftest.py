@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,14 @@ from ringfs.node.rpc.client import ClientConfig
 from tests.conftest import free_ports
 
 SECRET = b"in-process-test-secret"
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], seconds: float = 20) -> None:
+    """Poll `check` until it holds: for state that no event signals (files, the metadata,
+    connections closed by the other end)."""
+    with trio.fail_after(seconds):
+        while not await check():  # noqa: ASYNC110
+            await trio.sleep(0.05)
 
 
 @dataclass

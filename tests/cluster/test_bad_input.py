@@ -226,7 +226,7 @@ async def test_wrong_secret_is_refused_with_a_reason(
     with trio.fail_after(DEADLINE):
         stream = await raw_stream(node)
         nonce = os.urandom(NONCE_SIZE)
-        await stream.send_all(msgpack.packb([MAGIC, PROTOCOL_VERSION, "hello", nonce]))
+        await stream.send_all(msgpack.packb([MAGIC, PROTOCOL_VERSION, "hello", nonce, ""]))
         unpacker = msgpack.Unpacker(raw=False)
         while not (challenge := next(iter(unpacker), None)):
             data = await stream.receive_some(65536)
@@ -357,7 +357,7 @@ async def test_handshake_then_silence_is_not_served_and_node_fine(node: Node) ->
     # Half a hello, then nothing: the node keeps serving others meanwhile.
     with trio.fail_after(DEADLINE):
         stream = await raw_stream(node)
-        hello = msgpack.packb([MAGIC, PROTOCOL_VERSION, "hello", os.urandom(NONCE_SIZE)])
+        hello = msgpack.packb([MAGIC, PROTOCOL_VERSION, "hello", os.urandom(NONCE_SIZE), ""])
         await stream.send_all(hello[:10])
         await assert_healthy(node)
         await stream.aclose()
@@ -440,7 +440,8 @@ BAD_REQUESTS = {
     "block.put str data": ("block.put", [b"\x00" * 16, sha256(b"x"), "x"], "EINVAL"),
     "block.put short checksum": ("block.put", [b"\x00" * 16, b"\x00" * 8, b"x"], "EINVAL"),
     "block.delete int id": ("block.delete", [5], "EINVAL"),
-    "node.info extra param": ("node.info", [1], "EINVAL"),
+    "node.info two params": ("node.info", [1, 2], "EINVAL"),
+    "node.info epoch not a number": ("node.info", ["1"], "EINVAL"),
     "meta.apply arity": ("meta.apply", [b"c" * 16, 1, 0], "EINVAL"),
     "meta.apply unknown op": ("meta.apply", [b"c" * 16, 1, 0, ["nosuchop", 1]], "EINVAL"),
     "meta.apply not a list": ("meta.apply", [b"c" * 16, 1, 0, "mkdir"], "EINVAL"),

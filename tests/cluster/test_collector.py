@@ -4,7 +4,6 @@ once their grace period is over, and stay listed while a node that may hold them
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -13,16 +12,9 @@ from ringfs.fs.cluster import Cluster
 from ringfs.fs.mount import wait_for_filesystem
 from ringfs.node.blocks.store import checksum
 from ringfs.node.meta.commands import Attr, Chunk, ChunkUpdate, CommitChunks, Garbage, Mknod
-from tests.cluster.conftest import LocalNodes, start_nodes
+from tests.cluster.conftest import LocalNodes, start_nodes, wait_until
 
 GRACE = 0.3
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]]) -> None:
-    """Poll: the state lives in files and the metadata, nothing to wait on."""
-    with trio.fail_after(10):
-        while not await check():  # noqa: ASYNC110
-            await trio.sleep(0.05)
 
 
 def holders(nodes: LocalNodes, block_id: bytes) -> set[str]:

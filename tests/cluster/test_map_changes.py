@@ -17,9 +17,9 @@ from ringfs.node.blocks.repair import RepairConfig
 from ringfs.node.cluster.map import ClusterMap
 from ringfs.node.errors import NodeError
 from ringfs.node.meta.commands import Chunk
-from tests.cluster.conftest import LocalNodes, start_nodes
+from tests.cluster.conftest import LocalNodes, start_nodes, wait_until
 from tests.cluster.test_collector import holders
-from tests.cluster.test_repair import wait_until, write_files
+from tests.cluster.test_repair import write_files
 
 
 def placed(

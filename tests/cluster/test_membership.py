@@ -21,9 +21,9 @@ from ringfs.node.blocks.repair import RepairConfig
 from ringfs.node.cluster.map import MAP_FILE, ClusterMap
 from ringfs.node.errors import NEWER_MAP, NodeError
 from ringfs.node.meta.commands import Chunk
-from tests.cluster.conftest import LocalNodes, start_nodes
+from tests.cluster.conftest import LocalNodes, start_nodes, wait_until
 from tests.cluster.test_collector import holders
-from tests.cluster.test_repair import wait_until, write_files
+from tests.cluster.test_repair import write_files
 
 FAST_REPAIR = RepairConfig(interval=1.0, retry=1.0)
 

@@ -27,9 +27,8 @@ from ringfs.node.meta.commands import (
     Setattr,
     Unlink,
 )
-from tests.cluster.conftest import LocalNodes, start_nodes
+from tests.cluster.conftest import LocalNodes, start_nodes, wait_until
 from tests.cluster.test_collector import holders
-from tests.cluster.test_repair import wait_until
 
 #: Short everything: abandoned after 0.6 s, deleted 0.3 s after that, a pass every 0.2 s.
 AGES = RepairConfig(interval=0.2, retry=0.2, orphan_age=0.6)

@@ -16,15 +16,8 @@ from ringfs.fs.cluster import Cluster
 from ringfs.fs.mount import wait_for_filesystem
 from ringfs.node.blocks.scrub import ScrubConfig, load
 from ringfs.node.meta.commands import Attr, Chunk, Mknod
-from tests.cluster.conftest import LocalNodes, start_nodes
+from tests.cluster.conftest import LocalNodes, start_nodes, wait_until
 from tests.cluster.test_collector import holders, write_chunk
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], seconds: float = 20) -> None:
-    """Poll: the state lives in files, nothing to wait on."""
-    with trio.fail_after(seconds):
-        while not await check():  # noqa: ASYNC110
-            await trio.sleep(0.05)
 
 
 def block_file(nodes: LocalNodes, node: str, block_id: bytes) -> Path:

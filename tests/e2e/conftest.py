@@ -91,6 +91,8 @@ class Cluster:
     nodes: list[NodeProcess] = field(default_factory=list)
     # More `ringfs node` options for every node (e.g. a small --snapshot-every).
     node_args: tuple[str, ...] = ()
+    # More options for the commands `run` runs (e.g. TLS files).
+    tool_args: tuple[str, ...] = ()
 
     @property
     def spec(self) -> str:
@@ -164,12 +166,23 @@ class Cluster:
 
     def status(self, *options: str) -> str:
         """What `ringfs status` (with `options`) prints for this cluster."""
+        return self.run("status", *options)
+
+    def run(self, *command: str) -> str:
+        """What `ringfs COMMAND...` prints, run with the cluster secret on this cluster."""
         access = ("--cluster", self.seeds, "--secret-file", str(self.secret_file))
         result = subprocess.run(
-            ringfs_argv("status", *access, *options),
+            ringfs_argv(*command, *access, *self.tool_args),
             check=True, capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         return result.stdout
+
+    def key_file(self, name: str = "mounts") -> Path:
+        """A client key of this cluster (`ringfs key add NAME`), issued on first use."""
+        path = self.root / f"{name}.key"
+        if not path.exists():
+            self.run("key", "add", name, "--out", str(path))
+        return path
 
     def log(self, node: NodeProcess) -> str:
         return (self.root / f"{node.name}.log").read_text(errors="replace")[-3000:]
@@ -210,8 +223,9 @@ class Mount:
         self.path = path
         self.log_path = cluster.root / f"mount-{path.name}.log"
         path.mkdir(exist_ok=True)
+        # Mounts are clients: they hold a key, not the nodes' secret.
         argv = ringfs_argv(
-            "mount", cluster.seeds, str(path), "--secret-file", str(cluster.secret_file), "-f"
+            "mount", cluster.seeds, str(path), "--key-file", str(cluster.key_file()), "-f"
         )
         for option in options:
             argv += ["-o", option]

@@ -29,7 +29,7 @@ from tests.e2e.test_posix_perms import as_nobody
 
 COMMANDS = [
     "up", "node", "mount", "status", "repair", "weight", "drain", "remove", "replace",
-    "add-node", "bench", "latency", "tls-init",
+    "add-node", "bench", "latency", "tls-init", "key",
 ]  # fmt: skip
 
 

@@ -7,6 +7,7 @@ import itertools
 import pytest
 
 from ringfs.node.cluster.changes import OPERATIONS, change_map, reweigh
+from ringfs.node.cluster.keys import MAX_KEYS, key_lookup, key_secret
 from ringfs.node.cluster.map import ClusterMap, parse_members
 
 MAP = ClusterMap(4, parse_members("a=h:1,b=h:2,c=h:3,d=h:4"), 3, "c0ffee", ("a", "b", "c"))
@@ -49,6 +50,13 @@ def test_a_new_weight_comes_in_the_next_epoch_and_changes_nothing_else() -> None
         ("add", ["d", "h", 9, 1, ""], "node d is a member already, at h:4"),
         ("activate", ["x"], "no node .x."),
         ("explode", [], "unknown map change"),
+        ("issue-key", ["a b", "00" * 16], "a key name is 1 to 64 letters"),
+        ("issue-key", ["", "00" * 16], "a key name is"),
+        ("issue-key", ["k" * 65, "00" * 16], "a key name is"),
+        ("issue-key", ["alice", "00" * 8], "a key's salt is 16 bytes in hex"),
+        ("issue-key", ["alice", "not hex"], "a key's salt is 16 bytes in hex"),
+        ("issue-key", ["alice"], "issue-key takes name, salt"),
+        ("revoke-key", [7], "revoke-key takes name"),
     ],
 )
 def test_a_change_that_cannot_be_made_says_why(
@@ -177,3 +185,53 @@ def test_every_change_adds_or_removes_at_most_one_acceptor() -> None:
                     continue
                 assert len(set(cmap.acceptors()) ^ set(after.acceptors())) <= 1
                 cmap = after
+
+
+SALT, OTHER_SALT = "ab" * 16, "cd" * 16
+
+
+def test_a_key_is_issued_in_the_next_epoch_and_a_retry_changes_nothing() -> None:
+    issued = change_map(MAP, "issue-key", ["mount-1", SALT])
+    assert issued.epoch == MAP.epoch + 1
+    assert issued.key_salt("mount-1") == bytes.fromhex(SALT)
+    assert (issued.nodes, issued.meta) == (MAP.nodes, MAP.meta)
+    assert change_map(issued, "issue-key", ["mount-1", SALT]) == issued
+    with pytest.raises(ValueError, match="key mount-1 exists: revoke it first"):
+        change_map(issued, "issue-key", ["mount-1", OTHER_SALT])
+    both = change_map(issued, "issue-key", ["alice", OTHER_SALT])
+    assert [name for name, _ in both.keys] == ["alice", "mount-1"]
+
+
+def test_a_revoked_key_is_gone_and_issued_again_gets_another_secret() -> None:
+    issued = change_map(MAP, "issue-key", ["mount-1", SALT])
+    revoked = change_map(issued, "revoke-key", ["mount-1"])
+    assert revoked.epoch == issued.epoch + 1
+    assert revoked.key_salt("mount-1") is None
+    assert change_map(revoked, "revoke-key", ["mount-1"]) == revoked  # a retry
+    again = change_map(revoked, "issue-key", ["mount-1", OTHER_SALT])
+    lookup = key_lookup(b"node secret", again.key_salt)
+    assert lookup("mount-1") == key_secret(b"node secret", "mount-1", bytes.fromhex(OTHER_SALT))
+    assert lookup("mount-1") != key_secret(b"node secret", "mount-1", bytes.fromhex(SALT))
+    assert key_lookup(b"node secret", revoked.key_salt)("mount-1") is None
+
+
+def test_a_keys_secret_needs_the_node_secret_and_differs_per_name_and_salt() -> None:
+    salt = bytes.fromhex(SALT)
+    secrets = {
+        key_secret(b"node secret", "a", salt),
+        key_secret(b"another secret", "a", salt),
+        key_secret(b"node secret", "b", salt),
+        key_secret(b"node secret", "a", bytes.fromhex(OTHER_SALT)),
+        # The separators keep a name and salt from sliding into each other.
+        key_secret(b"node secret", "a\0", salt[1:]),
+    }
+    assert len(secrets) == 5
+    assert all(len(secret) == 32 for secret in secrets)
+
+
+def test_the_map_holds_a_bounded_number_of_keys() -> None:
+    many = ClusterMap(
+        MAP.epoch, MAP.nodes, keys=tuple((f"k{i:05d}", bytes(16)) for i in range(MAX_KEYS))
+    )
+    with pytest.raises(ValueError, match=f"has {MAX_KEYS} keys"):
+        change_map(many, "issue-key", ["z", SALT])

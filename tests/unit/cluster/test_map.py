@@ -90,7 +90,7 @@ def test_wire_round_trip() -> None:
         NodeInfo("a", "10.0.0.1", 7001, weight=2.0, zone="z1"),
         NodeInfo("b", "::1", 7002, zone="z2", state="draining"),
     )
-    cmap = ClusterMap(7, nodes, replicas=2)
+    cmap = ClusterMap(7, nodes, replicas=2, keys=(("alice", b"s" * 16), ("bob", b"t" * 16)))
     wire = cmap.to_wire()
     assert json.loads(json.dumps(wire)) == wire
     assert ClusterMap.from_wire(wire) == cmap
@@ -98,7 +98,7 @@ def test_wire_round_trip() -> None:
 
 def test_a_map_saved_before_cluster_ids_loads_without_one() -> None:
     old = _drop("cluster")
-    del old["meta"]
+    del old["meta"], old["keys"]
     assert ClusterMap.from_wire(old) == ClusterMap(3, _nodes(2))
     named = ClusterMap(3, _nodes(2), cluster_id="c0ffee", meta=("n1",))
     assert ClusterMap.from_wire(named.to_wire()) == named
@@ -177,12 +177,27 @@ def _set_node(key: str, value: object) -> dict[str, Any]:
         _set_node("host", b"127.0.0.1"),
         _set_node("id", "n2"),
         _set_node("extra", None),
+        _set("keys", {"alice": "00" * 16}),
+        _set("keys", [["alice"]]),
+        _set("keys", [["alice", b"\0" * 16]]),
+        _set("keys", [["alice", "zz" * 16]]),
+        _set("keys", [["alice", "00" * 15]]),
+        _set("keys", [["-alice", "00" * 16]]),
+        _set("keys", [["b", "00" * 16], ["a", "00" * 16]]),
+        _set("keys", [["a", "00" * 16], ["a", "01" * 16]]),
     ],
 )
 def test_malformed_wire_is_einval(obj: object) -> None:
     with pytest.raises(NodeError) as info:
         ClusterMap.from_wire(obj)
     assert info.value.name == "EINVAL"
+
+
+def test_a_key_is_in_force_while_the_map_lists_it() -> None:
+    cmap = ClusterMap(3, _nodes(2), keys=(("alice", b"s" * 16),))
+    assert cmap.key_salt("alice") == b"s" * 16
+    assert cmap.key_salt("bob") is None
+    assert ClusterMap(3, _nodes(2)).key_salt("alice") is None
 
 
 def test_integer_weight_from_wire_is_accepted() -> None:

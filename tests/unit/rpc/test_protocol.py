@@ -150,7 +150,7 @@ def test_handshake_completes_both_ways() -> None:
 def test_handshake_messages_have_the_documented_shape() -> None:
     client, server = make_pair()
     (hello,) = unpack_all(wire(client.data_to_send()))
-    assert hello == [MAGIC, PROTOCOL_VERSION, "hello", CLIENT_NONCE]
+    assert hello == [MAGIC, PROTOCOL_VERSION, "hello", CLIENT_NONCE, ""]
     server.receive_data(pack(hello))
     (challenge,) = unpack_all(wire(server.data_to_send()))
     assert challenge[:4] == [MAGIC, PROTOCOL_VERSION, "challenge", SERVER_NONCE]
@@ -202,6 +202,74 @@ def test_server_proof_reflected_back_is_refused() -> None:
     assert_dead(server)
 
 
+# -- client keys -----------------------------------------------------------------------------
+
+KEY_SECRET = b"k" * 32
+
+
+def keyed_pair(client_key: str, client_secret: bytes) -> tuple[Connection, Connection]:
+    """A client with a key, and a server that knows one key: "mount1", of `KEY_SECRET`."""
+    client = Connection(Role.CLIENT, client_secret, key=client_key, nonce=CLIENT_NONCE)
+    keys = {"mount1": KEY_SECRET}
+    server = Connection(Role.SERVER, SECRET, keys=keys.get, node_id=NODE_ID, nonce=SERVER_NONCE)
+    return client, server
+
+
+def test_a_client_key_opens_a_connection_the_server_knows_it_by() -> None:
+    client, server = keyed_pair("mount1", KEY_SECRET)
+    client_events, server_events = handshake(client, server)
+    assert client_events == [HandshakeDone(peer_id=NODE_ID)]
+    assert server_events == [HandshakeDone(peer_id="", key="mount1")]
+    assert server.key == "mount1"
+    assert server.secret == KEY_SECRET
+
+
+def test_a_node_proves_it_holds_the_keys_secret() -> None:
+    client, server = keyed_pair("mount1", KEY_SECRET)
+    (hello,) = unpack_all(wire(client.data_to_send()))
+    assert hello == [MAGIC, PROTOCOL_VERSION, "hello", CLIENT_NONCE, "mount1"]
+    server.receive_data(pack(hello))
+    (challenge,) = unpack_all(wire(server.data_to_send()))
+    assert challenge[4] == proof(KEY_SECRET, b"server", CLIENT_NONCE, SERVER_NONCE)
+
+
+def test_the_cluster_secret_does_not_open_a_connection_as_a_key() -> None:
+    # A client that names a key must prove that key's secret, whatever else it holds.
+    client, server = keyed_pair("mount1", SECRET)
+    server.receive_data(wire(client.data_to_send()))
+    with pytest.raises(AuthenticationError, match="server did not prove"):
+        client.receive_data(wire(server.data_to_send()))
+    assert_dead(client)
+
+
+def test_a_key_not_in_force_is_refused_at_hello_and_told_why() -> None:
+    client, server = keyed_pair("mount2", KEY_SECRET)
+    with pytest.raises(AuthenticationError, match="no key 'mount2' in force"):
+        server.receive_data(wire(client.data_to_send()))
+    assert_dead(server)
+    with pytest.raises(AuthenticationError, match="never issued, or revoked"):
+        client.receive_data(wire(server.data_to_send()))
+    assert_dead(client)
+
+
+def test_a_server_without_keys_refuses_every_key() -> None:
+    client = Connection(Role.CLIENT, KEY_SECRET, key="mount1", nonce=CLIENT_NONCE)
+    server = Connection(Role.SERVER, SECRET, node_id=NODE_ID)
+    with pytest.raises(AuthenticationError, match="no key 'mount1'"):
+        server.receive_data(wire(client.data_to_send()))
+
+
+def test_a_forged_proof_for_a_key_is_refused() -> None:
+    client, server = keyed_pair("mount1", KEY_SECRET)
+    server.receive_data(wire(client.data_to_send()))
+    (challenge,) = unpack_all(wire(server.data_to_send()))
+    forged = proof(SECRET, b"client", challenge[3], CLIENT_NONCE)  # the cluster secret's
+    with pytest.raises(AuthenticationError, match="the secret of key mount1"):
+        server.receive_data(pack([MAGIC, PROTOCOL_VERSION, "auth", forged, ""]))
+    (refused,) = unpack_all(wire(server.data_to_send()))
+    assert refused[2:] == ["refused", "wrong secret for key mount1"]
+
+
 def identified_pair(client_cluster: str, server_cluster: str) -> tuple[Connection, Connection]:
     client = Connection(
         Role.CLIENT, SECRET, nonce=CLIENT_NONCE, identity=ClusterIdentity(client_cluster)
@@ -250,7 +318,7 @@ def test_a_client_refuses_a_node_of_another_cluster() -> None:
 
 def test_server_refuses_other_protocol_version_and_says_why() -> None:
     server = Connection(Role.SERVER, SECRET, node_id=NODE_ID)
-    hello = [MAGIC, PROTOCOL_VERSION + 1, "hello", CLIENT_NONCE]
+    hello = [MAGIC, PROTOCOL_VERSION + 1, "hello", CLIENT_NONCE, ""]
     with pytest.raises(AuthenticationError, match="version"):
         server.receive_data(pack(hello))
     assert_dead(server)
@@ -510,11 +578,15 @@ def test_truncated_handshake_bytes_wait_for_more() -> None:
 
 TRUNCATED_HELLO = {
     "no nonce": [MAGIC, PROTOCOL_VERSION, "hello"],
-    "short nonce": [MAGIC, PROTOCOL_VERSION, "hello", CLIENT_NONCE[:16]],
-    "str nonce": [MAGIC, PROTOCOL_VERSION, "hello", "x" * NONCE_SIZE],
+    "no key": [MAGIC, PROTOCOL_VERSION, "hello", CLIENT_NONCE],
+    "short nonce": [MAGIC, PROTOCOL_VERSION, "hello", CLIENT_NONCE[:16], ""],
+    "str nonce": [MAGIC, PROTOCOL_VERSION, "hello", "x" * NONCE_SIZE, ""],
+    "key not a str": [MAGIC, PROTOCOL_VERSION, "hello", CLIENT_NONCE, b"k"],
+    "key none": [MAGIC, PROTOCOL_VERSION, "hello", CLIENT_NONCE, None],
+    "key too long": [MAGIC, PROTOCOL_VERSION, "hello", CLIENT_NONCE, "k" * 65],
     "magic only": [MAGIC],
     "empty": [],
-    "wrong magic": ["ringfz", PROTOCOL_VERSION, "hello", CLIENT_NONCE],
+    "wrong magic": ["ringfz", PROTOCOL_VERSION, "hello", CLIENT_NONCE, ""],
     "auth first": [MAGIC, PROTOCOL_VERSION, "auth", b"p" * 32],
 }
 
