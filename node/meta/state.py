@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 LINK_MAX = 65000
 #: uid_t and gid_t are 32 bits.
 _ID_MAX = 2**32 - 1
+_MODE_MAX = 0o177777
 #: Kinds of inode Mknod may create (0 means a regular file, as for mknod(2)).
 _MKNOD_KINDS = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
 #: Most inode numbers one Reserve sets aside.
@@ -258,6 +259,7 @@ class MetaState:
         self._rows.set_counter("chunk_size", c.chunk_size)
 
     def _apply_mknod(self, c: cmd.Mknod) -> Attr:
+        _check_mode(c.mode)
         kind = stat.S_IFMT(c.mode) or stat.S_IFREG
         if kind == stat.S_IFDIR:
             raise NodeError("EPERM", "mknod cannot make directories")
@@ -267,6 +269,7 @@ class MetaState:
         return self._create(c, rdev=rdev)
 
     def _apply_mkdir(self, c: cmd.Mkdir) -> Attr:
+        _check_mode(c.mode)
         return self._create(c)
 
     def _apply_symlink(self, c: cmd.Symlink) -> Attr:
@@ -482,6 +485,7 @@ class MetaState:
     def _apply_setattr(self, c: cmd.Setattr) -> Attr:
         node = self._rows.get(c.ino)
         _check_ids(c.uid or 0, c.gid or 0)
+        _check_mode(c.mode or 0)
         if c.size is not None:
             self._resize(node, c.size, c.now_ns)
         after = attributes_set(node.attr(), c)
@@ -511,6 +515,7 @@ class MetaState:
     def _apply_commit_chunks(self, c: cmd.CommitChunks) -> Attr:
         node = self._rows.get(c.ino)
         _check_regular(node, c.size)
+        _check_mode(c.mode or 0)
         chunk_size = self._rows.counter("chunk_size")
         _check_chunks([u.chunk for u in c.updates], chunk_size)
         if c.expect_size is not None and node.size != c.expect_size:
@@ -732,6 +737,12 @@ class MetaState:
 def _check_ids(uid: int, gid: int) -> None:
     if not (0 <= uid <= _ID_MAX and 0 <= gid <= _ID_MAX):
         raise NodeError("EINVAL", "uid or gid out of range")
+
+
+def _check_mode(mode: int) -> None:
+    """A mode is a file type and permission bits: 16 bits."""
+    if not 0 <= mode <= _MODE_MAX:
+        raise NodeError("EINVAL", "mode out of range")
 
 
 def _check_regular(node: Inode, size: int) -> None:

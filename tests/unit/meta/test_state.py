@@ -225,6 +225,16 @@ def test_mknod_rejects_directories_and_symlinks(meta: MetaState) -> None:
     fails(meta, Mknod(ROOT_INO, b"f", REG, 0, 2**32, GID, T0), "EINVAL")
 
 
+@pytest.mark.parametrize("mode", [-1, 0o200000, 2**63 - 1, -(2**63)])
+def test_a_mode_out_of_range_is_einval(meta: MetaState, mode: int) -> None:
+    """Found by the live fuzzer: such a mode made every replica fail the command (EIO)."""
+    fails(meta, Mknod(ROOT_INO, b"f", mode, 0, UID, GID, T0), "EINVAL")
+    fails(meta, Mkdir(ROOT_INO, b"d", mode, UID, GID, T0), "EINVAL")
+    ino = mkfile(meta, ROOT_INO, b"g")
+    fails(meta, Setattr(ino, mode, None, None, None, None, None, T0), "EINVAL")
+    fails(meta, CommitChunks(ino, (), 0, None, None, None, mode, T0), "EINVAL")
+
+
 @pytest.mark.parametrize(
     ("name", "error"),
     [
