@@ -55,6 +55,8 @@ LINK_MAX = 65000
 #: uid_t and gid_t are 32 bits.
 _ID_MAX = 2**32 - 1
 _MODE_MAX = 0o177777
+#: The longest block a node stores: what one message carries (`Limits.max_bin_len`).
+_BLOCK_MAX = 16 * 1024 * 1024
 #: Kinds of inode Mknod may create (0 means a regular file, as for mknod(2)).
 _MKNOD_KINDS = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
 #: Most inode numbers one Reserve sets aside.
@@ -649,8 +651,8 @@ class MetaState:
             return {d: holder for d, holder in found.items() if holder is not None}
 
     def _apply_abandon(self, c: cmd.Abandon) -> list[bytes]:
-        if len(c.lengths) != len(c.block_ids) or min(c.lengths, default=0) < 0:
-            raise NodeError("EINVAL", "one length, not negative, per abandoned block")
+        if len(c.lengths) != len(c.block_ids) or not all(0 <= n <= _BLOCK_MAX for n in c.lengths):
+            raise NodeError("EINVAL", "one length, at most 16 MiB, per abandoned block")
         referenced = []
         for block_id, length in zip(c.block_ids, c.lengths, strict=True):
             if self._rows.one("SELECT 1 FROM chunks WHERE block_id = ? LIMIT 1", block_id):

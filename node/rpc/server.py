@@ -180,30 +180,30 @@ class RpcServer:
         self._keyed.pop(session, None)
         self._connection_slots.release()
 
-    def handler_for(self, session: _Session) -> Handler:
-        """What serves an authenticated connection: the client handler if it holds a key."""
-        if not session.conn.key:
+    def handler_for(self, session: _Session) -> Handler | None:
+        """What serves an authenticated connection: the client handler if it holds a key;
+        None if that key was revoked while it shook hands."""
+        key = session.conn.key
+        if not key:
             return self._handler
-        assert self._client_handler is not None  # no key is taken without one
-        self._keyed[session] = session.conn.key
+        if not self._in_force(key, session):
+            log.warning("connection from %s refused: its key %s was revoked", session.peer, key)
+            return None
+        self._keyed[session] = key
         return self._client_handler
 
-    def recheck_keys(self) -> int:
+    def recheck_keys(self) -> None:
         """Close the connections of clients whose key is no longer in force (revoked, or
-        issued again with another secret); call it when the keys may have changed. Returns
-        how many were closed."""
-        keys = self.config.keys
-        assert keys is not None or not self._keyed
-        revoked = [
-            session
-            for session, key in self._keyed.items()
-            if keys is None or keys(key) != session.conn.secret
-        ]
+        issued again with another secret); call it when the keys may have changed."""
+        revoked = [s for s, key in self._keyed.items() if not self._in_force(key, s)]
         for session in revoked:
             log.warning("closing connection from %s: its key %s was revoked", session.peer,
                         self._keyed.pop(session))  # fmt: skip
             session.cut_off()
-        return len(revoked)
+
+    def _in_force(self, key: str, session: _Session) -> bool:
+        keys = self.config.keys
+        return keys is not None and keys(key) == session.conn.secret
 
 
 class _Session:
@@ -251,7 +251,10 @@ class _Session:
             if not self.server.authenticated(self):
                 return
             try:
-                self.handler = self.server.handler_for(self)
+                handler = self.server.handler_for(self)
+                if handler is None:
+                    return
+                self.handler = handler
                 with self.serving:
                     async with trio.open_nursery() as nursery:
                         # Errors are caught inside the nursery: a bad peer ends its own

@@ -702,6 +702,10 @@ def test_an_abandoned_upload_is_collected_and_never_committed(meta: MetaState) -
     assert garbage_backlog(meta) == (2, 16)  # the lengths the nodes gave
     fails(meta, Abandon(three, (1, 2)), "EINVAL")
     fails(meta, Abandon((block(4),), (-1,)), "EINVAL")
+    # No block is longer than 16 MiB. Found by the live fuzzer: lengths summing past 2**63
+    # overflowed the garbage counter, and every replica failed the command (EIO).
+    fails(meta, Abandon((block(4),), (2**24 + 1,)), "EINVAL")
+    fails(meta, Abandon((block(4), block(5)), (2**62, 2**62)), "EINVAL")
     fails(meta, blind(meta, f, (chunk(1, 2),), 2 * CS, T0), "ESTALE")
     # Deleted from every node and forgotten by the collector: still never committed.
     ok(meta, ForgetGarbage((block(2), block(3))))
