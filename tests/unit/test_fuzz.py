@@ -10,9 +10,9 @@ keeps its invariants (its term never goes back, its commit index never passes it
 
 The default run draws `FAST` examples per target (each a list of inputs: a few thousand inputs
 in all); the slow tier (`pytest -m slow`) draws `SLOW` per target, in `PARTS` tests each,
-100,000 examples in all. A
-live node under bad input, answering a normal client after it, is in
-`tests/cluster/test_bad_input.py`.
+100,000 examples in all. Running nodes fuzzed through every method, checked to keep answering
+and to keep their metadata replicas equal, are in `tests/e2e/test_live_fuzz.py`; hand-picked
+bad input to a live node in `tests/cluster/test_bad_input.py`.
 """
 
 from __future__ import annotations
