@@ -404,14 +404,13 @@ def _meta(value: object) -> tuple[str, ...]:
 def _keys(value: object) -> tuple[tuple[str, bytes], ...]:
     if not isinstance(value, list) or len(value) > MAX_KEYS:
         raise ValueError(f"keys must be a list of at most {MAX_KEYS}")
-    keys = []
-    for pair in value:
-        if not (isinstance(pair, list) and len(pair) == 2):
-            raise ValueError("a key is a [name, salt in hex] pair")
-        if not (isinstance(pair[0], str) and isinstance(pair[1], str)):
-            raise ValueError("a key is a [name, salt in hex] pair")
-        keys.append((pair[0], bytes.fromhex(pair[1])))
-    return tuple(keys)
+    if not all(isinstance(p, list) and len(p) == 2 and _texts(p) for p in value):
+        raise ValueError("a key is a [name, salt in hex] pair")
+    return tuple((name, bytes.fromhex(salt)) for name, salt in value)
+
+
+def _texts(values: list[object]) -> bool:
+    return all(isinstance(value, str) for value in values)
 
 
 def _str(value: object, what: str) -> str:

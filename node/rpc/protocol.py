@@ -90,11 +90,9 @@ class Notification:
 
 @dataclass(frozen=True)
 class HandshakeDone:
-    """Both sides proved they hold the secret; `peer_id` names the server (empty on the
-    server), `key` the client key the client proved it holds ("" for the cluster secret)."""
+    """Both sides proved they hold the secret; `peer_id` names the server (empty on the server)."""
 
     peer_id: str
-    key: str = ""
 
 
 Event = Request | Response | Notification | HandshakeDone
@@ -478,7 +476,7 @@ class Connection:
                 raise ForeignCluster(f"a client of cluster {cluster}, not {mine}")
             self._queue([MAGIC, PROTOCOL_VERSION, "welcome", self._node_id, mine])
             self._state = _State.OPEN
-            return HandshakeDone(peer_id="", key=self.key)
+            return HandshakeDone(peer_id="")
         if self._state is _State.AWAIT_WELCOME:
             _, _, _, node_id, cluster = self._expect(obj, "welcome", 5)
             if not isinstance(node_id, str) or not isinstance(cluster, str):

@@ -28,19 +28,18 @@ from tests.cluster.conftest import SECRET, LocalNodes, wait_until
 DEADLINE = 30.0
 
 
+async def change_keys(nodes: LocalNodes, admin: Cluster, *change: Any) -> None:
+    """Make a map change as the key commands do, and wait until every node goes by it."""
+    address = admin.map.holders()[0].address
+    wire = await admin.pool.call(address, "map.change", list(change))
+    assert await settle(nodes.seeds, ClientConfig(SECRET), wire["epoch"]) == set()
+
+
 async def issue(nodes: LocalNodes, admin: Cluster, name: str) -> ClientConfig:
-    """Issue the key `name` and wait until every node goes by it; how a client uses it."""
+    """Issue the key `name`; how a client uses it."""
     salt = os.urandom(SALT_SIZE)
-    address = admin.map.holders()[0].address
-    wire = await admin.pool.call(address, "map.change", ["issue-key", [name, salt.hex()]])
-    assert await settle(nodes.seeds, ClientConfig(SECRET), wire["epoch"]) == set()
+    await change_keys(nodes, admin, "issue-key", [name, salt.hex()])
     return ClientConfig(key_secret(SECRET, name, salt), name, request_timeout=5.0)
-
-
-async def revoke(nodes: LocalNodes, admin: Cluster, name: str) -> None:
-    address = admin.map.holders()[0].address
-    wire = await admin.pool.call(address, "map.change", ["revoke-key", [name]])
-    assert await settle(nodes.seeds, ClientConfig(SECRET), wire["epoch"]) == set()
 
 
 async def key_client(nodes: LocalNodes, config: ClientConfig) -> Cluster:
@@ -156,7 +155,7 @@ async def test_a_revoked_key_is_cut_off_and_refused_while_nodes_carry_on(
         config = await issue(nodes, admin, "mount-1")
         pool = NodePool(config, nodes.nursery)
         open_before = [await pool.connection(address) for address in nodes.seeds]
-        await revoke(nodes, admin, "mount-1")
+        await change_keys(nodes, admin, "revoke-key", ["mount-1"])
 
         # Every node closed the connection the key opened (saying why)...
         async def all_closed() -> bool:

@@ -277,7 +277,8 @@ class Fuzzer:
         address = self.leader if meta else self.addresses[self.served % len(self.addresses)]
         answer = self.peer(role, address).request(method, params)
         if meta and answer.error is not None and answer.error[0] in ("ENOTLEADER", "ENOTMETA"):
-            self.leader = self.addresses[(self.addresses.index(address) + 1) % 3]
+            following = (self.addresses.index(address) + 1) % len(self.addresses)
+            self.leader = self.addresses[following]
         return answer
 
     def run(self, role: str, kind: str, method: str, params: list[Any]) -> None:

@@ -219,7 +219,7 @@ def test_a_client_key_opens_a_connection_the_server_knows_it_by() -> None:
     client, server = keyed_pair("mount1", KEY_SECRET)
     client_events, server_events = handshake(client, server)
     assert client_events == [HandshakeDone(peer_id=NODE_ID)]
-    assert server_events == [HandshakeDone(peer_id="", key="mount1")]
+    assert server_events == [HandshakeDone(peer_id="")]
     assert server.key == "mount1"
     assert server.secret == KEY_SECRET
 
