@@ -32,6 +32,9 @@ DIRTIED_LIMIT = 10_000
 AWAITED_LIMIT = 4096
 
 Name = tuple[int, bytes]
+#: readdir's `.` and `..`: readdirplus links no inode for them (fuse_direntplus_link skips
+#: them), and they are not names to cache.
+DOTS = (b".", b"..")
 
 
 class MetaCache:
@@ -50,8 +53,10 @@ class MetaCache:
         self._limit = limit
         self._attrs: dict[int, Attr] = {}
         self._names: dict[Name, int] = {}
-        # How many names of each directory `_names` holds.
-        self._counts: dict[int, int] = {}
+        # The names of each directory `_names` holds, in the order they were kept.
+        self._children: dict[int, dict[bytes, None]] = {}
+        # The name each inode was last kept under: a directory's one name, so its parent.
+        self._up: dict[int, Name] = {}
         # Directories whose every name is in `_names`: a name not there does not exist.
         self._complete: set[int] = set()
         self._fresh_until = float("-inf")
@@ -87,7 +92,32 @@ class MetaCache:
 
     def known_empty(self, directory: int) -> bool:
         """Whether `directory` is known to have no names (this mount knows all its names)."""
-        return self.fresh() and directory in self._complete and directory not in self._counts
+        return self.fresh() and directory in self._complete and directory not in self._children
+
+    def listing(self, directory: int) -> list[tuple[bytes, Attr]] | None:
+        """Every name of `directory` with its attributes, `.` and `..` first, or None unless
+        this mount knows all of them (`mark_complete`) while the feed is fresh."""
+        if not self.fresh() or directory not in self._complete:
+            return None
+        parent = self.parent(directory)
+        here, above = self._attrs.get(directory), self._attrs.get(parent or 0)
+        if here is None or above is None:
+            return None
+        entries = list(zip(DOTS, (here, above), strict=True))
+        for name in self._children.get(directory, ()):
+            attr = self._attrs.get(self._names[directory, name])
+            if attr is None:
+                return None
+            entries.append((name, attr))
+        return entries
+
+    def parent(self, directory: int) -> int | None:
+        """The directory holding `directory`'s name, if that name is known (a directory has
+        one name; the root is its own parent)."""
+        if directory == cmd.ROOT_INO:
+            return directory
+        name = self._up.get(directory)
+        return name[0] if name is not None and self._names.get(name) == directory else None
 
     def inode_of(self, name: Name) -> int | None:
         return self._names.get(name)
@@ -115,10 +145,28 @@ class MetaCache:
         if self.may_keep(attr.ino, stamp):
             self._put(self._attrs, attr.ino, attr)
 
-    def keep_entry(self, parent: int, name: bytes, attr: Attr, stamp: int) -> None:
+    def keep_entry(self, parent: int, name: bytes, attr: Attr, stamp: int) -> bool:
+        """Keep a name and its inode's attributes; whether they were kept."""
         if self.may_keep((parent, name), stamp) and self.may_keep(attr.ino, stamp):
             self._put(self._names, (parent, name), attr.ino)
             self._put(self._attrs, attr.ino, attr)
+            return True
+        return False
+
+    def keep_listing(
+        self, directory: int, entries: Iterable[tuple[bytes, Attr]], stamp: int, whole: bool
+    ) -> None:
+        """Keep what the leader listed of `directory` (`.` and `..` give attributes only).
+        A `whole` listing makes the directory complete, unless a name in it changed since
+        `stamp` (`_drop` marks the directory too) or a name was not kept."""
+        kept = True
+        for name, attr in entries:
+            if name in DOTS:
+                self.keep_attr(attr, stamp)
+            else:
+                kept = self.keep_entry(directory, name, attr, stamp) and kept
+        if whole and kept and self.may_keep(directory, stamp):
+            self._complete.add(directory)
 
     def may_keep(self, key: int | Name, stamp: int) -> bool:
         """Whether nothing dropped `key` since `stamp` was taken."""
@@ -153,22 +201,31 @@ class MetaCache:
         self._tick += 1
 
     def _put(self, table: dict[Any, Any], key: Any, value: Any) -> None:
-        if table.pop(key, None) is None and isinstance(key, tuple):  # to the young end
-            self._counts[key[0]] = self._counts.get(key[0], 0) + 1
+        previous = table.pop(key, None)  # to the young end
+        if isinstance(key, tuple):
+            if previous is None:
+                self._children.setdefault(key[0], {})[key[1]] = None
+            elif self._up.get(previous) == key:
+                del self._up[previous]
+            self._up[value] = key
         table[key] = value
         if len(table) > self._limit:
             oldest = next(iter(table))
-            del table[oldest]
             if isinstance(oldest, tuple):
                 self._complete.discard(oldest[0])
-                self._uncount(oldest[0])
+                self._unname(oldest)
+            else:
+                del table[oldest]
 
-    def _uncount(self, directory: int) -> None:
-        left = self._counts[directory] - 1
-        if left:
-            self._counts[directory] = left
-        else:
-            del self._counts[directory]
+    def _unname(self, name: Name) -> None:
+        """Forget a name held in `_names`, and what points to it."""
+        ino = self._names.pop(name)
+        if self._up.get(ino) == name:
+            del self._up[ino]
+        names = self._children[name[0]]
+        del names[name[1]]
+        if not names:
+            del self._children[name[0]]
 
     # -- forgetting --------------------------------------------------------------------------
 
@@ -217,7 +274,8 @@ class MetaCache:
         """Forget everything (the feed lost track: some changes will never be told)."""
         self._attrs.clear()
         self._names.clear()
-        self._counts.clear()
+        self._children.clear()
+        self._up.clear()
         self._complete.clear()
         self._dirtied.clear()
         self._awaited.clear()
@@ -234,9 +292,10 @@ class MetaCache:
         if isinstance(key, int):
             self._attrs.pop(key, None)
         else:
-            if self._names.pop(key, None) is not None:
-                self._uncount(key[0])
+            if key in self._names:
+                self._unname(key)
             self._complete.discard(key[0])
+            self._dirtied[key[0]] = self._tick  # a listing on its way may lack this change
         self._dirtied[key] = self._tick
         if len(self._dirtied) > DIRTIED_LIMIT:
             self._dirtied.clear()

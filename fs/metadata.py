@@ -36,9 +36,6 @@ from ringfs.node.meta.commands import (
 
 #: Entries fetched per readdir round trip (the kernel asks for a few dozen at a time).
 READDIR_PAGE = 256
-#: readdir's `.` and `..`: readdirplus links no inode for them (fuse_direntplus_link skips
-#: them), and they are not names to cache.
-DOTS = (b".", b"..")
 
 
 class Metadata:
@@ -161,15 +158,23 @@ class Metadata:
         return attr
 
     async def readdir(self, ino: int, after: int, limit: int) -> list[DirEntry]:
-        """A page of a directory, always from the leader; its names and attributes are kept
-        (an `ls -l` that follows asks for each of them)."""
+        """A page of a directory from the leader; its names and attributes are kept (an
+        `ls -l` that follows asks for each of them), and a page that holds the whole
+        directory lets the cache list it next time (`listing`)."""
         await self.behind.drain_for(ino)
         stamp = self.cache.stamp()
         page: list[DirEntry] = await self.cluster.meta_query(ReadDir(ino, after, limit))
-        for entry in page:
-            if entry.name not in DOTS:
-                self.cache.keep_entry(ino, entry.name, entry.attr, stamp)
+        whole = after == 0 and len(page) < limit
+        self.cache.keep_listing(ino, ((entry.name, entry.attr) for entry in page), stamp, whole)
         return page
+
+    def listing(self, ino: int) -> list[DirEntry] | None:
+        """The whole directory from the cache, if it knows every name in it and their
+        attributes (`MetaCache.listing`); the offsets are positions in this list."""
+        entries = self.cache.listing(ino)
+        if entries is None:
+            return None
+        return [DirEntry(offset, name, attr) for offset, (name, attr) in enumerate(entries, 1)]
 
     async def read_chunks(self, ino: int) -> tuple[Attr, list[Chunk]]:
         """Attributes and chunk map, from the leader (see `Cluster.read_chunks`). The
@@ -188,27 +193,35 @@ class Metadata:
 
 
 class DirListing:
-    """One open directory: the page of entries last read from the leader, so the kernel's
-    readdir calls, a few dozen entries each, cost one query per `READDIR_PAGE` entries. A read
-    from the start (offset 0: opendir or rewinddir) always asks the leader again."""
+    """One open directory: the entries last read, so the kernel's readdir calls, a few dozen
+    entries each, cost one query per `READDIR_PAGE` entries. A read from the start (offset 0:
+    opendir or rewinddir) takes the whole directory from the cache if it can (then the later
+    reads of this handle page through that copy, by its own offsets), else asks the leader."""
 
     def __init__(self, ino: int) -> None:
         self.ino = ino
         self._after = 0
         self._page: list[DirEntry] | None = None
+        # Whether entries past the last of `_page` may exist (only in the leader's pages).
+        self._more = False
 
     async def read(self, meta: Metadata, after: int) -> tuple[list[DirEntry], bool]:
         """The entries after offset `after` this listing holds or fetches, and whether more
         may follow them."""
         rest = self._buffered(after)
         if rest is None:
-            self._page = await meta.readdir(self.ino, after, READDIR_PAGE)
+            whole = meta.listing(self.ino) if after == 0 else None
+            if whole is not None:
+                self._page, self._more = whole, False
+            else:
+                self._page = await meta.readdir(self.ino, after, READDIR_PAGE)
+                self._more = len(self._page) == READDIR_PAGE
             self._after = after
             rest = self._page
-        return rest, len(self._page or ()) == READDIR_PAGE
+        return rest, self._more
 
     def _buffered(self, after: int) -> list[DirEntry] | None:
         if self._page is None or after == 0 or after < self._after:
             return None
         rest = [entry for entry in self._page if entry.offset > after]
-        return rest if rest or len(self._page) < READDIR_PAGE else None
+        return rest if rest or not self._more else None

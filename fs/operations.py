@@ -22,7 +22,8 @@ from pyfuse3 import FileHandleT, FileNameT, InodeT
 from ringfs.fs.cluster import Cluster
 from ringfs.fs.errors import fuse_errors
 from ringfs.fs.files import AttrUpdate, FileContext, FileState
-from ringfs.fs.metadata import DOTS, DirListing
+from ringfs.fs.metacache import DOTS
+from ringfs.fs.metadata import DirListing
 from ringfs.node.errors import NodeError, ProtocolError, Unavailable
 from ringfs.node.meta.commands import (
     NAME_MAX,

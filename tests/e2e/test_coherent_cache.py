@@ -168,3 +168,40 @@ def test_a_directory_changed_here_shows_what_another_mount_reads(two: tuple[Path
         (a / "d" / f"f{i}").unlink()
         agrees(seen(a), "a directory after an unlink")
     assert seen(a)[2] == 7
+
+
+def listing(directory: Path) -> dict[str, int]:
+    """What `ls -l` shows: each name with its size, from one readdir and the stats after it."""
+    return {
+        entry.name: entry.stat(follow_symlinks=False).st_size for entry in os.scandir(directory)
+    }
+
+
+@pytest.mark.parametrize("maker", ["a", "b"])
+def test_a_directory_listed_from_the_cache_follows_another_mount(
+    two: tuple[Path, Path], maker: str
+) -> None:
+    """Mount a lists a directory whole once (made by a, or listed by a from the leader); then
+    it lists it from its cache, which must follow every change mount b makes in it."""
+    a, b = two
+    made_by = a if maker == "a" else b
+    (made_by / "d").mkdir()
+    for name in ("one", "two", "three"):
+        (made_by / "d" / name).write_bytes(name.encode())
+    want = {"one": 3, "two": 3, "three": 5}
+    assert listing(a / "d") == want
+    assert listing(a / "d") == want  # now from mount a's cache, if it has all of it
+    (b / "d" / "four").write_bytes(b"4444")
+    want["four"] = 4
+    seen_within(lambda: listing(a / "d") == want, "a name added")
+    (b / "d" / "one").unlink()
+    del want["one"]
+    seen_within(lambda: listing(a / "d") == want, "a name removed")
+    os.rename(b / "d" / "two", b / "d" / "deux")
+    want["deux"] = want.pop("two")
+    seen_within(lambda: listing(a / "d") == want, "a name renamed")
+    with open(b / "d" / "three", "ab") as more:
+        more.write(b" and more")
+    want["three"] = 14
+    seen_within(lambda: listing(a / "d") == want, "a size changed")
+    assert (a / "d" / "three").read_bytes() == b"three and more"

@@ -1,5 +1,6 @@
 """An open directory reads the leader one page at a time, whatever slices the kernel asks for,
-and reads it again from the start on a rewind."""
+and reads it again from the start on a rewind; a directory the cache can list whole is listed
+from there."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ class Leader:
     def __init__(self, count: int) -> None:
         self.count = count
         self.asked: list[int] = []
+        # What the cache would list whole (`Metadata.listing`), if anything.
+        self.cached: list[DirEntry] | None = None
+
+    def listing(self, ino: int) -> list[DirEntry] | None:
+        return self.cached
 
     async def readdir(self, ino: int, after: int, limit: int) -> list[DirEntry]:
         self.asked.append(after)
@@ -59,3 +65,17 @@ async def test_an_empty_directory() -> None:
     leader = Leader(0)
     listing: Any = DirListing(1)
     assert await listing.read(leader, 0) == ([], False)
+
+
+async def test_a_directory_the_cache_lists_whole_is_paged_through_that_copy() -> None:
+    leader = Leader(READDIR_PAGE * 2)
+    leader.cached = [
+        DirEntry(o, b"c%d" % o, Attr(o, 0o100644, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+        for o in range(1, READDIR_PAGE + 1)  # exactly a page: no more follow all the same
+    ]
+    listing = DirListing(1)
+    assert await read_all(listing, leader, slice_size=25) == list(range(1, READDIR_PAGE + 1))
+    assert leader.asked == []
+    leader.cached = None  # no longer listed whole: a rewind asks the leader
+    assert len(await read_all(listing, leader, slice_size=25)) == READDIR_PAGE * 2
+    assert leader.asked == [0, READDIR_PAGE + 2, 2 * READDIR_PAGE + 2]

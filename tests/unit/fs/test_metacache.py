@@ -230,3 +230,83 @@ def test_a_complete_directory_is_known_empty_once_its_last_name_goes(cache: Meta
     cache.mark_complete([5])
     assert cache.known_empty(5)
     assert not cache.known_empty(9)  # not complete
+
+
+def directory(ino: int) -> Attr:
+    return Attr(ino, 0o040755, 2, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0)
+
+
+def listed(cache: MetaCache, ino: int) -> list[tuple[bytes, int]] | None:
+    entries = cache.listing(ino)
+    return None if entries is None else [(name, attr.ino) for name, attr in entries]
+
+
+def test_a_complete_directory_is_listed_with_its_parent(cache: MetaCache, clock: Clock) -> None:
+    stamp = cache.stamp()
+    cache.keep_attr(directory(ROOT_INO), stamp)
+    cache.keep_entry(ROOT_INO, b"d", directory(5), stamp)
+    cache.mark_complete([5])
+    assert listed(cache, 5) == [(b".", 5), (b"..", ROOT_INO)]
+    cache.keep_entry(5, b"b", attr(7), stamp)
+    cache.keep_entry(5, b"a", attr(6), stamp)
+    assert listed(cache, 5) == [(b".", 5), (b"..", ROOT_INO), (b"b", 7), (b"a", 6)]
+    cache.forget((), [(5, b"b")])  # this mount's unlink: answered, so known again
+    cache.mark_complete([5])
+    assert listed(cache, 5) == [(b".", 5), (b"..", ROOT_INO), (b"a", 6)]
+    clock.now += 2  # the feed went quiet: nothing is listed past the lease
+    assert listed(cache, 5) is None
+
+
+def test_a_listing_needs_every_name_and_attribute(cache: MetaCache) -> None:
+    stamp = cache.stamp()
+    cache.keep_attr(directory(ROOT_INO), stamp)
+    cache.keep_entry(ROOT_INO, b"d", directory(5), stamp)
+    cache.keep_entry(5, b"a", attr(6), stamp)
+    assert listed(cache, 5) is None  # not complete
+    cache.mark_complete([5])
+    cache.keep_name(5, b"b", 7, stamp)  # a name whose attributes are not known
+    assert listed(cache, 5) is None
+    cache.keep_attr(attr(7), stamp)
+    assert listed(cache, 5) == [(b".", 5), (b"..", ROOT_INO), (b"a", 6), (b"b", 7)]
+    cache.apply(Changes(11, False, (Change(11, OTHER, 1, (5,), ((5, b"c"),)),)), 100.0)
+    assert listed(cache, 5) is None  # another client named something here
+
+
+def test_a_directory_whose_name_moved_has_a_new_parent(cache: MetaCache) -> None:
+    stamp = cache.stamp()
+    for ino in (ROOT_INO, 3):
+        cache.keep_attr(directory(ino), stamp)
+    cache.keep_entry(ROOT_INO, b"d", directory(5), stamp)
+    cache.mark_complete([5])
+    assert cache.parent(5) == ROOT_INO
+    cache.forget((), [(ROOT_INO, b"d"), (3, b"e")])
+    assert cache.parent(5) is None  # its name is not known: nor is `..`
+    assert listed(cache, 5) is None
+    cache.keep_name(3, b"e", 5, cache.stamp())
+    cache.keep_attr(directory(5), cache.stamp())
+    cache.mark_complete([5])
+    assert listed(cache, 5) == [(b".", 5), (b"..", 3)]
+    cache.keep_name(3, b"e", 9, cache.stamp())  # the name now leads elsewhere
+    assert cache.parent(5) is None
+
+
+def test_a_whole_listing_from_the_leader_makes_the_directory_complete(cache: MetaCache) -> None:
+    page = [(b".", directory(5)), (b"..", directory(ROOT_INO)), (b"a", attr(6))]
+    cache.keep_entry(ROOT_INO, b"d", directory(5), cache.stamp())
+    cache.keep_listing(5, page, cache.stamp(), whole=False)  # a page: more may follow
+    assert listed(cache, 5) is None
+    cache.keep_listing(5, page, cache.stamp(), whole=True)
+    assert listed(cache, 5) == [(b".", 5), (b"..", ROOT_INO), (b"a", 6)]
+    assert cache.known_missing(5, b"b")
+
+
+def test_a_listing_overtaken_by_a_change_in_its_directory_is_not_complete(
+    cache: MetaCache,
+) -> None:
+    cache.keep_entry(ROOT_INO, b"d", directory(5), cache.stamp())
+    stamp = cache.stamp()  # the readdir goes out; another client's create lands first
+    cache.apply(Changes(11, False, (Change(11, OTHER, 1, (), ((5, b"new"),)),)), 100.0)
+    page = [(b".", directory(5)), (b"..", directory(ROOT_INO)), (b"a", attr(6))]
+    cache.keep_listing(5, page, stamp, whole=True)
+    assert listed(cache, 5) is None
+    assert not cache.known_missing(5, b"new")
