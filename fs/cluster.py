@@ -383,7 +383,7 @@ class Cluster:
         while True:
             attr, chunks = await self._chunk_page(ino, 0)
             page = chunks
-            while len(page) == commands.CHUNKS_PER_MESSAGE:
+            while _maybe_more(page):
                 again, page = await self._chunk_page(ino, page[-1].idx + 1)
                 if again.version != attr.version:
                     break
@@ -646,3 +646,10 @@ async def _fetch_map(pool: NodePool, seeds: Sequence[str]) -> ClusterMap:
             raise failure.__cause__
     reasons = "; ".join(str(failure) for failure in failures)
     raise Unavailable(f"cluster (no seed answered: {reasons})", list(seeds))
+
+
+def _maybe_more(page: list[Chunk]) -> bool:
+    """Whether a page of a chunk map may be followed by more: it ended at the most chunks or
+    about the most tail bytes one answer carries."""
+    full = len(page) == commands.CHUNKS_PER_MESSAGE
+    return full or sum(len(chunk.tail) for chunk in page) >= commands.TAIL_PAGE_BYTES

@@ -37,6 +37,7 @@ from ringfs.node.errors import CHANGED, NodeError, Unavailable
 from ringfs.node.meta import commands
 from ringfs.node.meta.commands import (
     INLINE_MAX,
+    TAIL_MAX,
     Attr,
     Chunk,
     ChunkUpdate,
@@ -232,7 +233,7 @@ class FileState:
             raise RuntimeError("truncation of a file with uncommitted writes")
         chunk_size = self.ctx.chunk_size
         self.chunks = {
-            idx: replace(chunk, length=min(chunk.length, attr.size - idx * chunk_size))
+            idx: chunk.cut(attr.size - idx * chunk_size)
             for idx, chunk in self.chunks.items()
             if idx * chunk_size < attr.size
         }
@@ -370,9 +371,8 @@ class FileState:
     async def _stored_buffer(self, chunk: Chunk | None) -> _Buffer:
         if chunk is None:
             return _Buffer(bytearray(), 0, self.ctx.chunk_size)
-        stored = await self._block(chunk)
-        length = min(chunk.length, len(stored))
-        return _Buffer(bytearray(stored[:length]), length, self.ctx.chunk_size)
+        contents = await self._contents(chunk)
+        return _Buffer(bytearray(contents), len(contents), self.ctx.chunk_size)
 
     def is_uploading(self, idx: int) -> bool:
         return idx in self._uploads
@@ -392,7 +392,8 @@ class FileState:
         idx, buffer = upload.idx, upload.buffer
         kept = False
         try:
-            chunk = await self._store(idx, memoryview(buffer.data)[: buffer.end])
+            view = memoryview(buffer.data)[: buffer.end]
+            chunk = await self._store(idx, view, self._extended(idx, upload.upto))
             if self._newest[idx] == upload.seq:
                 self.chunks[idx] = chunk
                 self._to_commit[idx] = upload.upto
@@ -415,9 +416,26 @@ class FileState:
                 self.ctx.budget.upload_finished()
             upload.done.set()
 
-    async def _store(self, idx: int, view: memoryview) -> Chunk:
+    def _extended(self, idx: int, through: int) -> Chunk | None:
+        """The chunk the writes to chunk `idx` (up to write `through`) were built on, if they
+        all fall past its stored bytes: its block then still holds the start of the chunk."""
+        base = self._bases.get(idx)
+        if base is None or base.inline:
+            return None
+        if any(start < base.stored_length for start, _ in self._logs[idx].spans(through)):
+            return None
+        return base
+
+    async def _store(self, idx: int, view: memoryview, extends: Chunk | None = None) -> Chunk:
         """Write one chunk's bytes as a new block on its replicas; a small first chunk instead
-        travels in the commit, and the metadata keeps it (`Chunk.data`)."""
+        travels in the commit, and the metadata keeps it (`Chunk.data`).
+
+        `extends`: a stored chunk whose stored bytes `view` starts with. If no more than
+        `TAIL_MAX` bytes follow them and the chunk is not full, those alone travel in the
+        commit, as its tail (an append and fsync does not write the chunk again).
+        """
+        if extends is not None and _tail_fits(extends, len(view), self.ctx.chunk_size):
+            return replace(extends, length=len(view), tail=bytes(view[extends.stored_length :]))
         block_id = os.urandom(BLOCK_ID_SIZE)
         if idx == 0 and 0 < len(view) <= self.ctx.inline_max:
             return Chunk(idx, block_id, len(view), block_checksum(view), bytes(view))
@@ -507,9 +525,8 @@ class FileState:
         """Commit every stored chunk, in pages of what one message carries; whether there was
         anything to commit."""
         committing = sorted(self._to_commit)
-        per_message = commands.CHUNKS_PER_MESSAGE
-        for start in range(0, len(committing), per_message):
-            await self._commit_page(committing[start : start + per_message], update)
+        for page in _pages([self.chunks[idx] for idx in committing]):
+            await self._commit_page(page, update)
         return bool(committing)
 
     async def _set(self, update: AttrUpdate) -> None:
@@ -588,16 +605,18 @@ class FileState:
         data = bytearray(self.ctx.chunk_size)
         length = 0
         if base is not None:
-            stored = await self._block(base)
-            length = min(base.length, len(stored))
-            data[:length] = stored[:length]
+            contents = await self._contents(base)
+            length = len(contents)
+            data[:length] = contents
         log = WriteLog()
         for piece in pieces:
             end = piece.target + piece.length
             data[piece.target : end] = await self._gather(old, piece.source, piece.length)
             log.add(seq, piece.target, end, seq - 1)
             length = max(length, end)
-        return await self._store(idx, memoryview(data)[:length]), log
+        above = base is not None and all(p.target >= base.stored_length for p in pieces)
+        extends = base if above and base is not None and not base.inline else None
+        return await self._store(idx, memoryview(data)[:length], extends), log
 
     async def _gather(self, view: dict[int, Chunk], offset: int, size: int) -> bytes:
         """Bytes of the file as `view` maps it (holes read as zeros)."""
@@ -661,11 +680,22 @@ class FileState:
         hole) they read as zeros."""
         if chunk is None:
             return bytes(count)
-        data = await self._block(chunk)
-        piece = data[within : min(within + count, chunk.length)]
+        end, stored = min(within + count, chunk.length), chunk.stored_length
+        piece = b""
+        if within < stored:
+            piece = (await self._block(chunk))[within : min(end, stored)]
+        if end > max(within, stored):
+            piece += chunk.tail[max(within - stored, 0) : end - stored]
         if len(piece) < count:
             return piece + bytes(count - len(piece))
         return piece
+
+    async def _contents(self, chunk: Chunk) -> bytes:
+        """A stored chunk's bytes: its block's, up to its stored length, then its tail."""
+        stored = (await self._block(chunk))[: chunk.stored_length]
+        if not chunk.tail:
+            return stored
+        return stored.ljust(chunk.stored_length, b"\0") + chunk.tail
 
     async def _block(self, chunk: Chunk) -> bytes:
         """The whole block a chunk names: from the chunk map itself when the metadata keeps
@@ -676,8 +706,29 @@ class FileState:
 
 
 def _base_of(chunk: Chunk | None) -> tuple[bytes, int]:
-    """A committed chunk as a commit names its base: (block id, length), or no block."""
-    return (b"", 0) if chunk is None else (chunk.block_id, chunk.length)
+    """A committed chunk as a commit names its base: (identity, length), or no block."""
+    return (b"", 0) if chunk is None else (chunk.identity, chunk.length)
+
+
+def _tail_fits(base: Chunk, length: int, chunk_size: int) -> bool:
+    """Whether a chunk of `length` bytes built on `base`'s stored bytes may keep the rest as
+    its tail: more than those, at most `TAIL_MAX` more, and not a full chunk."""
+    return base.stored_length < length < chunk_size and length - base.stored_length <= TAIL_MAX
+
+
+def _pages(chunks: list[Chunk]) -> Iterator[list[int]]:
+    """The indexes of `chunks` in commits of at most `CHUNKS_PER_MESSAGE` chunks and about
+    `TAIL_PAGE_BYTES` of tails, each far below the frame limit."""
+    page: list[int] = []
+    tails = 0
+    for chunk in chunks:
+        page.append(chunk.idx)
+        tails += len(chunk.tail)
+        if len(page) == commands.CHUNKS_PER_MESSAGE or tails >= commands.TAIL_PAGE_BYTES:
+            yield page
+            page, tails = [], 0
+    if page:
+        yield page
 
 
 @contextlib.asynccontextmanager

@@ -29,9 +29,10 @@ command or query class names the Python type of its result in ``RESULT``:
 
 from __future__ import annotations
 
+import hashlib
 import operator
 from collections.abc import Callable, Sequence
-from dataclasses import Field, dataclass, fields
+from dataclasses import MISSING, Field, dataclass, fields, replace
 from typing import Any, ClassVar, NamedTuple, Self, cast
 
 from ringfs.node.errors import NodeError, ProtocolError
@@ -56,6 +57,12 @@ CHUNKS_PER_MESSAGE = 16384
 #: one chunk travels in the commit and comes back with the chunk map, and no storage node
 #: stores or serves it. Bigger files' blocks go to the storage nodes.
 INLINE_MAX = 64 * 1024
+#: The most bytes at the end of a stored chunk the metadata keeps as its tail: an append
+#: followed by fsync commits the new bytes alone instead of writing the chunk again.
+TAIL_MAX = 64 * 1024
+#: About the most tail bytes one ReadChunks answer carries; a page that reaches it may have
+#: more after it, as a page of `CHUNKS_PER_MESSAGE` chunks may.
+TAIL_PAGE_BYTES = 4 * 1024 * 1024
 #: renameat2(2) flags, Linux values.
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -87,13 +94,13 @@ class _Record:
         """Decode and type-check a wire list; raises NodeError("EINVAL") when malformed."""
         items = _as_list(obj)
         shape = _shape(cls)
-        if len(items) != len(shape.decoders):
+        if not shape.required <= len(items) <= len(shape.decoders):
             raise NodeError(
                 "EINVAL", f"{cls.__name__} takes {len(shape.decoders)} fields, got {len(items)}"
             )
         if shape.all_int and _all_int(items):
             return cast(Callable[..., Self], cls)(*items)
-        values = [decode(item) for decode, item in zip(shape.decoders, items, strict=True)]
+        values = [decode(item) for decode, item in zip(shape.decoders, items, strict=False)]
         return cast(Callable[..., Self], cls)(*values)
 
 
@@ -105,6 +112,9 @@ class _Shape(NamedTuple):
     #: The field values in wire order, as a tuple.
     values: Callable[[Any], tuple[Any, ...]]
     decoders: tuple[Callable[[object], Any], ...]
+    #: Fields without a default: the ones after them may be left off (a record written before
+    #: they were added, such as a chunk in an older log entry).
+    required: int
     #: No field holds a record or a sequence: the values go on the wire as they are.
     plain: bool
     #: Every field is an int (`Attr`): checked at once.
@@ -123,6 +133,7 @@ def _shape(cls: type) -> _Shape:
         shape = _Shape(
             values=_values_getter(names),
             decoders=tuple(_DECODERS[t] for t in types),
+            required=sum(f.default is MISSING for f in fields(cls)),
             plain=all(t in _PLAIN_TYPES for t in types),
             all_int=all(t == "int" for t in types),
         )
@@ -179,6 +190,10 @@ class Chunk(_Record):
 
     ``data`` is the whole block when the metadata keeps it (a small file's only chunk, at most
     `INLINE_MAX` bytes: no storage node holds it); empty when storage nodes hold the block.
+
+    ``tail`` is the chunk's last bytes when the metadata keeps them (at most `TAIL_MAX`): the
+    block then holds only the first ``length - len(tail)`` (`stored_length`). An append
+    followed by fsync commits the bytes it added as the tail of the chunk it extends.
     """
 
     idx: int
@@ -186,6 +201,7 @@ class Chunk(_Record):
     length: int
     checksum: bytes
     data: bytes = b""
+    tail: bytes = b""
 
     def __post_init__(self) -> None:
         if self.idx < 0 or self.length < 0:
@@ -194,11 +210,36 @@ class Chunk(_Record):
             raise NodeError("EINVAL", "bad block id or checksum size")
         if self.data and (self.idx != 0 or len(self.data) > INLINE_MAX):
             raise NodeError("EINVAL", f"only chunk 0 of up to {INLINE_MAX} bytes travels inline")
+        if self.tail and (self.data or len(self.tail) > TAIL_MAX or len(self.tail) >= self.length):
+            raise NodeError(
+                "EINVAL", f"a tail is at most {TAIL_MAX} bytes, after stored bytes of a block"
+            )
 
     @property
     def inline(self) -> bool:
         """Whether the metadata keeps this chunk's block."""
         return bool(self.data)
+
+    @property
+    def stored_length(self) -> int:
+        """How many of the chunk's bytes its block holds (the rest is the tail)."""
+        return self.length - len(self.tail)
+
+    @property
+    def identity(self) -> bytes:
+        """What a writer names as the chunk it built on (`ChunkUpdate.base_block`): the block,
+        or with a tail, a digest of the block and the tail, so a chunk whose tail changed is
+        another chunk."""
+        if not self.tail:
+            return self.block_id
+        return hashlib.sha256(b"ringfs tail\0" + self.block_id + self.tail).digest()[:BLOCK_ID_SIZE]
+
+    def cut(self, length: int) -> Chunk:
+        """This chunk holding at most its first `length` bytes (a truncation)."""
+        if length >= self.length:
+            return self
+        tail = self.tail[: max(length - self.stored_length, 0)]
+        return replace(self, length=length, tail=tail)
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,12 +100,19 @@ def _read_chunks(rows: Tables, q: cmd.ReadChunks) -> tuple[Attr, list[Chunk]]:
     if q.limit <= 0:
         raise NodeError("EINVAL", "limit must be positive")
     sql = (
-        "SELECT c.idx, c.block_id, c.length, c.checksum, COALESCE(b.data, x'') FROM chunks c "
+        "SELECT c.idx, c.block_id, c.length, c.checksum, COALESCE(b.data, x''), "
+        "COALESCE(t.data, x'') FROM chunks c "
         "LEFT JOIN inline_blocks b ON b.block_id = c.block_id "
+        "LEFT JOIN chunk_tails t ON t.ino = c.ino AND t.idx = c.idx "
         "WHERE c.ino = ? AND c.idx >= ? ORDER BY c.idx LIMIT ?"
     )
-    found = rows.run(sql, q.ino, q.first, min(q.limit, cmd.CHUNKS_PER_MESSAGE))
-    return node.attr(), [Chunk(*row) for row in found]
+    chunks, tails = [], 0
+    for row in rows.run(sql, q.ino, q.first, min(q.limit, cmd.CHUNKS_PER_MESSAGE)):
+        chunks.append(Chunk(*row))
+        tails += len(row[5])
+        if tails >= cmd.TAIL_PAGE_BYTES:
+            break  # the caller asks for the rest (`Cluster.read_chunks`)
+    return node.attr(), chunks
 
 
 def _fsinfo(rows: Tables, q: cmd.FsInfo) -> FsStats:

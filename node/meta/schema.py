@@ -42,6 +42,9 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE INDEX IF NOT EXISTS chunks_by_block ON chunks (block_id);
 CREATE TABLE IF NOT EXISTS inline_blocks (block_id BLOB PRIMARY KEY, data BLOB NOT NULL)
     WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chunk_tails (
+    ino INTEGER NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (ino, idx))
+    WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS garbage (
     seq INTEGER PRIMARY KEY, block_id BLOB NOT NULL UNIQUE, length INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS abandoned (block_id BLOB PRIMARY KEY) WITHOUT ROWID;
@@ -62,8 +65,8 @@ INSERT OR IGNORE INTO counters VALUES
 COMMIT;
 """
 TABLES = (
-    "inodes", "dentries", "xattrs", "chunks", "inline_blocks", "garbage", "abandoned", "counters",
-    "sessions", "clients", "inode_ranges", "delegations", "orphans",
+    "inodes", "dentries", "xattrs", "chunks", "inline_blocks", "chunk_tails", "garbage",
+    "abandoned", "counters", "sessions", "clients", "inode_ranges", "delegations", "orphans",
 )  # fmt: skip
 # The columns of an `_Inode`, from `inodes i`.
 INODE_COLUMNS = (

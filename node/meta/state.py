@@ -501,14 +501,10 @@ class MetaState:
         _check_regular(node, size)
         chunk_size = self._rows.counter("chunk_size")
         self._drop_chunks(node.ino, -(-size // chunk_size))
-        if size % chunk_size:
-            last = size // chunk_size
-            self._rows.run(
-                "UPDATE chunks SET length = min(length, ?) WHERE ino = ? AND idx = ?",
-                size - last * chunk_size,
-                node.ino,
-                last,
-            )
+        last = size // chunk_size
+        chunk = self._chunk(node.ino, last) if size % chunk_size else None
+        if chunk is not None:
+            self._put_chunk(node.ino, chunk.cut(size - last * chunk_size))
         if size != node.size:
             node.version += 1
             node.size = size
@@ -522,25 +518,21 @@ class MetaState:
         _check_chunks([u.chunk for u in c.updates], chunk_size)
         if c.expect_size is not None and node.size != c.expect_size:
             raise NodeError(CHANGED, f"size is {node.size}, not {c.expect_size}")
-        for update in c.updates:
-            self._check_base(c.ino, update)
+        bases = [self._check_base(c.ino, update) for update in c.updates]
         size = max(node.size, c.size)
-        for update in c.updates:
+        for update, base in zip(c.updates, bases, strict=True):
             chunk = update.chunk
             # Bytes past the end of the file must read as zeros if it grows again: cut them off.
             length = min(chunk.length, size - chunk.idx * chunk_size)
             if length <= 0:
                 self._release_blocks([(chunk.block_id, chunk.length)])
                 continue
-            self._rows.run(
-                "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?)",
-                c.ino, chunk.idx, chunk.block_id, length, chunk.checksum,
-            )  # fmt: skip
+            self._put_chunk(c.ino, chunk.cut(length))
             if chunk.inline:
                 sql = "INSERT OR IGNORE INTO inline_blocks VALUES (?, ?)"
                 self._rows.run(sql, chunk.block_id, chunk.data)
-            if update.base_block and update.base_block != chunk.block_id:
-                self._release_blocks([(update.base_block, update.base_length)])
+            if base is not None and base.block_id != chunk.block_id:
+                self._release_blocks([(base.block_id, base.stored_length)])
         node.size = size
         node.ctime_ns = c.now_ns
         node.mtime_ns = c.now_ns if c.mtime_ns is None else c.mtime_ns
@@ -552,28 +544,61 @@ class MetaState:
         self._rows.save(node)
         return self._rows.get(node.ino).attr()
 
-    def _check_base(self, ino: int, update: cmd.ChunkUpdate) -> None:
-        """CHANGED unless the chunk still is what the writer built on. A block already listed
-        as garbage may be deleted at any moment, and an abandoned one may be gone: neither is
-        referenced again (ESTALE)."""
-        sql = "SELECT block_id, length FROM chunks WHERE ino = ? AND idx = ?"
-        row = self._rows.run(sql, ino, update.chunk.idx).fetchone()
-        current = (b"", 0) if row is None else (row[0], row[1])
-        if current != (update.base_block, update.base_length):
-            raise NodeError(CHANGED, f"chunk {update.chunk.idx} changed")
-        block_id = update.chunk.block_id
+    def _check_base(self, ino: int, update: cmd.ChunkUpdate) -> Chunk | None:
+        """The chunk the writer built on, or CHANGED unless the chunk still is that one. A
+        block already listed as garbage may be deleted at any moment, and an abandoned one may
+        be gone: neither is referenced again (ESTALE). A tail extends the block of the chunk it
+        replaces, which must be a stored one (EINVAL)."""
+        chunk = update.chunk
+        current = self._chunk(ino, chunk.idx)
+        found = (b"", 0) if current is None else (current.identity, current.length)
+        if found != (update.base_block, update.base_length):
+            raise NodeError(CHANGED, f"chunk {chunk.idx} changed")
+        if chunk.tail and not self._extends(chunk, current):
+            raise NodeError("EINVAL", f"chunk {chunk.idx}: a tail must follow the stored bytes")
+        block_id = chunk.block_id
         released = (
             "SELECT 1 FROM garbage WHERE block_id = ? "
             "UNION ALL SELECT 1 FROM abandoned WHERE block_id = ?"
         )
         if self._rows.one(released, block_id, block_id) is not None:
             raise NodeError("ESTALE", f"block {block_id.hex()} was released")
+        return current
+
+    def _extends(self, chunk: Chunk, base: Chunk | None) -> bool:
+        """Whether `chunk` keeps `base`'s stored block and bytes, and adds its tail after them."""
+        if base is None or (base.block_id, base.checksum) != (chunk.block_id, chunk.checksum):
+            return False
+        inline = self._rows.one("SELECT 1 FROM inline_blocks WHERE block_id = ?", base.block_id)
+        return inline is None and base.stored_length == chunk.stored_length
+
+    def _chunk(self, ino: int, idx: int) -> Chunk | None:
+        """A chunk map row with its tail (an inline block's data stays in its own table)."""
+        sql = (
+            "SELECT c.idx, c.block_id, c.length, c.checksum, x'', COALESCE(t.data, x'') "
+            "FROM chunks c LEFT JOIN chunk_tails t ON t.ino = c.ino AND t.idx = c.idx "
+            "WHERE c.ino = ? AND c.idx = ?"
+        )
+        row = self._rows.run(sql, ino, idx).fetchone()
+        return None if row is None else Chunk(*row)
+
+    def _put_chunk(self, ino: int, chunk: Chunk) -> None:
+        self._rows.run(
+            "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?)",
+            ino, chunk.idx, chunk.block_id, chunk.length, chunk.checksum,
+        )  # fmt: skip
+        if chunk.tail:
+            sql = "INSERT OR REPLACE INTO chunk_tails VALUES (?, ?, ?)"
+            self._rows.run(sql, ino, chunk.idx, chunk.tail)
+        else:
+            self._rows.run("DELETE FROM chunk_tails WHERE ino = ? AND idx = ?", ino, chunk.idx)
 
     def _drop_chunks(self, ino: int, first_idx: int) -> None:
         """Remove chunks from ``first_idx`` on; their blocks may become garbage."""
         sql = "SELECT block_id, length FROM chunks WHERE ino = ? AND idx >= ? ORDER BY idx"
         blocks = [(row[0], row[1]) for row in self._rows.run(sql, ino, first_idx)]
         self._rows.run("DELETE FROM chunks WHERE ino = ? AND idx >= ?", ino, first_idx)
+        self._rows.run("DELETE FROM chunk_tails WHERE ino = ? AND idx >= ?", ino, first_idx)
         self._release_blocks(blocks)
 
     def _release_blocks(self, blocks: list[tuple[bytes, int]]) -> None:

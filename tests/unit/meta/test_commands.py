@@ -130,7 +130,7 @@ def test_wire_form_is_op_then_fields_in_order() -> None:
     assert commit.to_wire() == [
         "commit_chunks",
         2,
-        [[[3, BLOCK, 100, SUM, b""], BLOCK, 7]],
+        [[[3, BLOCK, 100, SUM, b"", b""], BLOCK, 7]],
         5,
         None,
         None,
@@ -284,3 +284,23 @@ def test_encode_result_gives_plain_lists() -> None:
     assert encode_result((ATTR, [CHUNK])) == [ATTR.to_wire(), [CHUNK.to_wire()]]
     assert encode_result([DirEntry(2, b"a", ATTR)]) == [[2, b"a", ATTR.to_wire()]]
     assert encode_result(b"x") == b"x"
+
+
+def test_a_record_from_before_its_last_fields_were_added_still_decodes() -> None:
+    """A chunk in a log entry written before chunks had tails (or inline data)."""
+    assert Chunk.from_wire([3, BLOCK, 100, SUM, b""]) == Chunk(3, BLOCK, 100, SUM)
+    assert Chunk.from_wire([3, BLOCK, 100, SUM]) == Chunk(3, BLOCK, 100, SUM)
+    with pytest.raises(NodeError, match="Chunk takes 6 fields, got 3"):
+        Chunk.from_wire([3, BLOCK, 100])
+
+
+def test_a_cut_keeps_what_is_left_of_the_tail() -> None:
+    tailed = Chunk(3, BLOCK, 100, SUM, tail=b"t" * 40)
+    assert tailed.stored_length == 60
+    assert tailed.cut(200) is tailed
+    assert tailed.cut(70) == Chunk(3, BLOCK, 70, SUM, tail=b"t" * 10)
+    assert tailed.cut(60) == Chunk(3, BLOCK, 60, SUM)
+    assert tailed.cut(30) == Chunk(3, BLOCK, 30, SUM)
+    # Identity: a chunk's block when it has no tail; else it changes with the tail.
+    assert Chunk(3, BLOCK, 60, SUM).identity == BLOCK
+    assert tailed.identity not in (BLOCK, tailed.cut(99).identity)

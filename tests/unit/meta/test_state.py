@@ -16,12 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ringfs.node.errors import NodeError
+from ringfs.node.meta import commands
 from ringfs.node.meta import state as meta_module
 from ringfs.node.meta.commands import (
     INLINE_MAX,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     ROOT_INO,
+    TAIL_MAX,
     XATTR_CREATE,
     XATTR_REPLACE,
     Abandon,
@@ -94,7 +96,7 @@ def blind(
     for c in chunks:
         base = current.get(c.idx)
         updates.append(
-            ChunkUpdate(c, b"", 0) if base is None else ChunkUpdate(c, base.block_id, base.length)
+            ChunkUpdate(c, b"", 0) if base is None else ChunkUpdate(c, base.identity, base.length)
         )
     return CommitChunks(ino, tuple(updates), size, None, None, None, None, now)
 
@@ -670,6 +672,82 @@ def test_commit_errors(meta: MetaState) -> None:
     fails(meta, blind(meta, f, (chunk(0, 1, CS + 1),), CS + 1, T0), "EINVAL")
     fails(meta, blind(meta, f, (chunk(0, 1), chunk(0, 2)), CS, T0), "EINVAL")
     fails(meta, blind(meta, f, (), -1, T0), "EINVAL")
+
+
+def tailed(n: int, stored: int, tail: bytes, idx: int = 0) -> Chunk:
+    """Chunk `idx` keeping the first `stored` bytes of block `n` and `tail` after them."""
+    return Chunk(idx, block(n), stored + len(tail), SUM, tail=tail)
+
+
+def test_a_tail_extends_the_stored_block(meta: MetaState) -> None:
+    f = mkfile(meta, ROOT_INO, b"f")
+    ok(meta, blind(meta, f, (chunk(0, 1, 100),), 100, T0))
+    grown: Attr = ok(meta, blind(meta, f, (tailed(1, 100, b"a" * 50),), 150, T0 + 1))
+    assert (grown.size, grown.blocks) == (150, 1)
+    assert meta.query(ReadChunks(f, 0, 100)) == (grown, [tailed(1, 100, b"a" * 50)])
+    # The next append builds on the tailed chunk; the tail is all that travels.
+    ok(meta, blind(meta, f, (tailed(1, 100, b"a" * 50 + b"b" * 20),), 170, T0 + 2))
+    assert meta.query(ReadChunks(f, 0, 100))[1] == [tailed(1, 100, b"a" * 50 + b"b" * 20)]
+    assert meta.query(Garbage(10)) == []  # block 1 is still the chunk's
+    assert table(meta, "chunk_tails") == [(f, 0, b"a" * 50 + b"b" * 20)]
+    # A writer that built on the earlier tail sees the change, though block and length match
+    # what another chunk had: the identity covers the tail.
+    earlier = tailed(1, 100, b"a" * 70)
+    stale = ChunkUpdate(tailed(1, 100, b"c" * 70), earlier.identity, earlier.length)
+    fails(meta, CommitChunks(f, (stale,), 170, None, None, None, None, T0 + 3), "ECHANGED")
+    plain = ChunkUpdate(tailed(1, 100, b"c" * 70), block(1), 170)
+    fails(meta, CommitChunks(f, (plain,), 170, None, None, None, None, T0 + 3), "ECHANGED")
+    # A whole new block replaces block and tail: the old block becomes garbage.
+    ok(meta, blind(meta, f, (chunk(0, 2, 170),), 170, T0 + 4))
+    assert meta.query(Garbage(10)) == [block(1)]
+    assert table(meta, "chunk_tails") == []
+
+
+def test_a_tail_must_follow_the_stored_bytes_of_its_base(meta: MetaState) -> None:
+    f = mkfile(meta, ROOT_INO, b"f")
+    fails(meta, blind(meta, f, (tailed(1, 100, b"t"),), 101, T0), "EINVAL")  # no base
+    ok(meta, blind(meta, f, (chunk(0, 1, 100),), 100, T0))
+    fails(meta, blind(meta, f, (tailed(2, 100, b"t"),), 101, T0), "EINVAL")  # another block
+    fails(meta, blind(meta, f, (tailed(1, 90, b"t" * 11),), 101, T0), "EINVAL")  # over it
+    other = Chunk(0, block(1), 101, bytes([1]) * 32, tail=b"t")
+    fails(meta, blind(meta, f, (other,), 101, T0), "EINVAL")  # another checksum
+    g = mkfile(meta, ROOT_INO, b"g")
+    small = b"x" * 10
+    ok(meta, blind(meta, g, (Chunk(0, block(3), 10, hashlib.sha256(small).digest(), small),), 10))
+    inline_tail = Chunk(0, block(3), 11, hashlib.sha256(small).digest(), tail=b"y")
+    fails(meta, blind(meta, g, (inline_tail,), 11, T0), "EINVAL")  # the metadata keeps it all
+    for length, tail in ((10, b"t" * 10), (TAIL_MAX + 10, b"t" * (TAIL_MAX + 1))):
+        with pytest.raises(NodeError, match="a tail is at most"):
+            Chunk(0, block(1), length, SUM, tail=tail)
+
+
+def test_a_truncation_cuts_a_tail_and_an_unlink_drops_it(meta: MetaState) -> None:
+    f = mkfile(meta, ROOT_INO, b"f")
+    ok(meta, blind(meta, f, (chunk(0, 1, 100),), 100, T0))
+    ok(meta, blind(meta, f, (tailed(1, 100, b"abcdef"),), 106, T0))
+    cut: Attr = ok(meta, Setattr(f, None, None, None, 103, None, None, T0 + 1))
+    assert meta.query(ReadChunks(f, 0, 100)) == (cut, [tailed(1, 100, b"abc")])
+    ok(meta, Setattr(f, None, None, None, 5000, None, None, T0 + 2))  # zeros after it again
+    assert meta.query(ReadChunks(f, 0, 100))[1] == [tailed(1, 100, b"abc")]
+    ok(meta, Setattr(f, None, None, None, 60, None, None, T0 + 3))  # into the stored bytes
+    assert meta.query(ReadChunks(f, 0, 100))[1] == [chunk(0, 1, 60)]
+    assert table(meta, "chunk_tails") == []
+    ok(meta, blind(meta, f, (tailed(1, 60, b"again"),), 65, T0 + 4))
+    ok(meta, Unlink(ROOT_INO, b"f", T0 + 5))
+    ok(meta, Purge((f,)))
+    assert (table(meta, "chunk_tails"), table(meta, "chunks")) == ([], [])
+
+
+def test_a_chunk_map_with_many_tails_comes_in_pages(
+    meta: MetaState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(commands, "TAIL_PAGE_BYTES", 25)
+    f = mkfile(meta, ROOT_INO, b"f")
+    chunks = tuple(chunk(i, 10 + i, 100) for i in range(4))
+    ok(meta, blind(meta, f, chunks, 3 * CS + 100, T0))
+    ok(meta, blind(meta, f, tuple(tailed(10 + i, 100, b"t" * 10, idx=i) for i in range(4)), 0))
+    pages = [meta.query(ReadChunks(f, first, 100))[1] for first in (0, 3)]
+    assert [[c.idx for c in page] for page in pages] == [[0, 1, 2], [3]]
 
 
 def test_garbage_tracks_block_references(meta: MetaState) -> None:
