@@ -371,8 +371,9 @@ class FileState:
     async def _stored_buffer(self, chunk: Chunk | None) -> _Buffer:
         if chunk is None:
             return _Buffer(bytearray(), 0, self.ctx.chunk_size)
-        contents = await self._contents(chunk)
-        return _Buffer(bytearray(contents), len(contents), self.ctx.chunk_size)
+        # Room for appends past it, up to a tail: growing a buffer copies it.
+        contents = await self._contents(chunk, room=TAIL_MAX)
+        return _Buffer(contents, chunk.length, self.ctx.chunk_size)
 
     def is_uploading(self, idx: int) -> bool:
         return idx in self._uploads
@@ -690,12 +691,15 @@ class FileState:
             return piece + bytes(count - len(piece))
         return piece
 
-    async def _contents(self, chunk: Chunk) -> bytes:
-        """A stored chunk's bytes: its block's, up to its stored length, then its tail."""
-        stored = (await self._block(chunk))[: chunk.stored_length]
-        if not chunk.tail:
-            return stored
-        return stored.ljust(chunk.stored_length, b"\0") + chunk.tail
+    async def _contents(self, chunk: Chunk, room: int = 0) -> bytearray:
+        """A stored chunk's bytes: its block's, up to its stored length, then its tail, and
+        `room` zeros after them (within the chunk size). One copy of the block: an append after
+        each fsync builds its buffer from it every time."""
+        block = memoryview(await self._block(chunk))[: chunk.stored_length]
+        contents = bytearray(min(chunk.length + room, max(self.ctx.chunk_size, chunk.length)))
+        contents[: len(block)] = block
+        contents[chunk.stored_length : chunk.length] = chunk.tail
+        return contents
 
     async def _block(self, chunk: Chunk) -> bytes:
         """The whole block a chunk names: from the chunk map itself when the metadata keeps

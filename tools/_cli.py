@@ -446,6 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
         "3,600-file source tree instead",
     )
     bench.add_argument(
+        "--appends",
+        action="store_true",
+        help="time appends of 4 KiB records, each followed by fsync, to an 8 MiB log instead",
+    )
+    bench.add_argument(
         "--refill",
         action="store_true",
         help="instead: start a cluster of its own mounted on MOUNTPOINT (an empty directory), "
@@ -480,7 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="DIR",
-        help="with --tree: another directory to run them in, e.g. a GlusterFS mount (repeatable)",
+        help="with --tree or --appends: another directory to run them in, e.g. a GlusterFS "
+        "mount (repeatable)",
     )
 
     latency = sub.add_parser(
