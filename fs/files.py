@@ -22,7 +22,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 import trio
@@ -419,13 +419,10 @@ class FileState:
 
     def _extended(self, idx: int, through: int) -> Chunk | None:
         """The chunk the writes to chunk `idx` (up to write `through`) were built on, if they
-        all fall past its stored bytes: its block then still holds the start of the chunk."""
+        all fall past its stored bytes (see `_extendable`)."""
         base = self._bases.get(idx)
-        if base is None or base.inline:
-            return None
-        if any(start < base.stored_length for start, _ in self._logs[idx].spans(through)):
-            return None
-        return base
+        spans = self._logs[idx].spans(through) if base is not None else []
+        return _extendable(base, (start for start, _ in spans))
 
     async def _store(self, idx: int, view: memoryview, extends: Chunk | None = None) -> Chunk:
         """Write one chunk's bytes as a new block on its replicas; a small first chunk instead
@@ -615,8 +612,7 @@ class FileState:
             data[piece.target : end] = await self._gather(old, piece.source, piece.length)
             log.add(seq, piece.target, end, seq - 1)
             length = max(length, end)
-        above = base is not None and all(p.target >= base.stored_length for p in pieces)
-        extends = base if above and base is not None and not base.inline else None
+        extends = _extendable(base, (piece.target for piece in pieces))
         return await self._store(idx, memoryview(data)[:length], extends), log
 
     async def _gather(self, view: dict[int, Chunk], offset: int, size: int) -> bytes:
@@ -712,6 +708,15 @@ class FileState:
 def _base_of(chunk: Chunk | None) -> tuple[bytes, int]:
     """A committed chunk as a commit names its base: (identity, length), or no block."""
     return (b"", 0) if chunk is None else (chunk.identity, chunk.length)
+
+
+def _extendable(base: Chunk | None, starts: Iterable[int]) -> Chunk | None:
+    """`base`, if its block holds its stored bytes (not the metadata) and every write over it
+    starts past them: the chunk built so still begins with those bytes, and may keep the rest
+    as its tail (`_tail_fits`)."""
+    if base is None or base.inline or any(start < base.stored_length for start in starts):
+        return None
+    return base
 
 
 def _tail_fits(base: Chunk, length: int, chunk_size: int) -> bool:

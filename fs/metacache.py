@@ -100,7 +100,8 @@ class MetaCache:
         if not self.fresh() or directory not in self._complete:
             return None
         parent = self.parent(directory)
-        here, above = self._attrs.get(directory), self._attrs.get(parent or 0)
+        here = self._attrs.get(directory)
+        above = None if parent is None else self._attrs.get(parent)
         if here is None or above is None:
             return None
         entries = list(zip(DOTS, (here, above), strict=True))

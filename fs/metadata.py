@@ -145,6 +145,11 @@ class Metadata:
             await self.behind.drain_for(parent)
             stamp = self.cache.stamp()
             attr = await self.cluster.meta_query(Lookup(parent, name))
+            if self.behind.foresees(attr.ino):
+                # Queued changes of this inode (a mkdir in it) are newer than the answer.
+                await self.behind.flushed()
+                stamp = self.cache.stamp()
+                attr = await self.cluster.meta_query(Lookup(parent, name))
             self.cache.keep_entry(parent, name, attr, stamp)
         return attr
 
@@ -160,8 +165,10 @@ class Metadata:
     async def readdir(self, ino: int, after: int, limit: int) -> list[DirEntry]:
         """A page of a directory from the leader; its names and attributes are kept (an
         `ls -l` that follows asks for each of them), and a page that holds the whole
-        directory lets the cache list it next time (`listing`)."""
-        await self.behind.drain_for(ino)
+        directory lets the cache list it next time (`listing`). It waits for every queued
+        change, not only those in this directory: a mkdir queued in an entry changes the
+        entry's link count, and an older count must reach neither the cache nor the kernel."""
+        await self.behind.flushed()
         stamp = self.cache.stamp()
         page: list[DirEntry] = await self.cluster.meta_query(ReadDir(ino, after, limit))
         whole = after == 0 and len(page) < limit

@@ -336,8 +336,13 @@ class WriteBehind:
     async def drain_for(self, *inodes: int) -> None:
         """Return once the leader applied every queued change of these inodes (and so of all
         queued before them), for a query about them."""
-        if any(ino in self._foreseen or ino in self._riding for ino in inodes):
+        if any(self.foresees(ino) for ino in inodes):
             await self.flushed()
+
+    def foresees(self, ino: int) -> bool:
+        """Whether queued changes (or a command riding with them) change this inode: the
+        leader's answers about it are older than what the cache shows until they are applied."""
+        return ino in self._foreseen or ino in self._riding
 
     async def flushed(self) -> None:
         """Return once nothing is queued or on its way."""

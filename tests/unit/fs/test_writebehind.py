@@ -270,3 +270,26 @@ async def test_creates_that_run_out_of_numbers_together_reserve_once(
     for d in dirs:
         assert len(state.query(ReadDir(d, 2, 100))) == 5
         assert_shows_what_the_leader_holds(meta, state, d)
+
+
+async def test_what_the_leader_lists_or_looks_up_is_never_older_than_what_the_mount_shows(
+    meta: Metadata, state: MetaState
+) -> None:
+    """A mkdir queued in a directory changes its link count: a listing of its parent or a
+    lookup of it from the leader must not bring back the count from before."""
+
+    def links(ino: int) -> int | None:
+        attr = meta.cache.attr(ino)
+        return None if attr is None else attr.nlink
+
+    d = (await meta.apply(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 0))).ino
+    await meta.behind.flushed()
+    await meta.apply(Mkdir(d, b"sub", 0o755, 0, 0, 0))  # answered here, queued
+    assert links(d) == 3
+    page = await meta.readdir(ROOT_INO, 0, 100)
+    assert [e.attr.nlink for e in page if e.name == b"d"] == [3]
+    assert links(d) == 3
+    await meta.apply(Mkdir(d, b"sub2", 0o755, 0, 0, 0))
+    meta.cache.forget((), [(ROOT_INO, b"d")])  # the kernel asks for the name again
+    assert (await meta.lookup(ROOT_INO, b"d")).nlink == 4
+    assert links(d) == 4
