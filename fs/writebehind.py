@@ -184,10 +184,7 @@ class WriteBehind:
         made = effects.created(parent, command, ino)
         is_dir = isinstance(command, Mkdir)
         directory = effects.entry_changed(parent, command.now_ns, 1 if is_dir else 0)
-        stamp = self.cache.stamp()
-        self.cache.keep_attr(made, stamp)
-        self.cache.keep_attr(directory, stamp)
-        self.cache.keep_name(command.parent, command.name, ino, stamp)
+        self._show([], [made, directory], [(command.parent, command.name, ino)])
         self._queue_change(command, (command.parent,), (ino, command.parent))
         if is_dir:
             self.cache.mark_complete([ino])
@@ -223,7 +220,7 @@ class WriteBehind:
         ):
             return False, None
         after = effects.attributes_set(node, command)
-        self.cache.keep_attr(after, self.cache.stamp())
+        self._show([], [after], [])
         self._queue_change(command, (), (node.ino,))
         return True, after
 
@@ -284,9 +281,11 @@ class WriteBehind:
         names: list[tuple[int, bytes, int]],
     ) -> None:
         """Make the cache show a change this mount acknowledged: names `gone`, then `names`
-        made, and the attributes it leaves; the directories still have all their names."""
+        made, and the attributes it leaves; the directories still have all their names. What
+        it changes is dropped first, so a leader's answer already on its way (older) is not
+        kept over it."""
         dirs = {parent for parent, _ in gone} | {parent for parent, _, _ in names}
-        self.cache.forget((), gone)
+        self.cache.forget([attr.ino for attr in attrs], gone)
         stamp = self.cache.stamp()
         for attr in attrs:
             self.cache.keep_attr(attr, stamp)

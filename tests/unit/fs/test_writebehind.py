@@ -293,3 +293,9 @@ async def test_what_the_leader_lists_or_looks_up_is_never_older_than_what_the_mo
     meta.cache.forget((), [(ROOT_INO, b"d")])  # the kernel asks for the name again
     assert (await meta.lookup(ROOT_INO, b"d")).nlink == 4
     assert links(d) == 4
+    # An answer that left the leader before a change this mount answered is not kept.
+    await meta.behind.flushed()
+    stamp, before = meta.cache.stamp(), state.query(GetAttr(d))
+    await meta.apply(Mkdir(d, b"sub3", 0o755, 0, 0, 0))
+    meta.cache.keep_attr(before, stamp)
+    assert links(d) == 5
