@@ -2,8 +2,9 @@
 
 Plain blocking functions with no sockets and no trio: the server runs them in worker threads
 (`trio.to_thread.run_sync`), so they must be safe to call concurrently. A block is written to
-a temp file, fsync'd, renamed into place and its directory fsync'd, so after a crash a block
-is either whole or absent. A store root belongs to one node process.
+a temp file (around the page cache where the filesystem allows, see `direct.py`), fsync'd,
+renamed into place and its directory fsync'd, so after a crash a block is either whole or
+absent. A store root belongs to one node process.
 
 File layout: `root/blocks/<2 hex>/<2 hex>/<32 hex>` holding a header (magic, data length,
 sha256 of the data) followed by the data.
@@ -28,6 +29,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ringfs.node.blocks.direct import DirectWriter
 from ringfs.node.blocks.space import Capacity, Reserve, Space, footprint, refusal
 from ringfs.node.blocks.tally import Tally
 from ringfs.node.durable import fsync_dir
@@ -97,6 +99,7 @@ class BlockStore:
         self._pending_lock = threading.Lock()
         self._tally = Tally()
         self._full = False
+        self._writer = DirectWriter()
         self._blocks = root / "blocks"
         self._tmp = root / "tmp"
         self._quarantine = root / "quarantine"
@@ -186,8 +189,7 @@ class BlockStore:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                _write_all(fd, header)
-                _write_all(fd, data)
+                self._writer.write(fd, (header, data))
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -364,12 +366,6 @@ def _verify(block_id: bytes, data: memoryview, expected: object) -> None:
         raise NodeError("EINVAL", f"block {block_id.hex()}: bad checksum {expected!r:.80}")
     if checksum(data) != expected:
         raise NodeError(CORRUPT, f"block {block_id.hex()}: data does not match checksum")
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _header_problem(header: bytes, size: int) -> str | None:

@@ -8,6 +8,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -347,7 +348,9 @@ def test_writes_under_way_count_against_the_reserve(
     half = b"y" * (5 * MiB)
     seen: list[str] = []
 
-    def write_all(fd: int, data: bytes | memoryview) -> None:
+    write = store._writer.write
+
+    def write_first(fd: int, parts: Sequence[bytes | memoryview]) -> None:
         # While the first block is being written (statvfs does not show it yet), a second
         # one of the same size arrives: together they would cross the mark.
         if not seen:
@@ -355,9 +358,9 @@ def test_writes_under_way_count_against_the_reserve(
             with pytest.raises(NodeError) as info:
                 store.put(OTHER, half, checksum(half))
             seen.append(_error(info))
-        os.write(fd, data)
+        write(fd, parts)
 
-    monkeypatch.setattr("ringfs.node.blocks.store._write_all", write_all)
+    monkeypatch.setattr(store._writer, "write", write_first)
     disk.free = 90 * MiB + 8 * MiB
     store.put(ID, half, checksum(half))
     assert seen == ["first", "ENOSPC"]
