@@ -32,7 +32,7 @@ from ringfs.fs.budget import WriteBudget
 from ringfs.fs.cluster import Cluster
 from ringfs.fs.metadata import Metadata
 from ringfs.fs.writelog import Piece, WriteLog, by_chunk, intersect, merge, rebase
-from ringfs.node.blocks.store import checksum as block_checksum
+from ringfs.node.checksum import checksum as block_checksum
 from ringfs.node.errors import CHANGED, NodeError, Unavailable
 from ringfs.node.meta import commands
 from ringfs.node.meta.commands import (
@@ -435,9 +435,9 @@ class FileState:
         if extends is not None and _tail_fits(extends, len(view), self.ctx.chunk_size):
             return replace(extends, length=len(view), tail=bytes(view[extends.stored_length :]))
         block_id = os.urandom(BLOCK_ID_SIZE)
+        digest = block_checksum(view)
         if idx == 0 and 0 < len(view) <= self.ctx.inline_max:
-            return Chunk(idx, block_id, len(view), block_checksum(view), bytes(view))
-        digest = await trio.to_thread.run_sync(block_checksum, view)
+            return Chunk(idx, block_id, len(view), digest, bytes(view))
         await self.ctx.cluster.put_block(block_id, view, digest)
         if len(view) < self.ctx.chunk_size:
             # A partial chunk is likely written again: spare that write a read-back.

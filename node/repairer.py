@@ -31,7 +31,7 @@ from ringfs.node.blocks.repair import (
     unreferenced,
     within,
 )
-from ringfs.node.blocks.store import BlockStore, checksum
+from ringfs.node.blocks.store import BlockStore
 from ringfs.node.cluster.map import MapView
 from ringfs.node.cluster.ring import block_point
 from ringfs.node.errors import NEWER_MAP, NOT_LEADER, NOT_META, NodeError, Unavailable
@@ -199,7 +199,9 @@ class Repairer:
                 try:
                     theirs = await self.pool.call(node.address, "block.verify", [block_id])
                 except NodeError as exc:
-                    if exc.name != "ENOENT" or not await self._hand(node.address, block_id, data):
+                    if exc.name != "ENOENT" or not await self._hand(
+                        node.address, block_id, data, mine
+                    ):
                         return
                     theirs = mine
                 except Unavailable:
@@ -212,13 +214,13 @@ class Repairer:
         finally:
             limiter.release_on_behalf_of(block_id)
 
-    async def _hand(self, address: str, block_id: bytes, data: bytes) -> bool:
+    async def _hand(self, address: str, block_id: bytes, data: bytes, stored: bytes) -> bool:
         """Give a placement node that lacks it this node's copy (a handoff held here, or the
         copy of a node being drained), so that it need not wait for its own next pass."""
         await trio.sleep(self._bucket.take(len(data), trio.current_time()))
         epoch = self.view.current.epoch
         try:
-            await self.pool.call(address, "block.put", [block_id, checksum(data), data, epoch])
+            await self.pool.call(address, "block.put", [block_id, stored, data, epoch])
         except (Unavailable, NodeError) as exc:
             if isinstance(exc, NodeError) and exc.name == NEWER_MAP:
                 await self.offered(exc.detail)

@@ -22,7 +22,8 @@ from pathlib import Path
 import trio
 
 from ringfs.fs.cluster import Cluster, connected
-from ringfs.node.blocks.store import BLOCK_ID_SIZE, checksum
+from ringfs.node.blocks.store import BLOCK_ID_SIZE
+from ringfs.node.checksum import checksum
 from ringfs.node.meta.commands import ROOT_INO, GetAttr, Setattr
 from ringfs.node.rpc.client import ClientConfig
 from ringfs.tools.args import UserError, cluster_access

@@ -7,7 +7,7 @@ renamed into place and its directory fsync'd, so after a crash a block is either
 absent. A store root belongs to one node process.
 
 File layout: `root/blocks/<2 hex>/<2 hex>/<32 hex>` holding a header (magic, data length,
-sha256 of the data) followed by the data.
+checksum of the data) followed by the data.
 
 Block writes stop short of filling the disk: a block that would leave less free space than the
 reserve (see `space.py`) is refused with ENOSPC before any byte is written, so the Raft log and
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import itertools
 import logging
 import os
@@ -32,6 +31,7 @@ from pathlib import Path
 from ringfs.node.blocks.direct import DirectWriter
 from ringfs.node.blocks.space import Capacity, Reserve, Space, footprint, refusal
 from ringfs.node.blocks.tally import Tally
+from ringfs.node.checksum import CHECKSUM_SIZE, SHA256_SIZE, is_checksum, matches
 from ringfs.node.durable import fsync_dir
 from ringfs.node.errors import CORRUPT, NodeError
 
@@ -40,15 +40,14 @@ log = logging.getLogger(__name__)
 #: Block ids are 16 random bytes, stored as 32 hex characters.
 BLOCK_ID_SIZE = 16
 
-#: Identifies a block file and its format version.
-MAGIC = b"RFB1"
+#: Identifies a block file, and so the length of its checksum: RFB1 files (written before
+#: protocol version 13) hold sha256, RFB2 files XXH3-128 (see `ringfs.node.checksum`).
+CHECKSUM_SIZES = {b"RFB1": SHA256_SIZE, b"RFB2": CHECKSUM_SIZE}
+_MAGICS = {size: magic for magic, size in CHECKSUM_SIZES.items()}
 
-#: magic, data length (unsigned 64-bit big-endian), sha256 of the data.
+#: magic, data length (unsigned 64-bit big-endian), checksum of the data (zero-padded).
 _HEADER = struct.Struct(">4sQ32s")
 HEADER_SIZE = _HEADER.size
-
-#: sha256 digest length.
-CHECKSUM_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -60,11 +59,6 @@ class StoreStats:
     space: Capacity
     #: False while the first count of the store runs: blocks and bytes are a part of it.
     counted: bool = True
-
-
-def checksum(data: bytes | memoryview) -> bytes:
-    """The checksum stored with a block (sha256 digest); clients compute the same."""
-    return hashlib.sha256(data).digest()
 
 
 def validate_block_id(obj: object) -> bytes:
@@ -137,7 +131,7 @@ class BlockStore:
             return
         need = self._claim(HEADER_SIZE + len(view))
         try:
-            self._write(block_id, path, _HEADER.pack(MAGIC, len(view), checksum), view)
+            self._write(block_id, path, _header(len(view), checksum), view)
         finally:
             with self._pending_lock:
                 self._pending -= need
@@ -232,9 +226,10 @@ class BlockStore:
                 header = file.read(HEADER_SIZE)
                 problem = _header_problem(header, size)
                 if problem is None:
-                    _, length, stored = _HEADER.unpack(header)
+                    magic, length, field = _HEADER.unpack(header)
+                    stored = field[: CHECKSUM_SIZES[magic]]
                     data = file.read(length)
-                    if checksum(data) != stored:
+                    if not matches(data, stored):
                         problem = "checksum mismatch"
         except FileNotFoundError as exc:
             raise NodeError("ENOENT", f"block {block_id.hex()}") from exc
@@ -362,10 +357,15 @@ class BlockStore:
 
 def _verify(block_id: bytes, data: memoryview, expected: object) -> None:
     """Raise NodeError: EINVAL if `expected` is no checksum, CORRUPT if the data differs."""
-    if not isinstance(expected, bytes) or len(expected) != CHECKSUM_SIZE:
+    if not is_checksum(expected):
         raise NodeError("EINVAL", f"block {block_id.hex()}: bad checksum {expected!r:.80}")
-    if checksum(data) != expected:
+    if not matches(data, expected):
         raise NodeError(CORRUPT, f"block {block_id.hex()}: data does not match checksum")
+
+
+def _header(length: int, checksum: bytes) -> bytes:
+    """The header of a block of `length` bytes, in the format its checksum's kind needs."""
+    return _HEADER.pack(_MAGICS[len(checksum)], length, checksum)
 
 
 def _header_problem(header: bytes, size: int) -> str | None:
@@ -373,7 +373,7 @@ def _header_problem(header: bytes, size: int) -> str | None:
     if len(header) < HEADER_SIZE:
         return "truncated header"
     magic, length, _ = _HEADER.unpack(header)
-    if magic != MAGIC:
+    if magic not in CHECKSUM_SIZES:
         return f"bad magic {magic!r}"
     if size != HEADER_SIZE + length:
         return f"size {size} does not match length {length}"

@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import MISSING, Field, dataclass, fields, replace
 from typing import Any, ClassVar, NamedTuple, Self, cast
 
+from ringfs.node.checksum import is_checksum
 from ringfs.node.errors import NodeError, ProtocolError
 
 #: Linux NAME_MAX: the longest directory entry name, in bytes.
@@ -46,8 +47,6 @@ XATTR_NAME_MAX = 255
 XATTR_SIZE_MAX = 65536
 #: Block ids are random 128-bit values, chosen by the writer.
 BLOCK_ID_SIZE = 16
-#: Checksums are sha256 digests of the whole stored block.
-CHECKSUM_SIZE = 32
 #: The root directory's inode number (FUSE_ROOT_ID).
 ROOT_INO = 1
 #: Most chunk map entries one ReadChunks returns or one CommitChunks carries (about 2 MiB):
@@ -206,7 +205,7 @@ class Chunk(_Record):
     def __post_init__(self) -> None:
         if self.idx < 0 or self.length < 0:
             raise NodeError("EINVAL", "negative chunk index or length")
-        if len(self.block_id) != BLOCK_ID_SIZE or len(self.checksum) != CHECKSUM_SIZE:
+        if len(self.block_id) != BLOCK_ID_SIZE or not is_checksum(self.checksum):
             raise NodeError("EINVAL", "bad block id or checksum size")
         if self.data and (self.idx != 0 or len(self.data) > INLINE_MAX):
             raise NodeError("EINVAL", f"only chunk 0 of up to {INLINE_MAX} bytes travels inline")

@@ -21,7 +21,6 @@ still need); a regular file whose last link goes stays as an orphan with nlink 0
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import sqlite3
 import stat
@@ -33,6 +32,7 @@ from typing import Any
 
 import msgpack
 
+from ringfs.node.checksum import matches
 from ringfs.node.errors import CHANGED, DELEGATED, SESSION_EXPIRED, NodeError
 from ringfs.node.meta import commands as cmd
 from ringfs.node.meta.commands import Attr, Chunk, Entry, Outcome
@@ -784,13 +784,13 @@ def _check_regular(node: Inode, size: int) -> None:
 
 def _check_chunks(chunks: Sequence[Chunk], chunk_size: int) -> None:
     """Chunks must fit their slot and name each index once; a block the metadata is to keep
-    must be whole and match its checksum (sha256, as the storage nodes check theirs)."""
+    must be whole and match its checksum, as the storage nodes check theirs."""
     seen: set[int] = set()
     for chunk in chunks:
         if chunk.length > chunk_size:
             raise NodeError("EINVAL", f"chunk {chunk.idx} is longer than a chunk")
         if chunk.inline and (
-            len(chunk.data) != chunk.length or hashlib.sha256(chunk.data).digest() != chunk.checksum
+            len(chunk.data) != chunk.length or not matches(chunk.data, chunk.checksum)
         ):
             raise NodeError("EINVAL", f"chunk {chunk.idx}: its data is not the block it names")
         if chunk.idx in seen:

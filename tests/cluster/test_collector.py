@@ -4,13 +4,14 @@ once their grace period is over, and stay listed while a node that may hold them
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
 from ringfs.fs.cluster import Cluster
 from ringfs.fs.mount import wait_for_filesystem
-from ringfs.node.blocks.store import checksum
+from ringfs.node.checksum import checksum
 from ringfs.node.meta.commands import Attr, Chunk, ChunkUpdate, CommitChunks, Garbage, Mknod
 from tests.cluster.conftest import LocalNodes, start_nodes, wait_until
 
@@ -26,9 +27,15 @@ def holders(nodes: LocalNodes, block_id: bytes) -> set[str]:
     }
 
 
-async def write_chunk(cluster: Cluster, ino: int, data: bytes, base: Chunk | None = None) -> Chunk:
-    """Chunk 0 of the file, written anew over `base`."""
-    stored = await cluster.put_block(os.urandom(16), memoryview(data), checksum(data))
+async def write_chunk(
+    cluster: Cluster,
+    ino: int,
+    data: bytes,
+    base: Chunk | None = None,
+    kind: Callable[[bytes], bytes] = checksum,
+) -> Chunk:
+    """Chunk 0 of the file, written anew over `base`, with a checksum of `kind`."""
+    stored = await cluster.put_block(os.urandom(16), memoryview(data), kind(data))
     chunk = Chunk(0, stored.block_id, len(data), stored.checksum)
     update = ChunkUpdate(chunk, base.block_id if base else b"", base.length if base else 0)
     await cluster.meta_apply(CommitChunks(ino, (update,), len(data), None, None, None, None, 0))

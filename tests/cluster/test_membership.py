@@ -71,9 +71,15 @@ def map_where(
     return check
 
 
-async def all_read_back(client: Cluster, chunks: list[Chunk]) -> None:
+async def all_read_back(nodes: LocalNodes, client: Cluster, chunks: list[Chunk]) -> None:
+    """Every block reads back, and every copy of it holds the checksum its file names."""
     for chunk in chunks:
         assert len(await client.get_block(chunk.block_id, chunk.checksum)) == chunk.length
+        for node in holders(nodes, chunk.block_id) & set(nodes.scopes):
+            address = client.map.node(node).address
+            assert await client.pool.call(address, "block.verify", [chunk.block_id]) == (
+                chunk.checksum
+            ), f"{node}'s copy of {chunk.block_id.hex()}"
 
 
 async def test_a_new_node_joins_takes_its_share_and_only_that(
@@ -92,7 +98,7 @@ async def test_a_new_node_joins_takes_its_share_and_only_that(
         gained = holders(nodes, chunk.block_id) - before[chunk.block_id]
         assert gained <= {"n4"}
     assert any("n4" in holders(nodes, c.block_id) for c in chunks)
-    await all_read_back(client, chunks)
+    await all_read_back(nodes, client, chunks)
 
 
 async def test_a_drained_node_leaves_and_stops(
@@ -112,7 +118,7 @@ async def test_a_drained_node_leaves_and_stops(
     assert all(outside not in holders(nodes, c.block_id) for c in chunks)
     assert await placed_on(nodes, chunks, client.map)
     assert outside not in client.map.acceptors()
-    await all_read_back(client, chunks)
+    await all_read_back(nodes, client, chunks)
 
 
 async def test_a_dead_node_removed_is_copied_again_from_the_others(
@@ -129,7 +135,7 @@ async def test_a_dead_node_removed_is_copied_again_from_the_others(
     assert removed.node(outside).state == "removed"
     await wait_until(lambda: placed_on(nodes, chunks, removed), seconds=60)
     assert all(len(holders(nodes, c.block_id) - {outside}) == 3 for c in chunks)
-    await all_read_back(client, chunks)
+    await all_read_back(nodes, client, chunks)
 
 
 async def test_a_node_down_past_the_out_time_is_copied_away_and_rejoins(
@@ -156,7 +162,7 @@ async def test_a_node_down_past_the_out_time_is_copied_away_and_rejoins(
     back = client.map
     await wait_until(lambda: placed_on(nodes, chunks, back), seconds=60)
     assert any(outside in holders(nodes, c.block_id) for c in chunks)
-    await all_read_back(client, chunks)
+    await all_read_back(nodes, client, chunks)
 
 
 async def test_a_new_node_replaces_an_old_one_and_takes_exactly_its_blocks(
@@ -176,7 +182,7 @@ async def test_a_new_node_replaces_an_old_one_and_takes_exactly_its_blocks(
     await wait_until(map_where(client, lambda m: m.node(old).state == "removed"), seconds=60)
     await wait_until(lambda: placed_on(nodes, chunks, client.map), seconds=60)
     assert {c.block_id for c in chunks if "n5" in holders(nodes, c.block_id)} == had
-    await all_read_back(client, chunks)
+    await all_read_back(nodes, client, chunks)
 
 
 async def test_a_writer_with_an_older_map_is_told_the_new_one_and_writes_by_it(
@@ -263,4 +269,4 @@ async def test_a_node_back_after_several_changes_finds_the_new_acceptors(
     await wait_until(caught_up)
     assert ClusterMap.load(nodes.root / outside / "cluster.json").node("n5").state == "removed"
     await wait_until(lambda: placed_on(nodes, chunks, client.map), seconds=60)
-    await all_read_back(client, chunks)
+    await all_read_back(nodes, client, chunks)

@@ -14,7 +14,7 @@ import trio
 from ringfs.fs.cluster import Cluster
 from ringfs.fs.mount import wait_for_filesystem
 from ringfs.node.blocks.repair import RepairConfig
-from ringfs.node.blocks.store import checksum
+from ringfs.node.checksum import checksum
 from ringfs.node.errors import NodeError
 from ringfs.node.meta.commands import (
     Attr,

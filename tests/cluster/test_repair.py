@@ -5,6 +5,7 @@ after a read found its copy corrupt."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 from collections.abc import Awaitable, Callable
@@ -15,6 +16,7 @@ import trio
 from ringfs.fs.cluster import Cluster
 from ringfs.fs.mount import wait_for_filesystem
 from ringfs.node.blocks.scrub import ScrubConfig, load
+from ringfs.node.checksum import checksum
 from ringfs.node.meta.commands import Attr, Chunk, Mknod
 from tests.cluster.conftest import LocalNodes, start_nodes, wait_until
 from tests.cluster.test_collector import holders, write_chunk
@@ -25,11 +27,19 @@ def block_file(nodes: LocalNodes, node: str, block_id: bytes) -> Path:
     return nodes.root / node / "store" / "blocks" / name[:2] / name[2:4] / name
 
 
+def sha256(data: bytes) -> bytes:
+    """The checksum of blocks written by version 12 and before."""
+    return hashlib.sha256(data).digest()
+
+
 async def write_files(cluster: Cluster, count: int) -> list[Chunk]:
+    """`count` one-block files; every other block has a checksum of the kind older versions
+    wrote, so that repairs and moves are seen to keep each kind."""
     chunks = []
     for i in range(count):
         attr: Attr = await cluster.meta_apply(Mknod(1, f"f{i}".encode(), 0o100644, 0, 0, 0, 0))
-        chunks.append(await write_chunk(cluster, attr.ino, os.urandom(1000 + i)))
+        kind = sha256 if i % 2 else checksum
+        chunks.append(await write_chunk(cluster, attr.ino, os.urandom(1000 + i), kind=kind))
     return chunks
 
 

@@ -17,7 +17,7 @@ import trio
 
 from ringfs.fs.cluster import Cluster, ClusterConfig
 from ringfs.fs.mount import wait_for_filesystem
-from ringfs.node.blocks.store import checksum
+from ringfs.node.checksum import checksum
 from ringfs.node.cluster.keys import SALT_SIZE, key_secret
 from ringfs.node.errors import NodeError, Unavailable
 from ringfs.node.meta import commands as cmd

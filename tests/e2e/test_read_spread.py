@@ -13,7 +13,8 @@ import trio
 
 from ringfs.fs.cluster import Cluster as Client
 from ringfs.fs.cluster import connected
-from ringfs.node.blocks.store import BLOCK_ID_SIZE, checksum
+from ringfs.node.blocks.store import BLOCK_ID_SIZE
+from ringfs.node.checksum import checksum
 from ringfs.node.errors import NodeError
 from ringfs.node.rpc.client import ClientConfig
 from ringfs.tools.local import read_secret

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import random
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from ringfs.node.blocks.space import MiB, Reserve, Space
-from ringfs.node.blocks.store import HEADER_SIZE, BlockStore, checksum, validate_block_id
+from ringfs.node.blocks.store import HEADER_SIZE, BlockStore, validate_block_id
+from ringfs.node.checksum import checksum
 from ringfs.node.errors import CORRUPT, NodeError
 
 ID = bytes(range(16))
@@ -134,6 +136,37 @@ def test_put_replaces_a_corrupt_copy(
     assert store.get(ID)[0] == DATA
     assert len(list((store.root / "quarantine").iterdir())) == 1
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
+
+
+SHA256 = hashlib.sha256(DATA).digest()
+
+
+def test_a_block_keeps_the_kind_of_checksum_it_was_put_with(store: BlockStore) -> None:
+    store.put(ID, DATA, checksum(DATA))
+    store.put(OTHER, DATA, SHA256)  # a copy made from a block of version 12 or before
+    assert store.get(ID) == (DATA, checksum(DATA))
+    assert store.get(OTHER) == (DATA, SHA256)
+    assert _file(store, ID).read_bytes()[:4] == b"RFB2"
+    assert _file(store, OTHER).read_bytes()[:4] == b"RFB1"
+    store.put(OTHER, DATA, SHA256)  # idempotent with the old kind too
+    with pytest.raises(NodeError) as info:
+        store.put(OTHER, DATA, checksum(DATA))
+    assert _error(info) == "EEXIST"
+
+
+def test_a_block_file_of_version_12_reads_and_verifies(
+    store: BlockStore, expected_logs: list[str]
+) -> None:
+    expected_logs.append("is corrupt")
+    header = b"RFB1" + len(DATA).to_bytes(8, "big") + SHA256
+    for block_id in (ID, OTHER):
+        _file(store, block_id).parent.mkdir(parents=True, exist_ok=True)
+        _file(store, block_id).write_bytes(header + DATA)
+    assert store.get(ID) == (DATA, SHA256)
+    _corrupt(_file(store, OTHER), HEADER_SIZE + 7)
+    with pytest.raises(NodeError) as info:
+        store.get(OTHER)
+    assert _error(info) == CORRUPT
 
 
 def test_missing_block(store: BlockStore) -> None:
