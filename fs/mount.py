@@ -53,7 +53,7 @@ class MountConfig:
     cache_bytes: int = 64 * 1024 * 1024
     # Files whose data the metadata keeps (see `INLINE_MAX`); 0: every block to the nodes.
     inline_max: int = INLINE_MAX
-    # Seconds an uploaded chunk waits at most for its commit (`FileState._commit_later`).
+    # Seconds an uploaded chunk waits at most for its commit (`FileState._plan_commit`).
     commit_within: float = 30.0
     # Where to serve Prometheus metrics (host, port); None: nowhere.
     metrics: tuple[str, int] | None = None

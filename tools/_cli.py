@@ -84,6 +84,14 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
         help="how long a metadata call looks for a meta-group leader before it fails with EIO "
         "(default 20); a change a leader may have taken waits until its outcome is known",
     )
+    parser.add_argument(
+        "--commit-within",
+        type=seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long data written to a file that is neither closed nor fsync'd may stay "
+        "invisible to other mounts once it is stored (default 30)",
+    )
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
 

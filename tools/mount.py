@@ -64,13 +64,14 @@ def _config(
         metrics=metrics,
         mountpoint=mountpoint,
         fuse_options=tuple(checks.fuse_options(args)),
+        commit_within=args.commit_within,
     )
 
 
 def _in_background(args: argparse.Namespace, argv: list[str], log: Path) -> None:
     options = [f"-o{opt}" for opt in checks.fuse_options(args)]
-    deadline = ["--meta-deadline", str(args.meta_deadline)]
-    background.start([*checks.passthrough(args), *argv, "-f", *deadline, *options], log)
+    timing = [f"--meta-deadline={args.meta_deadline}", f"--commit-within={args.commit_within}"]
+    background.start([*checks.passthrough(args), *argv, "-f", *timing, *options], log)
 
 
 def mount(args: argparse.Namespace) -> int:
