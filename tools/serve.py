@@ -17,11 +17,13 @@ from ringfs.node.cluster.map import parse_members
 from ringfs.node.rpc.client import split_address
 from ringfs.tools import args as checks
 from ringfs.tools.args import UserError, seeds
+from ringfs.tools.heap import keep_freed_buffers
 from ringfs.tools.local import keep_private, read_secret
 
 
 def node(args: argparse.Namespace) -> int:
     keep_private()
+    keep_freed_buffers()
     host, port = split_address(args.listen)
     config = daemon.NodeConfig(
         node_id=args.name,
