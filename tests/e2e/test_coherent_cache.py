@@ -170,11 +170,15 @@ def test_a_directory_changed_here_shows_what_another_mount_reads(two: tuple[Path
     assert seen(a)[2] == 7
 
 
-def listing(directory: Path) -> dict[str, int]:
-    """What `ls -l` shows: each name with its size, from one readdir and the stats after it."""
-    return {
-        entry.name: entry.stat(follow_symlinks=False).st_size for entry in os.scandir(directory)
-    }
+def listing(directory: Path) -> dict[str, int] | None:
+    """What `ls -l` shows: each name with its size, from one readdir and the stats after it;
+    None if a name went between the two (a change from the other mount arriving meanwhile:
+    `ls` would print "cannot access"), so that `seen_within` looks again."""
+    with os.scandir(directory) as entries:
+        try:
+            return {entry.name: entry.stat(follow_symlinks=False).st_size for entry in entries}
+        except FileNotFoundError:
+            return None
 
 
 @pytest.mark.parametrize("maker", ["a", "b"])
