@@ -594,8 +594,13 @@ class MetaState:
             self._rows.run("DELETE FROM chunk_tails WHERE ino = ? AND idx = ?", ino, chunk.idx)
 
     def _drop_chunks(self, ino: int, first_idx: int) -> None:
-        """Remove chunks from ``first_idx`` on; their blocks may become garbage."""
-        sql = "SELECT block_id, length FROM chunks WHERE ino = ? AND idx >= ? ORDER BY idx"
+        """Remove chunks from ``first_idx`` on; their blocks (the bytes they store, not the
+        tails the metadata keeps) may become garbage."""
+        sql = (
+            "SELECT c.block_id, c.length - length(COALESCE(t.data, x'')) FROM chunks c "
+            "LEFT JOIN chunk_tails t ON t.ino = c.ino AND t.idx = c.idx "
+            "WHERE c.ino = ? AND c.idx >= ? ORDER BY c.idx"
+        )
         blocks = [(row[0], row[1]) for row in self._rows.run(sql, ino, first_idx)]
         self._rows.run("DELETE FROM chunks WHERE ino = ? AND idx >= ?", ino, first_idx)
         self._rows.run("DELETE FROM chunk_tails WHERE ino = ? AND idx >= ?", ino, first_idx)

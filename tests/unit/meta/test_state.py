@@ -737,6 +737,7 @@ def test_a_truncation_cuts_a_tail_and_an_unlink_drops_it(meta: MetaState) -> Non
     ok(meta, Unlink(ROOT_INO, b"f", T0 + 5))
     ok(meta, Purge((f,)))
     assert (table(meta, "chunk_tails"), table(meta, "chunks")) == ([], [])
+    assert garbage_backlog(meta) == (1, 60)  # the block's bytes: the tail went with the map
 
 
 def test_a_chunk_map_with_many_tails_comes_in_pages(
