@@ -22,6 +22,7 @@ import trio
 from ringfs.node.cluster.map import MapView
 from ringfs.node.collector import Collector
 from ringfs.node.meta.replica import ReplicatedMeta
+from ringfs.node.raft import storage
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,6 @@ log = logging.getLogger(__name__)
 CHECK_INTERVAL = 0.5
 #: Seconds without a leader after which a member the map no longer names stops.
 SILENCE = 10.0
-#: The Raft log's file in a data directory: present once the node was in the meta group.
-RAFT_LOG = "raft.db"
 
 
 class MetaSeat:
@@ -47,7 +46,7 @@ class MetaSeat:
         self.node_id = node_id
         self.view = view
         self._make_replica, self._make_collector = replica, collector
-        self._was_member = (data_dir / RAFT_LOG).exists()
+        self._was_member = storage.exists(data_dir)
         #: The running replica and its collector (None while this node holds no seat).
         self.replica: ReplicatedMeta | None = None
         self.collector: Collector | None = None

@@ -1,6 +1,6 @@
 """How far blocks may fill a node's disk: the reserve kept for the metadata, and the room test.
 
-The Raft log (`raft.db`) and the metadata database (`meta.db`, its WAL, snapshot images) share
+The Raft log (`raft/`) and the metadata database (`meta.db`, its WAL, snapshot images) share
 the disk with the block store. If blocks took its last bytes, SQLite could commit nothing more
 and the meta-group member would stop, and with it, when every disk is full, the namespace. So
 block writes stop at a high-water mark: a block is refused with ENOSPC, before any byte is

@@ -47,7 +47,7 @@ from ringfs.node.raft.core import Entry as LogEntry
 from ringfs.node.raft.core import EntryKind, NotLeader, SnapshotMeta
 from ringfs.node.raft.images import ImageReceiver
 from ringfs.node.raft.shell import LeadershipLost, RaftNode, StateMachine, Transport
-from ringfs.node.raft.storage import RaftLog
+from ringfs.node.raft.storage import LEGACY_DB, LOG_DIR, RaftLog
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -269,7 +269,7 @@ class ReplicatedMeta:
         """`snapshot_every`: snapshot every that many entries; None: by the size of the log
         against the state (`SNAPSHOT_SHARE`)."""
         self.machine = MetaMachine(data_dir / "meta.db")
-        self.storage = RaftLog(data_dir / "raft.db")
+        self.storage = RaftLog(data_dir / LOG_DIR, legacy=data_dir / LEGACY_DB)
         # Snapshot images arriving from the leader, part by part.
         self.images = ImageReceiver(data_dir / "incoming")
         self.raft = RaftNode(

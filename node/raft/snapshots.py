@@ -3,7 +3,7 @@
 Copying a large state machine takes seconds, longer than an election timeout, so the copy runs
 in a task of its own (the state machine's `snapshot`, in a worker thread) while the loop goes
 on ticking, answering and applying. The image is of one moment, at the index applied then;
-once it is taken, the loop compacts the core and `raft.db` up to that index
+once it is taken, the loop compacts the core and the Raft log up to that index
 (`Snapshots.finish`) and offers the image to the followers that wait for one. An image offered
 is offered again, not taken again, while it is the newest and a follower still needs it; then
 its file is handed to `discard` (a transfer still reading it keeps its open file).

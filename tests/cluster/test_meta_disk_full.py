@@ -1,7 +1,7 @@
-"""A meta-group member whose raft.db cannot be written stops taking part, not serving.
+"""A meta-group member whose Raft log cannot be written stops taking part, not serving.
 
-In-process nodes. One follower's Raft log fails as a full disk does ("database or disk is
-full"): the node keeps running and serving blocks and `meta.status` (role `stopped`), the other
+In-process nodes. One follower's Raft log fails as a full disk does ("No space left on
+device"): the node keeps running and serving blocks and `meta.status` (role `stopped`), the other
 two keep committing, and once the log can be written again the member reopens its storage by
 itself and catches up.
 """
@@ -45,7 +45,7 @@ async def test_a_member_whose_raft_log_is_full_stops_taking_part_not_serving(
         append: Sequence[Entry],
     ) -> None:
         if Path(self._path).parent in full:
-            raise StorageFailure(f"raft log {self._path}: database or disk is full")
+            raise StorageFailure(f"raft log {self._path}: [Errno 28] No space left on device")
         save(self, hard_state, truncate_from, append)
 
     monkeypatch.setattr(RaftLog, "save", saving)
@@ -60,7 +60,7 @@ async def test_a_member_whose_raft_log_is_full_stops_taking_part_not_serving(
             await cluster.meta_apply(Mkdir(ROOT_INO, b"d%d" % i, 0o755, 0, 0, 0))
         stopped = (await members(cluster))[member]
         assert stopped["role"] == "stopped"
-        assert "database or disk is full" in stopped["failure"]
+        assert "No space left on device" in stopped["failure"]
         # It still serves blocks.
         address = nodes.map.node(member).address
         data = os.urandom(1000)
