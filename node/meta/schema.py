@@ -141,7 +141,7 @@ def open_database(path: Path | str, *, synchronous: bool = True) -> sqlite3.Conn
 
     `synchronous=False` skips the fsync at each commit (WAL, synchronous=NORMAL): for a
     replica whose commands are durable in the Raft log, which replays whatever a power loss
-    took back; `checkpoint` makes everything durable before the log is compacted.
+    took back; a snapshot syncs the WAL before the log is compacted (`MetaMachine.snapshot`).
     """
     db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode = WAL")

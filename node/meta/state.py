@@ -7,11 +7,12 @@ nothing inside `apply_batch` reads the clock, draws random numbers or iterates a
 collection: timestamps and ids come in the commands, counters live in the database, and every
 multi-row read that affects the state has an ORDER BY.
 
-A batch is one SQLite transaction (one fsync: group commit) with one SAVEPOINT per command,
-so a failing command rolls back only itself. Commands that carry (client id, seq) are applied
-at most once: a retry gets the stored outcome back. That takes a session the client opened
-(`OpenSession`); once `Expire` ended it, its commands are refused (SESSION_EXPIRED), since the
-outcomes that would have caught a late copy are gone.
+A batch is one SQLite transaction, or joins the one the batches before it left open (see
+`apply_batch`), with one SAVEPOINT per command, so a failing command rolls back only itself.
+Commands that carry (client id, seq) are applied at most once: a retry gets the stored outcome
+back. That takes a session the client opened (`OpenSession`); once `Expire` ended it, its
+commands are refused (SESSION_EXPIRED), since the outcomes that would have caught a late copy
+are gone.
 
 Directories are deleted as soon as they are removed (they hold no data an open handle could
 still need); a regular file whose last link goes stays as an orphan with nlink 0 until a
@@ -112,6 +113,7 @@ class MetaState:
         """`synchronous=False`: commits are not fsync'd (see `open_database`)."""
         self._lock = threading.Lock()
         self._db = open_database(path, synchronous=synchronous)
+        self._closed = False
         self._rows = Tables(self._db)
         # What each entry of the last batch changed, in order (for the change feed).
         self._changes: list[tuple[bytes | None, list[int], list[tuple[int, bytes]]]] = []
@@ -128,9 +130,35 @@ class MetaState:
         self.close()
 
     def close(self) -> None:
-        """Close the database; the object is unusable afterwards."""
+        """Commit what batches left open, and close the database; the object is unusable
+        afterwards. Batches that cannot be committed are lost here (and applied again from the
+        log that holds them)."""
         with self._lock:
-            self._db.close()
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                if self._db.in_transaction:
+                    self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                log.warning("metadata database: applied batches not committed at close: %s", exc)
+            finally:
+                self._db.close()
+
+    def commit(self) -> None:
+        """Commit the batches `apply_batch(..., commit=False)` left in an open transaction
+        (nothing once closed). A failure closes the database: the state it would answer from
+        may have lost those batches, and the member must reopen it (its log applies them
+        again)."""
+        with self._lock:
+            if self._closed or not self._db.in_transaction:
+                return
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                self._closed = True
+                self._db.close()
+                raise
 
     @property
     def applied_index(self) -> int:
@@ -140,8 +168,14 @@ class MetaState:
 
     # --- applying ---------------------------------------------------------------------------
 
-    def apply_batch(self, entries: Sequence[Entry], last_index: int | None = None) -> list[Outcome]:
+    def apply_batch(
+        self, entries: Sequence[Entry], last_index: int | None = None, *, commit: bool = True
+    ) -> list[Outcome]:
         """Apply ``entries`` in order in one transaction; return one Outcome per entry.
+
+        `commit=False` leaves the transaction open, and the next batches join it, until a batch
+        commits or `commit` is called: this connection reads what they applied at once, other
+        connections once it is committed.
 
         A command failing with NodeError gives an Outcome with that errno name and leaves the
         state as if it never ran; its neighbours are unaffected. So does a bug in a command's
@@ -149,16 +183,18 @@ class MetaState:
         same, and in the same transaction, so a crash cannot leave half a batch applied. Only a
         failure of the database or the machine (`is_storage_failure`: a full disk, an I/O
         error, no memory), which replicas would not share, rolls back the whole batch and
-        propagates.
+        propagates; it rolls back the batches left open before it too.
         """
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if not self._db.in_transaction:
+                self._db.execute("BEGIN IMMEDIATE")
             self._changes = []
             try:
                 outcomes = [self._apply_entry(entry) for entry in entries]
                 if last_index is not None:
                     self._rows.set_counter("applied_index", last_index)
-                self._db.execute("COMMIT")
+                if commit:
+                    self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
@@ -746,14 +782,12 @@ class MetaState:
 
     # --- snapshots and inspection -------------------------------------------------------------
 
-    def checkpoint(self) -> None:
-        """Make every committed batch durable in the database file (fsync)."""
-        with self._lock:
-            self._db.execute("PRAGMA wal_checkpoint(FULL)")
-
     def snapshot_to(self, path: Path | str) -> None:
-        """Write a consistent copy of the whole database to ``path`` (a new file)."""
+        """Write a consistent copy of the whole database to ``path`` (a new file), with every
+        batch applied so far."""
         with self._lock:
+            if self._db.in_transaction:
+                self._db.execute("COMMIT")
             target = sqlite3.connect(str(path))
             try:
                 self._db.backup(target)

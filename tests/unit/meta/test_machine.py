@@ -7,11 +7,13 @@ import contextlib
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
 
 from ringfs.node.errors import StorageFailure
+from ringfs.node.meta import replica
 from ringfs.node.meta.commands import ROOT_INO, Entry, Init, Mkdir, Outcome
 from ringfs.node.meta.replica import Applied, MetaMachine
 from ringfs.node.raft.core import Entry as LogEntry
@@ -31,7 +33,96 @@ def mkdir(index: int, name: bytes) -> LogEntry:
 def machine(tmp_path: Path) -> MetaMachine:
     machine = MetaMachine(tmp_path / "meta.db")
     machine.apply([command(1, Entry(Init(4096, 0, 0, 1)))])
+    machine.state.commit()
     return machine
+
+
+def committed_index(path: Path) -> int:
+    """The applied index another connection (a snapshot's copy, a restarted node) reads."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        (index,) = db.execute("SELECT value FROM counters WHERE name = 'applied_index'").fetchone()
+    return int(index)
+
+
+def test_batches_commit_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(replica, "COMMIT_BATCHES", 3)
+    monkeypatch.setattr(replica, "COMMIT_INTERVAL", 60.0)
+    machine = MetaMachine(tmp_path / "meta.db")
+    machine.apply([command(1, Entry(Init(4096, 0, 0, 1)))])
+    machine.apply([mkdir(2, b"a")])
+    assert machine.applied_index() == 2  # this connection reads them at once
+    assert committed_index(machine.path) == 0
+    machine.apply([mkdir(3, b"b")])  # the third since the last commit
+    assert committed_index(machine.path) == 3
+    machine.apply([mkdir(4, b"c")])
+    assert committed_index(machine.path) == 3
+    monkeypatch.setattr(replica, "COMMIT_INTERVAL", 0.0)
+    machine.apply([mkdir(5, b"d")])
+    assert committed_index(machine.path) == 5
+    machine.state.close()
+
+
+def test_batches_left_open_are_committed_once_due(
+    machine: MetaMachine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When no batch comes to commit them (`ReplicatedMeta` asks every `COMMIT_INTERVAL`)."""
+    machine.apply([mkdir(2, b"a")])
+    machine.commit_due()
+    assert committed_index(machine.path) == 1  # not due yet
+    monkeypatch.setattr(replica, "COMMIT_INTERVAL", 0.0)
+    machine.commit_due()
+    assert committed_index(machine.path) == 2
+
+
+class FailingCommits:
+    """A connection whose COMMIT fails as a failing disk's does."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+    def execute(self, sql: str, *params: Any) -> sqlite3.Cursor:
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.db.execute(sql, *params)
+
+
+def test_a_failed_commit_closes_the_database(
+    machine: MetaMachine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its batches may be gone with it: nothing may be answered from what is left, and the
+    member reopens the database at its last commit."""
+    machine.apply([mkdir(2, b"a")])
+    machine.state._db = FailingCommits(machine.state._db)  # type: ignore[assignment]
+    monkeypatch.setattr(replica, "COMMIT_INTERVAL", 0.0)
+    with pytest.raises(StorageFailure, match="disk I/O error"):
+        machine.commit_due()
+    with pytest.raises(StorageFailure, match="meta.db"):
+        machine.apply([mkdir(3, b"b")])
+    machine.reopen()
+    assert machine.applied_index() == 1
+
+
+def test_a_crash_takes_back_only_the_open_batches(machine: MetaMachine) -> None:
+    machine.apply([mkdir(2, b"a")])
+    machine.state._db.close()  # the process dies: the transaction never commits
+    again = MetaMachine(machine.path)
+    assert again.applied_index() == 1  # the log applies index 2 again
+    again.apply([mkdir(2, b"a")])
+    assert again.applied_index() == 2
+    again.state.close()
+
+
+def test_close_and_snapshots_commit_the_open_batches(machine: MetaMachine) -> None:
+    machine.apply([mkdir(2, b"a")])
+    index, image = machine.snapshot()
+    assert index == 2
+    image.unlink()
+    machine.apply([mkdir(3, b"b")])
+    machine.state.close()
+    assert committed_index(machine.path) == 3
 
 
 def test_entries_apply_in_one_batch_with_their_index(machine: MetaMachine) -> None:
@@ -52,6 +143,17 @@ def test_a_full_disk_stops_the_member_with_nothing_applied(machine: MetaMachine)
     batch = [mkdir(i, b"d%04d" % i + b"x" * 200) for i in range(2, 200)]
     with pytest.raises(StorageFailure, match="meta.db"):
         machine.apply(batch)
+    assert machine.applied_index() == 1
+
+
+def test_a_failing_batch_takes_back_the_batches_left_open(machine: MetaMachine) -> None:
+    """The member then restarts from what was committed, and its log applies the rest again."""
+    machine.apply([mkdir(2, b"a")])
+    db = machine.state._db
+    (pages,) = db.execute("PRAGMA page_count").fetchone()
+    db.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(StorageFailure, match="meta.db"):
+        machine.apply([mkdir(i, b"d%04d" % i + b"x" * 200) for i in range(3, 200)])
     assert machine.applied_index() == 1
 
 
