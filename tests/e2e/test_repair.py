@@ -192,7 +192,10 @@ def test_a_killed_mount_leaves_nothing_behind(
         (mount.path / "victim").unlink()  # an orphan: open here, so not purged yet
         assert len(os.read(still_open, 10)) == 10
         assert all(len(block_files(node.data)) == 2 for node in cluster.nodes)
-        assert all(kept_for_clients(node.data) > 0 for node in cluster.nodes)
+        deadline = time.monotonic() + 10  # the databases commit what they applied within 0.1 s
+        while not all(kept_for_clients(node.data) > 0 for node in cluster.nodes):
+            assert time.monotonic() < deadline, "the mount's session is not in the metadata"
+            time.sleep(0.05)
         mount.process.kill()
         mount.process.wait()
     finally:
