@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from ringfs.fs.chunkmaps import KnownMap
 from ringfs.fs.replicas import ReadLoad
 from ringfs.node.cluster.map import ClusterMap, NodeInfo
 from ringfs.node.errors import (
@@ -377,11 +378,17 @@ class Cluster:
         params = [since, self.client_id]
         return Changes.from_wire(await self._meta_call("meta.changes", params))
 
-    async def read_chunks(self, ino: int) -> tuple[Attr, list[Chunk]]:
+    async def read_chunks(
+        self, ino: int, known: KnownMap | None = None
+    ) -> tuple[Attr, list[Chunk]]:
         """A file's attributes and whole chunk map, read in pages that all show one version
-        of the file (if it changes between pages, the reading starts over)."""
+        of the file (if it changes between pages, the reading starts over). With `known` (a
+        version of the file and its map), the map is that one while the file is at that
+        version, and the leader sends none."""
         while True:
-            attr, chunks = await self._chunk_page(ino, 0)
+            attr, chunks = await self._chunk_page(ino, 0, known[0] if known else 0)
+            if known is not None and attr.version == known[0]:
+                return attr, known[1]
             page = chunks
             while _maybe_more(page):
                 again, page = await self._chunk_page(ino, page[-1].idx + 1)
@@ -391,8 +398,10 @@ class Cluster:
             else:
                 return attr, chunks
 
-    async def _chunk_page(self, ino: int, first: int) -> tuple[Attr, list[Chunk]]:
-        query = ReadChunks(ino, first, commands.CHUNKS_PER_MESSAGE)
+    async def _chunk_page(
+        self, ino: int, first: int, unless_version: int = 0
+    ) -> tuple[Attr, list[Chunk]]:
+        query = ReadChunks(ino, first, commands.CHUNKS_PER_MESSAGE, unless_version)
         page: tuple[Attr, list[Chunk]] = await self.meta_query(query)
         return page
 

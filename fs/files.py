@@ -264,6 +264,16 @@ class FileState:
         self.attr = attr
         self.size = self._local_size()
 
+    def committed_map(self) -> tuple[int, list[Chunk]] | None:
+        """The file's version and its chunk map, as this client committed or read them last,
+        if it holds nothing else: no writes since, and no commit that showed another client's
+        changes since (`cache_stale`)."""
+        if self._logs or self._bases or self._dirty or self._uploads or self._to_commit:
+            return None
+        if self.cache_stale or self._discarded:
+            return None
+        return self.attr.version, [self.chunks[idx] for idx in sorted(self.chunks)]
+
     def _local_size(self) -> int:
         """The committed size, or the end of what this client wrote since, if further."""
         return max([self.attr.size] + [end for _, end in self.uncommitted()])

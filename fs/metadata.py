@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ringfs.fs.chunkmaps import KnownMap
 from ringfs.fs.cluster import Cluster
 from ringfs.fs.metacache import MetaCache, touched
 from ringfs.fs.writebehind import RIDERS, WriteBehind, result_of
@@ -183,13 +184,15 @@ class Metadata:
             return None
         return [DirEntry(offset, name, attr) for offset, (name, attr) in enumerate(entries, 1)]
 
-    async def read_chunks(self, ino: int) -> tuple[Attr, list[Chunk]]:
-        """Attributes and chunk map, from the leader (see `Cluster.read_chunks`). The
-        attributes are kept: a `stat` after an open must not show an older file than the open
-        does, whether or not the feed told of the change yet."""
+    async def read_chunks(
+        self, ino: int, known: KnownMap | None = None
+    ) -> tuple[Attr, list[Chunk]]:
+        """Attributes and chunk map, from the leader (see `Cluster.read_chunks`, and its
+        `known`). The attributes are kept: a `stat` after an open must not show an older file
+        than the open does, whether or not the feed told of the change yet."""
         await self.behind.drain_for(ino)
         stamp = self.cache.stamp()
-        attr, chunks = await self.cluster.read_chunks(ino)
+        attr, chunks = await self.cluster.read_chunks(ino, known)
         self.cache.keep_attr(attr, stamp)
         return attr, chunks
 

@@ -19,6 +19,7 @@ import pyfuse3
 import trio
 from pyfuse3 import FileHandleT, FileNameT, InodeT
 
+from ringfs.fs.chunkmaps import ChunkMaps
 from ringfs.fs.cluster import Cluster
 from ringfs.fs.errors import fuse_errors
 from ringfs.fs.files import AttrUpdate, FileContext, FileState
@@ -103,6 +104,8 @@ class Operations(pyfuse3.Operations):
         self.times = times
         self.kernel = kernel
         self._open: dict[int, FileState] = {}
+        # Maps of files no longer open, for their next open (see `ringfs.fs.chunkmaps`).
+        self._maps = ChunkMaps()
         self._handles: dict[int, FileState] = {}
         self._dirs: dict[int, DirListing] = {}
         # Handles opened with O_APPEND: their writes go to the end of the file.
@@ -420,7 +423,8 @@ class Operations(pyfuse3.Operations):
         (close-to-open: an open sees every close that came before it, in any client)."""
         self._opening[inode] = self._opening.get(inode, 0) + 1
         try:
-            attr, chunks = await self.files.meta.read_chunks(inode)
+            known = None if inode in self._open else self._maps.get(inode)
+            attr, chunks = await self.files.meta.read_chunks(inode, known)
             while attr.version < self._known_versions.get(inode, 0):
                 # Read before a commit of ours that answered first: read again.
                 attr, chunks = await self.files.meta.read_chunks(inode)
@@ -529,6 +533,8 @@ class Operations(pyfuse3.Operations):
         del self._open[state.ino]
         if state.ino in self._orphans:
             self._purge_soon(state.ino)
+        elif (kept := state.committed_map()) is not None:
+            self._maps.put(state.ino, *kept)
 
     # -- filesystem --------------------------------------------------------------------------
 

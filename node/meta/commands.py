@@ -627,13 +627,18 @@ class ListXattr(_Message):
 @dataclass(frozen=True, slots=True)
 class ReadChunks(_Message):
     """A file's attributes and up to ``limit`` entries of its chunk map from index ``first`` on,
-    sorted by index; a large map is read in pages, checked against the attributes' version."""
+    sorted by index; a large map is read in pages, checked against the attributes' version.
+
+    ``unless_version``: a version of the file whose map the caller holds (0: none). While the
+    file is at that version, the answer carries no chunks: the caller's map is the file's.
+    """
 
     OP: ClassVar[str] = "read_chunks"
     RESULT: ClassVar[str] = "tuple[Attr, list[Chunk]]"
     ino: int
     first: int
     limit: int
+    unless_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,6 +99,8 @@ def _read_chunks(rows: Tables, q: cmd.ReadChunks) -> tuple[Attr, list[Chunk]]:
         raise NodeError("EISDIR", "a directory has no data")
     if q.limit <= 0:
         raise NodeError("EINVAL", "limit must be positive")
+    if q.unless_version and q.unless_version == node.version:
+        return node.attr(), []  # the caller holds this version's map
     sql = (
         "SELECT c.idx, c.block_id, c.length, c.checksum, COALESCE(b.data, x''), "
         "COALESCE(t.data, x'') FROM chunks c "

@@ -60,6 +60,27 @@ def test_attributes_changed_by_another_mount(two: tuple[Path, Path]) -> None:
     assert (a / "f").read_bytes() == b"12345678"  # close-to-open, byte for byte
 
 
+@pytest.mark.parametrize("size", [3000, 300_000], ids=["inline", "blocks"])
+def test_a_file_read_again_shows_another_mounts_rewrite(two: tuple[Path, Path], size: int) -> None:
+    """Mount a keeps the chunk map of a file it read, and opens it again with that map's
+    version: a rewrite by mount b of the same size, with the same first bytes, is read at
+    once, byte for byte (close-to-open), and so is a's own rewrite after it, in b."""
+    a, b = two
+    first = os.urandom(size)
+    (a / "f").write_bytes(first)
+    assert (a / "f").read_bytes() == first
+    second = first[:100] + os.urandom(size - 100)
+    with open(b / "f", "r+b") as f:
+        f.write(second)
+    assert (a / "f").read_bytes() == second
+    assert (a / "f").read_bytes() == second
+    third = os.urandom(size)
+    with open(a / "f", "r+b") as f:
+        f.write(third)
+    assert (b / "f").read_bytes() == third
+    assert (a / "f").read_bytes() == third
+
+
 def test_names_changed_by_another_mount(two: tuple[Path, Path]) -> None:
     a, b = two
     (b / "d").mkdir()

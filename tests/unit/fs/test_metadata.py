@@ -225,7 +225,7 @@ async def test_an_open_keeps_the_attributes_it_read() -> None:
     before the feed tells of the other client's change."""
 
     class Reading(Leader):
-        async def read_chunks(self, ino: int) -> tuple[Attr, list[Any]]:
+        async def read_chunks(self, ino: int, known: Any = None) -> tuple[Attr, list[Any]]:
             return attr(ino, size=20), []
 
     meta = metadata(Reading())

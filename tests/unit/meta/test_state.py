@@ -619,6 +619,16 @@ def test_truncate_down_drops_and_shortens_chunks(meta: MetaState) -> None:
     assert meta.query(FsInfo()) == FsStats(CS, 2, CS, 2, 100 + 904)  # as the chunks held them
 
 
+def test_a_map_read_unless_at_a_version_the_caller_holds(meta: MetaState) -> None:
+    f = _file_with_three_chunks(meta)
+    now = attr(meta, f)
+    assert meta.query(ReadChunks(f, 0, 100, now.version)) == (now, [])
+    assert meta.query(ReadChunks(f, 0, 100, now.version - 1)) == meta.query(ReadChunks(f, 0, 100))
+    ok(meta, Setattr(f, None, None, None, CS, None, None, T0 + 20))  # a new version
+    changed = attr(meta, f)
+    assert meta.query(ReadChunks(f, 0, 100, now.version)) == (changed, [chunk(0, 1)])
+
+
 def test_truncate_up_only_sets_size(meta: MetaState) -> None:
     f = _file_with_three_chunks(meta)
     ok(meta, Setattr(f, None, None, None, 10, None, None, T0))

@@ -1,0 +1,61 @@
+"""Chunk maps of files this mount had open, to open them again with a smaller round trip.
+
+An open reads the file's chunk map from the leader: close-to-open, it must see every close
+that came before it, in any client. For a file whose map this mount kept, it asks with the
+version the map is of instead, and the leader sends no chunks while the file is still at that
+version (`version` changes with every change of the data). A small file's bytes ride in its
+map, so reading it again costs a round trip that carries only its attributes.
+
+Maps are kept by bytes (the bytes the metadata keeps, plus a share for each chunk), least
+recently used out first. An entry is only ever a hint: the leader's version decides.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from ringfs.node.meta.commands import Chunk
+
+#: What a chunk of a kept map costs besides the bytes it carries.
+CHUNK_COST = 128
+#: Bytes of maps a mount keeps by default.
+CAPACITY = 32 << 20
+
+KnownMap = tuple[int, list[Chunk]]
+
+
+class ChunkMaps:
+    """(version, chunk map) per inode, bounded by `capacity` bytes."""
+
+    def __init__(self, capacity: int = CAPACITY) -> None:
+        self.capacity = capacity
+        self._maps: OrderedDict[int, tuple[KnownMap, int]] = OrderedDict()
+        self._held = 0
+
+    def get(self, ino: int) -> KnownMap | None:
+        kept = self._maps.get(ino)
+        if kept is None:
+            return None
+        self._maps.move_to_end(ino)
+        return kept[0]
+
+    def put(self, ino: int, version: int, chunks: list[Chunk]) -> None:
+        self.forget(ino)
+        cost = sum(CHUNK_COST + len(c.data) + len(c.tail) for c in chunks) + CHUNK_COST
+        if cost > self.capacity:
+            return
+        self._maps[ino] = ((version, chunks), cost)
+        self._held += cost
+        while self._held > self.capacity:
+            _, (_, dropped) = self._maps.popitem(last=False)
+            self._held -= dropped
+
+    def forget(self, ino: int) -> None:
+        kept = self._maps.pop(ino, None)
+        if kept is not None:
+            self._held -= kept[1]
+
+    @property
+    def held(self) -> int:
+        """Bytes the kept maps cost."""
+        return self._held
