@@ -205,8 +205,15 @@ def test_after_a_failed_sync_the_next_save_starts_a_new_segment(
     log.close()
 
 
-def make_legacy(path: Path, *, recovering_column: bool = True) -> None:
-    """A `raft.db` as versions before the segment log wrote it."""
+def write_legacy(
+    path: Path,
+    hard_state: HardState,
+    snapshot: SnapshotMeta | None,
+    kept: list[Entry],
+    *,
+    recovering_column: bool = True,
+) -> None:
+    """A `raft.db` holding this state, as versions before the segment log wrote it."""
     with sqlite3.connect(path) as db:
         recovering = ", recovering INTEGER NOT NULL DEFAULT 0" if recovering_column else ""
         db.execute(
@@ -221,13 +228,32 @@ def make_legacy(path: Path, *, recovering_column: bool = True) -> None:
             "CREATE TABLE snapshot (id INTEGER PRIMARY KEY CHECK (id = 0), last_index INTEGER "
             "NOT NULL, last_term INTEGER NOT NULL, voters BLOB NOT NULL)"
         )
-        db.execute("INSERT INTO hard_state (id, term, voted_for) VALUES (0, 7, 'n1')")
-        db.execute("INSERT INTO snapshot VALUES (0, 4, 2, ?)", (encode_voters(VOTERS),))
+        db.execute(
+            "INSERT INTO hard_state (id, term, voted_for) VALUES (0, ?, ?)",
+            (hard_state.term, hard_state.voted_for),
+        )
+        if recovering_column:
+            db.execute("UPDATE hard_state SET recovering = ?", (hard_state.recovering,))
+        if snapshot is not None:
+            db.execute(
+                "INSERT INTO snapshot VALUES (0, ?, ?, ?)",
+                (snapshot.last_index, snapshot.last_term, encode_voters(snapshot.voters)),
+            )
         db.executemany(
             "INSERT INTO entries VALUES (?, ?, ?, ?)",
-            [(e.index, e.term, int(e.kind), e.data) for e in entries(5, 9, term=2)],
+            [(e.index, e.term, int(e.kind), e.data) for e in kept],
         )
     db.close()
+
+
+def make_legacy(path: Path, *, recovering_column: bool = True) -> None:
+    write_legacy(
+        path,
+        HardState(7, "n1", recovering=False),
+        SnapshotMeta(4, 2, VOTERS),
+        entries(5, 9, term=2),
+        recovering_column=recovering_column,
+    )
 
 
 def test_a_legacy_raft_db_becomes_a_log_holding_the_same(tmp_path: Path) -> None:
