@@ -29,6 +29,7 @@ import trio
 
 from ringfs.fs.blockcache import BlockCache
 from ringfs.fs.budget import WriteBudget
+from ringfs.fs.chunkmaps import KnownMap
 from ringfs.fs.cluster import Cluster
 from ringfs.fs.metadata import Metadata
 from ringfs.fs.writelog import Piece, WriteLog, by_chunk, intersect, merge, rebase
@@ -264,7 +265,7 @@ class FileState:
         self.attr = attr
         self.size = self._local_size()
 
-    def committed_map(self) -> tuple[int, list[Chunk]] | None:
+    def committed_map(self) -> KnownMap | None:
         """The file's version and its chunk map, as this client committed or read them last,
         if it holds nothing else: no writes since, and no commit that showed another client's
         changes since (`cache_stale`)."""

@@ -151,14 +151,18 @@ class MetaState:
         may have lost those batches, and the member must reopen it (its log applies them
         again)."""
         with self._lock:
-            if self._closed or not self._db.in_transaction:
-                return
-            try:
-                self._db.execute("COMMIT")
-            except sqlite3.Error:
-                self._closed = True
-                self._db.close()
-                raise
+            self._commit_open()
+
+    def _commit_open(self) -> None:
+        """`commit`, with the lock held."""
+        if self._closed or not self._db.in_transaction:
+            return
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            self._closed = True
+            self._db.close()
+            raise
 
     @property
     def applied_index(self) -> int:
@@ -786,8 +790,7 @@ class MetaState:
         """Write a consistent copy of the whole database to ``path`` (a new file), with every
         batch applied so far."""
         with self._lock:
-            if self._db.in_transaction:
-                self._db.execute("COMMIT")
+            self._commit_open()
             target = sqlite3.connect(str(path))
             try:
                 self._db.backup(target)

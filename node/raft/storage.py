@@ -106,9 +106,8 @@ class RaftLog:
                 self._create(legacy if legacy is not None and legacy.exists() else None)
             for partial in directory.glob(f"*{_SUFFIX}.tmp"):
                 partial.unlink()
-            self._scan()
             if legacy is not None and legacy.exists():
-                legacy_log.remove(legacy)
+                legacy_log.remove(legacy)  # the log was made whole from it before it was named
 
     def close(self) -> None:
         with self._lock:
@@ -117,7 +116,8 @@ class RaftLog:
                 self._fd = -1
 
     def load(self) -> tuple[HardState, SnapshotMeta | None, list[Entry]]:
-        """Everything saved: the node restarts from exactly this."""
+        """Everything saved: the node restarts from exactly this. Reads every segment; the
+        writer goes on after the last valid record."""
         with self._lock, _failures(self._path):
             return self._scan()
 
@@ -132,6 +132,7 @@ class RaftLog:
             return
         record = _save_record(hard_state, truncate_from, append)
         with self._lock, _failures(self._path):
+            self._opened()
             self._append(record)
             if hard_state is not None:
                 self._hard_state = hard_state
@@ -142,12 +143,18 @@ class RaftLog:
     def compact(self, meta: SnapshotMeta) -> None:
         """The state machine holds everything up to `meta.last_index`: drop those entries."""
         with self._lock, _failures(self._path):
+            self._opened()
             self._append(_base(self._hard_state, meta))
             self._snapshot = meta
             while len(self._segments) > 1 and self._segments[0].last_index <= meta.last_index:
                 self._segments.pop(0).path.unlink()
 
     # -- writing -------------------------------------------------------------------------------
+
+    def _opened(self) -> None:
+        """Read the log before the first write, if no `load` did."""
+        if self._fd < 0:
+            self._scan()
 
     def _create(self, legacy: Path | None) -> None:
         """A new log, or one holding what `legacy` held, made whole in a directory beside
@@ -168,6 +175,9 @@ class RaftLog:
             fsync_dir(directory.parent)
         finally:
             self._path = directory
+            if self._fd >= 0:  # its segment is read again, under its final name
+                os.close(self._fd)
+            self._fd, self._segments = -1, []
 
     def _append(self, record: list[Any]) -> None:
         payload = msgpack.packb(record, use_bin_type=True)

@@ -295,5 +295,6 @@ def test_a_damaged_segment_header_is_a_storage_failure(log: RaftLog, log_dir: Pa
     (segment,) = segments(log_dir)
     with open(segment, "r+b") as file:
         file.write(b"XXXX")
+    reopened = RaftLog(log_dir)
     with pytest.raises(StorageFailure, match="not a log segment"):
-        RaftLog(log_dir)
+        reopened.load()
