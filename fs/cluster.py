@@ -82,13 +82,19 @@ class StoredBlock:
     nodes: tuple[str, ...]
 
 
+def _nothing() -> None:
+    """A callback that does nothing (the default of one nobody needs)."""
+
+
 @dataclass(frozen=True)
 class Answer:
     """A metadata command's result, with the attributes the leader read after applying it of
-    every inode the command changed."""
+    every inode the command changed, and the term of the leader if this client watches those
+    inodes now (0: it does not; `ringfs.node.meta.watches`)."""
 
     result: Any
     attrs: list[Attr]
+    term: int = 0
 
 
 class Cluster:
@@ -332,11 +338,14 @@ class Cluster:
             raise
         finally:
             self._unacked.discard(seq)
-        if not (isinstance(wire, list) and len(wire) == 2 and isinstance(wire[1], list)):
+        if not (isinstance(wire, list) and len(wire) == 3 and isinstance(wire[1], list)):
             raise ProtocolError(f"malformed {command.OP} answer")
-        result, attrs = wire
+        result, attrs, term = wire
+        if not _is_term(term):
+            raise ProtocolError(f"malformed {command.OP} answer: bad term")
         try:
-            return Answer(decode_result(command, result), [Attr.from_wire(a) for a in attrs])
+            decoded = decode_result(command, result)
+            return Answer(decoded, [Attr.from_wire(a) for a in attrs], term)
         except NodeError as exc:
             raise ProtocolError(f"malformed {command.OP} answer: {exc}") from exc
 
@@ -371,41 +380,52 @@ class Cluster:
         """Run a linearizable read-only metadata query on the leader; returns the result."""
         return decode_result(query, await self._meta_call("meta.query", [query.to_wire()]))
 
-    async def meta_changes(self, since: int) -> Changes:
+    async def meta_changes(self, since: int, failed: Callable[[], None] = _nothing) -> Changes:
         """What changed in the namespace after log index `since`, from the leader's change
         feed, with the directories this mount is asked to give back; the leader waits a moment
-        for a change before it answers that none came."""
+        for a change before it answers that none came. `failed` is called at once when an
+        attempt finds a node gone (it goes on with the others)."""
         params = [since, self.client_id]
-        return Changes.from_wire(await self._meta_call("meta.changes", params))
+        return Changes.from_wire(await self._meta_call("meta.changes", params, failed=failed))
 
     async def read_chunks(
         self, ino: int, known: KnownMap | None = None
-    ) -> tuple[Attr, list[Chunk]]:
+    ) -> tuple[Attr, list[Chunk], int]:
         """A file's attributes and whole chunk map, read in pages that all show one version
-        of the file (if it changes between pages, the reading starts over). With `known` (a
-        version of the file and its map), the map is that one while the file is at that
-        version, and the leader sends none."""
+        of the file (if it changes between pages, the reading starts over), and the term of
+        the leader that registered this client as watching the file (0: none did). With
+        `known` (a version of the file and its map), the map is that one while the file is at
+        that version, and the leader sends none."""
         while True:
-            attr, chunks = await self._chunk_page(ino, 0, known[0] if known else 0)
+            attr, chunks, term = await self._chunk_page(ino, 0, known[0] if known else 0)
             if known is not None and attr.version == known[0]:
-                return attr, known[1]
+                return attr, known[1], term
             page = chunks
             while _maybe_more(page):
-                again, page = await self._chunk_page(ino, page[-1].idx + 1)
+                again, page, _ = await self._chunk_page(ino, page[-1].idx + 1)
                 if again.version != attr.version:
                     break
                 chunks = chunks + page
             else:
-                return attr, chunks
+                return attr, chunks, term
 
     async def _chunk_page(
         self, ino: int, first: int, unless_version: int = 0
-    ) -> tuple[Attr, list[Chunk]]:
+    ) -> tuple[Attr, list[Chunk], int]:
         query = ReadChunks(ino, first, commands.CHUNKS_PER_MESSAGE, unless_version)
-        page: tuple[Attr, list[Chunk]] = await self.meta_query(query)
-        return page
+        wire = await self._meta_call("meta.read_chunks", [self.client_id, query.to_wire()])
+        if not (isinstance(wire, list) and len(wire) == 2 and _is_term(wire[1])):
+            raise ProtocolError("malformed read_chunks answer")
+        attr, chunks = decode_result(query, wire[0])
+        return attr, chunks, wire[1]
 
-    async def _meta_call(self, method: str, params: Sequence[Any], command: str = "") -> Any:
+    async def _meta_call(
+        self,
+        method: str,
+        params: Sequence[Any],
+        command: str = "",
+        failed: Callable[[], None] = _nothing,
+    ) -> Any:
         """Call the meta-group leader, following redirects and riding out elections.
 
         A member that does not lead answers NOT_LEADER naming the leader it knows of; an
@@ -413,7 +433,7 @@ class Cluster:
         applied once) until `meta_deadline`, then raises `Unavailable`. For a `command`, once an
         answer says a leader proposed it and lost the lead (IN_DOUBT), or a request went out
         and no answer came back, it is in doubt: the retries go on past the deadline, until a
-        leader answers with its outcome.
+        leader answers with its outcome. `failed` hears of each node that did not answer.
         """
         delay = 0.05
         tried: list[str] = []
@@ -435,9 +455,11 @@ class Cluster:
                 except NoReply as exc:
                     in_doubt = in_doubt or bool(command)
                     log.warning("metadata node %s did not answer (%s)", address, exc)
+                    failed()
                     continue
                 except Unavailable as exc:
                     log.warning("metadata node %s unavailable (%s)", address, exc)
+                    failed()
                     continue
                 except NodeError as exc:
                     if exc.name not in (NOT_LEADER, NOT_META, IN_DOUBT):
@@ -662,3 +684,7 @@ def _maybe_more(page: list[Chunk]) -> bool:
     about the most tail bytes one answer carries."""
     full = len(page) == commands.CHUNKS_PER_MESSAGE
     return full or sum(len(chunk.tail) for chunk in page) >= commands.TAIL_PAGE_BYTES
+
+
+def _is_term(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

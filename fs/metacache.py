@@ -6,6 +6,13 @@ says what changed up to an index, and keeps the cache usable until `lease` secon
 poll was sent. A change in another mount therefore reaches this cache as soon as the feed
 delivers it (milliseconds), and never later than the lease if the feed stops.
 
+The cache also knows which files this mount *watches* (`ringfs.node.meta.watches`): the leader
+holds back every other client's change of them until this mount's feed has heard of it, so the
+chunk map this mount kept of one is current while the watch holds (`watching`): while the
+cache's lease does, the feed answers from the leader (the term) that registered it, and for
+`WATCH_TIME` at most from the request that registered it. A lease that ran out ends them all:
+the leader stopped waiting for this mount meanwhile.
+
 No I/O here: `ringfs.fs.watcher` polls the feed and feeds the answers in; the FUSE handlers ask
 and keep. A reply fetched from the leader is kept only if nothing it covers was invalidated
 while it was on the way (see `stamp`): a late reply must not bring back what a change removed.
@@ -19,9 +26,8 @@ from typing import Any
 from ringfs.node.meta import commands as cmd
 from ringfs.node.meta.commands import Attr, Command
 from ringfs.node.meta.feed import Changes
+from ringfs.node.meta.watches import LEASE, WATCH_TIME
 
-#: Seconds the cache stays usable after the poll of an answer of the feed was sent.
-LEASE = 1.0
 #: Most attributes and names kept; the oldest go first.
 CACHE_ENTRIES = 200_000
 #: Keys remembered as invalidated while replies may be on the way; more, and every reply
@@ -44,12 +50,10 @@ class MetaCache:
         self,
         client_id: bytes,
         clock: Callable[[], float],
-        lease: float = LEASE,
         limit: int = CACHE_ENTRIES,
     ) -> None:
         self.client_id = client_id
         self._clock = clock
-        self._lease = lease
         self._limit = limit
         self._attrs: dict[int, Attr] = {}
         self._names: dict[Name, int] = {}
@@ -60,6 +64,10 @@ class MetaCache:
         # Directories whose every name is in `_names`: a name not there does not exist.
         self._complete: set[int] = set()
         self._fresh_until = float("-inf")
+        # Files this mount watches: the term of the leader that registered each watch, and
+        # until when it lasts; the term of the leader that answers the feed.
+        self._watched: dict[int, tuple[int, float]] = {}
+        self._term = 0
         #: The feed index everything here is current to.
         self.index = 0
         # Bumped after each batch of invalidations; a key invalidated at tick t refuses replies
@@ -79,6 +87,16 @@ class MetaCache:
 
     def attr(self, ino: int) -> Attr | None:
         return self._attrs.get(ino) if self.fresh() else None
+
+    def now(self) -> float:
+        return self._clock()
+
+    def watching(self, ino: int) -> bool:
+        """Whether no other client's change of `ino` can have been answered that this cache
+        has not heard of: the leader that answers the feed registered the watch, and it holds."""
+        term, until = self._watched.get(ino, (0, 0.0))
+        now = self._clock()
+        return term == self._term != 0 and now < min(until, self._fresh_until)
 
     def lookup(self, parent: int, name: bytes) -> Attr | None:
         if not self.fresh():
@@ -141,6 +159,16 @@ class MetaCache:
     def stamp(self) -> int:
         """Taken before asking the leader, and given back with what it answered."""
         return self._tick
+
+    def watch(self, ino: int, term: int, stamp: int, asked_at: float) -> None:
+        """The leader of `term` registered this mount as watching `ino` when it answered a
+        request sent at `stamp` and time `asked_at` (term 0: it did not), unless a change of
+        `ino` came since."""
+        if term and self.may_keep(ino, stamp):
+            self._watched.pop(ino, None)  # to the young end
+            self._watched[ino] = (term, asked_at + WATCH_TIME)
+            if len(self._watched) > self._limit:
+                del self._watched[next(iter(self._watched))]
 
     def keep_attr(self, attr: Attr, stamp: int) -> None:
         if self.may_keep(attr.ino, stamp):
@@ -248,6 +276,9 @@ class MetaCache:
         foreign = []
         if changes.reset:
             self.clear()
+        elif changes.term != self._term or not self.fresh():
+            # Another leader, which knows none of them, or a gap: the leader stopped waiting.
+            self._watched.clear()
         for record in changes.records:
             own = record.client_id == self.client_id
             spared = frozenset[int]()
@@ -268,8 +299,14 @@ class MetaCache:
             foreign.append((list(record.inodes), list(record.entries)))
         self._tick += 1
         self.index = changes.upto
-        self._fresh_until = sent_at + self._lease
+        self._fresh_until = sent_at + LEASE
+        self._term = changes.term
         return foreign
+
+    def lapse(self) -> None:
+        """The feed failed: answer nothing from here until it answers again, and trust no
+        watch from before (the leader may stop waiting for this mount meanwhile)."""
+        self._fresh_until = float("-inf")
 
     def clear(self) -> None:
         """Forget everything (the feed lost track: some changes will never be told)."""
@@ -278,6 +315,7 @@ class MetaCache:
         self._children.clear()
         self._up.clear()
         self._complete.clear()
+        self._watched.clear()
         self._dirtied.clear()
         self._awaited.clear()
         self._early.clear()
@@ -292,6 +330,7 @@ class MetaCache:
     def _drop(self, key: int | Name) -> None:
         if isinstance(key, int):
             self._attrs.pop(key, None)
+            self._watched.pop(key, None)
         else:
             if key in self._names:
                 self._unname(key)

@@ -84,7 +84,7 @@ class Metadata:
                 sent = Batch((), (command, Delegate(command.ino)))
         seq = self.cluster.take_seq()
         cache.expect(seq)
-        before = cache.stamp()
+        before, asked_at = cache.stamp(), cache.now()
         try:
             answer = await self.cluster.meta_command(sent, seq)
             result = answer.result
@@ -104,6 +104,7 @@ class Metadata:
         stamp = cache.stamp()
         for attr in fresh.values():
             cache.keep_attr(attr, stamp)
+            cache.watch(attr.ino, answer.term, stamp, asked_at)
         cache.answered(seq, fresh)
         if isinstance(command, (Mknod, Mkdir, Symlink, Link)):
             parent, name = names[-1]
@@ -187,13 +188,21 @@ class Metadata:
     async def read_chunks(
         self, ino: int, known: KnownMap | None = None
     ) -> tuple[Attr, list[Chunk]]:
-        """Attributes and chunk map, from the leader (see `Cluster.read_chunks`, and its
-        `known`). The attributes are kept: a `stat` after an open must not show an older file
-        than the open does, whether or not the feed told of the change yet."""
+        """Attributes and chunk map: those this mount kept (`known`, a version and its map)
+        if it watches the file and nothing of its own about it waits to be sent, else from the
+        leader (see `Cluster.read_chunks`, and its `known`), which registers the watch. The
+        attributes are kept: a `stat` after an open must not show an older file than the open
+        does, whether or not the feed told of the change yet."""
+        cache = self.cache
+        if known is not None and cache.watching(ino) and not self.behind.foresees(ino):
+            attr = cache.attr(ino)
+            if attr is not None and attr.version == known[0]:
+                return attr, known[1]
         await self.behind.drain_for(ino)
-        stamp = self.cache.stamp()
-        attr, chunks = await self.cluster.read_chunks(ino, known)
-        self.cache.keep_attr(attr, stamp)
+        stamp, asked_at = cache.stamp(), cache.now()
+        attr, chunks, term = await self.cluster.read_chunks(ino, known)
+        cache.keep_attr(attr, stamp)
+        cache.watch(ino, term, stamp, asked_at)
         return attr, chunks
 
     def without_xattrs(self, ino: int) -> bool:

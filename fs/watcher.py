@@ -4,8 +4,8 @@ what other mounts changed.
 One task polls the leader (`meta.changes`) from the index the cache is current to; the leader
 answers a few milliseconds after something changed, or after a quarter of a second that nothing
 did, so every answer also renews the cache's lease. While the leader cannot be reached, the
-lease runs out and the mount asks the leader for everything again; if it missed too much, the
-feed says so and the cache starts empty.
+lease runs out (at once when a poll finds a node gone) and the mount asks the leader for
+everything again; if it missed too much, the feed says so and the cache starts empty.
 """
 
 from __future__ import annotations
@@ -37,8 +37,10 @@ async def follow_changes(
     while True:
         sent = trio.current_time()
         try:
-            changes = await cluster.meta_changes(cache.index)
+            # A node gone (a leader down, a key revoked): stop answering from the cache at once.
+            changes = await cluster.meta_changes(cache.index, failed=cache.lapse)
         except (Unavailable, NodeError, ProtocolError) as exc:
+            cache.lapse()
             if not failing:
                 log.warning("change feed: %s; names and attributes come from the leader", exc)
             failing = True

@@ -446,7 +446,7 @@ class WriteBehind:
         cache = self.cache
         seq = self.cluster.take_seq()
         cache.expect(seq)
-        before = cache.stamp()
+        before, asked_at = cache.stamp(), cache.now()
         try:
             answer = await self.cluster.meta_command(Batch(held, commands), seq)
         except (NodeError, Unavailable, ProtocolError) as exc:
@@ -468,6 +468,7 @@ class WriteBehind:
         stamp = cache.stamp()
         for attr in fresh:
             cache.keep_attr(attr, stamp)
+            cache.watch(attr.ino, answer.term, stamp, asked_at)
         cache.answered(seq, {attr.ino for attr in fresh} | self._foreseen.keys())
         for item, outcome in zip(batch, outcomes, strict=True):
             if item.waiter is not None:

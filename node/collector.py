@@ -106,7 +106,7 @@ class Collector:
         confirmed = await self._delete(due, nodes)
         done = deleted_everywhere(due, confirmed, [node.node_id for node in nodes])
         if done:
-            outcome, _ = await self.meta.apply(ForgetGarbage(tuple(done)), None, None, None)
+            outcome, *_ = await self.meta.apply(ForgetGarbage(tuple(done)), None, None, None)
             if outcome.error is not None:
                 raise NodeError(outcome.error, "forgetting collected garbage")
             self.clock.forgotten(done)
@@ -125,7 +125,7 @@ class Collector:
             gone = tuple(c for c in clients if recalls.silent(c, since) >= expiry)
             for first in range(0, len(gone), EXPIRE_BATCH):
                 batch = gone[first : first + EXPIRE_BATCH]
-                outcome, _ = await self.meta.apply(Expire(batch), None, None, None)
+                outcome, *_ = await self.meta.apply(Expire(batch), None, None, None)
                 if outcome.error is not None:
                     raise NodeError(outcome.error, "expiring the mounts gone")
                 for client in batch:

@@ -273,7 +273,7 @@ class Repairer:
     async def _command(self, command: Command) -> Any:
         """Apply a command that needs no session (it is idempotent) through the leader."""
         params = [self.node_id.encode(), None, None, command.to_wire()]
-        result, _ = await self._meta_call("meta.apply", params)
+        result, *_ = await self._meta_call("meta.apply", params)
         return decode_result(command, result)
 
     async def _meta_call(self, method: str, params: list[Any]) -> Any:

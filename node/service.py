@@ -49,7 +49,7 @@ Method = Callable[[list[Any]], Awaitable[Any]]
 #: What a client key may call: what a mount needs to read and write files.
 CLIENT_METHODS = frozenset(
     {"node.info", "node.capacity", "map.get", "block.put", "block.get"}
-    | {"meta.apply", "meta.query", "meta.changes"}
+    | {"meta.apply", "meta.query", "meta.read_chunks", "meta.changes"}
 )
 #: The metadata commands and queries of a client key: all but the nodes' own upkeep (the
 #: first command, abandoned uploads, expired sessions, collected garbage, repair's listings).
@@ -140,6 +140,7 @@ class NodeService:
             "repair.status": self.repair_status,
             "meta.apply": self.meta_apply,
             "meta.query": self.meta_query,
+            "meta.read_chunks": self.meta_read_chunks,
             "meta.status": self.meta_status,
             "meta.changes": self.meta_changes,
             "raft.snapshot_part": self.raft_snapshot_part,
@@ -314,7 +315,7 @@ class NodeService:
     async def _meta_apply(self, params: list[Any], decode: Callable[[Any], Command]) -> Any:
         client_id, seq, acked_below, command = _arity(params, 4, "meta.apply")
         meta = self._meta()
-        outcome, attrs = await meta.apply(
+        outcome, attrs, term = await meta.apply(
             decode(command),
             _bytes(client_id, "client id"),
             _optional_seq(seq, "seq"),
@@ -322,7 +323,7 @@ class NodeService:
         )
         if outcome.error is not None:
             raise NodeError(outcome.error)
-        return [outcome.result, [attr.to_wire() for attr in attrs]]
+        return [outcome.result, [attr.to_wire() for attr in attrs], term]
 
     async def meta_query(self, params: list[Any]) -> Any:
         return await self._meta_query(params, query_from_wire)
@@ -330,6 +331,15 @@ class NodeService:
     async def _meta_query(self, params: list[Any], decode: Callable[[Any], Query]) -> Any:
         (query,) = _arity(params, 1, "meta.query")
         return encode_result(await self._meta().query(decode(query)))
+
+    async def meta_read_chunks(self, params: list[Any]) -> list[Any]:
+        """A `ReadChunks` page, the caller registered as watching the file: [answer, term]."""
+        client_id, wire = _arity(params, 2, "meta.read_chunks")
+        query = query_from_wire(wire)
+        if not isinstance(query, cmd.ReadChunks):
+            raise NodeError("EINVAL", f"meta.read_chunks takes read_chunks, not {query.OP}")
+        answer, term = await self._meta().read_chunks(query, _bytes(client_id, "client id"))
+        return [answer, term]
 
     async def meta_changes(self, params: list[Any]) -> list[Any]:
         since, client_id = _arity(params, 2, "meta.changes")

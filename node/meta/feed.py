@@ -78,22 +78,28 @@ class Changes:
     records: tuple[Change, ...]
     #: Directories the asking client holds and must give back (`ringfs.node.meta.delegations`).
     recalls: tuple[int, ...] = ()
+    #: The term of the leader that answered: the watches it registered are the ones it keeps
+    #: (`ringfs.node.meta.watches`).
+    term: int = 0
 
     def to_wire(self) -> list[Any]:
         records = [r.to_wire() for r in self.records]
-        return [self.upto, self.reset, records, list(self.recalls)]
+        return [self.upto, self.reset, records, list(self.recalls), self.term]
 
     @classmethod
     def from_wire(cls, obj: Any) -> Changes:
         try:
-            upto, reset, records, recalls = obj
+            upto, reset, records, recalls, term = obj
         except (TypeError, ValueError):
             raise NodeError("EINVAL", "malformed changes") from None
         if not _is_int(upto) or not isinstance(reset, bool) or not isinstance(records, list):
             raise NodeError("EINVAL", "malformed changes")
         if not isinstance(recalls, list) or not all(_is_int(ino) for ino in recalls):
             raise NodeError("EINVAL", "malformed recalls")
-        return cls(upto, reset, tuple(Change.from_wire(r) for r in records), tuple(recalls))
+        if not _is_int(term):
+            raise NodeError("EINVAL", "malformed term")
+        found = tuple(Change.from_wire(r) for r in records)
+        return cls(upto, reset, found, tuple(recalls), term)
 
 
 class ChangeFeed:

@@ -36,6 +36,7 @@ from ringfs.node.meta.commands import (
     Init,
     Outcome,
     Query,
+    ReadChunks,
     Release,
     encode_result,
 )
@@ -43,6 +44,7 @@ from ringfs.node.meta.delegations import Recalls
 from ringfs.node.meta.feed import Change, ChangeFeed, Changes
 from ringfs.node.meta.membership import MetaMembership
 from ringfs.node.meta.state import MetaState
+from ringfs.node.meta.watches import Watches, watchable
 from ringfs.node.raft.core import Entry as LogEntry
 from ringfs.node.raft.core import EntryKind, NotLeader, SnapshotMeta
 from ringfs.node.raft.images import ImageReceiver
@@ -81,6 +83,10 @@ class Applied:
 
     outcome: Outcome
     changed: tuple[int, ...] = ()
+    #: The command's log index: its answer waits for what changes up to it hold back.
+    index: int = 0
+    #: Of `changed`, those its client watches from then on (`ringfs.node.meta.watches`).
+    watchable: tuple[int, ...] = ()
 
 
 def stamp(command: Command, now_ns: int) -> Command:
@@ -153,6 +159,8 @@ class MetaMachine:
         # Not fsync'd per batch: the Raft log holds the commands durably and replays them.
         self.state = MetaState(path, synchronous=False)
         self.feed = ChangeFeed(self.state.applied_index)
+        #: Told of each batch's changes as they are applied (the leader's watches).
+        self.on_changes: Callable[[list[Change]], None] | None = None
         self.batches = 0
         self.commands = 0
         self._uncommitted = 0
@@ -182,8 +190,11 @@ class MetaMachine:
             if inodes or names:
                 change = Change(entry.index, client, command.seq, tuple(inodes), tuple(names))
                 changes.append(change)
-            applied.append(Applied(outcome, tuple(inodes)))
+            watched = watchable(inodes, names)
+            applied.append(Applied(outcome, tuple(inodes), entry.index, watched))
         self.feed.add(changes, entries[-1].index)
+        if self.on_changes is not None:
+            self.on_changes(changes)
         self.batches += 1
         self.commands += len(commands)
         answers = iter(applied)
@@ -323,6 +334,11 @@ class ReplicatedMeta:
         self.membership = MetaMembership(self.raft, group.wanted)
         self.chunk_size = chunk_size
         self.recalls = Recalls(trio.current_time)
+        # The watches registered while this member last led (`ringfs.node.meta.watches`):
+        # kept after it stops leading, for the answers still waiting on them.
+        self._watches: Watches | None = None
+        self._polled = trio.Event()
+        self.machine.on_changes = self._changed
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the Raft member until cancelled; the filesystem is created by the first leader."""
@@ -353,7 +369,7 @@ class ReplicatedMeta:
             if self.raft.raft.role == "leader":
                 try:
                     init = Init(self.chunk_size, os.getuid(), os.getgid(), 0)
-                    outcome, _ = await self.apply(init, None, None, None)
+                    outcome, *_ = await self.apply(init, None, None, None)
                 except NodeError:
                     outcome = None
                 if outcome is not None:
@@ -364,21 +380,59 @@ class ReplicatedMeta:
 
     async def apply(
         self, command: Command, client_id: bytes | None, seq: int | None, acked_below: int | None
-    ) -> tuple[Outcome, list[Attr]]:
+    ) -> tuple[Outcome, list[Attr], int]:
         """Replicate a command and return its outcome, with the attributes (as of now, so of
-        the command or later) of the inodes it changed.
+        the command or later) of the inodes it changed, and the term of this leader if
+        `client_id` watches those inodes now (else 0; see `ringfs.node.meta.watches`).
 
         Raises NodeError(NOT_LEADER, leader) when this node did not propose it (or another
         leader's entry took its place: it will never be applied), NodeError(IN_DOUBT, leader)
         when it lost the lead after proposing it (a retry with the same client id and seq
         tells whether it was applied). A command that would change names in a directory
         another client holds waits until that client gave it back (or lost it), then goes in.
+        The answer waits until the other mounts that kept maps of what it changed heard of it.
         """
         while True:
-            outcome, attrs = await self._apply(command, client_id, seq, acked_below)
-            if outcome.error != DELEGATED:
-                return outcome, attrs
-            await self._recall(outcome.result, client_id)
+            applied = await self._apply(command, client_id, seq, acked_below)
+            if applied.outcome.error != DELEGATED:
+                break
+            await self._recall(applied.outcome.result, client_id)
+        term = await self._answerable(applied, client_id)
+        return applied.outcome, self.machine.state.attrs(applied.changed), term
+
+    def _leader_watches(self) -> Watches | None:
+        """This member's watches while it leads (new ones for each term), else for a while
+        those of the term it last led in (see `Watches.end_lead`), else None."""
+        raft = self.raft.raft
+        if raft.role == "leader":
+            if self._watches is None or self._watches.term != raft.term:
+                self._watches = Watches(raft.term, self.machine.state.next_ino(), trio.current_time)
+        elif self._watches is not None and self._watches.end_lead():
+            self._watches = None
+        return self._watches
+
+    def _changed(self, changes: list[Change]) -> None:
+        """A batch applied: the answers of its changes wait for the other watchers."""
+        watches = self._leader_watches()
+        if watches is not None:
+            leading = self.raft.raft.role == "leader"
+            for change in changes:
+                registered = watchable(change.inodes, change.entries)
+                watches.changed(change.index, change.client_id, change.inodes, registered, leading)
+
+    async def _answerable(self, applied: Applied, client_id: bytes | None) -> int:
+        """Wait until the answer of `applied` may go out; return the term in which
+        `client_id` watches the inodes it changed (0: it does not)."""
+        watches = self._leader_watches()
+        if watches is None or client_id is None:
+            return 0  # never led: no mount trusts a watch of it; or nobody waits for the answer
+        while (delay := watches.delay(applied.index)) > 0:
+            with trio.move_on_after(delay):
+                await self._polled.wait()
+        raft = self.raft.raft
+        if raft.role != "leader" or raft.term != watches.term:
+            return 0
+        return watches.term if watches.watching(client_id, applied.watchable) else 0
 
     async def _recall(self, dirs: list[int], requester: bytes | None) -> None:
         """Get `dirs` back from the clients other than `requester` that hold them: ask each
@@ -409,7 +463,7 @@ class ReplicatedMeta:
 
     async def _apply(
         self, command: Command, client_id: bytes | None, seq: int | None, acked_below: int | None
-    ) -> tuple[Outcome, list[Attr]]:
+    ) -> Applied:
         entry = Entry(stamp(command, time.time_ns()), client_id, seq, acked_below)
         data = msgpack.packb(entry.to_wire(), use_bin_type=True)
         try:
@@ -418,7 +472,7 @@ class ReplicatedMeta:
             raise NodeError(NOT_LEADER, exc.leader or "") from None
         except LeadershipLost as exc:
             raise NodeError(IN_DOUBT, self.raft.raft.leader or "") from exc
-        return applied.outcome, self.machine.state.attrs(applied.changed)
+        return applied
 
     async def query(self, query: Query) -> Any:
         """Answer a read-only query linearizably (on the leader, after ReadIndex)."""
@@ -429,24 +483,45 @@ class ReplicatedMeta:
 
         return await self._read(run)
 
+    async def read_chunks(self, query: ReadChunks, client_id: bytes) -> tuple[Any, int]:
+        """Answer `query` like `query`, and register `client_id` as watching the file; return
+        the answer and this leader's term (0 if there was no room to watch it)."""
+
+        def run(machine: StateMachine) -> tuple[Any, int]:
+            assert isinstance(machine, MetaMachine)
+            answer = encode_result(machine.state.query(query))
+            watches = self._leader_watches()
+            if watches is None or not watches.watch(client_id, (query.ino,)):
+                return answer, 0
+            return answer, watches.term
+
+        return await self._read(run)
+
     async def changes(self, since: int, client_id: bytes) -> Changes:
         """What changed after log index `since` (see `ringfs.node.meta.feed`), as fresh as a
         linearizable read: everything applied before the call is in it, with the directories
         `client_id` is asked to give back. Waits up to `FEED_WAIT` for a first change or
         recall, so a mount's poll doubles as its heartbeat."""
-        if self.raft.raft.role != "leader":
+        watches = self._leader_watches()
+        if watches is None or self.raft.raft.role != "leader":
             raise NodeError(NOT_LEADER, self.raft.raft.leader or "")
         self.recalls.seen(client_id)
+        watches.polled(client_id, since)
+        self._polled.set()
+        self._polled = trio.Event()
         if self.machine.feed.applied <= since and not self.recalls.wanted(client_id):
             with trio.move_on_after(FEED_WAIT):
                 await self.machine.feed.wait_after(since)
-                await trio.sleep(FEED_GATHER)
+                if not watches.awaits(client_id):  # else an answer waits for this one
+                    await trio.sleep(FEED_GATHER)
 
         def run(machine: StateMachine) -> Changes:
             assert isinstance(machine, MetaMachine)
             return machine.feed.since(since)
 
         changes = await self._read(run)
+        if self._leader_watches() is not watches:  # it led again since: ask that leader
+            raise NodeError(NOT_LEADER, self.raft.raft.leader or "")
         self.recalls.seen(client_id)
         wanted = self.recalls.wanted(client_id)
         if wanted:
@@ -454,7 +529,7 @@ class ReplicatedMeta:
             recalled = tuple(sorted(d for d, holder in held.items() if holder == client_id))
             self.recalls.still_held(client_id, recalled)
             changes = dataclasses.replace(changes, recalls=recalled)
-        return changes
+        return dataclasses.replace(changes, term=watches.term)
 
     async def _read(self, read: Callable[[StateMachine], T]) -> T:
         try:

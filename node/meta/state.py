@@ -170,6 +170,11 @@ class MetaState:
         with self._lock:
             return self._rows.counter("applied_index")
 
+    def next_ino(self) -> int:
+        """The number the next inode gets (each one made, or reserved, is below it)."""
+        with self._lock:
+            return self._rows.counter("next_ino")
+
     # --- applying ---------------------------------------------------------------------------
 
     def apply_batch(

@@ -211,7 +211,7 @@ async def test_an_open_whose_map_answer_arrives_after_our_own_commit_keeps_our_b
     real = ops.cluster.read_chunks
     answered, deliver = trio.Event(), trio.Event()
 
-    async def late_answer(ino: int, known: Any = None) -> tuple[Attr, list[Chunk]]:
+    async def late_answer(ino: int, known: Any = None) -> tuple[Attr, list[Chunk], int]:
         result = await real(ino, known)  # linearized before the commit below...
         answered.set()
         await deliver.wait()  # ...but its task runs after the commit's
@@ -305,7 +305,7 @@ async def test_a_truncation_that_happened_reports_success(
     ops = await mount_ops(small_chunks, nursery)
     fh, ino = await flushed(ops, b"f", b"x" * 1000)
 
-    async def no_leader(ino: int, known: Any = None) -> tuple[Attr, list[Chunk]]:
+    async def no_leader(ino: int, known: Any = None) -> tuple[Attr, list[Chunk], int]:
         raise Unavailable("metadata (no meta-group leader answered)", [])
 
     monkeypatch.setattr(ops.cluster, "read_chunks", no_leader)  # the group fails right after

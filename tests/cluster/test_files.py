@@ -23,7 +23,7 @@ from ringfs.fs.mount import MountConfig, create_operations, wait_for_filesystem
 from ringfs.fs.operations import PURGE_DELAY, Operations
 from ringfs.node.blocks.store import BlockStore
 from ringfs.node.errors import NodeError
-from ringfs.node.meta.commands import Command, GetAttr, Mkdir, Purge, Query, ReadChunks
+from ringfs.node.meta.commands import Command, GetAttr, Mkdir, Purge
 from tests.cluster.conftest import SMALL_CHUNK, LocalNodes
 
 CHUNK = SMALL_CHUNK
@@ -295,14 +295,14 @@ async def test_an_orphan_being_opened_again_waits_for_its_release(
     ops = await mount_ops(nodes, nursery)
     fh, ino = await create(ops, b"reopened")
     await ops.release(fh)
-    query = ops.cluster.meta_query
+    read_chunks = ops.cluster.read_chunks
 
-    async def slow_chunk_maps(request: Query) -> object:
-        if isinstance(request, ReadChunks):
-            await trio.sleep(3 * PURGE_DELAY)  # the purge comes due meanwhile
-        return await query(request)
+    async def slow_chunk_maps(ino: int, known: object = None) -> object:
+        await trio.sleep(3 * PURGE_DELAY)  # the purge comes due meanwhile
+        return await read_chunks(ino, known)
 
-    monkeypatch.setattr(ops.cluster, "meta_query", slow_chunk_maps)
+    monkeypatch.setattr(ops.cluster, "read_chunks", slow_chunk_maps)
+    monkeypatch.setattr(ops.files.meta.cache, "watching", lambda ino: False)  # ask the leader
     await ops.unlink(ROOT, b"reopened", CTX)  # no handle: its purge is scheduled
     info = await ops.open(ino, os.O_RDWR, CTX)  # as through /proc/PID/fd, racing the purge
     await trio.sleep(2 * PURGE_DELAY)
@@ -319,8 +319,8 @@ async def test_retried_command_is_applied_once(nodes: LocalNodes) -> None:
     await wait_for_filesystem(cluster)
     command = Mkdir(ROOT, b"once", 0o755, 0, 0, 0).to_wire()
     params = [await cluster._session(), 41, 41, command]
-    first, changed = await cluster._meta_call("meta.apply", params)
-    again, unchanged = await cluster._meta_call("meta.apply", params)
+    first, changed, _ = await cluster._meta_call("meta.apply", params)
+    again, unchanged, _ = await cluster._meta_call("meta.apply", params)
     assert first == again
     assert sorted(attr[0] for attr in changed) == [ROOT, first[0]]
     assert unchanged == []  # the retry changed nothing

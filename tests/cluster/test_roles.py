@@ -54,7 +54,7 @@ async def write_and_read(client: Cluster, name: str, data: bytes) -> bytes:
     update = cmd.ChunkUpdate(chunk, b"", 0)
     commit = cmd.CommitChunks(created.ino, (update,), len(data), None, None, None, None, 0)
     await client.meta_apply(commit)
-    _, chunks = await client.read_chunks(created.ino)
+    _, chunks, _ = await client.read_chunks(created.ino)
     return await client.get_block(chunks[0].block_id, chunks[0].checksum)
 
 

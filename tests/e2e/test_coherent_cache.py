@@ -81,6 +81,29 @@ def test_a_file_read_again_shows_another_mounts_rewrite(two: tuple[Path, Path], 
     assert (a / "f").read_bytes() == third
 
 
+@pytest.mark.parametrize("size", [3000, 300_000])
+def test_files_rewritten_in_turn_are_read_at_once_by_the_other_mount(
+    two: tuple[Path, Path], size: int
+) -> None:
+    """Both mounts keep the maps of the files and watch them (they open them again without
+    asking the leader); each rewrite's close waits until the other mount heard of it, so the
+    open right after it, there, reads the new bytes: close-to-open, byte for byte, from the
+    kernel's page cache too."""
+    a, b = two
+    names = [f"f{i}" for i in range(4)]
+    for name in names:
+        (a / name).write_bytes(os.urandom(size))
+        (b / name).read_bytes()
+    for turn in range(8):
+        writer, reader = (a, b) if turn % 2 else (b, a)
+        for name in names:
+            data = os.urandom(size)
+            with open(writer / name, "r+b") as f:
+                f.write(data)
+            assert (reader / name).read_bytes() == data
+            assert (writer / name).read_bytes() == data
+
+
 def test_names_changed_by_another_mount(two: tuple[Path, Path]) -> None:
     a, b = two
     (b / "d").mkdir()

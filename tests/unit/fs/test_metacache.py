@@ -43,7 +43,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def cache(clock: Clock) -> MetaCache:
-    cache = MetaCache(ME, clock, lease=1.0)
+    cache = MetaCache(ME, clock)
     cache.apply(Changes(10, True, ()), sent_at=clock.now)
     return cache
 

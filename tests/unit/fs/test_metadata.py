@@ -26,6 +26,7 @@ from ringfs.node.meta.commands import (
     Unlink,
 )
 from ringfs.node.meta.feed import Change, Changes
+from ringfs.node.meta.watches import WATCH_TIME
 
 
 def attr(ino: int, size: int = 0) -> Attr:
@@ -225,10 +226,135 @@ async def test_an_open_keeps_the_attributes_it_read() -> None:
     before the feed tells of the other client's change."""
 
     class Reading(Leader):
-        async def read_chunks(self, ino: int, known: Any = None) -> tuple[Attr, list[Any]]:
-            return attr(ino, size=20), []
+        async def read_chunks(self, ino: int, known: Any = None) -> tuple[Attr, list[Any], int]:
+            return attr(ino, size=20), [], 0
 
     meta = metadata(Reading())
     meta.cache.keep_attr(attr(7, size=10), meta.cache.stamp())
     await meta.read_chunks(7)
     assert meta.cache.attr(7) == attr(7, size=20)
+
+
+class Watching(Leader):
+    """Reads a file's map as the leader of term 3 would, registering the watch; counts reads."""
+
+    def __init__(self, *results: Any) -> None:
+        super().__init__(*results)
+        self.reads = 0
+        self.during_read: Callable[[], object] = lambda: None
+
+    async def read_chunks(self, ino: int, known: Any = None) -> tuple[Attr, list[Any], int]:
+        self.reads += 1
+        self.during_read()
+        if known is not None and known[0] == 1:
+            return attr(ino, size=20), known[1], 3
+        return attr(ino, size=20), ["map"], 3
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def watching_metadata(leader: Leader, clock: Clock) -> Metadata:
+    cache = MetaCache(b"m" * 16, clock=clock)
+    cache.apply(Changes(1, False, (), term=3), sent_at=clock.now)
+    return Metadata(cast(Cluster, leader), cache, write_behind=False)
+
+
+async def test_a_watched_file_opens_again_from_what_the_mount_kept() -> None:
+    leader, clock = Watching(), Clock()
+    meta = watching_metadata(leader, clock)
+    kept = (1, ["map"])
+    assert await meta.read_chunks(7, kept) == (attr(7, size=20), ["map"])
+    assert await meta.read_chunks(7, kept) == (attr(7, size=20), ["map"])
+    assert leader.reads == 1  # the second open asked nobody
+
+
+async def test_another_clients_change_ends_the_watch() -> None:
+    leader, clock = Watching(), Clock()
+    meta = watching_metadata(leader, clock)
+    await meta.read_chunks(7, (1, ["map"]))
+    feed(meta, Change(2, b"other", 1, (7,), ()))
+    await meta.read_chunks(7, (1, ["map"]))
+    assert leader.reads == 2
+
+
+async def test_a_change_heard_while_the_read_was_on_its_way_ends_the_watch() -> None:
+    leader, clock = Watching(), Clock()
+    meta = watching_metadata(leader, clock)
+    leader.during_read = lambda: feed(meta, Change(2, b"other", 1, (7,), ()))
+    await meta.read_chunks(7, (1, ["map"]))
+    leader.during_read = lambda: None
+    await meta.read_chunks(7, (1, ["map"]))
+    assert leader.reads == 2
+
+
+async def test_a_watch_lasts_its_time_from_the_request() -> None:
+    leader, clock = Watching(), Clock()
+    meta = watching_metadata(leader, clock)
+    await meta.read_chunks(7, (1, ["map"]))
+    while clock.now < WATCH_TIME:  # the feed answers all along
+        assert meta.cache.watching(7)
+        clock.now += 0.25
+        meta.cache.apply(Changes(1, False, (), term=3), sent_at=clock.now)
+    assert not meta.cache.watching(7)
+
+
+@pytest.mark.parametrize("why", ["lease", "term", "reset"])
+async def test_watches_end_with_the_lease_a_new_leader_or_a_reset(why: str) -> None:
+    leader, clock = Watching(), Clock()
+    meta = watching_metadata(leader, clock)
+    await meta.read_chunks(7, (1, ["map"]))
+    if why == "lease":
+        clock.now = 1.0  # the lease ran out
+    else:
+        # The feed goes on, from another leader or having lost track: the watch is gone,
+        # even when the term comes back (a leader's watches die with its term).
+        meta.cache.apply(Changes(1, why == "reset", (), term=4), sent_at=clock.now)
+        meta.cache.apply(Changes(1, False, (), term=3), sent_at=clock.now)
+        meta.cache.keep_attr(attr(7, size=20), meta.cache.stamp())
+    await meta.read_chunks(7, (1, ["map"]))
+    assert leader.reads == 2
+
+
+async def test_a_gap_in_the_feed_ends_the_watches_for_good() -> None:
+    """The leader stops waiting for a mount whose lease ran out: the mount's watches from
+    before must not come back with the next answer."""
+    leader, clock = Watching(), Clock()
+    meta = watching_metadata(leader, clock)
+    await meta.read_chunks(7, (1, ["map"]))
+    clock.now = 1.0
+    meta.cache.apply(Changes(1, False, (), term=3), sent_at=clock.now)
+    assert not meta.cache.watching(7)
+
+
+async def test_an_own_command_answered_with_the_term_is_watched() -> None:
+    leader, clock = Watching(Answer(attr(7, size=20), [attr(7, size=20)], 3)), Clock()
+    meta = watching_metadata(leader, clock)
+    await meta.apply(Setattr(7, None, None, None, 20, None, None, 0))
+    assert meta.cache.watching(7)
+    assert await meta.read_chunks(7, (1, ["mine"])) == (attr(7, size=20), ["mine"])
+    assert leader.reads == 0
+
+
+async def test_a_map_of_another_version_is_read_again() -> None:
+    leader, clock = Watching(), Clock()
+    meta = watching_metadata(leader, clock)
+    await meta.read_chunks(7, (1, ["map"]))
+    assert await meta.read_chunks(7, (2, ["old"])) == (attr(7, size=20), ["map"])
+    assert leader.reads == 2
+
+
+async def test_a_failed_poll_ends_the_lease_and_the_watches_at_once() -> None:
+    """A revoked key, a lost leader: the mount answers nothing more from what it kept."""
+    leader, clock = Watching(), Clock()
+    meta = watching_metadata(leader, clock)
+    await meta.read_chunks(7, (1, ["map"]))
+    meta.cache.lapse()
+    assert not meta.cache.watching(7)
+    meta.cache.apply(Changes(1, False, (), term=3), sent_at=clock.now)
+    assert not meta.cache.watching(7)

@@ -132,7 +132,7 @@ def test_entries_apply_in_one_batch_with_their_index(machine: MetaMachine) -> No
     assert isinstance(results[0], Applied)
     assert results[0].outcome.error is None
     assert results[0].changed == (ROOT_INO, 2)  # the parent and the new directory
-    assert results[2] == Applied(Outcome(None, "EEXIST"), ())
+    assert results[2] == Applied(Outcome(None, "EEXIST"), (), 4)
     assert machine.applied_index() == 4
 
 
