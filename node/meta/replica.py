@@ -426,7 +426,7 @@ class ReplicatedMeta:
         watches = self._leader_watches()
         if watches is None or client_id is None:
             return 0  # never led: no mount trusts a watch of it; or nobody waits for the answer
-        while (delay := watches.delay(applied.index)) > 0:
+        while (delay := watches.delay(applied.index, client_id)) > 0:
             with trio.move_on_after(delay):
                 await self._polled.wait()
         raft = self.raft.raft

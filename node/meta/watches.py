@@ -14,6 +14,7 @@ A new leader knows nobody's watches: until `TRUST_BOUND` passed since it began, 
 mount's trust in what an earlier leader registered ran out (that leader answered its last poll
 before this one was elected), it holds back the answer to any change of a file older than its
 own lead. Files made since (inode numbers from `fresh_from` on) no earlier leader registered.
+An answer waits only for its own client's changes: others' answers go out meanwhile.
 
 A leader that stops leading keeps its watches for `TRUST_BOUND` more: a command it proposed may
 still be applied and answered by it, and must wait as before.
@@ -69,11 +70,11 @@ class Watches:
         self._count = 0
         # When each client's last poll reached this leader.
         self._polled: dict[bytes, float] = {}
-        # Applied changes (by log index, in order) and the watchers still to hear of each.
-        self._waits: dict[int, set[bytes]] = {}
+        # Applied changes (by log index, in order): whose, and the watchers still to hear of it.
+        self._waits: dict[int, tuple[bytes | None, set[bytes]]] = {}
         # Changes of files older than this lead, made while an earlier leader's watches may
-        # still be trusted (by log index, in order).
-        self._early: list[int] = []
+        # still be trusted (by log index, in order), and whose.
+        self._early: list[tuple[int, bytes | None]] = []
         # When this leader was first found no longer leading.
         self._ended: float | None = None
 
@@ -116,12 +117,11 @@ class Watches:
     ) -> None:
         """Log entry `index`, `client`'s command, changed `inodes`: their other watchers must
         hear of it before its answer goes out, and watch them no more. `client` watches those
-        of them `registered` (see `watchable`) from now on, if this leader is still `leading`:
-        it knows what it changed."""
+        of them `registered` (see `watchable`: the others are directories, which nobody
+        watches) from now on, if this leader is still `leading`: it knows what it changed."""
         now = self._clock()
-        inodes = tuple(inodes)
-        if now < self._started + TRUST_BOUND and any(ino < self._fresh_from for ino in inodes):
-            self._early.append(index)
+        if now < self._started + TRUST_BOUND and any(ino < self._fresh_from for ino in registered):
+            self._early.append((index, client))
         for ino in inodes:
             for watcher, watched in self._watched.items():
                 since = watched.pop(ino, None)
@@ -129,7 +129,7 @@ class Watches:
                     continue
                 self._count -= 1
                 if watcher != client and now < since + WATCH_BOUND:
-                    self._waits.setdefault(index, set()).add(watcher)
+                    self._waits.setdefault(index, (client, set()))[1].add(watcher)
         if client is not None and leading:
             self.watch(client, registered)
 
@@ -142,38 +142,41 @@ class Watches:
         for index in list(self._waits):
             if index > since:
                 break
-            waiting = self._waits[index]
+            waiting = self._waits[index][1]
             waiting.discard(client)
             if not waiting:
                 del self._waits[index]
 
     def awaits(self, client: bytes) -> bool:
         """Whether an answer waits for `client` to hear of a change."""
-        return any(client in waiting for waiting in self._waits.values())
+        return any(client in waiting for _, waiting in self._waits.values())
 
-    def delay(self, index: int) -> float:
-        """Seconds the answers of log entries up to `index` must still wait (0: none): for the
-        watchers of what they changed, at most until those can no longer trust their maps,
-        and for this leader's first `TRUST_BOUND` if they changed older files."""
+    def delay(self, index: int, client: bytes) -> float:
+        """Seconds `client`'s answer of log entry `index` must still wait (0: none): for the
+        watchers of what its changes up to `index` changed (a retried command's answer comes
+        from a later entry than the change), at most until those can no longer trust their
+        maps, and for this leader's first `TRUST_BOUND` if they changed older files."""
         now = self._clock()
         wait = 0.0
-        if self._early and self._early[0] <= index:
-            wait = self._started + TRUST_BOUND - now
-            if wait <= 0:
+        if self._early:
+            left = self._started + TRUST_BOUND - now
+            if left <= 0:
                 self._early.clear()
+            elif any(entry <= index and owner == client for entry, owner in self._early):
+                wait = left
         for entry in list(self._waits):
             if entry > index:
                 break
-            waiting = self._waits[entry]
-            for client in list(waiting):
-                left = self._trusted_until(client) - now
-                if left > 0:
+            owner, waiting = self._waits[entry]
+            for watcher in list(waiting):
+                left = self._trusted_until(watcher) - now
+                if left <= 0:
+                    waiting.discard(watcher)
+                elif owner == client:
                     wait = max(wait, left)
-                else:
-                    waiting.discard(client)
             if not waiting:
                 del self._waits[entry]
-        return max(wait, 0.0)
+        return wait
 
     def _trusted_until(self, client: bytes) -> float:
         """Until when `client` may trust a map this leader registered: `TRUST_BOUND` after its
