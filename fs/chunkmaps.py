@@ -1,13 +1,15 @@
-"""Chunk maps of files this mount had open, to open them again with a smaller round trip.
+"""Chunk maps of files this mount had open, to open them again without the map sent again.
 
-An open reads the file's chunk map from the leader: close-to-open, it must see every close
-that came before it, in any client. For a file whose map this mount kept, it asks with the
-version the map is of instead, and the leader sends no chunks while the file is still at that
-version (`version` changes with every change of the data). A small file's bytes ride in its
-map, so reading it again costs a round trip that carries only its attributes.
+An open must see every close that came before it, in any client. For a file whose map this mount
+kept, an open takes the kept map as it is if the mount watches the file (the leader holds back
+other clients' changes of it until this mount heard of them: `ringfs.node.meta.watches`), and
+otherwise asks with the version the map is of: the leader sends no chunks while the file is
+still at that version (`version` changes with every change of the data). A small file's bytes
+ride in its map, so reading it again costs no round trip, or one that carries only its
+attributes.
 
 Maps are kept by bytes (the bytes the metadata keeps, plus a share for each chunk), least
-recently used out first. An entry is only ever a hint: the leader's version decides.
+recently used out first. An entry is only ever a hint: the watch or the leader's version decides.
 """
 
 from __future__ import annotations

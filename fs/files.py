@@ -2,7 +2,7 @@
 another mount committed, and reads that see our own writes.
 
 A file is a sequence of fixed-size chunks. While a file is open in this client, `FileState`
-holds its chunk map (read again at every open: close-to-open consistency) and, per chunk being
+holds its chunk map (current at every open: close-to-open consistency) and, per chunk being
 written, a buffer of one chunk built on the committed chunk. A buffer that fills up is uploaded
 as a new immutable block at once, while the application goes on writing; `flush` uploads the
 rest, waits for every upload, and commits the new chunks. Only then does close/fsync return.

@@ -419,8 +419,9 @@ class Operations(pyfuse3.Operations):
     # -- files -------------------------------------------------------------------------------
 
     async def _state(self, inode: int) -> FileState:
-        """This client's state of a file being opened, with the committed chunk map read again
-        (close-to-open: an open sees every close that came before it, in any client)."""
+        """This client's state of a file being opened, with the committed chunk map as it is
+        now (close-to-open: an open sees every close that came before it, in any client): the
+        map kept of a file the mount watches, else read again."""
         self._opening[inode] = self._opening.get(inode, 0) + 1
         try:
             known = None if inode in self._open else self._maps.get(inode)
