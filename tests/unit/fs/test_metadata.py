@@ -265,6 +265,14 @@ def watching_metadata(leader: Leader, clock: Clock) -> Metadata:
     return Metadata(cast(Cluster, leader), cache, write_behind=False)
 
 
+async def watched_file() -> tuple[Watching, Clock, Metadata]:
+    """A mount that read file 7's map (version 1) and so watches it."""
+    leader, clock = Watching(), Clock()
+    meta = watching_metadata(leader, clock)
+    await meta.read_chunks(7, (1, ["map"]))
+    return leader, clock, meta
+
+
 async def test_a_watched_file_opens_again_from_what_the_mount_kept() -> None:
     leader, clock = Watching(), Clock()
     meta = watching_metadata(leader, clock)
@@ -275,9 +283,7 @@ async def test_a_watched_file_opens_again_from_what_the_mount_kept() -> None:
 
 
 async def test_another_clients_change_ends_the_watch() -> None:
-    leader, clock = Watching(), Clock()
-    meta = watching_metadata(leader, clock)
-    await meta.read_chunks(7, (1, ["map"]))
+    leader, clock, meta = await watched_file()
     feed(meta, Change(2, b"other", 1, (7,), ()))
     await meta.read_chunks(7, (1, ["map"]))
     assert leader.reads == 2
@@ -294,9 +300,7 @@ async def test_a_change_heard_while_the_read_was_on_its_way_ends_the_watch() -> 
 
 
 async def test_a_watch_lasts_its_time_from_the_request() -> None:
-    leader, clock = Watching(), Clock()
-    meta = watching_metadata(leader, clock)
-    await meta.read_chunks(7, (1, ["map"]))
+    leader, clock, meta = await watched_file()
     while clock.now < WATCH_TIME:  # the feed answers all along
         assert meta.cache.watching(7)
         clock.now += 0.25
@@ -306,9 +310,7 @@ async def test_a_watch_lasts_its_time_from_the_request() -> None:
 
 @pytest.mark.parametrize("why", ["lease", "term", "reset"])
 async def test_watches_end_with_the_lease_a_new_leader_or_a_reset(why: str) -> None:
-    leader, clock = Watching(), Clock()
-    meta = watching_metadata(leader, clock)
-    await meta.read_chunks(7, (1, ["map"]))
+    leader, clock, meta = await watched_file()
     if why == "lease":
         clock.now = 1.0  # the lease ran out
     else:
@@ -324,9 +326,7 @@ async def test_watches_end_with_the_lease_a_new_leader_or_a_reset(why: str) -> N
 async def test_a_gap_in_the_feed_ends_the_watches_for_good() -> None:
     """The leader stops waiting for a mount whose lease ran out: the mount's watches from
     before must not come back with the next answer."""
-    leader, clock = Watching(), Clock()
-    meta = watching_metadata(leader, clock)
-    await meta.read_chunks(7, (1, ["map"]))
+    leader, clock, meta = await watched_file()
     clock.now = 1.0
     meta.cache.apply(Changes(1, False, (), term=3), sent_at=clock.now)
     assert not meta.cache.watching(7)
@@ -342,18 +342,14 @@ async def test_an_own_command_answered_with_the_term_is_watched() -> None:
 
 
 async def test_a_map_of_another_version_is_read_again() -> None:
-    leader, clock = Watching(), Clock()
-    meta = watching_metadata(leader, clock)
-    await meta.read_chunks(7, (1, ["map"]))
+    leader, clock, meta = await watched_file()
     assert await meta.read_chunks(7, (2, ["old"])) == (attr(7, size=20), ["map"])
     assert leader.reads == 2
 
 
 async def test_a_failed_poll_ends_the_lease_and_the_watches_at_once() -> None:
     """A revoked key, a lost leader: the mount answers nothing more from what it kept."""
-    leader, clock = Watching(), Clock()
-    meta = watching_metadata(leader, clock)
-    await meta.read_chunks(7, (1, ["map"]))
+    leader, clock, meta = await watched_file()
     meta.cache.lapse()
     assert not meta.cache.watching(7)
     meta.cache.apply(Changes(1, False, (), term=3), sent_at=clock.now)
