@@ -25,6 +25,7 @@ from ringfs.fs.blockcache import BlockCache
 from ringfs.fs.budget import WriteBudget
 from ringfs.fs.cluster import Cluster, ClusterConfig
 from ringfs.fs.files import READAHEAD_CHUNKS, FileContext
+from ringfs.fs.kernel_readahead import set_readahead
 from ringfs.fs.metacache import MetaCache
 from ringfs.fs.metadata import Metadata
 from ringfs.fs.operations import CacheTimes, KernelCache, Operations
@@ -188,8 +189,11 @@ async def run(
             await nursery.start(serve_metrics, host, port, metrics.render)
         kernel = FuseKernelCache(nursery)
         operations = await create_operations(cluster, config, nursery, kernel)
-        pyfuse3.init(operations, str(config.mountpoint), fuse_options(config))
+        # Resolved before mounting: afterwards a look at the path is a request to us.
+        mountpoint = config.mountpoint.resolve()
+        pyfuse3.init(operations, str(mountpoint), fuse_options(config))
         kernel.start()
+        nursery.start_soon(_widen_readahead, operations.initialized, mountpoint)
         log.info("mounted %s (chunk size %d)", config.mountpoint, operations.files.chunk_size)
         task_status.started()
         # The kernel connection ends either from outside (fusermount3 -u: already unmounted)
@@ -216,6 +220,12 @@ async def run(
             log.info("unmounted %s", config.mountpoint)
             await cluster.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def _widen_readahead(initialized: trio.Event, mountpoint: Path) -> None:
+    # The kernel's window is settled by INIT's answer, and only widened after it.
+    await initialized.wait()
+    set_readahead(mountpoint)
 
 
 async def _stop_on_signal(signals: AsyncIterator[int], signalled: trio.Event) -> None:

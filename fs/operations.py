@@ -123,6 +123,13 @@ class Operations(pyfuse3.Operations):
         self._told_versions: dict[int, int] = {}
         # The newest version of each inode's data this client has seen (open or flush).
         self._known_versions: dict[int, int] = {}
+        #: Set when the kernel's INIT is answered: what the reply settles (such as the
+        #: readahead window, `ringfs.fs.kernel_readahead`) may be changed after it.
+        self.initialized = trio.Event()
+
+    def init(self) -> None:
+        # Called by pyfuse3 while it answers INIT; tasks woken here run after the answer.
+        self.initialized.set()
 
     # -- helpers -----------------------------------------------------------------------------
 
