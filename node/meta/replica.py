@@ -89,6 +89,10 @@ class Applied:
     watchable: tuple[int, ...] = ()
 
 
+#: A change, and the inodes its client watches from then on (see `watchable`).
+Watchable = tuple[Change, tuple[int, ...]]
+
+
 def stamp(command: Command, now_ns: int) -> Command:
     """Fill in the decision the state machine must not make itself: the current time, where
     the client did not give it (a mount gives the time of a change it acknowledged itself)."""
@@ -160,7 +164,7 @@ class MetaMachine:
         self.state = MetaState(path, synchronous=False)
         self.feed = ChangeFeed(self.state.applied_index)
         #: Told of each batch's changes as they are applied (the leader's watches).
-        self.on_changes: Callable[[list[Change]], None] | None = None
+        self.on_changes: Callable[[list[Watchable]], None] | None = None
         self.batches = 0
         self.commands = 0
         self._uncommitted = 0
@@ -184,15 +188,16 @@ class MetaMachine:
             )
         except Exception as exc:
             raise StorageFailure(f"metadata database {self.path}: {exc}") from exc
-        changes, applied = [], []
+        changes: list[Watchable] = []
+        applied = []
         touched = zip(logged, commands, results, self.state.take_changes(), strict=True)
         for entry, command, outcome, (client, inodes, names) in touched:
+            watched = watchable(inodes, names)
             if inodes or names:
                 change = Change(entry.index, client, command.seq, tuple(inodes), tuple(names))
-                changes.append(change)
-            watched = watchable(inodes, names)
+                changes.append((change, watched))
             applied.append(Applied(outcome, tuple(inodes), entry.index, watched))
-        self.feed.add(changes, entries[-1].index)
+        self.feed.add([change for change, _ in changes], entries[-1].index)
         if self.on_changes is not None:
             self.on_changes(changes)
         self.batches += 1
@@ -411,13 +416,12 @@ class ReplicatedMeta:
             self._watches = None
         return self._watches
 
-    def _changed(self, changes: list[Change]) -> None:
+    def _changed(self, changes: list[Watchable]) -> None:
         """A batch applied: the answers of its changes wait for the other watchers."""
         watches = self._leader_watches()
         if watches is not None:
             leading = self.raft.raft.role == "leader"
-            for change in changes:
-                registered = watchable(change.inodes, change.entries)
+            for change, registered in changes:
                 watches.changed(change.index, change.client_id, change.inodes, registered, leading)
 
     async def _answerable(self, applied: Applied, client_id: bytes | None) -> int:
