@@ -3,8 +3,9 @@
 The kernel gives a FUSE mount the default window of a block device, 128 KiB, so a sequential
 read reaches the mount as one `READ` request per 128 KiB, each a Python handler call. A window
 of `READAHEAD_KIB` lets it send 1 MiB requests (the most a request carries), an eighth as many:
-cold sequential reads ran 15 to 20 % faster with less of the mount's CPU. Larger windows gave
-nothing more; the mount fetches whole blocks ahead on its own (`READAHEAD_CHUNKS`).
+cold sequential reads ran about a quarter faster with a third less of the mount's CPU. Larger
+windows gave nothing more; the mount fetches whole blocks ahead on its own
+(`READAHEAD_CHUNKS`).
 
 The window is a setting of the mount's backing device (`/sys/class/bdi/MAJOR:MINOR`), which
 only root may change; a mount that may not keeps the kernel's default and says so.

@@ -1,8 +1,14 @@
-"""Finding a mount's backing device in /proc/self/mountinfo (`ringfs.fs.kernel_readahead`)."""
+"""Finding a mount's backing device in /proc/self/mountinfo and setting its readahead window
+(`ringfs.fs.kernel_readahead`), against files standing in for /proc and /sys."""
 
 from __future__ import annotations
 
-from ringfs.fs.kernel_readahead import mount_device
+from pathlib import Path
+
+import pytest
+
+from ringfs.fs import kernel_readahead
+from ringfs.fs.kernel_readahead import mount_device, set_readahead
 
 MOUNTINFO = """\
 22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
@@ -31,3 +37,27 @@ def test_the_last_of_stacked_mounts_is_the_one_seen() -> None:
 def test_a_path_nothing_is_mounted_on_has_no_device() -> None:
     assert mount_device(MOUNTINFO, "/tmp") is None
     assert mount_device(MOUNTINFO, "/tmp/mnt/sub") is None
+
+
+def test_the_window_is_written_to_the_mounts_backing_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mountinfo, bdi = tmp_path / "mountinfo", tmp_path / "bdi"
+    mountinfo.write_text(MOUNTINFO)
+    (bdi / "0:40").mkdir(parents=True)
+    (bdi / "0:40" / "read_ahead_kb").write_text("128\n")
+    monkeypatch.setattr(kernel_readahead, "_MOUNTINFO", mountinfo)
+    monkeypatch.setattr(kernel_readahead, "_BDI", bdi)
+    assert set_readahead(Path("/tmp/mnt"), 1024)
+    assert (bdi / "0:40" / "read_ahead_kb").read_text() == "1024\n"
+
+
+def test_a_window_that_cannot_be_set_is_reported_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(MOUNTINFO)
+    monkeypatch.setattr(kernel_readahead, "_MOUNTINFO", mountinfo)
+    monkeypatch.setattr(kernel_readahead, "_BDI", tmp_path / "no-bdi")
+    assert not set_readahead(Path("/tmp/mnt"))  # the device's directory is missing
+    assert not set_readahead(Path("/tmp/elsewhere"))  # nothing mounted there
