@@ -1,7 +1,9 @@
 """The trio shell's own rules, one follower driven by hand under a mock clock.
 
 A follower acknowledges an append as soon as it is persisted, and applies committed entries
-later (on the next tick, or once many wait), off the path the leader waits on.
+later (on the next tick, or once many wait), off the path the leader waits on. An append that
+finds the loop idle is written and acknowledged in the task that received it; those right
+behind it wait for the loop, which writes them together.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -24,6 +26,8 @@ from ringfs.node.raft.core import (
     Message,
     SnapshotMeta,
     SnapshotRequest,
+    VoteRequest,
+    VoteResponse,
 )
 from ringfs.node.raft.shell import FOLLOWER_APPLY_BATCH, RaftNode
 from tests.sim.durable import MemoryStorage
@@ -140,3 +144,110 @@ async def test_a_newer_snapshot_replaces_one_still_waiting(
     assert recorder.restored == [20]
     assert node.status()["applied_index"] == 20
     assert not older.exists()  # the one replaced is deleted
+
+
+async def test_a_follower_answers_an_append_in_the_task_that_received_it(
+    follower: tuple[RaftNode, Recorder],
+) -> None:
+    node, recorder = follower
+    await trio.testing.wait_all_tasks_blocked()  # the loop has nothing to do
+    node.deliver(append(0, 2, 0))
+    # No checkpoint since: written and acknowledged without waiting for the loop's turn.
+    assert sorted(cast(MemoryStorage, node.storage).log) == [1, 2]
+    acks = [m for m in recorder.sent if isinstance(m, AppendResponse)]
+    assert [(m.success, m.match_index) for m in acks] == [(True, 2)]
+
+
+async def test_appends_arriving_together_are_written_once_by_the_loop(
+    follower: tuple[RaftNode, Recorder],
+) -> None:
+    node, recorder = follower
+    writes: list[list[int]] = []
+    storage = cast(MemoryStorage, node.storage)
+    storage.on_save = lambda entries: writes.append([entry.index for entry in entries])
+    await trio.testing.wait_all_tasks_blocked()
+    for prev in range(4):  # one read's worth of messages, delivered without a checkpoint
+        node.deliver(append(prev, 1, 0))
+    await trio.testing.wait_all_tasks_blocked()
+    assert writes == [[1], [2, 3, 4]]
+    acks = [m for m in recorder.sent if isinstance(m, AppendResponse)]
+    assert all(m.success for m in acks)
+    assert acks[-1].match_index == 4
+
+
+async def test_a_storage_failure_met_on_receipt_stops_the_member(
+    follower: tuple[RaftNode, Recorder], expected_logs: list[str]
+) -> None:
+    expected_logs.append("storage failed (raft log: database or disk is full)")
+    node, recorder = follower
+    await trio.testing.wait_all_tasks_blocked()
+    cast(MemoryStorage, node.storage).failing = True
+    node.deliver(append(0, 1, 0))  # does not raise into the transport
+    await trio.testing.wait_all_tasks_blocked()
+    assert node.status()["role"] == "stopped"
+    assert "disk is full" in node.status()["failure"]
+    assert not [m for m in recorder.sent if isinstance(m, AppendResponse)]
+
+
+@pytest.fixture
+async def leader(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock, tmp_path: Path
+) -> AsyncIterator[tuple[RaftNode, Recorder]]:
+    """n1, elected by the votes of n2 and n3, its first entry committed."""
+    recorder = Recorder(tmp_path)
+    node = RaftNode(
+        "n1",
+        ("n1", "n2", "n3"),
+        MemoryStorage(),
+        recorder,
+        recorder,
+        rng=random.Random(1),
+        tick_interval=TICK,
+        blocking_io=False,
+    )
+    await nursery.start(node.run)
+    while node.raft.role != "leader":
+        mock_clock.jump(TICK)
+        await trio.testing.wait_all_tasks_blocked()
+        asked, recorder.sent[:] = list(recorder.sent), []
+        for m in asked:
+            if isinstance(m, VoteRequest):
+                node.deliver(VoteResponse(m.dst, m.src, m.term, True, m.pre_vote))
+                await trio.testing.wait_all_tasks_blocked()
+    await acknowledged(node, recorder)
+    yield node, recorder
+    nursery.cancel_scope.cancel()
+
+
+async def acknowledged(node: RaftNode, recorder: Recorder) -> None:
+    """n2 acknowledges every AppendRequest sent to it so far."""
+    await trio.testing.wait_all_tasks_blocked()
+    for m in [m for m in recorder.sent if isinstance(m, AppendRequest) and m.dst == "n2"]:
+        match = m.prev_index + len(m.entries)
+        node.deliver(AppendResponse("n2", "n1", m.term, True, match, 0, 0, m.probe))
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_a_leader_commits_and_applies_in_the_task_that_received_the_answer(
+    leader: tuple[RaftNode, Recorder], nursery: trio.Nursery
+) -> None:
+    node, recorder = leader
+    results: list[Any] = []
+
+    async def propose() -> None:
+        results.append(await node.apply(b"command"))
+
+    nursery.start_soon(propose)
+    await trio.testing.wait_all_tasks_blocked()
+    index = node.raft.last_index
+    (request,) = [
+        m for m in recorder.sent
+        if isinstance(m, AppendRequest) and m.dst == "n2" and m.entries
+        and m.entries[-1].index == index
+    ]  # fmt: skip
+    node.deliver(AppendResponse("n2", "n1", request.term, True, index, 0, 0, request.probe))
+    # No checkpoint since: committed and applied without waiting for the loop's turn.
+    assert node.raft.commit_index == index
+    assert recorder.applied[-1] == index
+    await trio.testing.wait_all_tasks_blocked()
+    assert results == [None]
