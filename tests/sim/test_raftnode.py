@@ -74,13 +74,11 @@ class Recorder:
         return path
 
 
-@pytest.fixture
-async def follower(
-    nursery: trio.Nursery, mock_clock: trio.testing.MockClock, tmp_path: Path
-) -> AsyncIterator[tuple[RaftNode, Recorder]]:
-    recorder = Recorder(tmp_path)
+async def started(nursery: trio.Nursery, node_id: str, files: Path) -> tuple[RaftNode, Recorder]:
+    """Member `node_id` of n1, n2, n3, running, with a fresh storage and a `Recorder`."""
+    recorder = Recorder(files)
     node = RaftNode(
-        "n2",
+        node_id,
         ("n1", "n2", "n3"),
         MemoryStorage(),
         recorder,
@@ -90,7 +88,14 @@ async def follower(
         blocking_io=False,
     )
     await nursery.start(node.run)
-    yield node, recorder
+    return node, recorder
+
+
+@pytest.fixture
+async def follower(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock, tmp_path: Path
+) -> AsyncIterator[tuple[RaftNode, Recorder]]:
+    yield await started(nursery, "n2", tmp_path)
     nursery.cancel_scope.cancel()
 
 
@@ -194,18 +199,7 @@ async def leader(
     nursery: trio.Nursery, mock_clock: trio.testing.MockClock, tmp_path: Path
 ) -> AsyncIterator[tuple[RaftNode, Recorder]]:
     """n1, elected by the votes of n2 and n3, its first entry committed."""
-    recorder = Recorder(tmp_path)
-    node = RaftNode(
-        "n1",
-        ("n1", "n2", "n3"),
-        MemoryStorage(),
-        recorder,
-        recorder,
-        rng=random.Random(1),
-        tick_interval=TICK,
-        blocking_io=False,
-    )
-    await nursery.start(node.run)
+    node, recorder = await started(nursery, "n1", tmp_path)
     while node.raft.role != "leader":
         mock_clock.jump(TICK)
         await trio.testing.wait_all_tasks_blocked()
