@@ -3,10 +3,11 @@
 `RaftNode` owns one `Raft` core. Its loop turns ticks and received messages into core calls
 and processes what they return in the order Raft requires: persist (term, vote, entries:
 one fsync for everything gathered since the last round, which is the group commit), then
-send, then apply committed entries to the state machine, then answer reads. Callers
-`apply` commands and `read` state; both wait for the outcome. The storage, the state machine
-and the transport are interfaces, so the same shell runs in a node process and in the
-deterministic simulation.
+send, then apply committed entries to the state machine, then answer reads. A replication
+message that finds the loop idle is processed the same way by `deliver`, in the task that
+received it. Callers `apply` commands and `read` state; both wait for the outcome. The
+storage, the state machine and the transport are interfaces, so the same shell runs in a node
+process and in the deterministic simulation.
 
 Snapshots are taken beside the loop (`snapshots.py`). When this member's storage fails (a full
 disk, an I/O error: `StorageFailure`), it stops taking part in the group, so nothing leaves it
@@ -292,8 +293,9 @@ class RaftNode:
             self._pending = self._pending.merge(self.raft.tick())
 
     def deliver(self, message: Message, snapshot: Path | None = None) -> None:
-        """Queue a message that arrived, with the image file of a snapshot (called by the
-        transport; never blocks). One that this member must not take (see `refusal`) is
+        """Queue a message that arrived, with the image file of a snapshot, or step it now
+        (`_step_now`); called by the transport, never waits (a follower's log write on receipt
+        is inline, as in the loop). One that this member must not take (see `refusal`) is
         dropped, with a WARNING once per cause; so is everything while its storage failed."""
         if not self._takes(message):
             if snapshot is not None:
@@ -331,9 +333,7 @@ class RaftNode:
         if self._pending != Ready():
             return False  # what the ticks asked comes first
         ready = self.raft.step(message)
-        if ready.install_snapshot is not None or (
-            self.raft.role == "leader" and _writes(ready)
-        ):
+        if ready.install_snapshot is not None or (self.raft.role == "leader" and _writes(ready)):
             self._pending = ready
             return True
         try:
