@@ -4,6 +4,7 @@ and the collectors together, checked byte for byte."""
 
 from __future__ import annotations
 
+import collections
 import os
 import random
 from pathlib import Path
@@ -108,20 +109,20 @@ async def _collectors_and_writers(tmp_path: Path, nursery: trio.Nursery, seed: i
     rng = random.Random(seed)
     files: dict[bytes, tuple[int, Chunk | None, bytes]] = {}  # name -> ino, chunk, contents
 
-    # A check and a deletion do not interleave: a file purged under a check is no failure.
-    deleting = trio.Lock()
+    # A file's change and its record in `files`, and a check, happen under the file's lock:
+    # otherwise a truncate applied after a commit could be recorded before it.
+    locks: dict[bytes, trio.Lock] = collections.defaultdict(trio.Lock)
 
     async def check(name: bytes) -> None:
-        async with deleting:
-            if name not in files:
-                return
-            ino, chunk, data = files[name]
-            _, chunks = await cluster.meta_query(ReadChunks(ino, 0, 10))
-            if chunk is None:
-                assert chunks == []
-                return
-            assert chunks == [chunk]
-            assert await cluster.get_block(chunk.block_id, chunk.checksum) == data
+        if name not in files:
+            return
+        ino, chunk, data = files[name]
+        _, chunks = await cluster.meta_query(ReadChunks(ino, 0, 10))
+        if chunk is None:
+            assert chunks == []
+            return
+        assert chunks == [chunk]
+        assert await cluster.get_block(chunk.block_id, chunk.checksum) == data
 
     async def writer(number: int) -> None:
         for _ in range(16):
@@ -136,18 +137,19 @@ async def _collectors_and_writers(tmp_path: Path, nursery: trio.Nursery, seed: i
             if wait is None:
                 continue
             await trio.sleep(wait)
-            if name not in files:
-                continue  # deleted meanwhile
-            ino, base, _ = files[name]
-            try:
-                await commit(cluster, ino, chunk, base)
-            except NodeError as exc:
-                # Refused: abandoned (too late), or the file changed or went meanwhile.
-                if exc.name not in ("ESTALE", "ECHANGED", "ENOENT"):
-                    raise
-                continue
-            files[name] = (ino, chunk, data)
-            await check(name)
+            async with locks[name]:
+                if name not in files:
+                    continue  # deleted meanwhile
+                ino, base, _ = files[name]
+                try:
+                    await commit(cluster, ino, chunk, base)
+                except NodeError as exc:
+                    # Refused: abandoned (too late), or the file changed or went meanwhile.
+                    if exc.name not in ("ESTALE", "ECHANGED", "ENOENT"):
+                        raise
+                    continue
+                files[name] = (ino, chunk, data)
+                await check(name)
 
     async def deleter() -> None:
         for _ in range(15):
@@ -155,15 +157,15 @@ async def _collectors_and_writers(tmp_path: Path, nursery: trio.Nursery, seed: i
             if not files:
                 continue
             name = rng.choice(sorted(files))
-            ino, chunk, _ = files[name]
-            if rng.random() < 0.5:
-                async with deleting:
+            async with locks[name]:
+                ino, _, _ = files[name]
+                if rng.random() < 0.5:
                     await cluster.meta_apply(Unlink(1, name, 0))
                     await cluster.meta_apply(Purge((ino,)))
                     del files[name]
-            else:
-                await cluster.meta_apply(Setattr(ino, None, None, None, 0, None, None, 0))
-                files[name] = (ino, None, b"")
+                else:
+                    await cluster.meta_apply(Setattr(ino, None, None, None, 0, None, None, 0))
+                    files[name] = (ino, None, b"")
 
     async with trio.open_nursery() as inner:
         for number in range(3):
