@@ -72,12 +72,21 @@ class _Outbox:
         self._snapshot: tuple[SnapshotRequest, Path] | None = None
         self._sending_snapshot = False
         self._ready = trio.Event()
+        self._waiting = False  # the task waits for messages: it is writing none
 
     def put(self, message: Message) -> None:
+        """Send `message` at once if nothing waits or travels before it (see
+        `RpcConnection.notify_now`), else queue it for the task."""
         if len(self._queue) >= MAX_QUEUED:
             log.debug("raft message to %s dropped: %d queued", self._address, MAX_QUEUED)
             return
-        self._queue.append([message_to_wire(message)])
+        wire = [message_to_wire(message)]
+        waiting_for_nothing = self._waiting and not self._queue
+        if waiting_for_nothing and self._pool.notify_now(
+            self._address, "raft.message", [wire], SEND_TIME_LIMIT
+        ):
+            return
+        self._queue.append(wire)
         self._ready.set()
 
     def put_snapshot(self, request: SnapshotRequest, image: Path) -> None:
@@ -90,7 +99,9 @@ class _Outbox:
 
     async def run(self) -> None:
         while True:
+            self._waiting = True
             await self._ready.wait()
+            self._waiting = False
             self._ready = trio.Event()
             await self._send_queued()
             if self._snapshot is not None:

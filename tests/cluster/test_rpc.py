@@ -240,6 +240,68 @@ async def test_notifications_arrive_in_order_and_get_no_answer(
     assert handler.started == 1  # the request handler saw only the call
 
 
+async def test_notify_now_sends_in_the_callers_task_in_order_with_the_rest(
+    nursery: trio.Nursery, handler: Handler, clients: Clients
+) -> None:
+    received: list[tuple[str, list[Any]]] = []
+    address = await start_server(nursery, handler, lambda m, p: received.append((m, p)))
+    rpc = await clients.connect(address)
+    with trio.fail_after(DEADLINE):
+        assert rpc.notify_now(
+            "note", [[1], [2]], time_limit=2
+        )  # a plain function: sent without waiting
+        await rpc.notify("note", [[3]], time_limit=2)
+        assert rpc.notify_now("note", [[4]], time_limit=2)
+        assert await rpc.call("echo", ["after"], time_limit=2) == "after"
+    assert received == [("note", [1]), ("note", [2]), ("note", [3]), ("note", [4])]
+
+
+async def test_a_notification_the_kernel_takes_in_part_is_finished_before_the_next(
+    nursery: trio.Nursery, handler: Handler, clients: Clients
+) -> None:
+    received: list[tuple[str, list[Any]]] = []
+    address = await start_server(nursery, handler, lambda m, p: received.append((m, p)))
+    rpc = await clients.connect(address)
+    large = random.randbytes(8 * 1024 * 1024)  # more than a loopback socket takes at once
+    with trio.fail_after(DEADLINE):
+        assert rpc.notify_now("note", [[large]], time_limit=5)
+        assert not rpc.notify_now("note", [[2]], time_limit=5)  # its rest is not written yet
+        await rpc.notify("note", [[3]], time_limit=5)
+        assert await rpc.call("echo", ["after"], time_limit=5) == "after"
+    assert received == [("note", [large]), ("note", [3])]
+    assert not rpc.closed
+
+
+async def test_a_peer_that_never_reads_the_rest_of_a_notification_is_cut_off(
+    nursery: trio.Nursery, clients: Clients
+) -> None:
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+
+    async def answer_the_handshake_then_read_nothing() -> None:
+        sock, _ = await listener.accept()
+        async with trio.SocketStream(sock) as stream:
+            conn = Connection(Role.SERVER, SECRET, node_id=NODE_ID)
+            while not conn.is_open:
+                conn.receive_data(await stream.receive_some(65536))
+                for buffer in conn.data_to_send():
+                    await stream.send_all(buffer)
+            await trio.sleep_forever()  # until the test ends
+
+    nursery.start_soon(answer_the_handshake_then_read_nothing)
+    try:
+        rpc = await clients.connect(f"127.0.0.1:{port}")
+        assert rpc.notify_now("note", [[bytes(8 * 1024 * 1024)]], time_limit=0.3)
+        await trio.sleep(1.5)  # the rest has 0.3 s to go, then the connection is closed
+        assert rpc.closed
+        with trio.fail_after(DEADLINE), pytest.raises(Unavailable):
+            await rpc.notify("note", [[1]], time_limit=1)
+    finally:
+        listener.close()
+
+
 async def test_a_refused_notification_is_logged_and_the_connection_stays(
     nursery: trio.Nursery,
     handler: Handler,

@@ -1,4 +1,5 @@
-"""`RpcTransport`'s outboxes, over a fake pool: order, batching, and one snapshot at a time."""
+"""`RpcTransport`'s outboxes, over a fake pool: order, batching, sending at once, and one
+snapshot at a time."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ import trio.testing
 
 from ringfs.node.cluster.map import ClusterMap, MapView, parse_members
 from ringfs.node.raft import images
-from ringfs.node.raft.core import SnapshotMeta, SnapshotRequest, VoteRequest, message_from_wire
+from ringfs.node.raft.core import (
+    Message,
+    SnapshotMeta,
+    SnapshotRequest,
+    VoteRequest,
+    message_from_wire,
+)
 from ringfs.node.raft.transport import RpcTransport
 
 MEMBERS = parse_members("n1=127.0.0.1:7001,n2=127.0.0.1:7002")
@@ -19,14 +26,17 @@ MEMBERS = parse_members("n1=127.0.0.1:7001,n2=127.0.0.1:7002")
 
 class Pool:
     """Records what is notified and called; snapshot parts wait for `release` while `hold`
-    is set. `part_sent` and `snapshot_sent` tell that a part, and a SnapshotRequest, went
-    (the transport reads images in worker threads, so waiting for blocked tasks is not
-    enough)."""
+    is set, notifications while `hold_messages` is. `part_sent` and `snapshot_sent` tell that
+    a part, and a SnapshotRequest, went (the transport reads images in worker threads, so
+    waiting for blocked tasks is not enough). What `notify_now` took is recorded in `calls`
+    as `"now"`, and it takes nothing while `takes_now` is False."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[list[Any]]]] = []
         self.hold = False
         self.release = trio.Event()
+        self.hold_messages = False
+        self.takes_now = True
         self.part_sent = trio.Event()
         self.snapshot_sent = trio.Event()
         self.notified = trio.Event()
@@ -36,8 +46,17 @@ class Pool:
     ) -> None:
         self.calls.append((method, batch))
         self.notified.set()
+        if self.hold_messages:
+            await self.release.wait()
         if any(isinstance(message_from_wire(wire), SnapshotRequest) for (wire,) in batch):
             self.snapshot_sent.set()
+
+    def notify_now(
+        self, address: str, method: str, batch: list[list[Any]], time_limit: float
+    ) -> bool:
+        if self.takes_now:
+            self.calls.append(("now", batch))
+        return self.takes_now
 
     async def call(self, address: str, method: str, params: list[Any], time_limit: float) -> None:
         self.calls.append((method, [params]))
@@ -65,6 +84,52 @@ async def test_messages_queued_together_leave_in_one_write_in_order(
     assert [(m, [message_from_wire(p[0]) for p in b]) for m, b in pool.calls] == [
         ("raft.message", [vote(1), vote(2), vote(3)])
     ]
+
+
+def sent(pool: Pool) -> list[tuple[str, list[Message]]]:
+    return [(how, [message_from_wire(p[0]) for p in b]) for how, b in pool.calls]
+
+
+async def test_a_message_to_a_waiting_outbox_leaves_in_the_senders_task(
+    nursery: trio.Nursery,
+) -> None:
+    pool = Pool()
+    transport = RpcTransport(MapView(ClusterMap(1, MEMBERS)), pool, nursery)  # type: ignore[arg-type]
+    transport.send(vote(1))  # the outbox's task has not started: the message waits for it
+    await trio.testing.wait_all_tasks_blocked()
+    transport.send(vote(2))  # now it waits for messages
+    assert sent(pool) == [("raft.message", [vote(1)]), ("now", [vote(2)])]  # no checkpoint
+
+
+async def test_messages_behind_a_write_under_way_wait_for_it_in_order(
+    nursery: trio.Nursery,
+) -> None:
+    pool = Pool()
+    pool.hold_messages = True
+    transport = RpcTransport(MapView(ClusterMap(1, MEMBERS)), pool, nursery)  # type: ignore[arg-type]
+    transport.send(vote(1))
+    await pool.notified.wait()  # the task writes it
+    transport.send(vote(2))
+    transport.send(vote(3))
+    assert sent(pool) == [("raft.message", [vote(1)])]
+    pool.release.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert sent(pool) == [("raft.message", [vote(1)]), ("raft.message", [vote(2), vote(3)])]
+
+
+async def test_a_message_the_connection_cannot_take_at_once_waits_for_the_task(
+    nursery: trio.Nursery,
+) -> None:
+    pool = Pool()
+    pool.takes_now = False
+    transport = RpcTransport(MapView(ClusterMap(1, MEMBERS)), pool, nursery)  # type: ignore[arg-type]
+    transport.send(vote(1))
+    await trio.testing.wait_all_tasks_blocked()
+    transport.send(vote(2))
+    transport.send(vote(3))  # behind the one waiting, even if the connection could take it
+    pool.takes_now = True
+    await trio.testing.wait_all_tasks_blocked()
+    assert sent(pool) == [("raft.message", [vote(1)]), ("raft.message", [vote(2), vote(3)])]
 
 
 def image(tmp_path: Path, data: bytes) -> Path:
@@ -131,5 +196,5 @@ async def test_an_image_deleted_before_its_turn_is_not_sent(
     transport.send(request(10), path)
     await trio.sleep(0.1)  # the outbox tries to open it, in a worker thread
     transport.send(vote(3))
-    await pool.notified.wait()
-    assert [message_from_wire(p[0]) for _, b in pool.calls for p in b] == [vote(3)]
+    await trio.testing.wait_all_tasks_blocked()
+    assert sent(pool) == [("now", [vote(3)])]
