@@ -82,9 +82,7 @@ class _Outbox:
             return
         wire = [message_to_wire(message)]
         waiting_for_nothing = self._waiting and not self._queue
-        if waiting_for_nothing and self._pool.notify_now(
-            self._address, "raft.message", [wire], SEND_TIME_LIMIT
-        ):
+        if waiting_for_nothing and self._pool.notify_now(self._address, "raft.message", [wire]):
             return
         self._queue.append(wire)
         self._ready.set()

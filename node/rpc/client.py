@@ -8,10 +8,8 @@ callers can try healthy replicas first.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,6 +28,7 @@ from ringfs.node.rpc.protocol import (
     Response,
     Role,
 )
+from ringfs.node.rpc.writer import MessageWriter
 
 log = logging.getLogger(__name__)
 
@@ -77,18 +76,21 @@ class RpcConnection:
     """A handshaken, multiplexed connection to one node."""
 
     def __init__(
-        self, address: str, stream: trio.abc.Stream, conn: Connection, nursery: trio.Nursery
+        self,
+        address: str,
+        stream: trio.abc.Stream,
+        conn: Connection,
+        nursery: trio.Nursery,
+        send_time_limit: float,
     ) -> None:
+        """`send_time_limit`: for the rest of a message written at once in part."""
         self.address = address
         self.peer_id = conn.peer_id
         self._stream = stream
         self._conn = conn
-        self._nursery = nursery
-        self._send_lock = trio.Lock()
-        # The plain socket under the stream, which `notify_now` writes to; None under TLS.
-        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
-        # The rest of a message `notify_now` wrote in part: the next write starts with it.
-        self._unsent = memoryview(b"")
+        self._writer = MessageWriter(
+            stream, nursery, f"rpc-writer {address}", send_time_limit, self._cut_off
+        )
         self._slots: dict[int, _Slot] = {}
         self._closed = False
         self._last_receive = trio.current_time()
@@ -130,7 +132,7 @@ class RpcConnection:
                 raise
         if scope.cancelled_caught:
             raise Unavailable(f"node {address}: connect timed out", [address])
-        rpc = cls(address, stream, conn, nursery)
+        rpc = cls(address, stream, conn, nursery, config.request_timeout)
         nursery.start_soon(rpc._read_loop, name=f"rpc-reader {address}")
         return rpc
 
@@ -157,7 +159,7 @@ class RpcConnection:
 
         try:
             with trio.fail_after(time_limit):
-                async with self._send_lock:
+                async with self._writer.lock:
                     msgid, buffers = self._conn.send_request(method, params)
                     self._slots[msgid] = slot
                     await self._write(buffers)
@@ -202,7 +204,7 @@ class RpcConnection:
         payload = self._notifications(method, batch)
         try:
             with trio.fail_after(time_limit):
-                async with self._send_lock:
+                async with self._writer.lock:
                     await self._write([payload])
         except trio.TooSlowError:
             raise Unavailable(
@@ -212,56 +214,29 @@ class RpcConnection:
             await self._fail_all(Unavailable(f"node {self.address}: {exc}", [self.address]))
             raise Unavailable(f"node {self.address}: connection lost", [self.address]) from exc
 
-    def notify_now(self, method: str, batch: Sequence[Sequence[Any]], time_limit: float) -> bool:
-        """Send one-way calls like `notify`, but in the caller's task and without waiting: the
-        bytes reach the kernel a pass of the scheduler sooner, since `notify` yields to take
-        the send lock. Returns False, having sent nothing, unless the connection is open,
-        nothing else is being written and the stream is a plain socket (not TLS); then
-        `notify` must send them. What the kernel does not take at once, a task of its own
-        writes, ahead of anything later; if that takes longer than `time_limit`, the
-        connection is closed."""
-        if self._closed or self._socket is None or self._send_lock.locked() or self._unsent:
-            return False
-        payload = self._notifications(method, batch)
-        try:
-            sent = os.write(self._socket.fileno(), payload)
-        except OSError:  # no room now, or the connection broke: `notify` waits or tells
-            return False
-        if sent < len(payload):
-            self._unsent = memoryview(payload)[sent:]
-            self._nursery.start_soon(
-                self._write_unsent, time_limit, name=f"rpc-writer {self.address}"
-            )
-        return True
+    def notify_now(self, method: str, batch: Sequence[Sequence[Any]]) -> bool:
+        """Send one-way calls like `notify`, but in the caller's task and without waiting
+        (`MessageWriter.write_now`): the bytes reach the kernel a pass of the scheduler sooner.
+        Returns False, having sent nothing, when `notify` must send them instead."""
+        return not self._closed and self._writer.write_now([self._notifications(method, batch)])
 
     def _notifications(self, method: str, batch: Sequence[Sequence[Any]]) -> bytes:
         return b"".join(
             buffer for params in batch for buffer in self._conn.send_notification(method, params)
         )
 
-    async def _write_unsent(self, time_limit: float) -> None:
-        """Finish what `notify_now` wrote in part, unless another write did first."""
-        # A failure, or running out of time, closes the connection: its users learn it.
-        with (
-            trio.move_on_after(time_limit),
-            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError),
-        ):
-            async with self._send_lock:
-                await self._write(())
-
     async def _write(self, buffers: Sequence[Buffer]) -> None:
-        """Write whole messages (the caller holds the send lock), after the rest of one that
-        `notify_now` wrote in part."""
+        """Write whole messages (the caller holds the writer's lock)."""
         try:
-            if self._unsent:
-                unsent, self._unsent = self._unsent, memoryview(b"")
-                await self._stream.send_all(unsent)
-            for buffer in buffers:
-                await self._stream.send_all(buffer)
+            await self._writer.write_locked(buffers)
         except BaseException:
-            # Half a message may be on the wire: nothing after it would parse.
-            await self._fail_all(Unavailable(f"node {self.address}: send cut off", [self.address]))
+            await self._cut_off()
             raise
+
+    async def _cut_off(self) -> None:
+        """A write failed: half a message may be on the wire, and nothing after it would
+        parse."""
+        await self._fail_all(Unavailable(f"node {self.address}: send cut off", [self.address]))
 
     async def _read_loop(self) -> None:
         failure = Unavailable(f"node {self.address}: closed", [self.address])
@@ -432,13 +407,11 @@ class NodePool:
         failures mark the node suspect."""
         await self._through(address, lambda rpc: rpc.notify(method, batch, time_limit))
 
-    def notify_now(
-        self, address: str, method: str, batch: Sequence[Sequence[Any]], time_limit: float
-    ) -> bool:
+    def notify_now(self, address: str, method: str, batch: Sequence[Sequence[Any]]) -> bool:
         """`RpcConnection.notify_now` on the open connection to `address`; False, sending
         nothing, when there is none."""
         rpc = self._connections.get(address)
-        return rpc is not None and rpc.notify_now(method, batch, time_limit)
+        return rpc is not None and rpc.notify_now(method, batch)
 
     async def _through(self, address: str, action: Callable[[RpcConnection], Awaitable[T]]) -> T:
         """Run `action` on the connection to `address`, keeping the node's health record."""

@@ -36,6 +36,7 @@ from ringfs.node.rpc.protocol import (
     Request,
     Role,
 )
+from ringfs.node.rpc.writer import MessageWriter
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,8 @@ class _Session:
         )
         # What serves its requests, once it authenticated (see `RpcServer.handler_for`).
         self.handler: Handler = _unauthenticated
-        self.send_lock = trio.Lock()
+        # Writes the answers; made with the requests' nursery, before the first is served.
+        self.writer: MessageWriter | None = None
         self.room = trio.Semaphore(config.limits.max_in_flight)
         # Requests that arrived in the same read as the end of the handshake.
         self.early: list[Request] = []
@@ -238,6 +240,11 @@ class _Session:
     def cut_off(self) -> None:
         """End the connection, and the requests it has running."""
         self.serving.cancel()
+
+    async def _cut_off(self) -> None:
+        """The rest of an answer did not go out in time: nothing after it would parse."""
+        log.warning("closing connection from %s: an answer not read in time", self.peer)
+        self.cut_off()
 
     async def run(self) -> None:
         try:
@@ -257,6 +264,13 @@ class _Session:
                 self.handler = handler
                 with self.serving:
                     async with trio.open_nursery() as nursery:
+                        self.writer = MessageWriter(
+                            self.stream,
+                            nursery,
+                            f"rpc-answer {self.peer}",
+                            self.server.config.frame_timeout,
+                            self._cut_off,
+                        )
                         # Errors are caught inside the nursery: a bad peer ends its own
                         # connection (and the requests it has running), never the node.
                         await self._serve_requests(nursery)
@@ -425,9 +439,8 @@ class _Session:
             )
             if (observe := self.server.observe) is not None:
                 observe(request.method, error[0] if error else None, trio.current_time() - started)
-            async with self.send_lock:
-                for buffer in self.conn.send_response(request.msgid, error, result):
-                    await self.stream.send_all(buffer)
+            assert self.writer is not None  # made before any request is served
+            await self.writer.write(self.conn.send_response(request.msgid, error, result))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             log.debug("peer %s went away before msgid %d was answered", self.peer, request.msgid)
         finally:

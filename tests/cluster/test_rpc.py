@@ -167,6 +167,28 @@ async def test_200_concurrent_calls_share_one_connection(
     assert handler.max_running <= Limits().max_in_flight
 
 
+async def test_answers_written_at_once_arrive_whole_when_the_kernel_takes_them_in_part(
+    nursery: trio.Nursery, handler: Handler, clients: Clients
+) -> None:
+    # The answers are written at once, in their requests' tasks, while the client's reader
+    # waits for its turn: the kernel takes some only in part, and the rest follow in order.
+    address = await start_server(nursery, handler)
+    pool = clients.pool()
+    handler.gate_at = 40  # all answered together
+    values = [random.randbytes(60_000) for _ in range(40)]
+    results: dict[int, Any] = {}
+
+    async def one(n: int) -> None:
+        results[n] = await pool.call(address, "echo", [values[n]])
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as calls:
+            for n in range(40):
+                calls.start_soon(one, n)
+    assert [results[n] for n in range(40)] == values
+    assert not (await pool.connection(address)).closed
+
+
 async def test_slow_call_does_not_block_fast_calls(
     nursery: trio.Nursery, handler: Handler, clients: Clients
 ) -> None:
@@ -247,13 +269,20 @@ async def test_notify_now_sends_in_the_callers_task_in_order_with_the_rest(
     address = await start_server(nursery, handler, lambda m, p: received.append((m, p)))
     rpc = await clients.connect(address)
     with trio.fail_after(DEADLINE):
-        assert rpc.notify_now(
-            "note", [[1], [2]], time_limit=2
-        )  # a plain function: sent without waiting
+        assert rpc.notify_now("note", [[1], [2]])  # a plain function: sent without waiting
         await rpc.notify("note", [[3]], time_limit=2)
-        assert rpc.notify_now("note", [[4]], time_limit=2)
+        assert rpc.notify_now("note", [[4]])
         assert await rpc.call("echo", ["after"], time_limit=2) == "after"
     assert received == [("note", [1]), ("note", [2]), ("note", [3]), ("note", [4])]
+
+
+def fill(rpc: RpcConnection) -> list[bytes]:
+    """Notifications sent at once, without a checkpoint (so the peer reads none of them),
+    until the connection takes no more: the kernel took the last one only in part."""
+    sent: list[bytes] = []
+    while rpc.notify_now("note", [[payload := random.randbytes(60_000)]]):
+        sent.append(payload)
+    return sent
 
 
 async def test_a_notification_the_kernel_takes_in_part_is_finished_before_the_next(
@@ -262,13 +291,11 @@ async def test_a_notification_the_kernel_takes_in_part_is_finished_before_the_ne
     received: list[tuple[str, list[Any]]] = []
     address = await start_server(nursery, handler, lambda m, p: received.append((m, p)))
     rpc = await clients.connect(address)
-    large = random.randbytes(8 * 1024 * 1024)  # more than a loopback socket takes at once
     with trio.fail_after(DEADLINE):
-        assert rpc.notify_now("note", [[large]], time_limit=5)
-        assert not rpc.notify_now("note", [[2]], time_limit=5)  # its rest is not written yet
+        sent = fill(rpc)
         await rpc.notify("note", [[3]], time_limit=5)
         assert await rpc.call("echo", ["after"], time_limit=5) == "after"
-    assert received == [("note", [large]), ("note", [3])]
+    assert received == [("note", [payload]) for payload in sent] + [("note", [3])]
     assert not rpc.closed
 
 
@@ -292,9 +319,9 @@ async def test_a_peer_that_never_reads_the_rest_of_a_notification_is_cut_off(
 
     nursery.start_soon(answer_the_handshake_then_read_nothing)
     try:
-        rpc = await clients.connect(f"127.0.0.1:{port}")
-        assert rpc.notify_now("note", [[bytes(8 * 1024 * 1024)]], time_limit=0.3)
-        await trio.sleep(1.5)  # the rest has 0.3 s to go, then the connection is closed
+        rpc = await clients.connect(f"127.0.0.1:{port}", request_timeout=0.3)
+        fill(rpc)
+        await trio.sleep(1.5)  # the rest has 0.3 s (the request timeout) to go
         assert rpc.closed
         with trio.fail_after(DEADLINE), pytest.raises(Unavailable):
             await rpc.notify("note", [[1]], time_limit=1)

@@ -51,9 +51,7 @@ class Pool:
         if any(isinstance(message_from_wire(wire), SnapshotRequest) for (wire,) in batch):
             self.snapshot_sent.set()
 
-    def notify_now(
-        self, address: str, method: str, batch: list[list[Any]], time_limit: float
-    ) -> bool:
+    def notify_now(self, address: str, method: str, batch: list[list[Any]]) -> bool:
         if self.takes_now:
             self.calls.append(("now", batch))
         return self.takes_now
