@@ -1,9 +1,9 @@
 """The sending half of a connection: whole messages, in order, one writer at a time.
 
-A trio lock yields to the scheduler even when nobody holds it, and so does a socket send: a
-message written under the lock leaves a pass or two of the scheduler after it was ready. On a
-connection nothing else is writing to, a small message goes to the kernel at once instead, in
-the caller's task (`MessageWriter.write_now`).
+Taking a trio lock yields to the scheduler even when nobody holds it: a message written under
+the lock leaves a pass of the scheduler (often hundreds of µs on a busy node) after it was
+ready. On a connection nothing else is writing to, a small message goes to the kernel at once
+instead, in the caller's task (`MessageWriter.write_now`).
 """
 
 from __future__ import annotations

@@ -262,20 +262,6 @@ async def test_notifications_arrive_in_order_and_get_no_answer(
     assert handler.started == 1  # the request handler saw only the call
 
 
-async def test_notify_now_sends_in_the_callers_task_in_order_with_the_rest(
-    nursery: trio.Nursery, handler: Handler, clients: Clients
-) -> None:
-    received: list[tuple[str, list[Any]]] = []
-    address = await start_server(nursery, handler, lambda m, p: received.append((m, p)))
-    rpc = await clients.connect(address)
-    with trio.fail_after(DEADLINE):
-        assert rpc.notify_now("note", [[1], [2]])  # a plain function: sent without waiting
-        await rpc.notify("note", [[3]], time_limit=2)
-        assert rpc.notify_now("note", [[4]])
-        assert await rpc.call("echo", ["after"], time_limit=2) == "after"
-    assert received == [("note", [1]), ("note", [2]), ("note", [3]), ("note", [4])]
-
-
 def fill(rpc: RpcConnection) -> list[bytes]:
     """Notifications sent at once, without a checkpoint (so the peer reads none of them),
     until the connection takes no more: the kernel took the last one only in part."""
@@ -285,17 +271,20 @@ def fill(rpc: RpcConnection) -> list[bytes]:
     return sent
 
 
-async def test_a_notification_the_kernel_takes_in_part_is_finished_before_the_next(
+async def test_notify_now_sends_in_the_callers_task_in_order_with_the_rest(
     nursery: trio.Nursery, handler: Handler, clients: Clients
 ) -> None:
     received: list[tuple[str, list[Any]]] = []
     address = await start_server(nursery, handler, lambda m, p: received.append((m, p)))
     rpc = await clients.connect(address)
     with trio.fail_after(DEADLINE):
-        sent = fill(rpc)
-        await rpc.notify("note", [[3]], time_limit=5)
+        assert rpc.notify_now("note", [[1], [2]])  # a plain function: sent without waiting
+        await rpc.notify("note", [[3]], time_limit=2)
+        filled = fill(rpc)  # the rest of the last one is written before the next message
+        await rpc.notify("note", [[4]], time_limit=5)
         assert await rpc.call("echo", ["after"], time_limit=5) == "after"
-    assert received == [("note", [payload]) for payload in sent] + [("note", [3])]
+    notes = [[1], [2], [3], *([payload] for payload in filled), [4]]
+    assert received == [("note", params) for params in notes]
     assert not rpc.closed
 
 

@@ -99,33 +99,25 @@ async def test_a_message_to_a_waiting_outbox_leaves_in_the_senders_task(
     assert sent(pool) == [("raft.message", [vote(1)]), ("now", [vote(2)])]  # no checkpoint
 
 
-async def test_messages_behind_a_write_under_way_wait_for_it_in_order(
-    nursery: trio.Nursery,
+@pytest.mark.parametrize(
+    ("writing", "takes_now"),
+    [(True, True), (False, False)],
+    ids=["behind-a-write-under-way", "the-connection-takes-nothing-at-once"],
+)
+async def test_messages_that_cannot_go_at_once_wait_for_the_task_in_order(
+    nursery: trio.Nursery, writing: bool, takes_now: bool
 ) -> None:
     pool = Pool()
-    pool.hold_messages = True
+    pool.hold_messages = writing
+    pool.takes_now = takes_now
     transport = RpcTransport(MapView(ClusterMap(1, MEMBERS)), pool, nursery)  # type: ignore[arg-type]
     transport.send(vote(1))
-    await pool.notified.wait()  # the task writes it
-    transport.send(vote(2))
-    transport.send(vote(3))
-    assert sent(pool) == [("raft.message", [vote(1)])]
-    pool.release.set()
-    await trio.testing.wait_all_tasks_blocked()
-    assert sent(pool) == [("raft.message", [vote(1)]), ("raft.message", [vote(2), vote(3)])]
-
-
-async def test_a_message_the_connection_cannot_take_at_once_waits_for_the_task(
-    nursery: trio.Nursery,
-) -> None:
-    pool = Pool()
-    pool.takes_now = False
-    transport = RpcTransport(MapView(ClusterMap(1, MEMBERS)), pool, nursery)  # type: ignore[arg-type]
-    transport.send(vote(1))
-    await trio.testing.wait_all_tasks_blocked()
+    await trio.testing.wait_all_tasks_blocked()  # the task wrote it (and is held there)
     transport.send(vote(2))
     transport.send(vote(3))  # behind the one waiting, even if the connection could take it
+    assert sent(pool) == [("raft.message", [vote(1)])]
     pool.takes_now = True
+    pool.release.set()
     await trio.testing.wait_all_tasks_blocked()
     assert sent(pool) == [("raft.message", [vote(1)]), ("raft.message", [vote(2), vote(3)])]
 
