@@ -23,7 +23,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -184,8 +184,7 @@ class RaftNode:
         self._applied_at_tick = 0
         self._wakeup = trio.Event()
         # Whether the loop waits for `_wakeup` with nothing left to do: a message may then be
-        # stepped at once (`_step_now`), a command proposed at once (`_propose_now`). A
-        # failure met there, for the loop to raise.
+        # stepped at once (`_step_now`). A failure met there, for the loop to raise.
         self._idle = False
         self._failed_now: Exception | None = None
         # Commands waiting for the loop to propose them together (one AppendRequest each).
@@ -317,18 +316,6 @@ class RaftNode:
         self._inbox.append((message, snapshot))
         self._wakeup.set()
 
-    def _take_turn(self) -> bool:
-        """Whether the caller may act now, in its own task, instead of the loop: only while the
-        loop waits with nothing queued, and nothing pending once the ticks due are given to the
-        core (what they asked comes first). The loop is woken to follow up either way, and
-        nothing else takes its turn before it has run."""
-        if not (self._idle and not self._inbox):
-            return False
-        self._idle = False
-        self._wakeup.set()
-        self._advance_clock()
-        return self._pending == Ready()
-
     def _step_now(self, message: Message) -> bool:
         """Step a replication message in the task that received it, while the loop has nothing
         else to do, and act on it unless that means waiting (the leader's log write): the
@@ -338,8 +325,13 @@ class RaftNode:
 
         The loop is woken either way: messages that arrive right behind this one (in the same
         read) queue for it and are stepped together, with one log write."""
-        if not isinstance(message, _STEPPED_NOW) or not self._take_turn():
+        if not (self._idle and not self._inbox and isinstance(message, _STEPPED_NOW)):
             return False
+        self._idle = False
+        self._wakeup.set()
+        self._advance_clock()
+        if self._pending != Ready():
+            return False  # what the ticks asked comes first
         ready = self.raft.step(message)
         if ready.install_snapshot is not None or (self.raft.role == "leader" and _writes(ready)):
             self._pending = ready
@@ -352,22 +344,6 @@ class RaftNode:
         except Exception as exc:  # raised by the loop, as if it had met it
             self._failed_now = exc
         return True
-
-    def _propose_now(self) -> None:
-        """Propose the queued commands in the caller's task while the loop has nothing else to
-        do, and send their AppendRequests at once: they leave a pass of the scheduler sooner.
-        The loop, woken, writes the entries before it steps any message (see `_loop`), so an
-        answer to them counts only once the leader has them on disk too. Commands queued
-        while the loop works are proposed by it, together, as before."""
-        if not self._take_turn():
-            return
-        self._propose_queued()
-        early = _early_messages(self._pending)
-        for message in early:
-            self.transport.send(message)
-        sent = {id(message) for message in early}
-        rest = tuple(m for m in self._pending.messages if id(m) not in sent)
-        self._pending = replace(self._pending, messages=rest)
 
     def _takes(self, message: Message) -> bool:
         """Whether this member takes `message` now: not while its storage failed, nor one
@@ -390,10 +366,6 @@ class RaftNode:
                 failure, self._failed_now = self._failed_now, None
                 raise failure
             self._wakeup = trio.Event()
-            if _writes(self._pending):
-                # Written before anything else is stepped: the AppendRequests of entries
-                # proposed at once have left, and no answer to them may count before this.
-                await self._process_pending()
             self._advance_clock()
             while self._inbox:
                 message, image = self._inbox.popleft()
@@ -608,7 +580,6 @@ class RaftNode:
         waiter = _Waiter(trio.Event())
         self._queued.append((data, waiter))
         self._wakeup.set()
-        self._propose_now()
         await waiter.done.wait()
         if waiter.failure is not None:
             raise waiter.failure

@@ -1,11 +1,9 @@
-"""The trio shell's own rules, one member driven by hand under a mock clock.
+"""The trio shell's own rules, one follower driven by hand under a mock clock.
 
 A follower acknowledges an append as soon as it is persisted, and applies committed entries
 later (on the next tick, or once many wait), off the path the leader waits on. An append that
 finds the loop idle is written and acknowledged in the task that received it; those right
-behind it wait for the loop, which writes them together. A leader steps an answer that finds
-the loop idle in the task that received it, and proposes a command that finds it idle in the
-caller's task, stepping no answer to it before its own log has the entry.
+behind it wait for the loop, which writes them together.
 """
 
 from __future__ import annotations
@@ -246,46 +244,4 @@ async def test_a_leader_commits_and_applies_in_the_task_that_received_the_answer
     assert node.raft.commit_index == index
     assert recorder.applied[-1] == index
     await trio.testing.wait_all_tasks_blocked()
-    assert results == [None]
-
-
-async def test_a_command_proposed_while_the_loop_waits_leaves_in_the_callers_task(
-    leader: tuple[RaftNode, Recorder], nursery: trio.Nursery
-) -> None:
-    """Its AppendRequests are sent before the loop's turn; an answer that comes back even
-    sooner (here: during the send) is stepped only once the leader's own log has the entry,
-    so that the leader never counts itself for an entry it has not written."""
-    node, recorder = leader
-    storage = cast(MemoryStorage, node.storage)
-    senders: list[tuple[str, Message]] = []
-    commit_when_written: list[int] = []
-    send = recorder.send
-
-    def send_and_answer(message: Message, snapshot: Path | None = None) -> None:
-        senders.append((trio.lowlevel.current_task().name, message))
-        send(message, snapshot)
-        if isinstance(message, AppendRequest) and message.dst == "n2" and message.entries:
-            match = message.entries[-1].index
-            node.deliver(AppendResponse("n2", "n1", message.term, True, match, 0, 0, 0))
-
-    def written(entries: tuple[Entry, ...]) -> None:
-        commit_when_written.extend(node.raft.commit_index for _ in entries)
-
-    recorder.send = send_and_answer  # type: ignore[method-assign]
-    storage.on_save = written
-    results: list[Any] = []
-
-    async def propose() -> None:
-        results.append(await node.apply(b"command"))
-
-    nursery.start_soon(propose, name="proposer")
-    await trio.testing.wait_all_tasks_blocked()
-    index = node.raft.last_index
-    carrying = [
-        name for name, m in senders
-        if isinstance(m, AppendRequest) and m.entries and m.entries[-1].index == index
-    ]  # fmt: skip
-    assert carrying == ["proposer"]  # to n2 (n3 never answered: it is only probed)
-    assert commit_when_written == [index - 1]  # not committed before it was written
-    assert node.raft.commit_index == index
     assert results == [None]
