@@ -242,8 +242,10 @@ class _Session:
         self.serving.cancel()
 
     async def _cut_off(self) -> None:
-        """The rest of an answer did not go out in time: nothing after it would parse."""
-        log.warning("closing connection from %s: an answer not read in time", self.peer)
+        """The rest of an answer could not be written (the peer went away, or read nothing for
+        the frame timeout): nothing after it would parse."""
+        log.info("closing connection from %s: the rest of an answer could not be written",
+                 self.peer)  # fmt: skip
         self.cut_off()
 
     async def run(self) -> None:
