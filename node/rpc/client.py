@@ -218,7 +218,9 @@ class RpcConnection:
         """Send one-way calls like `notify`, but in the caller's task and without waiting
         (`MessageWriter.write_now`): the bytes reach the kernel a pass of the scheduler sooner.
         Returns False, having sent nothing, when `notify` must send them instead."""
-        return not self._closed and self._writer.write_now([self._notifications(method, batch)])
+        if self._closed or not self._writer.free:
+            return False  # not encoded for nothing: `notify` encodes them again
+        return self._writer.write_now([self._notifications(method, batch)])
 
     def _notifications(self, method: str, batch: Sequence[Sequence[Any]]) -> bytes:
         return b"".join(

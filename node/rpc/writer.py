@@ -49,14 +49,19 @@ class MessageWriter:
         # The rest of a message written at once in part: the next write starts with it.
         self._unsent = memoryview(b"")
 
+    @property
+    def free(self) -> bool:
+        """Whether a message could be written at once now: the stream is a plain socket and
+        nothing else is being written (no writer holds the lock, no rest waits)."""
+        return self._socket is not None and not self.lock.locked() and not self._unsent
+
     def write_now(self, buffers: Sequence[Buffer]) -> bool:
-        """Write whole messages at once, in the caller's task, when the stream is a plain
-        socket, nothing else is being written and they are small. Returns False, having
-        written nothing, otherwise (also when the kernel has no room for them now)."""
-        if self._socket is None or self.lock.locked() or self._unsent:
+        """Write whole messages at once, in the caller's task, when the writer is `free` and
+        they are small. Returns False, having written nothing, otherwise (also when the kernel
+        has no room for them now)."""
+        if not self.free or sum(len(buffer) for buffer in buffers) > AT_ONCE_MAX:
             return False
-        if sum(len(buffer) for buffer in buffers) > AT_ONCE_MAX:
-            return False
+        assert self._socket is not None  # free
         payload = b"".join(buffers)
         try:
             sent = os.write(self._socket.fileno(), payload)
