@@ -105,7 +105,18 @@ class Cluster:
     def node(self, name: str) -> NodeProcess:
         return next(n for n in self.nodes if n.name == name)
 
-    def start(self, node: NodeProcess) -> None:
+    def start(self, *nodes: NodeProcess) -> None:
+        """Start `nodes` side by side, and return once each says it is ready."""
+        for node in nodes:
+            self._launch(node)
+        for node in nodes:
+            assert node.process is not None
+            assert node.process.stdout is not None
+            ready, _, _ = select.select([node.process.stdout], [], [], START_TIMEOUT)
+            line = node.process.stdout.readline().decode() if ready else ""
+            assert line.startswith("ready"), f"node {node.name} did not start: {self.log(node)}"
+
+    def _launch(self, node: NodeProcess) -> None:
         log = open(self.root / f"{node.name}.log", "ab")  # noqa: SIM115 - closed with the process
         node.process = subprocess.Popen(
             [
@@ -131,10 +142,6 @@ class Cluster:
             stderr=log,
         )
         log.close()
-        assert node.process.stdout is not None
-        ready, _, _ = select.select([node.process.stdout], [], [], START_TIMEOUT)
-        line = node.process.stdout.readline().decode() if ready else ""
-        assert line.startswith("ready"), f"node {node.name} did not start: {self.log(node)}"
 
     def kill(self, node: NodeProcess) -> None:
         """SIGKILL, as a crash would."""
@@ -205,8 +212,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         [NodeProcess(f"n{i + 1}", port, tmp_path / f"n{i + 1}") for i, port in enumerate(ports)],
     )
     try:
-        for node in result.nodes:
-            result.start(node)
+        result.start(*result.nodes)
         yield result
     finally:
         statuses = {node.name: result.stop(node) for node in result.nodes if node.process}
@@ -319,8 +325,7 @@ def hosted_cluster(hosts: list[netns.Host], tmp_path: Path) -> Iterator[Cluster]
         for i, host in enumerate(hosts)
     ])  # fmt: skip
     try:
-        for node in cluster.nodes:
-            cluster.start(node)
+        cluster.start(*cluster.nodes)
         yield cluster
     finally:
         for node in cluster.nodes:

@@ -69,8 +69,7 @@ def cluster(disks: list[loopfs.Disk], cluster: Cluster) -> Cluster:
         node.data = disk.path / "data"
     # Garbage becomes collectable after 1 s instead of a minute.
     cluster.node_args = ("--gc-grace", "1")
-    for node in cluster.nodes:
-        cluster.start(node)
+    cluster.start(*cluster.nodes)
     return cluster
 
 

@@ -53,7 +53,7 @@ def test_a_member_that_lost_its_disk_catches_up_and_votes_again(
     cluster.node_args = ("--snapshot-every", str(SNAPSHOT_EVERY))
     for node in cluster.nodes:
         cluster.stop(node)
-        cluster.start(node)
+    cluster.start(*cluster.nodes)
     leader = cluster.node(leader_of(cluster))
     make_directories(cluster, "before", 3 * SNAPSHOT_EVERY + 5)  # a snapshot, then entries
     lost = next(node for node in cluster.nodes if node is not leader)

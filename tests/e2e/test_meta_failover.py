@@ -114,7 +114,7 @@ def cluster(cluster: Cluster) -> Cluster:
     cluster.node_args = ("--snapshot-every", "50")
     for node in cluster.nodes:
         cluster.stop(node)
-        cluster.start(node)
+    cluster.start(*cluster.nodes)
     return cluster
 
 

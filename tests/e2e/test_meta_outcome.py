@@ -73,8 +73,7 @@ def test_a_change_no_leader_took_fails_and_never_happens(
     assert done.returncode != 0
     assert "Input/output error" in done.stderr
     assert time.monotonic() - started < 10 * DEADLINE
-    for node in victims:
-        cluster.start(node)
+    cluster.start(*victims)
     leader_of(cluster)
     (mount.path / "after").mkdir()
     wait_for(lambda: "after" in os.listdir(mount.path), "the cluster to take changes again")

@@ -41,8 +41,7 @@ def test_nodes_and_a_mount_serve_their_metrics(
     for node, port in zip(cluster.nodes, ports, strict=False):
         cluster.stop(node)
         node.args = ("--metrics", f"127.0.0.1:{port}")
-    for node in cluster.nodes:
-        cluster.start(node)
+    cluster.start(*cluster.nodes)
     mounted = mount_factory(args=("--metrics", f"127.0.0.1:{ports[-1]}")).path
     payload = os.urandom(5 * MiB)
     (mounted / "file").write_bytes(payload)

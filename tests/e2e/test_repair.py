@@ -77,7 +77,7 @@ def test_what_a_killed_mount_uploaded_and_never_committed_is_collected(
     cluster.node_args = ("--orphan-age", "5", "--repair-interval", "0.5", "--gc-grace", "0.5")
     for node in cluster.nodes:
         cluster.stop(node)
-        cluster.start(node)
+    cluster.start(*cluster.nodes)
     mount = mount_factory()
     kept = os.urandom(1_000_000)
     (mount.path / "kept").write_bytes(kept)
@@ -142,7 +142,7 @@ def test_a_deleted_gigabyte_gives_its_space_back_on_every_node(
     cluster.node_args = ("--gc-grace", "1")
     for node in cluster.nodes:
         cluster.stop(node)
-        cluster.start(node)
+    cluster.start(*cluster.nodes)
     mount = mount_factory()
     (mount.path / "small").write_bytes(os.urandom(5_000_000))
     repair_wait(cluster)  # its third copies too: the close returned once two were stored
@@ -181,7 +181,7 @@ def test_a_killed_mount_leaves_nothing_behind(
     cluster.node_args = ("--mount-expiry", "2", "--gc-grace", "0.5")
     for node in cluster.nodes:
         cluster.stop(node)
-        cluster.start(node)
+    cluster.start(*cluster.nodes)
     mount = mount_factory()
     (mount.path / "dir").mkdir()  # held by the mount
     (mount.path / "dir" / "kept").write_bytes(os.urandom(1_000_000))

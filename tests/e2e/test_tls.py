@@ -40,8 +40,7 @@ def tls_cluster(cluster: Cluster, tmp_path: Path) -> Cluster:
         cluster.stop(node)
     cluster.node_args = tls_options(certificates, "node")
     cluster.tool_args = tls_options(certificates, "client")
-    for node in cluster.nodes:
-        cluster.start(node)
+    cluster.start(*cluster.nodes)
     return cluster
 
 
