@@ -42,6 +42,8 @@ ROUND = 30.0
 CHANGE_WAIT = 10.0
 #: Seconds between two reads of the register by a node that follows it.
 FOLLOW_INTERVAL = 5.0
+#: Seconds a node that made a change waits at most for the others to hear of it.
+ANNOUNCE_WAIT = 1.0
 
 
 def founding(mine: ClusterMap, cluster_id: str) -> Change:
@@ -252,8 +254,27 @@ class MapKeeper:
             raise ValueError(refusal)
         agreed = ClusterMap.from_wire(value)
         if agreed.epoch > self.view.current.epoch:
+            await self._announce(agreed)
             await self._adopt(agreed)
         return agreed
+
+    async def _announce(self, cmap: ClusterMap) -> None:
+        """Tell the nodes in force before or after `cmap` that it is agreed, so that each reads
+        the register now rather than at its next follow: a change takes effect everywhere in a
+        round trip, also the change of a node that leaves and stops at once."""
+        live = {n.node_id: n.address for m in (self.view.current, cmap) for n in m.nodes
+                if n.state != "removed"}  # fmt: skip
+        live.pop(self.register.node_id, None)
+        with trio.move_on_after(ANNOUNCE_WAIT):
+            async with trio.open_nursery() as nursery:
+                for address in live.values():
+                    nursery.start_soon(self._tell, address, cmap.epoch)
+
+    async def _tell(self, address: str, epoch: int) -> None:
+        try:
+            await self.register.pool.call(address, "node.info", [epoch], ANNOUNCE_WAIT)
+        except (Unavailable, NodeError) as exc:
+            log.debug("cluster map: %s not told of epoch %d (%s)", address, epoch, exc)
 
     async def _adopt(self, cmap: ClusterMap) -> None:
         """Go by `cmap`; raises Departed if this node is no longer in it (having kept that

@@ -29,7 +29,7 @@ from ringfs.node.seat import MetaSeat
 
 log = logging.getLogger(__name__)
 
-#: Seconds between two looks at this node's state (and, on the leader, at the others).
+#: Seconds at most between two looks at this node's state (and, on the leader, at the others).
 INTERVAL = 5.0
 #: Seconds a node asked whether it is up has to answer.
 PING_LIMIT = 5.0
@@ -99,9 +99,11 @@ class Lifecycle:
         self._filling_pass: int | None = None
 
     async def run(self) -> None:
-        """Every `INTERVAL` seconds, until cancelled; raises Departed once this node left."""
+        """After each repair pass (which may have filled or emptied this node), and at least
+        every `INTERVAL` seconds, until cancelled; raises Departed once this node left."""
         while True:
-            await trio.sleep(INTERVAL)
+            with trio.move_on_after(INTERVAL):
+                await self.repairer.pass_ended()
             try:
                 await self._own_move()
                 if self.seat.leads():

@@ -63,6 +63,7 @@ class Repairer:
         self.ledger = RepairLedger()
         self._bucket = TokenBucket(config.rate, burst=config.rate)
         self._asked = trio.Event()
+        self._ended = trio.Event()
         self._leader: str | None = None
         self._arcs = view.current.arcs(node_id)
         self._cursor: PassCursor | None = None
@@ -76,6 +77,11 @@ class Repairer:
         """Have a pass start now (or right after the running one); returns its number."""
         self._asked.set()
         return self.ledger.ask()
+
+    async def pass_ended(self) -> None:
+        """Return when the next pass ends, complete or not: what the node holds may have
+        changed (a node being drained may now hold nothing)."""
+        await self._ended.wait()
 
     async def run(self) -> None:
         """Repair until cancelled."""
@@ -98,6 +104,8 @@ class Repairer:
                 draining = not self._arcs and self.store.stats().blocks > 0
                 behind = draining or (last is not None and last.left > 0)
                 pause = self.config.retry if behind else self.config.interval
+            self._ended.set()
+            self._ended = trio.Event()
             if self.ledger.wanted > self.ledger.passes:
                 continue
             with trio.move_on_after(pause):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -104,7 +105,11 @@ async def test_a_new_node_joins_takes_its_share_and_only_that(
 async def test_a_drained_node_leaves_and_stops(
     tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    nodes, client, chunks = await cluster_with_files(tmp_path, nursery, monkeypatch, 4)
+    """It leaves after the repair pass that gave its last copy away, with no periodic look at
+    its state (`moves_every`) to wait for."""
+    nodes, client, chunks = await cluster_with_files(
+        tmp_path, nursery, monkeypatch, 4, moves_every=math.inf
+    )
     outside = outside_meta(nodes)
 
     await client.pool.call(client.map.node("n1").address, "map.change", ["drain", [outside]])

@@ -4,13 +4,14 @@ started with other members stops, and proposals from several places apply one af
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from ringfs.node import agreement, daemon
+from ringfs.node import agreement, daemon, lifecycle
 from ringfs.node.cluster.map import ClusterMap, MapView, parse_members
 from ringfs.node.errors import ConfigError, Unavailable
 from ringfs.node.register import NodeRegister, RegisterStore
@@ -144,6 +145,23 @@ async def test_the_nodes_follow_the_registers_map(
     for node in client.map.nodes:
         told = await client.pool.call(node.address, "map.get", [])
         assert ClusterMap.from_wire(told) == expected
+
+
+async def test_a_change_is_told_to_every_node_at_once(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node that made it tells the others, which go by it without waiting for their next
+    read of the register."""
+    monkeypatch.setattr(agreement, "FOLLOW_INTERVAL", math.inf)
+    monkeypatch.setattr(lifecycle, "INTERVAL", math.inf)  # no other message names an epoch
+    nodes = await start_nodes(tmp_path, nursery)
+    await wait_agreed(nodes)
+    pool = NodePool(ClientConfig(SECRET), nursery)
+    n1 = nodes.configs["n1"]
+    wire = await pool.call(f"{n1.host}:{n1.port}", "map.change", ["weight", ["n3", 2.0]])
+    changed = ClusterMap.from_wire(wire)
+    assert changed.node("n3").weight == 2.0
+    await wait_kept(nodes, changed)
 
 
 async def test_nodes_started_with_new_addresses_agree_on_them(
