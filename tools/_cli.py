@@ -459,6 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="time appends of 4 KiB records, each followed by fsync, to an 8 MiB log instead",
     )
     bench.add_argument(
+        "--random",
+        action="store_true",
+        help="time cold reads of 4 KiB at random places in a 256 MiB file instead",
+    )
+    bench.add_argument(
         "--refill",
         action="store_true",
         help="instead: start a cluster of its own mounted on MOUNTPOINT (an empty directory), "
@@ -493,8 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="DIR",
-        help="with --tree or --appends: another directory to run them in, e.g. a GlusterFS "
-        "mount (repeatable)",
+        help="with --tree, --appends or --random: another directory to run them in, e.g. a "
+        "GlusterFS mount (repeatable)",
     )
 
     latency = sub.add_parser(

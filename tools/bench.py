@@ -19,7 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ringfs.tools import appendbench, movebench, readspreadbench, refillbench, treebench
+from ringfs.tools import (
+    appendbench,
+    movebench,
+    randombench,
+    readspreadbench,
+    refillbench,
+    treebench,
+)
 from ringfs.tools.args import UserError
 from ringfs.tools.timing import timed_read, timed_write
 
@@ -161,14 +168,15 @@ def main(args: argparse.Namespace) -> int:
     if args.moves:
         movebench.run(args.mountpoint, args.size, args.repair_rate)
         return 0
-    if args.tree or args.appends:
+    if args.tree or args.appends or args.random:
         targets = [("ringfs", args.mountpoint)]
         targets += [] if args.local is None else [("local", args.local)]
         targets += [(directory.name, directory) for directory in args.compare]
         for _, directory in targets:
             if not directory.is_dir():
                 raise UserError(f"{directory} is not a directory")
-        (treebench if args.tree else appendbench).run(targets)
+        bench = treebench if args.tree else appendbench if args.appends else randombench
+        bench.run(targets)
         return 0
     run(BenchConfig(args.mountpoint, args.local, args.size, args.files))
     return 0
