@@ -1,4 +1,5 @@
-"""A bounded cache of block contents, with shared fetches and readahead.
+"""A bounded cache of block contents, with shared fetches and readahead; random reads of a
+few bytes of a block pass by it.
 
 Blocks are immutable (a changed chunk gets a new block id), so a cached block can never be
 stale and needs no invalidation: other clients' changes reach us as new ids in the chunk map
@@ -57,6 +58,14 @@ class BlockCache:
             raise fetch.failure
         assert fetch.data is not None
         return fetch.data
+
+    async def read(self, block_id: bytes, checksum: bytes, offset: int, length: int) -> bytes:
+        """`length` bytes of the block at `offset` (within it): from the cache or a
+        fetch of the whole block under way, else only those bytes from a node, not kept (a
+        random read; the kernel keeps the pages it asked for)."""
+        if block_id in self._blocks or block_id in self._fetches:
+            return (await self.get(block_id, checksum))[offset : offset + length]
+        return await self.cluster.get_block(block_id, checksum, (offset, length))
 
     def prefetch(self, block_id: bytes, checksum: bytes) -> None:
         """Fetch a block in the background if it is not cached and a prefetch slot is free."""

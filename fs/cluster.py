@@ -214,20 +214,23 @@ class Cluster:
         self.bytes_written += len(data)
         return StoredBlock(block_id, checksum, tuple(write.stored))
 
-    async def get_block(self, block_id: bytes, checksum: bytes) -> bytes:
-        """Read a block from one replica, falling back to the next (see `read_order`) on any
-        failure.
+    async def get_block(
+        self, block_id: bytes, checksum: bytes, span: tuple[int, int] | None = None
+    ) -> bytes:
+        """Read a block, or with `span` (offset, length; within the block) only those bytes of
+        it, from one replica, falling back to the next (see `read_order`) on any failure.
 
-        The node verifies the block's checksum before answering; a copy that fails it is
+        The node verifies the whole block's checksum before answering; a copy that fails it is
         reported (logged) and the next replica is tried. Raises `Unavailable` if none answers.
         """
         tried: list[str] = []
         order = self.read_order(block_id)
+        params = [block_id, self.map.epoch, *(span or ())]
         while order:
             address = order.pop(0)
             tried.append(address)
             try:
-                reply = await self._block_get(address, block_id)
+                reply = await self._block_get(address, params)
             except Unavailable:
                 continue
             except NodeError as exc:
@@ -246,6 +249,7 @@ class Cluster:
                 isinstance(reply, list)
                 and len(reply) == 2
                 and all(isinstance(part, bytes) for part in reply)
+                and (span is None or len(reply[0]) == span[1])
             ):
                 log.warning("node %s: malformed block.get reply for %s", address, block_id.hex())
                 continue
@@ -264,12 +268,12 @@ class Cluster:
             return data
         raise Unavailable(f"block {block_id.hex()}", tried)
 
-    async def _block_get(self, address: str, block_id: bytes) -> Any:
+    async def _block_get(self, address: str, params: list[Any]) -> Any:
         """`block.get` on one node, counted in its read load while it is out."""
         sent_at = trio.current_time()
         self.reads.sent(address, sent_at)
         try:
-            reply = await self.pool.call(address, "block.get", [block_id, self.map.epoch])
+            reply = await self.pool.call(address, "block.get", params)
         except BaseException:
             self.reads.dropped(address, sent_at)
             raise

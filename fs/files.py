@@ -642,7 +642,8 @@ class FileState:
         """Bytes at `offset`, seeing this client's own unflushed writes; holes read as zeros.
 
         A read that starts within a chunk of where the last one ended (or at the start of the
-        file) fetches the next chunks' blocks ahead; a random read fetches only its own.
+        file) fetches its blocks whole and the next chunks' blocks ahead; a random read fetches
+        only the bytes it reads.
         """
         end = min(offset + size, self.size)
         ahead = abs(offset - self._read_end) <= self.ctx.chunk_size
@@ -671,12 +672,12 @@ class FileState:
             return buffer.read(within, count)
         chunk = self.chunks.get(idx)
         try:
-            data = await self._stored_bytes(chunk, within, count)
+            data = await self._stored_bytes(chunk, within, count, whole=ahead)
         except Unavailable:
             if idx in self._bases or not await self._replaced(idx, chunk):
                 raise
             # Another client replaced the chunk and its old block is gone: read the new one.
-            data = await self._stored_bytes(self.chunks.get(idx), within, count)
+            data = await self._stored_bytes(self.chunks.get(idx), within, count, whole=ahead)
         for later in range(idx + 1, idx + 1 + READAHEAD_CHUNKS if ahead else 0):
             following = self.chunks.get(later)
             if following is not None and not following.inline:
@@ -691,14 +692,21 @@ class FileState:
         self.refresh(attr, chunks)
         return True
 
-    async def _stored_bytes(self, chunk: Chunk | None, within: int, count: int) -> bytes:
+    async def _stored_bytes(
+        self, chunk: Chunk | None, within: int, count: int, whole: bool = True
+    ) -> bytes:
         """`count` bytes at `within` of a stored chunk; past its length (or with no chunk: a
-        hole) they read as zeros."""
+        hole) they read as zeros. Not `whole`: a block not cached is not fetched whole, only
+        the bytes read (a random read)."""
         if chunk is None:
             return bytes(count)
         end, stored = min(within + count, chunk.length), chunk.stored_length
         piece = b""
-        if within < stored:
+        if within < stored and not (whole or chunk.inline):
+            piece = await self.ctx.cache.read(
+                chunk.block_id, chunk.checksum, within, min(end, stored) - within
+            )
+        elif within < stored:
             piece = (await self._block(chunk))[within : min(end, stored)]
         if end > max(within, stored):
             piece += chunk.tail[max(within - stored, 0) : end - stored]

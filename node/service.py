@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import trio
 
@@ -73,6 +73,19 @@ def _arity(params: list[Any], count: int, method: str, most: int | None = None) 
         takes = f"{count}" if most == count else f"{count} to {most}"
         raise NodeError("EINVAL", f"{method} takes {takes} parameters, got {len(params)}")
     return params
+
+
+def _span(params: list[Any]) -> tuple[int, int] | None:
+    """The (offset, length) of the bytes `block.get` asks for, None for the whole block."""
+    if not params:
+        return None
+    if len(params) != 2 or not all(_natural(value) for value in params):
+        raise NodeError("EINVAL", "block.get takes an offset and a length, natural numbers")
+    return params[0], params[1]
+
+
+def _natural(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _bytes(value: Any, what: str) -> bytes:
@@ -245,26 +258,32 @@ class NodeService:
         self.metrics.wrote(len(data))
 
     async def block_get(self, params: list[Any]) -> list[bytes]:
-        block_id, *rest = _arity(params, 1, "block.get", most=2)
-        older = self._placed_before(rest)
+        """A block and its checksum; given an offset and a length after the epoch, only those
+        bytes of it (fewer past its end). The whole block is verified either way."""
+        block_id, *rest = _arity(params, 1, "block.get", most=4)
+        span = _span(rest[1:])
+        older = self._placed_before(rest[:1])
         try:
             data, checksum = await self._read(validate_block_id(block_id))
         except NodeError as exc:
             if exc.name == "ENOENT" and older:
                 raise self._newer_map() from None  # the block may have moved
             raise
+        if span is not None:
+            offset, length = span
+            data = data[offset : offset + length]
         self.reads += 1
         self.metrics.read(len(data))
         return [data, checksum]
 
     def _placed_before(self, rest: list[Any]) -> bool:
-        """Whether the caller placed by an older map than this node's (the optional last
-        parameter of block.put and block.get, its epoch); one that knows a newer map has this
-        node read the register at once."""
+        """Whether the caller placed by an older map than this node's (the epoch block.put and
+        block.get may carry, first in `rest`); one that knows a newer map has this node read
+        the register at once."""
         if not rest:
             return False
         epoch = rest[0]
-        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        if not _natural(epoch):
             raise NodeError("EINVAL", "the map epoch must be a natural number")
         self.keeper.heard_of(epoch)
         return epoch < self.view.current.epoch

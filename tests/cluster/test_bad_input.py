@@ -26,6 +26,7 @@ import pytest
 import trio
 
 from ringfs.node import daemon
+from ringfs.node.checksum import checksum
 from ringfs.node.cluster.map import parse_members
 from ringfs.node.errors import NodeError
 from ringfs.node.meta.commands import FsInfo, FsStats, decode_result
@@ -417,6 +418,16 @@ async def test_a_bad_map_epoch_is_einval_even_for_a_block_that_is_there(node: No
     await assert_healthy(node)
 
 
+async def test_block_get_with_a_span_answers_those_bytes_only(node: Node) -> None:
+    block_id, data = os.urandom(16), os.urandom(100_000)
+    with trio.fail_after(DEADLINE):
+        await node.pool.call(node.address, "block.put", [block_id, checksum(data), data])
+        for offset, length in [(0, 10), (99_990, 10), (99_990, 50), (100_000, 5), (5, 0)]:
+            answer = await node.pool.call(node.address, "block.get", [block_id, 0, offset, length])
+            assert answer == [data[offset : offset + length], checksum(data)]
+    await assert_healthy(node)
+
+
 async def test_block_put_with_a_bad_checksum_is_ebadmsg_and_stores_nothing(node: Node) -> None:
     block_id = os.urandom(16)
     data = os.urandom(100_000)
@@ -436,6 +447,11 @@ BAD_REQUESTS = {
     "empty method": ("", [], "ENOSYS"),
     "block.get no params": ("block.get", [], "EINVAL"),
     "block.get two params": ("block.get", [b"\x00" * 16, b"\x00" * 16], "EINVAL"),
+    "block.get an offset alone": ("block.get", [b"\x00" * 16, 1, 0], "EINVAL"),
+    "block.get negative offset": ("block.get", [b"\x00" * 16, 1, -1, 10], "EINVAL"),
+    "block.get str length": ("block.get", [b"\x00" * 16, 1, 0, "10"], "EINVAL"),
+    "block.get bool length": ("block.get", [b"\x00" * 16, 1, 0, True], "EINVAL"),
+    "block.get five params": ("block.get", [b"\x00" * 16, 1, 0, 10, 0], "EINVAL"),
     "block.put two params": ("block.put", [b"\x00" * 16, b"\x00" * 32], "EINVAL"),
     "block.put str data": ("block.put", [b"\x00" * 16, sha256(b"x"), "x"], "EINVAL"),
     "block.put short checksum": ("block.put", [b"\x00" * 16, b"\x00" * 8, b"x"], "EINVAL"),

@@ -1,10 +1,13 @@
 """Reading a file of many blocks through the mount's handlers (no kernel), against in-process
-nodes: a sequential read fetches the next blocks ahead, a random read only its own."""
+nodes: a sequential read fetches whole blocks and the next ones ahead, a random read only the
+bytes it reads, from a copy the node verified whole."""
 
 from __future__ import annotations
 
+import errno
 import os
 
+import pyfuse3
 import pytest
 import trio
 
@@ -17,12 +20,16 @@ from tests.cluster.test_shared_files import reopen
 CHUNKS = 12
 
 
+#: What a reader fetched: the chunk, and the span of its block asked for (None: all of it).
+Fetches = list[tuple[int, tuple[int, int] | None]]
+
+
 async def a_cold_reader(
     nodes: LocalNodes, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
-) -> tuple[Operations, int, bytes, list[int]]:
+) -> tuple[Operations, int, bytes, Fetches]:
     """A mount with nothing cached, the inode of a file of `CHUNKS` chunks (each in a block of
-    its own) another mount wrote, its bytes, and the chunks whose blocks the reader fetches
-    from the nodes from now on (in the order asked)."""
+    its own) another mount wrote, its bytes, and what the reader fetches from the nodes from
+    now on (in the order asked)."""
     data = os.urandom(CHUNKS * CHUNK)
     writer = await mount_ops(nodes, nursery, inline_max=0)
     fh, ino = await flushed(writer, b"f", data)
@@ -31,12 +38,14 @@ async def a_cold_reader(
     _, chunks, _ = await reader.cluster.read_chunks(ino)
     index = {chunk.block_id: chunk.idx for chunk in chunks}
     assert len(index) == CHUNKS
-    fetched: list[int] = []
+    fetched: Fetches = []
     real = reader.cluster.get_block
 
-    async def recording(block_id: bytes, checksum: bytes) -> bytes:
-        fetched.append(index[block_id])
-        return await real(block_id, checksum)
+    async def recording(
+        block_id: bytes, checksum: bytes, span: tuple[int, int] | None = None
+    ) -> bytes:
+        fetched.append((index[block_id], span))
+        return await real(block_id, checksum, span)
 
     monkeypatch.setattr(reader.cluster, "get_block", recording)
     return reader, ino, data, fetched
@@ -47,7 +56,7 @@ async def settled() -> None:
     await trio.sleep(0.3)
 
 
-async def test_a_sequential_read_fetches_the_next_blocks_ahead(
+async def test_a_sequential_read_fetches_whole_blocks_and_the_next_ones_ahead(
     small_chunks: LocalNodes, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reader, ino, data, fetched = await a_cold_reader(small_chunks, nursery, monkeypatch)
@@ -55,22 +64,59 @@ async def test_a_sequential_read_fetches_the_next_blocks_ahead(
     step = CHUNK // 2
     assert await reader.read(fh, 0, step) == data[:step]
     await settled()
-    assert sorted(fetched) == list(range(1 + READAHEAD_CHUNKS))
+    assert sorted(fetched) == [(idx, None) for idx in range(1 + READAHEAD_CHUNKS)]
     assert await reader.read(fh, step, step) == data[step : 2 * step]
     assert await reader.read(fh, 2 * step, 3 * step) == data[2 * step : 5 * step]
     await settled()
-    assert sorted(fetched) == list(range(3 + READAHEAD_CHUNKS))  # each block once
+    assert sorted(fetched) == [(idx, None) for idx in range(3 + READAHEAD_CHUNKS)]  # each once
     await reader.release(fh)
 
 
-async def test_a_random_read_fetches_its_own_block_only(
+async def test_a_random_read_fetches_only_the_bytes_it_reads(
     small_chunks: LocalNodes, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reader, ino, data, fetched = await a_cold_reader(small_chunks, nursery, monkeypatch)
     fh = await reopen(reader, ino)
-    for idx in (7, 2, 10, 4):
-        offset = idx * CHUNK + 100
-        assert await reader.read(fh, offset, 4096) == data[offset : offset + 4096]
+    reads = [(7, 100, 4096), (2, 0, 16384), (10, CHUNK - 1000, 3000), (4, 5, 1)]
+    for idx, within, count in reads:
+        offset = idx * CHUNK + within
+        assert await reader.read(fh, offset, count) == data[offset : offset + count]
     await settled()
-    assert fetched == [7, 2, 10, 4]
+    assert fetched == [
+        (7, (100, 4096)),
+        (2, (0, 16384)),
+        (10, (CHUNK - 1000, 1000)),
+        (11, (0, 2000)),
+        (4, (5, 1)),
+    ]
     await reader.release(fh)
+
+
+async def test_a_random_read_never_returns_bytes_of_a_corrupt_block(
+    small_chunks: LocalNodes,
+    nursery: trio.Nursery,
+    monkeypatch: pytest.MonkeyPatch,
+    expected_logs: list[str],
+) -> None:
+    """Each node verifies the whole block before it answers a few bytes of it: with every
+    copy spoiled far from the bytes read, the read fails rather than return them."""
+    expected_logs += ["is corrupt", "unavailable", "no node could give block"]
+    reader, ino, data, fetched = await a_cold_reader(small_chunks, nursery, monkeypatch)
+    block_id = next(iter(await blocks_of(reader, ino, 6)))
+    copies = list(small_chunks.root.rglob(f"store/blocks/*/*/{block_id.hex()}"))
+    assert len(copies) == 3
+    for path in copies:
+        spoiled = bytearray(path.read_bytes())
+        spoiled[-1] ^= 0xFF  # the block's last byte
+        path.write_bytes(spoiled)
+    fh = await reopen(reader, ino)
+    with pytest.raises(pyfuse3.FUSEError) as failed:
+        await reader.read(fh, 6 * CHUNK + 10, 4096)
+    assert failed.value.errno == errno.EIO
+    assert [idx for idx, _ in fetched] == [6]
+    await reader.release(fh)
+
+
+async def blocks_of(ops: Operations, ino: int, idx: int) -> set[bytes]:
+    _, chunks, _ = await ops.cluster.read_chunks(ino)
+    return {chunk.block_id for chunk in chunks if chunk.idx == idx}
