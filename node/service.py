@@ -259,19 +259,16 @@ class NodeService:
 
     async def block_get(self, params: list[Any]) -> list[bytes]:
         """A block and its checksum; given an offset and a length after the epoch, only those
-        bytes of it (fewer past its end). The whole block is verified either way."""
+        bytes of it (fewer past its end), from a block verified whole now or a moment ago."""
         block_id, *rest = _arity(params, 1, "block.get", most=4)
         span = _span(rest[1:])
         older = self._placed_before(rest[:1])
         try:
-            data, checksum = await self._read(validate_block_id(block_id))
+            data, checksum = await self._read(validate_block_id(block_id), span)
         except NodeError as exc:
             if exc.name == "ENOENT" and older:
                 raise self._newer_map() from None  # the block may have moved
             raise
-        if span is not None:
-            offset, length = span
-            data = data[offset : offset + length]
         self.reads += 1
         self.metrics.read(len(data))
         return [data, checksum]
@@ -296,12 +293,17 @@ class NodeService:
         _, checksum = await self._read(validate_block_id(block_id))
         return checksum
 
-    async def _read(self, block_id: bytes) -> tuple[bytes, bytes]:
-        """A stored block, verified. A copy that fails is quarantined by the store, and a
-        repair pass is asked for, which stores a good one again from another node."""
+    async def _read(
+        self, block_id: bytes, span: tuple[int, int] | None = None
+    ) -> tuple[bytes, bytes]:
+        """A stored block, or the `span` (offset, length) of it, verified (see
+        `BlockStore.get_span`). A copy that fails is quarantined by the store, and a repair
+        pass is asked for, which stores a good one again from another node."""
         try:
             async with self._disk:
-                return await trio.to_thread.run_sync(self.store.get, block_id)
+                if span is None:
+                    return await trio.to_thread.run_sync(self.store.get, block_id)
+                return await trio.to_thread.run_sync(self.store.get_span, block_id, *span)
         except NodeError as exc:
             if exc.name == CORRUPT:
                 self.repairer.ask()

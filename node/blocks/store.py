@@ -31,6 +31,7 @@ from pathlib import Path
 from ringfs.node.blocks.direct import DirectWriter
 from ringfs.node.blocks.space import Capacity, Reserve, Space, footprint, refusal
 from ringfs.node.blocks.tally import Tally
+from ringfs.node.blocks.verified import RecentlyVerified
 from ringfs.node.checksum import CHECKSUM_SIZE, SHA256_SIZE, is_checksum, matches
 from ringfs.node.durable import fsync_dir
 from ringfs.node.errors import CORRUPT, NodeError
@@ -92,6 +93,7 @@ class BlockStore:
         self._pending = 0
         self._pending_lock = threading.Lock()
         self._tally = Tally()
+        self._verified = RecentlyVerified()
         self._full = False
         self._writer = DirectWriter()
         self._blocks = root / "blocks"
@@ -219,6 +221,34 @@ class BlockStore:
         """
         return self._read(block_id, self._path(block_id))
 
+    def get_span(self, block_id: bytes, offset: int, length: int) -> tuple[bytes, bytes]:
+        """`length` bytes of a stored block at `offset` (fewer past its end) and its checksum.
+
+        Only those bytes are read when the whole block was verified a moment ago (see
+        `ringfs.node.blocks.verified`); otherwise the whole block is read and verified, as by
+        `get`, which raises the same errors.
+        """
+        path = self._path(block_id)
+        if self._verified.holds(block_id, time.monotonic()):
+            try:
+                with path.open("rb") as file:
+                    header = file.read(HEADER_SIZE)
+                    if _header_problem(header, os.fstat(file.fileno()).st_size) is None:
+                        magic, stored_length, field = _HEADER.unpack(header)
+                        start = min(offset, stored_length)
+                        part = os.pread(
+                            file.fileno(),
+                            min(length, stored_length - start),
+                            HEADER_SIZE + start,
+                        )
+                        return part, field[: CHECKSUM_SIZES[magic]]
+            except FileNotFoundError:
+                pass  # gone meanwhile: the whole read says so
+            except OSError as exc:
+                raise _os_error(exc, f"reading block {block_id.hex()}") from exc
+        data, stored = self._read(block_id, path)
+        return data[offset : offset + length], stored
+
     def _read(self, block_id: bytes, path: Path) -> tuple[bytes, bytes]:
         try:
             with path.open("rb") as file:
@@ -238,10 +268,12 @@ class BlockStore:
         if problem is not None:
             self._quarantine_file(block_id, path, problem)
             raise NodeError(CORRUPT, f"block {block_id.hex()}: {problem}")
+        self._verified.verified(block_id, time.monotonic())
         return data, stored
 
     def _quarantine_file(self, block_id: bytes, path: Path, problem: str) -> None:
         """Move a bad copy aside (kept for inspection) so it is never served again."""
+        self._verified.forget(block_id)
         target = self._quarantine / f"{path.name}.{time.time_ns()}"
         with self._tally.lock:
             size = _size_of(path)
@@ -260,6 +292,7 @@ class BlockStore:
         is deleted, so a delete lost in a crash would never be redone.
         """
         path = self._path(block_id)
+        self._verified.forget(block_id)
         try:
             with self._tally.lock:
                 size = _size_of(path)
