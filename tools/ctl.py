@@ -25,6 +25,9 @@ from ringfs.node.rpc.client import ClientConfig
 from ringfs.tools.args import cluster_access
 from ringfs.tools.health import Answers, missing_copies, problems
 
+#: Seconds between two looks at the nodes' repair passes while waiting for them.
+WHOLE_POLL = 0.25
+
 
 def status(args: argparse.Namespace) -> int:
     seeds, client = cluster_access(args)
@@ -239,7 +242,7 @@ async def wait_whole(cluster: Cluster, targets: dict[str, int], out: TextIO) -> 
         if whole == len(answers):
             bar.end()
             return
-        await trio.sleep(0.5)
+        await trio.sleep(WHOLE_POLL)
 
 
 def _node_done(stats: dict[str, Any], target: int) -> float:

@@ -21,8 +21,8 @@ from ringfs.tools.args import cluster_access
 from ringfs.tools.ctl import ProgressBar, wait_whole
 from ringfs.tools.local import LocalCluster, add_local_node, default_data_dir
 
-#: Seconds between two looks at a draining node.
-POLL = 1.0
+#: Seconds between two looks at a draining node, or at the epochs of the nodes.
+POLL = 0.25
 
 
 def weight(args: argparse.Namespace) -> int:
