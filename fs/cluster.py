@@ -225,12 +225,11 @@ class Cluster:
         """
         tried: list[str] = []
         order = self.read_order(block_id)
-        params = [block_id, self.map.epoch, *(span or ())]
         while order:
             address = order.pop(0)
             tried.append(address)
             try:
-                reply = await self._block_get(address, params)
+                reply = await self._block_get(address, block_id, span)
             except Unavailable:
                 continue
             except NodeError as exc:
@@ -268,10 +267,12 @@ class Cluster:
             return data
         raise Unavailable(f"block {block_id.hex()}", tried)
 
-    async def _block_get(self, address: str, params: list[Any]) -> Any:
-        """`block.get` on one node, counted in its read load while it is out."""
+    async def _block_get(self, address: str, block_id: bytes, span: tuple[int, int] | None) -> Any:
+        """`block.get` on one node, by the map as it is now, counted in its read load while it
+        is out."""
         sent_at = trio.current_time()
         self.reads.sent(address, sent_at)
+        params = [block_id, self.map.epoch, *(span or ())]
         try:
             reply = await self.pool.call(address, "block.get", params)
         except BaseException:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import Any
 
 import pyfuse3
 import pytest
@@ -13,7 +14,9 @@ import trio
 
 from ringfs.fs.files import READAHEAD_CHUNKS
 from ringfs.fs.operations import Operations
-from tests.cluster.conftest import LocalNodes
+from ringfs.node.checksum import checksum
+from ringfs.node.errors import Unavailable
+from tests.cluster.conftest import LocalNodes, wait_until
 from tests.cluster.test_files import CHUNK, flushed, mount_ops
 from tests.cluster.test_shared_files import reopen
 
@@ -120,3 +123,36 @@ async def test_a_random_read_never_returns_bytes_of_a_corrupt_block(
 async def blocks_of(ops: Operations, ino: int, idx: int) -> set[bytes]:
     _, chunks, _ = await ops.cluster.read_chunks(ino)
     return {chunk.block_id for chunk in chunks if chunk.idx == idx}
+
+
+async def test_each_attempt_at_a_block_names_the_map_the_reader_goes_by_then(
+    nodes: LocalNodes, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that learns a newer map between two replicas asks the next one by it: a node
+    asked by the older map would answer `ENEWMAP` with the map the reader has already."""
+    client = await nodes.client()
+    block_id, data = os.urandom(16), os.urandom(10_000)
+    await client.put_block(block_id, memoryview(data), checksum(data))
+    n1 = client.map.node("n1").address
+    epochs: list[int] = []
+    real = client.pool.call
+
+    async def newer_map() -> bool:
+        return (await client.refresh_map()).epoch > epochs[0]
+
+    async def first_replica_fails(address: str, method: str, params: list[Any], *rest: Any) -> Any:
+        if method == "block.get":
+            epochs.append(params[1])
+            if len(epochs) == 1:
+                await wait_until(newer_map)  # it arrives while this replica fails
+                raise Unavailable(f"node {address}", [address])
+        return await real(address, method, params, *rest)
+
+    monkeypatch.setattr(client.pool, "call", first_replica_fails)
+    for weight, span in ((2.0, None), (3.0, (100, 50))):
+        before = client.map.epoch
+        await client.pool.call(n1, "map.change", ["weight", ["n3", weight]])
+        epochs.clear()
+        read = await client.get_block(block_id, checksum(data), span)
+        assert read == (data if span is None else data[100:150])
+        assert epochs == [before, before + 1]
