@@ -21,6 +21,7 @@ from ringfs.node import agreement, lifecycle
 from ringfs.node.blocks.repair import RepairConfig
 from ringfs.node.cluster.map import MAP_FILE, ClusterMap
 from ringfs.node.errors import NEWER_MAP, NodeError
+from ringfs.node.lifecycle import own_move
 from ringfs.node.meta.commands import Chunk
 from tests.cluster.conftest import LocalNodes, start_nodes, wait_until
 from tests.cluster.test_collector import holders
@@ -38,8 +39,8 @@ async def cluster_with_files(
     moves_every: float = 0.2,
 ) -> tuple[LocalNodes, Cluster, list[Chunk]]:
     """`count` nodes that follow the map, repair within a second or so and make their own
-    moves every `moves_every` seconds, a client that follows the map too, and 40 one-block
-    files in place."""
+    moves after each repair pass and at least every `moves_every` seconds, a client that
+    follows the map too, and 40 one-block files in place."""
     monkeypatch.setattr(agreement, "FOLLOW_INTERVAL", 0.2)
     monkeypatch.setattr(lifecycle, "INTERVAL", moves_every)
     monkeypatch.setattr(cluster_module, "MAP_FOLLOW_INTERVAL", 0.2)
@@ -193,8 +194,13 @@ async def test_a_new_node_replaces_an_old_one_and_takes_exactly_its_blocks(
 async def test_a_writer_with_an_older_map_is_told_the_new_one_and_writes_by_it(
     tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The drained node stays until the end (it would leave at its next own move).
-    nodes, client, _ = await cluster_with_files(tmp_path, nursery, monkeypatch, 4, moves_every=600)
+    # The drained node stays until the end: it would leave after the pass that emptied it.
+    def never_leave(state: str, filled: bool, empty: bool, seated: bool) -> str | None:
+        move = own_move(state, filled, empty, seated)
+        return None if move == "leave" else move
+
+    monkeypatch.setattr(lifecycle, "own_move", never_leave)
+    nodes, client, _ = await cluster_with_files(tmp_path, nursery, monkeypatch, 4)
     outside = outside_meta(nodes)
     stale = await nodes.client()  # goes by epoch 1, and does not follow the map by itself
     n1 = client.map.node("n1").address
