@@ -41,6 +41,7 @@ from ringfs.node.cluster.paxos import (
 from ringfs.node.durable import fsync_dir
 from ringfs.node.errors import NodeError, Unavailable
 from ringfs.node.rpc.client import NodePool
+from ringfs.node.rpc.protocol import is_natural
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +56,13 @@ BACKOFF = 0.2
 # -- wire forms ------------------------------------------------------------------------------
 
 
-def _natural(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def ballot_to_wire(ballot: Ballot) -> list[Any]:
     return [ballot.counter, ballot.proposer]
 
 
 def ballot_from_wire(obj: object) -> Ballot:
     if not (
-        isinstance(obj, list) and len(obj) == 2 and _natural(obj[0]) and isinstance(obj[1], str)
+        isinstance(obj, list) and len(obj) == 2 and is_natural(obj[0]) and isinstance(obj[1], str)
     ):
         raise NodeError("EINVAL", "a ballot is [counter, proposer]")
     return Ballot(obj[0], obj[1])
@@ -76,7 +73,7 @@ def register_to_wire(register: Register) -> list[Any]:
 
 
 def register_from_wire(obj: object) -> Register:
-    if not (isinstance(obj, list) and len(obj) == 3 and _natural(obj[0])):
+    if not (isinstance(obj, list) and len(obj) == 3 and is_natural(obj[0])):
         raise NodeError("EINVAL", "a register is [serial, value, recent]")
     serial, value, recent = obj
     if not isinstance(recent, list) or not all(

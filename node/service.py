@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeGuard
+from typing import Any
 
 import trio
 
@@ -37,7 +37,7 @@ from ringfs.node.raft.core import SnapshotRequest, message_from_wire
 from ringfs.node.register import NodeRegister
 from ringfs.node.repairer import Repairer
 from ringfs.node.rpc.intake import Intake
-from ringfs.node.rpc.protocol import PROTOCOL_VERSION
+from ringfs.node.rpc.protocol import PROTOCOL_VERSION, is_natural
 from ringfs.node.scrubber import Scrubber
 from ringfs.node.seat import MetaSeat
 from ringfs.node.telemetry import NodeMetrics
@@ -79,13 +79,9 @@ def _span(params: list[Any]) -> tuple[int, int] | None:
     """The (offset, length) of the bytes `block.get` asks for, None for the whole block."""
     if not params:
         return None
-    if len(params) != 2 or not all(_natural(value) for value in params):
+    if len(params) != 2 or not all(is_natural(value) for value in params):
         raise NodeError("EINVAL", "block.get takes an offset and a length, natural numbers")
     return params[0], params[1]
-
-
-def _natural(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _bytes(value: Any, what: str) -> bytes:
@@ -280,7 +276,7 @@ class NodeService:
         if not rest:
             return False
         epoch = rest[0]
-        if not _natural(epoch):
+        if not is_natural(epoch):
             raise NodeError("EINVAL", "the map epoch must be a natural number")
         self.keeper.heard_of(epoch)
         return epoch < self.view.current.epoch

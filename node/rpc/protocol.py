@@ -22,7 +22,7 @@ import os
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgpack
 
@@ -187,6 +187,11 @@ def _describe(value: Any) -> str:
     if isinstance(value, str) and len(value) <= 40:
         return repr(value)
     return f"<{type(value).__name__}>"
+
+
+def is_natural(value: object) -> TypeGuard[int]:
+    """Whether a decoded value is a natural number (msgpack bools are not numbers here)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _check_msgid(value: Any) -> int:
