@@ -81,6 +81,30 @@ def test_a_file_read_again_shows_another_mounts_rewrite(two: tuple[Path, Path], 
     assert (a / "f").read_bytes() == third
 
 
+def test_random_reads_show_another_mounts_rewrite(two: tuple[Path, Path]) -> None:
+    """Reads at random places ask the nodes for only their bytes: after the other mount's
+    close, an open reads its new bytes there, byte for byte."""
+    a, b = two
+    MiB = 1024 * 1024
+    content = bytearray(os.urandom(10 * MiB))
+    (b / "f").write_bytes(content)
+    places = [9 * MiB + 12_345, 1 * MiB + 100, 6 * MiB - 2000, 500]  # each over 4 MiB from the last
+
+    def random_reads() -> list[bytes]:
+        with open(a / "f", "rb", buffering=0) as file:
+            return [os.pread(file.fileno(), 4096, place) for place in places]
+
+    assert random_reads() == [bytes(content[p : p + 4096]) for p in places]
+    with open(b / "f", "r+b") as file:
+        for place in places:
+            new = os.urandom(4096)
+            file.seek(place)
+            file.write(new)
+            content[place : place + 4096] = new
+    assert random_reads() == [bytes(content[p : p + 4096]) for p in places]
+    assert (a / "f").read_bytes() == content
+
+
 @pytest.mark.parametrize("size", [3000, 300_000])
 def test_files_rewritten_in_turn_are_read_at_once_by_the_other_mount(
     two: tuple[Path, Path], size: int
