@@ -2,10 +2,11 @@
 what other mounts changed.
 
 One task polls the leader (`meta.changes`) from the index the cache is current to; the leader
-answers a few milliseconds after something changed, or after a quarter of a second that nothing
-did, so every answer also renews the cache's lease. While the leader cannot be reached, the
-lease runs out (at once when a poll finds a node gone) and the mount asks the leader for
-everything again; if it missed too much, the feed says so and the cache starts empty.
+answers a few milliseconds after another client changed something, or after a quarter of a
+second that nobody else did (the mount's own changes come along then), so every answer also
+renews the cache's lease. While the leader cannot be reached, the lease runs out (at once when a
+poll finds a node gone) and the mount asks the leader for everything again; if it missed too
+much, the feed says so and the cache starts empty.
 """
 
 from __future__ import annotations

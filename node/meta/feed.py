@@ -112,6 +112,8 @@ class ChangeFeed:
         self._known_from = applied
         self._applied = applied
         self._arrived = trio.Event()
+        # Nudges and restarts so far: each wakes every waiting poll, changes or not.
+        self._wakes = 0
 
     @property
     def applied(self) -> int:
@@ -129,6 +131,7 @@ class ChangeFeed:
 
     def nudge(self) -> None:
         """Wake the polls waiting now without a change (a recall is for one of them)."""
+        self._wakes += 1
         self._arrived.set()
         self._arrived = trio.Event()
 
@@ -136,14 +139,32 @@ class ChangeFeed:
         """The state was replaced (a snapshot installed): nothing before `applied` is known."""
         self._records.clear()
         self._known_from = self._applied = applied
+        self._wakes += 1
         self._arrived.set()
         self._arrived = trio.Event()
 
-    async def wait_after(self, index: int) -> None:
-        """Return once something after `index` was applied (or at once if it was), or the
-        feed was nudged."""
-        if self._applied <= index:
+    async def wait_after(self, index: int, mine: bytes | None = None) -> None:
+        """Return once there is news after `index` (at once if there is), or the feed was
+        nudged or restarted."""
+        seen, wakes = index, self._wakes
+        while not self.news_after(seen, mine):
+            seen = max(seen, self._applied)
             await self._arrived.wait()
+            if self._wakes != wakes:
+                return
+
+    def news_after(self, index: int, mine: bytes | None = None) -> bool:
+        """Whether something after `index` was applied. Client `mine`'s own changes are no
+        news to it (a mount knows them from its answers: waking its poll for each would
+        double its calls), unless there are others or it must reset."""
+        if mine is None or index < self._known_from:
+            return self._applied > index
+        for record in reversed(self._records):
+            if record.index <= index:
+                return False
+            if record.client_id != mine:
+                return True
+        return False
 
     def since(self, index: int, limit: int = FEED_PAGE) -> Changes:
         """The changes after `index`; `reset` if some of them are no longer held."""

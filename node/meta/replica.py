@@ -54,7 +54,8 @@ from ringfs.node.raft.storage import LEGACY_DB, LOG_DIR, RaftLog
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Seconds a poll of the change feed waits for a change before it answers that nothing changed.
+# Seconds a poll of the change feed waits for another client's change before it answers that
+# nothing changed (its own changes wait with it).
 FEED_WAIT = 0.25
 # Seconds a poll that waited goes on gathering after the first change: one answer then carries
 # the next few commands' changes too, where one after another each would cost a round trip.
@@ -504,8 +505,8 @@ class ReplicatedMeta:
     async def changes(self, since: int, client_id: bytes) -> Changes:
         """What changed after log index `since` (see `ringfs.node.meta.feed`), as fresh as a
         linearizable read: everything applied before the call is in it, with the directories
-        `client_id` is asked to give back. Waits up to `FEED_WAIT` for a first change or
-        recall, so a mount's poll doubles as its heartbeat."""
+        `client_id` is asked to give back. Waits up to `FEED_WAIT` for a first change by another
+        client or a recall, so a mount's poll doubles as its heartbeat."""
         watches = self._leader_watches()
         if watches is None or self.raft.raft.role != "leader":
             raise NodeError(NOT_LEADER, self.raft.raft.leader or "")
@@ -513,9 +514,10 @@ class ReplicatedMeta:
         watches.polled(client_id, since)
         self._polled.set()
         self._polled = trio.Event()
-        if self.machine.feed.applied <= since and not self.recalls.wanted(client_id):
+        feed = self.machine.feed
+        if not (feed.news_after(since, client_id) or self.recalls.wanted(client_id)):
             with trio.move_on_after(FEED_WAIT):
-                await self.machine.feed.wait_after(since)
+                await feed.wait_after(since, mine=client_id)
                 if not watches.awaits(client_id):  # else an answer waits for this one
                     await trio.sleep(FEED_GATHER)
 

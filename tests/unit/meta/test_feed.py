@@ -84,6 +84,42 @@ async def test_waiting_returns_once_something_after_the_index_applied() -> None:
     assert feed.applied == 8
 
 
+async def test_a_clients_own_changes_are_no_news_to_it() -> None:
+    other = b"o" * 16
+    feed = ChangeFeed(applied=10)
+    feed.add([change(11), change(12)], applied=12)
+    assert feed.news_after(10)
+    assert not feed.news_after(10, mine=ME)
+    with trio.move_on_after(0.05) as idle:
+        await feed.wait_after(10, mine=ME)
+    assert idle.cancelled_caught
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(feed.wait_after, 10, ME)
+        await trio.testing.wait_all_tasks_blocked()
+        feed.add([change(13)], applied=13)  # its own again: still waiting
+        await trio.testing.wait_all_tasks_blocked()
+        assert nursery.child_tasks
+        feed.add([Change(14, other, 1, (5,), ())], applied=14)
+    assert feed.news_after(13, mine=ME)
+    # A system command (no client) is news to everyone.
+    feed.add([Change(15, None, None, (5,), ())], applied=15)
+    assert feed.news_after(14, mine=ME)
+
+
+@pytest.mark.parametrize("wake", ["nudge", "restart"])
+async def test_a_nudge_or_a_restart_wakes_a_waiting_client(wake: str) -> None:
+    feed = ChangeFeed(applied=10, limit=2)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(feed.wait_after, 10, ME)
+        await trio.testing.wait_all_tasks_blocked()
+        if wake == "nudge":
+            feed.nudge()
+        else:
+            feed.restart(applied=20)
+    feed.add([change(i) for i in range(21, 24)], applied=23)  # 21 dropped to make room
+    assert feed.news_after(20, mine=ME)  # a reset to tell, own changes or not
+
+
 def test_changes_travel_and_malformed_ones_are_refused() -> None:
     answer = Changes(9, False, (change(8), Change(9, None, None, (), ((3, b"\xff"),))))
     assert Changes.from_wire(answer.to_wire()) == answer
