@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +36,7 @@ from ringfs.node.errors import (
     Unavailable,
 )
 from ringfs.node.meta import commands
+from ringfs.node.meta.client_ids import mint_client_id
 from ringfs.node.meta.commands import (
     Attr,
     Chunk,
@@ -106,7 +106,7 @@ class Cluster:
         self.config = config
         self.pool = pool
         self.map = cmap
-        self.client_id = os.urandom(16)
+        self.client_id = mint_client_id(config.client.secret)
         self._session_open = False
         self._opening = trio.Lock()
         #: Called with the new client id when the metadata ended this client's session.
@@ -376,7 +376,7 @@ class Cluster:
             "expiry): the directories it held and the files it had unlinked while open are "
             "gone; commands in flight failed; going on with a new session"
         )
-        self.client_id = os.urandom(16)
+        self.client_id = mint_client_id(self.config.client.secret)
         self._session_open = False
         for listener in self.session_listeners:
             listener(self.client_id)

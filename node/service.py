@@ -25,6 +25,7 @@ from ringfs.node.cluster.map import PLACED, MapView
 from ringfs.node.cluster.paxos import InDoubt
 from ringfs.node.errors import CORRUPT, NEWER_MAP, NOT_META, NodeError, Unavailable
 from ringfs.node.meta import commands as cmd
+from ringfs.node.meta.client_ids import minted_with
 from ringfs.node.meta.commands import (
     Command,
     Query,
@@ -51,6 +52,8 @@ CLIENT_METHODS = frozenset(
     {"node.info", "node.capacity", "map.get", "block.put", "block.get"}
     | {"meta.apply", "meta.query", "meta.read_chunks", "meta.changes"}
 )
+#: Where a metadata call of a session names its client id (its index in the params).
+SESSION_CALLS = {"meta.apply": 0, "meta.read_chunks": 0, "meta.changes": 1}
 #: The metadata commands and queries of a client key: all but the nodes' own upkeep (the
 #: first command, abandoned uploads, expired sessions, collected garbage, repair's listings).
 CLIENT_COMMANDS = frozenset(
@@ -64,6 +67,17 @@ CLIENT_QUERIES = frozenset(
     for c in (cmd.Lookup, cmd.GetAttr, cmd.ReadDir, cmd.ReadLink, cmd.GetXattr, cmd.ListXattr)
     + (cmd.ReadChunks, cmd.FsInfo)
 )
+
+
+def _check_session(method: str, params: list[Any], key_secret: bytes) -> None:
+    """A key holder acts only in the sessions of ids its key minted (`client_ids`): EPERM for
+    another's. Params of the wrong shape are left to the method to refuse (EINVAL)."""
+    at = SESSION_CALLS.get(method)
+    if at is None or not isinstance(params, list) or len(params) <= at:
+        return
+    client_id = params[at]
+    if isinstance(client_id, bytes) and not minted_with(key_secret, client_id):
+        raise NodeError("EPERM", f"{method}: client id {client_id[:16].hex()} is not of this key")
 
 
 def _arity(params: list[Any], count: int, method: str, most: int | None = None) -> list[Any]:
@@ -169,11 +183,12 @@ class NodeService:
             raise NodeError("ENOSYS", f"unknown method {method[:64]!r}")
         return await handler(params)
 
-    async def handle_client(self, method: str, params: list[Any]) -> Any:
-        """Run one request of a client with a key; raises `NodeError`, EPERM for what only
-        nodes may do."""
+    async def handle_client(self, method: str, params: list[Any], key_secret: bytes) -> Any:
+        """Run one request of a client with the key of secret `key_secret`; raises
+        `NodeError`, EPERM for what only nodes may do and for another key's session."""
         if method not in CLIENT_METHODS and method in self._methods:
             raise NodeError("EPERM", f"{method} is for nodes: a client key may not call it")
+        _check_session(method, params, key_secret)
         if method == "meta.apply":
             return await self._meta_apply(params, _client_command)
         if method == "meta.query":

@@ -28,7 +28,7 @@ import msgpack
 
 from ringfs.node.errors import AuthenticationError, ForeignCluster, ProtocolError
 
-PROTOCOL_VERSION = 16
+PROTOCOL_VERSION = 17
 MAGIC = "ringfs"
 REQUEST, RESPONSE, NOTIFICATION = 0, 1, 2
 NONCE_SIZE = 32

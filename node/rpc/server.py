@@ -41,6 +41,8 @@ from ringfs.node.rpc.writer import MessageWriter
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, list[Any]], Awaitable[Any]]
+# Handles a request of a client: method, params, and the secret of the key it connected with.
+ClientHandler = Callable[[str, list[Any], bytes], Awaitable[Any]]
 # Handles a notification (a one-way call) on the connection's reading task: it must not block.
 NotificationHandler = Callable[[str, list[Any]], None]
 
@@ -72,7 +74,8 @@ class ServerConfig:
 
 class RpcServer:
     """Serves `handler(method, params)` to peers with the cluster secret, and
-    `client_handler(method, params)` to those with a client key (`ServerConfig.keys`)."""
+    `client_handler(method, params, key_secret)` to those with a client key
+    (`ServerConfig.keys`)."""
 
     def __init__(
         self,
@@ -81,7 +84,7 @@ class RpcServer:
         notified: NotificationHandler | None = None,
         intake: Intake | None = None,
         observe: Observer | None = None,
-        client_handler: Handler | None = None,
+        client_handler: ClientHandler | None = None,
     ) -> None:
         """`notified` takes the notifications of peers with the cluster secret (a client's
         close its connection). `intake`: what the connections may hold of received messages
@@ -191,7 +194,13 @@ class RpcServer:
             log.warning("connection from %s refused: its key %s was revoked", session.peer, key)
             return None
         self._keyed[session] = key
-        return self._client_handler
+        client_handler, key_secret = self._client_handler, session.conn.secret
+        assert client_handler is not None  # keys go with a client handler
+
+        async def serve_client(method: str, params: list[Any]) -> Any:
+            return await client_handler(method, params, key_secret)
+
+        return serve_client
 
     def recheck_keys(self) -> None:
         """Close the connections of clients whose key is no longer in force (revoked, or

@@ -90,6 +90,47 @@ async def test_a_key_reads_and_writes_files_and_calls_nothing_a_node_does(
         assert await admin.meta_query(cmd.Garbage(10)) == []
 
 
+async def test_a_key_acts_in_no_session_but_its_own(nodes: LocalNodes) -> None:
+    """Every mount learns the others' client ids from the change feed: taken as given, one
+    would let any key holder send commands in another mount's session or poll the feed as it
+    (telling the leader that mount heard of changes it never saw)."""
+    with trio.fail_after(DEADLINE):
+        admin = await nodes.client()
+        victim = await key_client(nodes, await issue(nodes, admin, "mount-1"))
+        other = await key_client(nodes, await issue(nodes, admin, "mount-2"))
+        await wait_for_filesystem(victim)
+        made = await victim.meta_apply(cmd.Mknod(1, b"theirs", 0o100644, 0, 0, 0, 0))
+        theirs, address = victim.client_id, await leader_address(admin)
+        read = cmd.ReadChunks(made.ino, 0, 16).to_wire()
+        posing = [
+            ("meta.apply", [theirs, 10**6, None, cmd.Mkdir(1, b"posed", 0o755, 0, 0, 0).to_wire()]),
+            ("meta.apply", [theirs, None, None, cmd.OpenSession().to_wire()]),
+            ("meta.changes", [0, theirs]),
+            ("meta.read_chunks", [theirs, read]),
+        ]
+        for method, params in posing:
+            with pytest.raises(NodeError) as refused:
+                await other.pool.call(address, method, params)
+            assert refused.value.name == "EPERM", method
+            assert "is not of this key" in refused.value.detail
+        # Under its own id, each call is served; the victim's session goes on as before.
+        assert await other.pool.call(address, "meta.changes", [0, other.client_id])
+        assert await other.pool.call(address, "meta.read_chunks", [other.client_id, read])
+        await victim.meta_apply(cmd.Mkdir(1, b"still-theirs", 0o755, 0, 0, 0))
+        names = {entry.name for entry in await admin.meta_query(cmd.ReadDir(1, 0, 100))}
+        assert b"still-theirs" in names
+        assert b"posed" not in names
+        # The cluster secret may act as anyone: it may already do everything.
+        assert await admin.pool.call(address, "meta.changes", [0, theirs])
+
+
+async def leader_address(admin: Cluster) -> str:
+    """Where the meta group's leader listens."""
+    statuses = {node.node_id: status for node, status in await admin.meta_status() if status}
+    leader = next(n for n in admin.map.meta_nodes() if statuses[n.node_id]["role"] == "leader")
+    return leader.address
+
+
 NODE_METHODS: list[tuple[str, list[Any]]] = [
     ("node.stats", []),
     ("map.change", ["revoke-key", ["mount-1"]]),

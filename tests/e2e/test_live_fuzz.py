@@ -36,6 +36,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from ringfs.node.meta import commands as cmd
+from ringfs.node.meta.client_ids import mint_client_id
 from ringfs.node.meta.schema import TABLES
 from ringfs.node.rpc.client import split_address
 from ringfs.node.rpc.protocol import Connection, Response, Role
@@ -247,6 +248,8 @@ class Fuzzer:
     def __init__(self, cluster: Cluster, secret: bytes, key: tuple[str, bytes]) -> None:
         self.addresses = cluster.seeds.split(",")
         self.secret, self.key = secret, key
+        # The fuzzing client's id as its key minted it: where a case names `CLIENT_ID`.
+        self.client_id = mint_client_id(key[1])
         self.peers: dict[tuple[str, str], Peer] = {}
         self.served = 0
         # Where metadata calls go: the leader, as far as the last answer told.
@@ -273,6 +276,8 @@ class Fuzzer:
     def request(self, role: str, method: str, params: list[Any]) -> Response:
         """Send one request (a metadata one to the leader, others to each node in turn);
         follow a leader that moved."""
+        if isinstance(params, list):
+            params = [self.client_id if p == CLIENT_ID else p for p in params]
         meta = method.startswith("meta.")
         address = self.leader if meta else self.addresses[self.served % len(self.addresses)]
         answer = self.peer(role, address).request(method, params)
