@@ -150,19 +150,25 @@ class RpcConnection:
         if self._closed:
             raise Unavailable(f"node {self.address}: connection closed", [self.address])
         slot = _Slot()
-        msgid = -1
         sent_at = trio.current_time()
+        msgid, buffers = self._conn.send_request(method, params)
+        self._slots[msgid] = slot
+        # Whether any of the request may have gone out: from then on, the node may act on it.
+        sent = False
 
         def failure(what: str) -> Unavailable:
-            kind = NoReply if msgid >= 0 else Unavailable
+            kind = NoReply if sent else Unavailable
             return kind(f"node {self.address}: {what}", [self.address])
 
         try:
             with trio.fail_after(time_limit):
-                async with self._writer.lock:
-                    msgid, buffers = self._conn.send_request(method, params)
-                    self._slots[msgid] = slot
-                    await self._write(buffers)
+                # At once, in one write, while nothing else is being written; else in turn.
+                sent = self._writer.write_now(buffers)
+                if not sent:
+                    async with self._writer.lock:
+                        if not slot.done.is_set():  # else the connection failed meanwhile
+                            sent = True
+                            await self._write(buffers)
                 await slot.done.wait()
         except trio.TooSlowError:
             log.warning(
@@ -184,8 +190,9 @@ class RpcConnection:
             if self._slots.pop(msgid, None) is not None and not slot.done.is_set():
                 self._conn.abandon(msgid)
         if slot.failure is not None:
-            # The connection died after the request was written.
-            raise NoReply(slot.failure.what, slot.failure.tried) from slot.failure
+            # The connection died: after the request went out (in doubt), or before.
+            kind = NoReply if sent else Unavailable
+            raise kind(slot.failure.what, slot.failure.tried) from slot.failure
         assert slot.response is not None
         if slot.response.error is not None:
             name, detail = slot.response.error

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import trio
 
-from ringfs.node.errors import AuthenticationError, NodeError, Unavailable
+from ringfs.node.errors import AuthenticationError, NodeError, NoReply, Unavailable
 from ringfs.node.rpc.client import ClientConfig, NodePool, RpcConnection
 from ringfs.node.rpc.intake import UNCHARGED_PARTIAL, Intake
 from ringfs.node.rpc.protocol import Connection, Limits, Role, encode
@@ -286,6 +286,48 @@ async def test_notify_now_sends_in_the_callers_task_in_order_with_the_rest(
     notes = [[1], [2], [3], *([payload] for payload in filled), [4]]
     assert received == [("note", params) for params in notes]
     assert not rpc.closed
+
+
+async def test_a_request_to_an_idle_connection_leaves_before_the_call_first_yields(
+    nursery: trio.Nursery, handler: Handler, clients: Clients
+) -> None:
+    """Written at once, in one write, instead of under the send lock: taking the lock and
+    each buffer's write yielded to the scheduler, and the node woke once per buffer."""
+    address = await start_server(nursery, handler)
+    rpc = await clients.connect(address)
+    with trio.fail_after(DEADLINE):
+        with trio.CancelScope() as cancelled:
+            cancelled.cancel()  # the call's first checkpoint ends it
+            await rpc.call("wait", ["unanswered"], time_limit=5)
+        assert cancelled.cancelled_caught
+        await handler.wait_running(1)  # and yet the request reached the node
+        handler.release.set()
+        assert await rpc.call("echo", ["after"], time_limit=5) == "after"
+
+
+async def test_a_request_that_never_went_out_is_not_in_doubt(
+    nursery: trio.Nursery, handler: Handler, clients: Clients
+) -> None:
+    """A call waiting for the send lock (another message being written) when its connection
+    fails: the node never saw it, so it is Unavailable, not NoReply (which makes a metadata
+    command be retried until its outcome is known)."""
+    address = await start_server(nursery, handler)
+    rpc = await clients.connect(address)
+    failures: list[Unavailable] = []
+
+    async def call() -> None:
+        with pytest.raises(Unavailable) as failed:
+            await rpc.call("echo", ["never sent"], time_limit=5)
+        failures.append(failed.value)
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as calls, rpc._writer.lock:  # as a long write would
+            calls.start_soon(call)
+            await trio.testing.wait_all_tasks_blocked()
+            await rpc.aclose()
+    [failure] = failures
+    assert not isinstance(failure, NoReply)
+    assert handler.started == 0
 
 
 async def test_a_peer_that_never_reads_the_rest_of_a_notification_is_cut_off(
