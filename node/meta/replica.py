@@ -73,6 +73,8 @@ INIT_POLL = 0.2
 # commit then covers many (a commit of one small file's batch was half the cost of applying it).
 COMMIT_INTERVAL = 0.1
 COMMIT_BATCHES = 256
+# Seconds between checkpoints of meta.db's WAL, in a worker thread, while batches are applied.
+CHECKPOINT_INTERVAL = 1.0
 # The applied index a database (or an image of one) holds.
 _APPLIED = "SELECT value FROM counters WHERE name = 'applied_index'"
 
@@ -156,13 +158,13 @@ class MetaMachine:
     Batches are committed together, every `COMMIT_INTERVAL` seconds or `COMMIT_BATCHES`
     batches, before a snapshot, and at close. Queries read them at once (the same
     connection). A crash takes back what was not committed, with its `applied_index`, and the
-    log applies it again, as it does after a power loss.
+    log applies it again, as it does after a power loss. What is committed reaches meta.db
+    itself at the next `checkpoint`.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        # Not fsync'd per batch: the Raft log holds the commands durably and replays them.
-        self.state = MetaState(path, synchronous=False)
+        self.state = self._open_state()
         self.feed = ChangeFeed(self.state.applied_index)
         #: Told of each batch's changes as they are applied (the leader's watches).
         self.on_changes: Callable[[list[Watchable]], None] | None = None
@@ -176,6 +178,11 @@ class MetaMachine:
         # Images a previous run took: nobody sends them any more.
         for leftover in self.path.parent.glob(f"{self.path.name}.snapshot-*"):
             leftover.unlink()
+
+    def _open_state(self) -> MetaState:
+        # Not fsync'd per batch: the Raft log holds the commands durably and replays them.
+        # Checkpointed in a worker thread (`checkpoint`), never while applying.
+        return MetaState(self.path, synchronous=False, auto_checkpoint=False)
 
     def apply(self, entries: Sequence[LogEntry]) -> list[Any]:
         logged = [e for e in entries if e.kind is EntryKind.COMMAND]
@@ -228,6 +235,17 @@ class MetaMachine:
         except sqlite3.Error as exc:
             raise StorageFailure(f"metadata database {self.path}: {exc}") from exc
 
+    def checkpoint(self) -> None:
+        """Copy the pages committed to the WAL into meta.db, on a connection of its own and
+        without waiting for anyone (PASSIVE): for a worker thread, while applying goes on (its
+        connection never checkpoints, `open_database`). Raises StorageFailure."""
+        with self._files:
+            try:
+                with contextlib.closing(sqlite3.connect(self.path, isolation_level=None)) as db:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:
+                raise StorageFailure(f"checkpoint of {self.path}: {exc}") from exc
+
     def applied_index(self) -> int:
         return self.state.applied_index
 
@@ -273,7 +291,7 @@ class MetaMachine:
                     os.replace(image, self.path)
                     fsync_dir(self.path.parent)  # the log is compacted next: it must stay
                 finally:
-                    self.state = MetaState(self.path, synchronous=False)
+                    self.state = self._open_state()
                     self.feed.restart(self.state.applied_index)
             except (OSError, sqlite3.Error) as exc:
                 raise StorageFailure(f"snapshot install into {self.path}: {exc}") from exc
@@ -286,7 +304,7 @@ class MetaMachine:
         with self._files:
             self.state.close()
             try:
-                self.state = MetaState(self.path, synchronous=False)
+                self.state = self._open_state()
             except sqlite3.Error as exc:
                 raise StorageFailure(f"metadata database {self.path}: {exc}") from exc
             self.feed.restart(self.state.applied_index)
@@ -354,6 +372,7 @@ class ReplicatedMeta:
                 nursery.start_soon(self._ensure_initialized, name="meta-init")
                 nursery.start_soon(self.membership.run, name="meta-membership")
                 nursery.start_soon(self._commit_applied, name="meta-commit")
+                nursery.start_soon(self._checkpoint_applied, name="meta-checkpoint")
                 task_status.started()
         finally:
             self.images.close()
@@ -367,6 +386,20 @@ class ReplicatedMeta:
             try:
                 self.machine.commit_due()
             except StorageFailure as exc:  # the database is closed: the next apply stops us
+                log.error("%s", exc)
+
+    async def _checkpoint_applied(self) -> None:
+        """Checkpoint meta.db's WAL every `CHECKPOINT_INTERVAL` while batches are applied, in a
+        worker thread: the event loop goes on applying and answering meanwhile."""
+        checkpointed = self.machine.batches
+        while True:
+            await trio.sleep(CHECKPOINT_INTERVAL)
+            if self.machine.batches == checkpointed:
+                continue
+            checkpointed = self.machine.batches
+            try:
+                await trio.to_thread.run_sync(self.machine.checkpoint)
+            except StorageFailure as exc:  # the WAL keeps the pages until one succeeds
                 log.error("%s", exc)
 
     async def _ensure_initialized(self) -> None:

@@ -109,10 +109,13 @@ class MetaState:
     (``trio.to_thread``), one call at a time.
     """
 
-    def __init__(self, path: Path | str, *, synchronous: bool = True) -> None:
-        """`synchronous=False`: commits are not fsync'd (see `open_database`)."""
+    def __init__(
+        self, path: Path | str, *, synchronous: bool = True, auto_checkpoint: bool = True
+    ) -> None:
+        """`synchronous=False`: commits are not fsync'd; `auto_checkpoint=False`: they never
+        checkpoint the WAL (see `open_database`)."""
         self._lock = threading.Lock()
-        self._db = open_database(path, synchronous=synchronous)
+        self._db = open_database(path, synchronous=synchronous, auto_checkpoint=auto_checkpoint)
         self._closed = False
         self._rows = Tables(self._db)
         # What each entry of the last batch changed, in order (for the change feed).

@@ -74,6 +74,26 @@ def test_batches_left_open_are_committed_once_due(
     assert committed_index(machine.path) == 2
 
 
+def test_applying_never_checkpoints_the_wal(
+    machine: MetaMachine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite checkpoints inside the COMMIT that fills the WAL past 1000 pages, on the thread
+    that commits, which for a replica is its event loop: the replica leaves that to
+    `checkpoint`, which `ReplicatedMeta` runs in a worker thread."""
+    monkeypatch.setattr(replica, "COMMIT_INTERVAL", 0.0)  # every batch commits
+    size = machine.path.stat().st_size
+    for index in range(2, 1500):
+        machine.apply([mkdir(index, b"d%d" % index)])
+    wal = Path(f"{machine.path}-wal")
+    assert wal.stat().st_size > 1000 * 4096  # past SQLite's own checkpoint threshold
+    assert machine.path.stat().st_size == size  # no page copied into meta.db
+    assert committed_index(machine.path) == 1499  # other connections read through the WAL
+    machine.checkpoint()
+    assert machine.path.stat().st_size > size
+    assert committed_index(machine.path) == 1499
+    machine.state.close()
+
+
 class FailingCommits:
     """A connection whose COMMIT fails as a failing disk's does."""
 
