@@ -149,10 +149,15 @@ def open_database(
     (`MetaMachine.checkpoint`, in a worker thread). SQLite would otherwise do it inside the
     COMMIT that fills the WAL past 1000 pages: megabytes written and two fsyncs, 10 to 20 ms
     on the thread that commits, which for a replica is its event loop.
+
+    Temporary storage is kept in memory: every log entry and every command in it runs in a
+    SAVEPOINT, whose statement journal SQLite would otherwise write to a temporary file
+    (about 28 `pwrite`s per small file's batch, an eighth of the CPU time of applying it).
     """
     db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute(f"PRAGMA synchronous = {'FULL' if synchronous else 'NORMAL'}")
+    db.execute("PRAGMA temp_store = MEMORY")
     if not auto_checkpoint:
         db.execute("PRAGMA wal_autocheckpoint = 0")
     version = db.execute("PRAGMA user_version").fetchone()[0]
