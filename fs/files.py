@@ -392,7 +392,8 @@ class FileState:
         return idx in self._uploads
 
     def start_upload(self, idx: int) -> None:
-        """Move chunk `idx` from dirty to uploading and upload it in the background."""
+        """Move chunk `idx` from dirty to uploading and upload it in the background; bytes
+        that travel in the commit (`_kept_in_commit`) are done at once, without a task."""
         buffer = self._dirty.pop(idx)
         self.ctx.budget.upload_started(self, idx)
         self._upload_seq += 1
@@ -400,35 +401,51 @@ class FileState:
         self._uploads[idx] = upload
         self._newest[idx] = upload.seq
         self._sealed[idx] = upload.upto
-        self.ctx.nursery.start_soon(self._upload, upload, name=f"upload {self.ino}")
+        view = memoryview(buffer.data)[: buffer.end]
+        extends = self._extended(idx, upload.upto)
+        chunk = self._kept_in_commit(idx, view, extends)
+        if chunk is None:
+            name = f"upload {self.ino}"
+            self.ctx.nursery.start_soon(self._upload, upload, view, extends, name=name)
+        else:
+            self._uploaded(upload, chunk)
+            self._upload_ended(upload, kept=False)
 
-    async def _upload(self, upload: _Upload) -> None:
-        idx, buffer = upload.idx, upload.buffer
+    async def _upload(self, upload: _Upload, view: memoryview, extends: Chunk | None) -> None:
+        idx = upload.idx
         kept = False
         try:
-            view = memoryview(buffer.data)[: buffer.end]
-            chunk = await self._store(idx, view, self._extended(idx, upload.upto))
-            if self._newest[idx] == upload.seq:
-                self.chunks[idx] = chunk
-                self._to_commit[idx] = upload.upto
-                self.failed.pop(idx, None)
-                self._plan_commit()
+            self._uploaded(upload, await self._store(idx, view, extends))
         except (Unavailable, NodeError) as exc:
             log.error("inode %d chunk %d: upload failed: %s", self.ino, idx, exc)
             newest = self._newest[idx] == upload.seq and idx not in self._dirty
             if newest and not self._discarded:
                 # Keep the bytes: the next flush tries again, and reports this if it persists.
-                self._dirty[idx] = buffer
+                self._dirty[idx] = upload.buffer
                 self.failed[idx] = exc
                 kept = True
         finally:
-            if self._uploads.get(idx) is upload:
-                del self._uploads[idx]
-            if kept:
-                self.ctx.budget.upload_failed(self, idx)
-            else:
-                self.ctx.budget.upload_finished()
-            upload.done.set()
+            self._upload_ended(upload, kept)
+
+    def _uploaded(self, upload: _Upload, chunk: Chunk) -> None:
+        """The upload's bytes are stored: the next commit takes them, unless a newer upload
+        of the chunk started meanwhile."""
+        if self._newest[upload.idx] == upload.seq:
+            self.chunks[upload.idx] = chunk
+            self._to_commit[upload.idx] = upload.upto
+            self.failed.pop(upload.idx, None)
+            self._plan_commit()
+
+    def _upload_ended(self, upload: _Upload, kept: bool) -> None:
+        """Stored, or failed with the bytes `kept` dirty: the buffer's slot and its waiters
+        learn it."""
+        if self._uploads.get(upload.idx) is upload:
+            del self._uploads[upload.idx]
+        if kept:
+            self.ctx.budget.upload_failed(self, upload.idx)
+        else:
+            self.ctx.budget.upload_finished()
+        upload.done.set()
 
     def _extended(self, idx: int, through: int) -> Chunk | None:
         """The chunk the writes to chunk `idx` (up to write `through`) were built on, if they
@@ -445,17 +462,26 @@ class FileState:
         `TAIL_MAX` bytes follow them and the chunk is not full, those alone travel in the
         commit, as its tail (an append and fsync does not write the chunk again).
         """
-        if extends is not None and _tail_fits(extends, len(view), self.ctx.chunk_size):
-            return replace(extends, length=len(view), tail=bytes(view[extends.stored_length :]))
+        kept = self._kept_in_commit(idx, view, extends)
+        if kept is not None:
+            return kept
         block_id = os.urandom(BLOCK_ID_SIZE)
         digest = block_checksum(view)
-        if idx == 0 and 0 < len(view) <= self.ctx.inline_max:
-            return Chunk(idx, block_id, len(view), digest, bytes(view))
         await self.ctx.cluster.put_block(block_id, view, digest)
         if len(view) < self.ctx.chunk_size:
             # A partial chunk is likely written again: spare that write a read-back.
             self.ctx.cache.insert(block_id, bytes(view))
         return Chunk(idx, block_id, len(view), digest)
+
+    def _kept_in_commit(self, idx: int, view: memoryview, extends: Chunk | None) -> Chunk | None:
+        """The chunk, if its bytes need no block write: a tail of `extends`, or a small
+        first chunk (see `_store`)."""
+        if extends is not None and _tail_fits(extends, len(view), self.ctx.chunk_size):
+            return replace(extends, length=len(view), tail=bytes(view[extends.stored_length :]))
+        if idx == 0 and 0 < len(view) <= self.ctx.inline_max:
+            block_id = os.urandom(BLOCK_ID_SIZE)
+            return Chunk(idx, block_id, len(view), block_checksum(view), bytes(view))
+        return None
 
     def _plan_commit(self) -> None:
         """See that what was just uploaded is committed within `commit_within` seconds."""

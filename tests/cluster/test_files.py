@@ -114,6 +114,43 @@ async def test_uploaded_chunks_are_committed_soon_without_a_flush(
     await writer.release(fh)
 
 
+class SpawnedTasks(trio.abc.Instrument):
+    """Notes the name of every task spawned while it is added."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.names.append(task.name)
+
+
+async def test_bytes_that_travel_in_the_commit_need_no_upload_task(
+    small_chunks: LocalNodes, nursery: trio.Nursery
+) -> None:
+    """A small file's close takes its bytes into the commit at once: a task would cost the
+    close two passes of the scheduler. A chunk written as a block still uploads in one."""
+    writer = await mount_ops(small_chunks, nursery)
+    reader = await mount_ops(small_chunks, nursery)
+    small, big = os.urandom(3000), os.urandom(2 * CHUNK + 10)
+    spawned = SpawnedTasks()
+    trio.lowlevel.add_instrument(spawned)
+    try:
+        small_fh, small_ino = await flushed(writer, b"small", small)
+        big_fh, big_ino = await flushed(writer, b"big", big)
+    finally:
+        trio.lowlevel.remove_instrument(spawned)
+    assert f"upload {small_ino}" not in spawned.names
+    # Its first chunk travels in the commit too (`inline_max` is a chunk here); the second,
+    # full, is uploaded as it fills, and the last at the flush.
+    assert spawned.names.count(f"upload {big_ino}") == 2
+    for fh in (small_fh, big_fh):
+        await writer.release(fh)
+    for ino, data in ((small_ino, small), (big_ino, big)):
+        info = await reader.open(ino, os.O_RDONLY, CTX)
+        assert await reader.read(info.fh, 0, len(data) + 1) == data
+        await reader.release(info.fh)
+
+
 async def test_reads_see_own_writes_before_close_and_others_after(
     small_chunks: LocalNodes, nursery: trio.Nursery
 ) -> None:
