@@ -389,14 +389,15 @@ class ReplicatedMeta:
                 log.error("%s", exc)
 
     async def _checkpoint_applied(self) -> None:
-        """Checkpoint meta.db's WAL every `CHECKPOINT_INTERVAL` while batches are applied, in a
-        worker thread: the event loop goes on applying and answering meanwhile."""
-        checkpointed = self.machine.batches
+        """Checkpoint meta.db's WAL every `CHECKPOINT_INTERVAL` in which batches were committed,
+        in a worker thread: the event loop goes on applying and answering meanwhile."""
+        checkpointed: tuple[int, int] | None = None
         while True:
             await trio.sleep(CHECKPOINT_INTERVAL)
-            if self.machine.batches == checkpointed:
+            state = self.machine.state  # a new one after a restore or a reopen
+            if checkpointed == (id(state), state.commits):
                 continue
-            checkpointed = self.machine.batches
+            checkpointed = (id(state), state.commits)
             try:
                 await trio.to_thread.run_sync(self.machine.checkpoint)
             except StorageFailure as exc:  # the WAL keeps the pages until one succeeds
