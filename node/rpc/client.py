@@ -333,8 +333,17 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+#: Calls that move blocks (a 4 MiB `block.put` or answer to `block.get`, a 1 MiB part of a
+#: snapshot image): they go to each node on a connection of their own, its *bulk* lane. On
+#: one shared connection, a transfer holds the send lock while the kernel takes its megabytes
+#: and fills the socket ahead of everything after it, on both sides: a lookup, a commit or a
+#: Raft message would wait behind it.
+BULK_METHODS = frozenset({"block.put", "block.get", "raft.snapshot_part"})
+
+
 class NodePool:
-    """One connection per node address, opened on first use and re-opened after failure.
+    """Up to two connections per node address, opened on first use and re-opened after
+    failure: one for `BULK_METHODS`, one for every other call and the notifications.
 
     Tracks recent failures per node so callers can order replicas healthy-first; a failed node
     is retried after a back-off that doubles up to `MAX_BACKOFF`.
@@ -346,8 +355,9 @@ class NodePool:
     def __init__(self, config: ClientConfig, nursery: trio.Nursery) -> None:
         self.config = config
         self._nursery = nursery
-        self._connections: dict[str, RpcConnection] = {}
-        self._connecting: dict[str, trio.Event] = {}
+        # By (address, bulk lane or not).
+        self._connections: dict[tuple[str, bool], RpcConnection] = {}
+        self._connecting: dict[tuple[str, bool], trio.Event] = {}
         self._down_until: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
 
@@ -369,23 +379,25 @@ class NodePool:
         self._backoff.pop(address, None)
         self._down_until.pop(address, None)
 
-    async def connection(self, address: str) -> RpcConnection:
-        """The open connection to `address`, connecting (once, shared) if needed."""
+    async def connection(self, address: str, bulk: bool = False) -> RpcConnection:
+        """The open connection to `address` (its bulk lane's if `bulk`), connecting (once,
+        shared) if needed."""
+        lane = (address, bulk)
         while True:
-            rpc = self._connections.get(address)
+            rpc = self._connections.get(lane)
             if rpc is not None and not rpc.closed:
                 return rpc
-            pending = self._connecting.get(address)
+            pending = self._connecting.get(lane)
             if pending is None:
                 break
             await pending.wait()
-        done = self._connecting[address] = trio.Event()
+        done = self._connecting[lane] = trio.Event()
         try:
             rpc = await RpcConnection.connect(address, self.config, nursery=self._nursery)
-            self._connections[address] = rpc
+            self._connections[lane] = rpc
             return rpc
         finally:
-            del self._connecting[address]
+            del self._connecting[lane]
             done.set()
 
     async def call(
@@ -393,13 +405,14 @@ class NodePool:
     ) -> Any:
         """Call `method` on the node at `address`; failures mark the node suspect."""
         limit = time_limit or self.config.request_timeout
+        bulk = method in BULK_METHODS
         observe = self.config.observe
         if observe is None:
-            return await self._through(address, lambda rpc: rpc.call(method, params, limit))
+            return await self._through(address, lambda rpc: rpc.call(method, params, limit), bulk)
         started = trio.current_time()
         error: str | None = None
         try:
-            return await self._through(address, lambda rpc: rpc.call(method, params, limit))
+            return await self._through(address, lambda rpc: rpc.call(method, params, limit), bulk)
         except NodeError as exc:
             error = exc.name
             raise
@@ -419,13 +432,16 @@ class NodePool:
     def notify_now(self, address: str, method: str, batch: Sequence[Sequence[Any]]) -> bool:
         """`RpcConnection.notify_now` on the open connection to `address`; False, sending
         nothing, when there is none."""
-        rpc = self._connections.get(address)
+        rpc = self._connections.get((address, False))
         return rpc is not None and rpc.notify_now(method, batch)
 
-    async def _through(self, address: str, action: Callable[[RpcConnection], Awaitable[T]]) -> T:
-        """Run `action` on the connection to `address`, keeping the node's health record."""
+    async def _through(
+        self, address: str, action: Callable[[RpcConnection], Awaitable[T]], bulk: bool = False
+    ) -> T:
+        """Run `action` on a connection to `address` (its bulk lane's if `bulk`), keeping the
+        node's health record."""
         try:
-            result = await action(await self.connection(address))
+            result = await action(await self.connection(address, bulk))
         except Unavailable:
             self.mark_down(address)
             raise

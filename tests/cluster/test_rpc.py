@@ -32,7 +32,8 @@ DEADLINE = 10.0
 
 
 class Handler:
-    """echo, sleep, wait (until released), fail (NodeError), crash (a bug)."""
+    """echo, sleep, wait (until released), fail (NodeError), crash (a bug); block.put waits
+    until released too, as a transfer the node is slow to take."""
 
     def __init__(self) -> None:
         self.running = 0
@@ -68,7 +69,7 @@ class Handler:
             if method == "sleep":
                 await trio.sleep(params[0])
                 return params[1]
-            if method == "wait":
+            if method in ("wait", "block.put"):
                 await self.release.wait()
                 return params[0]
             if method == "fail":
@@ -187,6 +188,40 @@ async def test_answers_written_at_once_arrive_whole_when_the_kernel_takes_them_i
                 calls.start_soon(one, n)
     assert [results[n] for n in range(40)] == values
     assert not (await pool.connection(address)).closed
+
+
+async def test_a_block_transfer_holds_up_no_other_call_to_its_node(
+    nursery: trio.Nursery, handler: Handler, clients: Clients
+) -> None:
+    """Blocks travel on a connection of their own: here a transfer takes the only request slot
+    of its connection and the node reads nothing more from it, yet a call and a notification
+    to the same node go through at once."""
+    notes: list[Any] = []
+    noted = trio.Event()
+
+    def note(method: str, params: list[Any]) -> None:
+        notes.append(params)
+        noted.set()
+
+    address = await start_server(nursery, handler, note, limits=Limits(max_in_flight=1))
+    pool = clients.pool()
+    put_answer: list[Any] = []
+
+    async def put() -> None:
+        put_answer.append(await pool.call(address, "block.put", [b"x" * 4 * 1024 * 1024]))
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as calls:
+            calls.start_soon(put)
+            await handler.wait_running(1)
+            assert await pool.call(address, "echo", ["meta"], time_limit=2.0) == "meta"
+            await pool.notify(address, "raft.message", [["heartbeat"]], time_limit=2.0)
+            await noted.wait()
+            assert not put_answer  # still held
+            handler.release.set()
+    assert notes == [["heartbeat"]]
+    assert put_answer == [b"x" * 4 * 1024 * 1024]
+    assert await pool.connection(address, bulk=True) is not await pool.connection(address)
 
 
 async def test_slow_call_does_not_block_fast_calls(
