@@ -464,6 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="time cold reads of 4 KiB at random places in a 256 MiB file instead",
     )
     bench.add_argument(
+        "--beside-copies",
+        action="store_true",
+        help="time creating empty files idle and while two 256 MiB files are copied into the "
+        "same directory instead",
+    )
+    bench.add_argument(
         "--refill",
         action="store_true",
         help="instead: start a cluster of its own mounted on MOUNTPOINT (an empty directory), "
@@ -498,8 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="DIR",
-        help="with --tree, --appends or --random: another directory to run them in, e.g. a "
-        "GlusterFS mount (repeatable)",
+        help="with --tree, --appends, --random or --beside-copies: another directory to run "
+        "them in, e.g. a GlusterFS mount (repeatable)",
     )
 
     latency = sub.add_parser(

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ringfs.tools import (
     appendbench,
+    besidebench,
     movebench,
     randombench,
     readspreadbench,
@@ -168,15 +169,24 @@ def main(args: argparse.Namespace) -> int:
     if args.moves:
         movebench.run(args.mountpoint, args.size, args.repair_rate)
         return 0
-    if args.tree or args.appends or args.random:
+    side_by_side = [
+        bench
+        for wanted, bench in (
+            (args.tree, treebench),
+            (args.appends, appendbench),
+            (args.random, randombench),
+            (args.beside_copies, besidebench),
+        )
+        if wanted
+    ]
+    if side_by_side:
         targets = [("ringfs", args.mountpoint)]
         targets += [] if args.local is None else [("local", args.local)]
         targets += [(directory.name, directory) for directory in args.compare]
         for _, directory in targets:
             if not directory.is_dir():
                 raise UserError(f"{directory} is not a directory")
-        bench = treebench if args.tree else appendbench if args.appends else randombench
-        bench.run(targets)
+        side_by_side[0].run(targets)
         return 0
     run(BenchConfig(args.mountpoint, args.local, args.size, args.files))
     return 0
