@@ -73,7 +73,7 @@ INIT_POLL = 0.2
 # commit then covers many (a commit of one small file's batch was half the cost of applying it).
 COMMIT_INTERVAL = 0.1
 COMMIT_BATCHES = 256
-# Seconds between checkpoints of meta.db's WAL, in a worker thread, while batches are applied.
+# Seconds between checkpoints of meta.db's WAL, in a worker thread.
 CHECKPOINT_INTERVAL = 1.0
 # The applied index a database (or an image of one) holds.
 _APPLIED = "SELECT value FROM counters WHERE name = 'applied_index'"
@@ -389,15 +389,11 @@ class ReplicatedMeta:
                 log.error("%s", exc)
 
     async def _checkpoint_applied(self) -> None:
-        """Checkpoint meta.db's WAL every `CHECKPOINT_INTERVAL` in which batches were committed,
-        in a worker thread: the event loop goes on applying and answering meanwhile."""
-        checkpointed: tuple[int, int] | None = None
+        """Checkpoint meta.db's WAL every `CHECKPOINT_INTERVAL`, in a worker thread: the event
+        loop goes on applying and answering meanwhile. With nothing new in the WAL, SQLite
+        neither copies nor syncs anything."""
         while True:
             await trio.sleep(CHECKPOINT_INTERVAL)
-            state = self.machine.state  # a new one after a restore or a reopen
-            if checkpointed == (id(state), state.commits):
-                continue
-            checkpointed = (id(state), state.commits)
             try:
                 await trio.to_thread.run_sync(self.machine.checkpoint)
             except StorageFailure as exc:  # the WAL keeps the pages until one succeeds

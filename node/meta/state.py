@@ -117,9 +117,6 @@ class MetaState:
         self._lock = threading.Lock()
         self._db = open_database(path, synchronous=synchronous, auto_checkpoint=auto_checkpoint)
         self._closed = False
-        #: Transactions committed on this connection: `ReplicatedMeta` checkpoints the WAL
-        #: after new ones.
-        self.commits = 0
         self._rows = Tables(self._db)
         # What each entry of the last batch changed, in order (for the change feed).
         self._changes: list[tuple[bytes | None, list[int], list[tuple[int, bytes]]]] = []
@@ -169,7 +166,6 @@ class MetaState:
             self._closed = True
             self._db.close()
             raise
-        self.commits += 1
 
     @property
     def applied_index(self) -> int:
@@ -211,7 +207,6 @@ class MetaState:
                     self._rows.set_counter("applied_index", last_index)
                 if commit:
                     self._db.execute("COMMIT")
-                    self.commits += 1
             except BaseException:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")

@@ -406,13 +406,17 @@ class NodePool:
         """Call `method` on the node at `address`; failures mark the node suspect."""
         limit = time_limit or self.config.request_timeout
         bulk = method in BULK_METHODS
+
+        def attempt(rpc: RpcConnection) -> Awaitable[Any]:
+            return rpc.call(method, params, limit)
+
         observe = self.config.observe
         if observe is None:
-            return await self._through(address, lambda rpc: rpc.call(method, params, limit), bulk)
+            return await self._through(address, attempt, bulk)
         started = trio.current_time()
         error: str | None = None
         try:
-            return await self._through(address, lambda rpc: rpc.call(method, params, limit), bulk)
+            return await self._through(address, attempt, bulk)
         except NodeError as exc:
             error = exc.name
             raise

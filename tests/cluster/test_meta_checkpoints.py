@@ -51,4 +51,4 @@ async def test_members_checkpoint_the_wal_while_commands_apply(
             for name in nodes.configs
         )
 
-    await wait_until(all_checkpointed, seconds=10)
+    await wait_until(all_checkpointed)
