@@ -59,12 +59,14 @@ class BlockCache:
         assert fetch.data is not None
         return fetch.data
 
-    async def read(self, block_id: bytes, checksum: bytes, offset: int, length: int) -> bytes:
-        """`length` bytes of the block at `offset` (within it): from the cache or a
-        fetch of the whole block under way, else only those bytes from a node, not kept (a
-        random read; the kernel keeps the pages it asked for)."""
+    async def read(
+        self, block_id: bytes, checksum: bytes, offset: int, length: int
+    ) -> bytes | memoryview:
+        """`length` bytes of the block at `offset` (within it): a view of the block, from the
+        cache or a fetch of the whole block under way, else only those bytes from a node, not
+        kept (a random read; the kernel keeps the pages it asked for)."""
         if block_id in self._blocks or block_id in self._fetches:
-            return (await self.get(block_id, checksum))[offset : offset + length]
+            return memoryview(await self.get(block_id, checksum))[offset : offset + length]
         return await self.cluster.get_block(block_id, checksum, (offset, length))
 
     def prefetch(self, block_id: bytes, checksum: bytes) -> None:

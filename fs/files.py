@@ -664,7 +664,7 @@ class FileState:
 
     # -- reading -----------------------------------------------------------------------------
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
         """Bytes at `offset`, seeing this client's own unflushed writes; holes read as zeros.
 
         A read that starts within a chunk of where the last one ended (or at the start of the
@@ -678,7 +678,8 @@ class FileState:
             await self._read_chunk(idx, within, count, ahead)
             for idx, within, count in self._spans(offset, end)
         ]
-        return b"".join(parts)
+        # One part (a read within a chunk) goes to the kernel as it is, a view of a cached block.
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _spans(self, start: int, end: int) -> Iterator[tuple[int, int, int]]:
         """(chunk index, offset within it, byte count) for each chunk [start, end) touches."""
@@ -690,7 +691,9 @@ class FileState:
             yield idx, within, count
             position += count
 
-    async def _read_chunk(self, idx: int, within: int, count: int, ahead: bool) -> bytes:
+    async def _read_chunk(
+        self, idx: int, within: int, count: int, ahead: bool
+    ) -> bytes | memoryview:
         buffer = self._dirty.get(idx)
         if buffer is None and idx in self._uploads:
             buffer = self._uploads[idx].buffer
@@ -720,25 +723,28 @@ class FileState:
 
     async def _stored_bytes(
         self, chunk: Chunk | None, within: int, count: int, whole: bool = True
-    ) -> bytes:
+    ) -> bytes | memoryview:
         """`count` bytes at `within` of a stored chunk; past its length (or with no chunk: a
         hole) they read as zeros. Not `whole`: a block not cached is not fetched whole, only
         the bytes read (a random read)."""
         if chunk is None:
             return bytes(count)
         end, stored = min(within + count, chunk.length), chunk.stored_length
-        piece = b""
+        pieces: list[bytes | memoryview] = []
         if within < stored and not (whole or chunk.inline):
-            piece = await self.ctx.cache.read(
-                chunk.block_id, chunk.checksum, within, min(end, stored) - within
+            pieces.append(
+                await self.ctx.cache.read(
+                    chunk.block_id, chunk.checksum, within, min(end, stored) - within
+                )
             )
         elif within < stored:
-            piece = (await self._block(chunk))[within : min(end, stored)]
+            pieces.append(memoryview(await self._block(chunk))[within : min(end, stored)])
         if end > max(within, stored):
-            piece += chunk.tail[max(within - stored, 0) : end - stored]
-        if len(piece) < count:
-            return piece + bytes(count - len(piece))
-        return piece
+            pieces.append(chunk.tail[max(within - stored, 0) : end - stored])
+        missing = count - sum(map(len, pieces))
+        if missing:
+            pieces.append(bytes(missing))
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     async def _contents(self, chunk: Chunk, room: int = 0) -> bytearray:
         """A stored chunk's bytes: its block's, up to its stored length, then its tail, and

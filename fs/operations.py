@@ -490,7 +490,11 @@ class Operations(pyfuse3.Operations):
             info = pyfuse3.FileInfo(fh=self._new_handle(state, flags), keep_cache=True)
             return info, self._remember(attr)
 
-    async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
+    # pyfuse3 replies with any buffer it is given (`PyObject_GetBuffer`): a view of a cached
+    # block reaches the kernel without a copy.
+    async def read(  # type: ignore[override]
+        self, fh: FileHandleT, off: int, size: int
+    ) -> bytes | memoryview:
         with fuse_errors("read"):
             return await self._handles[fh].read(off, size)
 

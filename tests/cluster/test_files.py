@@ -151,6 +151,29 @@ async def test_bytes_that_travel_in_the_commit_need_no_upload_task(
         await reader.release(info.fh)
 
 
+async def test_a_read_within_a_cached_block_reaches_the_kernel_as_a_view_of_it(
+    small_chunks: LocalNodes, nursery: trio.Nursery
+) -> None:
+    """pyfuse3 replies with any buffer: a sequential read hands it the cached block's bytes
+    without copying them for each `READ`."""
+    writer = await mount_ops(small_chunks, nursery)
+    reader = await mount_ops(small_chunks, nursery)
+    data = os.urandom(3 * CHUNK)
+    fh, ino = await flushed(writer, b"f", data)
+    await writer.release(fh)
+    info = await reader.open(ino, os.O_RDONLY, CTX)
+    # The first chunk travels in the metadata here; the second is a block.
+    half = CHUNK // 2
+    first, second = [await reader.read(info.fh, CHUNK + n * half, half) for n in range(2)]
+    assert isinstance(first, memoryview)
+    assert isinstance(second, memoryview)
+    assert first.obj is second.obj
+    assert bytes(first) + bytes(second) == data[CHUNK : 2 * CHUNK]
+    # A read across chunks is joined into bytes of its own.
+    assert await reader.read(info.fh, 2 * CHUNK - 10, 20) == data[2 * CHUNK - 10 : 2 * CHUNK + 10]
+    await reader.release(info.fh)
+
+
 async def test_reads_see_own_writes_before_close_and_others_after(
     small_chunks: LocalNodes, nursery: trio.Nursery
 ) -> None:
