@@ -8,6 +8,11 @@ client names (`ringfs.node.cluster.keys`), and then carries msgpack-RPC messages
     response      [1, msgid, error, result]     error is None or [name, detail]
     notification  [2, method, params]
 
+A buffer of `ZERO_COPY_MIN` bytes or more in a message travels as an *attachment*: the envelope
+holds a placeholder (ext type `ATTACHMENT`, its length) and the raw bytes follow the envelope.
+Neither end copies it through msgpack: the sender writes the caller's buffer, the receiver joins
+the pieces it received.
+
 Many requests are in flight at once, matched by msgid. This module owns every protocol rule:
 framing limits, message shapes, handshake order and proofs, msgid bookkeeping. The trio shells in
 `client.py` and `server.py` only move bytes. Nothing here imports trio.
@@ -20,7 +25,7 @@ import hashlib
 import hmac
 import os
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeGuard
 
@@ -28,12 +33,14 @@ import msgpack
 
 from ringfs.node.errors import AuthenticationError, ForeignCluster, ProtocolError
 
-PROTOCOL_VERSION = 17
+PROTOCOL_VERSION = 18
 MAGIC = "ringfs"
 REQUEST, RESPONSE, NOTIFICATION = 0, 1, 2
 NONCE_SIZE = 32
-# A buffer at least this long is sent as its own write instead of being copied into the packer.
+# A buffer at least this long travels as an attachment, after its message's envelope.
 ZERO_COPY_MIN = 64 * 1024
+# The msgpack ext type of an attachment's placeholder; its data is the length (uint32).
+ATTACHMENT = 1
 # msgids wrap at 2**32 so they always pack as a uint32.
 MSGID_MODULUS = 2**32
 # Received bytes are fed to the unpacker in slices of this size, draining complete messages in
@@ -121,12 +128,9 @@ def proof(secret: bytes, label: bytes, first: bytes, second: bytes) -> bytes:
     return hmac.new(secret, label + first + second, hashlib.sha256).digest()
 
 
-def _bin_header(length: int) -> bytes:
-    if length < 2**8:
-        return struct.pack(">BB", 0xC4, length)
-    if length < 2**16:
-        return struct.pack(">BH", 0xC5, length)
-    return struct.pack(">BI", 0xC6, length)
+def _placeholder(length: int) -> bytes:
+    """A fixext 4 of type `ATTACHMENT` holding the attachment's length."""
+    return struct.pack(">BbI", 0xD6, ATTACHMENT, length)
 
 
 def _array_header(length: int) -> bytes:
@@ -137,47 +141,92 @@ def _array_header(length: int) -> bytes:
     return struct.pack(">BI", 0xDD, length)
 
 
-class _Encoder:
-    """Packs a message into a list of buffers, passing large binary payloads by reference.
+#: How deep in a message's arrays an attachment may sit: the envelope, its params or result,
+#: and one more array.
+ATTACHMENT_DEPTH = 3
 
-    Arrays are walked two levels deep (the envelope and the params or result); any large
-    `bytes`/`memoryview` found there becomes a bin header followed by the payload itself, so a
-    4 MiB block is never copied into the packer.
+
+class _Encoder:
+    """Packs a message into its envelope and its attachments, passing those by reference.
+
+    Arrays are walked `ATTACHMENT_DEPTH` levels deep; any large `bytes`/`memoryview` found there
+    becomes a placeholder in the envelope, and the payload itself follows it, so a 4 MiB block
+    is never copied into the packer.
     """
 
     def __init__(self) -> None:
         self._packer = msgpack.Packer(use_bin_type=True, autoreset=True)
-        self.out: list[Buffer] = []
-        self._small = bytearray()
+        self._envelope = bytearray()
+        self._attachments: list[Buffer] = []
 
     def add(self, obj: Any, depth: int) -> None:
         if isinstance(obj, list | tuple) and depth > 0:
-            self._small += _array_header(len(obj))
+            self._envelope += _array_header(len(obj))
             for item in obj:
                 self.add(item, depth - 1)
         elif isinstance(obj, bytes | bytearray | memoryview) and len(obj) >= ZERO_COPY_MIN:
             view = memoryview(obj).cast("B")
-            self._small += _bin_header(len(view))
-            self._flush_small()
-            self.out.append(view)
+            self._envelope += _placeholder(len(view))
+            self._attachments.append(view)
         else:
-            self._small += self._packer.pack(obj)
-
-    def _flush_small(self) -> None:
-        if self._small:
-            self.out.append(bytes(self._small))
-            self._small = bytearray()
+            self._envelope += self._packer.pack(obj)
 
     def finish(self) -> list[Buffer]:
-        self._flush_small()
-        return self.out
+        return [bytes(self._envelope), *self._attachments]
 
 
 def encode(message: list[Any]) -> list[Buffer]:
     """Encode one message to buffers to be written in order (large payloads not copied)."""
     encoder = _Encoder()
-    encoder.add(message, depth=3)
+    encoder.add(message, depth=ATTACHMENT_DEPTH)
     return encoder.finish()
+
+
+#: What an attachment's placeholder decodes to, until its bytes take its place.
+_ATTACHED = object()
+
+
+class _Attachments:
+    """The attachments of one received envelope: their bytes gathered by reference as they
+    arrive, and joined once each."""
+
+    def __init__(self, envelope: Any, lengths: list[int]) -> None:
+        self.envelope = envelope
+        self.missing = sum(lengths)
+        self._lengths = lengths
+        self._joined: list[bytes] = []
+        self._pieces: list[Buffer] = []
+        self._have = 0
+
+    def add(self, data: Buffer) -> None:
+        """Take bytes that follow the envelope (at most `missing`)."""
+        view = memoryview(data)
+        self.missing -= len(view)
+        while view:
+            piece = view[: self._lengths[len(self._joined)] - self._have]
+            self._pieces.append(piece)
+            self._have += len(piece)
+            view = view[len(piece) :]
+            if self._have == self._lengths[len(self._joined)]:
+                self._joined.append(b"".join(self._pieces))
+                self._pieces, self._have = [], 0
+
+    def message(self) -> Any:
+        """The envelope with each placeholder replaced by its bytes, once all have arrived."""
+        joined = iter(self._joined)
+        message = _put_back(self.envelope, joined, ATTACHMENT_DEPTH)
+        if next(joined, None) is not None:
+            raise ProtocolError("an attachment's placeholder where none may be")
+        return message
+
+
+def _put_back(obj: Any, joined: Iterator[bytes], depth: int) -> Any:
+    """`obj` with the placeholders where `encode` puts them replaced, in order, by `joined`."""
+    if obj is _ATTACHED:
+        return next(joined)
+    if isinstance(obj, list) and depth > 0:
+        return [_put_back(item, joined, depth - 1) for item in obj]
+    return obj
 
 
 def _describe(value: Any) -> str:
@@ -292,10 +341,16 @@ class Connection:
         self._pending: set[int] = set()
         self._abandoned: set[int] = set()
         self._unanswered = 0
-        # Stream offsets: bytes fed to the unpacker, and the end of the last complete message
-        # (the unpacker's own tell() moves inside a message it has started).
+        # Stream offsets: bytes received, and the end of the last complete message (the
+        # unpacker's own tell() moves inside a message it has started, and it never sees the
+        # `_skipped` bytes of attachments taken straight from what was received).
         self._fed = 0
         self._boundary = 0
+        self._skipped = 0
+        # Lengths of the attachments the envelope being decoded names, and the attachments
+        # of a decoded envelope while they arrive.
+        self._lengths: list[int] = []
+        self._attaching: _Attachments | None = None
         self._unpacker = msgpack.Unpacker(
             raw=False,
             use_list=True,
@@ -305,7 +360,8 @@ class Connection:
             max_str_len=limits.max_str_len,
             max_array_len=limits.max_array_len,
             max_map_len=limits.max_map_len,
-            max_ext_len=0,
+            max_ext_len=4,
+            ext_hook=self._placeholder,
         )
         if role is Role.CLIENT:
             self._state = _State.AWAIT_CHALLENGE
@@ -359,15 +415,20 @@ class Connection:
             raise ProtocolError("connection is closed")
         objects: list[tuple[Any, int]] = []  # each with its size on the wire
         view = memoryview(data)
+        position = 0
         try:
-            for start in range(0, len(view), FEED_SLICE):
-                piece = view[start : start + FEED_SLICE]
+            while position < len(view):
                 base = self._fed
-                self._unpacker.feed(piece)
+                if self._attaching is not None:
+                    piece = view[position : position + self._attaching.missing]
+                    self._attaching.add(piece)
+                    self._skipped += len(piece)
+                else:
+                    piece = view[position : position + FEED_SLICE]
+                    self._unpacker.feed(piece)
                 self._fed += len(piece)
-                for obj in self._unpacker:
-                    objects.append((obj, self._unpacker.tell() - self._boundary))
-                    self._boundary = self._unpacker.tell()
+                position += len(piece)
+                self._drain(objects)
                 self._check_frame_start(piece, base)
                 if self._state is not _State.OPEN and self._fed - self._boundary > HANDSHAKE_MAX:
                     raise ProtocolError("handshake message too large")
@@ -387,6 +448,49 @@ class Connection:
             self._state = _State.CLOSED
             raise
         return events
+
+    def _drain(self, objects: list[tuple[Any, int]]) -> None:
+        """Take every message the bytes received so far complete, with its attachments."""
+        unpacker = self._unpacker
+        while True:
+            if self._attaching is not None:
+                # Bytes fed to the unpacker past the envelope: its attachments' first ones.
+                unread = self._fed - self._skipped - unpacker.tell()
+                if unread:
+                    self._attaching.add(unpacker.read_bytes(min(unread, self._attaching.missing)))
+                if self._attaching.missing:
+                    return
+                message, self._attaching = self._attaching.message(), None
+                self._complete(message, objects)
+                continue
+            try:
+                obj = unpacker.unpack()
+            except msgpack.OutOfData:
+                return
+            if self._lengths:
+                size = unpacker.tell() + self._skipped - self._boundary + sum(self._lengths)
+                if size > self.limits.max_frame:
+                    raise ProtocolError(f"message of {size} bytes, over {self.limits.max_frame}")
+                self._attaching = _Attachments(obj, self._lengths)
+                self._lengths = []
+            else:
+                self._complete(obj, objects)
+
+    def _complete(self, message: Any, objects: list[tuple[Any, int]]) -> None:
+        end = self._unpacker.tell() + self._skipped
+        objects.append((message, end - self._boundary))
+        self._boundary = end
+
+    def _placeholder(self, code: int, data: bytes) -> object:
+        """The unpacker's hook for ext types: only an attachment's placeholder is one, once
+        the connection is open, for an attachment the limits allow."""
+        if code != ATTACHMENT or len(data) != 4 or self._state is not _State.OPEN:
+            raise ProtocolError(f"ext type {code} of {len(data)} bytes")
+        (length,) = struct.unpack(">I", data)
+        if not 0 < length <= self.limits.max_bin_len:
+            raise ProtocolError(f"attachment of {length} bytes, limit {self.limits.max_bin_len}")
+        self._lengths.append(length)
+        return _ATTACHED
 
     def _check_frame_start(self, piece: memoryview, base: int) -> None:
         """Refuse a message that does not start as an array as soon as its first byte arrives."""

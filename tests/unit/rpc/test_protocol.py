@@ -20,6 +20,7 @@ import pytest
 
 from ringfs.node.errors import AuthenticationError, ForeignCluster, ProtocolError
 from ringfs.node.rpc.protocol import (
+    ATTACHMENT,
     MAGIC,
     NONCE_SIZE,
     PROTOCOL_VERSION,
@@ -475,14 +476,16 @@ def test_encode_passes_large_bin_by_reference() -> None:
     views = _views_of(buffers, data)
     assert len(views) == 1
     assert views[0].nbytes == len(data)
-    # Everything else is the small envelope: nothing near the payload size was copied.
-    assert sum(len(b) for b in buffers if b is not views[0]) < 256
-    # ... and it is still valid msgpack.
-    assert msgpack.unpackb(wire(buffers), raw=False) == [
+    # The envelope comes first, small, with a placeholder naming the attachment's length;
+    # the payload follows it.
+    envelope, attachment = buffers
+    assert attachment is views[0]
+    assert len(envelope) < 256
+    assert msgpack.unpackb(envelope, raw=False) == [
         REQUEST,
         9,
         "block.put",
-        [block_id, checksum, data],
+        [block_id, checksum, msgpack.ExtType(ATTACHMENT, struct.pack(">I", len(data)))],
     ]
 
 
@@ -533,6 +536,98 @@ def test_pipelined_max_size_blocks_fed_in_shell_sized_reads_are_accepted() -> No
     for start in range(0, len(stream), MiB):
         events += server.receive_data(stream[start : start + MiB])
     assert [e.params[0] for e in events if isinstance(e, Request)] == [b"\x00" * 16, b"\x01" * 16]
+
+
+def _attachment_stream(client: Connection) -> tuple[bytes, list[Any], list[int]]:
+    """Requests with and without attachments, back to back: their wire bytes, their params
+    and the wire size of each."""
+    rng = random.Random(4)
+    params = [
+        [b"\x01" * 16, rng.randbytes(ZERO_COPY_MIN + 3)],
+        ["small", 7],
+        # Two attachments, one of them a level deeper, with small values after each.
+        [rng.randbytes(2 * ZERO_COPY_MIN), [b"id", rng.randbytes(ZERO_COPY_MIN), 5], "end"],
+        [rng.randbytes(3 * ZERO_COPY_MIN + 1)],
+    ]
+    messages = [wire(client.send_request("m", p)[1]) for p in params]
+    return b"".join(messages), params, [len(m) for m in messages]
+
+
+@pytest.mark.parametrize("split", ["whole", "64 KiB", "random", "bytewise"])
+def test_attachments_arrive_whole_however_the_stream_is_split(split: str) -> None:
+    client, server = open_pair()
+    stream, params, sizes = _attachment_stream(client)
+    cuts = {
+        "whole": [0],
+        "64 KiB": list(range(0, len(stream), ZERO_COPY_MIN)),
+        "random": sorted(random.Random(5).sample(range(1, len(stream)), 200) + [0]),
+        "bytewise": list(range(len(stream))),
+    }[split]
+    events: list[Event] = []
+    for start, end in zip(cuts, [*cuts[1:], len(stream)], strict=True):
+        events += server.receive_data(stream[start:end])
+        if events:
+            # Until a message is complete, its attachments' bytes count as buffered.
+            assert server.buffered == end - sum(sizes[: len(events)])
+    assert [e.params for e in events if isinstance(e, Request)] == params
+    assert [e.size for e in events if isinstance(e, Request)] == sizes
+    assert type(events[0].params[1]) is bytes  # type: ignore[union-attr]
+    assert server.buffered == 0
+
+
+def test_an_answer_carries_an_attachment_back() -> None:
+    client, server = open_pair()
+    msgid, buffers = client.send_request("block.get", [b"\x01" * 16])
+    (request,) = server.receive_data(wire(buffers))
+    data = random.Random(6).randbytes(ZERO_COPY_MIN)
+    (response,) = client.receive_data(wire(server.send_response(msgid, None, data)))
+    assert response == Response(msgid, None, data)
+
+
+def _placeholder(length: int, code: int = ATTACHMENT) -> bytes:
+    return struct.pack(">BbI", 0xD6, code, length)
+
+
+def test_an_attachment_over_the_bin_limit_is_refused_at_its_placeholder() -> None:
+    _, server = open_pair()
+    envelope = pack([REQUEST, 1, "m", []])[:-1] + b"\x91" + _placeholder(100 * MiB)
+    with pytest.raises(ProtocolError, match="attachment"):
+        server.receive_data(envelope)
+    assert_dead(server)
+
+
+def test_attachments_over_the_frame_limit_are_refused_at_the_envelope() -> None:
+    limits = Limits(max_frame=3 * ZERO_COPY_MIN, max_bin_len=2 * ZERO_COPY_MIN)
+    client, server = open_pair(client_limits=limits, server_limits=limits)
+    data = bytes(2 * ZERO_COPY_MIN)
+    _, buffers = client.send_request("m", [data, data])
+    with pytest.raises(ProtocolError, match="over"):
+        server.receive_data(buffers[0])  # the envelope alone: nothing of the payload yet
+    assert_dead(server)
+
+
+PLACEHOLDERS_OUT_OF_PLACE = {
+    "in a map": pack([REQUEST, 1, "m", []])[:-1] + b"\x91\x81\xa1k" + _placeholder(10),
+    "four arrays deep": pack([REQUEST, 1, "m", []])[:-1] + b"\x91\x91\x91" + _placeholder(10),
+    "another ext type": pack([REQUEST, 1, "m", []])[:-1] + b"\x91" + _placeholder(10, code=2),
+    "empty": pack([REQUEST, 1, "m", []])[:-1] + b"\x91" + _placeholder(0),
+}
+
+
+@pytest.mark.parametrize("envelope", PLACEHOLDERS_OUT_OF_PLACE.values(),
+                         ids=PLACEHOLDERS_OUT_OF_PLACE.keys())  # fmt: skip
+def test_a_placeholder_where_encode_puts_none_is_refused(envelope: bytes) -> None:
+    _, server = open_pair()
+    with pytest.raises(ProtocolError):
+        server.receive_data(envelope + bytes(10))
+    assert_dead(server)
+
+
+def test_a_placeholder_before_the_handshake_is_refused() -> None:
+    server = Connection(Role.SERVER, SECRET, node_id=NODE_ID)
+    with pytest.raises(ProtocolError):
+        server.receive_data(b"\x91" + _placeholder(10) + bytes(10))
+    assert_dead(server)
 
 
 # -- malformed and oversized input -----------------------------------------------------------
