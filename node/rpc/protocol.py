@@ -26,7 +26,7 @@ import hmac
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 import msgpack
@@ -249,8 +249,8 @@ def _check_msgid(value: Any) -> int:
     return value
 
 
-def parse_message(obj: Any) -> Request | Response | Notification:
-    """Validate the shape of one decoded RPC message."""
+def parse_message(obj: Any, size: int = 0) -> Request | Response | Notification:
+    """Validate the shape of one decoded RPC message (`size`: a request's bytes on the wire)."""
     if not isinstance(obj, list) or not obj:
         raise ProtocolError("message is not a non-empty array")
     kind = obj[0]
@@ -258,7 +258,7 @@ def parse_message(obj: Any) -> Request | Response | Notification:
         _, msgid, method, params = obj
         if not isinstance(method, str) or not isinstance(params, list):
             raise ProtocolError("request needs a method name and a params array")
-        return Request(_check_msgid(msgid), method, params)
+        return Request(_check_msgid(msgid), method, params, size)
     if kind == RESPONSE and len(obj) == 4:
         _, msgid, error, result = obj
         if error is not None:
@@ -463,18 +463,19 @@ class Connection:
                 message, self._attaching = self._attaching.message(), None
                 self._complete(message, objects)
                 continue
-            try:
-                obj = unpacker.unpack()
-            except msgpack.OutOfData:
-                return
-            if self._lengths:
-                size = unpacker.tell() + self._skipped - self._boundary + sum(self._lengths)
-                if size > self.limits.max_frame:
-                    raise ProtocolError(f"message of {size} bytes, over {self.limits.max_frame}")
-                self._attaching = _Attachments(obj, self._lengths)
-                self._lengths = []
-            else:
+            for obj in unpacker:
+                if self._lengths:
+                    size = unpacker.tell() + self._skipped - self._boundary + sum(self._lengths)
+                    if size > self.limits.max_frame:
+                        raise ProtocolError(
+                            f"message of {size} bytes, over {self.limits.max_frame}"
+                        )
+                    self._attaching = _Attachments(obj, self._lengths)
+                    self._lengths = []
+                    break  # what follows the envelope is its attachments, not msgpack
                 self._complete(obj, objects)
+            else:
+                return
 
     def _complete(self, message: Any, objects: list[tuple[Any, int]]) -> None:
         end = self._unpacker.tell() + self._skipped
@@ -503,12 +504,11 @@ class Connection:
     def _receive_object(self, obj: Any, size: int) -> Event | None:
         if self._state is not _State.OPEN:
             return self._handshake(obj)
-        message = parse_message(obj)
+        message = parse_message(obj, size)
         if isinstance(message, Request):
             if self.role is not Role.SERVER:
                 raise ProtocolError("a client does not serve requests")
             self._unanswered += 1
-            message = replace(message, size=size)
         elif isinstance(message, Response):
             if message.msgid in self._abandoned:
                 self._abandoned.discard(message.msgid)
