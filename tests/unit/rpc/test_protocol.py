@@ -500,6 +500,30 @@ def test_small_payloads_are_not_split() -> None:
     assert len(buffers) == 1
 
 
+BIG = bytes(range(256)) * (ZERO_COPY_MIN // 256)
+WHERE_ATTACHMENTS_GO = {
+    "in the params": ([BIG, 1], 1),
+    "an array deeper": ([[1, BIG], "x"], 1),
+    "in a tuple": ([(1, BIG)], 1),
+    "two arrays deeper: inline": ([[[BIG]]], 0),
+    "small bins": ([b"small", [1, b"x" * 100]], 0),
+}
+
+
+@pytest.mark.parametrize(("params", "attachments"), WHERE_ATTACHMENTS_GO.values(),
+                         ids=WHERE_ATTACHMENTS_GO.keys())  # fmt: skip
+def test_encode_makes_attachments_exactly_where_they_may_be(
+    params: list[Any], attachments: int
+) -> None:
+    client, server = open_pair()
+    msgid, buffers = client.send_request("m", params)
+    assert len(buffers) == 1 + attachments
+    if not attachments:  # plain msgpack, packed whole
+        assert buffers == [pack([REQUEST, msgid, "m", params])]
+    (request,) = server.receive_data(wire(buffers))
+    assert request == Request(msgid, "m", unpack_all(pack(params))[0])
+
+
 def test_large_block_round_trips_both_ways_without_copy_on_send() -> None:
     client, server = open_pair()
     data = random.Random(3).randbytes(4 * MiB)
