@@ -98,9 +98,9 @@ class _Record:
                 "EINVAL", f"{cls.__name__} takes {len(shape.decoders)} fields, got {len(items)}"
             )
         if shape.all_int and _all_int(items):
-            return cast(Callable[..., Self], cls)(*items)
+            return cast("Callable[..., Self]", cls)(*items)
         values = [decode(item) for decode, item in zip(shape.decoders, items, strict=False)]
-        return cast(Callable[..., Self], cls)(*values)
+        return cast("Callable[..., Self]", cls)(*values)
 
 
 class _Shape(NamedTuple):
@@ -832,7 +832,7 @@ def _all_int(items: Sequence[object]) -> bool:
     """Whether every item is a 64-bit integer (`_int`'s test, for a whole list at once)."""
     if set(map(type, items)) != {int}:
         return False
-    ints = cast(Sequence[int], items)
+    ints = cast("Sequence[int]", items)
     return min(ints) >= _INT_MIN and max(ints) <= _INT_MAX
 
 
