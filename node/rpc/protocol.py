@@ -146,6 +146,12 @@ def _array_header(length: int) -> bytes:
 ATTACHMENT_DEPTH = 3
 
 
+# What may be an attachment, and what `encode` walks into, as tuples: isinstance takes them
+# faster than the unions they equal.
+_BUFFERS = (bytes, bytearray, memoryview)
+_ARRAYS = (list, tuple)
+
+
 class _Encoder:
     """Packs a message into its envelope and its attachments, passing those by reference.
 
@@ -160,11 +166,11 @@ class _Encoder:
         self._attachments: list[Buffer] = []
 
     def add(self, obj: Any, depth: int) -> None:
-        if isinstance(obj, list | tuple) and depth > 0:
+        if isinstance(obj, _ARRAYS) and depth > 0:
             self._envelope += _array_header(len(obj))
             for item in obj:
                 self.add(item, depth - 1)
-        elif isinstance(obj, bytes | bytearray | memoryview) and len(obj) >= ZERO_COPY_MIN:
+        elif isinstance(obj, _BUFFERS) and len(obj) >= ZERO_COPY_MIN:
             view = memoryview(obj).cast("B")
             self._envelope += _placeholder(len(view))
             self._attachments.append(view)
@@ -173,11 +179,6 @@ class _Encoder:
 
     def finish(self) -> list[Buffer]:
         return [bytes(self._envelope), *self._attachments]
-
-
-# Tuples: isinstance takes them faster than the unions they equal.
-_BUFFERS = (bytes, bytearray, memoryview)
-_ARRAYS = (list, tuple)
 
 
 def _holds_attachment(items: list[Any] | tuple[Any, ...], depth: int) -> bool:
