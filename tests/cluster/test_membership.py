@@ -183,7 +183,10 @@ async def test_a_new_node_replaces_an_old_one_and_takes_exactly_its_blocks(
     address = client.map.node("n1").address
     wire = await client.pool.call(address, "map.change", ["replace", [old, "n5"]])
     replaced = ClusterMap.from_wire(wire)
-    assert (replaced.node(old).state, replaced.node("n5").ring) == ("draining", old)
+    # The answer is the register's value once the change is in it: when the proposal had to be
+    # retried, the old node may have drained and left in between.
+    assert replaced.node("n5").ring == old
+    assert replaced.node(old).state in ("draining", "removed")
 
     await wait_until(map_where(client, lambda m: m.node(old).state == "removed"), seconds=60)
     await wait_until(lambda: placed_on(nodes, chunks, client.map), seconds=60)
