@@ -233,7 +233,10 @@ class Cluster:
             except Unavailable:
                 continue
             except NodeError as exc:
-                if exc.name == NEWER_MAP and self.offered(exc.detail):
+                if exc.name == NEWER_MAP:
+                    # Asked by an older map: the rest by the newer one, also when another
+                    # task went by it while this call was out.
+                    self.offered(exc.detail)
                     order = [a for a in self.read_order(block_id) if a not in tried]
                 elif exc.name == CORRUPT:
                     log.warning(
@@ -627,7 +630,8 @@ class _ReplicatedWrite:
                     if isinstance(exc, NodeError) and exc.name == NEWER_MAP:
                         # Placed by an older map: the newer one's nodes take it instead.
                         self._writing.discard(address)
-                        if self.cluster.offered(exc.detail):
+                        self.cluster.offered(exc.detail)
+                        if self.cluster.map.epoch > self.epoch:  # also if learned meanwhile
                             self._replan(address)
                         if self.spares:
                             address = self.spares.pop(0)

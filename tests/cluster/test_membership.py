@@ -10,6 +10,7 @@ import math
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -219,6 +220,40 @@ async def test_a_writer_with_an_older_map_is_told_the_new_one_and_writes_by_it(
     assert client.map.node(outside).address not in stored.nodes
     assert len(stored.nodes) >= 2
     assert outside not in holders(nodes, block)
+
+
+async def test_a_writer_refused_by_a_map_it_learned_meanwhile_places_the_rest_by_it(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node answers `ENEWMAP` to a `block.put` placed by an older map. When another task
+    gave the writer that map while the put was out, the refusal is no news, and the writer
+    places the rest of the block's copies by that map all the same."""
+    nodes, _, _ = await cluster_with_files(tmp_path, nursery, monkeypatch, 4)
+    writer = await nodes.client()  # goes by epoch 1, and does not follow the map by itself
+    n1 = writer.map.node("n1").address
+    before = writer.map.epoch
+    epochs: list[int] = []
+    real = writer.pool.call
+
+    async def first_put_refused(address: str, method: str, params: list[Any], *rest: Any) -> Any:
+        if method == "block.put":
+            epochs.append(params[3])
+            if len(epochs) == 1:
+                newer = json.dumps(await real(n1, "map.change", ["weight", ["n4", 2.0]]))
+                assert writer.offered(newer)  # as another task of the writer would, meanwhile
+                raise NodeError(NEWER_MAP, newer)
+        return await real(address, method, params, *rest)
+
+    monkeypatch.setattr(writer.pool, "call", first_put_refused)
+    data = os.urandom(4096)
+    block = os.urandom(16)
+    await writer.put_block(block, memoryview(data), hashlib.sha256(data).digest())
+
+    async def four_puts() -> bool:  # the copy refused goes on in the background
+        return len(epochs) == 4
+
+    await wait_until(four_puts)
+    assert epochs == [before, before, before, before + 1]
 
 
 async def test_a_reader_with_an_older_map_is_told_the_new_one(

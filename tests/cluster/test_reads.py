@@ -156,3 +156,42 @@ async def test_each_attempt_at_a_block_names_the_map_the_reader_goes_by_then(
         read = await client.get_block(block_id, checksum(data), span)
         assert read == (data if span is None else data[100:150])
         assert epochs == [before, before + 1]
+
+
+async def test_a_refusal_naming_the_map_the_reader_learned_meanwhile_sends_it_on_by_that_map(
+    nodes: LocalNodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node without the block answers a reader that named an older map with `ENEWMAP`. When
+    another task gave the reader that map while the call was out, the refusal is no news: the
+    reader asks the rest by that map, and warns of nothing."""
+    client = await nodes.client()
+    block_id, data = os.urandom(16), os.urandom(10_000)
+    await client.put_block(block_id, memoryview(data), checksum(data))
+    n1 = client.map.node("n1").address
+    epochs: list[int] = []
+    real = client.pool.call
+
+    async def newer_map() -> bool:
+        return (await client.refresh_map()).epoch > epochs[0]
+
+    async def first_replica_lacks_it(
+        address: str, method: str, params: list[Any], *rest: Any
+    ) -> Any:
+        if method == "block.get":
+            epochs.append(params[1])
+            if len(epochs) == 1:
+                await wait_until(newer_map)  # it arrives while this call is out
+
+                async def node_has_it() -> bool:
+                    return (await real(address, "map.get", []))["epoch"] > params[1]
+
+                await wait_until(node_has_it)
+                missing = [os.urandom(16), *params[1:]]
+                return await real(address, method, missing, *rest)  # ENEWMAP, named before
+        return await real(address, method, params, *rest)
+
+    monkeypatch.setattr(client.pool, "call", first_replica_lacks_it)
+    before = client.map.epoch
+    await client.pool.call(n1, "map.change", ["weight", ["n3", 2.0]])
+    assert await client.get_block(block_id, checksum(data)) == data
+    assert epochs == [before, before + 1]
