@@ -2,7 +2,8 @@
 
 Each host is a namespace with one veth link to a bridge in the test's own namespace, on a
 private /24 that exists only inside this machine. Cutting a host off takes its link down:
-it can then talk to nobody, and nobody to it. Needs root and iproute2.
+it can then talk to nobody, and nobody to it. Needs root, iproute2 and nsenter
+(util-linux).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def unavailable_reason() -> str | None:
         return "network namespaces need root"
     if shutil.which("ip") is None:
         return "iproute2 is not installed"
+    if shutil.which("nsenter") is None:
+        return "nsenter (util-linux) is not installed"
     return None
 
 
@@ -36,8 +39,11 @@ class Host:
 
     @property
     def prefix(self) -> tuple[str, ...]:
-        """Run a command on this host: prepend this."""
-        return ("ip", "netns", "exec", self.namespace)
+        """Run a command on this host: prepend this. It enters the network namespace only:
+        `ip netns exec` also makes a mount namespace, whose copy of every FUSE mount there is
+        at the time (another test's, running beside) would keep that mount's filesystem
+        alive past its `fusermount3 -u`, and its process serving."""
+        return ("nsenter", f"--net=/run/netns/{self.namespace}")
 
     def cut(self) -> None:
         _ip("link", "set", self.link, "down")
