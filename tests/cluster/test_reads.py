@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pyfuse3
 import pytest
 import trio
 
+from ringfs.fs.cluster import Cluster
 from ringfs.fs.files import READAHEAD_CHUNKS
 from ringfs.fs.operations import Operations
 from ringfs.node.checksum import checksum
@@ -125,30 +127,51 @@ async def blocks_of(ops: Operations, ino: int, idx: int) -> set[bytes]:
     return {chunk.block_id for chunk in chunks if chunk.idx == idx}
 
 
-async def test_each_attempt_at_a_block_names_the_map_the_reader_goes_by_then(
-    nodes: LocalNodes, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A reader that learns a newer map between two replicas asks the next one by it: a node
-    asked by the older map would answer `ENEWMAP` with the map the reader has already."""
+#: What a reader's first `block.get` does instead, given the real `pool.call`, the address
+#: and the parameters: it runs once the reader has learned a newer map.
+FirstFetch = Callable[[Callable[..., Awaitable[Any]], str, list[Any]], Awaitable[Any]]
+
+
+async def a_reader_learning_a_map_at_its_first_fetch(
+    nodes: LocalNodes, monkeypatch: pytest.MonkeyPatch, first: FirstFetch
+) -> tuple[Cluster, bytes, bytes, list[int]]:
+    """A client, a block it stored and its bytes, and the epochs its `block.get`s name from
+    now on. Its first one waits until the client learns a newer map (the test makes one), then
+    does what `first` does."""
     client = await nodes.client()
     block_id, data = os.urandom(16), os.urandom(10_000)
     await client.put_block(block_id, memoryview(data), checksum(data))
-    n1 = client.map.node("n1").address
     epochs: list[int] = []
     real = client.pool.call
 
     async def newer_map() -> bool:
         return (await client.refresh_map()).epoch > epochs[0]
 
-    async def first_replica_fails(address: str, method: str, params: list[Any], *rest: Any) -> Any:
+    async def call(address: str, method: str, params: list[Any], *rest: Any) -> Any:
         if method == "block.get":
             epochs.append(params[1])
             if len(epochs) == 1:
-                await wait_until(newer_map)  # it arrives while this replica fails
-                raise Unavailable(f"node {address}", [address])
+                await wait_until(newer_map)  # it arrives while this call is out
+                return await first(real, address, params)
         return await real(address, method, params, *rest)
 
-    monkeypatch.setattr(client.pool, "call", first_replica_fails)
+    monkeypatch.setattr(client.pool, "call", call)
+    return client, block_id, data, epochs
+
+
+async def test_each_attempt_at_a_block_names_the_map_the_reader_goes_by_then(
+    nodes: LocalNodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that learns a newer map between two replicas asks the next one by it: a node
+    asked by the older map would answer `ENEWMAP` with the map the reader has already."""
+
+    async def fails(real: Callable[..., Awaitable[Any]], address: str, params: list[Any]) -> Any:
+        raise Unavailable(f"node {address}", [address])
+
+    client, block_id, data, epochs = await a_reader_learning_a_map_at_its_first_fetch(
+        nodes, monkeypatch, fails
+    )
+    n1 = client.map.node("n1").address
     for weight, span in ((2.0, None), (3.0, (100, 50))):
         before = client.map.epoch
         await client.pool.call(n1, "map.change", ["weight", ["n3", weight]])
@@ -164,34 +187,18 @@ async def test_a_refusal_naming_the_map_the_reader_learned_meanwhile_sends_it_on
     """A node without the block answers a reader that named an older map with `ENEWMAP`. When
     another task gave the reader that map while the call was out, the refusal is no news: the
     reader asks the rest by that map, and warns of nothing."""
-    client = await nodes.client()
-    block_id, data = os.urandom(16), os.urandom(10_000)
-    await client.put_block(block_id, memoryview(data), checksum(data))
-    n1 = client.map.node("n1").address
-    epochs: list[int] = []
-    real = client.pool.call
 
-    async def newer_map() -> bool:
-        return (await client.refresh_map()).epoch > epochs[0]
+    async def lacks_it(real: Callable[..., Awaitable[Any]], address: str, params: list[Any]) -> Any:
+        async def node_has_it() -> bool:
+            return (await real(address, "map.get", []))["epoch"] > params[1]
 
-    async def first_replica_lacks_it(
-        address: str, method: str, params: list[Any], *rest: Any
-    ) -> Any:
-        if method == "block.get":
-            epochs.append(params[1])
-            if len(epochs) == 1:
-                await wait_until(newer_map)  # it arrives while this call is out
+        await wait_until(node_has_it)
+        return await real(address, "block.get", [os.urandom(16), *params[1:]])  # ENEWMAP
 
-                async def node_has_it() -> bool:
-                    return (await real(address, "map.get", []))["epoch"] > params[1]
-
-                await wait_until(node_has_it)
-                missing = [os.urandom(16), *params[1:]]
-                return await real(address, method, missing, *rest)  # ENEWMAP, named before
-        return await real(address, method, params, *rest)
-
-    monkeypatch.setattr(client.pool, "call", first_replica_lacks_it)
+    client, block_id, data, epochs = await a_reader_learning_a_map_at_its_first_fetch(
+        nodes, monkeypatch, lacks_it
+    )
     before = client.map.epoch
-    await client.pool.call(n1, "map.change", ["weight", ["n3", 2.0]])
+    await client.pool.call(client.map.node("n1").address, "map.change", ["weight", ["n3", 2.0]])
     assert await client.get_block(block_id, checksum(data)) == data
     assert epochs == [before, before + 1]
