@@ -210,7 +210,11 @@ def test_a_killed_mount_leaves_nothing_behind(
     while any(kept_for_clients(node.data) for node in cluster.nodes):
         assert time.monotonic() < deadline, "the killed mount's session stayed"
         time.sleep(0.2)
-    assert "ended the sessions of 1 mounts silent for 2s" in "".join(
-        cluster.log(node) for node in cluster.nodes
+    logs = "".join(cluster.log(node) for node in cluster.nodes)
+    # The leader that ends the session reports it, unless it lost its leadership before it
+    # learned the outcome (the ending committed all the same: the session is gone).
+    assert (
+        "ended the sessions of 1 mounts silent for 2s" in logs
+        or "garbage collection round cut short: EINDOUBT" in logs
     )
     assert sorted(os.listdir(mount_factory("again").path / "dir")) == ["kept"]
