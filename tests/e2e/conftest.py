@@ -72,7 +72,7 @@ class NodeProcess:
     data: Path
     process: subprocess.Popen[bytes] | None = None
     host: str = HOST
-    # Run the node through this (e.g. `ip netns exec NS`) to put it on another test host.
+    # Run the node through this (a test host's `netns.Host.prefix`) to put it on that host.
     prefix: tuple[str, ...] = ()
     # More `ringfs node` options for this node alone (e.g. its own --metrics address).
     args: tuple[str, ...] = ()
