@@ -361,7 +361,7 @@ class Raft(LeaderSide, FollowerSide):
         self._append(
             tuple(Entry(self._term, first + i, kind, data) for i, data in enumerate(payloads))
         )
-        self._replicate_all(Why.NEW_ENTRIES)
+        self._replicate_new()
         self._maybe_commit()
         return first, self._take()
 

@@ -44,6 +44,9 @@ class LeaderSide(Member):
         if self._heartbeat_elapsed >= self._heartbeat_ticks:
             self._heartbeat_elapsed = 0
             self._start_round()
+        else:
+            # The followers new entries did not go to at once take them now, in one batch.
+            self._replicate_all(Why.NEW_ENTRIES)
 
     # --- replication -----------------------------------------------------------------------------
 
@@ -56,6 +59,11 @@ class LeaderSide(Member):
     def _replicate_all(self, why: Why) -> None:
         for peer in self._peers.progress:
             self._replicate(peer, why)
+
+    def _replicate_new(self) -> None:
+        """New entries go at once to the followers a commit needs (`Peers.prompt`)."""
+        for peer in self._peers.prompt(self.voters):
+            self._replicate(peer, Why.NEW_ENTRIES)
 
     def _replicate(self, peer: NodeId, why: Why) -> None:
         p = self._peers.progress[peer]
@@ -128,7 +136,9 @@ class LeaderSide(Member):
         p.probing = False
         p.match = max(p.match, min(index, self.last_index))
         p.next = max(p.next, p.match + 1)
-        self._replicate(peer, Why.NEW_ENTRIES)
+        if self._peers.is_prompt(peer) or self.last_index - p.match >= self._max_entries:
+            # A follower left to the ticks gets more now only while a backlog streams.
+            self._replicate(peer, Why.NEW_ENTRIES)
 
     def _response_from(self, m: AppendResponse | SnapshotResponse) -> Progress | None:
         """The sender's progress if `m` is a current answer to this leader."""

@@ -51,6 +51,7 @@ class Peers:
     def __init__(self, leader: NodeId) -> None:
         self._leader = leader
         self.progress: dict[NodeId, Progress] = {}
+        self._prompt: frozenset[NodeId] = frozenset()
 
     def sync(self, peers: Iterable[NodeId], next_index: int, now: int) -> None:
         """Track exactly `peers` (minus the leader); new ones start probing at `next_index`."""
@@ -59,6 +60,23 @@ class Peers:
             self.progress[peer] = Progress(next=next_index, heard=now)
         for peer in sorted(self.progress.keys() - wanted):
             del self.progress[peer]
+
+    def prompt(self, voters: tuple[NodeId, ...]) -> frozenset[NodeId]:
+        """The followers new entries go to at once: as many voters as a commit needs besides
+        the leader, those holding the most of the log (on a tie, the ones chosen before). The
+        others take them in batches a tick later, so an entry costs one follower's round, not
+        every follower's; a chosen one that stops answering falls behind and is replaced."""
+        followers = [v for v in voters if v != self._leader and v in self.progress]
+        needed = len(voters) // 2 + 1 - (self._leader in voters)
+        ranked = sorted(
+            followers, key=lambda v: (-self.progress[v].match, v not in self._prompt, v)
+        )
+        self._prompt = frozenset(ranked[:needed])
+        return self._prompt
+
+    def is_prompt(self, peer: NodeId) -> bool:
+        """Whether `peer` was among the followers last chosen by `prompt`."""
+        return peer in self._prompt
 
     def matched(self, voters: tuple[NodeId, ...], last_index: int) -> int:
         """The highest index a majority of `voters` holds; the leader holds its whole log."""

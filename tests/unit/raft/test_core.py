@@ -371,19 +371,64 @@ def test_log_replication_and_commit() -> None:
     assert all(machine == expected for machine in net.machines.values())
 
 
-def test_commands_proposed_together_share_one_write_and_one_message_per_follower() -> None:
+def test_commands_proposed_together_share_one_write_and_one_message() -> None:
     net, leader = settled_net()
     first, ready = net.nodes[leader].propose(b"a", b"b", b"c")
     assert [e.index for e in ready.append] == [first, first + 1, first + 2]
     assert [e.data for e in ready.append] == [b"a", b"b", b"c"]
     appends = replies(ready, AppendRequest)
-    assert sorted(m.dst for m in appends) == sorted(set(IDS3) - {leader})
-    assert all([e.data for e in m.entries] == [b"a", b"b", b"c"] for m in appends)
+    assert len(appends) == 1
+    assert [e.data for e in appends[0].entries] == [b"a", b"b", b"c"]
     net.handle(leader, ready)
     net.deliver()
     assert net.applied[leader] == first + 2
     with pytest.raises(ValueError, match="nothing to propose"):
         net.nodes[leader].propose()
+
+
+def test_new_entries_go_at_once_to_the_followers_a_commit_needs_the_rest_at_a_tick() -> None:
+    net, leader = settled_net(("n1", "n2", "n3", "n4", "n5"))
+    first, ready = net.nodes[leader].propose(b"a")
+    prompt = {m.dst for m in replies(ready, AppendRequest)}
+    assert len(prompt) == 2  # with the leader, three of five: a majority
+    net.handle(leader, ready)
+    net.deliver()
+    assert net.nodes[leader].commit_index == first
+    later = {n for n in net.nodes if n != leader} - prompt
+    assert all(net.nodes[n].last_index < first for n in later)
+    # The next entries go to the same two, and the ones left out take them all at the tick.
+    second = net.propose(leader, b"b")
+    assert {m.dst for m in net.queue} == prompt
+    net.deliver()
+    net.queue.clear()
+    net.tick(leader)
+    batches = [m for m in net.queue if isinstance(m, AppendRequest)]
+    assert {m.dst for m in batches} == later
+    assert all([e.data for e in m.entries] == [b"a", b"b"] for m in batches)
+    net.deliver()
+    assert all(net.nodes[n].last_index == second for n in net.nodes)
+
+
+def test_a_follower_that_stops_answering_is_replaced_for_new_entries_within_a_tick() -> None:
+    net, leader = settled_net()
+    first, ready = net.nodes[leader].propose(b"a")
+    (prompt,) = {m.dst for m in replies(ready, AppendRequest)}
+    (other,) = set(IDS3) - {leader, prompt}
+    net.handle(leader, ready)
+    net.deliver()
+    net.isolate(prompt)
+    second = net.propose(leader, b"b")
+    net.deliver()
+    assert net.nodes[leader].commit_index == first
+    net.tick(leader)  # the other follower takes what it missed, and commits it
+    net.deliver()
+    assert net.nodes[leader].commit_index == second
+    # It holds more of the log now: new entries go to it at once.
+    third, ready = net.nodes[leader].propose(b"c")
+    assert [m.dst for m in replies(ready, AppendRequest)] == [other]
+    net.handle(leader, ready)
+    net.deliver()
+    assert net.nodes[leader].commit_index == third
 
 
 def test_no_commit_without_a_majority() -> None:
@@ -743,6 +788,8 @@ def test_read_index_waits_for_a_majority_heartbeat_round() -> None:
     net, leader = settled_net()
     index = net.propose(leader, b"x")
     net.deliver()
+    net.tick(leader)  # the follower the entry did not go to at once takes it
+    net.deliver()
     raft = net.nodes[leader]
     ready = raft.read_index(1)
     net.handle(leader, ready)
@@ -960,6 +1007,7 @@ def test_a_learner_catches_up_by_snapshot_and_counts_for_nothing() -> None:
     # Not a voter: the leader and the learner alone commit nothing.
     net.isolate(*(n for n in IDS3 if n != leader))
     index = net.propose(leader, b"needs two voters")
+    net.tick(leader)  # a learner takes new entries at a tick
     net.deliver()
     assert net.nodes["n4"].last_index == index
     assert net.nodes[leader].commit_index < index
