@@ -1,4 +1,5 @@
-"""A Raft leader's view of the other nodes: replication progress and quorum arithmetic.
+"""A Raft leader's view of the other nodes: replication progress, quorum arithmetic, and the
+followers new entries go to at once.
 
 Every quorum question the leader asks has the same shape: sort one number per voter (the
 leader's own counts too while it is a voter) and take the value a majority has reached.
