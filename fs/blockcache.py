@@ -9,11 +9,11 @@ we fetch at open. Concurrent readers of one block share one fetch.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 
 import trio
 
 from ringfs.fs.cluster import Cluster
+from ringfs.fs.lru import CostBoundedLRU
 from ringfs.node.errors import NodeError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,8 @@ class BlockCache:
         self, cluster: Cluster, capacity: int, nursery: trio.Nursery, max_prefetch: int
     ) -> None:
         self.cluster = cluster
-        self.capacity = capacity
         self._nursery = nursery
-        self._blocks: OrderedDict[bytes, bytes] = OrderedDict()
-        self._held = 0
+        self._blocks: CostBoundedLRU[bytes, bytes] = CostBoundedLRU(capacity)
         self._fetches: dict[bytes, _Fetch] = {}
         self._prefetch_slots = trio.Semaphore(max_prefetch)
 
@@ -46,7 +44,6 @@ class BlockCache:
         """The block's bytes; raises `Unavailable` when no replica can serve it."""
         data = self._blocks.get(block_id)
         if data is not None:
-            self._blocks.move_to_end(block_id)
             return data
         fetch = self._fetches.get(block_id)
         if fetch is None:
@@ -105,10 +102,4 @@ class BlockCache:
 
     def insert(self, block_id: bytes, data: bytes) -> None:
         """Keep a block's bytes (fetched, or just written by this client)."""
-        if len(data) > self.capacity:
-            return
-        self._blocks[block_id] = data
-        self._held += len(data)
-        while self._held > self.capacity:
-            _, evicted = self._blocks.popitem(last=False)
-            self._held -= len(evicted)
+        self._blocks.put(block_id, data, len(data))

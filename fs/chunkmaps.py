@@ -14,8 +14,7 @@ recently used out first. An entry is only ever a hint: the watch or the leader's
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
+from ringfs.fs.lru import CostBoundedLRU
 from ringfs.node.meta.commands import Chunk
 
 #: What a chunk of a kept map costs besides the bytes it carries.
@@ -30,34 +29,19 @@ class ChunkMaps:
     """(version, chunk map) per inode, bounded by `capacity` bytes."""
 
     def __init__(self, capacity: int = CAPACITY) -> None:
-        self.capacity = capacity
-        self._maps: OrderedDict[int, tuple[KnownMap, int]] = OrderedDict()
-        self._held = 0
+        self._maps: CostBoundedLRU[int, KnownMap] = CostBoundedLRU(capacity)
 
     def get(self, ino: int) -> KnownMap | None:
-        kept = self._maps.get(ino)
-        if kept is None:
-            return None
-        self._maps.move_to_end(ino)
-        return kept[0]
+        return self._maps.get(ino)
 
     def put(self, ino: int, version: int, chunks: list[Chunk]) -> None:
-        self.forget(ino)
         cost = sum(CHUNK_COST + len(c.data) + len(c.tail) for c in chunks) + CHUNK_COST
-        if cost > self.capacity:
-            return
-        self._maps[ino] = ((version, chunks), cost)
-        self._held += cost
-        while self._held > self.capacity:
-            _, (_, dropped) = self._maps.popitem(last=False)
-            self._held -= dropped
+        self._maps.put(ino, (version, chunks), cost)
 
     def forget(self, ino: int) -> None:
-        kept = self._maps.pop(ino, None)
-        if kept is not None:
-            self._held -= kept[1]
+        self._maps.forget(ino)
 
     @property
     def held(self) -> int:
         """Bytes the kept maps cost."""
-        return self._held
+        return self._maps.held
