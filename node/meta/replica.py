@@ -385,8 +385,8 @@ class ReplicatedMeta:
             await trio.sleep(COMMIT_INTERVAL)
             try:
                 self.machine.commit_due()
-            except StorageFailure as exc:  # the database is closed: the next apply stops us
-                log.error("%s", exc)
+            except StorageFailure as exc:  # the database is closed: nothing may read it
+                self.raft.storage_failed(exc)
 
     async def _checkpoint_applied(self) -> None:
         """Checkpoint meta.db's WAL every `CHECKPOINT_INTERVAL`, in a worker thread: the event

@@ -316,6 +316,14 @@ class RaftNode:
         self._inbox.append((message, snapshot))
         self._wakeup.set()
 
+    def storage_failed(self, failure: StorageFailure) -> None:
+        """A failure of this member's storage met beside the loop (the state machine's commit
+        of what it applied): the loop stops on it at once, as on one of its own, and the
+        member reopens its storage."""
+        if self._failure is None:
+            self._failed_now = failure
+            self._wakeup.set()
+
     def _step_now(self, message: Message) -> bool:
         """Step a replication message in the task that received it, while the loop has nothing
         else to do, and act on it unless that means waiting (the leader's log write): the
