@@ -31,6 +31,7 @@ from ringfs.fs.blockcache import BlockCache
 from ringfs.fs.budget import WriteBudget
 from ringfs.fs.chunkmaps import KnownMap
 from ringfs.fs.cluster import Cluster
+from ringfs.fs.later import Later
 from ringfs.fs.metadata import Metadata
 from ringfs.fs.writelog import Piece, WriteLog, by_chunk, intersect, merge, rebase
 from ringfs.node.checksum import checksum as block_checksum
@@ -109,10 +110,10 @@ class FileContext:
     budget: WriteBudget
     chunk_size: int
     nursery: trio.Nursery
+    #: Commits of what files uploaded, planned `MountConfig.commit_within` on (`_plan_commit`).
+    commits: Later
     #: A first chunk up to this size travels in the commit instead of to the storage nodes.
     inline_max: int = INLINE_MAX
-    #: Seconds an uploaded chunk waits at most for its commit (see `FileState._commit_later`).
-    commit_within: float = 30.0
 
 
 class _Upload:
@@ -172,7 +173,6 @@ class FileState:
         self._appended: list[tuple[int, int]] = []
         self._append_base = 0
         self._discarded = False
-        self._commit_planned = False
         self.failed: dict[int, BaseException] = {}
         # Where the last read ended: a read starting near it goes on sequentially.
         self._read_end = 0
@@ -484,12 +484,11 @@ class FileState:
         return None
 
     def _plan_commit(self) -> None:
-        """See that what was just uploaded is committed within `commit_within` seconds."""
-        if not self._commit_planned and not self._discarded:
-            self._commit_planned = True
-            self.ctx.nursery.start_soon(self._commit_later, name=f"commit {self.ino}")
+        """See that what was just uploaded is committed within `--commit-within` seconds."""
+        if not self._discarded:
+            self.ctx.commits.plan(self, self._commit_uploaded, name=f"commit {self.ino}")
 
-    async def _commit_later(self) -> None:
+    async def _commit_uploaded(self) -> None:
         """Commit uploaded chunks that no flush committed meanwhile, as `fsync` would.
 
         Storage nodes give up the blocks no file references after a while (`--orphan-age`):
@@ -497,10 +496,6 @@ class FileState:
         would lose the blocks it uploaded first. A failure is logged; the next flush meets
         it again.
         """
-        try:
-            await trio.sleep(self.ctx.commit_within)
-        finally:
-            self._commit_planned = False
         if self._discarded or not self._to_commit:
             return
         try:

@@ -26,6 +26,7 @@ from ringfs.fs.budget import WriteBudget
 from ringfs.fs.cluster import Cluster, ClusterConfig
 from ringfs.fs.files import READAHEAD_CHUNKS, FileContext
 from ringfs.fs.kernel_readahead import set_readahead
+from ringfs.fs.later import Later
 from ringfs.fs.metacache import MetaCache
 from ringfs.fs.metadata import Metadata
 from ringfs.fs.operations import CacheTimes, KernelCache, Operations
@@ -146,8 +147,8 @@ async def create_operations(
         budget=WriteBudget(config.write_buffers),
         chunk_size=info.chunk_size,
         nursery=nursery,
+        commits=Later(nursery, config.commit_within),
         inline_max=config.inline_max,
-        commit_within=config.commit_within,
     )
     operations = Operations(cluster, files, config.times, kernel)
     nursery.start_soon(meta.behind.run, name="write-behind")

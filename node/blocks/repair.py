@@ -34,7 +34,7 @@ class RepairConfig:
     #: Copies fetched at once.
     transfers: int = 4
     #: Seconds a block no chunk map references stays before it is abandoned (an upload is
-    #: committed within 30 s, see `FileContext.commit_within`).
+    #: committed within 30 s, see `MountConfig.commit_within`).
     orphan_age: float = 600.0
 
 
