@@ -523,6 +523,8 @@ class FileState:
                         await self._set(deferred)  # nothing stored was left to carry it
                     if self.deferred == deferred:
                         self.deferred = AttrUpdate()
+                    if not self._to_commit:
+                        self.ctx.commits.cancel(self)  # it would find nothing, yet keep us
                     return self.attr
                 except NodeError as exc:
                     if exc.name != CHANGED:

@@ -3,7 +3,7 @@
 A mount plans a commit for every file whose upload finished (`FileState._plan_commit`), and
 almost every one is committed by a `close` long before its delay is out. A sleeping task per
 file would cost each small file a task spawned, a timer, and a wake-up 30 s later; one task
-that sleeps until the earliest deadline costs it an entry in a dict.
+that sleeps until the earliest deadline costs it an entry in a dict, which its close removes.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ Action = Callable[[], Awaitable[None]]
 
 class Later:
     """Runs each action `delay` seconds after it was planned, once, in its own task in
-    `nursery`. An action planned again for a key that is still waiting is not planned twice."""
+    `nursery`, unless it is cancelled first. An action planned again for a key that is still
+    waiting is not planned twice."""
 
     def __init__(self, nursery: trio.Nursery, delay: float) -> None:
         self.delay = delay
@@ -36,17 +37,27 @@ class Later:
             self._running = True
             self._nursery.start_soon(self._run, name="later")
 
+    def cancel(self, key: Hashable) -> None:
+        """Forget the action planned for `key`, if it has not started."""
+        self._waiting.pop(key, None)
+
     def waiting(self, key: Hashable) -> bool:
         """Whether an action is planned for `key` and not started yet."""
         return key in self._waiting
 
     async def _run(self) -> None:
-        """Start each action when its deadline comes; end when none waits."""
+        """Start the actions as their deadlines come; end when none waits."""
         try:
             while self._waiting:
-                key, (deadline, action, name) = next(iter(self._waiting.items()))
-                await trio.sleep_until(deadline)
-                del self._waiting[key]
-                self._nursery.start_soon(action, name=name)
+                await trio.sleep_until(next(iter(self._waiting.values()))[0])
+                self._start_due(trio.current_time())
         finally:
             self._running = False
+
+    def _start_due(self, now: float) -> None:
+        """Start every action due by `now` (those cancelled meanwhile are gone)."""
+        for key, (deadline, action, name) in list(self._waiting.items()):
+            if deadline > now:
+                return
+            del self._waiting[key]
+            self._nursery.start_soon(action, name=name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import gc
 import os
 import random
 import stat
@@ -19,6 +20,7 @@ import trio
 import trio.lowlevel
 
 from ringfs.fs.cluster import Answer
+from ringfs.fs.files import FileState
 from ringfs.fs.mount import MountConfig, create_operations, wait_for_filesystem
 from ringfs.fs.operations import PURGE_DELAY, Operations
 from ringfs.node.blocks.store import BlockStore
@@ -112,6 +114,20 @@ async def test_uploaded_chunks_are_committed_soon_without_a_flush(
     assert await reader.read(info.fh, 0, len(data)) == data  # no flush, no close
     await writer.write(fh, len(data), b"tail")
     await writer.release(fh)
+
+
+async def test_a_closed_file_is_not_kept_for_a_commit_its_close_made(
+    small_chunks: LocalNodes, nursery: trio.Nursery
+) -> None:
+    """A commit is planned when a file's bytes are taken for one (`--commit-within`), and its
+    close commits them: nothing is left for the planned commit, so the mount keeps nothing of
+    the closed file for it. A run of small files would otherwise hold each one's bytes in
+    memory for the whole delay."""
+    writer = await mount_ops(small_chunks, nursery)
+    fh, ino = await flushed(writer, b"f", os.urandom(3000))
+    await writer.release(fh)
+    gc.collect()
+    assert [o for o in gc.get_objects() if isinstance(o, FileState) and o.ino == ino] == []
 
 
 class SpawnedTasks(trio.abc.Instrument):

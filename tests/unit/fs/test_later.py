@@ -50,3 +50,26 @@ async def test_one_task_waits_for_every_planned_action_and_none_once_all_ran(
         assert [task.name for task in nursery.child_tasks] == ["later"]
         await trio.sleep(2)
         assert not nursery.child_tasks
+
+
+async def test_a_cancelled_action_never_runs_and_holds_up_none_after_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ran: list[tuple[str, float]] = []
+
+    def action(key: str) -> Action:
+        async def run() -> None:
+            ran.append((key, trio.current_time()))
+
+        return run
+
+    async with trio.open_nursery() as nursery:
+        later = Later(nursery, delay=10.0)
+        later.plan("a", action("a"), name="a")
+        await trio.sleep(1)
+        later.plan("b", action("b"), name="b")
+        later.cancel("a")
+        later.cancel("c")  # nothing planned: nothing to do
+        assert not later.waiting("a")
+        await trio.sleep(20)
+    assert ran == [("b", 11.0)]
