@@ -56,7 +56,8 @@ class Later:
 
     def _start_due(self, now: float) -> None:
         """Start every action due by `now` (those cancelled meanwhile are gone)."""
-        for key, (deadline, action, name) in list(self._waiting.items()):
+        while self._waiting:
+            key, (deadline, action, name) = next(iter(self._waiting.items()))
             if deadline > now:
                 return
             del self._waiting[key]
