@@ -8,20 +8,27 @@ import trio.testing
 from ringfs.fs.later import Action, Later
 
 
-async def test_each_action_runs_once_its_delay_after_it_was_first_planned(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    ran: list[tuple[str, float]] = []
+class Runs:
+    """Actions that note their key and the (mock) time they ran at."""
 
-    def action(key: str) -> Action:
+    def __init__(self) -> None:
+        self.ran: list[tuple[str, float]] = []
+
+    def action(self, key: str) -> Action:
         async def run() -> None:
-            ran.append((key, trio.current_time() - start))
+            self.ran.append((key, trio.current_time()))
 
         return run
 
+
+async def test_each_action_runs_once_its_delay_after_it_was_first_planned(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    runs = Runs()
+    action, ran = runs.action, runs.ran
     async with trio.open_nursery() as nursery:
         later = Later(nursery, delay=30.0)
-        start = trio.current_time()
+        assert trio.current_time() == 0
         later.plan("a", action("a"), name="a")
         await trio.sleep(10)
         later.plan("b", action("b"), name="b")
@@ -55,14 +62,8 @@ async def test_one_task_waits_for_every_planned_action_and_none_once_all_ran(
 async def test_a_cancelled_action_never_runs_and_holds_up_none_after_it(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    ran: list[tuple[str, float]] = []
-
-    def action(key: str) -> Action:
-        async def run() -> None:
-            ran.append((key, trio.current_time()))
-
-        return run
-
+    runs = Runs()
+    action, ran = runs.action, runs.ran
     async with trio.open_nursery() as nursery:
         later = Later(nursery, delay=10.0)
         later.plan("a", action("a"), name="a")
