@@ -492,6 +492,13 @@ def build_parser() -> argparse.ArgumentParser:
         "beside it",
     )
     bench.add_argument(
+        "--apply",
+        action="store_true",
+        help="instead: apply, to a fresh metadata database in MOUNTPOINT (any directory), the "
+        "log entries a mount makes for --files small files, one at a time, and print what "
+        "each took",
+    )
+    bench.add_argument(
         "--repair-rate",
         type=size,
         default=RepairConfig.rate,

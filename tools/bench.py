@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ringfs.tools import (
     appendbench,
+    applybench,
     besidebench,
     movebench,
     randombench,
@@ -168,6 +169,9 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if args.moves:
         movebench.run(args.mountpoint, args.size, args.repair_rate)
+        return 0
+    if args.apply:
+        applybench.run(args.mountpoint, args.files)
         return 0
     side_by_side = [
         bench
