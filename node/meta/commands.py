@@ -783,6 +783,11 @@ class Outcome(_Record):
     result: Any
     error: str | None
 
+    def to_wire(self) -> list[Any]:
+        # `result` is in wire form already (`encode_result`): walking it again would only
+        # copy it, and a batch's answer holds one outcome per command.
+        return [self.result, self.error]
+
 
 # --- results ------------------------------------------------------------------------------
 

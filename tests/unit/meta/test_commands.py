@@ -240,6 +240,17 @@ def test_entry_and_outcome_round_trip() -> None:
     _einval(Outcome.from_wire, [None, b"ENOENT"])
 
 
+def test_an_outcome_carries_its_wire_form_result_as_it_is() -> None:
+    """A batch's result holds an outcome per command, each in wire form already: encoding
+    the batch's outcome must not walk (copy) them again, and packs to the same bytes."""
+    inner = [Outcome(ATTR.to_wire(), None).to_wire(), Outcome((7, 9), "EDELEGATED").to_wire()]
+    outcome = Outcome(encode_result(inner), None)
+    assert outcome.to_wire()[0] is outcome.result
+    packed = msgpack.packb(outcome.to_wire(), use_bin_type=True)
+    unpacked = msgpack.unpackb(packed, raw=False)
+    assert unpacked == [[[ATTR.to_wire(), None], [[7, 9], "EDELEGATED"]], None]
+
+
 @pytest.mark.parametrize(
     ("request_", "value"),
     [
