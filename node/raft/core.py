@@ -33,6 +33,7 @@ from ringfs.node.raft.leader import LeaderSide, Why
 from ringfs.node.raft.member import CANDIDATE, FOLLOWER, LEADER, PRE_CANDIDATE, PendingRead
 from ringfs.node.raft.memlog import InMemoryLog
 from ringfs.node.raft.messages import (
+    EMPTY_READY,
     NEW_MEMBER,
     AppendRequest,
     AppendResponse,
@@ -57,6 +58,7 @@ from ringfs.node.raft.progress import Peers
 
 __all__ = [
     "CANDIDATE",
+    "EMPTY_READY",
     "FOLLOWER",
     "INITIAL_HARD_STATE",
     "NEW_MEMBER",
@@ -165,7 +167,7 @@ class Raft(LeaderSide, FollowerSide):
         self._learners = frozenset()
         self._term_start = self._probe = self._heartbeat_elapsed = self._now = 0
         self._reads = deque()
-        self._out = Ready()
+        self._out = EMPTY_READY
 
     # --- read-only state ----------------------------------------------------------------------
 
@@ -245,7 +247,7 @@ class Raft(LeaderSide, FollowerSide):
     def step(self, message: Message) -> Ready:
         """Handle a message from another node; one addressed elsewhere is ignored."""
         if message.dst != self._id or message.src == self._id:
-            return Ready()
+            return EMPTY_READY
         match message:
             case VoteRequest():
                 self._on_vote_request(message)

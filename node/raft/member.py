@@ -13,7 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ringfs.node.raft.memlog import InMemoryLog
-from ringfs.node.raft.messages import Entry, EntryKind, HardState, Message, NodeId, Ready
+from ringfs.node.raft.messages import (
+    EMPTY_READY,
+    Entry,
+    EntryKind,
+    HardState,
+    Message,
+    NodeId,
+    Ready,
+)
 from ringfs.node.raft.progress import Peers
 
 FOLLOWER = "follower"
@@ -152,10 +160,15 @@ class Member:
 
     def _take(self) -> Ready:
         """Everything this call produced, plus the changed hard state and new commits."""
-        state = HardState(self._term, self._voted_for, self._recovering)
-        changed = state if state != self._reported else None
-        self._reported = state
-        committed = self._log.slice(self._applied + 1, self._commit + 1)
-        self._applied = self._commit
-        ready, self._out = self._out.merge(Ready(hard_state=changed, committed=committed)), Ready()
+        ready, self._out = self._out, EMPTY_READY
+        term, voted_for, recovering, was = (
+            self._term, self._voted_for, self._recovering, self._reported
+        )  # fmt: skip
+        if (term, voted_for, recovering) != (was.term, was.voted_for, was.recovering):
+            self._reported = HardState(term, voted_for, recovering)
+            ready = ready.merge(Ready(hard_state=self._reported))
+        if self._commit > self._applied:
+            committed = self._log.slice(self._applied + 1, self._commit + 1)
+            self._applied = self._commit
+            ready = ready.merge(Ready(committed=committed))
         return ready

@@ -388,6 +388,12 @@ class Ready:
 
     def merge(self, other: Ready) -> Ready:
         """One Ready with the effect of acting on `self` and then on `other`."""
+        # Most merges have an empty side (every call of the core merges what it produced
+        # into an empty Ready, and most produce little): that side adds nothing.
+        if other == EMPTY_READY:
+            return self
+        if self == EMPTY_READY:
+            return other
         truncate_from, append = self.truncate_from, self.append
         if other.truncate_from is not None:
             append = tuple(e for e in append if e.index < other.truncate_from)
@@ -408,3 +414,7 @@ class Ready:
             send_snapshot=self.send_snapshot + extra,
             warnings=self.warnings + other.warnings,
         )
+
+
+#: A Ready that asks nothing (one shared instance: Readys are frozen).
+EMPTY_READY = Ready()

@@ -42,7 +42,7 @@ from ringfs.node.raft.core import (
     SnapshotMeta,
     SnapshotRequest,
 )
-from ringfs.node.raft.messages import refusal
+from ringfs.node.raft.messages import EMPTY_READY, refusal
 from ringfs.node.raft.snapshots import Snapshots
 
 log = logging.getLogger(__name__)
@@ -338,7 +338,7 @@ class RaftNode:
         self._idle = False
         self._wakeup.set()
         self._advance_clock()
-        if self._pending != Ready():
+        if self._pending != EMPTY_READY:
             return False  # what the ticks asked comes first
         ready = self.raft.step(message)
         if ready.install_snapshot is not None or (self.raft.role == "leader" and _writes(ready)):

@@ -20,6 +20,7 @@ import pytest
 
 from ringfs.node.raft.core import (
     CANDIDATE,
+    EMPTY_READY,
     FOLLOWER,
     LEADER,
     NEW_MEMBER,
@@ -1298,6 +1299,15 @@ def test_ready_merge_acts_like_two_readys_in_sequence() -> None:
     assert installed.committed == ()
     offers = Ready(send_snapshot=("a",)).merge(Ready(send_snapshot=("a", "b")))
     assert offers.send_snapshot == ("a", "b")
+
+
+def test_an_empty_ready_merged_either_side_changes_nothing() -> None:
+    """Every call of the core merges what it produced into an empty Ready: no new one."""
+    (e1,) = log_of(1)
+    ready = Ready(hard_state=HardState(1, "a"), truncate_from=1, append=(e1,), reads=((1, 1),))
+    assert ready.merge(Ready()) is ready
+    assert Ready().merge(ready) is ready
+    assert EMPTY_READY.merge(Ready()) == Ready()
 
 
 def test_voters_encoding() -> None:
