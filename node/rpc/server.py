@@ -241,8 +241,10 @@ class _Session:
         self.early: list[Request] = []
         # The handshake's scope: cancelled when a newer connection takes its place.
         self.pending = trio.CancelScope()
-        # The wait for the next message: its deadline is the idle timeout while nothing runs.
+        # The wait for the next bytes: its deadline is the idle timeout while nothing runs,
+        # and `finish_by` while a message is under way.
         self.idle = trio.CancelScope()
+        self.finish_by = math.inf
         # Serving the authenticated connection: cancelled when its key is revoked.
         self.serving = trio.CancelScope()
 
@@ -319,13 +321,14 @@ class _Session:
                         frame_started = trio.current_time()  # the wait was not the peer's
                 room = RECEIVE_SIZE if token else UNCHARGED_PARTIAL - self.conn.buffered
                 # A message that has started must finish in time: a peer cannot park a
-                # half-sent frame in our buffer forever, however slowly it trickles in.
-                with (
-                    trio.CancelScope(deadline=self._idle_until()) as self.idle,
-                    trio.fail_at(frame_started + frame_timeout),
-                ):
+                # half-sent frame in our buffer forever, however slowly it trickles in. One
+                # scope for both deadlines: a scope costs more than the read it guards.
+                self.finish_by = frame_started + frame_timeout
+                with trio.CancelScope(deadline=self._wait_until()) as self.idle:
                     data = await self.stream.receive_some(room)
                 if self.idle.cancelled_caught:
+                    if trio.current_time() >= self.finish_by:
+                        raise trio.TooSlowError
                     log.info("closing connection from %s: idle for %.0f s", self.peer,
                              self.server.config.idle_timeout)  # fmt: skip
                     return
@@ -353,13 +356,14 @@ class _Session:
             if token:
                 tokens.release()
 
-    def _idle_until(self) -> float:
-        """When to close the connection if nothing arrives: `idle_timeout` from now if no
-        request runs and no message is under way, else never (a running request answers)."""
+    def _wait_until(self) -> float:
+        """When to stop waiting for the next bytes: when the message under way must be
+        complete (`finish_by`), or `idle_timeout` from now if no request runs and no message
+        is under way (a running request answers)."""
         config = self.server.config
         if self.room.value < config.limits.max_in_flight or self.conn.buffered:
-            return math.inf
-        return trio.current_time() + config.idle_timeout
+            return self.finish_by
+        return min(self.finish_by, trio.current_time() + config.idle_timeout)
 
     async def _flush_handshake(self) -> None:
         """Best effort: tell a refused peer why before closing."""
@@ -457,7 +461,7 @@ class _Session:
         finally:
             self.room.release()
             self.server.intake.budget.release(charged)
-            self.idle.deadline = self._idle_until()  # the last one done: idle from now
+            self.idle.deadline = self._wait_until()  # the last one done: idle from now
 
 
 async def _unauthenticated(method: str, params: list[Any]) -> Any:
