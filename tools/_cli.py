@@ -492,11 +492,11 @@ def build_parser() -> argparse.ArgumentParser:
         "beside it",
     )
     bench.add_argument(
-        "--apply",
+        "--parts",
         action="store_true",
-        help="instead: apply, to a fresh metadata database in MOUNTPOINT (any directory), the "
-        "log entries a mount makes for --files small files, one at a time, and print what "
-        "each took",
+        help="instead: time the parts of a metadata round alone, with scratch files in "
+        "MOUNTPOINT (any directory): applying the log entries of --files small files to a "
+        "fresh database, the Raft core's steps, and calls to a one-node group in this process",
     )
     bench.add_argument(
         "--repair-rate",

@@ -1,4 +1,4 @@
-"""`ringfs bench --apply`: what applying one small file's log entry costs a metadata replica.
+"""`ringfs bench --parts`, first part: what applying one small file's log entry costs a replica.
 
 Every member of the metadata group applies every entry, and the leader does so on the path of
 each `close`. This builds, in a fresh `meta.db` in a scratch directory, the entries a mount
@@ -96,7 +96,8 @@ def small_files(log: _Log, files: int) -> list[float]:
         ino, parent = first + DIRECTORIES + k, dirs[k % DIRECTORIES]
         chunk = Chunk(0, os.urandom(BLOCK_ID_SIZE), len(data), checksum(data), data)
         create = Mknod(parent, b"f%d" % k, 0o100644, 0, 0, 0, now + k, ino)
-        commit = CommitChunks(ino, (ChunkUpdate(chunk, b"", 0),), len(data), *[None] * 4, now + k)
+        update = ChunkUpdate(chunk, b"", 0)
+        commit = CommitChunks(ino, (update,), len(data), None, None, None, None, now + k)
         seconds.append(log.apply(Batch((parent,), (create, commit)))[1])
     return seconds[WARMUP:]
 

@@ -24,9 +24,11 @@ from ringfs.tools import (
     applybench,
     besidebench,
     movebench,
+    raftbench,
     randombench,
     readspreadbench,
     refillbench,
+    rpcbench,
     treebench,
 )
 from ringfs.tools.args import UserError
@@ -170,8 +172,10 @@ def main(args: argparse.Namespace) -> int:
     if args.moves:
         movebench.run(args.mountpoint, args.size, args.repair_rate)
         return 0
-    if args.apply:
+    if args.parts:
         applybench.run(args.mountpoint, args.files)
+        raftbench.run()
+        rpcbench.run(args.mountpoint)
         return 0
     side_by_side = [
         bench
