@@ -18,8 +18,8 @@ from ringfs.node.meta import commands as cmd
 from ringfs.node.meta.commands import Attr
 from ringfs.node.meta.effects import DIR_BLOCKS
 
-#: Bumped when the schema changes incompatibly.
-SCHEMA_VERSION = 2
+#: Bumped when the schema changes; `_UPGRADES` brings a database of an earlier one forward.
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 BEGIN;
@@ -40,8 +40,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     ino INTEGER NOT NULL, idx INTEGER NOT NULL, block_id BLOB NOT NULL,
     length INTEGER NOT NULL, checksum BLOB NOT NULL, PRIMARY KEY (ino, idx)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS chunks_by_block ON chunks (block_id);
-CREATE TABLE IF NOT EXISTS inline_blocks (block_id BLOB PRIMARY KEY, data BLOB NOT NULL)
-    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS inline_blocks (block_id BLOB PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS chunk_tails (
     ino INTEGER NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (ino, idx))
     WITHOUT ROWID;
@@ -64,6 +63,23 @@ INSERT OR IGNORE INTO counters VALUES
     ('garbage_blocks', 0), ('garbage_bytes', 0);
 COMMIT;
 """
+
+#: The script that takes a database from each earlier schema to the next, in one transaction
+#: (a crash leaves it as it was, and the next open runs it again). Schema 3 keeps inline
+#: blocks in a table with rowids: in a WITHOUT ROWID table a row lives in its primary key's
+#: B-tree, and inserting blocks of kilobytes at random keys moved them about, which made the
+#: insert three times dearer (55 against 18 µs for 4 KiB).
+_UPGRADES = {
+    2: """
+BEGIN;
+ALTER TABLE inline_blocks RENAME TO inline_blocks_2;
+CREATE TABLE inline_blocks (block_id BLOB PRIMARY KEY, data BLOB NOT NULL);
+INSERT INTO inline_blocks SELECT block_id, data FROM inline_blocks_2;
+DROP TABLE inline_blocks_2;
+PRAGMA user_version = 3;
+COMMIT;
+""",
+}
 TABLES = (
     "inodes", "dentries", "xattrs", "chunks", "inline_blocks", "chunk_tails", "garbage",
     "abandoned", "counters", "sessions", "clients", "inode_ranges", "delegations", "orphans",
@@ -139,7 +155,8 @@ class Changes:
 def open_database(
     path: Path | str, *, synchronous: bool = True, auto_checkpoint: bool = True
 ) -> sqlite3.Connection:
-    """Open (creating if need be) a namespace database; NodeError for a foreign schema.
+    """Open (creating if need be) a namespace database, upgraded to the current schema;
+    NodeError for a foreign schema.
 
     `synchronous=False` skips the fsync at each commit (WAL, synchronous=NORMAL): for a
     replica whose commands are durable in the Raft log, which replays whatever a power loss
@@ -160,7 +177,14 @@ def open_database(
     db.execute("PRAGMA temp_store = MEMORY")
     if not auto_checkpoint:
         db.execute("PRAGMA wal_autocheckpoint = 0")
-    version = db.execute("PRAGMA user_version").fetchone()[0]
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        while version in _UPGRADES:
+            db.executescript(_UPGRADES[version])
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+    except BaseException:
+        db.close()  # an upgrade cut short is rolled back
+        raise
     if version not in (0, SCHEMA_VERSION):
         db.close()
         raise NodeError("EINVAL", f"{path}: metadata schema {version}, need {SCHEMA_VERSION}")

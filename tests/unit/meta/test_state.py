@@ -1169,6 +1169,36 @@ def test_refuses_a_database_of_another_schema(tmp_path: Path) -> None:
     assert info.value.name == "EINVAL"
 
 
+def test_a_database_of_schema_2_is_upgraded_in_place_with_every_row(tmp_path: Path) -> None:
+    """Schema 2 kept inline blocks in a WITHOUT ROWID table; opening such a database moves
+    them to the table schema 3 has, in one transaction, and keeps every row."""
+    path = tmp_path / "meta.db"
+    with MetaState(path) as meta:
+        meta.apply_batch([Entry(Init(CS, 0, 0, T0))])
+        f = mkfile(meta, ROOT_INO, b"f")
+        small = kept(0, 1, b"hello")
+        ok(meta, blind(meta, f, (small,), 5))
+        before = meta.dump()
+    with sqlite3.connect(path, isolation_level=None) as db:  # as schema 2 left it
+        db.executescript(
+            "BEGIN;"
+            "CREATE TABLE old (block_id BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;"
+            "INSERT INTO old SELECT block_id, data FROM inline_blocks;"
+            "DROP TABLE inline_blocks; ALTER TABLE old RENAME TO inline_blocks;"
+            "PRAGMA user_version = 2; COMMIT;"
+        )
+    db.close()
+    with MetaState(path) as meta:
+        assert meta.dump() == before
+        assert meta.query(ReadChunks(f, 0, 100))[1] == [small]
+        ok(meta, blind(meta, mkfile(meta, ROOT_INO, b"g"), (kept(0, 2, b"more"),), 4))
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (3,)
+        [(sql,)] = db.execute("SELECT sql FROM sqlite_master WHERE name = 'inline_blocks'")
+        assert "WITHOUT ROWID" not in sql
+    db.close()
+
+
 def test_snapshot_is_a_full_copy(meta: MetaState, tmp_path: Path) -> None:
     _file_with_three_chunks(meta)
     ok(meta, SetXattr(ROOT_INO, b"user.x", b"1", 0, T0))
