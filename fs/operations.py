@@ -533,7 +533,10 @@ class Operations(pyfuse3.Operations):
             return
         state.closing += 1
         try:
-            await self._flush(state)
+            # A FLUSH came before, at the close, and stored everything written until then:
+            # only writes since (a mapping's pages written back later) are left to store.
+            if state.dirty:
+                await self._flush(state)
         except (NodeError, Unavailable, ProtocolError) as exc:
             log.error("inode %d: data written since the last flush is lost: %s", state.ino, exc)
             if not state.open_count and state.closing == 1:

@@ -365,6 +365,28 @@ def test_close_to_open_between_mounts(mounted: Path, mount_factory: Callable[...
     assert (second / "new").read_bytes() == b"new file"
 
 
+def test_writes_through_a_mapping_kept_after_close_are_committed_at_its_release(
+    mounted: Path, mount_factory: Callable[..., Mount]
+) -> None:
+    """Unmapping writes the pages back, and they are committed before the release (the
+    kernel flushes the file first, and a release finds anything still unstored): other
+    mounts see them at once, not --commit-within later."""
+    path = mounted / "mapped"
+    path.write_bytes(random_bytes(100_000, seed=9))
+    fd = os.open(path, os.O_RDWR)
+    mapped = mmap.mmap(fd, 0)
+    os.close(fd)  # the FLUSH; the RELEASE waits for the mapping
+    mapped[50_000:50_010] = b"0123456789"
+    mapped.close()
+    expected = bytearray(random_bytes(100_000, seed=9))
+    expected[50_000:50_010] = b"0123456789"
+    second = mount_factory("second").path / "mapped"
+    deadline = time.monotonic() + 10
+    while second.read_bytes() != expected:
+        assert time.monotonic() < deadline, "the mapping's writes were not committed"
+        time.sleep(0.1)
+
+
 # -- attributes ------------------------------------------------------------------------------
 
 
