@@ -161,11 +161,9 @@ class Member:
     def _take(self) -> Ready:
         """Everything this call produced, plus the changed hard state and new commits."""
         ready, self._out = self._out, EMPTY_READY
-        term, voted_for, recovering, was = (
-            self._term, self._voted_for, self._recovering, self._reported
-        )  # fmt: skip
-        if (term, voted_for, recovering) != (was.term, was.voted_for, was.recovering):
-            self._reported = HardState(term, voted_for, recovering)
+        now, was = (self._term, self._voted_for, self._recovering), self._reported
+        if now != (was.term, was.voted_for, was.recovering):
+            self._reported = HardState(*now)
             ready = ready.merge(Ready(hard_state=self._reported))
         if self._commit > self._applied:
             committed = self._log.slice(self._applied + 1, self._commit + 1)
