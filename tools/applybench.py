@@ -41,6 +41,7 @@ from ringfs.node.meta.commands import (
     Reserve,
 )
 from ringfs.node.meta.replica import MetaMachine
+from ringfs.node.meta.state import RESERVE_MAX
 from ringfs.node.raft.messages import Entry as LogEntry
 from ringfs.node.raft.messages import EntryKind
 
@@ -48,6 +49,8 @@ DIRECTORIES = 20
 FILE_BYTES = 4096
 #: The entries before these are left out of the figures: the database's first pages.
 WARMUP = 200
+#: The most files one reservation of inode numbers covers, beside the directories.
+MAX_FILES = RESERVE_MAX - DIRECTORIES
 
 
 class _Log:

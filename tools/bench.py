@@ -173,6 +173,10 @@ def main(args: argparse.Namespace) -> int:
         movebench.run(args.mountpoint, args.size, args.repair_rate)
         return 0
     if args.parts:
+        if not applybench.WARMUP < args.files <= applybench.MAX_FILES:
+            raise UserError(
+                f"--parts needs --files from {applybench.WARMUP + 1} to {applybench.MAX_FILES}"
+            )
         applybench.run(args.mountpoint, args.files)
         raftbench.run()
         rpcbench.run(args.mountpoint)

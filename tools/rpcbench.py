@@ -32,6 +32,8 @@ CALLS = 3000
 #: Calls before those timed: the connection, the leader's lease, the first pages.
 WARMUP = 300
 SECRET = b"ringfs bench --parts"
+#: Seconds the node has to become its group's leader.
+LEAD_WAIT = 30
 
 
 async def _timed(call: Callable[[int], Awaitable[object]], count: int) -> list[float]:
@@ -44,13 +46,15 @@ async def _timed(call: Callable[[int], Awaitable[object]], count: int) -> list[f
 
 
 async def _until_led(cluster: Cluster) -> None:
-    """Wait for the node to lead its group (it elects itself after a few ticks)."""
-    while True:
-        try:
-            await cluster.meta_query(GetAttr(ROOT_INO))
-            return
-        except (NodeError, Unavailable):
-            await trio.sleep(0.05)
+    """Wait for the node to lead its group (it elects itself after a few ticks); raises
+    TooSlowError if it does not within `LEAD_WAIT` seconds."""
+    with trio.fail_after(LEAD_WAIT):
+        while True:
+            try:
+                await cluster.meta_query(GetAttr(ROOT_INO))
+                return
+            except (NodeError, Unavailable):
+                await trio.sleep(0.05)
 
 
 async def calls(directory: Path, count: int) -> dict[str, list[float]]:

@@ -5,6 +5,8 @@ nothing."""
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,4 +75,17 @@ def test_the_rpc_bench_prints_its_figures_and_keeps_nothing(
         "command (Setattr of a time)",
     ]
     assert all(float(line.split()[-2]) > 0 for line in lines)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("files", [applybench.WARMUP, applybench.MAX_FILES + 1])
+def test_parts_refuses_a_number_of_files_it_cannot_time(tmp_path: Path, files: int) -> None:
+    """None left after the warm-up, or more than one reservation of inode numbers covers:
+    a one-line error, not a traceback."""
+    command = [sys.executable, "-m", "ringfs.tools", "bench", str(tmp_path), "--parts"]
+    done = subprocess.run([*command, "--files", str(files)], capture_output=True, text=True)
+    assert done.returncode != 0
+    assert (
+        done.stderr.strip() == f"ringfs: --parts needs --files from 201 to {applybench.MAX_FILES}"
+    )
     assert list(tmp_path.iterdir()) == []
