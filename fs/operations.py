@@ -534,8 +534,9 @@ class Operations(pyfuse3.Operations):
         state.closing += 1
         try:
             # A FLUSH came before, at the close, and stored everything written until then:
-            # only writes since (a mapping's pages written back later) are left to store.
-            if state.dirty:
+            # only writes since (a mapping's pages written back later) are left to store, or
+            # a commit of them that came in between left to note.
+            if state.dirty or state.attr.version != self._known_versions.get(state.ino):
                 await self._flush(state)
         except (NodeError, Unavailable, ProtocolError) as exc:
             log.error("inode %d: data written since the last flush is lost: %s", state.ino, exc)
