@@ -365,7 +365,7 @@ def test_close_to_open_between_mounts(mounted: Path, mount_factory: Callable[...
     assert (second / "new").read_bytes() == b"new file"
 
 
-def test_writes_through_a_mapping_kept_after_close_are_committed_at_its_release(
+def test_writes_through_a_mapping_kept_after_close_reach_another_mount_at_once(
     mounted: Path, mount_factory: Callable[..., Mount]
 ) -> None:
     """Unmapping writes the pages back, and they are committed before the release (the
