@@ -20,6 +20,9 @@ from tests.e2e.conftest import Cluster, Mount, wait_for
 
 pytestmark = pytest.mark.fuse
 
+#: the nodes' `--snapshot-every`: small, so a node away for a while must catch up by one
+SNAPSHOT_EVERY = 50
+
 
 def meta_members(text: str) -> dict[str, tuple[str, int, int]]:
     """member -> (role, log index, applied) from the meta group table of `ringfs status`."""
@@ -108,10 +111,16 @@ class Workload:
             assert (root / final).read_bytes() == data, f"{final} has the wrong content"
 
 
+def leader_log_index(cluster: Cluster) -> int:
+    """The last index in the meta leader's log (0 while there is none)."""
+    members = meta_members(cluster.status())
+    return max((m[1] for m in members.values() if m[0] == "leader"), default=0)
+
+
 @pytest.fixture
 def cluster(cluster: Cluster) -> Cluster:
     """Compact the Raft log often, so the restarted node must catch up by snapshot."""
-    cluster.node_args = ("--snapshot-every", "50")
+    cluster.node_args = ("--snapshot-every", str(SNAPSHOT_EVERY))
     for node in cluster.nodes:
         cluster.stop(node)
     cluster.start(*cluster.nodes)
@@ -129,6 +138,13 @@ def test_killing_the_meta_leader_loses_nothing_acknowledged(
         cluster.kill(victim)
         before = len(workload.created)
         wait_for(lambda: len(workload.created) >= before + 40, "operations after the kill")
+        # The victim's log ends near where the new leader's began; two snapshot intervals
+        # past that, the leader has compacted away what the victim lacks.
+        elected_at = leader_log_index(cluster)
+        wait_for(
+            lambda: leader_log_index(cluster) >= elected_at + 2 * SNAPSHOT_EVERY + 20,
+            "the new leader's log to pass two snapshots",
+        )
     assert workload.errors == [], "operations failed instead of waiting for the election"
     print(f"slowest operation across the failover: {workload.slowest:.2f}s")
     workload.verify(mounted / "work")
