@@ -57,6 +57,8 @@ FOLLOWER_APPLY_BATCH = 256
 # the last value; a member that then ran that long without failing starts again from the first.
 RETRY_FIRST = 1.0
 RETRY_LAST = 30.0
+# Seconds a log write may take for a leader to write its next one inline (see `_save`).
+SLOW_LOG_WRITE = 0.002
 
 __all__ = ["LeadershipLost", "NotLeader", "RaftNode"]
 
@@ -187,6 +189,8 @@ class RaftNode:
         # stepped at once (`_step_now`). A failure met there, for the loop to raise.
         self._idle = False
         self._failed_now: Exception | None = None
+        # Whether this member's last log write took longer than SLOW_LOG_WRITE.
+        self._slow_log = False
         # Commands waiting for the loop to propose them together (one AppendRequest each).
         self._queued: list[tuple[bytes, _Waiter]] = []
         self._proposals: dict[int, _Waiter] = {}
@@ -465,16 +469,20 @@ class RaftNode:
             self._start_snapshot()
 
     async def _save(self, ready: Ready) -> None:
-        """A leader writes in a worker thread, while its AppendRequests travel and the
-        followers write theirs. Any other member has nothing to overlap with its write (it
-        answers only after it), so it writes inline: a thread hop would only add wake-ups."""
-        if self.raft.role == "leader":
-            await self._io(self.storage.save, ready.hard_state, ready.truncate_from, ready.append)
+        """Write the log inline, on the event loop: the write's end then wakes the loop
+        itself, where a worker thread would wake first, then wake the loop, a second wait for
+        a core on the path of every command. Only a leader whose last write was slow writes
+        in a worker thread, so that the node's other tasks (block requests, leased reads,
+        polls) go on meanwhile; its AppendRequests left before the write either way."""
+        if self.raft.role == "leader" and self._slow_log:
+            await self._io(self._write_log, ready)
         else:
             self._write_log(ready)
 
     def _write_log(self, ready: Ready) -> None:
+        started = time.monotonic()
         self.storage.save(ready.hard_state, ready.truncate_from, ready.append)
+        self._slow_log = time.monotonic() - started > SLOW_LOG_WRITE
 
     # -- applying ----------------------------------------------------------------------------
 
