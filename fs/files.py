@@ -327,8 +327,9 @@ class FileState:
                 if buffer.end == chunk_size and within + count == chunk_size:
                     self.start_upload(idx)
             self.modified_ns = time.time_ns()
-            # A write after utimensat makes mtime the write's time again.
-            self.deferred = replace(self.deferred, mtime_ns=None)
+            if self.deferred.mtime_ns is not None:
+                # A write after utimensat makes mtime the write's time again.
+                self.deferred = replace(self.deferred, mtime_ns=None)
         return len(data)
 
     def _note_append(self, start: int, end: int) -> None:
