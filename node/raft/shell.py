@@ -175,7 +175,7 @@ class RaftNode:
             io=self._io,
             discard=self._stale_images.append,
         )
-        self._pending = Ready()
+        self._pending = EMPTY_READY
         self._inbox: deque[tuple[Message, Path | None]] = deque()
         # Ticks are counted from the clock, not from wake-ups, so a stall is not time that
         # never passed (the leader lease relies on it).
@@ -218,7 +218,7 @@ class RaftNode:
             incarnation=self._incarnation(),
         )
         self._applied = applied
-        self._pending, self._unapplied, self._was_leader = Ready(), [], False
+        self._pending, self._unapplied, self._was_leader = EMPTY_READY, [], False
         self._inbox.clear()
         self._snapshots.reset(snapshot.last_index if snapshot else 0)
 
@@ -418,7 +418,7 @@ class RaftNode:
         self._pending = self._pending.merge(ready)
 
     async def _process_pending(self) -> None:
-        ready, self._pending = self._pending, Ready()
+        ready, self._pending = self._pending, EMPTY_READY
         await self._process(ready, None)
 
     def _warn_once(self, cause: str, text: str, *args: Any) -> None:
