@@ -19,7 +19,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -175,6 +175,9 @@ class MetaMachine:
         # One snapshot or restore at a time: a restore replaces the file a snapshot reads.
         self._files = threading.Lock()
         self._numbers = itertools.count()
+        # This member's own proposals waiting to be applied, by their data's identity: the
+        # entry each was encoded from (see `proposing`).
+        self._proposing: dict[int, tuple[bytes, Entry]] = {}
         # Images a previous run took: nobody sends them any more.
         for leftover in self.path.parent.glob(f"{self.path.name}.snapshot-*"):
             leftover.unlink()
@@ -184,9 +187,27 @@ class MetaMachine:
         # Checkpointed in a worker thread (`checkpoint`), never while applying.
         return MetaState(self.path, synchronous=False, auto_checkpoint=False)
 
+    @contextlib.contextmanager
+    def proposing(self, data: bytes, entry: Entry) -> Iterator[None]:
+        """While the caller waits for `data`, encoded from `entry`, to be applied: apply the
+        log entry holding this very object as `entry`, without decoding it again. The leader
+        thus decodes its own commands once, and followers decode the same bytes into an equal
+        entry; a log entry read back from disk is another object, and is decoded."""
+        self._proposing[id(data)] = (data, entry)
+        try:
+            yield
+        finally:
+            del self._proposing[id(data)]
+
+    def _entry(self, data: bytes) -> Entry:
+        proposed = self._proposing.get(id(data))
+        if proposed is not None and proposed[0] is data:
+            return proposed[1]
+        return Entry.from_wire(msgpack.unpackb(data, raw=False))
+
     def apply(self, entries: Sequence[LogEntry]) -> list[Any]:
         logged = [e for e in entries if e.kind is EntryKind.COMMAND]
-        commands = [Entry.from_wire(msgpack.unpackb(e.data, raw=False)) for e in logged]
+        commands = [self._entry(e.data) for e in logged]
         # One transaction with the applied index. A bug in a command answers EIO for that
         # command alone, inside it; whatever escapes is this node's own failure (its disk,
         # its memory), so it stops rather than differ from its peers (the log replays).
@@ -502,7 +523,8 @@ class ReplicatedMeta:
         entry = Entry(stamp(command, time.time_ns()), client_id, seq, acked_below)
         data = msgpack.packb(entry.to_wire(), use_bin_type=True)
         try:
-            applied: Applied = await self.raft.apply(data)
+            with self.machine.proposing(data, entry):
+                applied: Applied = await self.raft.apply(data)
         except NotLeader as exc:
             raise NodeError(NOT_LEADER, exc.leader or "") from None
         except LeadershipLost as exc:

@@ -156,6 +156,33 @@ def test_entries_apply_in_one_batch_with_their_index(machine: MetaMachine) -> No
     assert machine.applied_index() == 4
 
 
+def test_its_own_proposal_is_applied_as_the_entry_it_was_encoded_from(
+    machine: MetaMachine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry = Entry(Mkdir(ROOT_INO, b"mine", 0o755, 0, 0, 1))
+    data = msgpack.packb(entry.to_wire(), use_bin_type=True)
+    decoded: list[bytes] = []
+    decode = Entry.from_wire
+
+    def counted(wire: Any) -> Entry:
+        decoded.append(wire[0][2])
+        return decode(wire)
+
+    monkeypatch.setattr(replica.Entry, "from_wire", counted)
+    with machine.proposing(data, entry):
+        # The same bytes from another object (as read back from the log on disk): decoded.
+        (other,) = machine.apply([LogEntry(1, 2, EntryKind.COMMAND, bytes(bytearray(data)))])
+        (mine,) = machine.apply([LogEntry(1, 3, EntryKind.COMMAND, data)])
+    (after,) = machine.apply([LogEntry(1, 4, EntryKind.COMMAND, data)])
+    assert decoded == [b"mine", b"mine"]  # index 2, and index 4 once no longer proposing
+    assert (other.outcome.error, mine.outcome.error, after.outcome.error) == (
+        None,
+        "EEXIST",
+        "EEXIST",
+    )
+    assert machine.applied_index() == 4
+
+
 def test_a_full_disk_stops_the_member_with_nothing_applied(machine: MetaMachine) -> None:
     db = machine.state._db
     (pages,) = db.execute("PRAGMA page_count").fetchone()
