@@ -337,25 +337,40 @@ class RaftNode:
 
         The loop is woken either way: messages that arrive right behind this one (in the same
         read) queue for it and are stepped together, with one log write."""
-        if not (self._idle and not self._inbox and isinstance(message, _STEPPED_NOW)):
+        if not isinstance(message, _STEPPED_NOW) or not self._take_the_loops_turn():
             return False
-        self._idle = False
-        self._wakeup.set()
-        self._advance_clock()
-        if self._pending != EMPTY_READY:
-            return False  # what the ticks asked comes first
         ready = self.raft.step(message)
         if ready.install_snapshot is not None or (self.raft.role == "leader" and _writes(ready)):
             self._pending = ready
             return True
+        self._process_now(ready)
+        return True
+
+    def _take_the_loops_turn(self) -> bool:
+        """Whether the caller may step the core and act in its own task, in the loop's stead:
+        only while the loop waits with nothing to do, once the ticks due are stepped and left
+        nothing pending (what they asked comes first). Wakes the loop either way, once it
+        waited, so that what arrives right behind goes to it."""
+        if not self._idle or self._inbox:
+            return False
+        self._idle = False
+        self._wakeup.set()
+        self._advance_clock()
+        return self._pending == EMPTY_READY
+
+    def _process_now(self, ready: Ready) -> None:
+        """`_process` without waiting: send, write the log inline, act. A failure is raised
+        by the loop, as if it had met it."""
         try:
             self._warn(ready)
+            early = _early_messages(ready)
+            for message in early:
+                self.transport.send(message)
             if _writes(ready):
                 self._write_log(ready)
-            self._act(ready, sent=())
-        except Exception as exc:  # raised by the loop, as if it had met it
+            self._act(ready, sent=early)
+        except Exception as exc:
             self._failed_now = exc
-        return True
 
     def _takes(self, message: Message) -> bool:
         """Whether this member takes `message` now: not while its storage failed, nor one
@@ -595,7 +610,14 @@ class RaftNode:
             raise NotLeader(None if self._failure else self.raft.leader)
         waiter = _Waiter(trio.Event())
         self._queued.append((data, waiter))
-        self._wakeup.set()
+        if not self._slow_log and self._take_the_loops_turn():
+            # Proposed, sent and written in this task: no pass of the scheduler before the
+            # AppendRequests leave. A slow log's write is for the loop's worker thread.
+            self._propose_queued()
+            ready, self._pending = self._pending, EMPTY_READY
+            self._process_now(ready)
+        else:
+            self._wakeup.set()
         await waiter.done.wait()
         if waiter.failure is not None:
             raise waiter.failure

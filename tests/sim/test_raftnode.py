@@ -245,3 +245,41 @@ async def test_a_leader_commits_and_applies_in_the_task_that_received_the_answer
     assert recorder.applied[-1] == index
     await trio.testing.wait_all_tasks_blocked()
     assert results == [None]
+
+
+async def test_a_proposal_to_an_idle_leader_goes_out_in_the_proposers_task(
+    leader: tuple[RaftNode, Recorder], nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node, recorder = leader
+    written_by: list[tuple[str, list[int]]] = []
+    cast(MemoryStorage, node.storage).on_save = lambda entries: written_by.append(
+        (trio.lowlevel.current_task().name, [entry.index for entry in entries])
+    )
+    sent_by: list[tuple[str, Message]] = []
+    send = recorder.send
+
+    def noted(message: Message, snapshot: Path | None = None) -> None:
+        sent_by.append((trio.lowlevel.current_task().name, message))
+        send(message, snapshot)
+
+    monkeypatch.setattr(recorder, "send", noted)
+    await trio.testing.wait_all_tasks_blocked()  # the loop has nothing to do
+
+    async def propose(data: bytes) -> None:
+        await node.apply(data)
+
+    nursery.start_soon(propose, b"alone", name="proposer")
+    await trio.testing.wait_all_tasks_blocked()
+    index = node.raft.last_index
+    assert written_by == [("proposer", [index])]
+    carrying = [(task, m.dst) for task, m in sent_by if isinstance(m, AppendRequest) and m.entries]
+    assert ("proposer", "n2") in carrying
+    # The first of those that come together goes out at once; the others wait for the loop,
+    # which proposes them in one entry batch, with one log write.
+    written_by.clear()
+    for n in range(3):
+        nursery.start_soon(propose, b"together %d" % n, name=f"proposer {n}")
+    await trio.testing.wait_all_tasks_blocked()
+    assert [indices for _, indices in written_by] == [[index + 1], [index + 2, index + 3]]
+    assert written_by[0][0].startswith("proposer ")
+    assert not written_by[1][0].startswith("proposer")
