@@ -11,7 +11,8 @@ cache, and queues the command. Queued commands go to the leader together in one 
 `FLUSH_DELAY` after the first, or at once when someone waits: a close or fsync (its chunk
 commit rides in the same batch, so a small file costs one replicated round), a query, any
 command that cannot be foreseen. At most one batch is on its way at a time, so the leader
-applies them in the order they were made.
+applies them in the order they were made; a caller that waits sends the batch itself when none
+is on its way.
 
 What this gives up: a change acknowledged here is durable only once its batch is committed (a
 few milliseconds later, or when a close, fsync or fsyncdir waits for it). A mount that dies
@@ -107,7 +108,8 @@ class WriteBehind:
         self.held: set[int] = set()
         self._releasing: set[int] = set()
         self._queue: list[_Queued] = []
-        self._sending = False
+        # Held while a batch is on its way: by `run`, or by a rider that sends its batch itself.
+        self._sending = trio.Lock()
         self._queued = trio.Event()
         self._hurry = trio.Event()
         self._idle = trio.Event()
@@ -129,7 +131,7 @@ class WriteBehind:
     @property
     def busy(self) -> bool:
         """Whether changes are queued or on their way."""
-        return bool(self._queue) or self._sending
+        return bool(self._queue) or self._sending.locked()
 
     # -- acknowledging -------------------------------------------------------------------------
 
@@ -316,6 +318,18 @@ class WriteBehind:
         assert item.waiter is not None
         _count(self._riding, touched(command)[0], +1)
         self._put(item)
+        try:
+            self._sending.acquire_nowait()
+        except trio.WouldBlock:
+            pass  # a batch is on its way: `run` sends this one's next
+        else:
+            # Nothing on its way: sent from here, without a hand-over to `run` and back. A
+            # batch that left goes to its end, whatever becomes of this caller.
+            try:
+                with trio.CancelScope(shield=True):
+                    await self._send_next()
+            finally:
+                self._sending.release()
         await item.waiter.wait()
         if item.error is not None:
             raise item.error
@@ -414,18 +428,22 @@ class WriteBehind:
             if not self._hurry.is_set():
                 with trio.move_on_after(FLUSH_DELAY):
                     await self._hurry.wait()
-            batch = self._take_batch()
-            self._queued, self._hurry = trio.Event(), trio.Event()
-            if self._queue:
-                self._queued.set()
-                self._hurry.set()
-            self._sending = True
-            try:
-                await self._send(batch)
-            finally:
-                self._sending = False
-                if not self._queue:
-                    self._idle.set()
+            async with self._sending:
+                if self._queue:  # else a rider sent it meanwhile
+                    await self._send_next()
+
+    async def _send_next(self) -> None:
+        """Send the oldest queued commands as one batch; the caller holds `_sending`."""
+        batch = self._take_batch()
+        self._queued, self._hurry = trio.Event(), trio.Event()
+        if self._queue:
+            self._queued.set()
+            self._hurry.set()
+        try:
+            await self._send(batch)
+        finally:
+            if not self._queue:
+                self._idle.set()
 
     def _take_batch(self) -> list[_Queued]:
         """The oldest queued commands, as many as one batch carries (at least one)."""

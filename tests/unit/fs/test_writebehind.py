@@ -53,6 +53,8 @@ class StateLeader:
         self.client_id = ME
         self.session_listeners: list[Callable[[bytes], None]] = []
         self.sent: list[Command] = []
+        #: The task that sent each command.
+        self.senders: list[str] = []
         self._seq = 0
 
     def take_seq(self) -> int:
@@ -60,6 +62,7 @@ class StateLeader:
         return self._seq
 
     async def meta_command(self, command: Command, seq: int | None = None) -> Answer:
+        self.senders.append(trio.lowlevel.current_task().name)
         await trio.sleep(0.001)  # on its way
         self.sent.append(command)
         seq = self.take_seq() if seq is None else seq
@@ -89,7 +92,7 @@ async def meta(state: MetaState) -> AsyncIterator[Metadata]:
     cache.apply(Changes(1, False, ()), sent_at=0.0)  # fresh, as the feed keeps it
     metadata = Metadata(cast(Cluster, StateLeader(state)), cache)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(metadata.behind.run)
+        nursery.start_soon(metadata.behind.run, name="write-behind")
         yield metadata
         nursery.cancel_scope.cancel()
 
@@ -151,6 +154,43 @@ async def test_a_close_rides_with_the_create_it_follows(meta: Metadata, state: M
     assert after.mtime_ns == 123
     assert sent_ops(meta) == ["mknod+commit_chunks"]  # one replicated round for the file
     assert meta.cache.attr(made.ino) == state.query(GetAttr(made.ino))
+
+
+async def test_a_close_with_nothing_on_its_way_sends_its_batch_itself(
+    meta: Metadata, state: MetaState
+) -> None:
+    d = (await meta.apply(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 0))).ino
+    sent, senders = leader(meta).sent, leader(meta).senders
+    sent.clear()
+    senders.clear()
+    first = await meta.apply(Mknod(d, b"first", REG, 0, 0, 0, 0))
+    await meta.apply(CommitChunks(first.ino, (), 0, None, None, 1, None, 0))
+    assert senders == [trio.lowlevel.current_task().name]
+    # A close behind a batch on its way goes in the next one, which the write-behind task
+    # sends: one batch at a time, in order.
+    second = await meta.apply(Mknod(d, b"second", REG, 0, 0, 0, 0))
+    third = await meta.apply(Mknod(d, b"third", REG, 0, 0, 0, 0))
+    async with trio.open_nursery() as closes:
+        closes.start_soon(meta.apply, CommitChunks(second.ino, (), 0, None, None, 2, None, 0))
+        await trio.sleep(0.0005)  # its batch is on its way
+        await meta.apply(Mknod(d, b"fourth", REG, 0, 0, 0, 0))
+        closes.start_soon(meta.apply, CommitChunks(third.ino, (), 0, None, None, 3, None, 0))
+    assert sent_ops(meta)[1:] == ["mknod+mknod+commit_chunks", "mknod+commit_chunks"]
+    assert senders[1:] == ["ringfs.fs.metadata.Metadata.apply", "write-behind"]
+    assert_shows_what_the_leader_holds(meta, state, d)
+
+
+async def test_a_close_cancelled_while_its_batch_is_on_its_way_lets_it_arrive(
+    meta: Metadata, state: MetaState
+) -> None:
+    d = (await meta.apply(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 0))).ino
+    made = await meta.apply(Mknod(d, b"f", REG, 0, 0, 0, 0))
+    with trio.move_on_after(0.0005) as scope:
+        await meta.apply(CommitChunks(made.ino, (), 0, None, None, 123, None, 0))
+    assert scope.cancelled_caught
+    assert not meta.behind.busy
+    assert state.query(GetAttr(made.ino)).mtime_ns == 123
+    assert_shows_what_the_leader_holds(meta, state, d)
 
 
 async def test_what_cannot_be_foreseen_goes_to_the_leader_after_the_queue(
