@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import stat
 import time
 from collections.abc import Callable, Iterable
@@ -110,8 +111,11 @@ class WriteBehind:
         self._queue: list[_Queued] = []
         # Held while a batch is on its way: by `run`, or by a rider that sends its batch itself.
         self._sending = trio.Lock()
-        self._queued = trio.Event()
+        # Set when someone waits for the queued changes; else they are due `FLUSH_DELAY` after
+        # the first: `run` waits in `_waiting`, whose deadline follows `_due` without waking it.
         self._hurry = trio.Event()
+        self._due = math.inf
+        self._waiting = trio.CancelScope()
         self._idle = trio.Event()
         self._idle.set()
         # The inode numbers reserved for this mount and not used yet, and all it reserved so
@@ -304,11 +308,14 @@ class WriteBehind:
         _count(self._foreseen, shows, +1)
         self._put(_Queued(command, relies_on, shows))
 
-    def _put(self, item: _Queued) -> None:
+    def _put(self, item: _Queued, *, hurry: bool = True) -> None:
+        """Queue `item`; one with a waiter hurries its batch unless `hurry` is False (its
+        caller sends it)."""
         self._queue.append(item)
         self._idle = trio.Event() if self._idle.is_set() else self._idle
-        self._queued.set()
-        if item.waiter is not None:
+        if self._due == math.inf:
+            self._due = self._waiting.deadline = trio.current_time() + FLUSH_DELAY
+        if item.waiter is not None and hurry:
             self._hurry.set()
 
     async def ride(self, command: Command) -> Any:
@@ -317,15 +324,15 @@ class WriteBehind:
         item = _Queued(command, waiter=trio.Event())
         assert item.waiter is not None
         _count(self._riding, touched(command)[0], +1)
-        self._put(item)
         try:
             self._sending.acquire_nowait()
         except trio.WouldBlock:
-            pass  # a batch is on its way: `run` sends this one's next
+            self._put(item)  # a batch is on its way: `run` sends this one's next
         else:
-            # Nothing on its way: sent from here, without a hand-over to `run` and back. A
-            # batch that left goes to its end, whatever becomes of this caller.
+            # Nothing on its way: sent from here, without waking `run` and being woken back.
+            # A batch that left goes to its end, whatever becomes of this caller.
             try:
+                self._put(item, hurry=False)
                 with trio.CancelScope(shield=True):
                     await self._send_next()
             finally:
@@ -424,10 +431,9 @@ class WriteBehind:
     async def run(self) -> None:
         """Send the queued changes in batches, one batch at a time, until cancelled."""
         while True:
-            await self._queued.wait()
-            if not self._hurry.is_set():
-                with trio.move_on_after(FLUSH_DELAY):
-                    await self._hurry.wait()
+            with trio.CancelScope(deadline=self._due) as self._waiting:
+                await self._hurry.wait()
+            self._hurry = trio.Event()
             async with self._sending:
                 if self._queue:  # else a rider sent it meanwhile
                     await self._send_next()
@@ -435,10 +441,10 @@ class WriteBehind:
     async def _send_next(self) -> None:
         """Send the oldest queued commands as one batch; the caller holds `_sending`."""
         batch = self._take_batch()
-        self._queued, self._hurry = trio.Event(), trio.Event()
         if self._queue:
-            self._queued.set()
-            self._hurry.set()
+            self._hurry.set()  # the rest goes at once
+        else:
+            self._due = self._waiting.deadline = math.inf
         try:
             await self._send(batch)
         finally:

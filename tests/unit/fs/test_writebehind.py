@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import pytest
 import trio
+import trio.testing
 
 from ringfs.fs import writebehind
 from ringfs.fs.cluster import Answer, Cluster
@@ -55,6 +56,8 @@ class StateLeader:
         self.sent: list[Command] = []
         #: The task that sent each command.
         self.senders: list[str] = []
+        #: While set and not open, commands wait for it on their way.
+        self.gate: trio.Event | None = None
         self._seq = 0
 
     def take_seq(self) -> int:
@@ -63,6 +66,8 @@ class StateLeader:
 
     async def meta_command(self, command: Command, seq: int | None = None) -> Answer:
         self.senders.append(trio.lowlevel.current_task().name)
+        if self.gate is not None:
+            await self.gate.wait()
         await trio.sleep(0.001)  # on its way
         self.sent.append(command)
         seq = self.take_seq() if seq is None else seq
@@ -156,6 +161,28 @@ async def test_a_close_rides_with_the_create_it_follows(meta: Metadata, state: M
     assert meta.cache.attr(made.ino) == state.query(GetAttr(made.ino))
 
 
+async def test_changes_nobody_waits_for_go_together_soon_after_the_first(
+    meta: Metadata, state: MetaState
+) -> None:
+    d = (await meta.apply(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 0))).ino
+    sent, senders = leader(meta).sent, leader(meta).senders
+    sent.clear()
+    senders.clear()
+    start = trio.current_time()
+    await meta.apply(Mknod(d, b"a", REG, 0, 0, 0, 0))
+    await meta.apply(Mknod(d, b"b", REG, 0, 0, 0, 0))
+    assert sent == []  # answered here, queued
+    while meta.behind.busy:  # noqa: ASYNC110 - the test watches the queue from outside
+        await trio.sleep(0.001)
+    assert trio.current_time() - start >= writebehind.FLUSH_DELAY
+    assert (sent_ops(meta), senders) == (["mknod+mknod"], ["write-behind"])
+    assert_shows_what_the_leader_holds(meta, state, d)
+    # And again after the queue was empty.
+    await meta.apply(Mknod(d, b"c", REG, 0, 0, 0, 0))
+    await meta.behind.flushed()
+    assert sent_ops(meta)[1:] == ["mknod"]
+
+
 async def test_a_close_with_nothing_on_its_way_sends_its_batch_itself(
     meta: Metadata, state: MetaState
 ) -> None:
@@ -170,11 +197,14 @@ async def test_a_close_with_nothing_on_its_way_sends_its_batch_itself(
     # sends: one batch at a time, in order.
     second = await meta.apply(Mknod(d, b"second", REG, 0, 0, 0, 0))
     third = await meta.apply(Mknod(d, b"third", REG, 0, 0, 0, 0))
+    gate = leader(meta).gate = trio.Event()
     async with trio.open_nursery() as closes:
         closes.start_soon(meta.apply, CommitChunks(second.ino, (), 0, None, None, 2, None, 0))
-        await trio.sleep(0.0005)  # its batch is on its way
+        await trio.testing.wait_all_tasks_blocked()  # its batch is on its way
         await meta.apply(Mknod(d, b"fourth", REG, 0, 0, 0, 0))
         closes.start_soon(meta.apply, CommitChunks(third.ino, (), 0, None, None, 3, None, 0))
+        await trio.testing.wait_all_tasks_blocked()
+        gate.set()
     assert sent_ops(meta)[1:] == ["mknod+mknod+commit_chunks", "mknod+commit_chunks"]
     assert senders[1:] == ["ringfs.fs.metadata.Metadata.apply", "write-behind"]
     assert_shows_what_the_leader_holds(meta, state, d)
@@ -185,8 +215,13 @@ async def test_a_close_cancelled_while_its_batch_is_on_its_way_lets_it_arrive(
 ) -> None:
     d = (await meta.apply(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 0))).ino
     made = await meta.apply(Mknod(d, b"f", REG, 0, 0, 0, 0))
-    with trio.move_on_after(0.0005) as scope:
-        await meta.apply(CommitChunks(made.ino, (), 0, None, None, 123, None, 0))
+    gate = leader(meta).gate = trio.Event()
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(meta.apply, CommitChunks(made.ino, (), 0, None, None, 123, None, 0))
+            await trio.testing.wait_all_tasks_blocked()  # its batch is on its way
+            scope.cancel()
+            gate.set()
     assert scope.cancelled_caught
     assert not meta.behind.busy
     assert state.query(GetAttr(made.ino)).mtime_ns == 123
