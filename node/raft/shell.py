@@ -348,10 +348,11 @@ class RaftNode:
 
     def _take_the_loops_turn(self) -> bool:
         """Whether the caller may step the core and act in its own task, in the loop's stead:
-        only while the loop waits with nothing to do, once the ticks due are stepped and left
-        nothing pending (what they asked comes first). Wakes the loop either way, once it
-        waited, so that what arrives right behind goes to it."""
-        if not self._idle or self._inbox:
+        only while the loop waits with nothing to do (no failure for it to stop on either),
+        once the ticks due are stepped and left nothing pending (what they asked comes first).
+        Wakes the loop either way, once it waited, so that what arrives right behind goes to
+        it."""
+        if not self._idle or self._inbox or self._failed_now is not None:
             return False
         self._idle = False
         self._wakeup.set()

@@ -18,6 +18,7 @@ import pytest
 import trio
 import trio.testing
 
+from ringfs.node.errors import StorageFailure
 from ringfs.node.raft.core import (
     AppendRequest,
     AppendResponse,
@@ -191,6 +192,20 @@ async def test_a_storage_failure_met_on_receipt_stops_the_member(
     await trio.testing.wait_all_tasks_blocked()
     assert node.status()["role"] == "stopped"
     assert "disk is full" in node.status()["failure"]
+    assert not [m for m in recorder.sent if isinstance(m, AppendResponse)]
+
+
+async def test_nothing_is_stepped_on_receipt_once_a_storage_failure_waits_for_the_loop(
+    follower: tuple[RaftNode, Recorder], expected_logs: list[str]
+) -> None:
+    expected_logs.append("storage failed (meta.db: disk I/O error)")
+    node, recorder = follower
+    await trio.testing.wait_all_tasks_blocked()  # the loop has nothing to do
+    node.storage_failed(StorageFailure("meta.db: disk I/O error"))
+    node.deliver(append(0, 1, 0))  # before the loop had its turn
+    assert cast(MemoryStorage, node.storage).log == {}
+    await trio.testing.wait_all_tasks_blocked()
+    assert node.status()["role"] == "stopped"
     assert not [m for m in recorder.sent if isinstance(m, AppendResponse)]
 
 
