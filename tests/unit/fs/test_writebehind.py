@@ -106,6 +106,15 @@ def leader(meta: Metadata) -> StateLeader:
     return cast(StateLeader, meta.cluster)
 
 
+async def directory_made_here(meta: Metadata) -> int:
+    """A directory this mount made, and so holds; the leader's record of what it was sent
+    starts empty after it."""
+    d: int = (await meta.apply(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 0))).ino
+    leader(meta).sent.clear()
+    leader(meta).senders.clear()
+    return d
+
+
 def sent_ops(meta: Metadata) -> list[str]:
     ops = []
     for command in leader(meta).sent:
@@ -164,10 +173,8 @@ async def test_a_close_rides_with_the_create_it_follows(meta: Metadata, state: M
 async def test_changes_nobody_waits_for_go_together_soon_after_the_first(
     meta: Metadata, state: MetaState
 ) -> None:
-    d = (await meta.apply(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 0))).ino
+    d = await directory_made_here(meta)
     sent, senders = leader(meta).sent, leader(meta).senders
-    sent.clear()
-    senders.clear()
     start = trio.current_time()
     await meta.apply(Mknod(d, b"a", REG, 0, 0, 0, 0))
     await meta.apply(Mknod(d, b"b", REG, 0, 0, 0, 0))
@@ -186,10 +193,8 @@ async def test_changes_nobody_waits_for_go_together_soon_after_the_first(
 async def test_a_close_with_nothing_on_its_way_sends_its_batch_itself(
     meta: Metadata, state: MetaState
 ) -> None:
-    d = (await meta.apply(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 0))).ino
-    sent, senders = leader(meta).sent, leader(meta).senders
-    sent.clear()
-    senders.clear()
+    d = await directory_made_here(meta)
+    senders = leader(meta).senders
     first = await meta.apply(Mknod(d, b"first", REG, 0, 0, 0, 0))
     await meta.apply(CommitChunks(first.ino, (), 0, None, None, 1, None, 0))
     assert senders == [trio.lowlevel.current_task().name]
