@@ -363,10 +363,7 @@ class RaftNode:
         """`_process` without waiting: send, write the log inline, act. A failure is raised
         by the loop, as if it had met it."""
         try:
-            self._warn(ready)
-            early = _early_messages(ready)
-            for message in early:
-                self.transport.send(message)
+            early = self._begin(ready)
             if _writes(ready):
                 self._write_log(ready)
             self._act(ready, sent=early)
@@ -451,15 +448,21 @@ class RaftNode:
 
     async def _process(self, ready: Ready, image: Path | None) -> None:
         """Persist, send, install, apply, answer: in the order Raft's safety needs."""
-        self._warn(ready)
-        early = _early_messages(ready)
-        for message in early:
-            self.transport.send(message)
+        early = self._begin(ready)
         if _writes(ready):
             await self._save(ready)
         if ready.install_snapshot is not None and image is not None:
             await self._install(ready.install_snapshot, image)
         self._act(ready, sent=early)
+
+    def _begin(self, ready: Ready) -> list[Message]:
+        """What comes before the log write: the core's warnings, and the messages that may
+        go out first (`_early_messages`), which are returned."""
+        self._warn(ready)
+        early = _early_messages(ready)
+        for message in early:
+            self.transport.send(message)
+        return early
 
     def _warn(self, ready: Ready) -> None:
         for warning in ready.warnings:

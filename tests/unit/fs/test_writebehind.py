@@ -160,8 +160,7 @@ async def test_changes_in_a_directory_the_mount_made_are_answered_here_and_sent_
 
 
 async def test_a_close_rides_with_the_create_it_follows(meta: Metadata, state: MetaState) -> None:
-    d = (await meta.apply(Mkdir(ROOT_INO, b"d", 0o755, 0, 0, 0))).ino
-    leader(meta).sent.clear()
+    d = await directory_made_here(meta)
     made = await meta.apply(Mknod(d, b"f", REG, 0, 0, 0, 0))
     commit = CommitChunks(made.ino, (), 0, None, None, 123, None, 0)
     after = await meta.apply(commit)
